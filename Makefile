@@ -1,0 +1,27 @@
+# The targets the README names. `make test` is what CI runs.
+GO ?= go
+FUZZTIME ?= 10s
+
+.PHONY: test dev vet fuzz build
+
+## test: start a Redis when none answers, vet, then run every test with the race detector
+test:
+	./scripts/ensure-redis.sh
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## dev: run the whole fleet locally (same as `go run ./cmd/comfyfleet dev`)
+dev:
+	$(GO) run ./cmd/comfyfleet dev
+
+## build: compile every binary into ./bin
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+## vet: static checks
+vet:
+	$(GO) vet ./...
+
+## fuzz: run each fuzz target for FUZZTIME
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)

@@ -1,0 +1,216 @@
+// Package flagenv binds each setting of a binary to a command-line flag and
+// an environment variable: the flag beats the environment, which beats the
+// default, and a bad value fails at start naming the flag and the variable.
+// --help lists every setting with its variable and default.
+package flagenv
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Set is a set of settings.
+type Set struct {
+	fs      *flag.FlagSet
+	env     map[string]string // flag name -> env name
+	order   []string
+	summary string
+}
+
+// New returns an empty set for the named command; summary is the first
+// paragraph of its help.
+func New(name, summary string) *Set {
+	s := &Set{fs: flag.NewFlagSet(name, flag.ContinueOnError), env: map[string]string{}, summary: summary}
+	s.fs.Usage = func() { s.PrintUsage(s.fs.Output()) }
+	return s
+}
+
+// SetOutput sets where help and errors are written.
+func (s *Set) SetOutput(w io.Writer) { s.fs.SetOutput(w) }
+
+func (s *Set) add(name, env string) {
+	if env != "" {
+		s.env[name] = env
+	}
+	s.order = append(s.order, name)
+}
+
+// String binds a string setting.
+func (s *Set) String(p *string, name, env, def, usage string) {
+	s.fs.StringVar(p, name, def, usage)
+	s.add(name, env)
+}
+
+// Int binds an integer setting.
+func (s *Set) Int(p *int, name, env string, def int, usage string) {
+	s.fs.IntVar(p, name, def, usage)
+	s.add(name, env)
+}
+
+// Bool binds a boolean setting ("true"/"false", "1"/"0", any case).
+func (s *Set) Bool(p *bool, name, env string, def bool, usage string) {
+	s.fs.Var(&boolValue{p: p}, name, usage)
+	*p = def
+	s.fs.Lookup(name).DefValue = strconv.FormatBool(def)
+	s.add(name, env)
+}
+
+// Duration binds a duration setting written the Go way ("1m30s").
+func (s *Set) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
+	s.fs.DurationVar(p, name, def, usage)
+	s.add(name, env)
+}
+
+// Seconds binds a duration written as a number of seconds ("3", "0.5"),
+// as worker-comfyui's *_S variables are.
+func (s *Set) Seconds(p *time.Duration, name, env string, def time.Duration, usage string) {
+	*p = def
+	s.fs.Var(&secondsValue{p: p}, name, usage)
+	s.fs.Lookup(name).DefValue = strconv.FormatFloat(def.Seconds(), 'f', -1, 64)
+	s.add(name, env)
+}
+
+// List binds a comma-separated list; a repeated flag appends.
+func (s *Set) List(p *[]string, name, env string, def []string, usage string) {
+	*p = def
+	s.fs.Var(&listValue{p: p}, name, usage)
+	s.fs.Lookup(name).DefValue = strings.Join(def, ",")
+	s.add(name, env)
+}
+
+// ErrHelp is returned by Parse when -h or --help was asked for; the help
+// has been printed.
+var ErrHelp = flag.ErrHelp
+
+// Parse reads args, then fills every setting not given as a flag from its
+// environment variable (looked up with getenv; nil means os.Getenv).
+func (s *Set) Parse(args []string, getenv func(string) string) error {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, name := range s.order {
+		env, ok := s.env[name]
+		if !ok || given[name] {
+			continue
+		}
+		v := getenv(env)
+		if v == "" {
+			continue
+		}
+		if lv, ok := s.fs.Lookup(name).Value.(*listValue); ok {
+			lv.reset()
+		}
+		if err := s.fs.Set(name, v); err != nil {
+			return fmt.Errorf("setting %s (--%s): invalid value %q: %v", env, name, redactIfSecret(env, v), unwrap(err))
+		}
+	}
+	return nil
+}
+
+// Args are the arguments left after the flags.
+func (s *Set) Args() []string { return s.fs.Args() }
+
+// PrintUsage writes the help: summary, then every setting with its flag,
+// variable, default and meaning.
+func (s *Set) PrintUsage(w io.Writer) {
+	fmt.Fprintf(w, "%s\n\nSettings (flag beats environment beats default):\n", s.summary)
+	for _, name := range s.order {
+		f := s.fs.Lookup(name)
+		line := "  --" + name
+		if env, ok := s.env[name]; ok {
+			line += "  (env " + env + ")"
+		}
+		fmt.Fprintln(w, line)
+		def := f.DefValue
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(w, "        %s (default %s)\n", f.Usage, def)
+	}
+}
+
+func unwrap(err error) error {
+	if u := errors.Unwrap(err); u != nil {
+		return u
+	}
+	return err
+}
+
+func redactIfSecret(env, v string) string {
+	for _, w := range []string{"KEY", "SECRET", "TOKEN", "PASSWORD"} {
+		if strings.Contains(env, w) {
+			return "<redacted>"
+		}
+	}
+	return v
+}
+
+type boolValue struct{ p *bool }
+
+func (b *boolValue) String() string {
+	if b.p == nil {
+		return "false"
+	}
+	return strconv.FormatBool(*b.p)
+}
+func (b *boolValue) Set(s string) error {
+	v, err := strconv.ParseBool(strings.ToLower(strings.TrimSpace(s)))
+	if err != nil {
+		return fmt.Errorf("want true or false")
+	}
+	*b.p = v
+	return nil
+}
+func (b *boolValue) IsBoolFlag() bool { return true }
+
+type secondsValue struct{ p *time.Duration }
+
+func (v *secondsValue) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatFloat(v.p.Seconds(), 'f', -1, 64)
+}
+func (v *secondsValue) Set(s string) error {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || f < 0 {
+		return fmt.Errorf("want a non-negative number of seconds")
+	}
+	*v.p = time.Duration(f * float64(time.Second))
+	return nil
+}
+
+type listValue struct {
+	p   *[]string
+	set bool
+}
+
+func (l *listValue) reset() { *l.p, l.set = nil, true }
+func (l *listValue) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+func (l *listValue) Set(s string) error {
+	if !l.set {
+		*l.p, l.set = nil, true
+	}
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l.p = append(*l.p, part)
+		}
+	}
+	return nil
+}

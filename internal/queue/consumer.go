@@ -1,0 +1,166 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// ErrNoMessage is returned by Consumer.Next when no message arrived in time.
+var ErrNoMessage = errors.New("no message")
+
+// Message is one delivery from a work queue. Exactly one of Ack, Nak or
+// Term must be called, or the message is redelivered after AckWait.
+type Message struct {
+	msg jetstream.Msg
+}
+
+// Data is the message body.
+func (m *Message) Data() []byte { return m.msg.Data() }
+
+// Subject is the subject the message was published on.
+func (m *Message) Subject() string { return m.msg.Subject() }
+
+// Delivered is how many times this message has been delivered, 1 first.
+func (m *Message) Delivered() int {
+	md, err := m.msg.Metadata()
+	if err != nil {
+		return 1
+	}
+	return int(md.NumDelivered)
+}
+
+// Ack removes the message from the work queue and waits for the server's
+// confirmation, so a crash after Ack returns never redelivers it.
+func (m *Message) Ack(ctx context.Context) error { return m.msg.DoubleAck(ctx) }
+
+// Nak asks for redelivery after delay (0: at once).
+func (m *Message) Nak(delay time.Duration) error {
+	if delay > 0 {
+		return m.msg.NakWithDelay(delay)
+	}
+	return m.msg.Nak()
+}
+
+// InProgress resets the AckWait timer: the message is being worked on.
+func (m *Message) InProgress() error { return m.msg.InProgress() }
+
+// Term removes the message without redelivery.
+func (m *Message) Term() error { return m.msg.Term() }
+
+// Consumer is a durable pull consumer shared by every process that opens it
+// with the same name.
+type Consumer struct {
+	c jetstream.Consumer
+}
+
+// ConsumerConfig names a durable consumer and its timing.
+type ConsumerConfig struct {
+	// Durable is the name shared by all replicas.
+	Durable string
+	// AckWait is how long a delivery may go without Ack or InProgress
+	// before it is redelivered; 0 means 30 s.
+	AckWait time.Duration
+	// MaxAckPending bounds unacknowledged deliveries; 0 means 10,000.
+	MaxAckPending int
+}
+
+// IntakeConsumer opens the dispatchers' shared consumer of CF_SUBMIT.
+func (c *Client) IntakeConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
+	if cfg.Durable == "" {
+		cfg.Durable = "dispatcher"
+	}
+	return c.consumer(ctx, proto.SubmitStream, proto.SubmitSubjects, cfg)
+}
+
+// PoolConsumer opens the workers' shared consumer of one pool's jobs.
+func (c *Client) PoolConsumer(ctx context.Context, pool string, cfg ConsumerConfig) (*Consumer, error) {
+	if cfg.Durable == "" {
+		cfg.Durable = "pool-" + pool
+	}
+	return c.consumer(ctx, proto.JobsStream, proto.PoolSubjects(pool), cfg)
+}
+
+func (c *Client) consumer(ctx context.Context, stream, filter string, cfg ConsumerConfig) (*Consumer, error) {
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.MaxAckPending == 0 {
+		cfg.MaxAckPending = 10000
+	}
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable:       cfg.Durable,
+		FilterSubject: filter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxAckPending: cfg.MaxAckPending,
+		MaxDeliver:    -1, // attempts are counted and bounded by us, in Redis
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	return &Consumer{c: cons}, nil
+}
+
+// Next waits up to wait for one message. It returns ErrNoMessage when none
+// came and ctx.Err() when ctx ended.
+func (c *Consumer) Next(ctx context.Context, wait time.Duration) (*Message, error) {
+	fctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	msg, err := c.c.Next(jetstream.FetchContext(fctx))
+	switch {
+	case err == nil:
+		return &Message{msg: msg}, nil
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, jetstream.ErrNoMessages):
+		return nil, ErrNoMessage
+	}
+	return nil, fmt.Errorf("fetch: %w", err)
+}
+
+// Pending is the number of messages waiting for this consumer.
+func (c *Consumer) Pending(ctx context.Context) (uint64, error) {
+	info, err := c.c.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("consumer info: %w", err)
+	}
+	return info.NumPending, nil
+}
+
+// Depth counts the jobs waiting (on the intake and jobs streams, not yet
+// handed to a worker) and the jobs a worker holds.
+func (c *Client) Depth(ctx context.Context) (queued, running uint64, err error) {
+	var total uint64
+	for _, name := range []string{proto.SubmitStream, proto.JobsStream} {
+		s, err := c.js.Stream(ctx, name)
+		if err != nil {
+			return 0, 0, fmt.Errorf("queue depth: stream %s: %w", name, err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return 0, 0, fmt.Errorf("queue depth: stream %s: %w", name, err)
+		}
+		total += info.State.Msgs
+		if name != proto.JobsStream {
+			continue
+		}
+		lister := s.ListConsumers(ctx)
+		for ci := range lister.Info() {
+			running += uint64(ci.NumAckPending)
+		}
+		if err := lister.Err(); err != nil {
+			return 0, 0, fmt.Errorf("queue depth: consumers of %s: %w", name, err)
+		}
+	}
+	if running > total {
+		running = total
+	}
+	return total - running, running, nil
+}

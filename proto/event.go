@@ -1,0 +1,63 @@
+package proto
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// EventType says what an [Event] reports.
+type EventType string
+
+// The event types.
+const (
+	// EventStatus reports a status transition; Status is set.
+	EventStatus EventType = "status"
+	// EventProgress reports execution progress; Progress is set.
+	EventProgress EventType = "progress"
+)
+
+// Event is published on [EventSubject] for every status transition and,
+// throttled, for progress. Consumers must ignore unknown types and fields.
+type Event struct {
+	V        int       `json:"v"`
+	JobID    string    `json:"job_id"`
+	Type     EventType `json:"type"`
+	Time     time.Time `json:"time"`
+	Attempt  int       `json:"attempt,omitempty"`
+	WorkerID string    `json:"worker_id,omitempty"`
+	// Status is the new status of a status event.
+	Status Status `json:"status,omitempty"`
+	// Error is the failure message of a FAILED or TIMED_OUT status event.
+	Error string `json:"error,omitempty"`
+	// Progress is set on progress events.
+	Progress *Progress `json:"progress,omitempty"`
+}
+
+// Progress is a job's progress inside ComfyUI, in the shape worker-comfyui's
+// later versions stream: {"type":"progress","value","max","percent","node"}.
+type Progress struct {
+	Node    string  `json:"node"`
+	Value   int64   `json:"value"`
+	Max     int64   `json:"max"`
+	Percent float64 `json:"percent"`
+}
+
+// DecodeEvent decodes an event message. Errors are *InputError.
+func DecodeEvent(data []byte) (*Event, error) {
+	var e Event
+	if err := json.Unmarshal(data, &e); err != nil {
+		return nil, errorf("decode event: %s", jsonErr(err))
+	}
+	if e.JobID == "" {
+		return nil, errorf("decode event: field job_id is missing")
+	}
+	if e.Type == EventStatus && !e.Status.Valid() {
+		return nil, errorf("decode event: field status: %q is not a status", e.Status)
+	}
+	return &e, nil
+}
+
+// Cancel is the payload on [CancelSubject].
+type Cancel struct {
+	JobID string `json:"job_id"`
+}

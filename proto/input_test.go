@@ -1,0 +1,145 @@
+package proto_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+func TestDecodeInput(t *testing.T) {
+	t.Parallel()
+	const wf = `{"9":{"class_type":"SaveImage","inputs":{}}}`
+	tests := []struct {
+		name    string
+		raw     string
+		wantErr string
+		check   func(t *testing.T, in *proto.Input)
+	}{
+		{name: "missing", raw: ``, wantErr: proto.ErrMsgNoInput},
+		{name: "null", raw: `null`, wantErr: proto.ErrMsgNoInput},
+		{name: "string not json", raw: `"not json"`, wantErr: proto.ErrMsgInvalidJSON},
+		{name: "empty object", raw: `{}`, wantErr: proto.ErrMsgNoWorkflow},
+		{name: "workflow null", raw: `{"workflow":null}`, wantErr: proto.ErrMsgNoWorkflow},
+		{name: "not an object", raw: `[1,2]`, wantErr: "Input must be a JSON object, got an array"},
+		{name: "workflow not an object", raw: `{"workflow":"x"}`, wantErr: "'workflow' must be a JSON object in ComfyUI API format, got a string"},
+		{name: "images not a list", raw: `{"workflow":` + wf + `,"images":"a"}`, wantErr: proto.ErrMsgImagesInvalid},
+		{name: "image without image", raw: `{"workflow":` + wf + `,"images":[{"name":"a.png"}]}`, wantErr: proto.ErrMsgImagesInvalid},
+		{name: "image element a string", raw: `{"workflow":` + wf + `,"images":["nameimage"]}`, wantErr: proto.ErrMsgImagesInvalid},
+		{name: "image name with slash", raw: `{"workflow":` + wf + `,"images":[{"name":"../a.png","image":"AA=="}]}`, wantErr: "images[0].name: \"../a.png\" contains a path separator"},
+		{name: "image name repeated", raw: `{"workflow":` + wf + `,"images":[{"name":"a.png","image":"AA=="},{"name":"a.png","image":"AA=="}]}`, wantErr: `images[1].name "a.png" repeats images[0].name`},
+		{name: "image name not a string", raw: `{"workflow":` + wf + `,"images":[{"name":1,"image":"AA=="}]}`, wantErr: "images[0].name must be a string"},
+		{
+			name: "valid with everything",
+			raw:  `{"workflow":` + wf + `,"images":[{"name":"a.png","image":"data:image/png;base64,AA=="}],"comfy_org_api_key":"k","extra":1}`,
+			check: func(t *testing.T, in *proto.Input) {
+				require.JSONEq(t, wf, string(in.Workflow))
+				require.Equal(t, []proto.InputImage{{Name: "a.png", Image: "data:image/png;base64,AA=="}}, in.Images)
+				require.Equal(t, "k", in.ComfyOrgAPIKey)
+			},
+		},
+		{
+			name: "input given as a JSON string",
+			raw:  `"{\"workflow\": {\"1\": {}}}"`,
+			check: func(t *testing.T, in *proto.Input) {
+				require.JSONEq(t, `{"1":{}}`, string(in.Workflow))
+			},
+		},
+		{name: "empty images list", raw: `{"workflow":` + wf + `,"images":[]}`, check: func(t *testing.T, in *proto.Input) { require.Empty(t, in.Images) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			in, err := proto.DecodeInput(json.RawMessage(tt.raw))
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				require.True(t, strings.HasPrefix(err.Error(), tt.wantErr), "error %q does not start with %q", err, tt.wantErr)
+				var ie *proto.InputError
+				require.ErrorAs(t, err, &ie)
+				return
+			}
+			require.NoError(t, err)
+			tt.check(t, in)
+		})
+	}
+}
+
+func TestDecodeInputKeepsBigSeed(t *testing.T) {
+	t.Parallel()
+	raw := `{"workflow":{"3":{"class_type":"KSampler","inputs":{"seed":18446744073709551615,"cfg":7.50}}}}`
+	in, err := proto.DecodeInput(json.RawMessage(raw))
+	require.NoError(t, err)
+	require.Contains(t, string(in.Workflow), `18446744073709551615`)
+	require.Contains(t, string(in.Workflow), `7.50`, "numbers keep their exact text")
+	// Re-encoding the input (as the adapter does when it moves images to the
+	// blob store) keeps it too.
+	again, err := json.Marshal(in)
+	require.NoError(t, err)
+	require.Contains(t, string(again), `18446744073709551615`)
+}
+
+func TestDecodeImageData(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, in string
+		want     string
+		wantErr  string
+	}{
+		{name: "plain", in: "aGVsbG8=", want: "hello"},
+		{name: "data uri", in: "data:image/png;base64,aGVsbG8=", want: "hello"},
+		{name: "line breaks", in: "aGVs\nbG8=", want: "hello"},
+		{name: "url safe", in: "-_8=", want: "\xfb\xff"},
+		{name: "bad padding", in: "aGVsbG8", wantErr: "Incorrect padding"},
+		{name: "bad alphabet", in: "aGV*bG8=", wantErr: "invalid base64"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := proto.DecodeImageData(tt.in)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.want, string(got))
+		})
+	}
+}
+
+func FuzzDecodeInput(f *testing.F) {
+	f.Add([]byte(`{"workflow":{"1":{"class_type":"SaveImage","inputs":{}}},"images":[{"name":"a.png","image":"AA=="}]}`))
+	f.Add([]byte(`"{\"workflow\":{}}"`))
+	f.Add([]byte(`null`))
+	f.Add([]byte(`{"images":[1]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in, err := proto.DecodeInput(data)
+		if err != nil {
+			var ie *proto.InputError
+			if !errorsAs(err, &ie) || ie.Msg == "" {
+				t.Fatalf("error %v is not a non-empty *InputError", err)
+			}
+			return
+		}
+		if len(in.Workflow) == 0 || in.Workflow[0] != '{' {
+			t.Fatalf("accepted input without an object workflow: %q", data)
+		}
+		seen := map[string]bool{}
+		for _, img := range in.Images {
+			if img.Name == "" || strings.ContainsAny(img.Name, "/\\") || seen[img.Name] {
+				t.Fatalf("accepted bad image name %q", img.Name)
+			}
+			seen[img.Name] = true
+		}
+	})
+}
+
+func FuzzDecodeImageData(f *testing.F) {
+	f.Add("data:image/png;base64,aGVsbG8=")
+	f.Add("aGVsbG8")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = proto.DecodeImageData(s) // must not panic
+	})
+}

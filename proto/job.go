@@ -1,0 +1,140 @@
+package proto
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Job is the message on SubmitSubject (as sent by a producer) and on
+// JobSubject (as admitted by the dispatcher, with Pool and Lane filled in).
+//
+// Field names follow RunPod's request body where one exists (input,
+// webhook, policy, s3Config); comfyfleet's own fields are snake_case.
+type Job struct {
+	// V is the contract version, [Version].
+	V int `json:"v"`
+	// ID names the job; see [ValidID]. Also the Nats-Msg-Id header.
+	ID string `json:"id"`
+	// Input is RunPod's input object, kept as raw JSON so the workflow's
+	// numbers are never reformatted. Decode it with [DecodeInput].
+	Input json.RawMessage `json:"input"`
+	// Webhook, when set, receives the job's RunPod status body once the job
+	// reaches a terminal state.
+	Webhook string `json:"webhook,omitempty"`
+	// Policy is RunPod's per-job policy.
+	Policy Policy `json:"policy,omitzero"`
+	// S3Config is RunPod's per-request S3 settings. It is secret: never
+	// echoed, logged or written to Redis.
+	S3Config *S3Config `json:"s3Config,omitempty"`
+	// Pool names the pool of workers; empty means [DefaultPool].
+	Pool string `json:"pool,omitempty"`
+	// Lane is the lane within the pool; empty means interactive for the api
+	// and runpod sources and batch otherwise (lowPriority forces batch).
+	Lane Lane `json:"lane,omitempty"`
+	// Source is the submit subject's last token; the dispatcher fills it in.
+	Source string `json:"source,omitempty"`
+	// BatchID and Index place a batch item in its batch.
+	BatchID string `json:"batch_id,omitempty"`
+	Index   *int   `json:"index,omitempty"`
+	// SubmittedAt is when the job was accepted; zero means "when the
+	// dispatcher read it".
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
+	// Retention is how long the terminal status is kept, in milliseconds;
+	// zero means the fleet's default (30 minutes).
+	Retention int64 `json:"retention_ms,omitempty"`
+}
+
+// Policy is RunPod's job policy. Durations are milliseconds, as RunPod's.
+type Policy struct {
+	// ExecutionTimeout bounds the time a job may run once picked up.
+	ExecutionTimeout int64 `json:"executionTimeout,omitempty"`
+	// TTL bounds the job's whole life from submission.
+	TTL int64 `json:"ttl,omitempty"`
+	// LowPriority puts the job in the batch lane.
+	LowPriority bool `json:"lowPriority,omitempty"`
+}
+
+// S3Config is RunPod's per-request S3 configuration.
+type S3Config struct {
+	AccessID     string `json:"accessId"`
+	AccessSecret string `json:"accessSecret"`
+	BucketName   string `json:"bucketName"`
+	EndpointURL  string `json:"endpointUrl"`
+	ObjectPath   string `json:"objectPath,omitempty"`
+}
+
+// String hides the secret so an S3Config never reaches a log by accident.
+func (c S3Config) String() string {
+	return fmt.Sprintf("s3://%s@%s/%s", c.BucketName, c.EndpointURL, c.ObjectPath)
+}
+
+// DecodeJob decodes and checks a Job message. Errors are *InputError and say
+// which field is wrong. The input itself is checked by [DecodeInput].
+func DecodeJob(data []byte) (*Job, error) {
+	var j Job
+	if err := json.Unmarshal(data, &j); err != nil {
+		return nil, errorf("decode job message: %s", jsonErr(err))
+	}
+	if j.V > Version {
+		return &j, errorf("job message version %d is newer than this server's %d", j.V, Version)
+	}
+	if err := ValidID(j.ID); err != nil {
+		return &j, errorf("field id: %v", err)
+	}
+	if j.Pool != "" {
+		if err := ValidID(j.Pool); err != nil {
+			return &j, errorf("field pool: %v", err)
+		}
+	}
+	if j.Lane != "" && !j.Lane.Valid() {
+		return &j, errorf("field lane: %q is not a lane; use %q or %q", j.Lane, LaneInteractive, LaneBatch)
+	}
+	if j.Policy.ExecutionTimeout < 0 {
+		return &j, errorf("field policy.executionTimeout: %d is negative", j.Policy.ExecutionTimeout)
+	}
+	if j.Policy.TTL < 0 {
+		return &j, errorf("field policy.ttl: %d is negative", j.Policy.TTL)
+	}
+	if j.Retention < 0 {
+		return &j, errorf("field retention_ms: %d is negative", j.Retention)
+	}
+	return &j, nil
+}
+
+// jsonErr turns encoding/json's errors into text that names the place.
+func jsonErr(err error) string {
+	switch e := err.(type) {
+	case *json.SyntaxError:
+		return fmt.Sprintf("invalid JSON at byte %d: %v", e.Offset, e)
+	case *json.UnmarshalTypeError:
+		field := e.Field
+		if field == "" {
+			field = "(top level)"
+		}
+		return fmt.Sprintf("field %s: got JSON %s, want %s", field, e.Value, e.Type)
+	}
+	return err.Error()
+}
+
+// Place fills in what the contract derives when a producer leaves it out:
+// the pool (defaultPool), the lane (interactive for the api and runpod
+// sources, batch otherwise; policy.lowPriority always means batch) and the
+// submission time (now).
+func (j *Job) Place(defaultPool string, now time.Time) {
+	if j.Pool == "" {
+		j.Pool = defaultPool
+	}
+	if j.Lane == "" {
+		j.Lane = LaneBatch
+		if j.Source == SourceAPI || j.Source == SourceRunPod {
+			j.Lane = LaneInteractive
+		}
+	}
+	if j.Policy.LowPriority {
+		j.Lane = LaneBatch
+	}
+	if j.SubmittedAt.IsZero() {
+		j.SubmittedAt = now
+	}
+}

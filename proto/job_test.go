@@ -1,0 +1,110 @@
+package proto_test
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+func TestDecodeJob(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		raw     string
+		wantErr string
+		wantID  string // id still decoded when the error is about another field
+	}{
+		{name: "minimal", raw: `{"v":1,"id":"job-1","input":{"workflow":{}}}`},
+		{name: "version absent", raw: `{"id":"job-1","input":{}}`},
+		{name: "not json", raw: `{"id":`, wantErr: "decode job message: invalid JSON at byte"},
+		{name: "trailing data", raw: `{"id":"a"} {}`, wantErr: "invalid character"},
+		{name: "id wrong type", raw: `{"id":5}`, wantErr: "field id: got JSON number, want string"},
+		{name: "no id", raw: `{"input":{}}`, wantErr: "field id: id is empty"},
+		{name: "id with dot", raw: `{"id":"a.b"}`, wantErr: `field id: id "a.b" has the character '.' at offset 1`},
+		{name: "future version", raw: `{"v":99,"id":"a"}`, wantErr: "version 99 is newer", wantID: "a"},
+		{name: "bad lane", raw: `{"id":"a","lane":"fast"}`, wantErr: `field lane: "fast" is not a lane`, wantID: "a"},
+		{name: "bad pool", raw: `{"id":"a","pool":"x y"}`, wantErr: "field pool", wantID: "a"},
+		{name: "negative ttl", raw: `{"id":"a","policy":{"ttl":-1}}`, wantErr: "field policy.ttl: -1 is negative", wantID: "a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			j, err := proto.DecodeJob([]byte(tt.raw))
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				require.Equal(t, "job-1", j.ID)
+				return
+			}
+			require.ErrorContains(t, err, tt.wantErr)
+			if tt.wantID != "" {
+				require.NotNil(t, j)
+				require.Equal(t, tt.wantID, j.ID)
+			}
+		})
+	}
+}
+
+func TestJobRoundTripKeepsInputBytes(t *testing.T) {
+	t.Parallel()
+	in := json.RawMessage(`{"workflow":{"3":{"inputs":{"seed":18446744073709551615}}}}`)
+	j := proto.Job{V: proto.Version, ID: "x", Input: in, SubmittedAt: time.UnixMilli(1700000000123).UTC(), Policy: proto.Policy{TTL: 1000}}
+	data, err := json.Marshal(j)
+	require.NoError(t, err)
+	got, err := proto.DecodeJob(data)
+	require.NoError(t, err)
+	require.Equal(t, string(in), string(got.Input))
+	require.True(t, j.SubmittedAt.Equal(got.SubmittedAt))
+	require.Equal(t, int64(1000), got.Policy.TTL)
+	require.NotContains(t, string(data), "s3Config", "absent secrets are not written")
+}
+
+func TestS3ConfigStringHidesSecrets(t *testing.T) {
+	t.Parallel()
+	c := proto.S3Config{AccessID: "AKIA-SECRET-ID", AccessSecret: "very-secret", BucketName: "b", EndpointURL: "https://s3"}
+	require.NotContains(t, c.String(), "very-secret")
+	require.NotContains(t, c.String(), "AKIA-SECRET-ID")
+}
+
+func TestNames(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "cf.submit.batch", proto.SubmitSubject(proto.SourceBatch))
+	require.Equal(t, "cf.jobs.default.interactive", proto.JobSubject("default", proto.LaneInteractive))
+	require.Equal(t, "cf.events.j1", proto.EventSubject("j1"))
+	require.Equal(t, "cf:job:j1", proto.JobKey("j1"))
+	require.Equal(t, "cf:worker:w1", proto.WorkerKey("w1"))
+	require.Equal(t, "cf.dlq.default", proto.DLQSubject("default"))
+}
+
+func FuzzDecodeJob(f *testing.F) {
+	f.Add([]byte(`{"v":1,"id":"job-1","input":{"workflow":{}},"policy":{"ttl":5},"lane":"batch"}`))
+	f.Add([]byte(`{"id":"a.b"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		j, err := proto.DecodeJob(data)
+		if err == nil {
+			if proto.ValidID(j.ID) != nil {
+				t.Fatalf("accepted invalid id %q", j.ID)
+			}
+			if j.Lane != "" && !j.Lane.Valid() {
+				t.Fatalf("accepted invalid lane %q", j.Lane)
+			}
+		}
+	})
+}
+
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add([]byte(`{"v":1,"job_id":"a","type":"status","status":"COMPLETED"}`))
+	f.Add([]byte(`{"job_id":"a","type":"progress","progress":{"node":"3","value":1,"max":20,"percent":5}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ev, err := proto.DecodeEvent(data)
+		if err == nil && ev.Type == proto.EventStatus && !ev.Status.Valid() {
+			t.Fatalf("accepted invalid status %q", ev.Status)
+		}
+	})
+}
