@@ -42,10 +42,10 @@ const (
 
 // Sources of traffic, the last token of a submit subject.
 const (
-	SourceAPI     = "api"     // the runpod-adapter's endpoint API
-	SourceRunPod  = "runpod"  // the runpod-adapter in serverless mode
-	SourceBatch   = "batch"   // internal batch producers and the CLI
-	DefaultPool   = "default" // the pool of a job that names none
+	SourceAPI    = "api"     // the runpod-adapter's endpoint API
+	SourceRunPod = "runpod"  // the runpod-adapter in serverless mode
+	SourceBatch  = "batch"   // internal batch producers and the CLI
+	DefaultPool  = "default" // the pool of a job that names none
 )
 
 // Lane orders work inside a pool: interactive before batch.

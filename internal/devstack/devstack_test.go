@@ -1,0 +1,183 @@
+package devstack_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"image/png"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/comfyfleet/comfyfleet/internal/devstack"
+	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+type bundle struct {
+	stack *devstack.Stack
+	store *status.Store
+	js    jetstream.JetStream
+}
+
+// setup runs the dev stack as `comfyfleet dev` does, with its NATS on a
+// random port and its records under a test prefix in the test Redis.
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	rdb, prefix := testenv.Redis(t)
+	dir := t.TempDir()
+	stack, err := devstack.Start(testenv.Context(t, time.Minute), devstack.Config{
+		Dir: dir, Listen: "127.0.0.1:0", NATSPort: -1, Workers: 2,
+		RedisURL: testenv.RedisURL(), KeyPrefix: prefix, Grace: 5 * time.Second,
+		Logger: zaptest.NewLogger(t),
+	})
+	require.NoError(t, err)
+	t.Cleanup(stack.Stop)
+	info, err := os.ReadFile(filepath.Join(dir, devstack.StackFile))
+	require.NoError(t, err)
+	require.Contains(t, string(info), stack.Info.APIURL, "the CLI finds the stack")
+
+	nc, err := nats.Connect(stack.Info.NATSURL)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	return &bundle{stack: stack, store: status.NewStore(rdb, status.Options{Prefix: prefix}), js: js}
+}
+
+func (b *bundle) post(t *testing.T, path, body string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(b.stack.Info.APIURL+path, "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var out map[string]any
+	require.NoError(t, json.Unmarshal(data, &out), "body %s", data)
+	return resp.StatusCode, out
+}
+
+func example(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("../../examples/txt2img.json")
+	require.NoError(t, err)
+	return string(data)
+}
+
+// requirePNG checks an output item is a PNG of the given size.
+func requirePNG(t *testing.T, item map[string]any, w, h int) []byte {
+	t.Helper()
+	require.Equal(t, "base64", item["type"])
+	require.Equal(t, "ComfyUI_00001_.png", item["filename"])
+	data, err := base64.StdEncoding.DecodeString(item["data"].(string))
+	require.NoError(t, err)
+	img, err := png.Decode(bytes.NewReader(data))
+	require.NoError(t, err)
+	require.Equal(t, w, img.Bounds().Dx())
+	require.Equal(t, h, img.Bounds().Dy())
+	return data
+}
+
+func TestRunSyncReturnsTheImage(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	code, out := b.post(t, "/runsync", example(t))
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	require.Equal(t, "COMPLETED", out["status"], "%v", out)
+	require.Contains(t, []any{"dev-worker-1", "dev-worker-2"}, out["workerId"])
+	require.Greater(t, out["executionTime"], float64(0))
+	images := out["output"].(map[string]any)["images"].([]any)
+	require.Len(t, images, 1)
+	requirePNG(t, images[0].(map[string]any), 512, 512)
+
+	code, out = b.post(t, "/runsync", `{"input":{"images":[]}}`)
+	require.Equal(t, http.StatusBadRequest, code)
+	require.Equal(t, "Missing 'workflow' parameter", out["error"])
+}
+
+func TestRunThenStatusObservesEveryTransition(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// A smaller image and a different seed: a fresh run on either worker.
+	body := strings.Replace(strings.Replace(example(t), `"width": 512`, `"width": 256`, 1), `"seed": 18446744073709551615`, `"seed": 42`, 1)
+	code, out := b.post(t, "/v2/local/run", body)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "IN_QUEUE", out["status"])
+	id := out["id"].(string)
+
+	// Watch the record in Redis and the events, as a client would.
+	var seen []proto.Status
+	var mu sync.Mutex
+	deadline := time.Now().Add(30 * time.Second)
+	var last map[string]any
+	for time.Now().Before(deadline) {
+		if rec, err := b.store.Get(context.Background(), id); err == nil {
+			mu.Lock()
+			if len(seen) == 0 || seen[len(seen)-1] != rec.Status {
+				seen = append(seen, rec.Status)
+			}
+			mu.Unlock()
+		}
+		resp, err := http.Get(b.stack.Info.APIURL + "/v2/local/status/" + id)
+		require.NoError(t, err)
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&last))
+		resp.Body.Close()
+		if last["status"] == "COMPLETED" || last["status"] == "FAILED" {
+			break
+		}
+	}
+	require.Equal(t, "COMPLETED", last["status"], "%v", last)
+	images := last["output"].(map[string]any)["images"].([]any)
+	requirePNG(t, images[0].(map[string]any), 256, 512)
+	rec, err := b.store.Get(context.Background(), id)
+	require.NoError(t, err)
+	seen = append(seen, rec.Status)
+	require.Equal(t, 1, rec.Attempt)
+	require.NotEmpty(t, rec.WorkerID)
+	require.NotContains(t, string(rec.Output), `"data":"iVBOR`, "no image bytes in Redis")
+	// Whatever we sampled follows the state machine's order.
+	order := []proto.Status{proto.StatusInQueue, proto.StatusInProgress, proto.StatusCompleted}
+	seen = slices.Compact(seen)
+	for i := 1; i < len(seen); i++ {
+		require.Less(t, slices.Index(order, seen[i-1]), slices.Index(order, seen[i]), "transitions %v", seen)
+	}
+
+	// The events stream has the whole story, in order.
+	cons, err := b.js.OrderedConsumer(context.Background(), proto.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{proto.EventSubject(id)},
+	})
+	require.NoError(t, err)
+	var statuses []proto.Status
+	var progress int
+	for {
+		m, err := cons.Next(jetstream.FetchMaxWait(500 * time.Millisecond))
+		if err != nil {
+			break
+		}
+		ev, err := proto.DecodeEvent(m.Data())
+		require.NoError(t, err)
+		switch ev.Type {
+		case proto.EventStatus:
+			statuses = append(statuses, ev.Status)
+		case proto.EventProgress:
+			progress++
+			require.Equal(t, "3", ev.Progress.Node)
+			require.Equal(t, int64(20), ev.Progress.Max)
+		}
+	}
+	require.Equal(t, []proto.Status{proto.StatusInQueue, proto.StatusInProgress, proto.StatusCompleted}, slices.Compact(statuses))
+	require.Positive(t, progress, "progress events were published")
+}
