@@ -53,19 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg devstack.Config
 	var logLevel string
-	fs := flagenv.New("comfyfleet dev", "comfyfleet dev runs the whole fleet on this machine: an embedded NATS server\n"+
-		"(unless NATS_URL is set), an embedded Redis-protocol server (unless REDIS_URL is set), one\n"+
-		"dispatcher, the RunPod-compatible API and N GPU workers, each on its own ComfyUI emulator\n"+
-		"unless --comfyui-url is given. Ctrl-C stops it cleanly.")
+	fs := devSettings(&cfg, &logLevel)
 	fs.SetOutput(stderr)
-	fs.String(&cfg.Listen, "listen", "LISTEN_ADDR", "127.0.0.1:8000", "address of the RunPod-compatible API")
-	fs.Int(&cfg.Workers, "workers", "COMFYFLEET_WORKERS", 2, "number of GPU workers (each with its own emulator)")
-	fs.List(&cfg.ComfyUIURLs, "comfyui-url", "COMFYUI_URL", nil, "ComfyUI to run jobs on, one worker each (repeatable or comma-separated); none = emulators")
-	fs.String(&cfg.NATSURL, "nats-url", "NATS_URL", "", "use this NATS server instead of embedding one")
-	fs.String(&cfg.RedisURL, "redis-url", "REDIS_URL", "", "use this Redis server instead of embedding one")
-	fs.String(&cfg.Dir, "dir", "COMFYFLEET_DIR", ".comfyfleet", "folder for the embedded NATS data, emulator files and stack.json")
-	fs.Duration(&cfg.StepDelay, "step-delay", "COMFYSIM_STEP_DELAY", 0, "emulator time per sampler step (0 = its default, 5ms)")
-	fs.String(&logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
 	if err := fs.Parse(args, nil); err != nil {
 		if errors.Is(err, flagenv.ErrHelp) {
 			return 0
@@ -95,4 +84,21 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, "stopping…")
 	stack.Stop()
 	return 0
+}
+
+// devSettings binds the settings of `comfyfleet dev`.
+func devSettings(cfg *devstack.Config, logLevel *string) *flagenv.Set {
+	fs := flagenv.New("comfyfleet dev", "comfyfleet dev runs the whole fleet on this machine: an embedded NATS server\n"+
+		"(unless NATS_URL is set), an embedded Redis-protocol server (unless REDIS_URL is set), one\n"+
+		"dispatcher, the RunPod-compatible API and N GPU workers, each on its own ComfyUI emulator\n"+
+		"unless --comfyui-url is given. Ctrl-C stops it cleanly.")
+	fs.String(&cfg.Listen, "listen", "LISTEN_ADDR", "127.0.0.1:8000", "address of the RunPod-compatible API")
+	fs.Int(&cfg.Workers, "workers", "COMFYFLEET_WORKERS", 2, "number of GPU workers (each with its own emulator)")
+	fs.List(&cfg.ComfyUIURLs, "comfyui-url", "COMFYUI_URL", nil, "ComfyUI to run jobs on, one worker each (repeatable or comma-separated); none = emulators")
+	fs.String(&cfg.NATSURL, "nats-url", "NATS_URL", "", "use this NATS server instead of embedding one")
+	fs.String(&cfg.RedisURL, "redis-url", "REDIS_URL", "", "use this Redis server instead of embedding one")
+	fs.String(&cfg.Dir, "dir", "COMFYFLEET_DIR", ".comfyfleet", "folder for the embedded NATS data, emulator files and stack.json")
+	fs.Duration(&cfg.StepDelay, "step-delay", "COMFYSIM_STEP_DELAY", 0, "emulator time per sampler step (0 = its default, 5ms)")
+	fs.String(logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+	return fs
 }

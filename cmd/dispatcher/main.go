@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -28,26 +26,14 @@ type config struct {
 
 func main() {
 	var cfg config
-	fs := flagenv.New("dispatcher", "dispatcher admits comfyfleet jobs from NATS (CF_SUBMIT), records them in Redis and routes\nthem to their pool and lane (CF_JOBS). Run two or more replicas.")
-	fs.String(&cfg.backend.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
-	fs.String(&cfg.backend.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
-	fs.String(&cfg.dispatch.DefaultPool, "pool", "POOL", "default", "pool of jobs that name none")
-	fs.String(&cfg.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
-	if err := fs.Parse(os.Args[1:], nil); err != nil {
-		if errors.Is(err, flagenv.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintf(os.Stderr, "dispatcher: %v\n", err)
-		os.Exit(2)
-	}
+	fs := settings(&cfg)
+	fs.ParseOrExit(os.Args[1:])
 	if err := cfg.dispatch.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "dispatcher: POOL: %v\n", err)
-		os.Exit(2)
+		fs.Exit("POOL", err)
 	}
 	log, err := logging.New(cfg.logLevel)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "dispatcher: LOG_LEVEL: %v\n", err)
-		os.Exit(2)
+		fs.Exit("LOG_LEVEL", err)
 	}
 	defer log.Sync()
 	cfg.backend.Name, cfg.backend.Logger = "dispatcher", log
@@ -80,4 +66,14 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	<-ctx.Done()
 	d.Stop()
 	return nil
+}
+
+// settings binds every setting of the binary to a flag and a variable.
+func settings(cfg *config) *flagenv.Set {
+	fs := flagenv.New("dispatcher", "dispatcher admits comfyfleet jobs from NATS (CF_SUBMIT), records them in Redis and routes\nthem to their pool and lane (CF_JOBS). Run two or more replicas.")
+	fs.String(&cfg.backend.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
+	fs.String(&cfg.backend.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
+	fs.String(&cfg.dispatch.DefaultPool, "pool", "POOL", "default", "pool of jobs that name none")
+	fs.String(&cfg.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+	return fs
 }

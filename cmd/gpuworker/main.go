@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -30,37 +28,17 @@ type config struct {
 
 func main() {
 	var cfg config
-	host, _ := os.Hostname()
-	fs := flagenv.New("gpuworker", "gpuworker runs comfyfleet jobs on the ComfyUI next to it.")
-	fs.String(&cfg.backend.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
-	fs.String(&cfg.backend.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
-	fs.String(&cfg.comfy.BaseURL, "comfyui-url", "COMFYUI_URL", "http://127.0.0.1:8188", "the ComfyUI this worker drives")
-	fs.String(&cfg.worker.ID, "worker-id", "WORKER_ID", sanitizeID(host), "this worker's id in status records and the fleet registry")
-	fs.String(&cfg.worker.Pool, "pool", "POOL", "default", "the pool whose jobs this worker takes")
-	fs.String(&cfg.worker.ComfyOrgAPIKey, "comfy-org-api-key", "COMFY_ORG_API_KEY", "", "key for Comfy.org API nodes when the job gives none")
-	fs.Int(&cfg.comfy.ReconnectAttempts, "websocket-reconnect-attempts", "WEBSOCKET_RECONNECT_ATTEMPTS", 5, "redials of a dropped ComfyUI WebSocket before the job is given back")
-	fs.Seconds(&cfg.comfy.ReconnectDelay, "websocket-reconnect-delay", "WEBSOCKET_RECONNECT_DELAY_S", 3*time.Second, "first delay in seconds between redials (doubles)")
-	fs.Duration(&cfg.worker.Grace, "grace", "SHUTDOWN_GRACE", 30*time.Second, "on SIGTERM, how long the job in hand may finish before it is given back")
-	fs.String(&cfg.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
-	if err := fs.Parse(os.Args[1:], nil); err != nil {
-		if errors.Is(err, flagenv.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintf(os.Stderr, "gpuworker: %v\n", err)
-		os.Exit(2)
-	}
+	fs := settings(&cfg)
+	fs.ParseOrExit(os.Args[1:])
 	if err := cfg.worker.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "gpuworker: WORKER_ID/POOL: %v\n", err)
-		os.Exit(2)
+		fs.Exit("WORKER_ID/POOL", err)
 	}
 	if err := cfg.comfy.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "gpuworker: COMFYUI_URL: %v\n", err)
-		os.Exit(2)
+		fs.Exit("COMFYUI_URL", err)
 	}
 	log, err := logging.New(cfg.logLevel)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "gpuworker: LOG_LEVEL: %v\n", err)
-		os.Exit(2)
+		fs.Exit("LOG_LEVEL", err)
 	}
 	defer log.Sync()
 	cfg.backend.Name, cfg.backend.Logger, cfg.comfy.Logger = "gpuworker-"+cfg.worker.ID, log, log
@@ -117,4 +95,21 @@ func sanitizeID(s string) string {
 		return "gpuworker"
 	}
 	return string(b)
+}
+
+// settings binds every setting of the binary to a flag and a variable.
+func settings(cfg *config) *flagenv.Set {
+	host, _ := os.Hostname()
+	fs := flagenv.New("gpuworker", "gpuworker runs comfyfleet jobs on the ComfyUI next to it.")
+	fs.String(&cfg.backend.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
+	fs.String(&cfg.backend.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
+	fs.String(&cfg.comfy.BaseURL, "comfyui-url", "COMFYUI_URL", "http://127.0.0.1:8188", "the ComfyUI this worker drives")
+	fs.String(&cfg.worker.ID, "worker-id", "WORKER_ID", sanitizeID(host), "this worker's id in status records and the fleet registry")
+	fs.String(&cfg.worker.Pool, "pool", "POOL", "default", "the pool whose jobs this worker takes")
+	fs.String(&cfg.worker.ComfyOrgAPIKey, "comfy-org-api-key", "COMFY_ORG_API_KEY", "", "key for Comfy.org API nodes when the job gives none")
+	fs.Int(&cfg.comfy.ReconnectAttempts, "websocket-reconnect-attempts", "WEBSOCKET_RECONNECT_ATTEMPTS", 5, "redials of a dropped ComfyUI WebSocket before the job is given back")
+	fs.Seconds(&cfg.comfy.ReconnectDelay, "websocket-reconnect-delay", "WEBSOCKET_RECONNECT_DELAY_S", 3*time.Second, "first delay in seconds between redials (doubles)")
+	fs.Duration(&cfg.worker.Grace, "grace", "SHUTDOWN_GRACE", 30*time.Second, "on SIGTERM, how long the job in hand may finish before it is given back")
+	fs.String(&cfg.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+	return fs
 }

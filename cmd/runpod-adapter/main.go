@@ -6,7 +6,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -34,34 +33,18 @@ type config struct {
 
 func main() {
 	var cfg config
-	fs := flagenv.New("runpod-adapter", "runpod-adapter serves RunPod's endpoint API in front of a comfyfleet fleet (api mode).")
-	fs.String(&cfg.backend.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
-	fs.String(&cfg.backend.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
-	fs.String(&cfg.listen, "listen", "LISTEN_ADDR", ":8000", "address of the endpoint API")
-	fs.List(&cfg.api.APIKeys, "api-keys", "API_KEYS", nil, "accepted API keys, comma-separated; none = no authentication")
-	fs.String(&cfg.apiKeysFile, "api-keys-file", "API_KEYS_FILE", "", "file with one accepted API key per line")
-	fs.Duration(&cfg.api.RunRetention, "run-retention", "RUN_RETENTION", 30*time.Minute, "how long /run results are kept")
-	fs.Duration(&cfg.api.SyncRetention, "sync-retention", "SYNC_RETENTION", time.Minute, "how long /runsync results are kept")
-	fs.String(&cfg.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
-	if err := fs.Parse(os.Args[1:], nil); err != nil {
-		if errors.Is(err, flagenv.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintf(os.Stderr, "runpod-adapter: %v\n", err)
-		os.Exit(2)
-	}
+	fs := settings(&cfg)
+	fs.ParseOrExit(os.Args[1:])
 	if cfg.apiKeysFile != "" {
 		keys, err := readKeys(cfg.apiKeysFile)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "runpod-adapter: API_KEYS_FILE: %v\n", err)
-			os.Exit(2)
+			fs.Exit("API_KEYS_FILE", err)
 		}
 		cfg.api.APIKeys = append(cfg.api.APIKeys, keys...)
 	}
 	log, err := logging.New(cfg.logLevel)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "runpod-adapter: LOG_LEVEL: %v\n", err)
-		os.Exit(2)
+		fs.Exit("LOG_LEVEL", err)
 	}
 	defer log.Sync()
 	cfg.backend.Name, cfg.backend.Logger = "runpod-adapter", log
@@ -119,4 +102,18 @@ func readKeys(path string) ([]string, error) {
 		}
 	}
 	return keys, sc.Err()
+}
+
+// settings binds every setting of the binary to a flag and a variable.
+func settings(cfg *config) *flagenv.Set {
+	fs := flagenv.New("runpod-adapter", "runpod-adapter serves RunPod's endpoint API in front of a comfyfleet fleet (api mode).")
+	fs.String(&cfg.backend.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
+	fs.String(&cfg.backend.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
+	fs.String(&cfg.listen, "listen", "LISTEN_ADDR", ":8000", "address of the endpoint API")
+	fs.List(&cfg.api.APIKeys, "api-keys", "API_KEYS", nil, "accepted API keys, comma-separated; none = no authentication")
+	fs.String(&cfg.apiKeysFile, "api-keys-file", "API_KEYS_FILE", "", "file with one accepted API key per line")
+	fs.Duration(&cfg.api.RunRetention, "run-retention", "RUN_RETENTION", 30*time.Minute, "how long /run results are kept")
+	fs.Duration(&cfg.api.SyncRetention, "sync-retention", "SYNC_RETENTION", time.Minute, "how long /runsync results are kept")
+	fs.String(&cfg.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+	return fs
 }

@@ -214,3 +214,40 @@ func (l *listValue) Set(s string) error {
 	}
 	return nil
 }
+
+// ParseOrExit is Parse for a main function: after --help it exits 0, and
+// on a bad setting it prints "<command>: <error>" and exits 2.
+func (s *Set) ParseOrExit(args []string) {
+	if err := s.Parse(args, nil); err != nil {
+		if errors.Is(err, ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(s.fs.Output(), "%s: %v\n", s.fs.Name(), err)
+		os.Exit(2)
+	}
+}
+
+// Exit reports a setting that passed parsing but failed validation, the
+// way ParseOrExit does, and exits 2.
+func (s *Set) Exit(setting string, err error) {
+	fmt.Fprintf(s.fs.Output(), "%s: %s: %v\n", s.fs.Name(), setting, err)
+	os.Exit(2)
+}
+
+// Setting describes one setting, for documentation and its tests.
+type Setting struct {
+	Flag    string // without dashes
+	Env     string // "" when the setting has no variable
+	Default string
+	Usage   string
+}
+
+// Settings lists the settings in the order they were bound.
+func (s *Set) Settings() []Setting {
+	out := make([]Setting, 0, len(s.order))
+	for _, name := range s.order {
+		f := s.fs.Lookup(name)
+		out = append(out, Setting{Flag: name, Env: s.env[name], Default: f.DefValue, Usage: f.Usage})
+	}
+	return out
+}

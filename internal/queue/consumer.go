@@ -79,12 +79,14 @@ func (c *Client) IntakeConsumer(ctx context.Context, cfg ConsumerConfig) (*Consu
 	return c.consumer(ctx, proto.SubmitStream, proto.SubmitSubjects, cfg)
 }
 
-// PoolConsumer opens the workers' shared consumer of one pool's jobs.
-func (c *Client) PoolConsumer(ctx context.Context, pool string, cfg ConsumerConfig) (*Consumer, error) {
+// LaneConsumer opens the workers' shared consumer of one lane of a pool.
+// A work-queue stream allows one consumer per subject, so every worker of
+// the pool shares it.
+func (c *Client) LaneConsumer(ctx context.Context, pool string, lane proto.Lane, cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.Durable == "" {
-		cfg.Durable = "pool-" + pool
+		cfg.Durable = "pool-" + pool + "-" + string(lane)
 	}
-	return c.consumer(ctx, proto.JobsStream, proto.PoolSubjects(pool), cfg)
+	return c.consumer(ctx, proto.JobsStream, proto.JobSubject(pool, lane), cfg)
 }
 
 func (c *Client) consumer(ctx context.Context, stream, filter string, cfg ConsumerConfig) (*Consumer, error) {
@@ -123,6 +125,25 @@ func (c *Consumer) Next(ctx context.Context, wait time.Duration) (*Message, erro
 		return nil, ErrNoMessage
 	}
 	return nil, fmt.Errorf("fetch: %w", err)
+}
+
+// TryNext returns a message that is waiting now, or ErrNoMessage at once.
+func (c *Consumer) TryNext(ctx context.Context) (*Message, error) {
+	batch, err := c.c.FetchNoWait(1)
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	for msg := range batch.Messages() {
+		// Drain the batch; it holds at most one message.
+		return &Message{msg: msg}, nil
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	return nil, ErrNoMessage
 }
 
 // Pending is the number of messages waiting for this consumer.

@@ -160,7 +160,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 // Start opens the pool's consumer and runs the loop in the background; the
 // loop waits for ComfyUI to answer before it pulls the first job.
 func (w *Worker) Start(ctx context.Context) error {
-	cons, err := w.q.PoolConsumer(ctx, w.cfg.Pool, queue.ConsumerConfig{AckWait: w.cfg.AckWait})
+	cons, err := w.q.OpenLanes(ctx, w.cfg.Pool, queue.LanesConfig{Consumer: queue.ConsumerConfig{AckWait: w.cfg.AckWait}})
 	if err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
@@ -207,7 +207,7 @@ func (w *Worker) Stop() {
 	abort()
 }
 
-func (w *Worker) loop(pullCtx, jobCtx context.Context, cons *queue.Consumer) {
+func (w *Worker) loop(pullCtx, jobCtx context.Context, cons *queue.Lanes) {
 	bo := backoff.New(100*time.Millisecond, 5*time.Second)
 	connected := false
 	for pullCtx.Err() == nil {

@@ -1,0 +1,257 @@
+package comfysim
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ComfyUIVersion is the version the emulator reports and behaves as.
+const ComfyUIVersion = "0.27.0"
+
+// DefaultCheckpoint is the checkpoint list used when Config.Checkpoints is nil.
+const DefaultCheckpoint = "v1-5-pruned-emaonly.safetensors"
+
+// DefaultStepDelay is the KSampler per-step sleep when Config.StepDelay is 0.
+const DefaultStepDelay = 5 * time.Millisecond
+
+// maxUploadSize is aiohttp's client_max_size with ComfyUI's default 100 MB.
+const maxUploadSize = 100 * 1024 * 1024
+
+// Config configures an emulator. The zero value is usable.
+type Config struct {
+	// Dir is the root folder holding input/, output/ and temp/. Empty means
+	// a new temporary directory, removed by Close.
+	Dir string
+	// Checkpoints are the ckpt_name options of CheckpointLoaderSimple, as if
+	// they were the files in models/checkpoints. Nil means
+	// []string{DefaultCheckpoint}.
+	Checkpoints []string
+	// StepDelay is the sleep per KSampler step: 0 means DefaultStepDelay,
+	// negative means no sleep.
+	StepDelay time.Duration
+	// Logger receives the emulator's logs; nil means zap.NewNop().
+	Logger *zap.Logger
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	for _, ck := range c.Checkpoints {
+		if ck == "" {
+			return errors.New("comfysim: Checkpoints: empty checkpoint name")
+		}
+	}
+	return nil
+}
+
+// Server is one emulated ComfyUI process: its HTTP API and WebSocket
+// (Handler), one executor goroutine running one prompt at a time, and a
+// fault-injection surface (ControlHandler and the Set*/Drop*/Restart methods).
+//
+// Shutdown order (Close): mark closed and wake the executor; abort the running
+// prompt; wait for the executor to return; close every WebSocket; remove the
+// temporary root if the server created it.
+type Server struct {
+	log         *zap.Logger
+	root        string
+	ownRoot     bool
+	inputDir    string
+	outputDir   string
+	tempDir     string
+	checkpoints []string
+	nodes       map[string]*nodeDef
+	nodeOrder   []string
+	hub         *hub
+	counters    *counterCache
+
+	mu   sync.Mutex // guards everything below up to the blank line
+	cond *sync.Cond // the executor waits on it for work or flags
+	// number is server.number, the counter of POST /prompt.
+	number      int64
+	queue       promptHeap
+	seq         uint64 // tie-break for equal (number, prompt_id)
+	running     *queueItem
+	history     *historyStore
+	freeMemory  bool // POST /free flag, consumed by the executor
+	closed      bool
+	epoch       uint64 // bumped by Restart; a prompt of an older epoch is abandoned
+	interrupted bool   // nodes.interrupt_processing flag
+	clientID    any    // server.client_id of the running prompt (nil = none)
+	lastNodeID  any    // server.last_node_id (display id), nil when none
+	cache       *outputCache
+	objects     map[[2]string]*nodeObject
+	fault       Fault
+	faultUses   int  // executions the FailClass fault has caused
+	holdQueue   bool // tests: the executor takes no new prompt while set
+
+	interruptCh chan struct{} // wakes a sampler sleeping between steps
+	down        atomic.Bool
+	stepDelay   atomic.Int64
+	stats       statCounters
+
+	executorDone chan struct{}
+	closeOnce    sync.Once
+}
+
+type statCounters struct {
+	queued, executed, succeeded, failed, interrupted, aborted, restarts atomic.Int64
+}
+
+// Stats is a snapshot of the emulator's counters.
+type Stats struct {
+	PromptsQueued      int64  `json:"prompts_queued"`      // accepted by POST /prompt
+	PromptsExecuted    int64  `json:"prompts_executed"`    // finished with a history entry
+	PromptsSucceeded   int64  `json:"prompts_succeeded"`   // history status "success"
+	PromptsFailed      int64  `json:"prompts_failed"`      // ended with execution_error
+	PromptsInterrupted int64  `json:"prompts_interrupted"` // ended with execution_interrupted
+	PromptsAborted     int64  `json:"prompts_aborted"`     // lost to Restart while running
+	Restarts           int64  `json:"restarts"`
+	QueueRemaining     int    `json:"queue_remaining"` // pending + running
+	Running            string `json:"running"`         // running prompt id, "" when idle
+	SocketsOpen        int    `json:"sockets_open"`    // open WebSocket connections
+	CacheEntries       int    `json:"cache_entries"`
+	Down               bool   `json:"down"`
+}
+
+// New creates the folders and starts the executor goroutine.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Server{
+		log:          log.Named("comfysim"),
+		checkpoints:  cfg.Checkpoints,
+		interruptCh:  make(chan struct{}, 1),
+		executorDone: make(chan struct{}),
+		history:      newHistoryStore(),
+		cache:        newOutputCache(),
+		objects:      map[[2]string]*nodeObject{},
+		counters:     newCounterCache(),
+	}
+	if s.checkpoints == nil {
+		s.checkpoints = []string{DefaultCheckpoint}
+	}
+	s.checkpoints = append([]string(nil), s.checkpoints...)
+	s.nodes, s.nodeOrder = buildRegistry()
+	s.cond = sync.NewCond(&s.mu)
+	s.hub = newHub(s.log)
+	s.SetStepDelay(cfg.StepDelay)
+
+	s.root = cfg.Dir
+	if s.root == "" {
+		d, err := os.MkdirTemp("", "comfysim-")
+		if err != nil {
+			return nil, fmt.Errorf("create root: %w", err)
+		}
+		s.root, s.ownRoot = d, true
+	}
+	abs, err := filepath.Abs(s.root)
+	if err != nil {
+		return nil, fmt.Errorf("resolve root %s: %w", s.root, err)
+	}
+	s.root = abs
+	s.inputDir = filepath.Join(abs, "input")
+	s.outputDir = filepath.Join(abs, "output")
+	s.tempDir = filepath.Join(abs, "temp")
+	for _, d := range []string{s.inputDir, s.outputDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	// ComfyUI wipes temp/ at start.
+	if err := resetDir(s.tempDir); err != nil {
+		return nil, err
+	}
+	go s.executorLoop()
+	s.log.Info("emulator started", zap.String("root", s.root), zap.Strings("checkpoints", s.checkpoints))
+	return s, nil
+}
+
+func resetDir(d string) error {
+	if err := os.RemoveAll(d); err != nil {
+		return fmt.Errorf("wipe %s: %w", d, err)
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", d, err)
+	}
+	return nil
+}
+
+// Dir returns the root folder holding input/, output/ and temp/.
+func (s *Server) Dir() string { return s.root }
+
+// Close stops the executor, closes every socket and removes the temporary
+// root it created. It is idempotent.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.epoch++ // abandon the running prompt
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		s.wakeSampler()
+		<-s.executorDone
+		s.hub.closeAll(true)
+		if s.ownRoot {
+			err = os.RemoveAll(s.root)
+		}
+	})
+	return err
+}
+
+// SetStepDelay changes the KSampler per-step sleep (0 = DefaultStepDelay,
+// negative = none). It applies from the next step.
+func (s *Server) SetStepDelay(d time.Duration) {
+	if d == 0 {
+		d = DefaultStepDelay
+	}
+	s.stepDelay.Store(int64(d))
+}
+
+func (s *Server) currentStepDelay() time.Duration {
+	d := time.Duration(s.stepDelay.Load())
+	if d < 0 {
+		return 0
+	}
+	return d
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	st := Stats{
+		QueueRemaining: s.tasksRemainingLocked(),
+		CacheEntries:   s.cache.len(),
+	}
+	if s.running != nil {
+		st.Running = s.running.id
+	}
+	s.mu.Unlock()
+	st.PromptsQueued = s.stats.queued.Load()
+	st.PromptsExecuted = s.stats.executed.Load()
+	st.PromptsSucceeded = s.stats.succeeded.Load()
+	st.PromptsFailed = s.stats.failed.Load()
+	st.PromptsInterrupted = s.stats.interrupted.Load()
+	st.PromptsAborted = s.stats.aborted.Load()
+	st.Restarts = s.stats.restarts.Load()
+	st.SocketsOpen = s.hub.openCount()
+	st.Down = s.down.Load()
+	return st
+}
+
+// Handler returns the ComfyUI API: every route of §12.6, each also under /api.
+func (s *Server) Handler() http.Handler {
+	return s.apiHandler()
+}

@@ -1,0 +1,117 @@
+package flagenv_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+)
+
+type settings struct {
+	url     string
+	n       int
+	on      bool
+	wait    time.Duration
+	delay   time.Duration
+	keys    []string
+	noEnv   string
+	fs      *flagenv.Set
+	helpOut *bytes.Buffer
+}
+
+func newSet() *settings {
+	s := &settings{fs: flagenv.New("tool", "tool does things."), helpOut: &bytes.Buffer{}}
+	s.fs.SetOutput(s.helpOut)
+	s.fs.String(&s.url, "nats-url", "NATS_URL", "nats://127.0.0.1:4222", "NATS server")
+	s.fs.Int(&s.n, "workers", "WORKERS", 2, "how many")
+	s.fs.Bool(&s.on, "refresh", "REFRESH_WORKER", false, "free after each job")
+	s.fs.Duration(&s.wait, "grace", "GRACE", 30*time.Second, "grace period")
+	s.fs.Seconds(&s.delay, "reconnect-delay", "WEBSOCKET_RECONNECT_DELAY_S", 3*time.Second, "delay")
+	s.fs.List(&s.keys, "api-keys", "API_KEYS", nil, "keys")
+	s.fs.String(&s.noEnv, "plain", "", "x", "no variable")
+	return s
+}
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestPrecedence(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		check func(t *testing.T, s *settings)
+	}{
+		{name: "defaults", check: func(t *testing.T, s *settings) {
+			require.Equal(t, "nats://127.0.0.1:4222", s.url)
+			require.Equal(t, 2, s.n)
+			require.False(t, s.on)
+			require.Equal(t, 3*time.Second, s.delay)
+			require.Nil(t, s.keys)
+		}},
+		{name: "env beats default", env: map[string]string{"NATS_URL": "nats://x:1", "WORKERS": "5", "REFRESH_WORKER": "TRUE", "WEBSOCKET_RECONNECT_DELAY_S": "0.5", "API_KEYS": "a, b"},
+			check: func(t *testing.T, s *settings) {
+				require.Equal(t, "nats://x:1", s.url)
+				require.Equal(t, 5, s.n)
+				require.True(t, s.on)
+				require.Equal(t, 500*time.Millisecond, s.delay)
+				require.Equal(t, []string{"a", "b"}, s.keys)
+			}},
+		{name: "flag beats env", args: []string{"--nats-url", "nats://flag:2", "--api-keys", "k1", "--api-keys", "k2"}, env: map[string]string{"NATS_URL": "nats://env:1", "API_KEYS": "e"},
+			check: func(t *testing.T, s *settings) {
+				require.Equal(t, "nats://flag:2", s.url)
+				require.Equal(t, []string{"k1", "k2"}, s.keys)
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := newSet()
+			require.NoError(t, s.fs.Parse(tt.args, env(tt.env)))
+			tt.check(t, s)
+		})
+	}
+}
+
+func TestBadValuesNameTheSetting(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		{name: "env int", env: map[string]string{"WORKERS": "many"}, wantErr: `setting WORKERS (--workers): invalid value "many"`},
+		{name: "env seconds", env: map[string]string{"WEBSOCKET_RECONNECT_DELAY_S": "3s"}, wantErr: "WEBSOCKET_RECONNECT_DELAY_S (--reconnect-delay)"},
+		{name: "env bool", env: map[string]string{"REFRESH_WORKER": "yes"}, wantErr: "want true or false"},
+		{name: "flag", args: []string{"--grace", "soon"}, wantErr: `invalid value "soon" for flag -grace`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := newSet()
+			err := s.fs.Parse(tt.args, env(tt.env))
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tt.wantErr)
+		})
+	}
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	t.Parallel()
+	s := newSet()
+	err := s.fs.Parse([]string{"--help"}, env(nil))
+	require.ErrorIs(t, err, flagenv.ErrHelp)
+	help := s.helpOut.String()
+	require.True(t, strings.HasPrefix(help, "tool does things."))
+	for _, want := range []string{"--nats-url  (env NATS_URL)", "(default nats://127.0.0.1:4222)", "--reconnect-delay  (env WEBSOCKET_RECONNECT_DELAY_S)", "(default 3)", "--plain\n"} {
+		require.Contains(t, help, want)
+	}
+}

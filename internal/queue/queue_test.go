@@ -1,0 +1,181 @@
+package queue_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+func setup(t *testing.T) (*queue.Client, *testenv.NATS) {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	q, err := queue.New(n.Conn)
+	require.NoError(t, err)
+	require.NoError(t, q.Ensure(testenv.Context(t, 10*time.Second), queue.Config{}))
+	return q, n
+}
+
+func job(id string, lane proto.Lane) *proto.Job {
+	return &proto.Job{ID: id, Input: json.RawMessage(`{"workflow":{}}`), Pool: "p", Lane: lane}
+}
+
+func TestEnsureIsIdempotent(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ctx := testenv.Context(t, 10*time.Second)
+	require.NoError(t, q.Ensure(ctx, queue.Config{}))
+	for _, name := range []string{proto.SubmitStream, proto.JobsStream, proto.EventsStream, proto.DLQStream} {
+		_, err := n.JS.Stream(ctx, name)
+		require.NoError(t, err, name)
+	}
+}
+
+func TestSubmitIsIdempotentByID(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ctx := testenv.Context(t, 10*time.Second)
+	require.NoError(t, q.Submit(ctx, proto.SourceBatch, job("a", "")))
+	err := q.Submit(ctx, proto.SourceBatch, job("a", ""))
+	require.ErrorIs(t, err, queue.ErrDuplicate)
+	s, err := n.JS.Stream(ctx, proto.SubmitStream)
+	require.NoError(t, err)
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, info.State.Msgs)
+}
+
+func TestLanesPutInteractiveFirst(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1})
+	require.NoError(t, err)
+	for i := range 3 {
+		require.NoError(t, q.Admit(ctx, job(fmt.Sprintf("b%d", i), proto.LaneBatch)))
+	}
+	require.NoError(t, q.Admit(ctx, job("i0", proto.LaneInteractive)))
+
+	var order []string
+	for range 4 {
+		m, err := lanes.Next(ctx, time.Second)
+		require.NoError(t, err)
+		j, err := proto.DecodeJob(m.Data())
+		require.NoError(t, err)
+		order = append(order, j.ID)
+		require.NoError(t, m.Ack(ctx))
+	}
+	require.Equal(t, []string{"i0", "b0", "b1", "b2"}, order, "interactive first, then batch in order")
+
+	_, err = lanes.Next(ctx, 150*time.Millisecond)
+	require.ErrorIs(t, err, queue.ErrNoMessage)
+}
+
+func TestLanesKeepBatchMoving(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: 3})
+	require.NoError(t, err)
+	require.NoError(t, q.Admit(ctx, job("b", proto.LaneBatch)))
+	for i := range 5 {
+		require.NoError(t, q.Admit(ctx, job(fmt.Sprintf("i%d", i), proto.LaneInteractive)))
+	}
+	var order []string
+	for range 6 {
+		m, err := lanes.Next(ctx, time.Second)
+		require.NoError(t, err)
+		j, _ := proto.DecodeJob(m.Data())
+		order = append(order, j.ID)
+		require.NoError(t, m.Ack(ctx))
+	}
+	require.Equal(t, "b", order[2], "the third take looks at batch first: %v", order)
+}
+
+func TestIdleWorkerTakesBatchJobPublishedLater(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{})
+	require.NoError(t, err)
+	got := make(chan string, 1)
+	go func() {
+		m, err := lanes.Next(ctx, 10*time.Second)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		j, _ := proto.DecodeJob(m.Data())
+		_ = m.Ack(ctx)
+		got <- j.ID
+	}()
+	require.NoError(t, q.Admit(ctx, job("late", proto.LaneBatch)))
+	require.Equal(t, "late", <-got)
+}
+
+func TestDepth(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{})
+	require.NoError(t, err)
+	require.NoError(t, q.Submit(ctx, proto.SourceBatch, job("s", "")))
+	require.NoError(t, q.Admit(ctx, job("a", proto.LaneBatch)))
+	require.NoError(t, q.Admit(ctx, job("b", proto.LaneInteractive)))
+	queued, running, err := q.Depth(ctx)
+	require.NoError(t, err)
+	require.Equal(t, [2]uint64{3, 0}, [2]uint64{queued, running})
+
+	m, err := lanes.Next(ctx, time.Second)
+	require.NoError(t, err)
+	queued, running, err = q.Depth(ctx)
+	require.NoError(t, err)
+	require.Equal(t, [2]uint64{2, 1}, [2]uint64{queued, running}, "a delivered job is running")
+	require.NoError(t, m.Ack(ctx))
+}
+
+func TestEventsAndCancels(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 10*time.Second)
+	events := make(chan *proto.Event, 1)
+	stop, err := q.SubscribeEvents("j", func(e *proto.Event) { events <- e })
+	require.NoError(t, err)
+	defer stop()
+	cancels := make(chan string, 1)
+	stopC, err := q.SubscribeCancels(func(id string) { cancels <- id })
+	require.NoError(t, err)
+	defer stopC()
+	require.NoError(t, q.Conn().Flush())
+
+	require.NoError(t, q.PublishEvent(ctx, &proto.Event{JobID: "j", Type: proto.EventStatus, Status: proto.StatusCompleted}))
+	ev := <-events
+	require.Equal(t, proto.StatusCompleted, ev.Status)
+	require.Equal(t, proto.Version, ev.V)
+	require.False(t, ev.Time.IsZero())
+
+	require.NoError(t, q.PublishCancel("j"))
+	require.Equal(t, "j", <-cancels)
+}
+
+func TestReject(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ch := make(chan *nats.Msg, 1)
+	sub, err := n.Conn.ChanSubscribe(proto.RejectSubject, ch)
+	require.NoError(t, err)
+	defer sub.Unsubscribe()
+	require.NoError(t, n.Conn.Flush())
+	require.NoError(t, q.Reject([]byte("junk"), "no id"))
+	m := <-ch
+	require.Equal(t, "junk", string(m.Data))
+	require.Equal(t, "no id", m.Header.Get(proto.RejectReasonHeader))
+}
+
