@@ -178,4 +178,3 @@ func TestReject(t *testing.T) {
 	require.Equal(t, "junk", string(m.Data))
 	require.Equal(t, "no id", m.Header.Get(proto.RejectReasonHeader))
 }
-
