@@ -33,6 +33,9 @@ func main() {
 	if err := cfg.worker.Validate(); err != nil {
 		fs.Exit("WORKER_ID/POOL", err)
 	}
+	if cfg.comfy.ReconnectAttempts == 0 {
+		cfg.comfy.ReconnectAttempts = -1 // worker-comfyui: 0 fails at the first drop
+	}
 	if err := cfg.comfy.Validate(); err != nil {
 		fs.Exit("COMFYUI_URL", err)
 	}
