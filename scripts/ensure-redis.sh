@@ -16,7 +16,7 @@ port=${hostport##*:}
 
 answers() {
 	# PING over bash's /dev/tcp, so redis-cli is not needed.
-	exec 3<>"/dev/tcp/$host/$port" 2>/dev/null || return 1
+	{ exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
 	printf 'PING\r\n' >&3
 	local reply
 	IFS= read -r -t 2 reply <&3 || true
