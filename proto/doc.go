@@ -9,10 +9,15 @@
 //
 //  1. Pick a job id: 1–128 characters of [A-Za-z0-9_-] (a UUID is fine). The
 //     id names the job everywhere; submitting the same id twice is a no-op.
+//     A batch producer derives it from the batch and the item, so that a
+//     re-run of the producer re-submits the same ids and JetStream drops them.
 //  2. Publish a JSON [Job] on "cf.submit.<source>" (source "batch" for batch
-//     producers, see [SubmitSubject]) with the header "Nats-Msg-Id: <id>",
-//     through JetStream so you get a PubAck. The PubAck is the durable
-//     receipt: from then on the job reaches a terminal state.
+//     producers, see [SubmitSubject]) with the header "Nats-Msg-Id: <id>"
+//     ([MsgIDHeader]), through JetStream so you get a PubAck. The PubAck is
+//     the durable receipt: from then on the job reaches a terminal state,
+//     whatever process dies. A PubAck with "duplicate": true means that id was
+//     published within the de-duplication window (2 minutes) and this copy
+//     was dropped.
 //  3. Watch "cf.events.<id>" ([EventSubject]) for [Event]s, or read the status
 //     record, a Redis hash at "cf:job:<id>" ([JobKey]) whose fields are those of
 //     [Record].
@@ -20,6 +25,14 @@
 // The smallest message is
 //
 //	{"v": 1, "id": "my-job-1", "input": {"workflow": { ...ComfyUI API format... }}}
+//
+// and a batch item adds where it belongs and how it runs:
+//
+//	{"v": 1, "id": "sweep-7-0042", "batch_id": "sweep-7", "index": 41,
+//	 "lane": "batch", "pool": "default", "webhook": "https://example.com/hook",
+//	 "policy": {"executionTimeout": 600000, "ttl": 86400000},
+//	 "output": {"s3_prefix": "sweeps/7"}, "retention_ms": 86400000,
+//	 "input": {"workflow": {...}, "images": [{"name": "in.png", "image": "<base64>"}]}}
 //
 // In Python with nats-py:
 //
@@ -30,10 +43,42 @@
 // "input" is RunPod's input object exactly as worker-comfyui accepts it (see
 // [Input]). Numbers in the workflow are carried as written: a seed of
 // 18446744073709551615 reaches ComfyUI unchanged, so never round-trip the
-// workflow through a float type on the producer side either.
+// workflow through a float type on the producer side either. Messages are at
+// most 1 MB (NATS's default): put large input files in the blob store
+// ([BlobBucket]) and send their keys as images[].blob.
+//
+// Jobs from cf.submit.batch go to the batch lane unless "lane" says
+// "interactive"; workers take every waiting interactive job (the RunPod API's)
+// before a batch job, so batch traffic never delays it by more than the batch
+// job a worker is running.
+//
+// [JobSchema] (proto/schema.json) is the message's JSON Schema, for
+// validating before sending; a test keeps it in step with the Go types.
+//
+// # Events and results
+//
+// Every status transition is published on "cf.events.<id>" as an [Event]
+// with type "status": IN_QUEUE when the dispatcher admits the job,
+// IN_PROGRESS when a worker starts it, then one of COMPLETED, FAILED,
+// TIMED_OUT or CANCELLED ("error" says why). Progress events (type
+// "progress") come in between; ignore types and fields you do not know. The
+// events stream ([EventsStream]) keeps them for a day, so a late subscriber
+// can replay them with a JetStream consumer; a core subscription sees only
+// new ones, so subscribe before publishing.
+//
+// The result is the status record's "output" field: an [Output] on success.
+// Its files are [OutputItem]s that name a key in the object store
+// [BlobBucket] ("blob", when the fleet has no S3) or carry an S3 URL in
+// "data" (type "s3_url"); read the bytes from there. The record is kept for
+// "retention_ms" after the job ends (30 minutes by default), the blobs for a
+// day. The runpod-adapter's GET /status/{id} serves the same result with the
+// files inline as base64, for clients without Redis.
+//
+// # Malformed messages
 //
 // A message that cannot be decoded, or whose input is invalid, never
 // disappears: its status becomes FAILED with the reason in "error", and a
 // status event is published. A message without a usable id is republished on
-// [RejectSubject] with the reason in the "Cf-Reject-Reason" header.
+// [RejectSubject] ("cf.rejects") with the reason in the "Cf-Reject-Reason"
+// header; subscribe there to catch a producer's bugs.
 package proto

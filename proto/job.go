@@ -3,6 +3,7 @@ package proto
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -34,9 +35,14 @@ type Job struct {
 	Lane Lane `json:"lane,omitempty"`
 	// Source is the submit subject's last token; the dispatcher fills it in.
 	Source string `json:"source,omitempty"`
-	// BatchID and Index place a batch item in its batch.
+	// BatchID and Index place a batch item in its batch: BatchID follows
+	// the rules of [ValidID] and lands in the status record's batch_id;
+	// Index is the item's position (0 first), for the producer's own use.
 	BatchID string `json:"batch_id,omitempty"`
 	Index   *int   `json:"index,omitempty"`
+	// Output says where the job's files go; nil means the worker's
+	// defaults.
+	Output *OutputSettings `json:"output,omitempty"`
 	// SubmittedAt is when the job was accepted; zero means "when the
 	// dispatcher read it".
 	SubmittedAt time.Time `json:"submitted_at,omitzero"`
@@ -53,6 +59,38 @@ type Policy struct {
 	TTL int64 `json:"ttl,omitempty"`
 	// LowPriority puts the job in the batch lane.
 	LowPriority bool `json:"lowPriority,omitempty"`
+}
+
+// OutputSettings say where a job's output files go. They hold no secrets:
+// credentials come from [S3Config] or the worker's settings.
+type OutputSettings struct {
+	// S3Prefix replaces the worker's BUCKET_PREFIX for this job when its
+	// outputs are uploaded to S3: the object keys become
+	// "<s3_prefix>/<job id>/<file name>". It has no effect when outputs go
+	// to the blob store. At most 512 bytes, no "..", no leading "/", no
+	// backslash or control character.
+	S3Prefix string `json:"s3_prefix,omitempty"`
+}
+
+// maxS3PrefixLen bounds OutputSettings.S3Prefix.
+const maxS3PrefixLen = 512
+
+// validS3Prefix reports why p cannot prefix object keys, or nil.
+func validS3Prefix(p string) error {
+	switch {
+	case len(p) > maxS3PrefixLen:
+		return errorf("is %d bytes long, the limit is %d", len(p), maxS3PrefixLen)
+	case strings.HasPrefix(p, "/"):
+		return errorf("%q starts with '/'; give a relative key prefix", p)
+	case strings.ContainsFunc(p, func(r rune) bool { return r == '\\' || r < 0x20 || r == 0x7f }):
+		return errorf("%q contains a backslash or a control character", p)
+	}
+	for _, part := range strings.Split(p, "/") {
+		if part == ".." {
+			return errorf("%q contains \"..\"", p)
+		}
+	}
+	return nil
 }
 
 // S3Config is RunPod's per-request S3 configuration.
@@ -98,6 +136,19 @@ func DecodeJob(data []byte) (*Job, error) {
 	}
 	if j.Retention < 0 {
 		return &j, errorf("field retention_ms: %d is negative", j.Retention)
+	}
+	if j.BatchID != "" {
+		if err := ValidID(j.BatchID); err != nil {
+			return &j, errorf("field batch_id: %v", err)
+		}
+	}
+	if j.Index != nil && *j.Index < 0 {
+		return &j, errorf("field index: %d is negative", *j.Index)
+	}
+	if j.Output != nil {
+		if err := validS3Prefix(j.Output.S3Prefix); err != nil {
+			return &j, errorf("field output.s3_prefix: %v", err)
+		}
 	}
 	return &j, nil
 }

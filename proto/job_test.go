@@ -3,6 +3,7 @@ package proto_test
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +33,11 @@ func TestDecodeJob(t *testing.T) {
 		{name: "bad lane", raw: `{"id":"a","lane":"fast"}`, wantErr: `field lane: "fast" is not a lane`, wantID: "a"},
 		{name: "bad pool", raw: `{"id":"a","pool":"x y"}`, wantErr: "field pool", wantID: "a"},
 		{name: "negative ttl", raw: `{"id":"a","policy":{"ttl":-1}}`, wantErr: "field policy.ttl: -1 is negative", wantID: "a"},
+		{name: "bad batch id", raw: `{"id":"a","batch_id":"x y"}`, wantErr: "field batch_id", wantID: "a"},
+		{name: "negative index", raw: `{"id":"a","index":-1}`, wantErr: "field index: -1 is negative", wantID: "a"},
+		{name: "s3 prefix climbing out", raw: `{"id":"a","output":{"s3_prefix":"x/../../y"}}`, wantErr: `field output.s3_prefix: "x/../../y" contains ".."`, wantID: "a"},
+		{name: "s3 prefix absolute", raw: `{"id":"a","output":{"s3_prefix":"/y"}}`, wantErr: "starts with '/'", wantID: "a"},
+		{name: "s3 prefix too long", raw: `{"id":"a","output":{"s3_prefix":"` + strings.Repeat("p", 513) + `"}}`, wantErr: "513 bytes long", wantID: "a"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

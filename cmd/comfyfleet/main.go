@@ -1,5 +1,6 @@
 // Command comfyfleet is the operator's tool: `comfyfleet dev` runs the
-// whole fleet on this machine in one process.
+// whole fleet on this machine in one process; submit, watch, status,
+// cancel and fleet work a fleet's batches and jobs (see internal/batch).
 package main
 
 import (
@@ -22,8 +23,20 @@ import (
 const usage = `comfyfleet runs ComfyUI workflows on a fleet of GPUs.
 
 Usage:
-  comfyfleet dev [settings]   run the whole fleet on this machine (NATS, Redis,
-                              dispatcher, RunPod-compatible API, GPU workers)
+  comfyfleet dev [settings]             run the whole fleet on this machine (NATS,
+                                        Redis, dispatcher, RunPod-compatible API,
+                                        GPU workers)
+  comfyfleet submit INPUT [settings]    submit a batch and follow it: INPUT is a
+                                        folder of workflows, a .jsonl file of
+                                        RunPod inputs, or one workflow with --set
+                                        sweeps; run it again to resume
+  comfyfleet watch BATCH [settings]     follow a batch again and download results
+  comfyfleet status ID|BATCH            show a job or a batch
+  comfyfleet cancel ID|BATCH            cancel a job or every unfinished job of a batch
+  comfyfleet fleet                      show the workers, lanes and queue depths
+
+Every command but dev finds a running "comfyfleet dev" by itself (its
+.comfyfleet/stack.json); for a deployment set NATS_URL and REDIS_URL.
 
 Run "comfyfleet <command> --help" for a command's settings.
 `
@@ -42,6 +55,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "dev":
 		return dev(ctx, args[1:], stdout, stderr)
+	case "submit":
+		return submit(ctx, args[1:], stdout, stderr)
+	case "watch":
+		return watch(ctx, args[1:], stdout, stderr)
+	case "status":
+		return showStatus(ctx, args[1:], stdout, stderr)
+	case "cancel":
+		return cancel(ctx, args[1:], stdout, stderr)
+	case "fleet":
+		return showFleet(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

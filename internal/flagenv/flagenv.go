@@ -84,6 +84,14 @@ func (s *Set) List(p *[]string, name, env string, def []string, usage string) {
 	s.add(name, env)
 }
 
+// Repeated binds a setting given once per value (--set a=1 --set b=2):
+// each value is kept whole, commas included, unlike List. Its variable,
+// if it has one, holds a single value.
+func (s *Set) Repeated(p *[]string, name, env, usage string) {
+	s.fs.Var(&repeatedValue{p: p}, name, usage)
+	s.add(name, env)
+}
+
 // ErrHelp is returned by Parse when -h or --help was asked for; the help
 // has been printed.
 var ErrHelp = flag.ErrHelp
@@ -212,6 +220,19 @@ func (l *listValue) Set(s string) error {
 			*l.p = append(*l.p, part)
 		}
 	}
+	return nil
+}
+
+type repeatedValue struct{ p *[]string }
+
+func (r *repeatedValue) String() string {
+	if r.p == nil {
+		return ""
+	}
+	return strings.Join(*r.p, " ")
+}
+func (r *repeatedValue) Set(s string) error {
+	*r.p = append(*r.p, s)
 	return nil
 }
 

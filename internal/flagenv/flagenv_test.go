@@ -115,3 +115,13 @@ func TestHelpListsEveryVariable(t *testing.T) {
 		require.Contains(t, help, want)
 	}
 }
+
+func TestRepeatedKeepsCommas(t *testing.T) {
+	t.Parallel()
+	var sets []string
+	fs := flagenv.New("tool", "tool does things.")
+	fs.Repeated(&sets, "set", "", "a value per flag")
+	require.NoError(t, fs.Parse([]string{"--set", "6.inputs.text=a cat, sitting", "--set=3.inputs.seed=1..3"}, env(nil)))
+	require.Equal(t, []string{"6.inputs.text=a cat, sitting", "3.inputs.seed=1..3"}, sets)
+	require.Equal(t, []flagenv.Setting{{Flag: "set", Default: "", Usage: "a value per flag"}}, fs.Settings())
+}

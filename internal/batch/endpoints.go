@@ -1,0 +1,97 @@
+package batch
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// Endpoints say where a fleet's NATS and Redis are.
+type Endpoints struct {
+	NATSURL, RedisURL string
+	// From says where they came from: "settings" (flags or environment),
+	// the path of a dev stack's file, or "defaults".
+	From string
+}
+
+// stackFile is the part of the file `comfyfleet dev` writes that the CLI
+// reads (devstack.Info).
+type stackFile struct {
+	APIURL   string `json:"api_url"`
+	NATSURL  string `json:"nats_url"`
+	RedisURL string `json:"redis_url"`
+	PID      int    `json:"pid"`
+}
+
+// ErrStaleStack: the dev stack that wrote the stack file is gone.
+var ErrStaleStack = errors.New("the comfyfleet dev that wrote it is not running")
+
+// ResolveEndpoints finds the fleet for a CLI command. NATS and Redis URLs
+// given as settings win (an empty one then means the default). With
+// neither given, the file a running `comfyfleet dev` leaves behind
+// (<dir>/<name>, where name is devstack.StackFile) names them: dir itself
+// when dirGiven, else the first <dir> found in the working directory or
+// one of its parents. With no such file, the defaults apply (empty URLs:
+// the backend's defaults).
+func ResolveEndpoints(natsURL, redisURL, dir string, dirGiven bool, name string) (Endpoints, error) {
+	if natsURL != "" || redisURL != "" {
+		return Endpoints{NATSURL: natsURL, RedisURL: redisURL, From: "settings"}, nil
+	}
+	path := findStackFile(dir, dirGiven, name)
+	if path == "" {
+		return Endpoints{From: "defaults"}, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Endpoints{}, fmt.Errorf("read dev stack file: %w", err)
+	}
+	var sf stackFile
+	if err := json.Unmarshal(data, &sf); err != nil {
+		return Endpoints{}, fmt.Errorf("read dev stack file %s: %w", path, err)
+	}
+	if sf.NATSURL == "" || sf.RedisURL == "" {
+		return Endpoints{}, fmt.Errorf("read dev stack file %s: it names no NATS or Redis URL", path)
+	}
+	if sf.PID > 0 && !alive(sf.PID) {
+		return Endpoints{}, fmt.Errorf("dev stack file %s: %w (pid %d); start it again, or set NATS_URL and REDIS_URL", path, ErrStaleStack, sf.PID)
+	}
+	return Endpoints{NATSURL: sf.NATSURL, RedisURL: sf.RedisURL, From: path}, nil
+}
+
+func findStackFile(dir string, dirGiven bool, name string) string {
+	if dirGiven || filepath.IsAbs(dir) {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+		return ""
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for {
+		p := filepath.Join(wd, dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+		parent := filepath.Dir(wd)
+		if parent == wd {
+			return ""
+		}
+		wd = parent
+	}
+}
+
+// alive reports whether a process with the pid exists.
+func alive(pid int) bool {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	err = p.Signal(syscall.Signal(0))
+	return err == nil || errors.Is(err, syscall.EPERM)
+}

@@ -1,0 +1,57 @@
+package batch_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/internal/batch"
+)
+
+func writeStack(t *testing.T, dir string, pid int) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	data := fmt.Sprintf(`{"api_url":"http://a","nats_url":"nats://n:1","redis_url":"redis://r:2/0","pid":%d}`, pid)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "stack.json"), []byte(data), 0o644))
+}
+
+func TestResolveEndpoints(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), ".comfyfleet")
+	writeStack(t, dir, os.Getpid())
+
+	ep, err := batch.ResolveEndpoints("nats://x:4222", "", dir, true, "stack.json")
+	require.NoError(t, err)
+	require.Equal(t, batch.Endpoints{NATSURL: "nats://x:4222", From: "settings"}, ep, "a URL given wins, the other takes its default")
+
+	ep, err = batch.ResolveEndpoints("", "", dir, true, "stack.json")
+	require.NoError(t, err)
+	require.Equal(t, "nats://n:1", ep.NATSURL)
+	require.Equal(t, "redis://r:2/0", ep.RedisURL)
+
+	ep, err = batch.ResolveEndpoints("", "", filepath.Join(t.TempDir(), "none"), true, "stack.json")
+	require.NoError(t, err)
+	require.Equal(t, batch.Endpoints{From: "defaults"}, ep)
+
+	stale := filepath.Join(t.TempDir(), "stale")
+	writeStack(t, stale, 1<<30)
+	_, err = batch.ResolveEndpoints("", "", stale, true, "stack.json")
+	require.ErrorIs(t, err, batch.ErrStaleStack)
+}
+
+// TestResolveEndpointsSearchesParents changes the working directory, so it
+// cannot run in parallel with the others.
+func TestResolveEndpointsSearchesParents(t *testing.T) {
+	root := t.TempDir()
+	writeStack(t, filepath.Join(root, ".comfyfleet"), os.Getpid())
+	deep := filepath.Join(root, "a", "b")
+	require.NoError(t, os.MkdirAll(deep, 0o755))
+	t.Chdir(deep)
+	ep, err := batch.ResolveEndpoints("", "", ".comfyfleet", false, "stack.json")
+	require.NoError(t, err)
+	require.Equal(t, "nats://n:1", ep.NATSURL)
+	require.Equal(t, filepath.Join(root, ".comfyfleet", "stack.json"), ep.From)
+}

@@ -1,0 +1,68 @@
+package batch
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// MaxBatchIDLen bounds batch ids so that job ids made from them stay
+// within proto's 128 characters.
+const MaxBatchIDLen = 64
+
+// ValidBatchID reports why id cannot name a batch, or nil.
+func ValidBatchID(id string) error {
+	if err := proto.ValidID(id); err != nil {
+		return fmt.Errorf("batch id: %w", err)
+	}
+	if len(id) > MaxBatchIDLen {
+		return fmt.Errorf("batch id %q is %d characters long, the limit is %d", id, len(id), MaxBatchIDLen)
+	}
+	return nil
+}
+
+// DefaultBatchID derives a batch id from what the command names: the
+// input's absolute path and the --set specs as written (not the values
+// they expand to), so running the same command again in the same place
+// gives the same batch, even after an @file or a workflow was edited.
+// It reads like "<input name>-<8 hex digits>".
+func DefaultBatchID(path string, specs []string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		abs = path
+	}
+	h := sha256.New()
+	h.Write([]byte(abs))
+	for _, s := range specs {
+		h.Write([]byte{0})
+		h.Write([]byte(s))
+	}
+	base := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
+	base = strings.ReplaceAll(SafeName(base), ".", "_")
+	if len(base) > 24 {
+		base = base[:24]
+	}
+	return base + "-" + hex.EncodeToString(h.Sum(nil))[:8]
+}
+
+// JobID is the id of an item's job: the batch id, the item's name and a
+// hash of the batch, the name and the input. The same item of the same
+// batch always gets the same id, which is what makes a second run resume
+// the first; an item whose input changed gets a new id, and so a new job.
+func JobID(batchID string, it Item) string {
+	h := sha256.New()
+	h.Write([]byte(batchID))
+	h.Write([]byte{0})
+	h.Write([]byte(it.Name))
+	h.Write([]byte{0})
+	h.Write(it.Input)
+	name := strings.ReplaceAll(it.Name, ".", "_")
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return batchID + "-" + name + "-" + hex.EncodeToString(h.Sum(nil))[:10]
+}

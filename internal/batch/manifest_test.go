@@ -1,0 +1,71 @@
+package batch_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/internal/batch"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+func TestReadManifest(t *testing.T) {
+	t.Parallel()
+	doc := `{"item":"001","job_id":"j1","status":"FAILED","files":[]}
+{"item":"002","job_id":"j2","status":"COMPLETED","files":[{"kind":"images","filename":"a.png","path":"002/a.png","size":3}]}
+{"item":"001","job_id":"j1","status":"COMPLETED","files":[]}
+not json
+{"item":"003","job_id":"j3","status":"DONE"}
+{"item":"004","job_id":"j4","sta`
+	got, bad, err := batch.ReadManifest(strings.NewReader(doc))
+	require.NoError(t, err)
+	require.Equal(t, 3, bad, "a line cut short, a status that is none, plain junk")
+	require.Len(t, got, 2)
+	require.Equal(t, proto.StatusCompleted, got["001"].Status, "the last line of an item wins")
+	require.Equal(t, "002/a.png", got["002"].Files[0].Path)
+}
+
+func TestResultOf(t *testing.T) {
+	t.Parallel()
+	start := time.UnixMilli(1_700_000_000_000).UTC()
+	rec := &proto.Record{ID: "j", Status: proto.StatusCompleted, BatchID: "b", WorkerID: "w", Attempt: 2, Retries: 1,
+		SubmittedAt: start, StartedAt: start.Add(15 * time.Millisecond), FinishedAt: start.Add(215 * time.Millisecond),
+		Output: json.RawMessage(`{"images":[{"filename":"a.png","type":"base64","data":"","blob":"out/j/2/9/a.png","size":9,"mime":"image/png","node_id":"9"}],` +
+			`"videos":[{"filename":"v.mp4","type":"s3_url","data":"https://s3/v.mp4"}],"text":[{"type":"text","data":"hi","node_id":"11"}],"errors":["lost one"]}`)}
+	r := batch.ResultOf(rec, "001", 0, nil)
+	require.Equal(t, int64(15), r.DelayMS)
+	require.Equal(t, int64(200), r.ExecutionMS)
+	require.Equal(t, []batch.File{
+		{Kind: "images", Filename: "a.png", NodeID: "9", Mime: "image/png", Size: 9, Blob: "out/j/2/9/a.png"},
+		{Kind: "videos", Filename: "v.mp4", URL: "https://s3/v.mp4"},
+		{Kind: "text", NodeID: "11"},
+	}, stripData(r.Files))
+	require.Contains(t, r.Error, "lost one")
+
+	failed := batch.ResultOf(&proto.Record{ID: "j", Status: proto.StatusFailed, Error: "boom"}, "002", 1, nil)
+	require.Equal(t, "boom", failed.Error)
+	require.Empty(t, failed.Files)
+}
+
+// stripData copies files through JSON, which drops what is not written to
+// the manifest.
+func stripData(fs []batch.File) []batch.File {
+	data, _ := json.Marshal(fs)
+	var out []batch.File
+	_ = json.Unmarshal(data, &out)
+	return out
+}
+
+func FuzzDecodeResult(f *testing.F) {
+	f.Add([]byte(`{"item":"001","job_id":"j1","status":"COMPLETED","files":[{"kind":"images","path":"001/a.png"}]}`))
+	f.Add([]byte(`{"item":"","job_id":"j1","status":"COMPLETED"}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		r, err := batch.DecodeResult(line)
+		if err == nil && (r.Item == "" || r.JobID == "" || !r.Status.Valid()) {
+			t.Fatalf("accepted %q", line)
+		}
+	})
+}
