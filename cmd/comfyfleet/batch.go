@@ -191,7 +191,7 @@ func open(ctx context.Context, name string, c connConfig, dirGiven bool, stderr 
 	}
 	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	b, err := backend.Open(octx, backend.Config{Name: "comfyfleet-cli", NATSURL: ep.NATSURL, RedisURL: ep.RedisURL, Logger: log})
+	b, err := backend.Open(octx, backend.Config{Name: "comfyfleet-cli", NATSURL: ep.NATSURL, RedisURL: ep.RedisURL, Attach: true, Logger: log})
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v (fleet from %s)\n", name, err, ep.From)
 		return nil, exitNotAllDone, false

@@ -36,6 +36,10 @@ type Config struct {
 	Queue     queue.Config
 	Blobs     blob.ObjectStoreConfig
 	Status    status.Options
+	// Attach opens existing streams and the blob bucket without creating or
+	// reconfiguring them: for tools (the CLI) that must not change a
+	// deployment's stream settings.
+	Attach bool
 	// WorkerTTL is how long a worker heartbeat lives; 0 means 15 s.
 	WorkerTTL time.Duration
 	Logger    *zap.Logger
@@ -88,11 +92,16 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		b.Close()
 		return nil, err
 	}
-	if err := b.Queue.Ensure(ctx, cfg.Queue); err != nil {
-		b.Close()
-		return nil, err
+	if !cfg.Attach {
+		if err := b.Queue.Ensure(ctx, cfg.Queue); err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.Blobs, err = blob.OpenObjectStore(ctx, b.Queue.JetStream(), cfg.Blobs)
+	} else {
+		b.Blobs, err = blob.AttachObjectStore(ctx, b.Queue.JetStream(), cfg.Blobs.Bucket)
 	}
-	if b.Blobs, err = blob.OpenObjectStore(ctx, b.Queue.JetStream(), cfg.Blobs); err != nil {
+	if err != nil {
 		b.Close()
 		return nil, err
 	}

@@ -159,6 +159,16 @@ func TestCancelBatch(t *testing.T) {
 		rec, err := f.b.Status.Get(ctx, batch.JobID("cancel-1", items[0]))
 		return err == nil && rec.Status != proto.StatusInQueue
 	}, 20*time.Second, 10*time.Millisecond)
+	// Every submitted item has been admitted (has a record), so only the
+	// ghost is cancelled ahead of the dispatcher.
+	require.Eventually(t, func() bool {
+		for _, it := range items {
+			if _, err := f.b.Status.Get(ctx, batch.JobID("cancel-1", it)); err != nil {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 10*time.Millisecond)
 
 	var out bytes.Buffer
 	cs, err := f.runner.Cancel(ctx, "cancel-1", &out)

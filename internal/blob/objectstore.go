@@ -59,6 +59,19 @@ func OpenObjectStore(ctx context.Context, js jetstream.JetStream, cfg ObjectStor
 	return &ObjectStore{os: os}, nil
 }
 
+// AttachObjectStore opens an existing bucket ("" means proto.BlobBucket)
+// without creating or reconfiguring it.
+func AttachObjectStore(ctx context.Context, js jetstream.JetStream, bucket string) (*ObjectStore, error) {
+	if bucket == "" {
+		bucket = proto.BlobBucket
+	}
+	os, err := js.ObjectStore(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("attach object store %s (is the fleet running?): %w", bucket, err)
+	}
+	return &ObjectStore{os: os}, nil
+}
+
 // Put streams r into the bucket in chunks; memory stays flat whatever the size.
 func (s *ObjectStore) Put(ctx context.Context, key, mime string, r io.Reader) (Info, error) {
 	meta := jetstream.ObjectMeta{Name: key}
@@ -75,8 +88,11 @@ func (s *ObjectStore) Put(ctx context.Context, key, mime string, r io.Reader) (I
 // Get opens a blob for reading.
 func (s *ObjectStore) Get(ctx context.Context, key string) (io.ReadCloser, Info, error) {
 	res, err := s.os.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
 		return nil, Info{}, fmt.Errorf("get blob %s: %w", key, ErrNotFound)
+	case errors.Is(err, jetstream.ErrBucketNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, Info{}, fmt.Errorf("get blob %s: %w", key, ErrNoBucket)
 	}
 	if err != nil {
 		return nil, Info{}, fmt.Errorf("get blob %s: %w", key, err)
