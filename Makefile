@@ -4,11 +4,13 @@ FUZZTIME ?= 10s
 
 .PHONY: test dev vet fuzz build
 
-## test: start a Redis when none answers, vet, then run every test with the race detector
+## test: start a Redis when none answers, install versitygw (S3 tests) when missing, vet, then run every test with the race detector
 test:
 	./scripts/ensure-redis.sh
+	GO=$(GO) ./scripts/ensure-versitygw.sh
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd test/node && npm ci --no-audit --no-fund && npm test
 
 ## dev: run the whole fleet locally (same as `go run ./cmd/comfyfleet dev`)
 dev:

@@ -4,15 +4,14 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
@@ -27,20 +26,53 @@ type Config struct {
 	// APIKeys are accepted as "Authorization: Bearer <key>" or a bare key;
 	// empty means no authentication (local use).
 	APIKeys []string
+	// Pool receives the jobs submitted through the API; "" means
+	// proto.DefaultPool.
+	Pool string
 	// MaxRunBody and MaxRunSyncBody cap request bodies; 0 means RunPod's
 	// 10 MB and 20 MB.
 	MaxRunBody, MaxRunSyncBody int64
 	// RunRetention and SyncRetention are how long results are kept after
 	// /run and /runsync; 0 means RunPod's 30 min and 1 min.
 	RunRetention, SyncRetention time.Duration
-	// DefaultWait is /runsync's wait without ?wait=; 0 means 90 s.
+	// DefaultWait is the wait of /runsync and /status-sync without
+	// ?wait=; 0 means RunPod's 90 s.
 	DefaultWait time.Duration
+	// StreamWait is how long /stream holds a request without ?wait= while
+	// nothing new happens; 0 means 3 s. (RunPod's JS SDK polls /stream in
+	// a tight loop, so a short hold keeps it from hammering the API.)
+	StreamWait time.Duration
 	// InlineBlobMax caps input images kept inside the NATS message; larger
-	// ones go to the blob store. 0 means 256 KiB.
+	// ones go to the blob store. 0 means DefaultInlineBlobMax.
 	InlineBlobMax int
+	// MaxQueued is the backpressure limit: while at least this many jobs
+	// wait in the queue, /run and /runsync answer 429. 0 means no limit.
+	MaxQueued int
+}
+
+// Validate names the first setting that cannot be used.
+func (c Config) Validate() error {
+	if c.Pool != "" {
+		if err := proto.ValidID(c.Pool); err != nil {
+			return fmt.Errorf("pool: %w", err)
+		}
+	}
+	for name, d := range map[string]time.Duration{"run retention": c.RunRetention, "sync retention": c.SyncRetention,
+		"default wait": c.DefaultWait, "stream wait": c.StreamWait} {
+		if d < 0 {
+			return fmt.Errorf("%s %s is negative", name, d)
+		}
+	}
+	if c.MaxRunBody < 0 || c.MaxRunSyncBody < 0 || c.InlineBlobMax < 0 || c.MaxQueued < 0 {
+		return fmt.Errorf("body limits, inline blob size and max queued must not be negative")
+	}
+	return nil
 }
 
 func (c Config) withDefaults() Config {
+	if c.Pool == "" {
+		c.Pool = proto.DefaultPool
+	}
 	if c.MaxRunBody == 0 {
 		c.MaxRunBody = 10 << 20
 	}
@@ -56,54 +88,89 @@ func (c Config) withDefaults() Config {
 	if c.DefaultWait == 0 {
 		c.DefaultWait = 90 * time.Second
 	}
+	if c.StreamWait == 0 {
+		c.StreamWait = 3 * time.Second
+	}
 	if c.InlineBlobMax == 0 {
-		c.InlineBlobMax = 256 << 10
+		c.InlineBlobMax = DefaultInlineBlobMax
 	}
 	return c
 }
 
-// Queue is what the API needs of NATS.
+// Queue is what the API needs of NATS (queue.Client).
 type Queue interface {
 	Submit(ctx context.Context, source string, job *proto.Job) error
 	SubscribeEvents(jobID string, fn func(*proto.Event)) (stop func(), err error)
+	PublishEvent(ctx context.Context, ev *proto.Event) error
+	PublishCancel(jobID string) error
 	Depth(ctx context.Context) (queued, running uint64, err error)
+	// JetStream is used to read a job's events for /stream, to find queued
+	// jobs for /purge-queue, to keep requests for /retry (RequestBucket)
+	// and to re-admit retried jobs.
+	JetStream() jetstream.JetStream
 }
 
-// Records is what the API needs of the status store.
+// Records is what the API needs of the status store (status.Store).
 type Records interface {
 	Create(ctx context.Context, p status.CreateParams) (*proto.Record, bool, error)
+	Reject(ctx context.Context, p status.CreateParams, errMsg string) (*proto.Record, error)
 	Get(ctx context.Context, id string) (*proto.Record, error)
 	Counts(ctx context.Context) (map[proto.Status]int64, error)
+	Cancel(ctx context.Context, id string) (*proto.Record, error)
+	CancelQueued(ctx context.Context, id string) (*proto.Record, error)
+	Retry(ctx context.Context, id string) (*proto.Record, error)
+	ShortenRetention(ctx context.Context, id string, keep time.Duration) (bool, error)
+	StreamCursor(ctx context.Context, id string) (uint64, error)
+	AdvanceStreamCursor(ctx context.Context, id string, from, to uint64, keep time.Duration) (bool, error)
 }
+
+var _ Records = (*status.Store)(nil)
 
 // Fleet lists the workers for /health.
 type Fleet interface {
 	List(ctx context.Context) ([]fleet.Worker, error)
 }
 
-// API serves RunPod's endpoint API.
+// API serves RunPod's endpoint API. It keeps no state of its own between
+// requests.
 type API struct {
-	cfg     Config
-	q       Queue
-	records Records
-	blobs   blob.Store
-	fleet   Fleet
-	log     *zap.Logger
-	mux     *http.ServeMux
+	cfg      Config
+	q        Queue
+	records  Records
+	blobs    blob.Store
+	fleet    Fleet
+	events   *EventLog
+	streams  *fleetStreams
+	requests *requestStore
+	log      *zap.Logger
+	mux      *http.ServeMux
+
+	depthMu   sync.Mutex
+	depthAt   time.Time
+	depthSeen uint64
 }
 
-// NewAPI builds the endpoint API.
+// NewAPI builds the endpoint API. A configuration that Validate refuses is
+// replaced field by field by the defaults; cmd/ validates first.
 func NewAPI(cfg Config, q Queue, records Records, blobs blob.Store, fl Fleet, log *zap.Logger) *API {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &API{cfg: cfg.withDefaults(), q: q, records: records, blobs: blobs, fleet: fl, log: log.Named("runpod")}
+	a := &API{cfg: cfg.withDefaults(), q: q, records: records, blobs: blobs, fleet: fl,
+		events: NewEventLog(q.JetStream()), streams: newFleetStreams(q.JetStream()), requests: &requestStore{js: q.JetStream()},
+		log: log.Named("runpod")}
 	a.mux = http.NewServeMux()
 	for _, prefix := range []string{"/v2/{endpoint}", ""} {
 		a.mux.HandleFunc("POST "+prefix+"/run", a.handleRun)
 		a.mux.HandleFunc("POST "+prefix+"/runsync", a.handleRunSync)
-		a.mux.HandleFunc("GET "+prefix+"/status/{id}", a.handleStatus)
-		a.mux.HandleFunc("POST "+prefix+"/status/{id}", a.handleStatus)
+		for _, method := range []string{"GET", "POST"} {
+			a.mux.HandleFunc(method+" "+prefix+"/status/{id}", a.handleStatus)
+			a.mux.HandleFunc(method+" "+prefix+"/status-sync/{id}", a.handleStatusSync)
+			a.mux.HandleFunc(method+" "+prefix+"/stream/{id}", a.handleStream)
+		}
+		a.mux.HandleFunc("POST "+prefix+"/cancel/{id}", a.handleCancel)
+		a.mux.HandleFunc("POST "+prefix+"/retry/{id}", a.handleRetry)
+		a.mux.HandleFunc("POST "+prefix+"/purge-queue", a.handlePurge)
 		a.mux.HandleFunc("GET "+prefix+"/health", a.handleHealth)
 	}
 	return a
@@ -114,9 +181,10 @@ func NewAPI(cfg Config, q Queue, records Records, blobs blob.Store, fl Fleet, lo
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if strings.Contains(r.URL.Path, "//") {
 		r.URL.Path = collapseSlashes(r.URL.Path)
+		r.URL.RawPath = ""
 	}
-	if !a.authorized(r) {
-		writeError(w, http.StatusUnauthorized, "Unauthorized: give a valid API key as 'Authorization: Bearer <key>'")
+	if !KeyMatches(r.Header.Get("Authorization"), a.cfg.APIKeys) {
+		WriteError(w, http.StatusUnauthorized, "Unauthorized: give a valid API key as 'Authorization: Bearer <key>'")
 		return
 	}
 	h, pattern := a.mux.Handler(r)
@@ -125,249 +193,40 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{}
 		h.ServeHTTP(rec, r)
 		if rec.code == http.StatusMethodNotAllowed {
-			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path))
+			WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path))
 			return
 		}
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path))
+		WriteError(w, http.StatusNotFound, fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path))
 		return
 	}
 	a.mux.ServeHTTP(w, r)
 }
 
-func (a *API) authorized(r *http.Request) bool {
-	if len(a.cfg.APIKeys) == 0 {
+// KeyMatches reports whether an Authorization header value carries one of
+// keys, as "Bearer <key>" or as the bare key (RunPod's docs use both).
+// Every key is compared in constant time. No keys means no authentication.
+func KeyMatches(header string, keys []string) bool {
+	if len(keys) == 0 {
 		return true
 	}
-	got := strings.TrimSpace(r.Header.Get("Authorization"))
+	got := strings.TrimSpace(header)
 	if len(got) > 7 && strings.EqualFold(got[:7], "bearer ") {
 		got = strings.TrimSpace(got[7:])
 	}
 	ok := 0
-	for _, k := range a.cfg.APIKeys {
+	for _, k := range keys {
 		ok |= subtle.ConstantTimeCompare([]byte(got), []byte(k))
 	}
 	return ok == 1 && got != ""
 }
 
-// runRequest is RunPod's /run and /runsync body.
-type runRequest struct {
-	Input    json.RawMessage `json:"input"`
-	Webhook  string          `json:"webhook"`
-	Policy   *proto.Policy   `json:"policy"`
-	S3Config *proto.S3Config `json:"s3Config"`
-}
-
-func (a *API) handleRun(w http.ResponseWriter, r *http.Request) {
-	job, ok := a.accept(w, r, a.cfg.MaxRunBody, a.cfg.RunRetention, "")
-	if !ok {
-		return
-	}
-	writeJSON(w, http.StatusOK, jobView{ID: job.ID, Status: proto.StatusInQueue})
-}
-
-func (a *API) handleRunSync(w http.ResponseWriter, r *http.Request) {
-	wait, err := parseWait(r, a.cfg.DefaultWait)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	// Subscribe before submitting so the terminal event cannot be missed.
-	id := "sync-" + uuid.NewString()
-	waiter := newTerminalWaiter()
-	stop, err := a.q.SubscribeEvents(id, waiter.observe)
-	if err != nil {
-		a.unavailable(w, "subscribe to job events", err)
-		return
-	}
-	defer stop()
-	job, ok := a.accept(w, r, a.cfg.MaxRunSyncBody, a.cfg.SyncRetention, id)
-	if !ok {
-		return
-	}
-	a.writeWhenDone(w, r, job.ID, waiter, wait)
-}
-
-// accept decodes, validates and submits a job; on failure it has already
-// answered the request.
-func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, retention time.Duration, id string) (*proto.Job, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than the %d-byte limit of %s", maxBody, r.URL.Path))
-		return nil, false
-	case err != nil:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("read request body: %v", err))
-		return nil, false
-	}
-	var req runRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "request body is not a JSON object: "+jsonProblem(err))
-		return nil, false
-	}
-	in, err := proto.DecodeInput(req.Input)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return nil, false
-	}
-	if id == "" {
-		id = uuid.NewString()
-	}
-	job := &proto.Job{
-		ID:        id,
-		Input:     req.Input,
-		Webhook:   req.Webhook,
-		S3Config:  req.S3Config,
-		Source:    proto.SourceAPI,
-		Retention: retention.Milliseconds(),
-	}
-	if req.Policy != nil {
-		if req.Policy.ExecutionTimeout < 0 || req.Policy.TTL < 0 {
-			writeError(w, http.StatusBadRequest, "policy.executionTimeout and policy.ttl must not be negative")
-			return nil, false
-		}
-		job.Policy = *req.Policy
-	}
-	job.Place(proto.DefaultPool, time.Now())
-	if job.Input, err = a.offloadImages(r.Context(), id, req.Input, in); err != nil {
-		var ie *proto.InputError
-		if errors.As(err, &ie) {
-			writeError(w, http.StatusBadRequest, err.Error())
-		} else {
-			a.unavailable(w, "store input images", err)
-		}
-		return nil, false
-	}
-	if err := a.q.Submit(r.Context(), proto.SourceAPI, job); err != nil {
-		a.unavailable(w, "queue job", err)
-		return nil, false
-	}
-	// Make the job visible to /status before answering; the dispatcher's
-	// own Create is then a no-op.
-	if _, _, err := a.records.Create(r.Context(), status.ParamsFor(job)); err != nil {
-		// The job is queued durably; the dispatcher will record it.
-		a.log.Warn("record new job", zap.String("job_id", id), zap.Error(err))
-	}
-	return job, true
-}
-
-func (a *API) handleStatus(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if err := proto.ValidID(id); err != nil {
-		writeError(w, http.StatusBadRequest, "job id: "+err.Error())
-		return
-	}
-	rec, err := a.records.Get(r.Context(), id)
-	if errors.Is(err, status.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
-		return
-	}
-	if err != nil {
-		a.unavailable(w, "read job status", err)
-		return
-	}
-	a.writeView(w, r.Context(), rec)
-}
-
-// writeWhenDone waits for the job's terminal state up to wait, then
-// answers with the job view (the in-flight view when it is not done).
-func (a *API) writeWhenDone(w http.ResponseWriter, r *http.Request, id string, waiter *terminalWaiter, wait time.Duration) {
-	ctx, cancel := context.WithTimeout(r.Context(), wait)
-	defer cancel()
-	poll := time.NewTicker(time.Second)
-	defer poll.Stop()
-	for {
-		rec, err := a.records.Get(context.WithoutCancel(ctx), id)
-		if err == nil && rec.Status.Terminal() {
-			a.writeView(w, r.Context(), rec)
-			return
-		}
-		select {
-		case <-waiter.done:
-		case <-poll.C: // a safety net should an event be lost
-		case <-ctx.Done():
-			if r.Context().Err() != nil {
-				return // the client left
-			}
-			if err != nil {
-				if errors.Is(err, status.ErrNotFound) {
-					writeJSON(w, http.StatusOK, jobView{ID: id, Status: proto.StatusInQueue})
-					return
-				}
-				a.unavailable(w, "read job status", err)
-				return
-			}
-			a.writeView(w, r.Context(), rec)
-			return
-		}
-	}
-}
-
-// terminalWaiter closes done at the first terminal status event.
-type terminalWaiter struct {
-	done chan struct{}
-	once chan struct{}
-}
-
-func newTerminalWaiter() *terminalWaiter {
-	t := &terminalWaiter{done: make(chan struct{}), once: make(chan struct{}, 1)}
-	t.once <- struct{}{}
-	return t
-}
-
-func (t *terminalWaiter) observe(ev *proto.Event) {
-	if ev.Type != proto.EventStatus || !ev.Status.Terminal() {
-		return
-	}
-	select {
-	case <-t.once:
-		close(t.done)
-	default:
-	}
-}
-
-func (a *API) handleHealth(w http.ResponseWriter, r *http.Request) {
-	queued, running, err := a.q.Depth(r.Context())
-	if err != nil {
-		a.unavailable(w, "read queue depth", err)
-		return
-	}
-	counts, err := a.records.Counts(r.Context())
-	if err != nil {
-		a.unavailable(w, "read job counts", err)
-		return
-	}
-	workers := map[string]int{"idle": 0, "initializing": 0, "ready": 0, "running": 0, "throttled": 0, "unhealthy": 0}
-	if a.fleet != nil {
-		list, err := a.fleet.List(r.Context())
-		if err != nil {
-			a.unavailable(w, "list workers", err)
-			return
-		}
-		for _, wk := range list {
-			workers[wk.State]++
-		}
-		workers["ready"] = workers["idle"] + workers["running"]
-	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"jobs": map[string]int64{
-			"completed":  counts[proto.StatusCompleted],
-			"failed":     counts[proto.StatusFailed] + counts[proto.StatusTimedOut],
-			"inProgress": int64(running),
-			"inQueue":    int64(queued),
-			"retried":    counts[status.CountRetried],
-		},
-		"workers": workers,
-	})
-}
-
 func (a *API) unavailable(w http.ResponseWriter, what string, err error) {
 	a.log.Warn(what, zap.Error(err))
-	writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: the fleet's backend is unavailable, try again", what))
+	WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: the fleet's backend is unavailable, try again", what))
 }
 
-// parseWait reads ?wait= in milliseconds, clamped to RunPod's 1 s..300 s.
-func parseWait(r *http.Request, def time.Duration) (time.Duration, error) {
+// parseWait reads ?wait= in milliseconds, clamped to lo..300 s.
+func parseWait(r *http.Request, def, lo time.Duration) (time.Duration, error) {
 	s := r.URL.Query().Get("wait")
 	if s == "" {
 		return def, nil
@@ -376,7 +235,17 @@ func parseWait(r *http.Request, def time.Duration) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("query parameter wait=%q is not a whole number of milliseconds", s)
 	}
-	return time.Duration(min(max(ms, 1000), 300000)) * time.Millisecond, nil
+	return min(max(time.Duration(min(max(ms, 0), 300000))*time.Millisecond, lo), 300*time.Second), nil
+}
+
+// jobID reads and checks the {id} of the path; on failure it has answered.
+func jobID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := r.PathValue("id")
+	if err := proto.ValidID(id); err != nil {
+		WriteError(w, http.StatusBadRequest, "job id: "+err.Error())
+		return "", false
+	}
+	return id, true
 }
 
 func collapseSlashes(p string) string {
@@ -390,29 +259,17 @@ func collapseSlashes(p string) string {
 	return b.String()
 }
 
-func jsonProblem(err error) string {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &se):
-		return fmt.Sprintf("invalid JSON at byte %d: %v", se.Offset, se)
-	case errors.As(err, &te):
-		if te.Field == "" {
-			return fmt.Sprintf("got JSON %s, want an object", te.Value)
-		}
-		return fmt.Sprintf("field %s: got JSON %s, want %s", te.Field, te.Value, te.Type)
-	}
-	return err.Error()
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
+// WriteJSON answers with v as JSON; RunPod's SDKs need exactly
+// "application/json".
+func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+// WriteError answers {"error": msg}.
+func WriteError(w http.ResponseWriter, code int, msg string) {
+	WriteJSON(w, code, map[string]string{"error": msg})
 }
 
 type statusRecorder struct {

@@ -7,15 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 
-	"go.uber.org/zap"
-
+	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// jobView is RunPod's job view (runpod-protocol.md §C.4).
-type jobView struct {
+// JobView is RunPod's job view (runpod-protocol.md §C.4): what /status,
+// /status-sync, /runsync and webhooks answer.
+type JobView struct {
 	ID            string          `json:"id"`
 	Status        proto.Status    `json:"status"`
 	DelayTime     int64           `json:"delayTime,omitempty"`
@@ -26,11 +25,17 @@ type jobView struct {
 	Retries       int             `json:"retries,omitempty"`
 }
 
-// maxInlineOutput keeps an answer within RunPod's 20 MB result limit.
-const maxInlineOutput = 20 << 20
+// MaxInlineOutput keeps an answer within RunPod's 20 MB result limit.
+const MaxInlineOutput = 20 << 20
 
-func (a *API) writeView(w http.ResponseWriter, ctx context.Context, rec *proto.Record) {
-	v := jobView{
+// BuildView builds a job's RunPod view from its record. The output of a
+// finished job comes back inline: the data of every base64 item is read
+// from the blob store, up to MaxInlineOutput in all; an item past that
+// limit, or one that cannot be read, is left out with a line in the
+// output's errors that says why and what to do. Only an unreadable record
+// makes it fail.
+func BuildView(ctx context.Context, blobs blob.Store, rec *proto.Record) (*JobView, error) {
+	v := &JobView{
 		ID:            rec.ID,
 		Status:        rec.Status,
 		DelayTime:     rec.DelayTime().Milliseconds(),
@@ -40,38 +45,39 @@ func (a *API) writeView(w http.ResponseWriter, ctx context.Context, rec *proto.R
 		Retries:       rec.Retries,
 	}
 	if len(rec.Output) > 0 {
-		out, err := a.inlineOutput(ctx, rec.Output)
-		if err != nil {
-			a.unavailable(w, "read job output", err)
-			return
-		}
-		v.Output = out
+		v.Output = inlineOutput(ctx, blobs, rec.Output)
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v, nil
 }
 
 // inlineOutput fills the data of every base64 item from the blob store.
-// Outputs that are not an Output (a failure's details) pass unchanged.
-func (a *API) inlineOutput(ctx context.Context, raw json.RawMessage) (json.RawMessage, error) {
-	var out proto.Output
-	if err := json.Unmarshal(raw, &out); err != nil || !bytes.Contains(raw, []byte(`"blob"`)) {
-		return raw, nil
+// Outputs that are not an Output (a failure's details, a RunPod worker's
+// own result) pass unchanged.
+func inlineOutput(ctx context.Context, blobs blob.Store, raw json.RawMessage) json.RawMessage {
+	if !bytes.Contains(raw, []byte(`"blob"`)) {
+		return raw
 	}
-	budget := int64(maxInlineOutput)
+	var out proto.Output
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return raw
+	}
+	// Keep fields of the output that proto.Output does not name.
+	var extra map[string]json.RawMessage
+	_ = json.Unmarshal(raw, &extra)
+	budget := int64(MaxInlineOutput)
 	for _, list := range [][]proto.OutputItem{out.Images, out.Videos, out.Audio, out.Files} {
 		for i := range list {
 			it := &list[i]
 			if it.Blob == "" || it.Type != proto.ItemBase64 {
 				continue
 			}
-			if it.Size*4/3 > budget {
-				out.Errors = append(out.Errors, fmt.Sprintf("%s (%d bytes) is too large to return inline within the 20 MB result limit; configure S3 outputs", it.Filename, it.Size))
+			if (it.Size+2)/3*4 > budget {
+				out.Errors = append(out.Errors, fmt.Sprintf("%s (%d bytes) is too large to return inline within the 20 MB result limit; configure S3 outputs (BUCKET_ENDPOINT_URL or the request's s3Config)", it.Filename, it.Size))
 				it.Blob = ""
 				continue
 			}
-			data, err := a.readBlob(ctx, it.Blob)
+			data, err := readBlob(ctx, blobs, it.Blob)
 			if err != nil {
-				a.log.Warn("read output blob", zap.String("blob", it.Blob), zap.Error(err))
 				out.Errors = append(out.Errors, fmt.Sprintf("Failed to read %s from the blob store: %v", it.Filename, err))
 				it.Blob = ""
 				continue
@@ -81,11 +87,29 @@ func (a *API) inlineOutput(ctx context.Context, raw json.RawMessage) (json.RawMe
 			it.Blob = ""
 		}
 	}
-	return json.Marshal(out)
+	data, err := json.Marshal(out)
+	if err != nil || len(extra) == 0 {
+		return data
+	}
+	var known map[string]json.RawMessage
+	if json.Unmarshal(data, &known) != nil {
+		return data
+	}
+	for k, v := range known {
+		extra[k] = v
+	}
+	if _, ok := known["errors"]; !ok {
+		delete(extra, "errors")
+	}
+	merged, err := json.Marshal(extra)
+	if err != nil {
+		return data
+	}
+	return merged
 }
 
-func (a *API) readBlob(ctx context.Context, key string) (string, error) {
-	r, _, err := a.blobs.Get(ctx, key)
+func readBlob(ctx context.Context, blobs blob.Store, key string) (string, error) {
+	r, _, err := blobs.Get(ctx, key)
 	if err != nil {
 		return "", err
 	}

@@ -22,6 +22,7 @@
 //	Finish     IN_PROGRESS, fenced            COMPLETED, FAILED or TIMED_OUT
 //	Expire     IN_QUEUE                       TIMED_OUT
 //	Cancel     IN_QUEUE, IN_PROGRESS          CANCELLED
+//	CancelQueued IN_QUEUE                     CANCELLED (purge-queue)
 //	Retry      FAILED, TIMED_OUT              IN_QUEUE, retries+1
 //
 // Attempt fences the workers: Claim hands out the next attempt number, and

@@ -5,7 +5,7 @@
 -- KEYS[1]  the record's hash
 -- KEYS[2]  the fleet's counters hash: terminal statuses and retries, by name
 -- ARGV[1]  operation: create | reject | claim | requeue | finish | expire |
---          cancel | retry
+--          cancel | cancelqueued | retry
 -- ARGV[2]  now, Unix milliseconds
 -- ARGV[3]  retention in ms for a record that lacks a valid retention_ms
 -- ARGV[4]  expiry in ms for a record that lacks a valid ttl_ms
@@ -18,6 +18,7 @@
 --   finish          attempt, status, output, error
 --   expire          error
 --   cancel          (none)
+--   cancelqueued    (none): cancel only while IN_QUEUE (RunPod's purge-queue)
 --   retry           (none)
 --
 -- Reply: {code, field1, value1, …}: a result code followed by the record as
@@ -165,6 +166,12 @@ end
 
 if op == 'cancel' then
   if terminal[status] then return reply('terminal') end
+  return final('CANCELLED', '')
+end
+
+if op == 'cancelqueued' then
+  if terminal[status] then return reply('terminal') end
+  if status ~= 'IN_QUEUE' then return reply('illegal') end
   return final('CANCELLED', '')
 end
 

@@ -1,0 +1,58 @@
+package jobtake
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/runpod"
+)
+
+// handlePing takes a worker's heartbeat (§A.12): job_id is one
+// comma-joined value (repeated values are accepted too). Every named job
+// still leased keeps its lease and its message; a job the worker stops
+// naming runs out of lease and goes back on the queue. A fitness report
+// (status=unhealthy) marks the worker unhealthy in the fleet registry.
+func (h *Host) handlePing(w http.ResponseWriter, r *http.Request) {
+	raw, q := params(r, r.PathValue("worker"))
+	wid := workerID(raw)
+	ctx := r.Context()
+	var ids []string
+	for _, v := range q["job_id"] {
+		for _, id := range strings.Split(v, ",") {
+			if id = strings.TrimSpace(id); id != "" {
+				ids = append(ids, id)
+			}
+		}
+	}
+	for _, id := range ids {
+		l, err := h.leases.get(ctx, id)
+		if errors.Is(err, errNoLease) {
+			continue // given back already; the worker learns on its post
+		}
+		if err != nil {
+			h.log.Warn("read lease", zap.String("job_id", id), zap.Error(err))
+			continue
+		}
+		if l.heldBy(raw) {
+			h.alive(ctx, l) // a worker that lost the job keeps nothing alive
+		}
+	}
+	if q.Get("status") == "unhealthy" {
+		h.log.Warn("RunPod worker reports it is unfit", zap.String("worker_id", wid),
+			zap.String("check", q.Get("check")), zap.String("reason", q.Get("reason")))
+		if h.fleet != nil {
+			_ = h.fleet.Beat(ctx, fleet.Worker{ID: wid, Pool: h.cfg.Pool, State: fleet.StateUnhealthy})
+		}
+	} else {
+		first := ""
+		if len(ids) > 0 {
+			first = ids[0]
+		}
+		h.beat(ctx, wid, len(ids) > 0, first)
+	}
+	runpod.WriteJSON(w, http.StatusOK, struct{}{})
+}

@@ -1,0 +1,152 @@
+package jobtake_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/comfyfleet/comfyfleet/internal/runpod"
+	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
+	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// bundle is a fleet whose adapter replicas serve the endpoint API and the
+// job-take host on one listener each, behind one front (a recorder, and a
+// round-robin balancer when there are several replicas).
+type bundle struct {
+	fleet *runpodtest.Fleet
+	url   string
+	rec   *runpodtest.Recorder
+}
+
+const workerKey = "secret-key"
+
+func setup(t *testing.T, replicas int, edit func(*jobtake.Config)) *bundle {
+	t.Helper()
+	f := runpodtest.StartFleet(t)
+	cfg := jobtake.Config{WorkerKeys: []string{workerKey}, TakeHold: 400 * time.Millisecond, StopHold: 400 * time.Millisecond, LeaseTimeout: 1500 * time.Millisecond}
+	if edit != nil {
+		edit(&cfg)
+	}
+	var backends []string
+	for range replicas {
+		q, blobs := f.Replica(t)
+		log := zaptest.NewLogger(t)
+		api := runpod.NewAPI(runpod.Config{}, q, f.Store, blobs, f.Registry, log)
+		host, err := jobtake.New(cfg, jobtake.Deps{Queue: q, Records: f.Store, Blobs: blobs, Redis: f.Redis, KeyPrefix: f.Prefix, Fleet: f.Registry, Logger: log})
+		require.NoError(t, err)
+		require.NoError(t, host.Start(t.Context()))
+		mux := http.NewServeMux()
+		mux.Handle("/", api)
+		host.Register(mux)
+		srv := httptest.NewServer(mux)
+		t.Cleanup(func() { srv.Close(); host.Stop() })
+		backends = append(backends, srv.URL)
+	}
+	b := &bundle{fleet: f, rec: runpodtest.NewRecorder(balancer(backends))}
+	srv := httptest.NewServer(b.rec)
+	t.Cleanup(srv.Close)
+	b.url = srv.URL
+	return b
+}
+
+// balancer forwards each request to the next backend in turn, keeping
+// its request target byte for byte.
+func balancer(backends []string) http.Handler {
+	var n atomic.Uint64
+	client := &http.Client{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		target := backends[int(n.Add(1))%len(backends)] + r.RequestURI
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, target, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		req.Header = r.Header.Clone()
+		resp, err := client.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	})
+}
+
+// worker starts a mock RunPod worker against the bundle, with the
+// production templates (a "?gpu=TEST" query).
+func (b *bundle) worker(t *testing.T, id string, edit func(*runpodtest.MockWorkerConfig)) *runpodtest.MockWorker {
+	t.Helper()
+	base := b.url + "/v2/ep1/"
+	cfg := runpodtest.MockWorkerConfig{
+		GetJob: base + "job-take/$ID?gpu=TEST", PostOutput: base + "job-done/$RUNPOD_POD_ID/$ID?gpu=TEST",
+		PostStream: base + "job-stream/$RUNPOD_POD_ID/$ID?gpu=TEST", Ping: base + "ping/$RUNPOD_POD_ID?gpu=TEST",
+		APIKey: workerKey, PodID: id, PingInterval: 200 * time.Millisecond,
+		RetryWaits: []time.Duration{200 * time.Millisecond, 300 * time.Millisecond}, StopIdleWait: 50 * time.Millisecond,
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	return runpodtest.StartMockWorker(t, cfg)
+}
+
+// run submits a job through the endpoint API; input is the mock-worker's
+// fields, next to the workflow the fleet requires.
+func (b *bundle) run(t *testing.T, fields string) string {
+	t.Helper()
+	in := `{"workflow":{"9":{"class_type":"SaveImage","inputs":{}}}`
+	if fields != "" {
+		in += "," + fields
+	}
+	in += "}"
+	code, out := b.call(t, "POST", "/v2/ep1/run", `{"input":`+in+`}`)
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	return out["id"].(string)
+}
+
+func (b *bundle) call(t *testing.T, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, b.url+path, rd)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var out map[string]any
+	require.NoError(t, json.Unmarshal(data, &out), "%s", data)
+	return resp.StatusCode, out
+}
+
+// final waits for a job's terminal view through /status-sync.
+func (b *bundle) final(t *testing.T, id string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		code, out := b.call(t, "GET", "/v2/ep1/status-sync/"+id+"?wait=5000", "")
+		require.Equal(t, http.StatusOK, code, "%v", out)
+		if proto.Status(out["status"].(string)).Terminal() {
+			return out
+		}
+	}
+	t.Fatalf("job %s never finished", id)
+	return nil
+}

@@ -1,0 +1,217 @@
+package runpod
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+func (a *API) handleRun(w http.ResponseWriter, r *http.Request) {
+	job, ok := a.accept(w, r, a.cfg.MaxRunBody, a.cfg.RunRetention, "")
+	if !ok {
+		return
+	}
+	WriteJSON(w, http.StatusOK, JobView{ID: job.ID, Status: proto.StatusInQueue})
+}
+
+func (a *API) handleRunSync(w http.ResponseWriter, r *http.Request) {
+	wait, err := parseWait(r, a.cfg.DefaultWait, time.Second)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	// Subscribe before submitting so the terminal event cannot be missed.
+	id := "sync-" + uuid.NewString()
+	waiter := newTerminalWaiter()
+	stop, err := a.q.SubscribeEvents(id, waiter.observe)
+	if err != nil {
+		a.unavailable(w, "subscribe to job events", err)
+		return
+	}
+	defer stop()
+	job, ok := a.accept(w, r, a.cfg.MaxRunSyncBody, a.cfg.SyncRetention, id)
+	if !ok {
+		return
+	}
+	a.writeWhenDone(w, r, job.ID, waiter, wait)
+}
+
+// accept decodes, validates and submits a job; on failure it has already
+// answered the request.
+func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, retention time.Duration, id string) (*proto.Job, bool) {
+	ctx := r.Context()
+	if n, full := a.overloaded(ctx); full {
+		w.Header().Set("Retry-After", "1")
+		WriteError(w, http.StatusTooManyRequests, fmt.Sprintf("the queue is full: %d jobs are waiting, the limit is %d; try again shortly", n, a.cfg.MaxQueued))
+		return nil, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than the %d-byte limit of %s", maxBody, r.URL.Path))
+		return nil, false
+	case err != nil:
+		WriteError(w, http.StatusBadRequest, fmt.Sprintf("read request body: %v", err))
+		return nil, false
+	}
+	req, in, err := DecodeRunRequest(body)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return nil, false
+	}
+	if id == "" {
+		id = uuid.NewString()
+	}
+	job := &proto.Job{
+		V:         proto.Version,
+		ID:        id,
+		Input:     req.Input,
+		Webhook:   req.Webhook,
+		Policy:    req.Policy,
+		S3Config:  req.S3Config,
+		Pool:      a.cfg.Pool,
+		Source:    proto.SourceAPI,
+		Retention: retention.Milliseconds(),
+	}
+	job.Place(a.cfg.Pool, time.Now())
+	if job.Input, err = OffloadImages(ctx, a.blobs, id, req.Input, in, a.cfg.InlineBlobMax); err != nil {
+		var ie *proto.InputError
+		if errors.As(err, &ie) {
+			WriteError(w, http.StatusBadRequest, err.Error())
+		} else {
+			a.unavailable(w, "store input images", err)
+		}
+		return nil, false
+	}
+	// Keep the message for /retry while the submission is on its way.
+	msg, err := json.Marshal(job)
+	if err != nil {
+		a.unavailable(w, "encode job", err)
+		return nil, false
+	}
+	kept := make(chan error, 1)
+	go func() { kept <- a.requests.put(context.WithoutCancel(ctx), id, msg) }()
+	err = a.q.Submit(ctx, proto.SourceAPI, job)
+	if kerr := <-kept; kerr != nil {
+		// The job runs anyway; only /retry of it will say it cannot.
+		a.log.Warn("keep job message for retry", zap.String("job_id", id), zap.Error(kerr))
+	}
+	if err != nil {
+		a.unavailable(w, "queue job", err)
+		return nil, false
+	}
+	// Make the job visible to /status before answering; the dispatcher's
+	// own Create is then a no-op.
+	if _, _, err := a.records.Create(ctx, status.ParamsFor(job)); err != nil {
+		// The job is queued durably; the dispatcher will record it.
+		a.log.Warn("record new job", zap.String("job_id", id), zap.Error(err))
+	}
+	return job, true
+}
+
+// overloaded reports whether the queue is at MaxQueued. The depth is read
+// at most once a second per replica, so the check stays cheap under load.
+func (a *API) overloaded(ctx context.Context) (uint64, bool) {
+	if a.cfg.MaxQueued <= 0 {
+		return 0, false
+	}
+	a.depthMu.Lock()
+	defer a.depthMu.Unlock()
+	if time.Since(a.depthAt) > time.Second {
+		queued, _, err := a.q.Depth(ctx)
+		if err != nil {
+			a.log.Warn("read queue depth", zap.Error(err))
+			return 0, false // the submit itself will tell
+		}
+		a.depthSeen, a.depthAt = queued, time.Now()
+	}
+	return a.depthSeen, a.depthSeen >= uint64(a.cfg.MaxQueued)
+}
+
+// writeWhenDone waits for the job's terminal state up to wait, then
+// answers with the job view (the in-flight view when it is not done).
+func (a *API) writeWhenDone(w http.ResponseWriter, r *http.Request, id string, waiter *terminalWaiter, wait time.Duration) {
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	poll := time.NewTicker(time.Second)
+	defer poll.Stop()
+	for {
+		rec, err := a.records.Get(context.WithoutCancel(ctx), id)
+		if err == nil && rec.Status.Terminal() {
+			a.writeView(w, r.Context(), rec)
+			return
+		}
+		select {
+		case <-waiter.done:
+		case <-poll.C: // a safety net should an event be lost
+		case <-ctx.Done():
+			if r.Context().Err() != nil {
+				return // the client left
+			}
+			if err != nil {
+				if errors.Is(err, status.ErrNotFound) {
+					WriteJSON(w, http.StatusOK, JobView{ID: id, Status: proto.StatusInQueue})
+					return
+				}
+				a.unavailable(w, "read job status", err)
+				return
+			}
+			a.writeView(w, r.Context(), rec)
+			return
+		}
+	}
+}
+
+// terminalWaiter closes done at the first terminal status event.
+type terminalWaiter struct {
+	done chan struct{}
+	once chan struct{}
+}
+
+func newTerminalWaiter() *terminalWaiter {
+	t := &terminalWaiter{done: make(chan struct{}), once: make(chan struct{}, 1)}
+	t.once <- struct{}{}
+	return t
+}
+
+func (t *terminalWaiter) observe(ev *proto.Event) {
+	if ev.Type != proto.EventStatus || !ev.Status.Terminal() {
+		return
+	}
+	select {
+	case <-t.once:
+		close(t.done)
+	default:
+	}
+}
+
+// writeView answers with the record's view. A job in progress shows its
+// latest progress as its output, as RunPod does.
+func (a *API) writeView(w http.ResponseWriter, ctx context.Context, rec *proto.Record) {
+	v, err := BuildView(ctx, a.blobs, rec)
+	if err != nil {
+		a.unavailable(w, "read job output", err)
+		return
+	}
+	if rec.Status == proto.StatusInProgress && len(v.Output) == 0 {
+		if ev, err := a.events.Last(ctx, rec.ID); err != nil {
+			a.log.Debug("read latest progress", zap.String("job_id", rec.ID), zap.Error(err))
+		} else if ev != nil && ev.Attempt >= rec.Attempt {
+			if c, ok := ev.Chunk(); ok {
+				v.Output = c
+			}
+		}
+	}
+	WriteJSON(w, http.StatusOK, v)
+}
