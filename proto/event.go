@@ -14,6 +14,12 @@ const (
 	EventStatus EventType = "status"
 	// EventProgress reports execution progress; Progress is set.
 	EventProgress EventType = "progress"
+	// EventStream carries one chunk a RunPod worker posted to job-stream
+	// (a generator handler's yield) in Output; it appears on /stream.
+	EventStream EventType = "stream"
+	// EventProgressUpdate carries a RunPod worker's progress_update value
+	// in Output; it appears on /stream and as an IN_PROGRESS job's output.
+	EventProgressUpdate EventType = "progress_update"
 )
 
 // Event is published on [EventSubject] for every status transition and,
@@ -31,6 +37,9 @@ type Event struct {
 	Error string `json:"error,omitempty"`
 	// Progress is set on progress events.
 	Progress *Progress `json:"progress,omitempty"`
+	// Output is the chunk of a stream or progress_update event, as the
+	// RunPod worker posted it.
+	Output json.RawMessage `json:"output,omitempty"`
 }
 
 // Progress is a job's progress inside ComfyUI, in the shape worker-comfyui's

@@ -13,35 +13,14 @@ import (
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// Event types beyond proto's, published on a job's event subject by the
-// job-take host when a RunPod worker reports them. Like every event they
-// are kept in proto.EventsStream; consumers that do not know them ignore
-// them, as proto.Event says they must.
-const (
-	// EventStream carries one chunk a RunPod worker posted to job-stream
-	// (a generator handler's yield); it appears on /stream.
-	EventStream proto.EventType = "stream"
-	// EventProgressUpdate carries the value of a RunPod worker's
-	// progress_update (a job-done post with status IN_PROGRESS); it
-	// appears on /stream and as the output of an IN_PROGRESS /status.
-	EventProgressUpdate proto.EventType = "progress_update"
-)
-
-// OutputEvent is a proto.Event with the chunk of an EventStream or
-// EventProgressUpdate event. Its JSON is proto.Event's plus "output".
-type OutputEvent struct {
-	proto.Event
-	Output json.RawMessage `json:"output,omitempty"`
-}
-
 // Chunk is what the event contributes to RunPod's /stream and to the
 // output of an IN_PROGRESS job: a worker's chunk or progress value as
 // posted, or for a gpuworker's progress event worker-comfyui's progress
 // shape {"type":"progress","node","value","max","percent"}. ok is false
 // for events that carry none (status transitions).
-func (e *OutputEvent) Chunk() (chunk json.RawMessage, ok bool) {
+func Chunk(e *proto.Event) (chunk json.RawMessage, ok bool) {
 	switch e.Type {
-	case EventStream, EventProgressUpdate:
+	case proto.EventStream, proto.EventProgressUpdate:
 		if len(e.Output) == 0 {
 			return json.RawMessage("null"), true
 		}
@@ -65,7 +44,7 @@ func (e *OutputEvent) Chunk() (chunk json.RawMessage, ok bool) {
 // LoggedEvent is an event with its sequence number in the events stream.
 type LoggedEvent struct {
 	Seq uint64
-	OutputEvent
+	proto.Event
 }
 
 // EventLog reads and appends job events in proto.EventsStream. It reads
@@ -97,7 +76,7 @@ func (l *EventLog) events(ctx context.Context) (jetstream.Stream, error) {
 
 // Publish appends an event to its job's subject and waits for the stream
 // to store it.
-func (l *EventLog) Publish(ctx context.Context, ev *OutputEvent) error {
+func (l *EventLog) Publish(ctx context.Context, ev *proto.Event) error {
 	ev.V = proto.Version
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
@@ -132,11 +111,11 @@ func (l *EventLog) Read(ctx context.Context, jobID string, after uint64, max int
 			return evs, last, fmt.Errorf("read events of %s: %w", jobID, err)
 		}
 		last = m.Sequence
-		var ev OutputEvent
+		var ev proto.Event
 		if json.Unmarshal(m.Data, &ev) != nil || ev.JobID != jobID {
 			continue
 		}
-		evs = append(evs, LoggedEvent{Seq: m.Sequence, OutputEvent: ev})
+		evs = append(evs, LoggedEvent{Seq: m.Sequence, Event: ev})
 	}
 	return evs, last, nil
 }
@@ -154,9 +133,9 @@ func (l *EventLog) Last(ctx context.Context, jobID string) (*LoggedEvent, error)
 	if err != nil {
 		return nil, fmt.Errorf("read last event of %s: %w", jobID, err)
 	}
-	var ev OutputEvent
+	var ev proto.Event
 	if err := json.Unmarshal(m.Data, &ev); err != nil {
 		return nil, nil
 	}
-	return &LoggedEvent{Seq: m.Sequence, OutputEvent: ev}, nil
+	return &LoggedEvent{Seq: m.Sequence, Event: ev}, nil
 }

@@ -208,7 +208,7 @@ func (a *API) writeView(w http.ResponseWriter, ctx context.Context, rec *proto.R
 		if ev, err := a.events.Last(ctx, rec.ID); err != nil {
 			a.log.Debug("read latest progress", zap.String("job_id", rec.ID), zap.Error(err))
 		} else if ev != nil && ev.Attempt >= rec.Attempt {
-			if c, ok := ev.Chunk(); ok {
+			if c, ok := Chunk(&ev.Event); ok {
 				v.Output = c
 			}
 		}

@@ -119,7 +119,7 @@ func (a *API) drain(ctx context.Context, id string) (chunks []StreamChunk, more 
 		}
 		chunks = make([]StreamChunk, 0, len(evs))
 		for _, ev := range evs {
-			if c, ok := ev.Chunk(); ok {
+			if c, ok := Chunk(&ev.Event); ok {
 				chunks = append(chunks, StreamChunk{Output: c})
 			}
 		}

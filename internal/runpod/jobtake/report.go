@@ -141,7 +141,7 @@ func (h *Host) handleDone(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	log := h.log.With(zap.String("job_id", l.JobID), zap.String("worker_id", l.WorkerID), zap.Int("attempt", l.Attempt))
 	if res.Progress {
-		h.progress(ctx, log, l, runpod.EventProgressUpdate, res.Output)
+		h.progress(ctx, log, l, proto.EventProgressUpdate, res.Output)
 		runpod.WriteJSON(w, http.StatusOK, struct{}{})
 		return
 	}
@@ -203,7 +203,7 @@ func (h *Host) handleStream(w http.ResponseWriter, r *http.Request) {
 	if len(out) == 0 {
 		out = json.RawMessage("null")
 	}
-	h.progress(ctx, h.log.With(zap.String("job_id", l.JobID)), l, runpod.EventStream, out)
+	h.progress(ctx, h.log.With(zap.String("job_id", l.JobID)), l, proto.EventStream, out)
 	runpod.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
@@ -215,9 +215,8 @@ func (h *Host) progress(ctx context.Context, log *zap.Logger, l *lease, typ prot
 	if err == nil && (rec.Status.Terminal() || rec.Attempt != l.Attempt) {
 		return
 	}
-	if err := h.events.Publish(ctx, &runpod.OutputEvent{
-		Event:  proto.Event{JobID: l.JobID, Type: typ, Attempt: l.Attempt, WorkerID: l.WorkerID},
-		Output: output,
+	if err := h.events.Publish(ctx, &proto.Event{
+		JobID: l.JobID, Type: typ, Attempt: l.Attempt, WorkerID: l.WorkerID, Output: output,
 	}); err != nil {
 		log.Warn("publish progress", zap.Error(err))
 	}

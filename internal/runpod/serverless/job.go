@@ -119,7 +119,7 @@ func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body
 		}
 		cursor = last
 		for _, ev := range evs {
-			c, ok := ev.Chunk()
+			c, ok := runpod.Chunk(&ev.Event)
 			if !ok {
 				continue
 			}
