@@ -55,7 +55,7 @@ type Progress struct {
 func DecodeEvent(data []byte) (*Event, error) {
 	var e Event
 	if err := json.Unmarshal(data, &e); err != nil {
-		return nil, errorf("decode event: %s", jsonErr(err))
+		return nil, errorf("decode event: %s", DescribeJSONError(err))
 	}
 	if e.JobID == "" {
 		return nil, errorf("decode event: field job_id is missing")

@@ -69,14 +69,14 @@ func DecodeInput(raw json.RawMessage) (*Input, error) {
 		if !json.Valid(raw) {
 			return nil, errorf(ErrMsgInvalidJSON)
 		}
-		return nil, errorf("Input must be a JSON object, got %s", jsonKind(raw))
+		return nil, errorf("Input must be a JSON object, got %s", JSONKind(raw))
 	}
 	in := &Input{}
 	wf, ok := fields["workflow"]
 	if !ok || bytes.Equal(bytes.TrimSpace(wf), []byte("null")) {
 		return nil, errorf(ErrMsgNoWorkflow)
 	}
-	if k := jsonKind(wf); k != "an object" {
+	if k := JSONKind(wf); k != "an object" {
 		return nil, errorf("'workflow' must be a JSON object in ComfyUI API format, got %s", k)
 	}
 	in.Workflow = wf
@@ -140,8 +140,9 @@ func validImageName(name string) error {
 	return nil
 }
 
-// jsonKind names the JSON type of a valid JSON value, for messages.
-func jsonKind(raw json.RawMessage) string {
+// JSONKind names the JSON type of a valid JSON value ("an object", "an
+// array", …) for error messages.
+func JSONKind(raw json.RawMessage) string {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 {
 		return "nothing"

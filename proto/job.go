@@ -2,7 +2,9 @@ package proto
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
 )
@@ -112,7 +114,7 @@ func (c S3Config) String() string {
 func DecodeJob(data []byte) (*Job, error) {
 	var j Job
 	if err := json.Unmarshal(data, &j); err != nil {
-		return nil, errorf("decode job message: %s", jsonErr(err))
+		return nil, errorf("decode job message: %s", DescribeJSONError(err))
 	}
 	if j.V > Version {
 		return &j, errorf("job message version %d is newer than this server's %d", j.V, Version)
@@ -153,19 +155,28 @@ func DecodeJob(data []byte) (*Job, error) {
 	return &j, nil
 }
 
-// jsonErr turns encoding/json's errors into text that names the place.
-func jsonErr(err error) string {
-	switch e := err.(type) {
-	case *json.SyntaxError:
-		return fmt.Sprintf("invalid JSON at byte %d: %v", e.Offset, e)
-	case *json.UnmarshalTypeError:
-		field := e.Field
-		if field == "" {
-			field = "(top level)"
+// DescribeJSONError turns encoding/json's errors into text that names the
+// place: the byte offset of a syntax error, or the field of a type error.
+func DescribeJSONError(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("invalid JSON at byte %d: %v", se.Offset, se)
+	case errors.As(err, &te):
+		want := te.Type.String()
+		switch te.Type.Kind() {
+		case reflect.Map, reflect.Struct:
+			want = "an object"
+		case reflect.Slice, reflect.Array:
+			want = "an array"
 		}
-		return fmt.Sprintf("field %s: got JSON %s, want %s", field, e.Value, e.Type)
+		if te.Field == "" {
+			return fmt.Sprintf("got JSON %s, want %s", te.Value, want)
+		}
+		return fmt.Sprintf("field %s: got JSON %s, want %s", te.Field, te.Value, want)
 	}
-	return err.Error()
+	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
 // Place fills in what the contract derives when a producer leaves it out:

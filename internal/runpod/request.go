@@ -3,10 +3,8 @@ package runpod
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -58,7 +56,7 @@ func DecodeRunRequest(body []byte) (*RunRequest, *proto.Input, error) {
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
-		return nil, nil, badRequest("request body is not a JSON object: %s", jsonProblem(err))
+		return nil, nil, badRequest("request body is not a JSON object: %s", proto.DescribeJSONError(err))
 	}
 	if fields == nil { // the body was null
 		return nil, nil, badRequest("request body is not a JSON object: got JSON null, want an object")
@@ -70,7 +68,7 @@ func DecodeRunRequest(body []byte) (*RunRequest, *proto.Input, error) {
 	req := &RunRequest{Input: bytes.TrimSpace(fields["input"])}
 	if raw, ok := present(fields, "webhook"); ok {
 		if err := json.Unmarshal(raw, &req.Webhook); err != nil {
-			return nil, nil, badRequest("webhook must be a string (an http or https URL), got %s", jsonKind(raw))
+			return nil, nil, badRequest("webhook must be a string (an http or https URL), got %s", proto.JSONKind(raw))
 		}
 		if req.Webhook != "" {
 			u, err := url.Parse(req.Webhook)
@@ -109,7 +107,7 @@ func present(fields map[string]json.RawMessage, name string) (json.RawMessage, b
 func decodePolicy(raw json.RawMessage) (proto.Policy, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
-		return proto.Policy{}, badRequest("policy must be an object with executionTimeout, ttl and lowPriority, got %s", jsonKind(raw))
+		return proto.Policy{}, badRequest("policy must be an object with executionTimeout, ttl and lowPriority, got %s", proto.JSONKind(raw))
 	}
 	var p proto.Policy
 	millis := func(name string, lo int64, dst *int64) error {
@@ -140,7 +138,7 @@ func decodePolicy(raw json.RawMessage) (proto.Policy, error) {
 	}
 	if v, ok := present(fields, "lowPriority"); ok {
 		if err := json.Unmarshal(v, &p.LowPriority); err != nil {
-			return p, badRequest("policy.lowPriority must be true or false, got %s", jsonKind(v))
+			return p, badRequest("policy.lowPriority must be true or false, got %s", proto.JSONKind(v))
 		}
 	}
 	return p, nil
@@ -149,7 +147,7 @@ func decodePolicy(raw json.RawMessage) (proto.Policy, error) {
 func decodeS3Config(raw json.RawMessage) (*proto.S3Config, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
-		return nil, badRequest("s3Config must be an object with accessId, accessSecret, bucketName and endpointUrl, got %s", jsonKind(raw))
+		return nil, badRequest("s3Config must be an object with accessId, accessSecret, bucketName and endpointUrl, got %s", proto.JSONKind(raw))
 	}
 	c := &proto.S3Config{}
 	for name, dst := range map[string]*string{
@@ -162,7 +160,7 @@ func decodeS3Config(raw json.RawMessage) (*proto.S3Config, error) {
 		}
 		if err := json.Unmarshal(v, dst); err != nil {
 			// Never echo the value: it may be a secret.
-			return nil, badRequest("s3Config.%s must be a string, got %s", name, jsonKind(v))
+			return nil, badRequest("s3Config.%s must be a string, got %s", name, proto.JSONKind(v))
 		}
 	}
 	if c.EndpointURL != "" {
@@ -172,40 +170,4 @@ func decodeS3Config(raw json.RawMessage) (*proto.S3Config, error) {
 		}
 	}
 	return c, nil
-}
-
-// jsonKind names the JSON type of a valid value, for messages.
-func jsonKind(raw json.RawMessage) string {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "nothing"
-	}
-	switch raw[0] {
-	case '{':
-		return "an object"
-	case '[':
-		return "an array"
-	case '"':
-		return "a string"
-	case 't', 'f':
-		return "a boolean"
-	case 'n':
-		return "null"
-	}
-	return "a number"
-}
-
-func jsonProblem(err error) string {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &se):
-		return fmt.Sprintf("invalid JSON at byte %d: %v", se.Offset, se)
-	case errors.As(err, &te):
-		if te.Field == "" {
-			return fmt.Sprintf("got JSON %s, want an object", te.Value)
-		}
-		return fmt.Sprintf("field %s: got JSON %s, want %s", te.Field, te.Value, te.Type)
-	}
-	return strings.TrimPrefix(err.Error(), "json: ")
 }
