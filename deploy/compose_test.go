@@ -453,6 +453,9 @@ var notInCompose = map[string]map[string]string{
 		"SERVERLESS_CONCURRENCY":     "serverless mode",
 		"REFRESH_WORKER":             "serverless mode",
 	},
+	"gpuworker": {
+		"WARMUP_WORKFLOW": "a file in the container: mount one in an override file and set it there",
+	},
 	"comfysim": {
 		"COMFYSIM_CONTROL_ADDR": "fault injection is for tests",
 		"COMFYSIM_DIR":          "the emulator's files live in the container's temporary folder",

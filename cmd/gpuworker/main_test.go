@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/comfyfleet/comfyfleet/deploy/configdoc"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -51,6 +53,13 @@ func TestSettings(t *testing.T) {
 	require.Contains(t, string(cfg.worker.WarmupWorkflow), "PreviewAny")
 }
 
+func TestBucketNameAloneLeavesS3Off(t *testing.T) {
+	t.Parallel()
+	cfg, setting, err := parse(t, map[string]string{"BUCKET_NAME": "comfyfleet"})
+	require.NoError(t, err, setting)
+	require.Empty(t, cfg.worker.S3.Endpoint, "outputs stay inline without BUCKET_ENDPOINT_URL")
+}
+
 func TestSettingErrors(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -60,7 +69,7 @@ func TestSettingErrors(t *testing.T) {
 	}{
 		{env: map[string]string{"BUCKET_ENDPOINT_URL": "https://s3.example.com", "BUCKET_NAME": "b"}, setting: "BUCKET_*", wantErr: "credentials missing"},
 		{env: map[string]string{"BUCKET_ENDPOINT_URL": "https://s3.example.com", "BUCKET_ACCESS_KEY_ID": "a", "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-value"}, setting: "BUCKET_*", wantErr: "bucket name is empty"},
-		{env: map[string]string{"BUCKET_NAME": "b"}, setting: "BUCKET_ENDPOINT_URL", wantErr: "empty while other BUCKET_* settings are set"},
+		{env: map[string]string{"BUCKET_ACCESS_KEY_ID": "a", "BUCKET_SECRET_ACCESS_KEY": "s3cr3t-value"}, setting: "BUCKET_ENDPOINT_URL", wantErr: "empty while S3 credentials are set"},
 		{env: map[string]string{"MAX_INPUT_MB": "-1"}, setting: "MAX_INPUT_MB", wantErr: "negative"},
 		{env: map[string]string{"WARMUP_WORKFLOW": "/nonexistent/warm.json"}, setting: "WARMUP_WORKFLOW", wantErr: "no such file"},
 		{env: map[string]string{"INPUT_URL_ALLOW": "10.0.0.0/99"}, setting: "worker settings", wantErr: "input URL allow list"},
@@ -80,5 +89,18 @@ func TestEverySettingHasAVariable(t *testing.T) {
 	for _, s := range settings(&cfg).Settings() {
 		require.NotEmpty(t, s.Env, s.Flag)
 		require.Equal(t, strings.ToUpper(s.Env), s.Env)
+	}
+}
+
+// TestConfigurationDoc: docs/configuration.md lists every setting of this
+// binary with its flag, variable and default; a setting added, renamed or
+// given another default without its documentation fails here.
+func TestConfigurationDoc(t *testing.T) {
+	t.Parallel()
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	require.NoError(t, err)
+	var cfg config
+	if problems := configdoc.Check(doc, "gpuworker", settings(&cfg).Settings()); len(problems) > 0 {
+		t.Fatalf("docs/configuration.md is out of date:\n\n%s", strings.Join(problems, "\n\n"))
 	}
 }

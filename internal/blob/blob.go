@@ -7,8 +7,15 @@ import (
 	"time"
 )
 
-// ErrNotFound is returned for a key that does not exist (or expired).
-var ErrNotFound = errors.New("blob not found")
+// The errors every Store translates its backend's errors into.
+var (
+	// ErrNotFound is returned for a key that does not exist (or expired).
+	ErrNotFound = errors.New("blob not found")
+	// ErrNoBucket means the bucket (or object store) does not exist.
+	ErrNoBucket = errors.New("blob bucket not found")
+	// ErrDenied means the store refused the credentials or the operation.
+	ErrDenied = errors.New("blob access denied")
+)
 
 // Info describes a stored blob.
 type Info struct {

@@ -23,10 +23,11 @@
 //	ComfyUI down, 502/503/504, WS lost   ErrUnavailable                "ComfyUI server ... not reachable ..." / "WebSocket communication error: ..."
 //	400 from POST /prompt                *ValidationError              Message(): "Workflow validation failed:\n• Node ..." (§2.3)
 //	other non-2xx from POST /prompt      *StatusError                  "Error queuing workflow: " + StatusError.Error()
-//	200 from /prompt without prompt_id   plain error                   "Missing 'prompt_id' in queue response: ..."
+//	200 from /prompt without prompt_id   *MissingPromptIDError         "Missing 'prompt_id' in queue response: ..."
 //	a node raised                        *ExecutionError               Detail(): "Workflow execution error: Node Type: X, Node ID: 3, Message: boom"
 //	interrupted or removed from queue    *InterruptedError, ErrInterrupted
-//	gone from queue and history          ErrPromptLost                 "Prompt ID <id> not found in history after execution."
+//	ended, but no history entry          ErrNoHistoryEntry (+Lost)     "Prompt ID <id> not found in history after execution."
+//	gone from queue and history          ErrPromptLost                 (ComfyUI restarted: run it again)
 //	Client closed                        ErrClosed
 //
 // The ComfyUI behaviour this package relies on is written down in

@@ -19,6 +19,13 @@ var (
 	// queue: ComfyUI restarted (both are in memory only) or the entry was
 	// evicted. Whether it ran is unknown.
 	ErrPromptLost = errors.New("prompt lost")
+	// ErrNoHistoryEntry means the prompt ended (ComfyUI said so on the
+	// WebSocket) but its history entry never appeared, so its outputs are
+	// unknown: the entry was evicted or never written. It also matches
+	// ErrPromptLost; unlike a lost prompt, retrying it is not expected to
+	// help (worker-comfyui: "Prompt ID … not found in history after
+	// execution.").
+	ErrNoHistoryEntry = errors.New("prompt ended without a history entry")
 	// ErrInterrupted is matched by every *InterruptedError.
 	ErrInterrupted = errors.New("prompt interrupted")
 	// ErrClosed is returned once the Client is closed or its Start context
@@ -130,4 +137,14 @@ func unavailable(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+}
+
+// MissingPromptIDError is a 200 answer to POST /prompt without a prompt_id.
+// Its text is worker-comfyui's.
+type MissingPromptIDError struct {
+	Body []byte // the answer, truncated
+}
+
+func (e *MissingPromptIDError) Error() string {
+	return "Missing 'prompt_id' in queue response: " + string(e.Body)
 }

@@ -152,7 +152,7 @@ func (c *Client) postPrompt(ctx context.Context, workflow []byte, id string, ext
 		NodeErrors: decodeNodeErrors(top["node_errors"]),
 	}
 	if sub.PromptID == "" {
-		return nil, fmt.Errorf("queue prompt: Missing 'prompt_id' in queue response: %s", truncate(body, 512))
+		return nil, fmt.Errorf("queue prompt: %w", &MissingPromptIDError{Body: truncate(body, 512)})
 	}
 	return sub, nil
 }
@@ -334,7 +334,7 @@ func (c *Client) historyAfterEnd(ctx context.Context, id string) (*HistoryEntry,
 			return entry, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("not found in history after execution: %w", ErrPromptLost)
+			return nil, fmt.Errorf("not found in history after execution: %w: %w", ErrNoHistoryEntry, ErrPromptLost)
 		}
 		t := time.NewTimer(delay)
 		select {

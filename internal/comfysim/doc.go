@@ -2,10 +2,19 @@
 // stack: the HTTP API and WebSocket of reference/comfyui-protocol.md (routes,
 // status codes, validation errors, message order, history shapes, file-name
 // counters, caching), a small registry of core nodes with their real
-// object_info schemas that write real PNG, WebP, FLAC and MP4 files whose
+// object_info schemas that write real PNG, WebP, GIF, FLAC, MP4 and WebM files whose
 // content depends on the inputs, and a separate fault-injection surface
-// (dropped sockets, node failures, OOM, slow history, downtime, restarts)
-// that real ComfyUI does not have.
+// (dropped sockets, node failures, OOM, slow history, downtime, restarts,
+// refused uploads and prompts, answers without a prompt_id, lost history
+// entries, missing /view files, huge outputs) that real ComfyUI does not
+// have, plus a record of what clients sent (Uploads, Prompts) for tests.
+//
+// Besides the core txt2img nodes it knows the split loaders of flux-style
+// workflows (UNETLoader, DualCLIPLoader, VAELoader), LoraLoader, LoadImage,
+// the video, audio and text outputs (SaveVideo, SaveWEBM,
+// SaveAnimatedWEBP, SaveAudio, PreviewAny), VideoHelperSuite's
+// VHS_VideoCombine ("gifs") and the bundled SaveImageWebsocket; the model
+// lists come from Config.
 //
 // Where ComfyUI's behaviour is odd (the raw heap order of /queue, cached
 // outputs missing from history without a client_id, a stale socket handler

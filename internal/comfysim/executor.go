@@ -337,7 +337,9 @@ func (s *Server) runPrompt(item *queueItem, epoch uint64) {
 		s.stats.aborted.Add(1)
 		return
 	}
-	s.history.put(entry)
+	if !s.fault.DropHistory {
+		s.history.put(entry)
+	}
 	s.running = nil
 	s.lastNodeID = nil
 	s.statusLocked()
@@ -671,6 +673,18 @@ func (d *nodeDef) funcName() string {
 		return "LoadImage.load_image"
 	case "PreviewAny":
 		return "PreviewAny.main"
+	case "UNETLoader":
+		return "UNETLoader.load_unet"
+	case "DualCLIPLoader":
+		return "DualCLIPLoader.load_clip"
+	case "VAELoader":
+		return "VAELoader.load_vae"
+	case "LoraLoader":
+		return "LoraLoader.load_lora"
+	case "VHS_VideoCombine":
+		return "VideoCombine.combine_video"
+	case "SaveImageWebsocket":
+		return "SaveImageWebsocket.save_images"
 	}
 	return d.name + ".run"
 }

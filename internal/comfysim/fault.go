@@ -48,6 +48,27 @@ type Fault struct {
 	// DownStatus is the HTTP status answered while SetDown(true); 0 closes
 	// each connection without an answer (like a dead process).
 	DownStatus int `json:"down_status,omitempty"`
+
+	// UploadStatus refuses uploads: POST /upload/image answers this status
+	// (a plain-text page, as aiohttp's) and stores nothing. 0 accepts them.
+	UploadStatus int `json:"upload_status,omitempty"`
+	// PromptStatus makes POST /prompt answer this status with aiohttp's
+	// plain-text page and queue nothing (a 500 is what ComfyUI answers to a
+	// body it cannot handle). 0 answers normally.
+	PromptStatus int `json:"prompt_status,omitempty"`
+	// PromptWithoutID queues the prompt but leaves prompt_id out of the 200
+	// answer, as a broken proxy or fork might.
+	PromptWithoutID bool `json:"prompt_without_id,omitempty"`
+	// DropHistory writes no history entry for prompts that finish while it
+	// is set, as if the entry had been evicted at once; the WebSocket
+	// messages, executing null included, are still sent.
+	DropHistory bool `json:"drop_history,omitempty"`
+	// ViewNotFound makes GET /view answer 404 for these file names.
+	ViewNotFound []string `json:"view_not_found,omitempty"`
+	// PadOutputsTo extends every file a node saves to at least this many
+	// bytes (a sparse tail of zeros), emulating a very large output such as
+	// a long video without rendering it. Decoders ignore the tail.
+	PadOutputsTo int64 `json:"pad_outputs_to,omitempty"`
 }
 
 // SetFault replaces the injected fault; SetFault(Fault{}) clears it.
@@ -83,6 +104,7 @@ func (s *Server) SetDown(down bool) {
 // DropWebSockets closes every WebSocket at once without a close frame and
 // returns how many were open.
 func (s *Server) DropWebSockets() int {
+	s.stats.socketDrops.Add(1)
 	n := s.hub.dropAll()
 	s.log.Info("websockets dropped", zap.Int("count", n))
 	return n
@@ -149,10 +171,18 @@ func parseDuration(v any) (time.Duration, error) {
 //	POST /control/down    {"down": bool}
 //	POST /control/restart
 //	POST /control/step-delay {"step_delay": "10ms"}
+//	GET  /control/uploads                the UploadRecords
+//	GET  /control/prompts                the PromptRecords
 func (s *Server) ControlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /control/stats", func(w http.ResponseWriter, _ *http.Request) {
 		writeControl(w, http.StatusOK, s.Stats())
+	})
+	mux.HandleFunc("GET /control/uploads", func(w http.ResponseWriter, _ *http.Request) {
+		writeControl(w, http.StatusOK, nonNilList(s.Uploads()))
+	})
+	mux.HandleFunc("GET /control/prompts", func(w http.ResponseWriter, _ *http.Request) {
+		writeControl(w, http.StatusOK, nonNilList(s.Prompts()))
 	})
 	mux.HandleFunc("GET /control/fault", func(w http.ResponseWriter, _ *http.Request) {
 		f := s.Fault()
@@ -212,6 +242,13 @@ func (s *Server) ControlHandler() http.Handler {
 		writeControl(w, http.StatusOK, map[string]string{"step_delay": s.currentStepDelay().String()})
 	})
 	return mux
+}
+
+func nonNilList[T any](l []T) []T {
+	if l == nil {
+		return []T{}
+	}
+	return l
 }
 
 func decodeControl(r *http.Request, v any) error {

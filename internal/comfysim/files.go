@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -482,6 +483,13 @@ func (s *Server) handleView(w http.ResponseWriter, r *http.Request) {
 		outputDir = full
 	}
 	filename = pyBasename(filename)
+	s.mu.Lock()
+	missing := slices.Contains(s.fault.ViewNotFound, filename)
+	s.mu.Unlock()
+	if missing {
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
 	file := pyJoin(outputDir, filename)
 	st, err := os.Stat(file)
 	if err != nil || !st.Mode().IsRegular() {
@@ -641,9 +649,10 @@ var _ color.Color = color.NRGBA{}
 // formField is one multipart field: a file (filename set by the part) or a
 // plain value.
 type formField struct {
-	isFile   bool
-	filename string
-	data     []byte
+	isFile      bool
+	filename    string
+	contentType string
+	data        []byte
 }
 
 func readMultipart(r *http.Request) (map[string]formField, error) {
@@ -667,7 +676,7 @@ func readMultipart(r *http.Request) (map[string]formField, error) {
 		}
 		fn := partFilename(p)
 		if _, dup := fields[name]; !dup {
-			fields[name] = formField{isFile: fn != nil, filename: deref(fn), data: data}
+			fields[name] = formField{isFile: fn != nil, filename: deref(fn), contentType: p.Header.Get("Content-Type"), data: data}
 		}
 	}
 }
@@ -694,6 +703,14 @@ func deref(p *string) string {
 }
 
 func (s *Server) handleUploadImage(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	refuse := s.fault.UploadStatus
+	s.mu.Unlock()
+	if refuse != 0 {
+		_, _ = io.Copy(io.Discard, r.Body)
+		writeStatusPage(w, refuse)
+		return
+	}
 	fields, err := readMultipart(r)
 	if err != nil {
 		if isTooLarge(err) {
@@ -784,6 +801,8 @@ func (s *Server) handleUploadImage(w http.ResponseWriter, r *http.Request) {
 		}
 		s.counters.forget(pyDirname(target))
 	}
+	s.recordUpload(UploadRecord{Filename: img.filename, Name: filename, Subfolder: subfolder, Type: uploadType,
+		ContentType: img.contentType, Overwrite: overwrite, Size: len(img.data)})
 	writeJSON(w, http.StatusOK, newDict("name", filename, "subfolder", subfolder, "type", uploadType))
 }
 
@@ -792,4 +811,19 @@ func bigOrNil(s string, ok bool) (*big.Int, error) {
 		return nil, nil
 	}
 	return pyIntConv(s)
+}
+
+// writeOutput writes a file a node saves, padded with a sparse tail when the
+// PadOutputsTo fault asks for large outputs.
+func (s *Server) writeOutput(path string, data []byte) error {
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	pad := s.fault.PadOutputsTo
+	s.mu.Unlock()
+	if pad > int64(len(data)) {
+		return os.Truncate(path, pad)
+	}
+	return nil
 }

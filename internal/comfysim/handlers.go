@@ -209,6 +209,18 @@ func writeJSONBytes(w http.ResponseWriter, status int, b []byte) {
 	_, _ = w.Write(b)
 }
 
+// writeStatusPage answers status with aiohttp's plain-text page: the one for
+// an unhandled exception on 500, "<status>: <reason>" otherwise.
+func writeStatusPage(w http.ResponseWriter, status int) {
+	if status == http.StatusInternalServerError {
+		writeServerError(w)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintf(w, "%d: %s", status, http.StatusText(status))
+}
+
 // writeServerError is aiohttp's page for an unhandled exception.
 func writeServerError(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -306,6 +318,13 @@ func bodyGet(body any, key string) (any, error) {
 func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request, _ string) {
 	body, ok := s.readBodyJSON(w, r)
 	if !ok {
+		return
+	}
+	s.mu.Lock()
+	refuse := s.fault.PromptStatus
+	s.mu.Unlock()
+	if refuse != 0 {
+		writeStatusPage(w, refuse)
 		return
 	}
 	status, resp, err := s.postPrompt(body, r.Header.Get("Comfy-Usage-Source"))
@@ -440,6 +459,14 @@ func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) 
 	ed.Set("create_time", nowMillis())
 	item := &queueItem{number: number, id: promptID, prompt: prompt, extra: ed, outputs: valid.good, sensitive: sensitive}
 
+	received := ed.Copy()
+	for _, k := range sensitive.Keys() {
+		v, _ := sensitive.Get(k)
+		received.Set(k, v)
+	}
+	cidStr, _ := received.Get("client_id")
+	cidText, _ := cidStr.(string)
+
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -448,10 +475,15 @@ func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) 
 	s.seq++
 	item.seq = s.seq
 	s.queue.push(item)
+	s.recordPromptLocked(PromptRecord{PromptID: promptID, ClientID: cidText, ExtraData: encodePy(received)})
+	withoutID := s.fault.PromptWithoutID
 	s.statusLocked()
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	s.stats.queued.Add(1)
+	if withoutID {
+		return http.StatusOK, newDict("number", number, "node_errors", valid.nodeErrors), nil
+	}
 	return http.StatusOK, newDict("prompt_id", promptID, "number", number, "node_errors", valid.nodeErrors), nil
 }
 
@@ -683,6 +715,7 @@ func (s *Server) postHistory(body any) error {
 // --- /interrupt and /free ---
 
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, _ string) {
+	s.stats.interruptRequests.Add(1)
 	raw, err := io.ReadAll(r.Body)
 	if err != nil {
 		if isTooLarge(err) {
@@ -720,6 +753,7 @@ func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, _ strin
 }
 
 func (s *Server) handleFree(w http.ResponseWriter, r *http.Request, _ string) {
+	s.stats.freeRequests.Add(1)
 	body, ok := s.readBodyJSON(w, r)
 	if !ok {
 		return
@@ -838,11 +872,11 @@ func (s *Server) handleModelFolder(w http.ResponseWriter, _ *http.Request, folde
 		if f != folder {
 			continue
 		}
-		if f == "checkpoints" {
-			writeJSON(w, http.StatusOK, s.checkpoints)
-			return
+		files := s.modelFiles(f)
+		if files == nil {
+			files = []string{}
 		}
-		writeJSON(w, http.StatusOK, []any{})
+		writeJSON(w, http.StatusOK, files)
 		return
 	}
 	w.WriteHeader(http.StatusNotFound)

@@ -231,6 +231,9 @@ type progressHook struct {
 	total    int
 	lastSent int
 	lastTime time.Time
+	// png marks previews as PNG (SaveImageWebsocket's full-size images)
+	// instead of sampler JPEGs.
+	png bool
 }
 
 func (p *progressHook) update(value int, preview func() []byte) error {
@@ -267,8 +270,12 @@ func (p *progressHook) update(value int, preview func() []byte) error {
 	}
 	meta := ex.s.hub.supportsFeature(ex.clientID, "supports_preview_metadata")
 	if img != nil && meta {
+		imageType := "image/jpeg"
+		if p.png {
+			imageType = "image/png"
+		}
 		md := encodePy(newDict("node_id", id, "prompt_id", ex.item.id, "display_node_id", id,
-			"parent_node_id", nil, "real_node_id", id, "image_type", "image/jpeg"))
+			"parent_node_id", nil, "real_node_id", id, "image_type", imageType))
 		frameBytes := binary.BigEndian.AppendUint32(nil, 4)
 		frameBytes = binary.BigEndian.AppendUint32(frameBytes, uint32(len(md)))
 		frameBytes = append(frameBytes, md...)
@@ -281,8 +288,12 @@ func (p *progressHook) update(value int, preview func() []byte) error {
 		return err
 	}
 	if img != nil && !meta {
+		format := uint32(1) // JPEG
+		if p.png {
+			format = 2
+		}
 		frameBytes := binary.BigEndian.AppendUint32(nil, 1)
-		frameBytes = binary.BigEndian.AppendUint32(frameBytes, 1) // JPEG
+		frameBytes = binary.BigEndian.AppendUint32(frameBytes, format)
 		frameBytes = append(frameBytes, img...)
 		return ex.sendBinary(ex.target(), frameBytes)
 	}
@@ -459,7 +470,7 @@ func saveImages(x *nodeRun, dir, typ, prefix string, level int) ([]any, *pyDict,
 		if err != nil {
 			return nil, nil, pyException("OSError", err.Error(), x.def.funcName())
 		}
-		if err := os.WriteFile(filepath.Join(sp.folder, file), data, 0o644); err != nil {
+		if err := x.s.writeOutput(filepath.Join(sp.folder, file), data); err != nil {
 			return nil, nil, pyException("OSError", err.Error(), x.def.funcName())
 		}
 		results = append(results, newDict("filename", file, "subfolder", sp.subfolder, "type", typ))
@@ -595,7 +606,7 @@ func runSaveAnimatedWEBP(x *nodeRun) ([]any, *pyDict, error) {
 	}
 	file := fmt.Sprintf("%s_%05d_.webp", sp.filename, sp.counter)
 	data := encodeAnimatedWebP(frames, int(1000.0/fps))
-	if err := os.WriteFile(filepath.Join(sp.folder, file), data, 0o644); err != nil {
+	if err := x.s.writeOutput(filepath.Join(sp.folder, file), data); err != nil {
 		return nil, nil, pyException("OSError", err.Error(), "SaveAnimatedWEBP.execute")
 	}
 	x.s.counters.wrote(sp, sp.counter+1)
@@ -628,7 +639,7 @@ func runSaveAudio(x *nodeRun) ([]any, *pyDict, error) {
 		name := strings.ReplaceAll(sp.filename, "%batch_num%", strconv.Itoa(b))
 		file := fmt.Sprintf("%s_%05d.flac", name, counter)
 		data := encodeFLAC(a.rate, a.channels, a.samples, mix(a.key, b), comments)
-		if err := os.WriteFile(filepath.Join(sp.folder, file), data, 0o644); err != nil {
+		if err := x.s.writeOutput(filepath.Join(sp.folder, file), data); err != nil {
 			return nil, nil, pyException("OSError", err.Error(), "SaveAudio.execute")
 		}
 		results = append(results, newDict("filename", file, "subfolder", sp.subfolder, "type", "output"))
@@ -668,7 +679,7 @@ func runSaveVideo(x *nodeRun) ([]any, *pyDict, error) {
 	if err != nil {
 		return nil, nil, pyException("OSError", err.Error(), "SaveVideo.execute")
 	}
-	if err := os.WriteFile(filepath.Join(sp.folder, file), data, 0o644); err != nil {
+	if err := x.s.writeOutput(filepath.Join(sp.folder, file), data); err != nil {
 		return nil, nil, pyException("OSError", err.Error(), "SaveVideo.execute")
 	}
 	x.s.counters.wrote(sp, sp.counter+1)

@@ -1,7 +1,6 @@
 package comfysim
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -19,6 +18,14 @@ const ComfyUIVersion = "0.27.0"
 // DefaultCheckpoint is the checkpoint list used when Config.Checkpoints is nil.
 const DefaultCheckpoint = "v1-5-pruned-emaonly.safetensors"
 
+// The model files of a fresh emulator besides DefaultCheckpoint: the files of
+// the upstream flux1-dev image (reference/worker-comfyui.md §5.3).
+var (
+	DefaultDiffusionModels = []string{"flux1-dev.safetensors"}
+	DefaultTextEncoders    = []string{"clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"}
+	DefaultVAEs            = []string{"ae.safetensors"}
+)
+
 // DefaultStepDelay is the KSampler per-step sleep when Config.StepDelay is 0.
 const DefaultStepDelay = 5 * time.Millisecond
 
@@ -34,6 +41,18 @@ type Config struct {
 	// they were the files in models/checkpoints. Nil means
 	// []string{DefaultCheckpoint}.
 	Checkpoints []string
+	// DiffusionModels are the files in models/diffusion_models (UNETLoader's
+	// unet_name); nil means DefaultDiffusionModels, empty means none.
+	DiffusionModels []string
+	// TextEncoders are the files in models/text_encoders (DualCLIPLoader's
+	// clip_name1 and clip_name2); nil means DefaultTextEncoders.
+	TextEncoders []string
+	// VAEs are the files in models/vae (VAELoader's vae_name, which also
+	// offers "pixel_space"); nil means DefaultVAEs.
+	VAEs []string
+	// Loras are the files in models/loras (LoraLoader's lora_name); nil
+	// means none.
+	Loras []string
 	// StepDelay is the sleep per KSampler step: 0 means DefaultStepDelay,
 	// negative means no sleep.
 	StepDelay time.Duration
@@ -43,9 +62,12 @@ type Config struct {
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
-	for _, ck := range c.Checkpoints {
-		if ck == "" {
-			return errors.New("comfysim: Checkpoints: empty checkpoint name")
+	for name, list := range map[string][]string{"Checkpoints": c.Checkpoints, "DiffusionModels": c.DiffusionModels,
+		"TextEncoders": c.TextEncoders, "VAEs": c.VAEs, "Loras": c.Loras} {
+		for _, f := range list {
+			if f == "" {
+				return fmt.Errorf("comfysim: %s: empty file name", name)
+			}
 		}
 	}
 	return nil
@@ -66,6 +88,7 @@ type Server struct {
 	outputDir   string
 	tempDir     string
 	checkpoints []string
+	models      map[string][]string // model folder -> files, besides checkpoints
 	nodes       map[string]*nodeDef
 	nodeOrder   []string
 	hub         *hub
@@ -90,6 +113,8 @@ type Server struct {
 	fault       Fault
 	faultUses   int  // executions the FailClass fault has caused
 	holdQueue   bool // tests: the executor takes no new prompt while set
+	uploads     []UploadRecord
+	prompts     []PromptRecord
 
 	interruptCh chan struct{} // wakes a sampler sleeping between steps
 	down        atomic.Bool
@@ -102,6 +127,7 @@ type Server struct {
 
 type statCounters struct {
 	queued, executed, succeeded, failed, interrupted, aborted, restarts atomic.Int64
+	interruptRequests, freeRequests, uploads, socketDrops               atomic.Int64
 }
 
 // Stats is a snapshot of the emulator's counters.
@@ -113,9 +139,13 @@ type Stats struct {
 	PromptsInterrupted int64  `json:"prompts_interrupted"` // ended with execution_interrupted
 	PromptsAborted     int64  `json:"prompts_aborted"`     // lost to Restart while running
 	Restarts           int64  `json:"restarts"`
-	QueueRemaining     int    `json:"queue_remaining"` // pending + running
-	Running            string `json:"running"`         // running prompt id, "" when idle
-	SocketsOpen        int    `json:"sockets_open"`    // open WebSocket connections
+	InterruptRequests  int64  `json:"interrupt_requests"` // POST /interrupt calls
+	FreeRequests       int64  `json:"free_requests"`      // POST /free calls
+	Uploads            int64  `json:"uploads"`            // files accepted by POST /upload/image
+	SocketDrops        int64  `json:"socket_drops"`       // DropWebSockets calls (the fault and the control API)
+	QueueRemaining     int    `json:"queue_remaining"`    // pending + running
+	Running            string `json:"running"`            // running prompt id, "" when idle
+	SocketsOpen        int    `json:"sockets_open"`       // open WebSocket connections
 	CacheEntries       int    `json:"cache_entries"`
 	Down               bool   `json:"down"`
 }
@@ -143,6 +173,12 @@ func New(cfg Config) (*Server, error) {
 		s.checkpoints = []string{DefaultCheckpoint}
 	}
 	s.checkpoints = append([]string(nil), s.checkpoints...)
+	s.models = map[string][]string{
+		"diffusion_models": orDefault(cfg.DiffusionModels, DefaultDiffusionModels),
+		"text_encoders":    orDefault(cfg.TextEncoders, DefaultTextEncoders),
+		"vae":              orDefault(cfg.VAEs, DefaultVAEs),
+		"loras":            orDefault(cfg.Loras, nil),
+	}
 	s.nodes, s.nodeOrder = buildRegistry()
 	s.cond = sync.NewCond(&s.mu)
 	s.hub = newHub(s.log)
@@ -176,6 +212,22 @@ func New(cfg Config) (*Server, error) {
 	go s.executorLoop()
 	s.log.Info("emulator started", zap.String("root", s.root), zap.Strings("checkpoints", s.checkpoints))
 	return s, nil
+}
+
+// orDefault copies list, or def when list is nil.
+func orDefault(list, def []string) []string {
+	if list == nil {
+		list = def
+	}
+	return append([]string{}, list...)
+}
+
+// modelFiles lists a model folder's files as folder_paths.get_filename_list.
+func (s *Server) modelFiles(folder string) []string {
+	if folder == "checkpoints" {
+		return s.checkpoints
+	}
+	return s.models[folder]
 }
 
 func resetDir(d string) error {
@@ -246,6 +298,10 @@ func (s *Server) Stats() Stats {
 	st.PromptsInterrupted = s.stats.interrupted.Load()
 	st.PromptsAborted = s.stats.aborted.Load()
 	st.Restarts = s.stats.restarts.Load()
+	st.InterruptRequests = s.stats.interruptRequests.Load()
+	st.FreeRequests = s.stats.freeRequests.Load()
+	st.Uploads = s.stats.uploads.Load()
+	st.SocketDrops = s.stats.socketDrops.Load()
 	st.SocketsOpen = s.hub.openCount()
 	st.Down = s.down.Load()
 	return st

@@ -171,11 +171,13 @@ func (d *Dispatcher) Admit(ctx context.Context, msg *queue.Message) error {
 		return msg.Ack(ctx)
 	}
 	job.SubmittedAt = rec.SubmittedAt // the first admission's, on a redelivery
+	// The IN_QUEUE event goes out before the job can reach a worker, so a
+	// job's events are always in the order of its transitions.
+	if err := d.q.PublishEvent(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInQueue}); err != nil {
+		return fmt.Errorf("publish event for %s: %w", job.ID, err)
+	}
 	if err := d.q.Admit(ctx, job); err != nil && !errors.Is(err, queue.ErrDuplicate) {
 		return fmt.Errorf("admit job %s: %w", job.ID, err)
-	}
-	if err := d.q.PublishEvent(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInQueue}); err != nil {
-		d.log.Warn("publish event", zap.String("job_id", job.ID), zap.Error(err))
 	}
 	if created {
 		d.log.Debug("admitted", zap.String("job_id", job.ID), zap.String("pool", job.Pool), zap.String("lane", string(job.Lane)))

@@ -1,9 +1,44 @@
 // Package worker is the gpuworker: it sits next to one ComfyUI (one GPU),
-// pulls one job at a time from its pool's queue, runs it over ComfyUI's HTTP
-// and WebSocket API, stores the outputs in the blob store, writes the fenced
-// status to Redis, publishes events, and only then acks the message.
+// pulls jobs from its pool's lanes, runs them over ComfyUI's HTTP and
+// WebSocket API, stores the outputs, writes the fenced status to Redis,
+// publishes events, and only then acks the message.
 //
-// Shutdown is two-phase: Stop stops pulling, lets the job in hand finish
-// within the grace period, then cancels it and puts it back on the queue so
-// another GPU takes it at once.
+// A job goes through these steps (execute):
+//
+//   - inputs: base64 or data URIs (worker-comfyui's form), https URLs
+//     fetched through an SSRF guard with a size cap and a timeout, or
+//     blob-store keys for large files; uploaded in parallel with their
+//     sniffed content type into a subfolder of their own, and the
+//     workflow's references rewritten on its raw bytes (never through
+//     float64), so jobs pipelined on one ComfyUI never see each other's
+//     files;
+//   - the prompt, with the Comfy.org key (input beats COMFY_ORG_API_KEY) in
+//     extra_data, followed through the WebSocket with reconnects,
+//     reconciliation and a history poll (package comfy), under the job's
+//     execution timeout and a stall watch; progress and, on request,
+//     previews become events;
+//   - outputs of every kind (images, videos — VHS gifs and animated files
+//     included —, audio, files, text; temp outputs on request), streamed to
+//     S3 (the job's s3Config, else the worker's) as s3_url items, or to the
+//     blob store as base64 items the adapter inlines; a file that cannot be
+//     stored is a line in errors while the others return.
+//
+// Failures are classified (run/classify): validation errors and node
+// errors fail at once with worker-comfyui's messages (and the options of
+// any loader input); out-of-memory and transient errors go back to the
+// queue with a delay; a ComfyUI that dies or restarts gives the job back at
+// once so another worker takes it, up to MaxAttempts, after which the job
+// fails with worker-comfyui's text and lands on the dead-letter stream. A
+// cancel (cf.ctl.cancel) stops the prompt in ComfyUI and leaves the status
+// to the canceller.
+//
+// The worker probes ComfyUI all the time: it pulls only while ComfyUI
+// answers, gives the jobs in hand back within a second or two of it dying,
+// resumes when it is back (after an optional warm-up workflow), and keeps
+// a job's message alive with InProgress only while ComfyUI makes progress
+// on it.
+//
+// Shutdown is two-phase: Stop stops pulling, lets the jobs in hand finish
+// within the grace period, then cancels them and puts them back on the
+// queue so another GPU takes them at once.
 package worker

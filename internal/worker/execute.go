@@ -1,233 +1,320 @@
 package worker
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"fmt"
-	"io"
-	"mime"
-	"net/http"
-	"path"
-	"strings"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
-	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// execute uploads the job's inputs, runs its workflow and stores its outputs.
-func (w *Worker) execute(ctx context.Context, log *zap.Logger, job *proto.Job, attempt int) (*proto.Output, error) {
-	in, err := proto.DecodeInput(job.Input)
+// execution is one attempt of one job: inputs, prompt, outputs, and what
+// the heartbeat and the stall watch need to know about its progress.
+type execution struct {
+	w       *Worker
+	log     *zap.Logger
+	job     *proto.Job
+	attempt int
+
+	mu     sync.Mutex
+	pid    string // the prompt's id, set before it is posted
+	queued bool   // ComfyUI accepted the prompt
+
+	last    atomic.Int64 // last sign of progress, Unix nanoseconds
+	waiting atomic.Bool  // the prompt is in ComfyUI's hands
+
+	progressMu   sync.Mutex
+	lastProgress time.Time
+	lastPreview  time.Time
+}
+
+func newExecution(w *Worker, log *zap.Logger, job *proto.Job, attempt int) *execution {
+	ex := &execution{w: w, log: log, job: job, attempt: attempt}
+	ex.touch()
+	return ex
+}
+
+// touch records progress.
+func (ex *execution) touch() { ex.last.Store(time.Now().UnixNano()) }
+
+// idle is how long ago the last progress was.
+func (ex *execution) idle() time.Duration { return time.Since(time.Unix(0, ex.last.Load())) }
+
+// progressing reports whether the job deserves a heartbeat: always in the
+// worker's own phases; while ComfyUI runs the prompt, only if ComfyUI
+// answers and reported progress within the stall timeout.
+func (ex *execution) progressing() bool {
+	if !ex.waiting.Load() {
+		return true
+	}
+	if !ex.w.isAlive() {
+		return false
+	}
+	return ex.w.cfg.StallTimeout <= 0 || ex.idle() < ex.w.cfg.StallTimeout
+}
+
+// promptID is the prompt's id once the worker posted (or began to post)
+// it, "" before.
+func (ex *execution) promptID() string {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.pid
+}
+
+// accepted reports whether ComfyUI queued the prompt.
+func (ex *execution) accepted() bool {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.queued
+}
+
+// options are the input fields beyond worker-comfyui's that steer a job.
+type options struct {
+	// previews is the preview method ("auto", "latent2rgb", "taesd") when
+	// the job asks for preview events ("previews": true or a method).
+	previews string
+	// includeTemp returns temp outputs (PreviewImage and the like) too.
+	includeTemp bool
+}
+
+func decodeOptions(raw json.RawMessage) (options, error) {
+	var o options
+	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 && raw[0] == '"' {
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return o, nil // DecodeInput reports it
+		}
+		raw = []byte(s)
+	}
+	var f struct {
+		Previews    json.RawMessage `json:"previews"`
+		IncludeTemp *bool           `json:"include_temp"`
+	}
+	if err := json.Unmarshal(raw, &f); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field == "include_temp" {
+			return o, errors.New("'include_temp' must be true or false")
+		}
+		return o, nil
+	}
+	if f.IncludeTemp != nil {
+		o.includeTemp = *f.IncludeTemp
+	}
+	switch p := string(bytes.TrimSpace(f.Previews)); p {
+	case "", "null", "false":
+	case "true":
+		o.previews = "auto"
+	case `"auto"`, `"latent2rgb"`, `"taesd"`:
+		o.previews = p[1 : len(p)-1]
+	default:
+		return o, errors.New(`'previews' must be true, false, "auto", "latent2rgb" or "taesd"`)
+	}
+	return o, nil
+}
+
+// execute uploads the job's inputs, runs its workflow and stores its
+// outputs. ctx ends when the job is cancelled, times out, stalls, loses
+// its ComfyUI or the worker stops; run reads why.
+func (ex *execution) execute(ctx context.Context) (*proto.Output, error) {
+	in, err := proto.DecodeInput(ex.job.Input)
 	if err != nil {
 		return nil, &failure{msg: err.Error()}
 	}
-	if err := w.uploadInputs(ctx, job.ID, in.Images); err != nil {
+	opts, err := decodeOptions(ex.job.Input)
+	if err != nil {
+		return nil, &failure{msg: err.Error()}
+	}
+	sink, err := ex.w.sinkFor(ex.job)
+	if err != nil {
 		return nil, err
 	}
-	opts := comfy.RunOptions{PromptID: uuid.NewString(), OnProgress: w.progressReporter(ctx, job.ID, attempt)}
+	workflow := []byte(in.Workflow)
+	if len(in.Images) > 0 {
+		if workflow, err = ex.uploadInputs(ctx, in.Images, workflow); err != nil {
+			return nil, err
+		}
+	}
+
+	ro := comfy.RunOptions{PromptID: uuid.NewString(), OnProgress: ex.onProgress}
+	extra := map[string]any{}
 	key := in.ComfyOrgAPIKey
 	if key == "" {
-		key = w.cfg.ComfyOrgAPIKey
+		key = ex.w.cfg.ComfyOrgAPIKey
 	}
 	if key != "" {
-		opts.ExtraData = map[string]any{"api_key_comfy_org": key}
+		extra["api_key_comfy_org"] = key
 	}
-	res, err := w.comfy.Run(ctx, in.Workflow, opts)
+	if opts.previews != "" {
+		extra["preview_method"] = opts.previews
+		ro.OnPreview = ex.onPreview
+	}
+	if len(extra) > 0 {
+		ro.ExtraData = extra
+	}
+	ex.mu.Lock()
+	ex.pid = ro.PromptID
+	ex.mu.Unlock()
+	ex.touch()
+	ex.waiting.Store(true)
+	sub, err := ex.w.comfy.Submit(ctx, workflow, ro)
 	if err != nil {
-		if ctx.Err() != nil {
-			// The job is being taken away (shutdown): stop the GPU work too.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			if cerr := w.comfy.Cancel(cctx, opts.PromptID); cerr != nil {
-				log.Warn("cancel prompt in comfyui", zap.String("prompt_id", opts.PromptID), zap.Error(cerr))
+		ex.waiting.Store(false)
+		return nil, err
+	}
+	ex.mu.Lock()
+	ex.pid, ex.queued = sub.PromptID, true
+	ex.mu.Unlock()
+	res, err := ex.w.comfy.Wait(ctx, sub.PromptID)
+	ex.waiting.Store(false)
+	ex.touch()
+	if err != nil {
+		// A node failed, but other branches may have saved outputs:
+		// worker-comfyui returns them with the failure in errors.
+		var xerr *comfy.ExecutionError
+		if errors.As(err, &xerr) && !xerr.IsOOM() && res != nil && ctx.Err() == nil {
+			out, n, cerr := ex.collect(ctx, sink, opts, res)
+			if cerr == nil && n > 0 {
+				out.Errors = append([]string{xerr.Detail()}, out.Errors...)
+				return out, nil
 			}
-			cancel()
+			if cerr != nil && ctx.Err() != nil {
+				return nil, cerr
+			}
 		}
 		return nil, err
 	}
-	return w.collect(ctx, log, job.ID, attempt, res)
+	out, _, err := ex.collect(ctx, sink, opts, res)
+	return out, err
 }
 
-// uploadInputs puts every input image into ComfyUI's input folder. As in
-// worker-comfyui every image is attempted, and any failure fails the job
-// with one detail line per image.
-func (w *Worker) uploadInputs(ctx context.Context, jobID string, images []proto.InputImage) error {
-	var details []string
-	for _, img := range images {
-		r, err := w.openInput(ctx, img)
-		if err != nil {
-			details = append(details, err.Error())
-			continue
-		}
-		br := bufio.NewReader(r)
-		head, _ := br.Peek(512)
-		ctype := http.DetectContentType(head)
-		_, err = w.comfy.UploadImage(ctx, img.Name, "", br, ctype, true)
-		r.Close()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+// watchStall ends the job with errStalled when its prompt runs without
+// progress for StallTimeout. A prompt still pending behind another one is
+// waiting, not stalled.
+func (ex *execution) watchStall(ctx context.Context, stall context.CancelCauseFunc) (stop func()) {
+	limit := ex.w.cfg.StallTimeout
+	every := min(limit/4, time.Second)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
 			}
-			details = append(details, fmt.Sprintf("Error uploading %s: %v", img.Name, err))
-		}
-	}
-	if len(details) > 0 {
-		return &failure{msg: "Failed to upload one or more input images", details: details}
-	}
-	return nil
-}
-
-// openInput returns an input image's bytes, from the message or the blob store.
-func (w *Worker) openInput(ctx context.Context, img proto.InputImage) (io.ReadCloser, error) {
-	if img.Blob != "" {
-		r, _, err := w.blobs.Get(ctx, img.Blob)
-		if err != nil {
-			return nil, fmt.Errorf("Error fetching %s from the blob store: %v", img.Name, err)
-		}
-		return r, nil
-	}
-	data, err := proto.DecodeImageData(img.Image)
-	if err != nil {
-		return nil, fmt.Errorf("Error decoding base64 for %s: %v", img.Name, err)
-	}
-	return io.NopCloser(bytes.NewReader(data)), nil
-}
-
-// progressReporter publishes throttled progress events.
-func (w *Worker) progressReporter(ctx context.Context, jobID string, attempt int) func(comfy.Progress) {
-	var mu sync.Mutex
-	var last time.Time
-	return func(p comfy.Progress) {
-		if p.State != "" {
-			return // node start/finish; the ticks carry the progress
-		}
-		mu.Lock()
-		now := time.Now()
-		if now.Sub(last) < w.cfg.ProgressEvery && p.Value < p.Max {
-			mu.Unlock()
+			if !ex.waiting.Load() || !ex.accepted() || ex.idle() < limit {
+				continue
+			}
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			q, err := ex.w.comfy.Queue(qctx)
+			cancel()
+			if err != nil {
+				continue // an unreachable ComfyUI is the liveness probe's call
+			}
+			if q.IsPending(ex.promptID()) {
+				ex.touch()
+				continue
+			}
+			ex.log.Warn("job stalled: no progress from comfyui", zap.Duration("idle", ex.idle()), zap.String("prompt_id", ex.promptID()))
+			stall(errStalled)
 			return
 		}
-		last = now
-		mu.Unlock()
-		pct := 0.0
-		if p.Max > 0 {
-			pct = p.Value * 100 / p.Max
-		}
-		w.event(ctx, &proto.Event{JobID: jobID, Type: proto.EventProgress, Attempt: attempt, WorkerID: w.cfg.ID,
-			Progress: &proto.Progress{Node: p.Node, Value: int64(p.Value), Max: int64(p.Max), Percent: pct}})
-	}
+	}()
+	return func() { close(done); <-finished }
 }
 
-// collect fetches every output file of the prompt into the blob store and
-// builds the job's output.
-func (w *Worker) collect(ctx context.Context, log *zap.Logger, jobID string, attempt int, res *comfy.Result) (*proto.Output, error) {
-	out := &proto.Output{Images: []proto.OutputItem{}}
-	files := res.Files()
-	texts := res.Texts()
-	if len(files) == 0 && len(texts) == 0 && (res.Entry == nil || len(res.Entry.Outputs) == 0) {
-		return nil, &failure{msg: "Job processing failed", details: []string{fmt.Sprintf("No outputs found in history for prompt %s.", res.PromptID)}}
+// onProgress records progress and publishes throttled progress events:
+// the first tick of a node, then at most one every ProgressEvery, and
+// always the last (value = max).
+func (ex *execution) onProgress(p comfy.Progress) {
+	ex.touch()
+	if p.State != "" {
+		return // a node started or finished; the ticks carry the numbers
 	}
-	for _, f := range files {
-		if f.Type == "temp" {
-			continue // previews, as worker-comfyui
-		}
-		if f.Filename == "" {
-			out.Errors = append(out.Errors, fmt.Sprintf("Skipping image in node %s due to missing filename", f.NodeID))
-			continue
-		}
-		item, err := w.storeOutput(ctx, jobID, attempt, f)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			log.Warn("fetch output", zap.String("filename", f.Filename), zap.Error(err))
-			out.Errors = append(out.Errors, fmt.Sprintf("Failed to fetch image data for %s from /view endpoint.", f.Filename))
-			continue
-		}
-		switch kindOf(f) {
-		case "videos":
-			out.Videos = append(out.Videos, item)
-		case "audio":
-			out.Audio = append(out.Audio, item)
-		case "images":
-			out.Images = append(out.Images, item)
-		default:
-			out.Files = append(out.Files, item)
-		}
+	ex.progressMu.Lock()
+	now := time.Now()
+	if now.Sub(ex.lastProgress) < ex.w.cfg.ProgressEvery && p.Value < p.Max {
+		ex.progressMu.Unlock()
+		return
 	}
-	for _, t := range texts {
-		out.Text = append(out.Text, proto.OutputItem{Type: proto.ItemText, Data: t.Text, NodeID: t.NodeID, Mime: "text/plain"})
+	ex.lastProgress = now
+	ex.progressMu.Unlock()
+	pct := 0.0
+	if p.Max > 0 {
+		pct = p.Value * 100 / p.Max
 	}
-	n := len(out.Images) + len(out.Videos) + len(out.Audio) + len(out.Files) + len(out.Text)
-	if n == 0 {
-		if len(out.Errors) > 0 {
-			return nil, &failure{msg: "Job processing failed", details: out.Errors}
-		}
-		out.Status = proto.StatusNoImages
-	}
-	return out, nil
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ex.w.event(ctx, &proto.Event{JobID: ex.job.ID, Type: proto.EventProgress, Attempt: ex.attempt, WorkerID: ex.w.cfg.ID,
+		Progress: &proto.Progress{Node: p.Node, Value: int64(p.Value), Max: int64(p.Max), Percent: pct}})
 }
 
-// storeOutput streams one output file from ComfyUI into the blob store.
-func (w *Worker) storeOutput(ctx context.Context, jobID string, attempt int, f comfy.File) (proto.OutputItem, error) {
-	body, err := w.comfy.View(ctx, f.FileRef)
+// EventPreview is the type of a preview event: a picture of the job in
+// progress, sent when the job's input asks for previews.
+const EventPreview proto.EventType = "preview"
+
+// PreviewEvent is a proto.Event carrying one preview image. Its JSON is
+// proto.Event's plus "preview".
+type PreviewEvent struct {
+	proto.Event
+	Preview *Preview `json:"preview"`
+}
+
+// Preview is one preview image.
+type Preview struct {
+	Node string `json:"node,omitempty"`
+	Mime string `json:"mime"`
+	// Data is the image, base64.
+	Data string `json:"data"`
+}
+
+// maxPreviewBytes keeps a preview event under NATS's 1 MB message limit.
+const maxPreviewBytes = 640 << 10
+
+// onPreview publishes a throttled preview event.
+func (ex *execution) onPreview(p comfy.Preview) {
+	ex.touch()
+	if len(p.Data) > maxPreviewBytes || len(p.Data) == 0 {
+		return // e.g. SaveImageWebsocket's full-size PNGs
+	}
+	ex.progressMu.Lock()
+	now := time.Now()
+	if now.Sub(ex.lastPreview) < ex.w.cfg.PreviewEvery {
+		ex.progressMu.Unlock()
+		return
+	}
+	ex.lastPreview = now
+	ex.progressMu.Unlock()
+	mt := p.MediaType
+	if mt == "" {
+		mt = "application/octet-stream"
+	}
+	ev := PreviewEvent{
+		Event:   proto.Event{V: proto.Version, JobID: ex.job.ID, Type: EventPreview, Time: now, Attempt: ex.attempt, WorkerID: ex.w.cfg.ID},
+		Preview: &Preview{Node: p.NodeID, Mime: mt, Data: base64.StdEncoding.EncodeToString(p.Data)},
+	}
+	data, err := json.Marshal(ev)
 	if err != nil {
-		return proto.OutputItem{}, err
+		return
 	}
-	defer body.Close()
-	mt := mimeOf(f.Filename)
-	key := blob.OutputKey(jobID, attempt, f.NodeID, path.Join(f.Subfolder, f.Filename))
-	info, err := w.blobs.Put(ctx, key, mt, body)
-	if err != nil {
-		return proto.OutputItem{}, err
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := ex.w.q.JetStream().Publish(ctx, proto.EventSubject(ex.job.ID), data); err != nil {
+		ex.log.Debug("publish preview", zap.Error(err))
 	}
-	if info.Size == 0 {
-		_ = w.blobs.Delete(ctx, key)
-		return proto.OutputItem{}, fmt.Errorf("empty file")
-	}
-	return proto.OutputItem{
-		Filename:  f.Filename,
-		Type:      proto.ItemBase64,
-		NodeID:    f.NodeID,
-		Subfolder: f.Subfolder,
-		Mime:      mt,
-		Size:      info.Size,
-		Blob:      key,
-	}, nil
-}
-
-// kindOf sorts an output file into the output's lists.
-func kindOf(f comfy.File) string {
-	mt := mimeOf(f.Filename)
-	switch {
-	case strings.HasPrefix(mt, "video/"), f.Kind == "gifs", f.Kind == "videos", f.Kind == "video":
-		return "videos"
-	case strings.HasPrefix(mt, "audio/"), f.Kind == "audio":
-		return "audio"
-	case strings.HasPrefix(mt, "image/") && f.Kind == "images":
-		return "images"
-	}
-	return "files"
-}
-
-var extraTypes = map[string]string{
-	".webp": "image/webp", ".webm": "video/webm", ".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
-	".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".opus": "audio/opus",
-	".glb": "model/gltf-binary", ".gif": "image/gif", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-}
-
-func mimeOf(name string) string {
-	ext := strings.ToLower(path.Ext(name))
-	if t, ok := extraTypes[ext]; ok {
-		return t
-	}
-	if t := mime.TypeByExtension(ext); t != "" {
-		return t
-	}
-	return "application/octet-stream"
 }

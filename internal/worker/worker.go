@@ -1,11 +1,14 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sync"
 	"time"
 
@@ -13,11 +16,29 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/backoff"
 	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/status"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
+
+// Defaults of Config.
+const (
+	DefaultExecutionTimeout = 10 * time.Minute // RunPod's default policy.executionTimeout
+	DefaultStallTimeout     = 5 * time.Minute
+	DefaultMaxAttempts      = 3
+	DefaultRetryDelay       = 5 * time.Second
+	DefaultMaxInputBytes    = 100 << 20 // ComfyUI's own upload limit
+	DefaultInputURLTimeout  = time.Minute
+	DefaultConcurrency      = 4
+	DefaultWarmupTimeout    = 10 * time.Minute
+	DefaultProbeTimeout     = 3 * time.Second
+)
+
+// downAfter is how many failed probes in a row mean ComfyUI is gone.
+const downAfter = 2
 
 // Config configures a worker. The zero value of each field is its default.
 type Config struct {
@@ -26,19 +47,81 @@ type Config struct {
 	// Pool is the pool the worker serves; "" means proto.DefaultPool.
 	Pool string
 	// AckWait is how long a job message may go without a heartbeat before
-	// it is redelivered; 0 means 30 s. The worker heartbeats every AckWait/3.
+	// it is redelivered; 0 means 30 s. The worker heartbeats every AckWait/3
+	// while ComfyUI makes progress on the job.
 	AckWait time.Duration
 	// FetchWait bounds one wait for a job; 0 means 1 s.
 	FetchWait time.Duration
-	// Grace is how long Stop lets the job in hand finish; 0 means 30 s.
+	// Grace is how long Stop lets the jobs in hand finish; 0 means 30 s.
 	Grace time.Duration
-	// ReadyPoll is the interval of the ComfyUI readiness probe; 0 means 250 ms.
+	// ReadyPoll is the interval of the ComfyUI liveness probe, which runs
+	// all the time: the worker pulls only while ComfyUI answers, and two
+	// failed probes in a row give the jobs in hand back. 0 means 250 ms.
 	ReadyPoll time.Duration
+	// ProbeTimeout bounds one probe; 0 means 3 s.
+	ProbeTimeout time.Duration
 	// ComfyOrgAPIKey is the default key for Comfy.org API nodes
-	// (COMFY_ORG_API_KEY); a job's own key beats it.
+	// (COMFY_ORG_API_KEY); a job's own key beats it. Secret.
 	ComfyOrgAPIKey string
 	// ProgressEvery throttles progress events; 0 means 250 ms.
 	ProgressEvery time.Duration
+	// PreviewEvery throttles preview events (jobs that ask for previews);
+	// 0 means 1 s.
+	PreviewEvery time.Duration
+
+	// Prefetch is how many jobs beyond the running one the worker takes
+	// and queues in ComfyUI, so the GPU never waits for the next prompt;
+	// 0 means none. A prefetched job is IN_PROGRESS from the moment it is
+	// taken, and its execution timeout counts its wait in ComfyUI's queue
+	// (RunPod's clock also starts at pickup).
+	Prefetch int
+	// ExecutionTimeout bounds a job from pickup to its end when its
+	// policy.executionTimeout is unset; 0 means 10 minutes. A job past it
+	// is interrupted in ComfyUI and ends TIMED_OUT.
+	ExecutionTimeout time.Duration
+	// StallTimeout ends a job (interrupted, TIMED_OUT) whose prompt runs
+	// in ComfyUI without any progress message for this long; 0 means
+	// 5 minutes, negative turns stall detection off.
+	StallTimeout time.Duration
+	// MaxAttempts bounds the attempts of a job that fails in a way worth
+	// retrying (out of memory, ComfyUI unreachable or restarted): the last
+	// one fails the job. 0 means 3.
+	MaxAttempts int
+	// RetryDelay is how long a job that hit out-of-memory or a transient
+	// error waits before it is redelivered; 0 means 5 s. A job whose
+	// ComfyUI died is redelivered at once, to another worker.
+	RetryDelay time.Duration
+	// RefreshWorker frees ComfyUI's models and caches after every job
+	// (POST /free), as REFRESH_WORKER asks.
+	RefreshWorker bool
+	// WarmupWorkflow, when set, is run once before the first pull and
+	// again whenever ComfyUI comes back after being down, so models are
+	// loaded before real jobs arrive (worker-comfyui#90). It is an
+	// API-format workflow, or a job input holding one in "workflow".
+	WarmupWorkflow json.RawMessage
+	// WarmupTimeout bounds one warm-up run; 0 means 10 minutes.
+	WarmupTimeout time.Duration
+
+	// MaxInputBytes caps each input file; 0 means 100 MB.
+	MaxInputBytes int64
+	// InputURLTimeout bounds the download of an input given by URL; 0
+	// means 1 minute.
+	InputURLTimeout time.Duration
+	// InputURLAllow lists hosts, IPs and CIDR prefixes that input URLs may
+	// reach although the SSRF guard forbids them (private, loopback,
+	// link-local addresses), e.g. "10.0.0.0/8" or "assets.internal".
+	InputURLAllow []string
+	// InputURLAllowHTTP also accepts http:// input URLs; only https://
+	// is accepted otherwise.
+	InputURLAllowHTTP bool
+	// Concurrency bounds the input uploads and the output transfers of a
+	// job that run at once; 0 means 4.
+	Concurrency int
+
+	// S3 configures output uploads to an S3-compatible store; an empty
+	// Endpoint means outputs go to the blob store and come back inline as
+	// base64. A job's s3Config beats it.
+	S3 s3.Config
 }
 
 // Validate checks the configuration and names the bad field.
@@ -51,9 +134,38 @@ func (c Config) Validate() error {
 			return fmt.Errorf("pool: %w", err)
 		}
 	}
-	for name, d := range map[string]time.Duration{"ack wait": c.AckWait, "fetch wait": c.FetchWait, "grace": c.Grace, "ready poll": c.ReadyPoll, "progress every": c.ProgressEvery} {
-		if d < 0 {
-			return fmt.Errorf("%s %s is negative", name, d)
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"ack wait", c.AckWait}, {"fetch wait", c.FetchWait}, {"grace", c.Grace}, {"ready poll", c.ReadyPoll},
+		{"probe timeout", c.ProbeTimeout}, {"progress every", c.ProgressEvery}, {"preview every", c.PreviewEvery},
+		{"execution timeout", c.ExecutionTimeout}, {"retry delay", c.RetryDelay}, {"warm-up timeout", c.WarmupTimeout},
+		{"input URL timeout", c.InputURLTimeout}} {
+		if d.d < 0 {
+			return fmt.Errorf("%s %s is negative", d.name, d.d)
+		}
+	}
+	switch {
+	case c.Prefetch < 0:
+		return fmt.Errorf("prefetch %d is negative", c.Prefetch)
+	case c.MaxAttempts < 0:
+		return fmt.Errorf("max attempts %d is negative", c.MaxAttempts)
+	case c.MaxInputBytes < 0:
+		return fmt.Errorf("max input bytes %d is negative", c.MaxInputBytes)
+	case c.Concurrency < 0:
+		return fmt.Errorf("concurrency %d is negative", c.Concurrency)
+	}
+	if len(c.WarmupWorkflow) > 0 {
+		if _, err := warmupPrompt(c.WarmupWorkflow); err != nil {
+			return fmt.Errorf("warm-up workflow: %w", err)
+		}
+	}
+	if _, err := parseAllowList(c.InputURLAllow); err != nil {
+		return fmt.Errorf("input URL allow list: %w", err)
+	}
+	if c.S3.Endpoint != "" {
+		if err := c.S3.Validate(); err != nil {
+			return fmt.Errorf("S3: %w", err)
 		}
 	}
 	return nil
@@ -75,8 +187,38 @@ func (c Config) withDefaults() Config {
 	if c.ReadyPoll == 0 {
 		c.ReadyPoll = 250 * time.Millisecond
 	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = DefaultProbeTimeout
+	}
 	if c.ProgressEvery == 0 {
 		c.ProgressEvery = 250 * time.Millisecond
+	}
+	if c.PreviewEvery == 0 {
+		c.PreviewEvery = time.Second
+	}
+	if c.ExecutionTimeout == 0 {
+		c.ExecutionTimeout = DefaultExecutionTimeout
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = DefaultStallTimeout
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.RetryDelay == 0 {
+		c.RetryDelay = DefaultRetryDelay
+	}
+	if c.WarmupTimeout == 0 {
+		c.WarmupTimeout = DefaultWarmupTimeout
+	}
+	if c.MaxInputBytes == 0 {
+		c.MaxInputBytes = DefaultMaxInputBytes
+	}
+	if c.InputURLTimeout == 0 {
+		c.InputURLTimeout = DefaultInputURLTimeout
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
 	}
 	return c
 }
@@ -86,19 +228,29 @@ type StatusStore interface {
 	Claim(ctx context.Context, id, workerID string) (int, *proto.Record, error)
 	Requeue(ctx context.Context, id string, attempt int, reason string) (*proto.Record, error)
 	Finish(ctx context.Context, id string, attempt int, to proto.Status, output json.RawMessage, errMsg string) (*proto.Record, error)
+	Cancel(ctx context.Context, id string) (*proto.Record, error)
 }
 
-// ComfyUI is what the worker needs of its ComfyUI.
+var _ StatusStore = (*status.Store)(nil)
+
+// ComfyUI is what the worker needs of its ComfyUI (a *comfy.Client).
 type ComfyUI interface {
 	// Start opens the WebSocket; the worker calls it once ComfyUI answers.
 	Start(ctx context.Context) error
+	// BaseURL is ComfyUI's address, for messages.
+	BaseURL() string
 	SystemStats(ctx context.Context) (*comfy.SystemStats, error)
-	Run(ctx context.Context, workflow []byte, opts comfy.RunOptions) (*comfy.Result, error)
+	Submit(ctx context.Context, workflow []byte, opts comfy.RunOptions) (*comfy.Submitted, error)
+	Wait(ctx context.Context, promptID string) (*comfy.Result, error)
+	Queue(ctx context.Context) (*comfy.QueueState, error)
 	UploadImage(ctx context.Context, name, subfolder string, r io.Reader, contentType string, overwrite bool) (*comfy.Upload, error)
 	View(ctx context.Context, ref comfy.FileRef) (io.ReadCloser, error)
 	// Cancel stops a prompt whether it runs or waits in ComfyUI's queue.
 	Cancel(ctx context.Context, promptID string) error
+	Free(ctx context.Context, unloadModels, freeMemory bool) error
 }
+
+var _ ComfyUI = (*comfy.Client)(nil)
 
 // Heartbeats is where the worker announces itself (fleet.Registry).
 type Heartbeats interface {
@@ -109,34 +261,54 @@ type Heartbeats interface {
 
 // Deps are the worker's collaborators.
 type Deps struct {
-	Queue   *queue.Client
-	Store   StatusStore
+	Queue *queue.Client
+	Store StatusStore
+	// Blobs holds input files given by blob key and, without S3, outputs.
 	Blobs   blob.Store
 	ComfyUI ComfyUI
 	// Fleet is optional; without it the worker does not announce itself.
-	Fleet  Heartbeats
-	Logger *zap.Logger
+	Fleet Heartbeats
+	// InputTLS is the TLS configuration for input URLs (a private CA);
+	// nil means the system's roots.
+	InputTLS *tls.Config
+	Logger   *zap.Logger
 }
 
 // Worker runs jobs on one ComfyUI.
 type Worker struct {
-	cfg   Config
-	q     *queue.Client
-	store StatusStore
-	blobs blob.Store
-	comfy ComfyUI
-	fleet Heartbeats
-	log   *zap.Logger
+	cfg      Config
+	q        *queue.Client
+	store    StatusStore
+	blobs    blob.Store
+	comfy    ComfyUI
+	fleet    Heartbeats
+	log      *zap.Logger
+	s3       *s3.Store // the configured S3 store, nil without one
+	inputs   *http.Client
+	warmup   []byte
+	comfyURL string
 
 	mu       sync.Mutex
 	stopping context.CancelFunc // stops pulling
-	abort    context.CancelFunc // cancels the job in hand
+	abort    context.CancelFunc // cancels the jobs in hand
 	done     chan struct{}
-	self     fleet.Worker // the heartbeat's content; guarded by mu
+	self     fleet.Worker // the heartbeat's content
 	beatNow  chan struct{}
+	active   map[string]*jobRef // jobs in hand by id
+	alive    bool               // ComfyUI answers
+	aliveCh  chan struct{}      // closed and replaced when alive changes
+	everUp   bool
+	warmNeed bool // run the warm-up before the next pull
 }
 
-// New builds a worker.
+// jobRef is a job in hand, for cancels and ComfyUI's death.
+type jobRef struct {
+	id     string
+	cancel context.CancelCauseFunc
+}
+
+// New builds a worker. A configured S3 store without credentials is an
+// error here, at start, never a silent fallback.
 func New(cfg Config, d Deps) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
@@ -149,16 +321,55 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		log = zap.NewNop()
 	}
 	cfg = cfg.withDefaults()
-	return &Worker{
+	w := &Worker{
 		cfg: cfg, q: d.Queue, store: d.Store, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet,
-		log:     log.Named("worker").With(zap.String("worker_id", cfg.ID)),
-		self:    fleet.Worker{ID: cfg.ID, Pool: cfg.Pool, State: fleet.StateInitializing},
-		beatNow: make(chan struct{}, 1),
-	}, nil
+		log:      log.Named("worker").With(zap.String("worker_id", cfg.ID)),
+		self:     fleet.Worker{ID: cfg.ID, Pool: cfg.Pool, State: fleet.StateInitializing},
+		beatNow:  make(chan struct{}, 1),
+		active:   map[string]*jobRef{},
+		aliveCh:  make(chan struct{}),
+		comfyURL: d.ComfyUI.BaseURL(),
+	}
+	if cfg.S3.Endpoint != "" {
+		st, err := s3.New(cfg.S3)
+		if err != nil {
+			return nil, fmt.Errorf("worker: %w", err)
+		}
+		w.s3 = st
+	}
+	allow, _ := parseAllowList(cfg.InputURLAllow)
+	w.inputs = guardedClient(allow, cfg.InputURLAllowHTTP, d.InputTLS)
+	if len(cfg.WarmupWorkflow) > 0 {
+		w.warmup, _ = warmupPrompt(cfg.WarmupWorkflow)
+		w.warmNeed = true
+	}
+	return w, nil
 }
 
-// Start opens the pool's consumer and runs the loop in the background; the
-// loop waits for ComfyUI to answer before it pulls the first job.
+// warmupPrompt extracts the workflow of a warm-up: an API-format workflow,
+// or an input object holding one.
+func warmupPrompt(raw []byte) ([]byte, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &top); err != nil {
+		return nil, errors.New("not a JSON object")
+	}
+	if _, ok := top["workflow"]; ok {
+		in, err := proto.DecodeInput(raw)
+		if err != nil {
+			return nil, err
+		}
+		return in.Workflow, nil
+	}
+	return bytes.TrimSpace(raw), nil
+}
+
+// Start subscribes to cancels, opens the pool's consumer and runs the loop
+// in the background. The loop pulls only while ComfyUI answers.
+//
+// Shutdown order (Stop): stop pulling; the jobs in hand finish within the
+// grace period or are cancelled (their prompts stopped in ComfyUI) and go
+// back on the queue; then the liveness probe and the cancel subscription
+// stop, the ComfyUI connection closes and the heartbeat is removed.
 func (w *Worker) Start(ctx context.Context) error {
 	cons, err := w.q.OpenLanes(ctx, w.cfg.Pool, queue.LanesConfig{Consumer: queue.ConsumerConfig{AckWait: w.cfg.AckWait}})
 	if err != nil {
@@ -169,23 +380,35 @@ func (w *Worker) Start(ctx context.Context) error {
 	if w.done != nil {
 		return errors.New("start worker: already started")
 	}
+	unsubscribe, err := w.q.SubscribeCancels(w.onCancel)
+	if err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
 	base := context.WithoutCancel(ctx)
 	pullCtx, stopping := context.WithCancel(base)
 	jobCtx, abort := context.WithCancel(base)
+	monCtx, stopMonitor := context.WithCancel(base)
+	connCtx, closeConn := context.WithCancel(base)
 	w.stopping, w.abort, w.done = stopping, abort, make(chan struct{})
 	beatDone := make(chan struct{})
+	monDone := make(chan struct{})
 	go w.beat(pullCtx, beatDone)
+	go w.monitor(monCtx, monDone)
 	go func() {
-		w.loop(pullCtx, jobCtx, cons)
-		abort() // ends the ComfyUI connection's loop
+		w.loop(pullCtx, jobCtx, connCtx, cons)
+		stopMonitor()
+		<-monDone
+		unsubscribe()
+		abort()
+		closeConn() // ends the ComfyUI connection's loop, now no job needs it
 		<-beatDone
 		close(w.done)
 	}()
 	return nil
 }
 
-// Stop stops pulling, waits up to the grace period for the job in hand,
-// then cancels it (it goes back on the queue) and waits for the loop.
+// Stop stops pulling, waits up to the grace period for the jobs in hand,
+// then cancels them (they go back on the queue) and waits for the loop.
 // It is idempotent and safe without Start.
 func (w *Worker) Stop() {
 	w.mu.Lock()
@@ -200,88 +423,241 @@ func (w *Worker) Stop() {
 	select {
 	case <-done:
 	case <-t.C:
-		w.log.Info("grace period over, interrupting the job in hand")
+		w.log.Info("grace period over, interrupting the jobs in hand")
 		abort()
 		<-done
 	}
 	abort()
 }
 
-func (w *Worker) loop(pullCtx, jobCtx context.Context, cons *queue.Lanes) {
+// loop pulls jobs while pullCtx lasts and runs each under jobCtx; connCtx
+// bounds the ComfyUI connection, which outlives every job.
+func (w *Worker) loop(pullCtx, jobCtx, connCtx context.Context, cons *queue.Lanes) {
 	bo := backoff.New(100*time.Millisecond, 5*time.Second)
 	connected := false
+	slots := make(chan struct{}, 1+w.cfg.Prefetch)
+	var jobs sync.WaitGroup
+	defer jobs.Wait()
 	for pullCtx.Err() == nil {
+		select {
+		case slots <- struct{}{}:
+		case <-pullCtx.Done():
+			return
+		}
+		release := func() { <-slots }
 		if err := w.waitReady(pullCtx); err != nil {
+			release()
 			return
 		}
 		if !connected {
-			// The connection lives as long as the worker (jobCtx).
-			if err := w.comfy.Start(jobCtx); err != nil {
+			if err := w.comfy.Start(connCtx); err != nil {
 				w.log.Warn("connect to comfyui", zap.Error(err))
+				release()
 				bo.Wait(pullCtx)
 				continue
 			}
 			connected = true
 		}
+		if w.needWarmup() {
+			jobs.Wait() // the GPU is ours alone for the warm-up
+			w.runWarmup(pullCtx)
+		}
 		msg, err := cons.Next(pullCtx, w.cfg.FetchWait)
 		switch {
 		case errors.Is(err, queue.ErrNoMessage), pullCtx.Err() != nil:
+			release()
 			continue
 		case err != nil:
+			release()
 			w.log.Warn("fetch job", zap.Error(err))
 			bo.Wait(pullCtx)
 			continue
 		}
 		bo.Reset()
-		w.handle(jobCtx, msg)
-		w.setState(fleet.StateIdle, "")
+		jobs.Add(1)
+		go func() {
+			defer jobs.Done()
+			defer release()
+			w.handle(jobCtx, msg)
+		}()
 	}
 }
 
-// waitReady blocks until ComfyUI answers.
-func (w *Worker) waitReady(ctx context.Context) error {
-	logged := false
+// onCancel is the cf.ctl.cancel handler: a job in hand is stopped (its
+// prompt removed from ComfyUI's queue or interrupted). The canceller has
+// already made the status CANCELLED; the job's delivery is acked.
+func (w *Worker) onCancel(jobID string) {
+	w.mu.Lock()
+	ref := w.active[jobID]
+	w.mu.Unlock()
+	if ref != nil {
+		w.log.Info("cancelling job", zap.String("job_id", jobID))
+		ref.cancel(errCancelled)
+	}
+}
+
+// track registers a job in hand; the returned func forgets it.
+func (w *Worker) track(ref *jobRef) (untrack func()) {
+	w.mu.Lock()
+	w.active[ref.id] = ref
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		if w.active[ref.id] == ref {
+			delete(w.active, ref.id)
+		}
+		var other string
+		for id := range w.active {
+			other = id
+			break
+		}
+		w.mu.Unlock()
+		if other != "" {
+			w.setState(fleet.StateRunning, other)
+		} else if w.isAlive() {
+			w.setState(fleet.StateIdle, "")
+		}
+	}
+}
+
+// monitor probes ComfyUI every ReadyPoll until ctx ends. Two failures in a
+// row mark it down, which gives every job in hand back to the queue; the
+// first success marks it up again.
+func (w *Worker) monitor(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	fails := 0
+	t := time.NewTicker(w.cfg.ReadyPoll)
+	defer t.Stop()
 	for {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		pctx, cancel := context.WithTimeout(ctx, w.cfg.ProbeTimeout)
 		stats, err := w.comfy.SystemStats(pctx)
 		cancel()
+		if ctx.Err() != nil {
+			return
+		}
 		if err == nil {
-			if logged {
-				w.log.Info("comfyui is up")
-			}
-			w.mu.Lock()
-			w.self.ComfyUIVersion = stats.ComfyUIVersion
-			if len(stats.Devices) > 0 {
-				w.self.Device = stats.Devices[0].Name
-				w.self.VRAMTotal, w.self.VRAMFree = stats.Devices[0].VRAMTotal, stats.Devices[0].VRAMFree
-			}
-			w.mu.Unlock()
-			if w.state() != fleet.StateRunning {
-				w.setState(fleet.StateIdle, "")
-			}
-			return nil
-		}
-		if !logged {
-			w.log.Info("waiting for comfyui", zap.Error(err))
-			logged = true
-			if w.state() != fleet.StateInitializing {
-				w.setState(fleet.StateUnhealthy, "")
+			fails = 0
+			w.setAlive(true, stats, nil)
+		} else {
+			fails++
+			if fails >= downAfter {
+				w.setAlive(false, nil, err)
 			}
 		}
-		t := time.NewTimer(w.cfg.ReadyPoll)
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
+			return
 		case <-t.C:
 		}
 	}
 }
 
-func (w *Worker) state() string {
+func (w *Worker) setAlive(alive bool, stats *comfy.SystemStats, err error) {
+	w.mu.Lock()
+	changed := w.alive != alive
+	wasUp := w.everUp
+	if stats != nil {
+		w.self.ComfyUIVersion = stats.ComfyUIVersion
+		if len(stats.Devices) > 0 {
+			w.self.Device = stats.Devices[0].Name
+			w.self.VRAMTotal, w.self.VRAMFree = stats.Devices[0].VRAMTotal, stats.Devices[0].VRAMFree
+		}
+	}
+	var refs []*jobRef
+	if changed {
+		w.alive = alive
+		close(w.aliveCh)
+		w.aliveCh = make(chan struct{})
+		if alive {
+			w.everUp = true
+		} else {
+			for _, r := range w.active {
+				refs = append(refs, r)
+			}
+			if len(w.warmup) > 0 {
+				w.warmNeed = true
+			}
+		}
+	}
+	running := len(w.active) > 0
+	w.mu.Unlock()
+	if !changed {
+		return
+	}
+	if alive {
+		if wasUp {
+			w.log.Info("comfyui is back")
+		} else {
+			w.log.Info("comfyui is up")
+		}
+		if !running {
+			w.setState(fleet.StateIdle, "")
+		}
+		return
+	}
+	w.log.Warn("comfyui stopped answering; giving the jobs in hand back", zap.Int("jobs", len(refs)), zap.Error(err))
+	w.setState(fleet.StateUnhealthy, "")
+	for _, r := range refs {
+		r.cancel(errComfyDown)
+	}
+}
+
+func (w *Worker) isAlive() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.self.State
+	return w.alive
+}
+
+// waitReady blocks until ComfyUI answers.
+func (w *Worker) waitReady(ctx context.Context) error {
+	for {
+		w.mu.Lock()
+		alive, ch := w.alive, w.aliveCh
+		w.mu.Unlock()
+		if alive {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+func (w *Worker) needWarmup() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.warmNeed
+}
+
+// runWarmup runs the warm-up workflow once. A failure is logged, not
+// retried, unless ComfyUI went away meanwhile (then it runs when it is back).
+func (w *Worker) runWarmup(ctx context.Context) {
+	w.setState(fleet.StateInitializing, "")
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.WarmupTimeout)
+	defer cancel()
+	start := time.Now()
+	sub, err := w.comfy.Submit(ctx, w.warmup, comfy.RunOptions{})
+	if err == nil {
+		_, err = w.comfy.Wait(ctx, sub.PromptID)
+		if err != nil && ctx.Err() != nil {
+			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = w.comfy.Cancel(cctx, sub.PromptID)
+			ccancel()
+		}
+	}
+	w.mu.Lock()
+	if !(errors.Is(err, comfy.ErrUnavailable) || errors.Is(err, comfy.ErrPromptLost)) {
+		w.warmNeed = false
+	}
+	w.mu.Unlock()
+	if err != nil {
+		w.log.Warn("warm-up workflow failed", zap.Duration("took", time.Since(start)), zap.Error(err))
+	} else {
+		w.log.Info("warm-up workflow done", zap.Duration("took", time.Since(start)))
+	}
+	w.setState(fleet.StateIdle, "")
 }
 
 // setState records the worker's state and beats at once.

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -15,10 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim/simtest"
@@ -31,18 +35,22 @@ import (
 )
 
 type bundle struct {
-	t     *testing.T
-	nats  *testenv.NATS
-	q     *queue.Client
-	store *status.Store
-	blobs blob.Store
-	fleet *fleet.Registry
-	sim   *simtest.Sim
+	t      *testing.T
+	nats   *testenv.NATS
+	q      *queue.Client
+	store  *status.Store
+	blobs  blob.Store
+	fleet  *fleet.Registry
+	sim    *simtest.Sim
+	rdb    *redis.Client
+	prefix string
+	// inputTLS, when set, is given to workers for input URLs.
+	inputTLS *tls.Config
 }
 
-// setup gives a test real NATS, Redis and a ComfyUI emulator; workers are
-// started with startWorker.
-func setup(t *testing.T) *bundle {
+// setup gives a test real NATS, Redis and a ComfyUI emulator (1 ms steps
+// unless simCfg says otherwise); workers are started with startWorker.
+func setup(t *testing.T, simCfg ...comfysim.Config) *bundle {
 	t.Helper()
 	n := testenv.StartNATS(t)
 	rdb, prefix := testenv.Redis(t)
@@ -52,19 +60,46 @@ func setup(t *testing.T) *bundle {
 	require.NoError(t, q.Ensure(ctx, queue.Config{}))
 	blobs, err := blob.OpenObjectStore(ctx, n.JS, blob.ObjectStoreConfig{})
 	require.NoError(t, err)
+	sc := comfysim.Config{StepDelay: time.Millisecond}
+	if len(simCfg) > 0 {
+		sc = simCfg[0]
+	}
 	return &bundle{
-		t: t, nats: n, q: q, blobs: blobs,
+		t: t, nats: n, q: q, blobs: blobs, rdb: rdb, prefix: prefix,
 		store: status.NewStore(rdb, status.Options{Prefix: prefix}),
 		fleet: fleet.NewRegistry(rdb, prefix, 3*time.Second),
-		sim:   simtest.Start(t, comfysim.Config{StepDelay: time.Millisecond}),
+		sim:   simtest.Start(t, sc),
 	}
 }
 
+// workerOpts tune startWorker.
+type workerOpts struct {
+	sim    *simtest.Sim        // default: the bundle's emulator
+	comfy  func(*comfy.Config) // tweaks the ComfyUI client
+	deps   func(*worker.Deps)  // tweaks the dependencies
+	logger *zap.Logger         // default: zaptest
+}
+
 // startWorker runs a worker against the emulator; its cleanup stops it.
-func (b *bundle) startWorker(id string, cfg worker.Config) *worker.Worker {
+func (b *bundle) startWorker(id string, cfg worker.Config, opts ...workerOpts) *worker.Worker {
 	t := b.t
 	t.Helper()
-	cc, err := comfy.New(comfy.Config{BaseURL: b.sim.URL, ReconnectAttempts: 3, ReconnectDelay: 20 * time.Millisecond, Logger: zaptest.NewLogger(t)})
+	var o workerOpts
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	if o.sim == nil {
+		o.sim = b.sim
+	}
+	log := o.logger
+	if log == nil {
+		log = zaptest.NewLogger(t)
+	}
+	ccfg := comfy.Config{BaseURL: o.sim.URL, ReconnectAttempts: 3, ReconnectDelay: 20 * time.Millisecond, Logger: log}
+	if o.comfy != nil {
+		o.comfy(&ccfg)
+	}
+	cc, err := comfy.New(ccfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { cc.Close() })
 	cfg.ID = id
@@ -77,7 +112,11 @@ func (b *bundle) startWorker(id string, cfg worker.Config) *worker.Worker {
 	nc, _ := b.nats.Connect(t)
 	wq, err := queue.New(nc)
 	require.NoError(t, err)
-	w, err := worker.New(cfg, worker.Deps{Queue: wq, Store: b.store, Blobs: b.blobs, ComfyUI: cc, Fleet: b.fleet, Logger: zaptest.NewLogger(t)})
+	deps := worker.Deps{Queue: wq, Store: b.store, Blobs: b.blobs, ComfyUI: cc, Fleet: b.fleet, Logger: log, InputTLS: b.inputTLS}
+	if o.deps != nil {
+		o.deps(&deps)
+	}
+	w, err := worker.New(cfg, deps)
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(w.Stop)
@@ -86,30 +125,46 @@ func (b *bundle) startWorker(id string, cfg worker.Config) *worker.Worker {
 
 // enqueue does what the dispatcher does: record the job and admit it.
 func (b *bundle) enqueue(id string, input string) {
+	b.t.Helper()
+	b.enqueueJob(&proto.Job{ID: id, Input: json.RawMessage(input), Source: proto.SourceBatch})
+}
+
+// enqueueJob records and admits a job with its policy, s3Config, ….
+func (b *bundle) enqueueJob(job *proto.Job) {
 	t := b.t
 	t.Helper()
 	ctx := testenv.Context(t, 10*time.Second)
-	job := &proto.Job{ID: id, Input: json.RawMessage(input), Source: proto.SourceBatch}
+	if job.Source == "" {
+		job.Source = proto.SourceBatch
+	}
 	job.Place(proto.DefaultPool, time.Now())
 	_, _, err := b.store.Create(ctx, status.ParamsFor(job))
 	require.NoError(t, err)
 	require.NoError(t, b.q.Admit(ctx, job))
 }
 
-// wait polls the record until its status is terminal.
+// wait polls the record until it has the wanted status.
 func (b *bundle) wait(id string, want proto.Status) *proto.Record {
 	t := b.t
 	t.Helper()
 	var rec *proto.Record
-	require.Eventually(t, func() bool {
-		r, err := b.store.Get(context.Background(), id)
-		if err != nil {
-			return false
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if r, err := b.store.Get(context.Background(), id); err == nil {
+			rec = r
+			if r.Status == want {
+				return r
+			}
 		}
-		rec = r
-		return r.Status == want
-	}, 30*time.Second, 10*time.Millisecond, "job %s never reached %s (last: %+v)", id, want, rec)
-	return rec
+		if time.Now().After(deadline) {
+			if rec != nil {
+				t.Fatalf("job %s never reached %s; last: %s error=%q output=%s", id, want, rec.Status, rec.Error, rec.Output)
+			}
+			t.Fatalf("job %s never reached %s; no record", id, want)
+		}
+		pause := time.NewTimer(10 * time.Millisecond)
+		<-pause.C
+	}
 }
 
 // requireDrained waits until every job message was acked: the status is
@@ -336,6 +391,12 @@ func TestConfigValidate(t *testing.T) {
 		{name: "no id", cfg: worker.Config{}, wantErr: "worker id: id is empty"},
 		{name: "bad pool", cfg: worker.Config{ID: "w", Pool: "a b"}, wantErr: "pool"},
 		{name: "negative grace", cfg: worker.Config{ID: "w", Grace: -time.Second}, wantErr: "grace -1s is negative"},
+		{name: "negative prefetch", cfg: worker.Config{ID: "w", Prefetch: -1}, wantErr: "prefetch -1 is negative"},
+		{name: "bad allow list", cfg: worker.Config{ID: "w", InputURLAllow: []string{"10.0.0.0/40"}}, wantErr: "input URL allow list"},
+		{name: "bad warm-up", cfg: worker.Config{ID: "w", WarmupWorkflow: []byte(`[1]`)}, wantErr: "warm-up workflow: not a JSON object"},
+		{name: "warm-up input without workflow", cfg: worker.Config{ID: "w", WarmupWorkflow: []byte(`{"workflow":null}`)}, wantErr: "Missing 'workflow' parameter"},
+		{name: "S3 without credentials", cfg: worker.Config{ID: "w", S3: s3.Config{Endpoint: "https://s3.example.com", Bucket: "b"}}, wantErr: "S3: credentials missing"},
+		{name: "stall detection off", cfg: worker.Config{ID: "w", StallTimeout: -1}},
 		{name: "ok", cfg: worker.Config{ID: "w"}},
 	}
 	for _, tt := range tests {

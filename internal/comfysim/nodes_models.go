@@ -1,0 +1,90 @@
+package comfysim
+
+import (
+	"fmt"
+	"slices"
+)
+
+// The split model loaders of flux-style workflows (UNETLoader,
+// DualCLIPLoader, VAELoader) and LoraLoader. Like CheckpointLoaderSimple
+// they load nothing: their values name the files, so what a sampler or
+// decoder renders depends on every model it was given.
+
+// weightDtypes is UNETLoader's weight_dtype combo.
+var weightDtypes = []string{"default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"}
+
+// dualCLIPTypes is DualCLIPLoader's type combo.
+var dualCLIPTypes = []string{"sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15",
+	"kandinsky5", "kandinsky5_image", "newbie"}
+
+// vaeNames is VAELoader.vae_list: the files in models/vae plus the
+// pixel-space pseudo VAE.
+func vaeNames(s *Server) []string {
+	return append(append([]string{}, s.modelFiles("vae")...), "pixel_space")
+}
+
+// modelFile is folder_paths.get_full_path_or_raise: the file must be in
+// the folder's list.
+func (x *nodeRun) modelFile(folder, input string) (string, error) {
+	name := x.str(input)
+	if !slices.Contains(x.s.modelFiles(folder), name) {
+		return "", pyException("FileNotFoundError",
+			fmt.Sprintf("Model in folder '%s' with filename '%s' not found.", folder, name), x.def.funcName())
+	}
+	return name, nil
+}
+
+func runUNETLoader(x *nodeRun) ([]any, *pyDict, error) {
+	name, err := x.modelFile("diffusion_models", "unet_name")
+	if err != nil {
+		return nil, nil, err
+	}
+	id := "unet:" + name + ":" + x.str("weight_dtype")
+	return []any{modelVal{id, pyObjectRepr("comfy.model_patcher.ModelPatcher")}}, nil, nil
+}
+
+func runDualCLIPLoader(x *nodeRun) ([]any, *pyDict, error) {
+	a, err := x.modelFile("text_encoders", "clip_name1")
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := x.modelFile("text_encoders", "clip_name2")
+	if err != nil {
+		return nil, nil, err
+	}
+	id := "clip:" + a + "+" + b + ":" + x.str("type")
+	return []any{clipVal{id, pyObjectRepr("comfy.sd.CLIP")}}, nil, nil
+}
+
+func runVAELoader(x *nodeRun) ([]any, *pyDict, error) {
+	name := x.str("vae_name")
+	if name != "pixel_space" {
+		var err error
+		if name, err = x.modelFile("vae", "vae_name"); err != nil {
+			return nil, nil, err
+		}
+	}
+	return []any{vaeVal{"vae:" + name, pyObjectRepr("comfy.sd.VAE")}}, nil, nil
+}
+
+func runLoraLoader(x *nodeRun) ([]any, *pyDict, error) {
+	model, ok := x.in["model"].(modelVal)
+	if !ok {
+		return nil, nil, x.noneInput("model", "clone")
+	}
+	clip, ok := x.in["clip"].(clipVal)
+	if !ok {
+		return nil, nil, x.noneInput("clip", "clone")
+	}
+	sm, sc := x.float("strength_model"), x.float("strength_clip")
+	if sm == 0 && sc == 0 {
+		return []any{model, clip}, nil, nil
+	}
+	name, err := x.modelFile("loras", "lora_name")
+	if err != nil {
+		return nil, nil, err
+	}
+	m := modelVal{fmt.Sprintf("%s+lora:%s:%g", model.ckpt, name, sm), pyObjectRepr("comfy.model_patcher.ModelPatcher")}
+	c := clipVal{fmt.Sprintf("%s+lora:%s:%g", clip.ckpt, name, sc), pyObjectRepr("comfy.sd.CLIP")}
+	return []any{m, c}, nil, nil
+}

@@ -1,0 +1,153 @@
+package worker
+
+import (
+	"net/netip"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+func TestRewriteInputRefs(t *testing.T) {
+	t.Parallel()
+	repl := map[string]string{"a.png": "comfyfleet/j1/a.png", "mask.png": "comfyfleet/j1/mask.png"}
+	tests := []struct {
+		name, in, want string
+		n              int
+	}{
+		{
+			name: "direct inputs only, bytes elsewhere untouched",
+			in: `{"1": {"class_type": "LoadImage", "inputs": {"image": "a.png", "upload": "image"}, "_meta": {"title": "a.png"}},
+ "3": {"inputs": {"seed": 18446744073709551615, "cfg": 7.50, "list": ["a.png", 0], "obj": {"image": "a.png"}}}}`,
+			want: `{"1": {"class_type": "LoadImage", "inputs": {"image": "comfyfleet/j1/a.png", "upload": "image"}, "_meta": {"title": "a.png"}},
+ "3": {"inputs": {"seed": 18446744073709551615, "cfg": 7.50, "list": ["a.png", 0], "obj": {"image": "a.png"}}}}`,
+			n: 1,
+		},
+		{
+			name: "annotation and escapes",
+			in:   `{"1":{"inputs":{"image":"a.png [input]","mask":"mask\u002epng","other":"a.png [output]"}}}`,
+			want: `{"1":{"inputs":{"image":"comfyfleet/j1/a.png [input]","mask":"comfyfleet/j1/mask.png","other":"a.png [output]"}}}`,
+			n:    2,
+		},
+		{
+			name: "odd shapes are skipped",
+			in:   `{"1": "a.png", "2": {"inputs": "a.png"}, "3": {"inputs": []}, "4": {"inputs": {}}, "5": null}`,
+			want: `{"1": "a.png", "2": {"inputs": "a.png"}, "3": {"inputs": []}, "4": {"inputs": {}}, "5": null}`,
+		},
+		{
+			name: "no HTML escaping in what is written",
+			in:   `{"1":{"inputs":{"image":"a.png"}}}`,
+			want: `{"1":{"inputs":{"image":"comfyfleet/j1/a.png"}}}`,
+			n:    1,
+		},
+	}
+	for _, tt := range tests {
+		got, n, err := rewriteInputRefs([]byte(tt.in), repl)
+		require.NoError(t, err, tt.name)
+		require.Equal(t, tt.want, string(got), tt.name)
+		require.Equal(t, tt.n, n, tt.name)
+	}
+	got, _, err := rewriteInputRefs([]byte(`{"1":{"inputs":{"image":"<a&b>.png"}}}`), map[string]string{"<a&b>.png": "x/<a&b>.png"})
+	require.NoError(t, err)
+	require.Equal(t, `{"1":{"inputs":{"image":"x/<a&b>.png"}}}`, string(got))
+	_, _, err = rewriteInputRefs([]byte(`{"1":{"inputs":{"image":"a.png"`), repl)
+	require.Error(t, err)
+}
+
+func TestForbiddenAddresses(t *testing.T) {
+	t.Parallel()
+	for addr, want := range map[string]bool{
+		"127.0.0.1": true, "10.1.2.3": true, "172.16.0.1": true, "192.168.1.1": true, "169.254.169.254": true,
+		"0.0.0.0": true, "100.100.100.200": true, "224.0.0.1": true, "255.255.255.255": true, "::1": true,
+		"fe80::1": true, "fd00:ec2::254": true, "::ffff:127.0.0.1": true, "64:ff9b::a00:1": true, "2002:a00:1::": true,
+		"8.8.8.8": false, "1.1.1.1": false, "2606:4700:4700::1111": false, "64:ff9b::808:808": false,
+	} {
+		require.Equal(t, want, forbidden(netip.MustParseAddr(addr)), addr)
+	}
+	a, err := parseAllowList([]string{"10.0.0.0/8", "127.0.0.1", "assets.internal", " "})
+	require.NoError(t, err)
+	require.True(t, a.ip(netip.MustParseAddr("10.9.9.9")))
+	require.True(t, a.ip(netip.MustParseAddr("::ffff:127.0.0.1")))
+	require.False(t, a.ip(netip.MustParseAddr("127.0.0.2")))
+	require.True(t, a.hosts["assets.internal"])
+	_, err = parseAllowList([]string{"10.0.0.0/99"})
+	require.Error(t, err)
+}
+
+func TestParseInputURL(t *testing.T) {
+	t.Parallel()
+	u, red, err := parseInputURL(" https://user:pw@cdn.example.com/a/b.png?X-Amz-Signature=s3cr3t#frag ", false)
+	require.NoError(t, err)
+	require.Equal(t, "cdn.example.com", u.Host)
+	require.Equal(t, "https://cdn.example.com/a/b.png?…", red)
+	_, red, err = parseInputURL("http://example.com/a.png", false)
+	require.EqualError(t, err, "only https URLs are accepted, not http")
+	require.Equal(t, "http://example.com/a.png", red)
+	_, _, err = parseInputURL("http://example.com/a.png", true)
+	require.NoError(t, err)
+	_, red, err = parseInputURL("https://%zz", false)
+	require.EqualError(t, err, "invalid URL")
+	require.Empty(t, red)
+	_, _, err = parseInputURL("https:///path", false)
+	require.EqualError(t, err, "URL has no host")
+	require.True(t, isURL("HTTPS://x"))
+	require.False(t, isURL("data:image/png;base64,AAAA"))
+	require.False(t, isURL("iVBORw0KGgo="))
+	require.Equal(t, "https://h/p", redactURL(&url.URL{Scheme: "https", Host: "h", Path: "/p", User: url.User("u")}))
+}
+
+func TestDecodeOptions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      string
+		want    options
+		wantErr string
+	}{
+		{in: `{"workflow":{}}`},
+		{in: `{"previews":true,"include_temp":true}`, want: options{previews: "auto", includeTemp: true}},
+		{in: `{"previews":"taesd"}`, want: options{previews: "taesd"}},
+		{in: `{"previews":false}`},
+		{in: `"{\"previews\":\"latent2rgb\"}"`, want: options{previews: "latent2rgb"}},
+		{in: `{"previews":"sometimes"}`, wantErr: "'previews' must be"},
+		{in: `{"previews":1}`, wantErr: "'previews' must be"},
+		{in: `{"include_temp":"yes"}`, wantErr: "'include_temp' must be true or false"},
+		{in: `null`},
+	}
+	for _, tt := range tests {
+		got, err := decodeOptions([]byte(tt.in))
+		if tt.wantErr != "" {
+			require.ErrorContains(t, err, tt.wantErr, tt.in)
+			continue
+		}
+		require.NoError(t, err, tt.in)
+		require.Equal(t, tt.want, got, tt.in)
+	}
+}
+
+func TestContentType(t *testing.T) {
+	t.Parallel()
+	png := []byte("\x89PNG\r\n\x1a\n0000")
+	require.Equal(t, "image/png", contentType(png, "photo.jpg"), "the bytes win over the name")
+	require.Equal(t, "audio/flac", contentType([]byte("fLaC????"), "a.flac"), "sniffing knows no FLAC: the extension decides")
+	require.Equal(t, "application/octet-stream", contentType([]byte{0, 1, 2}, "blob"))
+	require.Equal(t, "video/webm", contentType([]byte("\x1A\x45\xDF\xA3"), "a.bin"))
+}
+
+func TestProgressing(t *testing.T) {
+	t.Parallel()
+	w := &Worker{cfg: Config{StallTimeout: time.Minute}.withDefaults()}
+	ex := newExecution(w, zap.NewNop(), &proto.Job{ID: "j"}, 1)
+	require.True(t, ex.progressing(), "the worker's own phases always beat")
+	ex.waiting.Store(true)
+	require.False(t, ex.progressing(), "ComfyUI is not answering")
+	w.alive = true
+	require.True(t, ex.progressing(), "recent progress")
+	ex.last.Store(time.Now().Add(-2 * time.Minute).UnixNano())
+	require.False(t, ex.progressing(), "no progress within the stall timeout")
+	w.cfg.StallTimeout = -1
+	require.True(t, ex.progressing(), "stall detection off: beat while ComfyUI answers")
+}
