@@ -37,16 +37,34 @@ type sink struct {
 
 // sinkFor picks the sink of a job: its own s3Config, the worker's S3, or
 // the blob store.
+// The job's output.s3_prefix, when set, replaces the key prefix
+// (BUCKET_PREFIX, or the s3Config's objectPath).
 func (w *Worker) sinkFor(job *proto.Job) (sink, error) {
+	var prefix string
+	if job.Output != nil {
+		prefix = job.Output.S3Prefix
+	}
 	c := job.S3Config
 	if c == nil {
-		return sink{s3: w.s3}, nil
+		if prefix == "" || w.s3 == nil {
+			return sink{s3: w.s3}, nil
+		}
+		cfg := w.cfg.S3
+		cfg.Prefix = prefix
+		st, err := s3.New(cfg)
+		if err != nil {
+			return sink{}, &failure{msg: "Invalid output.s3_prefix: " + err.Error()}
+		}
+		return sink{s3: st}, nil
 	}
 	cfg := s3.Config{
 		Endpoint: c.EndpointURL, AccessKeyID: c.AccessID, SecretAccessKey: c.AccessSecret,
 		Bucket: c.BucketName, Prefix: c.ObjectPath,
 		URLExpiry: w.cfg.S3.URLExpiry, PartSize: w.cfg.S3.PartSize, Concurrency: w.cfg.S3.Concurrency,
 		MaxAttempts: w.cfg.S3.MaxAttempts, HTTPClient: w.cfg.S3.HTTPClient,
+	}
+	if prefix != "" {
+		cfg.Prefix = prefix
 	}
 	if strings.TrimRight(c.EndpointURL, "/") == strings.TrimRight(w.cfg.S3.Endpoint, "/") {
 		cfg.Region, cfg.Addressing = w.cfg.S3.Region, w.cfg.S3.Addressing

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -85,6 +86,27 @@ func TestS3Outputs(t *testing.T) {
 }
 
 // TestS3ConfigOfTheRequest: a job's s3Config beats the worker's settings.
+func TestS3PrefixOfTheJob(t *testing.T) {
+	t.Parallel()
+	srv := gw.Get(t)
+	cfg := srv.Config(srv.Bucket(t))
+	cfg.Prefix = "worker-prefix"
+	b := setup(t)
+	b.startWorker("w1", worker.Config{S3: cfg})
+	b.enqueueJob(&proto.Job{ID: "prefixed", Input: json.RawMessage(input(sampler("1", 2) + save("9", "a"))),
+		Output: &proto.OutputSettings{S3Prefix: "batches/b1"}})
+	rec := b.wait("prefixed", proto.StatusCompleted)
+	out := b.output(rec)
+	require.Len(t, out.Images, 1)
+	require.Contains(t, out.Images[0].Data, "/batches/b1/prefixed/a_00001_.png?", "output.s3_prefix replaces BUCKET_PREFIX")
+
+	jobCfg := cfg
+	jobCfg.Prefix = "batches/b1"
+	_, info, err := s3Store(t, jobCfg).Get(ctxT(t), "prefixed/a_00001_.png")
+	require.NoError(t, err)
+	require.Equal(t, "batches/b1/prefixed/a_00001_.png", info.Key)
+}
+
 func TestS3ConfigOfTheRequest(t *testing.T) {
 	t.Parallel()
 	srv := gw.Get(t)
