@@ -20,6 +20,9 @@ const (
 	// EventProgressUpdate carries a RunPod worker's progress_update value
 	// in Output; it appears on /stream and as an IN_PROGRESS job's output.
 	EventProgressUpdate EventType = "progress_update"
+	// EventPreview carries a picture of the job in progress in Preview,
+	// sent (throttled) when the job's input asks for previews.
+	EventPreview EventType = "preview"
 )
 
 // Event is published on [EventSubject] for every status transition and,
@@ -40,6 +43,16 @@ type Event struct {
 	// Output is the chunk of a stream or progress_update event, as the
 	// RunPod worker posted it.
 	Output json.RawMessage `json:"output,omitempty"`
+	// Preview is set on preview events.
+	Preview *Preview `json:"preview,omitempty"`
+}
+
+// Preview is one preview image of a running job.
+type Preview struct {
+	Node string `json:"node,omitempty"`
+	Mime string `json:"mime"`
+	// Data is the image, base64.
+	Data string `json:"data"`
 }
 
 // Progress is a job's progress inside ComfyUI, in the shape worker-comfyui's

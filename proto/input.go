@@ -8,6 +8,13 @@ import (
 )
 
 // Input is RunPod's job input as worker-comfyui accepts it.
+//
+// Beyond these fields the gpuworker reads two options from the input
+// object: "previews" (true, or a preview method "auto", "latent2rgb" or
+// "taesd") publishes throttled preview events ([EventPreview]), and
+// "include_temp": true returns temp outputs (PreviewImage and the like),
+// which are skipped by default as in worker-comfyui. Other fields are kept
+// as sent and ignored.
 type Input struct {
 	// Workflow is the ComfyUI API-format prompt, byte for byte as sent.
 	Workflow json.RawMessage `json:"workflow"`

@@ -294,7 +294,7 @@ func TestProgressAndPreviewEvents(t *testing.T) {
 	require.EqualValues(t, 4, last["value"], "the last tick is always sent")
 	require.EqualValues(t, 100, last["percent"])
 
-	previews := events.ofType(string(worker.EventPreview))
+	previews := events.ofType(string(proto.EventPreview))
 	require.NotEmpty(t, previews)
 	pv := previews[0]["preview"].(map[string]any)
 	require.Equal(t, "image/jpeg", pv["mime"])

@@ -264,25 +264,6 @@ func (ex *execution) onProgress(p comfy.Progress) {
 		Progress: &proto.Progress{Node: p.Node, Value: int64(p.Value), Max: int64(p.Max), Percent: pct}})
 }
 
-// EventPreview is the type of a preview event: a picture of the job in
-// progress, sent when the job's input asks for previews.
-const EventPreview proto.EventType = "preview"
-
-// PreviewEvent is a proto.Event carrying one preview image. Its JSON is
-// proto.Event's plus "preview".
-type PreviewEvent struct {
-	proto.Event
-	Preview *Preview `json:"preview"`
-}
-
-// Preview is one preview image.
-type Preview struct {
-	Node string `json:"node,omitempty"`
-	Mime string `json:"mime"`
-	// Data is the image, base64.
-	Data string `json:"data"`
-}
-
 // maxPreviewBytes keeps a preview event under NATS's 1 MB message limit.
 const maxPreviewBytes = 640 << 10
 
@@ -304,9 +285,9 @@ func (ex *execution) onPreview(p comfy.Preview) {
 	if mt == "" {
 		mt = "application/octet-stream"
 	}
-	ev := PreviewEvent{
-		Event:   proto.Event{V: proto.Version, JobID: ex.job.ID, Type: EventPreview, Time: now, Attempt: ex.attempt, WorkerID: ex.w.cfg.ID},
-		Preview: &Preview{Node: p.NodeID, Mime: mt, Data: base64.StdEncoding.EncodeToString(p.Data)},
+	ev := proto.Event{
+		V: proto.Version, JobID: ex.job.ID, Type: proto.EventPreview, Time: now, Attempt: ex.attempt, WorkerID: ex.w.cfg.ID,
+		Preview: &proto.Preview{Node: p.NodeID, Mime: mt, Data: base64.StdEncoding.EncodeToString(p.Data)},
 	}
 	data, err := json.Marshal(ev)
 	if err != nil {
