@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -52,9 +53,28 @@ func TestSubmitIsIdempotentByID(t *testing.T) {
 	require.EqualValues(t, 1, info.State.Msgs)
 }
 
+// waitPending waits until pool p's lane consumers see the given numbers of
+// waiting messages.
+func waitPending(t *testing.T, n *testenv.NATS, want map[proto.Lane]uint64) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for lane, w := range want {
+			c, err := n.JS.Consumer(context.Background(), proto.JobsStream, "pool-p-"+string(lane))
+			if err != nil {
+				return false
+			}
+			info, err := c.Info(context.Background())
+			if err != nil || info.NumPending != w {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 5*time.Millisecond)
+}
+
 func TestLanesPutInteractiveFirst(t *testing.T) {
 	t.Parallel()
-	q, _ := setup(t)
+	q, n := setup(t)
 	ctx := testenv.Context(t, 30*time.Second)
 	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1})
 	require.NoError(t, err)
@@ -62,6 +82,9 @@ func TestLanesPutInteractiveFirst(t *testing.T) {
 		require.NoError(t, q.Admit(ctx, job(fmt.Sprintf("b%d", i), proto.LaneBatch)))
 	}
 	require.NoError(t, q.Admit(ctx, job("i0", proto.LaneInteractive)))
+	// Priority applies to jobs the lanes' consumers already see; a consumer
+	// learns of a stored message asynchronously.
+	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 1, proto.LaneBatch: 3})
 
 	var order []string
 	for range 4 {
@@ -80,7 +103,7 @@ func TestLanesPutInteractiveFirst(t *testing.T) {
 
 func TestLanesKeepBatchMoving(t *testing.T) {
 	t.Parallel()
-	q, _ := setup(t)
+	q, n := setup(t)
 	ctx := testenv.Context(t, 30*time.Second)
 	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: 3})
 	require.NoError(t, err)
@@ -88,6 +111,7 @@ func TestLanesKeepBatchMoving(t *testing.T) {
 	for i := range 5 {
 		require.NoError(t, q.Admit(ctx, job(fmt.Sprintf("i%d", i), proto.LaneInteractive)))
 	}
+	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 5, proto.LaneBatch: 1})
 	var order []string
 	for range 6 {
 		m, err := lanes.Next(ctx, time.Second)
