@@ -296,8 +296,12 @@ func TestSimProfileRunsAJob(t *testing.T) {
 	var health struct {
 		Workers map[string]int `json:"workers"`
 	}
-	getJSON(t, api+"/health", &health)
-	require.Equal(t, 2, health.Workers["ready"], "both sim workers are in the fleet")
+	// A worker's heartbeat is there (its health check passes) a moment
+	// before it reports itself idle.
+	require.Eventually(t, func() bool {
+		getJSON(t, api+"/health", &health)
+		return health.Workers["ready"] == 2
+	}, 20*time.Second, 20*time.Millisecond, "both sim workers are in the fleet: %v", health.Workers)
 
 	body, err := os.ReadFile(repoPath("examples", "txt2img.json"))
 	require.NoError(t, err)
