@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 10s
 
-.PHONY: test dev vet fuzz build
+.PHONY: test dev vet fuzz build chaos
 
 ## test: start a Redis when none answers, install versitygw (S3 tests) when missing, vet, then run every test with the race detector
 test:
@@ -11,6 +11,10 @@ test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd test/node && npm ci --no-audit --no-fund && npm test
+
+## chaos: the fault-injection suite alone, verbose, with the jobs counted in and out in its log (make test runs it too)
+chaos:
+	$(GO) test -race -count=1 -v ./internal/chaos/
 
 ## dev: run the whole fleet locally (same as `go run ./cmd/comfyfleet dev`)
 dev:

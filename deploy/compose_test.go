@@ -452,9 +452,19 @@ var notInCompose = map[string]map[string]string{
 		"RUNPOD_PING_INTERVAL":       "serverless mode",
 		"SERVERLESS_CONCURRENCY":     "serverless mode",
 		"REFRESH_WORKER":             "serverless mode",
+		"METRICS_ADDR":               "off by default; set it (e.g. :9101) and publish it in an override file",
 	},
 	"gpuworker": {
 		"WARMUP_WORKFLOW": "a file in the container: mount one in an override file and set it there",
+		"LEASE_TTL":       "the default (the heartbeat TTL) fits; tests shorten it",
+		"LISTEN_ADDR":     "/metrics is off by default; set it (e.g. :9100) in an override file",
+		"WARM_DEFER":      "the default fits",
+	},
+	"dispatcher": {
+		"LISTEN_ADDR":     "off by default; set it (e.g. :8080) and publish it in an override file",
+		"SWEEP_INTERVAL":  "the default fits; tests shorten it",
+		"INTAKE_ACK_WAIT": "the default fits; tests shorten it",
+		"EXECUTION_GRACE": "the default fits; tests shorten it",
 	},
 	"comfysim": {
 		"COMFYSIM_CONTROL_ADDR": "fault injection is for tests",

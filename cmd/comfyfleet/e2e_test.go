@@ -323,12 +323,14 @@ func TestBatchConfigurationDoc(t *testing.T) {
 	var wc watchConfig
 	var shc showConfig
 	var cc connConfig
+	var dc dlqConfig
 	for name, fs := range map[string]*flagenv.Set{
 		"comfyfleet submit": submitSettings(&sc),
 		"comfyfleet watch":  watchSettings(&wc),
 		"comfyfleet status": statusSettings(&shc),
 		"comfyfleet cancel": cancelSettings(&cc),
 		"comfyfleet fleet":  fleetSettings(&shc),
+		"comfyfleet dlq":    dlqSettings(&dc),
 	} {
 		if problems := configdoc.Check(doc, name, fs.Settings()); len(problems) > 0 {
 			t.Errorf("docs/configuration.md is out of date for %s:\n\n%s", name, strings.Join(problems, "\n\n"))

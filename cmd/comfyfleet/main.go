@@ -34,6 +34,7 @@ Usage:
   comfyfleet status ID|BATCH            show a job or a batch
   comfyfleet cancel ID|BATCH            cancel a job or every unfinished job of a batch
   comfyfleet fleet                      show the workers, lanes and queue depths
+  comfyfleet dlq list|replay SEQ…       list the dead letters, or queue them again
 
 Every command but dev finds a running "comfyfleet dev" by itself (its
 .comfyfleet/stack.json); for a deployment set NATS_URL and REDIS_URL.
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cancel(ctx, args[1:], stdout, stderr)
 	case "fleet":
 		return showFleet(ctx, args[1:], stdout, stderr)
+	case "dlq":
+		return deadLetters(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -19,6 +19,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 )
 
@@ -31,6 +32,8 @@ type config struct {
 	warmupFile string
 	// maxInputMB is MAX_INPUT_MB, worker.MaxInputBytes in megabytes.
 	maxInputMB int
+	// listen is LISTEN_ADDR, where /metrics is served; empty: nowhere.
+	listen string
 }
 
 func main() {
@@ -76,9 +79,19 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 		return err
 	}
 	defer cc.Close()
-	w, err := worker.New(cfg.worker, worker.Deps{Queue: b.Queue, Store: b.Status, Blobs: b.Blobs, ComfyUI: cc, Fleet: b.Fleet, Logger: log})
+	reg := metrics.NewRegistry()
+	w, err := worker.New(cfg.worker, worker.Deps{Queue: b.Queue, Store: b.Status, Blobs: b.Blobs, ComfyUI: cc, Fleet: b.Fleet, Logger: log,
+		Metrics: worker.NewMetrics(reg)})
 	if err != nil {
 		return err
+	}
+	// Shutdown order: the worker (its jobs drain), then /metrics.
+	if cfg.listen != "" {
+		ms := metrics.NewServer(cfg.listen, reg)
+		if err := ms.Start(); err != nil {
+			return fmt.Errorf("LISTEN_ADDR: %w", err)
+		}
+		defer ms.Stop()
 	}
 	if err := w.Start(startCtx); err != nil {
 		return err
@@ -164,7 +177,8 @@ func settings(cfg *config) *flagenv.Set {
 	fs.Duration(&cfg.worker.ExecutionTimeout, "execution-timeout", "EXECUTION_TIMEOUT", worker.DefaultExecutionTimeout, "how long a job may run when its policy.executionTimeout is unset; then it is interrupted in ComfyUI and ends TIMED_OUT")
 	fs.Duration(&cfg.worker.StallTimeout, "stall-timeout", "STALL_TIMEOUT", worker.DefaultStallTimeout, "a prompt without any progress from ComfyUI for this long is interrupted and ends TIMED_OUT (negative: never)")
 	fs.Int(&cfg.worker.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", worker.DefaultMaxAttempts, "attempts of a job that hits out-of-memory or loses its ComfyUI before it fails (and goes to the dead-letter stream)")
-	fs.Duration(&cfg.worker.RetryDelay, "retry-delay", "RETRY_DELAY", worker.DefaultRetryDelay, "delay before a job that hit out-of-memory or a transient error is redelivered")
+	fs.Duration(&cfg.worker.RetryDelay, "retry-delay", "RETRY_DELAY", worker.DefaultRetryDelay, "base delay before a job that hit out-of-memory or a transient error is redelivered; it doubles with each failed attempt (at most 16×), with jitter")
+	fs.Duration(&cfg.worker.LeaseTTL, "lease-ttl", "LEASE_TTL", 0, "lease on a running job, renewed every third of it; once a dead worker's lease lapses the dispatcher hands its job to another worker (0: 15s)")
 	fs.Int(&cfg.worker.Prefetch, "prefetch", "PREFETCH", 0, "jobs taken and queued in ComfyUI beyond the running one, so the GPU never waits for the next prompt")
 	fs.Bool(&cfg.worker.RefreshWorker, "refresh-worker", "REFRESH_WORKER", false, "free ComfyUI's models and caches (POST /free) after every job")
 	fs.String(&cfg.warmupFile, "warmup-workflow", "WARMUP_WORKFLOW", "", "JSON file with a workflow (API format, or a job input) run before the first job and whenever ComfyUI comes back")
@@ -183,6 +197,8 @@ func settings(cfg *config) *flagenv.Set {
 	fs.String(&cfg.worker.S3.Addressing, "bucket-addressing-style", "BUCKET_ADDRESSING_STYLE", "", "path or virtual; default: virtual on amazonaws.com, path elsewhere (MinIO, R2, …)")
 	fs.String(&cfg.worker.S3.PublicBaseURL, "bucket-public-url", "BUCKET_PUBLIC_URL", "", "return {this URL}/{key} instead of presigned URLs (a public bucket or a CDN)")
 	fs.Duration(&cfg.worker.S3.URLExpiry, "bucket-url-expiry", "BUCKET_URL_EXPIRY", s3.DefaultURLExpiry, "lifetime of presigned output URLs (at most 7 days)")
+	fs.String(&cfg.listen, "listen", "LISTEN_ADDR", "", "address of GET /metrics (Prometheus), e.g. :9100; empty: none")
+	fs.Duration(&cfg.worker.WarmDefer, "warm-defer", "WARM_DEFER", 25*time.Millisecond, "model-aware routing: a job another idle worker holds warm is handed back up to 3 times, at once and then after this step ×1, ×2; negative: never")
 	fs.String(&cfg.logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
 	return fs
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/serverless"
@@ -39,6 +40,7 @@ type config struct {
 	backend     backend.Config
 	api         runpod.Config
 	listen      string
+	metricsAddr string
 	apiKeysFile string
 	logLevel    string
 
@@ -124,8 +126,18 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("LISTEN_ADDR: %w", err)
 	}
+	reg := metrics.NewRegistry()
 	mux := http.NewServeMux()
-	mux.Handle("/", runpod.NewAPI(cfg.api, b.Queue, b.Status, b.Blobs, b.Fleet, log))
+	mux.Handle("/", metrics.Instrument(reg, "comfyfleet_api", runpod.NewAPI(cfg.api, b.Queue, b.Status, b.Blobs, b.Fleet, log)))
+	// /metrics has its own port: the API's port is public and behind API keys.
+	if cfg.metricsAddr != "" {
+		ms := metrics.NewServer(cfg.metricsAddr, reg)
+		if err := ms.Start(); err != nil {
+			ln.Close()
+			return fmt.Errorf("METRICS_ADDR: %w", err)
+		}
+		defer ms.Stop()
+	}
 	if cfg.jobTake {
 		host, err := jobtake.New(cfg.take, jobtake.Deps{Queue: b.Queue, Records: b.Status, Blobs: b.Blobs,
 			Redis: b.Redis, KeyPrefix: cfg.backend.KeyPrefix, Fleet: b.Fleet, Logger: log})
@@ -213,6 +225,8 @@ func settings(cfg *config) *flagenv.Set {
 	// api mode
 	fs.String(&cfg.api.Pool, "pool", "POOL", "default", "pool that receives the API's jobs, that RunPod workers take from (--job-take), and that serverless mode submits to")
 	fs.Int(&cfg.api.MaxQueued, "max-queued", "MAX_QUEUED", 0, "backpressure: /run and /runsync answer 429 while this many jobs wait; 0 = no limit")
+	fs.Int(&cfg.api.MaxQueuedPerLane, "max-queued-per-lane", "MAX_QUEUED_PER_LANE", 0, "backpressure per lane: /run and /runsync answer 429 while this many jobs wait in the lane (interactive or batch) the job would join; 0 = no limit")
+	fs.String(&cfg.metricsAddr, "metrics-addr", "METRICS_ADDR", "", "address of GET /metrics (Prometheus), e.g. :9101; empty: none")
 	fs.Duration(&cfg.api.DefaultWait, "runsync-wait", "RUNSYNC_WAIT", 90*time.Second, "how long /runsync and /status-sync wait without ?wait= (RunPod: 90s)")
 	fs.Duration(&cfg.api.StreamWait, "stream-wait", "STREAM_WAIT", 3*time.Second, "how long /stream holds a request without ?wait= while nothing new happens")
 	fs.Duration(&cfg.shutdownMax, "shutdown-grace", "SHUTDOWN_GRACE", 30*time.Second, "on SIGTERM, how long held requests (runsync, long polls) may finish")

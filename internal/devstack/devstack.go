@@ -88,6 +88,7 @@ type Stack struct {
 	simCores []*comfysim.Server
 	clients  []*comfy.Client
 	disp     *dispatch.Dispatcher
+	hooks    *dispatch.Webhooks
 	workers  []*worker.Worker
 	api      *http.Server
 	apiDone  chan error
@@ -180,6 +181,18 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	if s.disp, err = dispatch.New(dispatch.Config{}, db.Queue, db.Status, log); err != nil {
+		return nil, fmt.Errorf("dev stack: %w", err)
+	}
+	// Webhooks may reach this machine: the stack is local. They start
+	// before admission, so their consumer exists before any job ends.
+	targets := dispatch.NewWebhookTargets(db.Redis, cfg.KeyPrefix, 0)
+	s.disp.SetAdmission(dispatch.Admission{Webhooks: targets, Models: dispatch.NewModelCheck(dispatch.ModelCheckConfig{}, db.Fleet, db.Status)})
+	if s.hooks, err = dispatch.NewWebhooks(dispatch.WebhookConfig{Allow: []string{"127.0.0.0/8", "::1"}}, dispatch.WebhookDeps{
+		JetStream: db.Queue.JetStream(), Targets: targets, Records: db.Status, Blobs: db.Blobs,
+	}, log); err != nil {
+		return nil, fmt.Errorf("dev stack: %w", err)
+	}
+	if err := s.hooks.Start(ctx); err != nil {
 		return nil, fmt.Errorf("dev stack: %w", err)
 	}
 	if err := s.disp.Start(ctx); err != nil {
@@ -278,6 +291,10 @@ func (s *Stack) Stop() {
 	if s.disp != nil {
 		s.disp.Stop()
 		s.disp = nil
+	}
+	if s.hooks != nil {
+		s.hooks.Stop()
+		s.hooks = nil
 	}
 	for _, c := range s.clients {
 		_ = c.Close()

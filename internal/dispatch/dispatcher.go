@@ -26,6 +26,14 @@ type Config struct {
 	// AckWait is how long an intake message may stay unacknowledged before
 	// another replica gets it; 0 means 30 s.
 	AckWait time.Duration
+	// SweepEvery is the interval of the sweeper, which times out jobs
+	// queued past their TTL and hands back the jobs of silent workers; 0
+	// means 1 s.
+	SweepEvery time.Duration
+	// ExecutionGrace is how long past its execution deadline a job whose
+	// worker went silent is still retried; after it the job ends
+	// TIMED_OUT. 0 means 30 s.
+	ExecutionGrace time.Duration
 }
 
 // Validate checks the configuration.
@@ -38,6 +46,12 @@ func (c Config) Validate() error {
 	if c.FetchWait < 0 {
 		return fmt.Errorf("fetch wait %s is negative", c.FetchWait)
 	}
+	if c.SweepEvery < 0 {
+		return fmt.Errorf("sweep interval %s is negative", c.SweepEvery)
+	}
+	if c.ExecutionGrace < 0 {
+		return fmt.Errorf("execution grace %s is negative", c.ExecutionGrace)
+	}
 	return nil
 }
 
@@ -45,6 +59,7 @@ func (c Config) Validate() error {
 type StatusStore interface {
 	Create(ctx context.Context, p status.CreateParams) (*proto.Record, bool, error)
 	Reject(ctx context.Context, p status.CreateParams, errMsg string) (*proto.Record, error)
+	SweepStore
 }
 
 var _ StatusStore = (*status.Store)(nil)
@@ -55,6 +70,8 @@ type Dispatcher struct {
 	cfg   Config
 	q     *queue.Client
 	store StatusStore
+	sweep SweepStore
+	adm   Admission // optional checks; see admission.go
 	log   *zap.Logger
 
 	mu     sync.Mutex
@@ -73,14 +90,20 @@ func New(cfg Config, q *queue.Client, store StatusStore, log *zap.Logger) (*Disp
 	if cfg.FetchWait == 0 {
 		cfg.FetchWait = time.Second
 	}
+	if cfg.SweepEvery == 0 {
+		cfg.SweepEvery = time.Second
+	}
+	if cfg.ExecutionGrace == 0 {
+		cfg.ExecutionGrace = 30 * time.Second
+	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Dispatcher{cfg: cfg, q: q, store: store, log: log.Named("dispatch")}, nil
+	return &Dispatcher{cfg: cfg, q: q, store: store, sweep: store, log: log.Named("dispatch")}, nil
 }
 
-// Start opens the intake consumer and runs the admission loop in the
-// background. It returns once the loop runs.
+// Start opens the intake consumer and runs the admission loop and the
+// sweeper in the background. It returns once they run.
 func (d *Dispatcher) Start(ctx context.Context) error {
 	cons, err := d.q.IntakeConsumer(ctx, queue.ConsumerConfig{AckWait: d.cfg.AckWait})
 	if err != nil {
@@ -93,7 +116,16 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	}
 	ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	d.done = make(chan struct{})
-	go d.loop(ctx, cons)
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		d.sweepLoop(ctx)
+	}()
+	go func() {
+		d.loop(ctx, cons)
+		<-sweepDone
+		close(d.done)
+	}()
 	return nil
 }
 
@@ -115,7 +147,6 @@ func (d *Dispatcher) Stop() {
 }
 
 func (d *Dispatcher) loop(ctx context.Context, cons *queue.Consumer) {
-	defer close(d.done)
 	bo := backoff.New(50*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		msg, err := cons.Next(ctx, d.cfg.FetchWait)
@@ -158,8 +189,15 @@ func (d *Dispatcher) Admit(ctx context.Context, msg *queue.Message) error {
 	}
 	job.Place(d.cfg.DefaultPool, time.Now())
 	params := status.ParamsFor(job)
-	if _, err := proto.DecodeInput(job.Input); err != nil {
+	input, err := proto.DecodeInput(job.Input)
+	if err != nil {
 		return d.fail(ctx, msg, params, err.Error())
+	}
+	if reject, err := d.adm.admitting(ctx, job, input); err != nil || reject != "" {
+		if err != nil {
+			return err
+		}
+		return d.fail(ctx, msg, params, reject)
 	}
 
 	rec, created, err := d.store.Create(ctx, params)
@@ -171,6 +209,9 @@ func (d *Dispatcher) Admit(ctx context.Context, msg *queue.Message) error {
 		return msg.Ack(ctx)
 	}
 	job.SubmittedAt = rec.SubmittedAt // the first admission's, on a redelivery
+	if err := d.store.TrackTTL(ctx, job.ID, job.SubmittedAt.Add(ttlOf(job))); err != nil {
+		return fmt.Errorf("admit job %s: %w", job.ID, err)
+	}
 	// The IN_QUEUE event goes out before the job can reach a worker, so a
 	// job's events are always in the order of its transitions.
 	if err := d.q.PublishEvent(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInQueue}); err != nil {
@@ -180,6 +221,7 @@ func (d *Dispatcher) Admit(ctx context.Context, msg *queue.Message) error {
 		return fmt.Errorf("admit job %s: %w", job.ID, err)
 	}
 	if created {
+		d.adm.admitted(job)
 		d.log.Debug("admitted", zap.String("job_id", job.ID), zap.String("pool", job.Pool), zap.String("lane", string(job.Lane)))
 	}
 	return msg.Ack(ctx)

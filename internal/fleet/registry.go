@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -22,15 +23,23 @@ const (
 
 // Worker is one worker's heartbeat.
 type Worker struct {
-	ID             string    `json:"id"`
-	Pool           string    `json:"pool"`
-	State          string    `json:"state"`
-	JobID          string    `json:"job_id,omitempty"`
-	ComfyUIVersion string    `json:"comfyui_version,omitempty"`
-	Device         string    `json:"device,omitempty"`
-	VRAMTotal      int64     `json:"vram_total,omitempty"`
-	VRAMFree       int64     `json:"vram_free,omitempty"`
-	UpdatedAt      time.Time `json:"updated_at"`
+	ID             string `json:"id"`
+	Pool           string `json:"pool"`
+	State          string `json:"state"`
+	JobID          string `json:"job_id,omitempty"`
+	ComfyUIVersion string `json:"comfyui_version,omitempty"`
+	Device         string `json:"device,omitempty"`
+	VRAMTotal      int64  `json:"vram_total,omitempty"`
+	VRAMFree       int64  `json:"vram_free,omitempty"`
+	// Progress is the current job's progress, 0 to 1.
+	Progress float64 `json:"progress,omitempty"`
+	// Models are the model files its ComfyUI offers, by loader input
+	// (e.g. "ckpt_name", "lora_name", "vae_name"), read from /object_info.
+	Models map[string][]string `json:"models,omitempty"`
+	// Warm are the model files of the last workflow it ran: the ones its
+	// ComfyUI most likely still holds in memory.
+	Warm      []string  `json:"warm,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Registry reads and writes heartbeats.
@@ -66,6 +75,8 @@ func (r *Registry) Beat(ctx context.Context, w Worker) error {
 			"id", w.ID, "pool", w.Pool, "state", w.State, "job_id", w.JobID,
 			"comfyui_version", w.ComfyUIVersion, "device", w.Device,
 			"vram_total", w.VRAMTotal, "vram_free", w.VRAMFree,
+			"progress", strconv.FormatFloat(w.Progress, 'f', -1, 64),
+			"models", jsonField(w.Models), "warm", jsonField(w.Warm),
 			"updated_at", w.UpdatedAt.UnixMilli())
 		p.PExpire(ctx, key, r.ttl)
 		p.SAdd(ctx, r.indexKey(), w.ID)
@@ -117,12 +128,30 @@ func (r *Registry) List(ctx context.Context) ([]Worker, error) {
 	return out, nil
 }
 
+// decodeWorker reads a heartbeat hash; a field that does not parse is
+// left at its zero value (a heartbeat is advisory).
 func decodeWorker(h map[string]string) Worker {
 	num := func(k string) int64 { n, _ := strconv.ParseInt(h[k], 10, 64); return n }
-	return Worker{
+	w := Worker{
 		ID: h["id"], Pool: h["pool"], State: h["state"], JobID: h["job_id"],
 		ComfyUIVersion: h["comfyui_version"], Device: h["device"],
 		VRAMTotal: num("vram_total"), VRAMFree: num("vram_free"),
 		UpdatedAt: time.UnixMilli(num("updated_at")),
 	}
+	w.Progress, _ = strconv.ParseFloat(h["progress"], 64)
+	if s := h["models"]; s != "" {
+		_ = json.Unmarshal([]byte(s), &w.Models)
+	}
+	if s := h["warm"]; s != "" {
+		_ = json.Unmarshal([]byte(s), &w.Warm)
+	}
+	return w
+}
+
+func jsonField(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil || string(b) == "null" {
+		return ""
+	}
+	return string(b)
 }

@@ -185,3 +185,22 @@ func (c *Client) Depth(ctx context.Context) (queued, running uint64, err error) 
 	}
 	return total - running, running, nil
 }
+
+// Reply is the delivery's ack subject. Another process can settle the
+// delivery with it (see Client.SettleDelivery), e.g. hand back the job of
+// a worker that died.
+func (m *Message) Reply() string { return m.msg.Reply() }
+
+// SettleDelivery answers a delivery by its ack subject (Message.Reply) on
+// behalf of the process that holds it: ack=false NAKs it, so it is
+// redelivered at once; ack=true acks it.
+func (c *Client) SettleDelivery(reply string, ack bool) error {
+	body := []byte("-NAK")
+	if ack {
+		body = []byte("+ACK")
+	}
+	if err := c.nc.Publish(reply, body); err != nil {
+		return fmt.Errorf("settle delivery: %w", err)
+	}
+	return c.nc.Flush()
+}

@@ -9,12 +9,13 @@ import (
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// Lanes reads a pool's two lanes for one worker: a waiting interactive job
-// always comes first; a batch job is taken only when no interactive job
-// waits. Every BatchEvery-th take looks at the batch lane first, so batch
-// work keeps moving under sustained interactive load.
+// Lanes reads the lanes of one or more pools for one worker: a waiting
+// interactive job of any of its pools always comes first; a batch job is
+// taken only when no interactive job waits. Every BatchEvery-th take looks
+// at the batch lanes first, so batch work keeps moving under sustained
+// interactive load.
 type Lanes struct {
-	interactive, batch *Consumer
+	interactive, batch []*Consumer
 	batchEvery         int
 	takes              int
 }
@@ -22,36 +23,44 @@ type Lanes struct {
 // LanesConfig configures Lanes.
 type LanesConfig struct {
 	Consumer ConsumerConfig
-	// BatchEvery gives the batch lane the first look at every n-th take;
+	// BatchEvery gives the batch lanes the first look at every n-th take;
 	// 0 means 10, a negative value never.
 	BatchEvery int
+	// MorePools are pools served after the first one, in order.
+	MorePools []string
 }
 
-// OpenLanes opens the pool's lane consumers.
+// OpenLanes opens the lane consumers of pool and of cfg.MorePools.
 func (c *Client) OpenLanes(ctx context.Context, pool string, cfg LanesConfig) (*Lanes, error) {
-	inter, err := c.LaneConsumer(ctx, pool, proto.LaneInteractive, cfg.Consumer)
-	if err != nil {
-		return nil, err
-	}
-	batch, err := c.LaneConsumer(ctx, pool, proto.LaneBatch, cfg.Consumer)
-	if err != nil {
-		return nil, err
-	}
 	if cfg.BatchEvery == 0 {
 		cfg.BatchEvery = 10
 	}
-	return &Lanes{interactive: inter, batch: batch, batchEvery: cfg.BatchEvery}, nil
+	l := &Lanes{batchEvery: cfg.BatchEvery}
+	for _, p := range append([]string{pool}, cfg.MorePools...) {
+		inter, err := c.LaneConsumer(ctx, p, proto.LaneInteractive, cfg.Consumer)
+		if err != nil {
+			return nil, err
+		}
+		batch, err := c.LaneConsumer(ctx, p, proto.LaneBatch, cfg.Consumer)
+		if err != nil {
+			return nil, err
+		}
+		l.interactive = append(l.interactive, inter)
+		l.batch = append(l.batch, batch)
+	}
+	return l, nil
 }
 
 // Next returns the next job by lane priority, waiting up to wait for one.
-// While idle it waits on the interactive lane and looks at the batch lane
-// between waits, so an idle worker takes a batch job within lanePoll.
+// While idle it waits on the first pool's interactive lane and looks at the
+// other lanes between waits, so an idle worker takes any other job within
+// lanePoll.
 func (l *Lanes) Next(ctx context.Context, wait time.Duration) (*Message, error) {
 	const lanePoll = 100 * time.Millisecond
 	l.takes++
-	order := []*Consumer{l.interactive, l.batch}
+	order := append(append([]*Consumer(nil), l.interactive...), l.batch...)
 	if l.batchEvery > 0 && l.takes%l.batchEvery == 0 {
-		order[0], order[1] = order[1], order[0]
+		order = append(append([]*Consumer(nil), l.batch...), l.interactive...)
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -65,7 +74,7 @@ func (l *Lanes) Next(ctx context.Context, wait time.Duration) (*Message, error) 
 		if left <= 0 {
 			return nil, ErrNoMessage
 		}
-		msg, err := l.interactive.Next(ctx, min(left, lanePoll))
+		msg, err := l.interactive[0].Next(ctx, min(left, lanePoll))
 		if !errors.Is(err, ErrNoMessage) {
 			if err != nil {
 				return nil, fmt.Errorf("interactive lane: %w", err)

@@ -202,3 +202,27 @@ func TestReject(t *testing.T) {
 	require.Equal(t, "junk", string(m.Data))
 	require.Equal(t, "no id", m.Header.Get(proto.RejectReasonHeader))
 }
+
+func TestLanesServeSeveralPools(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1, MorePools: []string{"gpu-xl"}})
+	require.NoError(t, err)
+	xl := func(id string, lane proto.Lane) *proto.Job { j := job(id, lane); j.Pool = "gpu-xl"; return j }
+	require.NoError(t, q.Admit(ctx, job("p-batch", proto.LaneBatch)))
+	require.NoError(t, q.Admit(ctx, xl("xl-inter", proto.LaneInteractive)))
+	require.NoError(t, q.Admit(ctx, job("p-inter", proto.LaneInteractive)))
+	var got []string
+	require.Eventually(t, func() bool {
+		m, err := lanes.Next(ctx, 50*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		j, _ := proto.DecodeJob(m.Data())
+		got = append(got, j.ID)
+		require.NoError(t, m.Ack(ctx))
+		return len(got) == 3
+	}, 10*time.Second, time.Millisecond)
+	require.ElementsMatch(t, []string{"p-batch", "xl-inter", "p-inter"}, got, "jobs of both pools are served")
+}

@@ -48,6 +48,10 @@ type Config struct {
 	// MaxQueued is the backpressure limit: while at least this many jobs
 	// wait in the queue, /run and /runsync answer 429. 0 means no limit.
 	MaxQueued int
+	// MaxQueuedPerLane is the backpressure limit of one lane of one pool:
+	// while at least this many jobs wait in the lane a request would go
+	// to, /run and /runsync answer 429. 0 means no limit.
+	MaxQueuedPerLane int
 }
 
 // Validate names the first setting that cannot be used.
@@ -63,7 +67,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s %s is negative", name, d)
 		}
 	}
-	if c.MaxRunBody < 0 || c.MaxRunSyncBody < 0 || c.InlineBlobMax < 0 || c.MaxQueued < 0 {
+	if c.MaxRunBody < 0 || c.MaxRunSyncBody < 0 || c.InlineBlobMax < 0 || c.MaxQueued < 0 || c.MaxQueuedPerLane < 0 {
 		return fmt.Errorf("body limits, inline blob size and max queued must not be negative")
 	}
 	return nil
@@ -148,6 +152,7 @@ type API struct {
 	depthMu   sync.Mutex
 	depthAt   time.Time
 	depthSeen uint64
+	lanes     laneDepths // per-lane backpressure (backpressure.go)
 }
 
 // NewAPI builds the endpoint API. A configuration that Validate refuses is

@@ -85,6 +85,11 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		Retention: retention.Milliseconds(),
 	}
 	job.Place(a.cfg.Pool, time.Now())
+	if n, full := a.laneFull(ctx, job.Pool, job.Lane); full {
+		w.Header().Set("Retry-After", "1")
+		WriteError(w, http.StatusTooManyRequests, fmt.Sprintf("the %s lane of pool %s is full: %d jobs are waiting, the limit is %d per lane; try again shortly", job.Lane, job.Pool, n, a.cfg.MaxQueuedPerLane))
+		return nil, false
+	}
 	if job.Input, err = OffloadImages(ctx, a.blobs, id, req.Input, in, a.cfg.InlineBlobMax); err != nil {
 		var ie *proto.InputError
 		if errors.As(err, &ie) {

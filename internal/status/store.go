@@ -252,8 +252,15 @@ func (s *Store) Cancel(ctx context.Context, id string) (*proto.Record, error) {
 // retries grows by one, and the record expires again as a queued one. The
 // attempt number is kept, so the next Claim still fences out every earlier
 // attempt. Any other status gives ErrIllegal.
+//
+// The job's attempt log (AttemptErrors) is emptied: the retried job gets
+// its full number of attempts again.
 func (s *Store) Retry(ctx context.Context, id string) (*proto.Record, error) {
-	return s.change(ctx, opRetry, id, proto.StatusInQueue, 0)
+	rec, err := s.change(ctx, opRetry, id, proto.StatusInQueue, 0)
+	if err != nil {
+		return rec, err
+	}
+	return rec, s.ClearAttempts(ctx, id)
 }
 
 // Get reads a job's record; ErrNotFound when it is missing or expired.

@@ -38,6 +38,12 @@
 // a job's message alive with InProgress only while ComfyUI makes progress
 // on it.
 //
+// Its heartbeat (internal/fleet) reports the models its ComfyUI offers
+// (loader inputs of /object_info) and the ones of its last job (warm); a
+// job another idle worker holds warm is handed back a few times so that
+// worker takes it (routing.go). Metrics (metrics.go) count jobs by status,
+// queue wait, execution time, retries and ComfyUI errors by class.
+//
 // Shutdown is two-phase: Stop stops pulling, lets the jobs in hand finish
 // within the grace period, then cancels them and puts them back on the
 // queue so another GPU takes them at once.

@@ -258,6 +258,7 @@ func (ex *execution) onProgress(p comfy.Progress) {
 	if p.Max > 0 {
 		pct = p.Value * 100 / p.Max
 	}
+	ex.w.setProgress(pct / 100)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ex.w.event(ctx, &proto.Event{JobID: ex.job.ID, Type: proto.EventProgress, Attempt: ex.attempt, WorkerID: ex.w.cfg.ID,

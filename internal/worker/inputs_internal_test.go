@@ -73,7 +73,7 @@ func TestForbiddenAddresses(t *testing.T) {
 	require.True(t, a.ip(netip.MustParseAddr("10.9.9.9")))
 	require.True(t, a.ip(netip.MustParseAddr("::ffff:127.0.0.1")))
 	require.False(t, a.ip(netip.MustParseAddr("127.0.0.2")))
-	require.True(t, a.hosts["assets.internal"])
+	require.True(t, a.Hosts["assets.internal"])
 	_, err = parseAllowList([]string{"10.0.0.0/99"})
 	require.Error(t, err)
 }

@@ -37,6 +37,10 @@ var (
 // stream.
 const DLQReasonHeader = "Cf-Dlq-Reason"
 
+// DLQAttemptsHeader carries every failed attempt's error of a dead
+// letter, a JSON array of strings, oldest first.
+const DLQAttemptsHeader = "Cf-Dlq-Attempts"
+
 // outcome is what running a job led to.
 type outcome struct {
 	status       proto.Status // terminal status, or "" to put the job back
@@ -62,6 +66,9 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 		_ = msg.Term()
 		return
 	}
+	if w.deferToWarm(ctx, job, msg) {
+		return
+	}
 	log := w.log.With(zap.String("job_id", job.ID))
 	jctx, cancelJob := context.WithCancelCause(ctx)
 	defer cancelJob(nil)
@@ -70,9 +77,33 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 	untrack := w.track(&jobRef{id: job.ID, cancel: cancelJob})
 	defer untrack()
 
+	held := w.takeLease(msg, job, log)
+	defer held.release()
 	final, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalWriteTimeout)
 	defer cancel()
-	attempt, _, err := w.store.Claim(final, job.ID, w.cfg.ID)
+	if w.live != nil && expired(job, time.Now()) {
+		// Past its TTL: it never reaches the GPU (the dispatcher's sweeper
+		// may have been slower than this delivery).
+		_, err := w.live.Expire(final, job.ID, ttlExpiredMessage)
+		switch {
+		case err == nil:
+			log.Info("job expired in the queue, dropping it")
+			w.event(final, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusTimedOut, Error: ttlExpiredMessage})
+			_ = msg.Ack(final)
+			return
+		case errors.Is(err, status.ErrTerminal), errors.Is(err, status.ErrNotFound):
+			_ = msg.Ack(final)
+			return
+		case errors.Is(err, status.ErrIllegal):
+			// IN_PROGRESS: a redelivery of a job that had started; the
+			// TTL only bounds the wait in the queue.
+		default:
+			log.Warn("expire job", zap.Error(err))
+			_ = msg.Nak(time.Second)
+			return
+		}
+	}
+	attempt, claimed, err := w.store.Claim(final, job.ID, w.cfg.ID)
 	switch {
 	case errors.Is(err, status.ErrTerminal):
 		// Cancelled or timed out while queued: it never starts.
@@ -89,11 +120,18 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 		return
 	}
 	log = log.With(zap.Int("attempt", attempt))
+	w.noteWarm(job)
+	w.metrics.claimed(claimed)
+	if w.exhausted(final, job, msg, attempt, log) {
+		return
+	}
+	held.claimed(attempt, time.Now().Add(w.timeout(job)))
 	w.setState(fleet.StateRunning, job.ID)
 	w.event(final, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInProgress, Attempt: attempt, WorkerID: w.cfg.ID})
 
 	ex := newExecution(w, log, job, attempt)
 	stopBeat := w.heartbeat(msg, ex)
+	began := time.Now()
 	out := w.run(jctx, ex)
 	stopBeat()
 	if w.cfg.RefreshWorker {
@@ -114,10 +152,16 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 		return
 	}
 	deadLetter := false
-	if out.status == "" && out.retryable && attempt >= w.cfg.MaxAttempts && out.final != nil {
-		log.Warn("job failed on its last attempt", zap.String("reason", out.reason), zap.Int("max_attempts", w.cfg.MaxAttempts))
-		out, deadLetter = *out.final, true
+	if out.status == "" && out.retryable {
+		failures := w.failedAttempts(final, job.ID, attempt, out.reason, log)
+		if failures >= w.cfg.MaxAttempts && out.final != nil {
+			log.Warn("job failed on its last attempt", zap.String("reason", out.reason), zap.Int("max_attempts", w.cfg.MaxAttempts))
+			out, deadLetter = *out.final, true
+		} else {
+			out.requeueDelay = retryDelay(out.requeueDelay, failures)
+		}
 	}
+	w.metrics.ran(out.status, time.Since(began))
 	if out.status == "" {
 		_, err := w.store.Requeue(final, job.ID, attempt, out.reason)
 		switch {
@@ -160,11 +204,9 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 	}
 	w.event(final, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: out.status, Attempt: attempt, WorkerID: w.cfg.ID, Error: out.errMsg})
 	if deadLetter {
-		w.deadLetter(final, job, msg, out.errMsg)
+		w.deadLetter(final, job, msg, out.errMsg, w.attemptErrors(final, job.ID, out.errMsg))
 	}
-	if err := msg.Ack(final); err != nil {
-		log.Warn("ack job", zap.Error(err))
-	}
+	w.ackFinished(ctx, msg, log)
 	log.Debug("job done", zap.String("status", string(out.status)))
 }
 
@@ -177,10 +219,7 @@ func (w *Worker) run(ctx context.Context, ex *execution) (out outcome) {
 			out = failed(fmt.Sprintf("An unexpected error occurred: %v", r))
 		}
 	}()
-	timeout := w.cfg.ExecutionTimeout
-	if p := ex.job.Policy.ExecutionTimeout; p > 0 {
-		timeout = time.Duration(p) * time.Millisecond
-	}
+	timeout := w.timeout(ex.job)
 	tctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimedOut)
 	defer cancel()
 	sctx, stall := context.WithCancelCause(tctx)
@@ -210,6 +249,7 @@ func (w *Worker) run(ctx context.Context, ex *execution) (out outcome) {
 		}
 		ccancel()
 	}
+	w.metrics.failedWith(err, cause)
 	return w.classify(ex, err, cause, timeout)
 }
 
@@ -366,13 +406,16 @@ func (w *Worker) refresh(ctx context.Context, log *zap.Logger) {
 
 // deadLetter puts a job that used up its attempts on the pool's dead-letter
 // stream with its last error, for inspection and replay.
-func (w *Worker) deadLetter(ctx context.Context, job *proto.Job, msg *queue.Message, reason string) {
+func (w *Worker) deadLetter(ctx context.Context, job *proto.Job, msg *queue.Message, reason string, attempts []string) {
 	pool := job.Pool
 	if pool == "" {
 		pool = w.cfg.Pool
 	}
 	m := &nats.Msg{Subject: proto.DLQSubject(pool), Data: msg.Data(), Header: nats.Header{}}
 	m.Header.Set(DLQReasonHeader, reason)
+	if data, err := json.Marshal(attempts); err == nil {
+		m.Header.Set(DLQAttemptsHeader, string(data))
+	}
 	if _, err := w.q.JetStream().PublishMsg(ctx, m); err != nil {
 		w.log.Warn("publish dead letter", zap.String("job_id", job.ID), zap.Error(err))
 	}
@@ -382,4 +425,44 @@ func (w *Worker) event(ctx context.Context, ev *proto.Event) {
 	if err := w.q.PublishEvent(ctx, ev); err != nil {
 		w.log.Warn("publish event", zap.String("job_id", ev.JobID), zap.Error(err))
 	}
+}
+
+// timeout is the job's execution timeout.
+func (w *Worker) timeout(job *proto.Job) time.Duration {
+	if p := job.Policy.ExecutionTimeout; p > 0 {
+		return time.Duration(p) * time.Millisecond
+	}
+	return w.cfg.ExecutionTimeout
+}
+
+// exhausted fails a job whose earlier attempts all failed (their workers
+// died, or ComfyUI did) before this one starts, dead-letters it and acks
+// the delivery. It reports whether it did.
+func (w *Worker) exhausted(ctx context.Context, job *proto.Job, msg *queue.Message, attempt int, log *zap.Logger) bool {
+	if w.live == nil {
+		return false
+	}
+	errs, err := w.live.AttemptErrors(ctx, job.ID)
+	if err != nil || len(errs) < w.cfg.MaxAttempts {
+		return false
+	}
+	last := errs[len(errs)-1]
+	msgText := fmt.Sprintf("Job failed after %d attempts; the last: %s", len(errs), last)
+	data, _ := json.Marshal(proto.Failure{Error: msgText, Details: errs})
+	if _, err := w.store.Finish(ctx, job.ID, attempt, proto.StatusFailed, data, msgText); err != nil {
+		switch {
+		case errors.Is(err, status.ErrStale):
+		case errors.Is(err, status.ErrTerminal):
+			_ = msg.Ack(ctx)
+		default:
+			log.Warn("fail exhausted job", zap.Error(err))
+			_ = msg.Nak(time.Second)
+		}
+		return true
+	}
+	log.Warn("job used up its attempts before this one", zap.Int("max_attempts", w.cfg.MaxAttempts))
+	w.event(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusFailed, Attempt: attempt, WorkerID: w.cfg.ID, Error: msgText})
+	w.deadLetter(ctx, job, msg, msgText, errs)
+	_ = msg.Ack(ctx)
+	return true
 }

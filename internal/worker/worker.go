@@ -54,6 +54,11 @@ type Config struct {
 	FetchWait time.Duration
 	// Grace is how long Stop lets the jobs in hand finish; 0 means 30 s.
 	Grace time.Duration
+	// WarmDefer is the step of the redelivery delays of a job handed
+	// back because another idle worker of the pool holds its models warm
+	// and this one does not (routing.go: at once, then 1×, then 2×); 0
+	// means 25 ms, a negative value never hands jobs back.
+	WarmDefer time.Duration
 	// ReadyPoll is the interval of the ComfyUI liveness probe, which runs
 	// all the time: the worker pulls only while ComfyUI answers, and two
 	// failed probes in a row give the jobs in hand back. 0 means 250 ms.
@@ -87,10 +92,16 @@ type Config struct {
 	// retrying (out of memory, ComfyUI unreachable or restarted): the last
 	// one fails the job. 0 means 3.
 	MaxAttempts int
-	// RetryDelay is how long a job that hit out-of-memory or a transient
-	// error waits before it is redelivered; 0 means 5 s. A job whose
-	// ComfyUI died is redelivered at once, to another worker.
+	// RetryDelay is the base of the delay before a job that hit
+	// out-of-memory or a transient error is redelivered; 0 means 5 s. It
+	// doubles with every failed attempt (at most 16×), with jitter. A job
+	// whose ComfyUI died is redelivered at once, to another worker.
 	RetryDelay time.Duration
+	// LeaseTTL is how long the lease on a running job lasts without
+	// renewal (it is renewed every third of it while the worker lives);
+	// once it lapses the dispatcher hands the job to another worker. 0
+	// means the fleet heartbeat's TTL, or AckWait without a fleet.
+	LeaseTTL time.Duration
 	// RefreshWorker frees ComfyUI's models and caches after every job
 	// (POST /free), as REFRESH_WORKER asks.
 	RefreshWorker bool
@@ -140,7 +151,7 @@ func (c Config) Validate() error {
 	}{{"ack wait", c.AckWait}, {"fetch wait", c.FetchWait}, {"grace", c.Grace}, {"ready poll", c.ReadyPoll},
 		{"probe timeout", c.ProbeTimeout}, {"progress every", c.ProgressEvery}, {"preview every", c.PreviewEvery},
 		{"execution timeout", c.ExecutionTimeout}, {"retry delay", c.RetryDelay}, {"warm-up timeout", c.WarmupTimeout},
-		{"input URL timeout", c.InputURLTimeout}} {
+		{"input URL timeout", c.InputURLTimeout}, {"lease TTL", c.LeaseTTL}} {
 		if d.d < 0 {
 			return fmt.Errorf("%s %s is negative", d.name, d.d)
 		}
@@ -272,6 +283,8 @@ type Deps struct {
 	// nil means the system's roots.
 	InputTLS *tls.Config
 	Logger   *zap.Logger
+	// Metrics, when set, records the worker's Prometheus series.
+	Metrics *Metrics
 }
 
 // Worker runs jobs on one ComfyUI.
@@ -282,6 +295,7 @@ type Worker struct {
 	blobs    blob.Store
 	comfy    ComfyUI
 	fleet    Heartbeats
+	live     Liveness // nil when the store has none
 	log      *zap.Logger
 	s3       *s3.Store // the configured S3 store, nil without one
 	inputs   *http.Client
@@ -293,6 +307,8 @@ type Worker struct {
 	abort    context.CancelFunc // cancels the jobs in hand
 	done     chan struct{}
 	self     fleet.Worker // the heartbeat's content
+	routing  routing      // model lists and the fleet's warm workers (routing.go)
+	metrics  *Metrics     // nil records nothing
 	beatNow  chan struct{}
 	active   map[string]*jobRef // jobs in hand by id
 	alive    bool               // ComfyUI answers
@@ -323,6 +339,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	cfg = cfg.withDefaults()
 	w := &Worker{
 		cfg: cfg, q: d.Queue, store: d.Store, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet,
+		metrics:  d.Metrics,
 		log:      log.Named("worker").With(zap.String("worker_id", cfg.ID)),
 		self:     fleet.Worker{ID: cfg.ID, Pool: cfg.Pool, State: fleet.StateInitializing},
 		beatNow:  make(chan struct{}, 1),
@@ -330,6 +347,9 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		aliveCh:  make(chan struct{}),
 		comfyURL: d.ComfyUI.BaseURL(),
 	}
+	// The safety nets come with the store when it has them, so every
+	// caller that passes a *status.Store gets them without more wiring.
+	w.live, _ = d.Store.(Liveness)
 	if cfg.S3.Endpoint != "" {
 		st, err := s3.New(cfg.S3)
 		if err != nil {
@@ -538,10 +558,12 @@ func (w *Worker) monitor(ctx context.Context, done chan<- struct{}) {
 		if err == nil {
 			fails = 0
 			w.setAlive(true, stats, nil)
+			w.refreshModels(ctx)
 		} else {
 			fails++
 			if fails >= downAfter {
 				w.setAlive(false, nil, err)
+				w.forgetModels()
 			}
 		}
 		select {
@@ -664,6 +686,9 @@ func (w *Worker) runWarmup(ctx context.Context) {
 func (w *Worker) setState(state, jobID string) {
 	w.mu.Lock()
 	changed := w.self.State != state || w.self.JobID != jobID
+	if w.self.JobID != jobID {
+		w.self.Progress = 0 // the progress is the job's
+	}
 	w.self.State, w.self.JobID = state, jobID
 	w.mu.Unlock()
 	if changed {

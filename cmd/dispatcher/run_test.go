@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
+)
+
+// freeAddr is a loopback address nothing listens on (a moment ago).
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+// The binary's wiring: with LISTEN_ADDR set, run serves the fleet view
+// and the Prometheus series, and stops when its context ends.
+func TestRunServesFleetAndMetrics(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	var cfg config
+	require.NoError(t, settings(&cfg).Parse(nil, func(string) string { return "" }))
+	cfg.backend.NATSURL, cfg.backend.RedisURL, cfg.backend.KeyPrefix = n.URL, testenv.RedisURL(), prefix
+	cfg.backend.Name = "dispatcher-test"
+	cfg.listen = freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, zaptest.NewLogger(t)) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + cfg.listen + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	require.Eventually(t, func() bool { code, _ := get("/healthz"); return code == http.StatusOK }, 20*time.Second, 20*time.Millisecond)
+	code, body := get("/metrics")
+	require.Equal(t, http.StatusOK, code)
+	for _, want := range []string{
+		"# TYPE comfyfleet_jobs_total counter",
+		"# TYPE comfyfleet_queue_depth gauge",
+		"# TYPE comfyfleet_queue_oldest_age_seconds gauge",
+		"comfyfleet_dlq_size 0",
+		"# TYPE comfyfleet_workers gauge",
+		"# TYPE comfyfleet_webhook_deliveries_total counter",
+		"# TYPE comfyfleet_jobs_admitted_total counter",
+	} {
+		require.Contains(t, body, want)
+	}
+	require.NotContains(t, body, "not read")
+	code, body = get("/fleet")
+	require.Equal(t, http.StatusOK, code, body)
+	var v fleet.View
+	require.NoError(t, json.Unmarshal([]byte(body), &v))
+	require.Equal(t, uint64(0), v.Intake)
+	require.NotNil(t, v.Totals)
+}

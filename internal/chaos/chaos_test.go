@@ -1,0 +1,233 @@
+package chaos_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/internal/runpod"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// load submits n jobs named <name>-<i> and returns their ids; policy,
+// when set, gives job i its policy.
+func (f *fleet) load(ctx context.Context, name string, n int, policy func(i int) proto.Policy) []string {
+	f.t.Helper()
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("%s-%d", name, i)
+		job := &proto.Job{ID: ids[i], Input: workflow(i)}
+		if policy != nil {
+			job.Policy = policy(i)
+		}
+		f.submit(ctx, job)
+	}
+	return ids
+}
+
+// done counts the jobs of ids that are terminal now.
+func (f *fleet) done(ctx context.Context, ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if rec, err := f.b.Status.Get(ctx, id); err == nil && rec.Status.Terminal() {
+			n++
+		}
+	}
+	return n
+}
+
+// whenDone waits until at least frac of ids are terminal.
+func (f *fleet) whenDone(ctx context.Context, ids []string, frac float64) {
+	f.t.Helper()
+	require.Eventually(f.t, func() bool {
+		return float64(f.done(ctx, ids)) >= frac*float64(len(ids))
+	}, 60*time.Second, 20*time.Millisecond, "%.0f%% of the jobs done", frac*100)
+}
+
+func pause(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// TestWorkersKilledWithSIGKILL: gpuworker processes are SIGKILLed at
+// random moments (and replaced); meanwhile some jobs are cancelled and some
+// expire in the queue (policy.ttl). Every job ends once.
+func TestWorkersKilledWithSIGKILL(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 3, dispatchers: 2, stepDelay: time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const n = 500
+	ttlJob := func(i int) bool { return i%50 == 25 }
+	ids := f.load(ctx, "kill", n, func(i int) proto.Policy {
+		if ttlJob(i) {
+			return proto.Policy{TTL: 1}
+		}
+		return proto.Policy{}
+	})
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	var killed []string
+	cancelled := map[string]bool{}
+	for i := 0; f.done(ctx, ids) < n*8/10 && ctx.Err() == nil; i++ {
+		<-pause(time.Duration(150+rng.IntN(350)) * time.Millisecond)
+		killed = append(killed, f.killWorker(rng))
+		// Cancel a job that may be queued or running.
+		id := ids[rng.IntN(n)]
+		if _, err := f.b.Status.Cancel(ctx, id); err == nil {
+			cancelled[id] = true
+			require.NoError(t, f.b.Queue.PublishCancel(id))
+		}
+	}
+	tl := f.await(ids, 60*time.Second)
+	t.Logf("killed %d workers with SIGKILL (%v); cancelled %d jobs", len(killed), killed, len(cancelled))
+	f.check("workers killed", tl)
+	require.NotEmpty(t, killed)
+	for i, id := range ids {
+		if ttlJob(i) && !cancelled[id] {
+			rec, err := f.b.Status.Get(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, proto.StatusTimedOut, rec.Status, id)
+			require.False(t, tl.reachedGPU[id], "job %s past its TTL reached a GPU", id)
+		}
+		if cancelled[id] {
+			rec, err := f.b.Status.Get(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, proto.StatusCancelled, rec.Status, id)
+		}
+	}
+}
+
+// TestNATSRestartedMidLoad: the NATS server (file storage) stops with a
+// quarter of the jobs done and comes back on the same port and store.
+func TestNATSRestartedMidLoad(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 2, dispatchers: 2, stepDelay: time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ids := f.load(ctx, "nats", 200, nil)
+	f.whenDone(ctx, ids, 0.25)
+	f.stopNATS()
+	<-pause(700 * time.Millisecond) // an outage, not a synchronisation
+	f.startNATS()
+	t.Log("NATS server restarted")
+	f.check("NATS restarted", f.await(ids, 60*time.Second))
+}
+
+// TestRedisRestartedMidLoad: redis-server is SIGKILLed with a quarter of
+// the jobs done and started again on its append-only file.
+func TestRedisRestartedMidLoad(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 2, dispatchers: 2, stepDelay: time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ids := f.load(ctx, "redis", 200, nil)
+	f.whenDone(ctx, ids, 0.25)
+	f.redis.kill()
+	<-pause(700 * time.Millisecond)
+	f.startRedis()
+	t.Log("redis-server SIGKILLed and restarted")
+	f.check("Redis restarted", f.await(ids, 60*time.Second))
+}
+
+// TestDispatcherReplicaKilled: of two dispatcher replicas, one is
+// SIGKILLed while jobs are still being submitted; the other admits the
+// rest and sweeps alone.
+func TestDispatcherReplicaKilled(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 2, dispatchers: 2, stepDelay: time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first := f.load(ctx, "disp-a", 70, nil)
+	f.dispatchers[0].kill()
+	t.Log("dispatcher-1 SIGKILLed")
+	ids := append(first, f.load(ctx, "disp-b", 130, nil)...)
+	f.check("dispatcher killed", f.await(ids, 60*time.Second))
+}
+
+// TestComfyUIKilledMidJob: the emulated ComfyUI processes restart at
+// random moments (the running prompt dies without a trace) and one goes
+// down for a while; the jobs are retried elsewhere or again.
+func TestComfyUIKilledMidJob(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 2, dispatchers: 2, stepDelay: 2 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ids := f.load(ctx, "comfy", 200, nil)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
+	restarts := 0
+	for restarts < 12 && f.done(ctx, ids) < 150 && ctx.Err() == nil {
+		<-pause(time.Duration(100+rng.IntN(200)) * time.Millisecond)
+		f.sims[rng.IntN(len(f.sims))].Restart()
+		restarts++
+		if restarts == 3 {
+			f.sims[0].SetDown(true)
+			<-pause(500 * time.Millisecond)
+			f.sims[0].SetDown(false)
+		}
+	}
+	t.Logf("ComfyUI restarted %d times, down once", restarts)
+	f.check("ComfyUI killed", f.await(ids, 60*time.Second))
+}
+
+// TestCancelAndPurgeUnderLoad: through the RunPod endpoint API, a backlog
+// is purged (/purge-queue) and a running job cancelled (/cancel/{id})
+// while the worker is SIGKILLed once; purged and cancelled jobs end
+// CANCELLED and never complete.
+func TestCancelAndPurgeUnderLoad(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 1, dispatchers: 1, stepDelay: 5 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	api := httptest.NewServer(runpod.NewAPI(runpod.Config{}, f.b.Queue, f.b.Status, f.b.Blobs, f.b.Fleet, f.log))
+	defer api.Close()
+	post := func(path string, body any) map[string]any {
+		data, err := json.Marshal(body)
+		require.NoError(t, err)
+		resp, err := http.Post(api.URL+path, "application/json", bytes.NewReader(data))
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+		var out map[string]any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		return out
+	}
+	var ids []string
+	for i := range 120 {
+		out := post("/run", map[string]json.RawMessage{"input": workflow(i)})
+		ids = append(ids, out["id"].(string))
+	}
+	f.whenDone(ctx, ids, 0.05)
+	var running string
+	require.Eventually(t, func() bool {
+		for _, id := range ids {
+			if rec, err := f.b.Status.Get(ctx, id); err == nil && rec.Status == proto.StatusInProgress {
+				running = id
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 5*time.Millisecond)
+	out := post("/cancel/"+running, nil)
+	t.Logf("cancel %s: %v", running, out)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	f.killWorker(rng)
+	purged := post("/purge-queue", nil)
+	removed := int(purged["removed"].(float64))
+	t.Logf("purge-queue removed %d jobs; worker SIGKILLed once", removed)
+	require.Positive(t, removed)
+	tl := f.await(ids, 60*time.Second)
+	f.check("cancel and purge", tl)
+	cancelled := 0
+	if out["status"] == string(proto.StatusCancelled) {
+		cancelled = 1
+		rec, err := f.b.Status.Get(ctx, running)
+		require.NoError(t, err)
+		require.Equal(t, proto.StatusCancelled, rec.Status)
+	}
+	require.Equal(t, removed+cancelled, tl.byStatus[proto.StatusCancelled])
+}

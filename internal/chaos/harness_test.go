@@ -1,0 +1,515 @@
+package chaos_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/comfysim"
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/simtest"
+	fleetpkg "github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/natsserver"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// binaries are built once for the whole suite, without -race: the race
+// detector would slow the fleet down more than it would find here.
+var binaries struct {
+	once sync.Once
+	dir  string
+	out  []byte
+	err  error
+}
+
+func bin(t *testing.T, name string) string {
+	t.Helper()
+	binaries.once.Do(func() {
+		binaries.dir, binaries.err = os.MkdirTemp(tmpRoot(), "comfyfleet-chaos-bin-")
+		if binaries.err != nil {
+			return
+		}
+		cmd := exec.Command(goTool(), "build", "-o", binaries.dir+string(filepath.Separator), "./cmd/gpuworker", "./cmd/dispatcher")
+		cmd.Dir = repoRoot()
+		binaries.out, binaries.err = cmd.CombinedOutput()
+	})
+	require.NoError(t, binaries.err, "go build: %s", binaries.out)
+	return filepath.Join(binaries.dir, name)
+}
+
+func removeBinaries() {
+	if binaries.dir != "" {
+		_ = os.RemoveAll(binaries.dir)
+	}
+}
+
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// tmpRoot is tmpfs when there is one: the fleet's stores write a lot.
+func tmpRoot() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}
+
+func tempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(tmpRoot(), "chaos-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a child process.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+func startProc(t *testing.T, name, path string, args, env []string) *proc {
+	t.Helper()
+	p := &proc{name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	require.NoError(t, p.cmd.Start(), "start %s", name)
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("--- output of %s ---\n%s", name, tail(p.out.String(), 4000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+// kill sends SIGKILL and waits for the process to die.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// stop sends SIGTERM, then SIGKILL after 10 s.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.kill()
+	}
+}
+
+// fleet is one fault-injection case's world.
+type fleet struct {
+	t   *testing.T
+	dir string
+	log *zap.Logger
+
+	natsPort int
+	natsDir  string
+	natsMu   sync.Mutex
+	nats     *natsserver.Server
+
+	redisPort int
+	redisDir  string
+	redis     *proc
+
+	execGrace time.Duration
+	leaseTTL  time.Duration
+
+	sims        []*simtest.Sim
+	workers     map[string]*proc
+	dispatchers []*proc
+	apis        []string // each dispatcher's HTTP API
+	nextWorker  int
+
+	b *backend.Backend
+}
+
+type fleetConfig struct {
+	workers, dispatchers int
+	stepDelay            time.Duration
+	// execGrace is the dispatchers' EXECUTION_GRACE; 0 means 5 s.
+	execGrace time.Duration
+	// leaseTTL is the workers' LEASE_TTL; 0 means 900 ms.
+	leaseTTL time.Duration
+}
+
+func newFleet(t *testing.T, cfg fleetConfig) *fleet {
+	t.Helper()
+	f := &fleet{t: t, dir: tempDir(t), log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), workers: map[string]*proc{}}
+	f.natsPort, f.natsDir = freePort(t), filepath.Join(f.dir, "nats")
+	f.startNATS()
+	t.Cleanup(f.stopNATS)
+	f.redisPort, f.redisDir = freePort(t), filepath.Join(f.dir, "redis")
+	require.NoError(t, os.MkdirAll(f.redisDir, 0o755))
+	f.startRedis()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := backend.Open(ctx, backend.Config{Name: "chaos", NATSURL: f.natsURL(), RedisURL: f.redisURL(), Logger: f.log})
+	require.NoError(t, err)
+	f.b = b
+	t.Cleanup(b.Close)
+
+	f.execGrace, f.leaseTTL = cfg.execGrace, cfg.leaseTTL
+	if f.leaseTTL == 0 {
+		f.leaseTTL = 900 * time.Millisecond
+	}
+	if f.execGrace == 0 {
+		f.execGrace = 5 * time.Second
+	}
+	for range cfg.dispatchers {
+		f.startDispatcher()
+	}
+	for range cfg.workers {
+		sim := simtest.Start(t, comfysim.Config{Dir: filepath.Join(f.dir, fmt.Sprintf("sim%d", len(f.sims))), StepDelay: cfg.stepDelay})
+		f.sims = append(f.sims, sim)
+		f.startWorker(sim)
+	}
+	// Jobs are admitted against the models the live workers report:
+	// load only once every worker has announced itself.
+	require.Eventually(t, func() bool {
+		ws, err := f.b.Fleet.List(context.Background())
+		if err != nil {
+			return false
+		}
+		idle := 0
+		for _, w := range ws {
+			if w.State == fleetpkg.StateIdle {
+				idle++
+			}
+		}
+		return idle == cfg.workers
+	}, 30*time.Second, 20*time.Millisecond, "every worker idle")
+	return f
+}
+
+func (f *fleet) natsURL() string  { return fmt.Sprintf("nats://127.0.0.1:%d", f.natsPort) }
+func (f *fleet) redisURL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", f.redisPort) }
+
+func (f *fleet) startNATS() {
+	f.t.Helper()
+	srv, err := natsserver.Start(natsserver.Config{Port: f.natsPort, StoreDir: f.natsDir})
+	require.NoError(f.t, err)
+	f.natsMu.Lock()
+	f.nats = srv
+	f.natsMu.Unlock()
+}
+
+func (f *fleet) stopNATS() {
+	f.natsMu.Lock()
+	srv := f.nats
+	f.natsMu.Unlock()
+	srv.Stop()
+}
+
+// startRedis runs a dedicated redis-server whose append-only file is
+// synced on every write, so a SIGKILL loses nothing.
+func (f *fleet) startRedis() {
+	f.t.Helper()
+	f.redis = startProc(f.t, "redis-server", "redis-server", []string{
+		"--port", strconv.Itoa(f.redisPort), "--bind", "127.0.0.1", "--dir", f.redisDir,
+		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no",
+	}, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", f.redisPort)})
+	defer rdb.Close()
+	require.Eventually(f.t, func() bool {
+		return rdb.Ping(context.Background()).Err() == nil
+	}, 10*time.Second, 20*time.Millisecond, "redis-server answers")
+}
+
+func (f *fleet) startDispatcher() *proc {
+	f.t.Helper()
+	name := fmt.Sprintf("dispatcher-%d", len(f.dispatchers)+1)
+	port := freePort(f.t)
+	p := startProc(f.t, name, bin(f.t, "dispatcher"), nil, []string{
+		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "SWEEP_INTERVAL=100ms", "INTAKE_ACK_WAIT=2s",
+		"EXECUTION_GRACE=" + f.execGrace.String(), "LOG_LEVEL=warn", fmt.Sprintf("LISTEN_ADDR=127.0.0.1:%d", port),
+	})
+	f.dispatchers = append(f.dispatchers, p)
+	f.apis = append(f.apis, fmt.Sprintf("http://127.0.0.1:%d", port))
+	return p
+}
+
+func (f *fleet) startWorker(sim *simtest.Sim) *proc {
+	f.t.Helper()
+	f.nextWorker++
+	id := fmt.Sprintf("w%d", f.nextWorker)
+	p := startProc(f.t, "gpuworker-"+id, bin(f.t, "gpuworker"), nil, []string{
+		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "COMFYUI_URL=" + sim.URL,
+		"WORKER_ID=" + id, "LEASE_TTL=" + f.leaseTTL.String(), "COMFYUI_PROBE_INTERVAL=50ms", "RETRY_DELAY=50ms",
+		"SHUTDOWN_GRACE=2s", "LOG_LEVEL=warn",
+	})
+	f.workers[id] = p
+	return p
+}
+
+// killWorker SIGKILLs one worker at random and starts a replacement on the
+// same ComfyUI.
+func (f *fleet) killWorker(rng *rand.Rand) string {
+	ids := make([]string, 0, len(f.workers))
+	for id := range f.workers {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	id := ids[rng.IntN(len(ids))]
+	f.workers[id].kill()
+	delete(f.workers, id)
+	n, _ := strconv.Atoi(strings.TrimPrefix(id, "w"))
+	f.startWorker(f.sims[(n-1)%len(f.sims)])
+	return id
+}
+
+// workflow is a small txt2img prompt; the seed varies per job.
+func workflow(seed int) json.RawMessage {
+	return json.RawMessage(fmt.Sprintf(`{"workflow":{
+"4":{"class_type":"CheckpointLoaderSimple","inputs":{"ckpt_name":"v1-5-pruned-emaonly.safetensors"}},
+"5":{"class_type":"EmptyLatentImage","inputs":{"width":64,"height":64,"batch_size":1}},
+"6":{"class_type":"CLIPTextEncode","inputs":{"text":"a lighthouse","clip":["4",1]}},
+"7":{"class_type":"CLIPTextEncode","inputs":{"text":"blurry","clip":["4",1]}},
+"3":{"class_type":"KSampler","inputs":{"seed":%d,"steps":6,"cfg":7,"sampler_name":"euler","scheduler":"normal","denoise":1,"model":["4",0],"positive":["6",0],"negative":["7",0],"latent_image":["5",0]}},
+"8":{"class_type":"VAEDecode","inputs":{"samples":["3",0],"vae":["4",2]}},
+"9":{"class_type":"SaveImage","inputs":{"filename_prefix":"chaos","images":["8",0]}}}}`, seed))
+}
+
+// submit publishes a job on the intake, retrying while NATS is away (the
+// job id makes a repeat harmless).
+func (f *fleet) submit(ctx context.Context, job *proto.Job) {
+	f.t.Helper()
+	for {
+		err := f.b.Queue.Submit(ctx, proto.SourceBatch, job)
+		if err == nil || errors.Is(err, queue.ErrDuplicate) {
+			return
+		}
+		if ctx.Err() != nil {
+			f.t.Fatalf("submit %s: %v", job.ID, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// tally is what became of the jobs of a case.
+type tally struct {
+	submitted int
+	byStatus  map[proto.Status]int
+	stuck     []string
+	// completedTwice lists jobs with more than one COMPLETED event.
+	completedTwice []string
+	// reachedGPU lists jobs with an IN_PROGRESS event.
+	reachedGPU map[string]bool
+	// retried counts the jobs that needed more than one attempt.
+	retried int
+}
+
+func (tl tally) String() string {
+	keys := make([]string, 0, len(tl.byStatus))
+	for s := range tl.byStatus {
+		keys = append(keys, string(s))
+	}
+	sort.Strings(keys)
+	var parts []string
+	terminal := 0
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, tl.byStatus[proto.Status(k)]))
+		terminal += tl.byStatus[proto.Status(k)]
+	}
+	return fmt.Sprintf("submitted=%d terminal=%d (%s) stuck=%d completed_twice=%d retried=%d",
+		tl.submitted, terminal, strings.Join(parts, " "), len(tl.stuck), len(tl.completedTwice), tl.retried)
+}
+
+// await waits until every job is terminal (or the deadline) and counts.
+func (f *fleet) await(ids []string, within time.Duration) tally {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	final := map[string]proto.Status{}
+	retried := 0
+	for len(final) < len(ids) && ctx.Err() == nil {
+		for _, id := range ids {
+			if _, ok := final[id]; ok {
+				continue
+			}
+			rec, err := f.b.Status.Get(ctx, id)
+			if err == nil && rec.Status.Terminal() {
+				final[id] = rec.Status
+				if rec.Retries > 0 {
+					retried++
+				}
+				if rec.Status == proto.StatusCompleted {
+					require.NotEmpty(f.t, rec.Output, "job %s completed without output", id)
+				}
+			}
+		}
+		if len(final) < len(ids) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	tl := tally{submitted: len(ids), byStatus: map[proto.Status]int{}, reachedGPU: map[string]bool{}, retried: retried}
+	for _, id := range ids {
+		st, ok := final[id]
+		if !ok {
+			tl.stuck = append(tl.stuck, id)
+			continue
+		}
+		tl.byStatus[st]++
+	}
+	completed := f.events(tl.reachedGPU)
+	for id, n := range completed {
+		if n > 1 {
+			tl.completedTwice = append(tl.completedTwice, id)
+		}
+	}
+	return tl
+}
+
+// events reads the whole events stream: COMPLETED events per job, and
+// which jobs ever went IN_PROGRESS.
+func (f *fleet) events(reached map[string]bool) map[string]int {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js := f.b.Queue.JetStream()
+	cons, err := js.OrderedConsumer(ctx, proto.EventsStream, jetstream.OrderedConsumerConfig{})
+	require.NoError(f.t, err)
+	info, err := cons.Info(ctx)
+	require.NoError(f.t, err)
+	left := info.NumPending
+	completed := map[string]int{}
+	for left > 0 {
+		batch, err := cons.Fetch(int(min(left, 500)), jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(f.t, err)
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			ev, err := proto.DecodeEvent(m.Data())
+			if err != nil || ev.Type != proto.EventStatus {
+				continue
+			}
+			switch ev.Status {
+			case proto.StatusCompleted:
+				completed[ev.JobID]++
+			case proto.StatusInProgress:
+				reached[ev.JobID] = true
+			}
+		}
+		require.NoError(f.t, batch.Error())
+		require.NotZero(f.t, got, "events stream stalled with %d left", left)
+		left -= uint64(got)
+	}
+	return completed
+}
+
+// jobsLeft is how many messages remain on the jobs stream.
+func (f *fleet) jobsLeft() uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := f.b.Queue.JetStream().Stream(ctx, proto.JobsStream)
+	if err != nil {
+		return 1 << 62
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 1 << 62
+	}
+	return info.State.Msgs
+}
+
+// check asserts the invariants of every case and logs the counts.
+func (f *fleet) check(name string, tl tally) {
+	f.t.Helper()
+	f.t.Logf("%s: %s", name, tl)
+	require.Empty(f.t, tl.stuck, "jobs not terminal")
+	require.Empty(f.t, tl.completedTwice, "jobs completed twice")
+	terminal := 0
+	for _, n := range tl.byStatus {
+		terminal += n
+	}
+	require.Equal(f.t, tl.submitted, terminal)
+	start := time.Now()
+	require.Eventually(f.t, func() bool { return f.jobsLeft() == 0 }, 45*time.Second, 100*time.Millisecond,
+		"every job message is settled")
+	f.t.Logf("%s: every job message settled %v after the last job ended", name, time.Since(start).Round(10*time.Millisecond))
+}

@@ -1,0 +1,110 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/comfyfleet/comfyfleet/internal/dispatch"
+	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body)
+}
+
+// The dispatcher serves the fleet view and the metrics; both show the
+// workers, the lanes with their depth and oldest age, and the totals.
+func TestFleetAndMetricsRoutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1)
+	rdb, prefix := testenv.Redis(t)
+	reg := fleet.NewRegistry(rdb, prefix, time.Minute)
+	ctx := testenv.Context(t, 30*time.Second)
+	require.NoError(t, reg.Beat(ctx, fleet.Worker{ID: "gpu-1", Pool: proto.DefaultPool, State: fleet.StateRunning, JobID: "x",
+		ComfyUIVersion: "0.3.40", Device: "cuda:0 NVIDIA L4", VRAMTotal: 24 << 30, VRAMFree: 8 << 30, Progress: 0.5,
+		Models: map[string][]string{"checkpoints": {"sd_xl_base_1.0.safetensors"}}, Warm: []string{"sd_xl_base_1.0.safetensors"}}))
+	require.NoError(t, reg.Beat(ctx, fleet.Worker{ID: "gpu-2", Pool: proto.DefaultPool, State: fleet.StateIdle}))
+
+	for i := range 3 {
+		id := "queued-" + string(rune('a'+i))
+		b.submit(t, proto.SourceBatch, `{"id":"`+id+`","input":{"workflow":{}}}`, id)
+		b.waitRecord(t, id, func(r *proto.Record) bool { return r.Status == proto.StatusInQueue })
+	}
+	view := func(ctx context.Context) (*fleet.View, error) {
+		return fleet.ReadView(ctx, fleet.Sources{Workers: reg, JetStream: b.nats.JS, Counts: b.store.Counts})
+	}
+	mreg := metrics.NewRegistry()
+	dispatch.NewMetrics(mreg, view)
+	srv := dispatch.NewHTTPServer("127.0.0.1:0", dispatch.FleetRoutes(view, mreg, zaptest.NewLogger(t)), zaptest.NewLogger(t))
+	require.NoError(t, srv.Start())
+	t.Cleanup(srv.Stop)
+	base := "http://" + srv.Addr()
+
+	code, body := get(t, base+"/fleet")
+	require.Equal(t, http.StatusOK, code, body)
+	var v fleet.View
+	require.NoError(t, json.Unmarshal([]byte(body), &v))
+	require.Len(t, v.Workers, 2)
+	require.Equal(t, "gpu-1", v.Workers[0].ID)
+	require.Equal(t, 0.5, v.Workers[0].Progress)
+	require.Equal(t, []string{"sd_xl_base_1.0.safetensors"}, v.Workers[0].Warm)
+	require.Equal(t, "0.3.40", v.Workers[0].ComfyUIVersion)
+	var batch fleet.LaneDepth
+	for _, l := range v.Lanes {
+		if l.Pool == proto.DefaultPool && l.Lane == proto.LaneBatch {
+			batch = l
+		}
+	}
+	require.Equal(t, uint64(3), batch.Queued)
+	require.False(t, batch.Oldest.IsZero())
+	require.Less(t, time.Since(batch.Oldest), time.Minute)
+
+	code, body = get(t, base+"/metrics")
+	require.Equal(t, http.StatusOK, code)
+	for _, want := range []string{
+		"# TYPE comfyfleet_queue_depth gauge",
+		`comfyfleet_queue_depth{pool="default",lane="batch"} 3`,
+		`comfyfleet_queue_depth{pool="default",lane="interactive"} 0`,
+		`comfyfleet_queue_oldest_age_seconds{pool="default",lane="batch"} `,
+		`comfyfleet_workers{pool="default",state="idle"} 1`,
+		`comfyfleet_workers{pool="default",state="running"} 1`,
+		"comfyfleet_dlq_size 0",
+		"comfyfleet_intake_depth 0",
+		"# TYPE comfyfleet_jobs_total counter",
+		"# TYPE comfyfleet_webhook_deliveries_total counter",
+	} {
+		require.Contains(t, body, want)
+	}
+	require.False(t, strings.Contains(body, "not read"), body)
+
+	code, _ = get(t, base+"/healthz")
+	require.Equal(t, http.StatusOK, code)
+}
+
+func TestHTTPServerStopIsIdempotentAndSafeWithoutStart(t *testing.T) {
+	t.Parallel()
+	s := dispatch.NewHTTPServer("127.0.0.1:0", nil, nil)
+	s.Stop()
+	require.NoError(t, s.Start())
+	s.Stop()
+	s.Stop()
+}
+
+func newRegistry() *metrics.Registry { return metrics.NewRegistry() }

@@ -1,0 +1,100 @@
+package worker
+
+import (
+	"errors"
+	"time"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfy"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// Metrics are a worker's Prometheus series. A nil *Metrics records
+// nothing.
+type Metrics struct {
+	jobs        *metrics.Counter
+	queueWait   *metrics.Histogram
+	execution   *metrics.Histogram
+	retries     *metrics.Counter
+	comfyErrors *metrics.Counter
+}
+
+// NewMetrics registers the worker's series on reg.
+func NewMetrics(reg *metrics.Registry) *Metrics {
+	return &Metrics{
+		jobs:        reg.Counter("comfyfleet_worker_jobs_total", "Jobs this worker ended, by terminal status.", "status"),
+		queueWait:   reg.Histogram("comfyfleet_worker_queue_wait_seconds", "Time from submission to pickup of the jobs this worker claimed (RunPod's delayTime), by lane.", metrics.DurationBuckets, "lane"),
+		execution:   reg.Histogram("comfyfleet_worker_execution_seconds", "Execution time of the attempts this worker ran, by outcome (a terminal status, or RETRIED).", metrics.DurationBuckets, "status"),
+		retries:     reg.Counter("comfyfleet_worker_retries_total", "Attempts this worker put back on the queue to be retried."),
+		comfyErrors: reg.Counter("comfyfleet_worker_comfyui_errors_total", "Failed attempts by ComfyUI error class.", "class"),
+	}
+}
+
+func (m *Metrics) claimed(rec *proto.Record) {
+	if m == nil || rec == nil || rec.SubmittedAt.IsZero() || rec.StartedAt.IsZero() {
+		return
+	}
+	m.queueWait.ObserveDuration(rec.DelayTime(), string(rec.Lane))
+}
+
+// ran records an attempt's end: status is terminal, or "" for a retry.
+func (m *Metrics) ran(status proto.Status, took time.Duration) {
+	if m == nil {
+		return
+	}
+	label := string(status)
+	if status == "" {
+		label = "RETRIED"
+		m.retries.Inc()
+	} else {
+		m.jobs.Inc(label)
+	}
+	m.execution.ObserveDuration(took, label)
+}
+
+// failedWith counts an execution error by its class.
+func (m *Metrics) failedWith(err, cause error) {
+	if m == nil || (err == nil && cause == nil) {
+		return
+	}
+	m.comfyErrors.Inc(errorClass(err, cause))
+}
+
+// errorClass names the kind of a failed attempt, following classify.
+func errorClass(err, cause error) string {
+	var (
+		verr *comfy.ValidationError
+		xerr *comfy.ExecutionError
+		ierr *comfy.InterruptedError
+		serr *comfy.StatusError
+	)
+	switch {
+	case errors.Is(cause, errCancelled):
+		return "cancelled"
+	case errors.Is(cause, errTimedOut):
+		return "timeout"
+	case errors.Is(cause, errStalled):
+		return "stall"
+	case errors.Is(cause, errComfyDown), errors.Is(err, comfy.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, comfy.ErrPromptLost), errors.Is(err, comfy.ErrNoHistoryEntry):
+		return "prompt_lost"
+	case errors.As(err, &verr):
+		return "validation"
+	case errors.As(err, &xerr) && xerr.IsOOM():
+		return "oom"
+	case errors.As(err, &xerr):
+		return "execution"
+	case errors.As(err, &ierr):
+		return "interrupted"
+	case errors.As(err, &serr):
+		return "http"
+	case cause != nil:
+		return "stopped"
+	}
+	var ferr *failure
+	if errors.As(err, &ferr) {
+		return "input"
+	}
+	return "other"
+}
