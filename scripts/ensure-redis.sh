@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure a Redis server answers at REDIS_URL (default
 # redis://127.0.0.1:6379/0) before the tests run: if none answers, it starts
-# a throw-away redis-server there (no persistence), installing Debian's
-# redis-server package first when the binary is missing.
+# a throw-away redis-server there (no persistence). The redis-server binary
+# itself is installed from Debian's package when missing, whether or not a
+# Redis answers: the fault suite (internal/chaos) starts and kills its own.
 set -euo pipefail
 
 url=${REDIS_URL:-redis://127.0.0.1:6379/0}
@@ -24,6 +25,13 @@ answers() {
 	[[ "$reply" == +PONG* ]]
 }
 
+if ! command -v redis-server >/dev/null; then
+	echo "redis: installing redis-server with apt-get"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq redis-server >/dev/null
+fi
+
 if answers; then
 	echo "redis: answering at $host:$port"
 	exit 0
@@ -32,12 +40,6 @@ case "$host" in
 127.0.0.1|localhost|::1) ;;
 *) echo "redis: nothing answers at $host:$port and it is not local; start it or unset REDIS_URL" >&2; exit 1 ;;
 esac
-if ! command -v redis-server >/dev/null; then
-	echo "redis: installing redis-server with apt-get"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq redis-server >/dev/null
-fi
 echo "redis: starting redis-server on $host:$port"
 redis-server --daemonize yes --bind "$host" --port "$port" --save "" --appendonly no \
 	--dir /tmp --logfile /tmp/comfyfleet-test-redis.log

@@ -34,6 +34,8 @@ type config struct {
 	maxInputMB int
 	// listen is LISTEN_ADDR, where /metrics is served; empty: nowhere.
 	listen string
+	// pools is POOL: worker.Pool then worker.MorePools.
+	pools []string
 }
 
 func main() {
@@ -114,6 +116,10 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 // finish derives what the flags do not set directly and validates the
 // worker's settings; on error it names the setting at fault.
 func (c *config) finish() (setting string, err error) {
+	if len(c.pools) == 0 {
+		return "POOL", errors.New("no pool given")
+	}
+	c.worker.Pool, c.worker.MorePools = c.pools[0], c.pools[1:]
 	if c.worker.ID == "" {
 		host, _ := os.Hostname()
 		c.worker.ID = sanitizeID(host)
@@ -169,7 +175,8 @@ func settings(cfg *config) *flagenv.Set {
 	fs.String(&cfg.backend.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
 	fs.String(&cfg.comfy.BaseURL, "comfyui-url", "COMFYUI_URL", "http://127.0.0.1:8188", "the ComfyUI this worker drives")
 	fs.String(&cfg.worker.ID, "worker-id", "WORKER_ID", "", "this worker's id in status records and the fleet registry (empty: the host name)")
-	fs.String(&cfg.worker.Pool, "pool", "POOL", "default", "the pool whose jobs this worker takes")
+	fs.List(&cfg.pools, "pool", "POOL", []string{"default"}, "the pools whose jobs this worker takes, comma-separated, first preferred")
+	fs.Int(&cfg.worker.BatchEvery, "batch-every", "BATCH_EVERY", 10, "every n-th job taken looks at the batch lanes first, so batch work moves under sustained interactive load (negative: never)")
 	fs.String(&cfg.worker.ComfyOrgAPIKey, "comfy-org-api-key", "COMFY_ORG_API_KEY", "", "key for Comfy.org API nodes when the job gives none")
 	fs.Int(&cfg.comfy.ReconnectAttempts, "websocket-reconnect-attempts", "WEBSOCKET_RECONNECT_ATTEMPTS", 5, "redials of a dropped ComfyUI WebSocket before the job is given back")
 	fs.Seconds(&cfg.comfy.ReconnectDelay, "websocket-reconnect-delay", "WEBSOCKET_RECONNECT_DELAY_S", 3*time.Second, "first delay in seconds between redials (doubles)")

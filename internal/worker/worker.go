@@ -46,6 +46,13 @@ type Config struct {
 	ID string
 	// Pool is the pool the worker serves; "" means proto.DefaultPool.
 	Pool string
+	// MorePools are further pools the worker serves after Pool: their
+	// interactive lanes come after Pool's, before any batch lane.
+	MorePools []string
+	// BatchEvery makes every n-th take look at the batch lanes first, so
+	// batch work keeps moving under sustained interactive load; 0 means
+	// 10, a negative value never.
+	BatchEvery int
 	// AckWait is how long a job message may go without a heartbeat before
 	// it is redelivered; 0 means 30 s. The worker heartbeats every AckWait/3
 	// while ComfyUI makes progress on the job.
@@ -139,6 +146,11 @@ type Config struct {
 func (c Config) Validate() error {
 	if err := proto.ValidID(c.ID); err != nil {
 		return fmt.Errorf("worker id: %w", err)
+	}
+	for _, p := range c.MorePools {
+		if err := proto.ValidID(p); err != nil {
+			return fmt.Errorf("pool %q: %w", p, err)
+		}
 	}
 	if c.Pool != "" {
 		if err := proto.ValidID(c.Pool); err != nil {
@@ -391,7 +403,11 @@ func warmupPrompt(raw []byte) ([]byte, error) {
 // back on the queue; then the liveness probe and the cancel subscription
 // stop, the ComfyUI connection closes and the heartbeat is removed.
 func (w *Worker) Start(ctx context.Context) error {
-	cons, err := w.q.OpenLanes(ctx, w.cfg.Pool, queue.LanesConfig{Consumer: queue.ConsumerConfig{AckWait: w.cfg.AckWait}})
+	cons, err := w.q.OpenLanes(ctx, w.cfg.Pool, queue.LanesConfig{
+		Consumer:   queue.ConsumerConfig{AckWait: w.cfg.AckWait},
+		BatchEvery: w.cfg.BatchEvery,
+		MorePools:  w.cfg.MorePools,
+	})
 	if err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}

@@ -408,3 +408,18 @@ func TestConfigValidate(t *testing.T) {
 		require.ErrorContains(t, err, tt.wantErr, tt.name)
 	}
 }
+
+func TestServesSeveralPools(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.startWorker("w1", worker.Config{Pool: "sdxl", MorePools: []string{"flux"}})
+	for _, pool := range []string{"sdxl", "flux"} {
+		b.enqueueJob(&proto.Job{ID: "in-" + pool, Pool: pool, Input: json.RawMessage(txt2img("1", 64, 64, ""))})
+	}
+	for _, pool := range []string{"sdxl", "flux"} {
+		rec := b.wait("in-"+pool, proto.StatusCompleted)
+		require.Equal(t, pool, rec.Pool)
+		require.Equal(t, "w1", rec.WorkerID)
+	}
+	b.requireDrained()
+}
