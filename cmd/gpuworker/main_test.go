@@ -97,10 +97,6 @@ func TestEverySettingHasAVariable(t *testing.T) {
 // given another default without its documentation fails here.
 func TestConfigurationDoc(t *testing.T) {
 	t.Parallel()
-	doc, err := os.ReadFile("../../docs/configuration.md")
-	require.NoError(t, err)
 	var cfg config
-	if problems := configdoc.Check(doc, "gpuworker", settings(&cfg).Settings()); len(problems) > 0 {
-		t.Fatalf("docs/configuration.md is out of date:\n\n%s", strings.Join(problems, "\n\n"))
-	}
+	configdoc.Require(t, "../../docs/configuration.md", "gpuworker", settings(&cfg).Settings())
 }

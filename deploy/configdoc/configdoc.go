@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 
@@ -184,4 +185,24 @@ func code(s string) string {
 		return "—"
 	}
 	return "`" + s + "`"
+}
+
+// TB is the part of testing.TB that Require uses.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+// Require fails t unless docPath documents the settings of binary name
+// exactly; the failure lists every row to add or fix. The cmd packages'
+// configuration-doc tests call it.
+func Require(t TB, docPath, name string, settings []flagenv.Setting) {
+	t.Helper()
+	doc, err := os.ReadFile(docPath)
+	if err != nil {
+		t.Fatalf("read %s: %v", docPath, err)
+	}
+	if problems := Check(doc, name, settings); len(problems) > 0 {
+		t.Fatalf("%s is out of date:\n\n%s", docPath, strings.Join(problems, "\n\n"))
+	}
 }
