@@ -46,13 +46,19 @@ func OpenObjectStore(ctx context.Context, js jetstream.JetStream, cfg ObjectStor
 	if cfg.MemoryStorage {
 		storage = jetstream.MemoryStorage
 	}
-	os, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	osc := jetstream.ObjectStoreConfig{
 		Bucket:      cfg.Bucket,
 		Description: "comfyfleet inputs and outputs",
 		TTL:         cfg.TTL,
 		Storage:     storage,
 		Replicas:    cfg.Replicas,
-	})
+	}
+	// Create is a no-op when the bucket has these settings; only a bucket
+	// with other settings is updated.
+	os, err := js.CreateObjectStore(ctx, osc)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		os, err = js.UpdateObjectStore(ctx, osc)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open object store %s: %w", cfg.Bucket, err)
 	}

@@ -105,7 +105,15 @@ func (c *Client) Ensure(ctx context.Context, cfg Config) error {
 		Replicas:    cfg.Replicas,
 	}}
 	for _, sc := range streams {
-		if _, err := c.js.CreateOrUpdateStream(ctx, sc); err != nil {
+		// Create is a no-op for a stream that already has these settings;
+		// only a stream with other settings is updated. (Updating on every
+		// start made every process rewrite the stream's store config while
+		// others created consumers on it.)
+		_, err := c.js.CreateStream(ctx, sc)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			_, err = c.js.UpdateStream(ctx, sc)
+		}
+		if err != nil {
 			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
 		}
 	}

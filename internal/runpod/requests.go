@@ -40,13 +40,19 @@ func (s *requestStore) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if s.kv != nil {
 		return s.kv, nil
 	}
-	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kvc := jetstream.KeyValueConfig{
 		Bucket:      RequestBucket,
 		Description: "job requests accepted by the runpod-adapter, kept for /retry",
 		TTL:         RequestKeep,
 		History:     1,
 		Storage:     jetstream.FileStorage,
-	})
+	}
+	// Create is a no-op when the bucket has these settings; only a bucket
+	// with other settings is updated.
+	kv, err := s.js.CreateKeyValue(ctx, kvc)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = s.js.UpdateKeyValue(ctx, kvc)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", RequestBucket, err)
 	}
