@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -16,15 +15,6 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
-// freeAddr is a loopback address nothing listens on (a moment ago).
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
-
 // The binary's wiring: with LISTEN_ADDR set, run serves the fleet view
 // and the Prometheus series, and stops when its context ends.
 func TestRunServesFleetAndMetrics(t *testing.T) {
@@ -35,7 +25,7 @@ func TestRunServesFleetAndMetrics(t *testing.T) {
 	require.NoError(t, settings(&cfg).Parse(nil, func(string) string { return "" }))
 	cfg.backend.NATSURL, cfg.backend.RedisURL, cfg.backend.KeyPrefix = n.URL, testenv.RedisURL(), prefix
 	cfg.backend.Name = "dispatcher-test"
-	cfg.listen = freeAddr(t)
+	cfg.listen = testenv.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, cfg, zaptest.NewLogger(t)) }()

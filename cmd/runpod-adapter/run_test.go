@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -13,14 +12,6 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
-
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
 
 // With METRICS_ADDR set, the adapter counts the API's requests on a port
 // of its own.
@@ -34,7 +25,7 @@ func TestRunServesMetrics(t *testing.T) {
 	require.NoError(t, err)
 	cfg.backend.NATSURL, cfg.backend.RedisURL, cfg.backend.KeyPrefix = n.URL, testenv.RedisURL(), prefix
 	cfg.backend.Name = "adapter-test"
-	cfg.listen, cfg.metricsAddr = freeAddr(t), freeAddr(t)
+	cfg.listen, cfg.metricsAddr = testenv.FreeAddr(t), testenv.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, cfg, zaptest.NewLogger(t)) }()
