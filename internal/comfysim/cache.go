@@ -8,13 +8,15 @@ import (
 	"math/big"
 	"sort"
 	"strconv"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // cacheEntry is execution.CacheEntry: a node's outputs and its UI record
 // ({"meta": ..., "output": ...}), or nil UI for nodes without UI.
 type cacheEntry struct {
 	outputs []any
-	ui      *pyDict
+	ui      *pyvalue.Dict
 }
 
 // outputCache is the output cache keyed by input signature (§12.4). v0.27's
@@ -74,12 +76,12 @@ func (c *outputCache) len() int { return c.lru.Len() }
 // (ancestor position, socket). Node ids are not part of the key.
 type signer struct {
 	s       *Server
-	prompt  *pyDict
+	prompt  *pyvalue.Dict
 	keys    map[string]string
 	changed map[string]string // IS_CHANGED result per node, computed once
 }
 
-func newSigner(s *Server, prompt *pyDict) *signer {
+func newSigner(s *Server, prompt *pyvalue.Dict) *signer {
 	return &signer{s: s, prompt: prompt, keys: map[string]string{}, changed: map[string]string{}}
 }
 
@@ -106,21 +108,21 @@ func (g *signer) key(id string) string {
 	return k
 }
 
-func (g *signer) node(id string) (*pyDict, *pyDict, bool) {
+func (g *signer) node(id string) (*pyvalue.Dict, *pyvalue.Dict, bool) {
 	v, ok := g.prompt.Get(id)
 	if !ok {
 		return nil, nil, false
 	}
-	n, ok := v.(*pyDict)
+	n, ok := v.(*pyvalue.Dict)
 	if !ok {
 		return nil, nil, false
 	}
 	in, _ := n.Get("inputs")
-	inputs, _ := in.(*pyDict)
+	inputs, _ := in.(*pyvalue.Dict)
 	return n, inputs, true
 }
 
-func sortedKeys(d *pyDict) []string {
+func sortedKeys(d *pyvalue.Dict) []string {
 	ks := append([]string(nil), d.Keys()...)
 	sort.Strings(ks)
 	return ks
@@ -152,15 +154,15 @@ func (g *signer) immediate(b *[]byte, id string, order map[string]int) bool {
 	ctName, _ := ct.(string)
 	writeSigString(b, "node")
 	writeSigString(b, ctName)
-	def := g.s.nodes[ctName]
-	if def != nil && def.isChanged != nil {
+	def := g.s.nodes.Class(ctName)
+	if def != nil && def.IsChanged != nil {
 		ch, done := g.changed[id]
 		if !done {
-			v := def.isChanged(g.s, inputs)
+			v := def.IsChanged(g.s.host, inputs)
 			if v == nil {
 				ch = "\x00nan"
 			} else {
-				ch = pyStr(v)
+				ch = pyvalue.Str(v)
 			}
 			g.changed[id] = ch
 		}
@@ -221,7 +223,7 @@ func writeSigValue(b *[]byte, v any) {
 		for _, e := range t {
 			writeSigValue(b, e)
 		}
-	case *pyDict:
+	case *pyvalue.Dict:
 		*b = append(*b, 'd')
 		ks := sortedKeys(t)
 		*b = binary.AppendUvarint(*b, uint64(len(ks)))

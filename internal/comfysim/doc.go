@@ -16,6 +16,23 @@
 // VHS_VideoCombine ("gifs") and the bundled SaveImageWebsocket; the model
 // lists come from Config.
 //
+// The emulator is four packages:
+//
+//   - comfysim (this one) is the server: the HTTP routes and the WebSocket
+//     hub, the prompt queue and history, validation (validate_prompt), the
+//     executor with its output and object caches and progress messages, the
+//     files of input/, output/ and temp/ (folder_paths, /view, uploads),
+//     the jobs view, the faults and the records. Config, New and the rest
+//     of the exported API live here.
+//   - comfysim/node holds the node classes: their schemas and what each one
+//     does, behind a small seam (node.Host, node.Executor) that this package
+//     implements (host.go, runner.go); it does not import this package.
+//   - comfysim/media writes the file formats the nodes save, from plain
+//     pixels, frames, samples and metadata.
+//   - comfysim/pyvalue is the Python value model every layer shares:
+//     json.loads and json.dumps, and int(), float(), str(), ==, < and `in`
+//     with Python's error texts.
+//
 // Where ComfyUI's behaviour is odd (the raw heap order of /queue, cached
 // outputs missing from history without a client_id, a stale socket handler
 // unregistering a newer socket with the same clientId), the emulator copies

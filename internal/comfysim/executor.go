@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/node"
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // errAborted ends a prompt abandoned by Restart or Close: nothing more is
@@ -17,46 +19,6 @@ var errAborted = errors.New("comfysim: prompt abandoned")
 // errInterrupted is comfy.model_management.InterruptProcessingException.
 var errInterrupted = errors.New("comfysim: processing interrupted")
 
-// nodeError is a Python exception raised inside a node.
-type nodeError struct {
-	typ       string // full type name, e.g. "RuntimeError"
-	msg       string // str(ex)
-	tips      string // appended by execute() for OOM
-	traceback []string
-}
-
-func (e *nodeError) Error() string { return e.typ + ": " + e.msg }
-
-// oomTips is what execute() appends to an OOM exception message.
-const oomTips = "This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might have accidentally set the batch_size to a large number."
-
-// defaultOOMMessage is str() of a typical torch.OutOfMemoryError.
-const defaultOOMMessage = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.55 GiB of which 1.06 GiB is free. " +
-	"Of the allocated memory 20.12 GiB is allocated by PyTorch, and 1.20 GiB is reserved by PyTorch but unallocated. " +
-	"If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  " +
-	"See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
-
-func pyException(typ, msg string, where string) *nodeError {
-	return &nodeError{typ: typ, msg: msg, traceback: fakeTraceback(where)}
-}
-
-// fakeTraceback imitates traceback.format_tb for an exception raised in a node.
-func fakeTraceback(where string) []string {
-	return []string{
-		"  File \"/ComfyUI/execution.py\", line 534, in execute\n    output_data, output_ui, has_subgraph, has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n",
-		"  File \"/ComfyUI/execution.py\", line 334, in get_output_data\n    return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n",
-		"  File \"/ComfyUI/execution.py\", line 308, in _async_map_node_over_list\n    await process_inputs(input_dict, i)\n",
-		"  File \"/ComfyUI/execution.py\", line 296, in process_inputs\n    result = f(**inputs)\n",
-		"  File \"/ComfyUI/nodes.py\", line 1, in " + where + "\n    raise\n",
-	}
-}
-
-// nodeObject is the per-(node id, class) object ComfyUI keeps in its object
-// cache; PreviewImage keeps its random file-name suffix there.
-type nodeObject struct {
-	previewSuffix string
-}
-
 // execution is the state of the prompt being executed (PromptExecutor plus
 // the progress registry).
 type execution struct {
@@ -64,14 +26,14 @@ type execution struct {
 	item     *queueItem
 	epoch    uint64
 	clientID any // nil = no client_id
-	extra    *pyDict
+	extra    *pyvalue.Dict
 	messages []any
 
-	progress      *pyDict // node id -> *progressState, insertion ordered
+	progress      *pyvalue.Dict // node id -> *progressState, insertion ordered
 	previews      bool
 	executed      []string
 	executedSet   map[string]bool
-	uiOutputs     *pyDict // node id -> {"meta":..., "output":...}
+	uiOutputs     *pyvalue.Dict // node id -> {"meta":..., "output":...}
 	sig           *signer
 	faultStepDone map[string]bool
 }
@@ -115,7 +77,7 @@ func (s *Server) executorLoop() {
 // resetCachesLocked is PromptExecutor.reset() via POST /free free_memory.
 func (s *Server) resetCachesLocked() {
 	s.cache = newOutputCache()
-	s.objects = map[[2]string]*nodeObject{}
+	s.objects = map[[2]string]*node.Object{}
 }
 
 // tasksRemainingLocked is get_tasks_remaining.
@@ -127,13 +89,13 @@ func (s *Server) tasksRemainingLocked() int {
 	return n
 }
 
-func (s *Server) queueInfoLocked() *pyDict {
-	return newDict("exec_info", newDict("queue_remaining", s.tasksRemainingLocked()))
+func (s *Server) queueInfoLocked() *pyvalue.Dict {
+	return pyvalue.NewDict("exec_info", pyvalue.NewDict("queue_remaining", s.tasksRemainingLocked()))
 }
 
 // statusLocked is queue_updated(): broadcast status.
 func (s *Server) statusLocked() {
-	s.hub.sendJSON(broadcastTarget, "status", newDict("status", s.queueInfoLocked()))
+	s.hub.sendJSON(broadcastTarget, "status", pyvalue.NewDict("status", s.queueInfoLocked()))
 }
 
 // send is send_sync from the executor: dropped once the prompt is abandoned.
@@ -162,7 +124,7 @@ func (ex *execution) sendBinary(t target, frame []byte) error {
 func (ex *execution) target() target { return targetFor(ex.clientID) }
 
 // addMessage is PromptExecutor.add_message.
-func (ex *execution) addMessage(event string, data *pyDict, broadcast bool) error {
+func (ex *execution) addMessage(event string, data *pyvalue.Dict, broadcast bool) error {
 	data = data.Copy()
 	data.Set("timestamp", nowMillis())
 	ex.messages = append(ex.messages, []any{event, data})
@@ -229,20 +191,20 @@ func (ex *execution) ensureProgress(id string) *progressState {
 }
 
 func (ex *execution) sendProgressState() error {
-	nodes := newDict()
+	nodes := pyvalue.NewDict()
 	for _, id := range ex.progress.Keys() {
 		v, _ := ex.progress.Get(id)
 		p := v.(*progressState)
 		if p.state == "pending" {
 			continue
 		}
-		nodes.Set(id, newDict(
+		nodes.Set(id, pyvalue.NewDict(
 			"value", p.value, "max", p.max, "state", p.state,
 			"node_id", id, "prompt_id", ex.item.id,
 			"display_node_id", id, "parent_node_id", nil, "real_node_id", id,
 		))
 	}
-	return ex.send(ex.target(), "progress_state", newDict("prompt_id", ex.item.id, "nodes", nodes))
+	return ex.send(ex.target(), "progress_state", pyvalue.NewDict("prompt_id", ex.item.id, "nodes", nodes))
 }
 
 func (ex *execution) startProgress(id string) error {
@@ -268,7 +230,7 @@ func (s *Server) runPrompt(item *queueItem, epoch uint64) {
 	clientID, _ := extra.Get("client_id")
 	ex := &execution{
 		s: s, item: item, epoch: epoch, clientID: clientID, extra: extra,
-		progress: newDict(), uiOutputs: newDict(), executedSet: map[string]bool{},
+		progress: pyvalue.NewDict(), uiOutputs: pyvalue.NewDict(), executedSet: map[string]bool{},
 		faultStepDone: map[string]bool{},
 	}
 	if pm, ok := extra.Get("preview_method"); ok {
@@ -297,7 +259,7 @@ func (s *Server) runPrompt(item *queueItem, epoch uint64) {
 			delete(s.objects, k)
 			continue
 		}
-		if ct, _ := n.(*pyDict).Get("class_type"); ct != k[1] {
+		if ct, _ := n.(*pyvalue.Dict).Get("class_type"); ct != k[1] {
 			delete(s.objects, k)
 		}
 	}
@@ -314,19 +276,19 @@ func (s *Server) runPrompt(item *queueItem, epoch uint64) {
 	if !success {
 		statusStr = "error"
 	}
-	outputs, meta := newDict(), newDict()
+	outputs, meta := pyvalue.NewDict(), pyvalue.NewDict()
 	for _, id := range ex.uiOutputs.Keys() {
 		v, _ := ex.uiOutputs.Get(id)
-		rec := v.(*pyDict)
+		rec := v.(*pyvalue.Dict)
 		o, _ := rec.Get("output")
 		m, _ := rec.Get("meta")
 		outputs.Set(id, o)
 		meta.Set(id, m)
 	}
-	entry := &historyEntry{id: item.id, value: newDict(
+	entry := &historyEntry{id: item.id, value: pyvalue.NewDict(
 		"prompt", item.tuple(),
 		"outputs", outputs,
-		"status", newDict("status_str", statusStr, "completed", success, "messages", ex.messages),
+		"status", pyvalue.NewDict("status_str", statusStr, "completed", success, "messages", ex.messages),
 		"meta", meta,
 	)}
 
@@ -344,7 +306,7 @@ func (s *Server) runPrompt(item *queueItem, epoch uint64) {
 	s.lastNodeID = nil
 	s.statusLocked()
 	if clientID != nil {
-		s.hub.sendJSON(targetFor(clientID), "executing", newDict("node", nil, "prompt_id", item.id))
+		s.hub.sendJSON(targetFor(clientID), "executing", pyvalue.NewDict("node", nil, "prompt_id", item.id))
 	}
 	s.clientID = nil
 	s.mu.Unlock()
@@ -371,7 +333,7 @@ func lastEvent(msgs []any) string {
 func (ex *execution) execute() (bool, error) {
 	s := ex.s
 	pid := ex.item.id
-	if err := ex.addMessage("execution_start", newDict("prompt_id", pid), false); err != nil {
+	if err := ex.addMessage("execution_start", pyvalue.NewDict("prompt_id", pid), false); err != nil {
 		return false, err
 	}
 
@@ -387,7 +349,7 @@ func (ex *execution) execute() (bool, error) {
 	if cached == nil {
 		cached = []string{}
 	}
-	if err := ex.addMessage("execution_cached", newDict("nodes", cached, "prompt_id", pid), false); err != nil {
+	if err := ex.addMessage("execution_cached", pyvalue.NewDict("nodes", cached, "prompt_id", pid), false); err != nil {
 		return false, err
 	}
 
@@ -399,7 +361,7 @@ func (ex *execution) execute() (bool, error) {
 		id, ok := list.stage()
 		if !ok {
 			blamed := list.cycleNode()
-			err := ex.handleError(blamed, &nodeError{typ: "graph.DependencyCycleError", msg: "Dependency cycle detected", traceback: []string{}}, nil, true)
+			err := ex.handleError(blamed, &node.Error{Type: "graph.DependencyCycleError", Message: "Dependency cycle detected", Traceback: []string{}}, nil, true)
 			return false, err
 		}
 		err := ex.executeNode(id, list)
@@ -418,7 +380,7 @@ func (ex *execution) execute() (bool, error) {
 		}
 		list.complete(id)
 	}
-	if err := ex.addMessage("execution_success", newDict("prompt_id", pid), false); err != nil {
+	if err := ex.addMessage("execution_success", pyvalue.NewDict("prompt_id", pid), false); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -426,76 +388,63 @@ func (ex *execution) execute() (bool, error) {
 
 // execFailure wraps a node failure with its formatted inputs.
 type execFailure struct {
-	err    error // errInterrupted or *nodeError
-	inputs *pyDict
+	err    error // errInterrupted or *node.Error
+	inputs *pyvalue.Dict
 }
 
 func (e *execFailure) Error() string { return e.err.Error() }
 
 // handleError is PromptExecutor.handle_execution_error.
-func (ex *execution) handleError(nodeID string, err error, inputs *pyDict, cycle bool) error {
+func (ex *execution) handleError(nodeID string, err error, inputs *pyvalue.Dict, cycle bool) error {
 	classType := ""
 	if n, ok := ex.item.prompt.Get(nodeID); ok {
-		ct, _ := n.(*pyDict).Get("class_type")
+		ct, _ := n.(*pyvalue.Dict).Get("class_type")
 		classType, _ = ct.(string)
 	}
 	executed := append([]string{}, ex.executed...)
 	if errors.Is(err, errInterrupted) {
-		return ex.addMessage("execution_interrupted", newDict(
+		return ex.addMessage("execution_interrupted", pyvalue.NewDict(
 			"prompt_id", ex.item.id, "node_id", nodeID, "node_type", classType, "executed", executed,
 		), true)
 	}
-	var ne *nodeError
+	var ne *node.Error
 	if !errors.As(err, &ne) {
-		ne = &nodeError{typ: "Exception", msg: err.Error(), traceback: []string{}}
+		ne = &node.Error{Type: "Exception", Message: err.Error(), Traceback: []string{}}
 	}
 	var currentInputs any = inputs
 	if inputs == nil {
-		currentInputs = newDict()
+		currentInputs = pyvalue.NewDict()
 	}
-	msg := ne.msg + "\n" + ne.tips
+	msg := ne.Message + "\n" + ne.Tips
 	if cycle {
 		currentInputs = []any{}
-		msg = ne.msg
+		msg = ne.Message
 	}
-	return ex.addMessage("execution_error", newDict(
+	return ex.addMessage("execution_error", pyvalue.NewDict(
 		"prompt_id", ex.item.id,
 		"node_id", nodeID,
 		"node_type", classType,
 		"executed", executed,
 		"exception_message", msg,
-		"exception_type", ne.typ,
-		"traceback", ne.traceback,
+		"exception_type", ne.Type,
+		"traceback", ne.Traceback,
 		"current_inputs", currentInputs,
 		"current_outputs", ex.item.prompt.Keys(),
 	), false)
-}
-
-// nodeRun is what a node implementation sees.
-type nodeRun struct {
-	ex         *execution
-	s          *Server
-	def        *nodeDef
-	nodeID     string
-	in         map[string]any // input values, links resolved
-	prompt     *pyDict        // hidden PROMPT
-	extraPNG   any            // hidden EXTRA_PNGINFO (nil when absent)
-	object     *nodeObject
-	unexpected string // an undeclared linked input (raises TypeError)
 }
 
 // executeNode is execution.execute for one node.
 func (ex *execution) executeNode(id string, list *execList) error {
 	s := ex.s
 	nodeV, _ := ex.item.prompt.Get(id)
-	node := nodeV.(*pyDict)
-	ctV, _ := node.Get("class_type")
+	nd := nodeV.(*pyvalue.Dict)
+	ctV, _ := nd.Get("class_type")
 	ct, _ := ctV.(string)
-	def := s.nodes[ct]
-	inV, _ := node.Get("inputs")
-	inputs, _ := inV.(*pyDict)
+	def := s.nodes.Class(ct)
+	inV, _ := nd.Get("inputs")
+	inputs, _ := inV.(*pyvalue.Dict)
 	if inputs == nil {
-		inputs = newDict()
+		inputs = pyvalue.NewDict()
 	}
 
 	key := ex.sig.key(id)
@@ -509,7 +458,7 @@ func (ex *execution) executeNode(id string, list *execList) error {
 			if cached.ui != nil {
 				out, _ = cached.ui.Get("output")
 			}
-			if err := ex.send(ex.target(), "executed", newDict("node", id, "display_node", id, "output", out, "prompt_id", ex.item.id)); err != nil {
+			if err := ex.send(ex.target(), "executed", pyvalue.NewDict("node", id, "display_node", id, "output", out, "prompt_id", ex.item.id)); err != nil {
 				return err
 			}
 			if cached.ui != nil {
@@ -522,35 +471,37 @@ func (ex *execution) executeNode(id string, list *execList) error {
 	if err := ex.startProgress(id); err != nil {
 		return err
 	}
-	run := &nodeRun{ex: ex, s: s, def: def, nodeID: id, in: map[string]any{}, prompt: ex.item.prompt}
-	formatted := newDict()
+	run := &node.Run{Class: def, ID: id, Inputs: map[string]any{}, Prompt: ex.item.prompt,
+		Host: s.host, Exec: &runner{ex: ex, class: def, nodeID: id}}
+	unexpected := "" // an undeclared linked input (raises TypeError)
+	formatted := pyvalue.NewDict()
 	var resolveErr error
 	for _, name := range inputs.Keys() {
 		v, _ := inputs.Get(name)
-		_, declared := def.input(name)
+		_, declared := def.Input(name)
 		if src, slot, isL := isLink(v); isL {
 			val, err := list.resolve(src, slot)
 			if err != nil {
 				resolveErr = err
 				break
 			}
-			run.in[name] = val
+			run.Inputs[name] = val
 			formatted.Set(name, []any{formatValue(val)})
-			if !declared && run.unexpected == "" {
-				run.unexpected = name
+			if !declared && unexpected == "" {
+				unexpected = name
 			}
 			continue
 		}
 		if declared {
-			run.in[name] = v
+			run.Inputs[name] = v
 			formatted.Set(name, []any{formatValue(v)})
 		}
 	}
 	if resolveErr != nil {
-		return &execFailure{err: resolveErr, inputs: newDict()}
+		return &execFailure{err: resolveErr, inputs: pyvalue.NewDict()}
 	}
-	if !def.v3 {
-		for _, h := range def.hidden {
+	if !def.V3 {
+		for _, h := range def.Hidden {
 			switch h[1] {
 			case "PROMPT":
 				formatted.Set(h[0], []any{formatValue(ex.item.prompt)})
@@ -560,7 +511,7 @@ func (ex *execution) executeNode(id string, list *execList) error {
 			}
 		}
 	}
-	run.extraPNG, _ = ex.extra.Get("extra_pnginfo")
+	run.ExtraPNGInfo, _ = ex.extra.Get("extra_pnginfo")
 
 	if ex.clientID != nil {
 		s.mu.Lock()
@@ -568,7 +519,7 @@ func (ex *execution) executeNode(id string, list *execList) error {
 			s.lastNodeID = id
 		}
 		s.mu.Unlock()
-		if err := ex.send(ex.target(), "executing", newDict("node", id, "display_node", id, "prompt_id", ex.item.id)); err != nil {
+		if err := ex.send(ex.target(), "executing", pyvalue.NewDict("node", id, "display_node", id, "prompt_id", ex.item.id)); err != nil {
 			return err
 		}
 	}
@@ -577,16 +528,13 @@ func (ex *execution) executeNode(id string, list *execList) error {
 	objKey := [2]string{id, ct}
 	obj := s.objects[objKey]
 	if obj == nil {
-		obj = &nodeObject{}
-		if ct == "PreviewImage" {
-			obj.previewSuffix = "_temp_" + randomLetters(5)
-		}
+		obj = def.NewObject()
 		if s.epoch == ex.epoch {
 			s.objects[objKey] = obj
 		}
 	}
 	s.mu.Unlock()
-	run.object = obj
+	run.Object = obj
 
 	// before_node_execution: the interrupt point at node start.
 	if err := ex.checkInterrupt(); err != nil {
@@ -595,15 +543,15 @@ func (ex *execution) executeNode(id string, list *execList) error {
 		}
 		return err
 	}
-	if run.unexpected != "" {
-		return &execFailure{err: pyException("TypeError",
-			fmt.Sprintf("%s() got an unexpected keyword argument '%s'", def.funcName(), run.unexpected), def.funcName()), inputs: formatted}
+	if unexpected != "" {
+		return &execFailure{err: node.Raise("TypeError",
+			fmt.Sprintf("%s() got an unexpected keyword argument '%s'", def.FuncName(), unexpected), def.FuncName()), inputs: formatted}
 	}
 	if ferr := ex.injectedFault(def, 0); ferr != nil {
 		return &execFailure{err: ferr, inputs: formatted}
 	}
 
-	outputs, ui, err := def.run(run)
+	outputs, ui, err := def.Func(run)
 	if err != nil {
 		if errors.Is(err, errAborted) {
 			return err
@@ -614,15 +562,15 @@ func (ex *execution) executeNode(id string, list *execList) error {
 		return &execFailure{err: err, inputs: formatted}
 	}
 
-	var uiRec *pyDict
+	var uiRec *pyvalue.Dict
 	if ui != nil && ui.Len() > 0 {
-		uiRec = newDict(
-			"meta", newDict("node_id", id, "display_node", id, "parent_node", nil, "real_node_id", id),
+		uiRec = pyvalue.NewDict(
+			"meta", pyvalue.NewDict("node_id", id, "display_node", id, "parent_node", nil, "real_node_id", id),
 			"output", ui,
 		)
 		ex.uiOutputs.Set(id, uiRec)
 		if ex.clientID != nil {
-			if err := ex.send(ex.target(), "executed", newDict("node", id, "display_node", id, "output", ui, "prompt_id", ex.item.id)); err != nil {
+			if err := ex.send(ex.target(), "executed", pyvalue.NewDict("node", id, "display_node", id, "output", ui, "prompt_id", ex.item.id)); err != nil {
 				return err
 			}
 		}
@@ -648,55 +596,17 @@ func formatValue(v any) any {
 	case nil, bool, *big.Int, float64, string:
 		return v
 	}
-	return pyStr(v)
-}
-
-// funcName is the qualified name of the node's FUNCTION, for TypeErrors.
-func (d *nodeDef) funcName() string {
-	if d.v3 {
-		return d.name + ".execute"
-	}
-	switch d.name {
-	case "CheckpointLoaderSimple":
-		return "CheckpointLoaderSimple.load_checkpoint"
-	case "CLIPTextEncode":
-		return "CLIPTextEncode.encode"
-	case "EmptyLatentImage":
-		return "EmptyLatentImage.generate"
-	case "KSampler":
-		return "KSampler.sample"
-	case "VAEDecode":
-		return "VAEDecode.decode"
-	case "SaveImage", "PreviewImage":
-		return "SaveImage.save_images"
-	case "LoadImage":
-		return "LoadImage.load_image"
-	case "PreviewAny":
-		return "PreviewAny.main"
-	case "UNETLoader":
-		return "UNETLoader.load_unet"
-	case "DualCLIPLoader":
-		return "DualCLIPLoader.load_clip"
-	case "VAELoader":
-		return "VAELoader.load_vae"
-	case "LoraLoader":
-		return "LoraLoader.load_lora"
-	case "VHS_VideoCombine":
-		return "VideoCombine.combine_video"
-	case "SaveImageWebsocket":
-		return "SaveImageWebsocket.save_images"
-	}
-	return d.name + ".run"
+	return pyvalue.Str(v)
 }
 
 // injectedFault returns the configured node failure for this class, if any.
 // step is 0 at node start, or the KSampler step being reached.
-func (ex *execution) injectedFault(def *nodeDef, step int) error {
+func (ex *execution) injectedFault(def *node.Class, step int) error {
 	s := ex.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.fault
-	if f.FailClass == "" || f.FailClass != def.name || f.FailAtStep != step {
+	if f.FailClass == "" || f.FailClass != def.Name || f.FailAtStep != step {
 		return nil
 	}
 	if f.FailTimes > 0 {
@@ -708,15 +618,13 @@ func (ex *execution) injectedFault(def *nodeDef, step int) error {
 			s.faultUses = 0
 		}
 	}
-	where := def.funcName()
+	where := def.FuncName()
 	if f.FailOOM {
 		msg := f.FailMessage
 		if msg == "" {
-			msg = defaultOOMMessage
+			msg = node.DefaultOOMMessage
 		}
-		e := pyException("torch.OutOfMemoryError", msg, where)
-		e.tips = oomTips
-		return e
+		return node.OutOfMemory(msg, where)
 	}
 	typ := f.FailType
 	if typ == "" {
@@ -724,32 +632,69 @@ func (ex *execution) injectedFault(def *nodeDef, step int) error {
 	}
 	msg := f.FailMessage
 	if msg == "" {
-		msg = "emulated failure in " + def.name
+		msg = "emulated failure in " + def.Name
 	}
-	return pyException(typ, msg, where)
+	return node.Raise(typ, msg, where)
+}
+
+// stepFaults applies the fault-injection hooks that act when a sampler of
+// class def reaches step.
+func (ex *execution) stepFaults(def *node.Class, step int) error {
+	s := ex.s
+	s.mu.Lock()
+	f := s.fault
+	s.mu.Unlock()
+	if f.FailAtStep > 0 && f.FailAtStep == step {
+		if err := ex.injectedFault(def, step); err != nil {
+			return err
+		}
+	}
+	if f.DropWebSocketsAtStep > 0 && step == f.DropWebSocketsAtStep && !ex.faultStepDone["drop"] {
+		ex.faultStepDone["drop"] = true
+		s.DropWebSockets()
+	}
+	if f.RestartAtStep > 0 && step == f.RestartAtStep {
+		s.Restart()
+		return errAborted
+	}
+	if f.HangAtStep > 0 && step == f.HangAtStep {
+		// Hang until interrupted, abandoned, or the fault is cleared.
+		for {
+			s.mu.Lock()
+			still := s.fault.HangAtStep == step
+			s.mu.Unlock()
+			if !still {
+				return nil
+			}
+			if err := ex.sleep(10 * time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // --- ExecutionList (comfy_execution/graph.py) ---
 
 type execList struct {
 	ex         *execution
-	pending    *pyDict // node id -> true, insertion ordered
+	pending    *pyvalue.Dict // node id -> true, insertion ordered
 	blockCount map[string]int
 	blocking   map[string]map[string]bool
 }
 
 func newExecList(ex *execution) *execList {
-	return &execList{ex: ex, pending: newDict(), blockCount: map[string]int{}, blocking: map[string]map[string]bool{}}
+	return &execList{ex: ex, pending: pyvalue.NewDict(), blockCount: map[string]int{}, blocking: map[string]map[string]bool{}}
 }
 
-func (l *execList) inputsOf(id string) *pyDict {
+func (l *execList) inputsOf(id string) *pyvalue.Dict {
 	v, ok := l.ex.item.prompt.Get(id)
 	if !ok {
 		return nil
 	}
-	n, _ := v.(*pyDict)
+	n, _ := v.(*pyvalue.Dict)
 	in, _ := n.Get("inputs")
-	d, _ := in.(*pyDict)
+	d, _ := in.(*pyvalue.Dict)
 	return d
 }
 
@@ -811,10 +756,10 @@ func (l *execList) empty() bool { return l.pending.Len() == 0 }
 
 func (l *execList) isOutput(id string) bool {
 	v, _ := l.ex.item.prompt.Get(id)
-	ct, _ := v.(*pyDict).Get("class_type")
+	ct, _ := v.(*pyvalue.Dict).Get("class_type")
 	name, _ := ct.(string)
-	d := l.ex.s.nodes[name]
-	return d != nil && d.outputNode
+	d := l.ex.s.nodes.Class(name)
+	return d != nil && d.OutputNode
 }
 
 // stage returns the node to run next (ux_friendly_pick_node).
@@ -892,24 +837,31 @@ func (l *execList) resolve(src string, slot any) (any, error) {
 			idx = big.NewInt(1)
 		}
 	default:
-		return nil, pyException("TypeError", "list indices must be integers or slices, not "+pyTypeName(slot), "get_input_data")
+		return nil, node.Raise("TypeError", "list indices must be integers or slices, not "+pyvalue.TypeName(slot), "get_input_data")
 	}
 	if idx.Sign() >= 0 && (!idx.IsInt64() || idx.Int64() >= int64(len(e.outputs))) {
 		return nil, nil
 	}
-	n, ok := pyIndex(idx, len(e.outputs))
+	n, ok := pyvalue.Index(idx, len(e.outputs))
 	if !ok {
-		return nil, pyException("IndexError", "list index out of range", "get_input_data")
+		return nil, node.Raise("IndexError", "list index out of range", "get_input_data")
 	}
 	return e.outputs[n], nil
 }
 
-// randomLetters is PreviewImage's suffix alphabet (sic: "p" twice, no "w").
-func randomLetters(n int) string {
-	const alphabet = "abcdefghijklmnopqrstupvxyz"
-	var b strings.Builder
-	for range n {
-		b.WriteByte(alphabet[randIntn(len(alphabet))])
+// isLink is comfy_execution.graph_utils.is_link.
+func isLink(v any) (src string, slot any, ok bool) {
+	l, isList := v.([]any)
+	if !isList || len(l) != 2 {
+		return "", nil, false
 	}
-	return b.String()
+	s, isStr := l[0].(string)
+	if !isStr {
+		return "", nil, false
+	}
+	switch l[1].(type) {
+	case *big.Int, float64, bool:
+		return s, l[1], true
+	}
+	return "", nil, false
 }

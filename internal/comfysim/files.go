@@ -23,6 +23,15 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	// Decoders GET /view needs for ?channel= and ?preview= (image/jpeg,
+	// imported above, registers the third).
+	_ "image/gif"
+	_ "image/png"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/media"
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/node"
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // Python path helpers (posixpath semantics).
@@ -236,17 +245,15 @@ func isDangerousContentType(ct string) bool {
 	return strings.HasSuffix(n, "+xml") || strings.HasSuffix(n, "/xml")
 }
 
-// savePath is the result of folder_paths.get_save_image_path.
-type savePath struct {
-	folder, filename, subfolder, prefix string
-	counter                             int64
-	key                                 counterKey
-}
-
 // counterKey identifies one file-name sequence in a folder.
 type counterKey struct {
 	filename  string
 	prefixLen int
+}
+
+// sequenceKey is the file-name sequence sp's files belong to.
+func sequenceKey(sp node.SavePath) counterKey {
+	return counterKey{filename: sp.Filename, prefixLen: utf8.RuneCountInString(pyBasename(sp.Prefix))}
 }
 
 // counterCache remembers the next counter of each sequence so a save does not
@@ -315,20 +322,20 @@ func (c *counterCache) reset() {
 }
 
 // wrote records that the files of sp up to next-1 now exist.
-func (c *counterCache) wrote(sp savePath, next int64) {
+func (c *counterCache) wrote(sp node.SavePath, next int64) {
 	if c == nil {
 		return
 	}
-	st, err := os.Stat(sp.folder)
+	st, err := os.Stat(sp.Folder)
 	if err != nil {
 		return
 	}
-	c.store(sp.folder, sp.key, next, st.ModTime())
+	c.store(sp.Folder, sequenceKey(sp), next, st.ModTime())
 }
 
 // saveImagePath is folder_paths.get_save_image_path; where names the function
 // for the traceback of the escape error. cc may be nil.
-func saveImagePath(cc *counterCache, prefix, outputDir string, w, h int, where string) (savePath, error) {
+func saveImagePath(cc *counterCache, prefix, outputDir string, w, h int, where string) (node.SavePath, error) {
 	if strings.Contains(prefix, "%") {
 		now := time.Now()
 		r := strings.NewReplacer(
@@ -343,29 +350,29 @@ func saveImagePath(cc *counterCache, prefix, outputDir string, w, h int, where s
 		prefix = r.Replace(prefix)
 	}
 	norm := pyNormpath(prefix)
-	sp := savePath{subfolder: pyDirname(norm), filename: pyBasename(norm), prefix: prefix}
-	sp.folder = pyJoin(outputDir, sp.subfolder)
-	abs := pyAbspath(sp.folder)
+	sp := node.SavePath{Subfolder: pyDirname(norm), Filename: pyBasename(norm), Prefix: prefix}
+	sp.Folder = pyJoin(outputDir, sp.Subfolder)
+	abs := pyAbspath(sp.Folder)
 	if cp := pyCommonpath(outputDir, abs); cp != outputDir {
 		msg := "**** ERROR: Saving image outside the output folder is not allowed." +
 			"\n full_output_folder: " + abs +
 			"\n         output_dir: " + outputDir +
 			"\n         commonpath: " + cp
-		return sp, pyException("Exception", msg, where)
+		return sp, node.Raise("Exception", msg, where)
 	}
-	prefixLen := utf8.RuneCountInString(pyBasename(prefix))
-	sp.key = counterKey{filename: sp.filename, prefixLen: prefixLen}
-	if n, ok := cc.lookup(sp.folder, sp.key); ok {
-		sp.counter = n
+	key := sequenceKey(sp)
+	prefixLen := key.prefixLen
+	if n, ok := cc.lookup(sp.Folder, key); ok {
+		sp.Counter = n
 		return sp, nil
 	}
-	st, statErr := os.Stat(sp.folder)
-	ents, err := os.ReadDir(sp.folder)
+	st, statErr := os.Stat(sp.Folder)
+	ents, err := os.ReadDir(sp.Folder)
 	if err != nil || statErr != nil {
-		if mkErr := os.MkdirAll(sp.folder, 0o755); mkErr != nil {
-			return sp, pyException("OSError", mkErr.Error(), where)
+		if mkErr := os.MkdirAll(sp.Folder, 0o755); mkErr != nil {
+			return sp, node.Raise("OSError", mkErr.Error(), where)
 		}
-		sp.counter = 1
+		sp.Counter = 1
 		cc.wrote(sp, 1)
 		return sp, nil
 	}
@@ -378,24 +385,24 @@ func saveImagePath(cc *counterCache, prefix, outputDir string, w, h int, where s
 			end = len(f)
 		}
 		pfx := f[:end]
-		if len(pfx) == 0 || pfx[len(pfx)-1] != '_' || string(pfx[:len(pfx)-1]) != sp.filename {
+		if len(pfx) == 0 || pfx[len(pfx)-1] != '_' || string(pfx[:len(pfx)-1]) != sp.Filename {
 			continue
 		}
 		rem := string(f[end:])
 		base := strings.SplitN(rem, ".", 2)[0]
 		var digits int64
-		if n, err := pyIntConv(strings.SplitN(base, "_", 2)[0]); err == nil && n.IsInt64() {
+		if n, err := pyvalue.Int(strings.SplitN(base, "_", 2)[0]); err == nil && n.IsInt64() {
 			digits = n.Int64()
 		}
 		if !found || digits > best {
 			best, found = digits, true
 		}
 	}
-	sp.counter = 1
+	sp.Counter = 1
 	if found {
-		sp.counter = best + 1
+		sp.Counter = best + 1
 	}
-	cc.store(sp.folder, sp.key, sp.counter, st.ModTime())
+	cc.store(sp.Folder, key, sp.Counter, st.ModTime())
 	return sp, nil
 }
 
@@ -519,7 +526,7 @@ func (s *Server) handleView(w http.ResponseWriter, r *http.Request) {
 			out = alphaOnly(img)
 		}
 		var buf bytes.Buffer
-		if err := encodePNGTo(&buf, out, 6); err != nil {
+		if err := media.WritePNG(&buf, out, 6); err != nil {
 			writeServerError(w)
 			return
 		}
@@ -582,7 +589,7 @@ func (s *Server) servePreview(w http.ResponseWriter, file, filename, preview, ch
 		if channel == "rgb" {
 			src = dropAlpha(img)
 		}
-		buf.Write(encodeWebP(toNRGBA(src)))
+		buf.Write(media.EncodeWebP(toNRGBA(src)))
 	}
 	w.Header().Set("Content-Type", "image/"+format)
 	w.Header().Set("Content-Disposition", fmt.Sprintf("filename=\"%s\"", filename))
@@ -803,14 +810,14 @@ func (s *Server) handleUploadImage(w http.ResponseWriter, r *http.Request) {
 	}
 	s.recordUpload(UploadRecord{Filename: img.filename, Name: filename, Subfolder: subfolder, Type: uploadType,
 		ContentType: img.contentType, Overwrite: overwrite, Size: len(img.data)})
-	writeJSON(w, http.StatusOK, newDict("name", filename, "subfolder", subfolder, "type", uploadType))
+	writeJSON(w, http.StatusOK, pyvalue.NewDict("name", filename, "subfolder", subfolder, "type", uploadType))
 }
 
 func bigOrNil(s string, ok bool) (*big.Int, error) {
 	if !ok {
 		return nil, nil
 	}
-	return pyIntConv(s)
+	return pyvalue.Int(s)
 }
 
 // writeOutput writes a file a node saves, padded with a sparse tail when the

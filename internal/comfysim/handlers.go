@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/uuid"
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // route is one aiohttp route: a path with at most one {var} segment.
@@ -199,7 +201,7 @@ func isLoopback(host string) bool {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	writeJSONBytes(w, status, encodePy(v))
+	writeJSONBytes(w, status, pyvalue.Encode(v))
 }
 
 func writeJSONBytes(w http.ResponseWriter, status int, b []byte) {
@@ -267,7 +269,7 @@ func (s *Server) readBodyJSON(w http.ResponseWriter, r *http.Request) (any, bool
 	if !ok {
 		return nil, false
 	}
-	v, err := parsePyJSON(body)
+	v, err := pyvalue.Decode(body)
 	if err != nil {
 		writeServerError(w)
 		return nil, false
@@ -307,9 +309,9 @@ var sensitiveKeys = []string{"auth_token_comfy_org", "api_key_comfy_org"}
 // bodyGet is json_data[key] after `key in json_data` succeeded: only a dict
 // can be subscripted by a string.
 func bodyGet(body any, key string) (any, error) {
-	d, ok := body.(*pyDict)
+	d, ok := body.(*pyvalue.Dict)
 	if !ok {
-		return nil, serverError("%s indices must be integers", pyTypeName(body))
+		return nil, serverError("%s indices must be integers", pyvalue.TypeName(body))
 	}
 	v, _ := d.Get(key)
 	return v, nil
@@ -337,8 +339,8 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request, _ stri
 }
 
 // postPrompt is the body of server.post_prompt. An error means a 500.
-func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) {
-	hasNumber, err := pyContains(body, "number")
+func (s *Server) postPrompt(body any, usageSource string) (int, *pyvalue.Dict, error) {
+	hasNumber, err := pyvalue.Contains(body, "number")
 	if err != nil {
 		return 0, nil, serverError("%v", err)
 	}
@@ -348,7 +350,7 @@ func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) 
 		if err != nil {
 			return 0, nil, err
 		}
-		f, err := pyFloatConv(nv)
+		f, err := pyvalue.Float(nv)
 		if err != nil {
 			return 0, nil, serverError("%v", err)
 		}
@@ -359,7 +361,7 @@ func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) 
 		s.number++
 		s.mu.Unlock()
 		number = n
-		hasFront, err := pyContains(body, "front")
+		hasFront, err := pyvalue.Contains(body, "front")
 		if err != nil {
 			return 0, nil, serverError("%v", err)
 		}
@@ -368,30 +370,30 @@ func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) 
 			if err != nil {
 				return 0, nil, err
 			}
-			if pyTruth(fv) {
+			if pyvalue.Truth(fv) {
 				number = -n
 			}
 		}
 	}
-	hasPrompt, err := pyContains(body, "prompt")
+	hasPrompt, err := pyvalue.Contains(body, "prompt")
 	if err != nil {
 		return 0, nil, serverError("%v", err)
 	}
 	if !hasPrompt {
-		return http.StatusBadRequest, newDict("error", reason("no_prompt", "No prompt provided", "No prompt provided", nil), "node_errors", newDict()), nil
+		return http.StatusBadRequest, pyvalue.NewDict("error", reason("no_prompt", "No prompt provided", "No prompt provided", nil), "node_errors", pyvalue.NewDict()), nil
 	}
-	d, isDict := body.(*pyDict)
+	d, isDict := body.(*pyvalue.Dict)
 	if !isDict {
-		return 0, nil, serverError("%s indices must be integers", pyTypeName(body))
+		return 0, nil, serverError("%s indices must be integers", pyvalue.TypeName(body))
 	}
 	promptV, _ := d.Get("prompt")
 	promptID := ""
 	if pid, _ := d.Get("prompt_id"); pid != nil {
 		ps, isStr := pid.(string)
 		if !isStr || !canonicalUUID.MatchString(ps) {
-			return http.StatusBadRequest, newDict("error", reason("invalid_prompt_id", "prompt_id must be a valid UUID",
+			return http.StatusBadRequest, pyvalue.NewDict("error", reason("invalid_prompt_id", "prompt_id must be a valid UUID",
 				"prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the server generate one", nil),
-				"node_errors", newDict()), nil
+				"node_errors", pyvalue.NewDict()), nil
 		}
 		promptID = ps
 	} else {
@@ -401,60 +403,60 @@ func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) 
 	if err := checkReplacements(promptV); err != nil {
 		return 0, nil, err
 	}
-	prompt := promptV.(*pyDict)
+	prompt := promptV.(*pyvalue.Dict)
 	valid, err := s.validatePrompt(prompt, partial, hasPartial)
 	if err != nil {
 		return 0, nil, err
 	}
 
-	var extra any = newDict()
+	var extra any = pyvalue.NewDict()
 	if ev, has := d.Get("extra_data"); has {
 		extra = ev
 	}
 	if cid, has := d.Get("client_id"); has {
-		ed, ok := extra.(*pyDict)
+		ed, ok := extra.(*pyvalue.Dict)
 		if !ok {
-			return 0, nil, serverError("'%s' object does not support item assignment", pyTypeName(extra))
+			return 0, nil, serverError("'%s' object does not support item assignment", pyvalue.TypeName(extra))
 		}
 		ed.Set("client_id", cid)
 	}
-	hasUsage, err := pyContains(extra, "comfy_usage_source")
+	hasUsage, err := pyvalue.Contains(extra, "comfy_usage_source")
 	if err != nil {
 		return 0, nil, serverError("%v", err)
 	}
 	if !hasUsage && usageSource != "" {
-		ed, ok := extra.(*pyDict)
+		ed, ok := extra.(*pyvalue.Dict)
 		if !ok {
-			return 0, nil, serverError("'%s' object does not support item assignment", pyTypeName(extra))
+			return 0, nil, serverError("'%s' object does not support item assignment", pyvalue.TypeName(extra))
 		}
 		ed.Set("comfy_usage_source", usageSource)
 	}
 	if !valid.ok {
 		ne := valid.nodeErrors
 		if ne == nil {
-			ne = newDict()
+			ne = pyvalue.NewDict()
 		}
-		return http.StatusBadRequest, newDict("error", valid.err, "node_errors", ne), nil
+		return http.StatusBadRequest, pyvalue.NewDict("error", valid.err, "node_errors", ne), nil
 	}
-	sensitive := newDict()
+	sensitive := pyvalue.NewDict()
 	for _, k := range sensitiveKeys {
-		in, err := pyContains(extra, k)
+		in, err := pyvalue.Contains(extra, k)
 		if err != nil {
 			return 0, nil, serverError("%v", err)
 		}
 		if in {
-			ed, ok := extra.(*pyDict)
+			ed, ok := extra.(*pyvalue.Dict)
 			if !ok {
-				return 0, nil, serverError("pop on %s", pyTypeName(extra))
+				return 0, nil, serverError("pop on %s", pyvalue.TypeName(extra))
 			}
 			v, _ := ed.Get(k)
 			ed.Delete(k)
 			sensitive.Set(k, v)
 		}
 	}
-	ed, ok := extra.(*pyDict)
+	ed, ok := extra.(*pyvalue.Dict)
 	if !ok {
-		return 0, nil, serverError("'%s' object does not support item assignment", pyTypeName(extra))
+		return 0, nil, serverError("'%s' object does not support item assignment", pyvalue.TypeName(extra))
 	}
 	ed.Set("create_time", nowMillis())
 	item := &queueItem{number: number, id: promptID, prompt: prompt, extra: ed, outputs: valid.good, sensitive: sensitive}
@@ -475,16 +477,16 @@ func (s *Server) postPrompt(body any, usageSource string) (int, *pyDict, error) 
 	s.seq++
 	item.seq = s.seq
 	s.queue.push(item)
-	s.recordPromptLocked(PromptRecord{PromptID: promptID, ClientID: cidText, ExtraData: encodePy(received)})
+	s.recordPromptLocked(PromptRecord{PromptID: promptID, ClientID: cidText, ExtraData: pyvalue.Encode(received)})
 	withoutID := s.fault.PromptWithoutID
 	s.statusLocked()
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	s.stats.queued.Add(1)
 	if withoutID {
-		return http.StatusOK, newDict("number", number, "node_errors", valid.nodeErrors), nil
+		return http.StatusOK, pyvalue.NewDict("number", number, "node_errors", valid.nodeErrors), nil
 	}
-	return http.StatusOK, newDict("prompt_id", promptID, "number", number, "node_errors", valid.nodeErrors), nil
+	return http.StatusOK, pyvalue.NewDict("prompt_id", promptID, "number", number, "node_errors", valid.nodeErrors), nil
 }
 
 // --- /queue ---
@@ -500,7 +502,7 @@ func (s *Server) handleGetQueue(w http.ResponseWriter, _ *http.Request, _ string
 		pending = append(pending, it.tuple())
 	}
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, newDict("queue_running", running, "queue_pending", pending))
+	writeJSON(w, http.StatusOK, pyvalue.NewDict("queue_running", running, "queue_pending", pending))
 }
 
 // pyIter returns the items `for x in v` yields, or a TypeError.
@@ -508,7 +510,7 @@ func pyIter(v any) ([]any, error) {
 	switch t := v.(type) {
 	case []any:
 		return t, nil
-	case *pyDict:
+	case *pyvalue.Dict:
 		out := make([]any, 0, t.Len())
 		for _, k := range t.Keys() {
 			out = append(out, k)
@@ -521,7 +523,7 @@ func pyIter(v any) ([]any, error) {
 		}
 		return out, nil
 	}
-	return nil, serverError("'%s' object is not iterable", pyTypeName(v))
+	return nil, serverError("'%s' object is not iterable", pyvalue.TypeName(v))
 }
 
 func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request, _ string) {
@@ -537,7 +539,7 @@ func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request, _ strin
 }
 
 func (s *Server) postQueue(body any) error {
-	hasClear, err := pyContains(body, "clear")
+	hasClear, err := pyvalue.Contains(body, "clear")
 	if err != nil {
 		return err
 	}
@@ -546,14 +548,14 @@ func (s *Server) postQueue(body any) error {
 		if err != nil {
 			return err
 		}
-		if pyTruth(v) {
+		if pyvalue.Truth(v) {
 			s.mu.Lock()
 			s.queue = nil
 			s.statusLocked()
 			s.mu.Unlock()
 		}
 	}
-	hasDelete, err := pyContains(body, "delete")
+	hasDelete, err := pyvalue.Contains(body, "delete")
 	if err != nil {
 		return err
 	}
@@ -632,7 +634,7 @@ func (s *Server) handleGetHistory(w http.ResponseWriter, r *http.Request, _ stri
 		if k > 0 {
 			b = append(b, ", "...)
 		}
-		b = appendPyString(b, e.id)
+		b = pyvalue.AppendString(b, e.id)
 		b = append(b, ": "...)
 		b = append(b, e.json()...)
 	}
@@ -649,7 +651,7 @@ func (s *Server) handleGetHistoryID(w http.ResponseWriter, r *http.Request, id s
 		writeJSONBytes(w, http.StatusOK, []byte("{}"))
 		return
 	}
-	b := appendPyString([]byte{'{'}, id)
+	b := pyvalue.AppendString([]byte{'{'}, id)
 	b = append(b, ": "...)
 	b = append(b, e.json()...)
 	b = append(b, '}')
@@ -669,7 +671,7 @@ func (s *Server) handlePostHistory(w http.ResponseWriter, r *http.Request, _ str
 }
 
 func (s *Server) postHistory(body any) error {
-	hasClear, err := pyContains(body, "clear")
+	hasClear, err := pyvalue.Contains(body, "clear")
 	if err != nil {
 		return err
 	}
@@ -678,13 +680,13 @@ func (s *Server) postHistory(body any) error {
 		if err != nil {
 			return err
 		}
-		if pyTruth(v) {
+		if pyvalue.Truth(v) {
 			s.mu.Lock()
 			s.history.clear()
 			s.mu.Unlock()
 		}
 	}
-	hasDelete, err := pyContains(body, "delete")
+	hasDelete, err := pyvalue.Contains(body, "delete")
 	if err != nil {
 		return err
 	}
@@ -705,7 +707,7 @@ func (s *Server) postHistory(body any) error {
 			s.mu.Lock()
 			s.history.delete(t)
 			s.mu.Unlock()
-		case []any, *pyDict:
+		case []any, *pyvalue.Dict:
 			return serverError("unhashable type")
 		}
 	}
@@ -725,22 +727,22 @@ func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request, _ strin
 		writeServerError(w)
 		return
 	}
-	var body any = newDict()
-	if v, perr := parsePyJSON(raw); perr == nil {
+	var body any = pyvalue.NewDict()
+	if v, perr := pyvalue.Decode(raw); perr == nil {
 		body = v
 	} else if !isUTF8(raw) {
 		writeServerError(w) // UnicodeDecodeError is not a JSONDecodeError
 		return
 	}
-	d, isDict := body.(*pyDict)
+	d, isDict := body.(*pyvalue.Dict)
 	if !isDict {
 		writeServerError(w) // json_data.get on a non-dict
 		return
 	}
 	pid, _ := d.Get("prompt_id")
 	s.mu.Lock()
-	if pyTruth(pid) {
-		if s.running != nil && pyEqual(s.running.id, pid) {
+	if pyvalue.Truth(pid) {
+		if s.running != nil && pyvalue.Equal(s.running.id, pid) {
 			s.interrupted = true
 			s.log.Info("interrupting prompt", zap.String("prompt_id", s.running.id))
 		}
@@ -758,13 +760,13 @@ func (s *Server) handleFree(w http.ResponseWriter, r *http.Request, _ string) {
 	if !ok {
 		return
 	}
-	d, isDict := body.(*pyDict)
+	d, isDict := body.(*pyvalue.Dict)
 	if !isDict {
 		writeServerError(w)
 		return
 	}
 	fm, _ := d.Get("free_memory")
-	if pyTruth(fm) {
+	if pyvalue.Truth(fm) {
 		s.mu.Lock()
 		s.freeMemory = true
 		s.cond.Broadcast()
@@ -776,17 +778,13 @@ func (s *Server) handleFree(w http.ResponseWriter, r *http.Request, _ string) {
 // --- introspection ---
 
 func (s *Server) handleObjectInfo(w http.ResponseWriter, _ *http.Request, _ string) {
-	out := newDict()
-	for _, name := range s.nodeOrder {
-		out.Set(name, s.nodes[name].objectInfo(s))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, s.nodes.ObjectInfo(s.host))
 }
 
 func (s *Server) handleObjectInfoClass(w http.ResponseWriter, _ *http.Request, class string) {
-	out := newDict()
-	if d, ok := s.nodes[class]; ok {
-		out.Set(class, d.objectInfo(s))
+	out := pyvalue.NewDict()
+	if d := s.nodes.Class(class); d != nil {
+		out.Set(class, d.ObjectInfo(s.host))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -819,8 +817,8 @@ func memInfo() (total, free int64) {
 
 func (s *Server) handleSystemStats(w http.ResponseWriter, _ *http.Request, _ string) {
 	total, free := memInfo()
-	writeJSON(w, http.StatusOK, newDict(
-		"system", newDict(
+	writeJSON(w, http.StatusOK, pyvalue.NewDict(
+		"system", pyvalue.NewDict(
 			"os", "linux",
 			"ram_total", total,
 			"ram_free", free,
@@ -828,14 +826,14 @@ func (s *Server) handleSystemStats(w http.ResponseWriter, _ *http.Request, _ str
 			"required_frontend_version", "1.45.20",
 			"installed_templates_version", "0.11.2",
 			"required_templates_version", "0.11.2",
-			"comfy_package_versions", []any{newDict("name", "comfyui-frontend-package", "installed", "1.45.20", "required", "1.45.20")},
+			"comfy_package_versions", []any{pyvalue.NewDict("name", "comfyui-frontend-package", "installed", "1.45.20", "required", "1.45.20")},
 			"python_version", "3.12.10 (main, Apr  9 2025, 04:44:59) [GCC 14.2.0]",
 			"pytorch_version", "2.9.1+cpu",
 			"embedded_python", false,
 			"deploy_environment", "local-git",
 			"argv", []string{"main.py", "--cpu"},
 		),
-		"devices", []any{newDict(
+		"devices", []any{pyvalue.NewDict(
 			"name", "cpu", "type", "cpu", "index", nil,
 			"vram_total", total, "vram_free", free,
 			"torch_vram_total", total, "torch_vram_free", free,
@@ -844,11 +842,11 @@ func (s *Server) handleSystemStats(w http.ResponseWriter, _ *http.Request, _ str
 }
 
 // serverFeatures is feature_flags.get_server_features() with default args.
-func serverFeatures() *pyDict {
-	return newDict(
+func serverFeatures() *pyvalue.Dict {
+	return pyvalue.NewDict(
 		"supports_preview_metadata", true,
 		"max_upload_size", int64(maxUploadSize),
-		"extension", newDict("manager", newDict("supports_v4", true)),
+		"extension", pyvalue.NewDict("manager", pyvalue.NewDict("supports_v4", true)),
 		"node_replacements", true,
 		"assets", false,
 	)

@@ -6,6 +6,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // hub is PromptServer.sockets and sockets_metadata: the registry of WebSocket
@@ -16,8 +18,8 @@ type hub struct {
 	log *zap.Logger
 
 	mu      sync.Mutex
-	sockets map[string]*wsConn // the registry: sid -> socket
-	meta    map[string]*pyDict // sockets_metadata[sid]["feature_flags"]
+	sockets map[string]*wsConn       // the registry: sid -> socket
+	meta    map[string]*pyvalue.Dict // sockets_metadata[sid]["feature_flags"]
 	open    map[*wsConn]struct{}
 	wg      sync.WaitGroup // one per connection handler
 }
@@ -52,7 +54,7 @@ func newHub(log *zap.Logger) *hub {
 	return &hub{
 		log:     log,
 		sockets: map[string]*wsConn{},
-		meta:    map[string]*pyDict{},
+		meta:    map[string]*pyvalue.Dict{},
 		open:    map[*wsConn]struct{}{},
 	}
 }
@@ -125,7 +127,7 @@ func (w *wsConn) stop() {
 // socket registered under the same sid, as ComfyUI does.
 func (h *hub) register(w *wsConn) {
 	h.sockets[w.sid] = w
-	h.meta[w.sid] = newDict()
+	h.meta[w.sid] = pyvalue.NewDict()
 	h.open[w] = struct{}{}
 }
 
@@ -184,7 +186,7 @@ func (h *hub) sendJSON(t target, event string, data any) {
 	if !h.hasRecipientLocked(t) {
 		return
 	}
-	h.sendLocked(t, wsFrame{data: encodePy(newDict("type", event, "data", data))})
+	h.sendLocked(t, wsFrame{data: pyvalue.Encode(pyvalue.NewDict("type", event, "data", data))})
 }
 
 func (h *hub) hasRecipientLocked(t target) bool {
@@ -222,7 +224,7 @@ func (h *hub) supportsFeature(clientID any, flag string) bool {
 	return isBool && b
 }
 
-func (h *hub) setFeatureFlags(w *wsConn, flags *pyDict) {
+func (h *hub) setFeatureFlags(w *wsConn, flags *pyvalue.Dict) {
 	h.mu.Lock()
 	if _, ok := h.meta[w.sid]; ok {
 		h.meta[w.sid] = flags

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // The /api/jobs view (comfy_execution/jobs.py, v0.6+; cancel routes v0.26+).
@@ -13,8 +15,8 @@ import (
 var jobStatuses = []string{"pending", "in_progress", "completed", "failed", "cancelled"}
 
 // pruned drops None values (prune_dict).
-func pruned(kv ...any) *pyDict {
-	d := newDict()
+func pruned(kv ...any) *pyvalue.Dict {
+	d := pyvalue.NewDict()
 	for i := 0; i+1 < len(kv); i += 2 {
 		if kv[i+1] != nil {
 			d.Set(kv[i].(string), kv[i+1])
@@ -23,12 +25,12 @@ func pruned(kv ...any) *pyDict {
 	return d
 }
 
-func jobMeta(extra *pyDict) (createTime, workflowID any) {
+func jobMeta(extra *pyvalue.Dict) (createTime, workflowID any) {
 	createTime, _ = extra.Get("create_time")
 	if pi, ok := extra.Get("extra_pnginfo"); ok {
-		if pd, ok := pi.(*pyDict); ok {
+		if pd, ok := pi.(*pyvalue.Dict); ok {
 			if wf, ok := pd.Get("workflow"); ok {
-				if wd, ok := wf.(*pyDict); ok {
+				if wd, ok := wf.(*pyvalue.Dict); ok {
 					workflowID, _ = wd.Get("id")
 				}
 			}
@@ -37,17 +39,17 @@ func jobMeta(extra *pyDict) (createTime, workflowID any) {
 	return createTime, workflowID
 }
 
-func queueJob(it *queueItem, status string) *pyDict {
+func queueJob(it *queueItem, status string) *pyvalue.Dict {
 	ct, wf := jobMeta(it.extra)
 	return pruned("id", it.id, "status", status, "priority", it.number, "create_time", ct, "outputs_count", 0, "workflow_id", wf)
 }
 
-func outputsSummary(outputs *pyDict) (int, any) {
+func outputsSummary(outputs *pyvalue.Dict) (int, any) {
 	count := 0
 	var preview, fallback any
 	for _, node := range outputs.Keys() {
 		nv, _ := outputs.Get(node)
-		nd, ok := nv.(*pyDict)
+		nd, ok := nv.(*pyvalue.Dict)
 		if !ok {
 			continue
 		}
@@ -58,13 +60,13 @@ func outputsSummary(outputs *pyDict) (int, any) {
 				continue
 			}
 			for _, item := range items {
-				d, isD := item.(*pyDict)
+				d, isD := item.(*pyvalue.Dict)
 				if !isD {
 					if media == "text" {
 						count++
 						if preview == nil && fallback == nil {
-							text := pyStr(item)
-							p := newDict()
+							text := pyvalue.Str(item)
+							p := pyvalue.NewDict()
 							if len([]rune(text)) > 1024 {
 								p.Set("content", string([]rune(text)[:1024]))
 								p.Set("truncated", true)
@@ -103,7 +105,7 @@ func outputsSummary(outputs *pyDict) (int, any) {
 	return count, preview
 }
 
-func previewable(media string, item *pyDict) bool {
+func previewable(media string, item *pyvalue.Dict) bool {
 	switch media {
 	case "images", "video", "audio", "3d", "text":
 		return true
@@ -126,13 +128,13 @@ func previewable(media string, item *pyDict) bool {
 	return false
 }
 
-func historyJob(e *historyEntry, full bool) *pyDict {
+func historyJob(e *historyEntry, full bool) *pyvalue.Dict {
 	pv, _ := e.value.Get("prompt")
 	tuple := pv.([]any)
-	extra := tuple[3].(*pyDict)
+	extra := tuple[3].(*pyvalue.Dict)
 	ct, wf := jobMeta(extra)
 	sv, _ := e.value.Get("status")
-	status, _ := sv.(*pyDict)
+	status, _ := sv.(*pyvalue.Dict)
 	var start, end, execErr any
 	interrupted := false
 	statusStr := ""
@@ -144,7 +146,7 @@ func historyJob(e *historyEntry, full bool) *pyDict {
 		for _, m := range msgs {
 			pair := m.([]any)
 			ev, _ := pair[0].(string)
-			data, ok := pair[1].(*pyDict)
+			data, ok := pair[1].(*pyvalue.Dict)
 			if !ok {
 				continue
 			}
@@ -169,7 +171,7 @@ func historyJob(e *historyEntry, full bool) *pyDict {
 		}
 	}
 	ov, _ := e.value.Get("outputs")
-	outputs, _ := ov.(*pyDict)
+	outputs, _ := ov.(*pyvalue.Dict)
 	count, preview := outputsSummary(outputs)
 	job := pruned("id", e.id, "status", js, "priority", tuple[0], "create_time", ct,
 		"execution_start_time", start, "execution_end_time", end, "execution_error", execErr,
@@ -177,13 +179,13 @@ func historyJob(e *historyEntry, full bool) *pyDict {
 	if full {
 		job.Set("outputs", outputs)
 		job.Set("execution_status", sv)
-		job.Set("workflow", newDict("prompt", tuple[2], "extra_data", extra))
+		job.Set("workflow", pyvalue.NewDict("prompt", tuple[2], "extra_data", extra))
 	}
 	return job
 }
 
 func jsonError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, newDict("error", msg))
+	writeJSON(w, status, pyvalue.NewDict("error", msg))
 }
 
 func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request, _ string) {
@@ -229,7 +231,7 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request, _ string) {
 	}
 	var limit *big.Int
 	if v, ok := q.get("limit"); ok {
-		n, err := pyIntConv(v)
+		n, err := pyvalue.Int(v)
 		if err != nil {
 			jsonError(w, http.StatusBadRequest, "limit must be an integer")
 			return
@@ -242,7 +244,7 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request, _ string) {
 	}
 	offset := 0
 	if v, ok := q.get("offset"); ok {
-		n, err := pyIntConv(v)
+		n, err := pyvalue.Int(v)
 		if err != nil {
 			jsonError(w, http.StatusBadRequest, "offset must be an integer")
 			return
@@ -257,7 +259,7 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request, _ string) {
 	}
 	workflowID, _ := q.get("workflow_id")
 
-	var jobs []*pyDict
+	var jobs []*pyvalue.Dict
 	s.mu.Lock()
 	if want["in_progress"] && s.running != nil {
 		jobs = append(jobs, queueJob(s.running, "in_progress"))
@@ -286,10 +288,10 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request, _ string) {
 		}
 		jobs = kept
 	}
-	key := func(j *pyDict) *big.Float {
+	key := func(j *pyvalue.Dict) *big.Float {
 		num := func(k string) *big.Float {
 			v, _ := j.Get(k)
-			if f, ok := pyNumber(v); ok && f != nil {
+			if f, ok := pyvalue.Number(v); ok && f != nil {
 				return f
 			}
 			return new(big.Float)
@@ -328,13 +330,13 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request, _ string) {
 	for k, j := range jobs {
 		list[k] = j
 	}
-	writeJSON(w, http.StatusOK, newDict("jobs", list, "pagination",
-		newDict("offset", offset, "limit", limitV, "total", total, "has_more", offset+len(jobs) < total)))
+	writeJSON(w, http.StatusOK, pyvalue.NewDict("jobs", list, "pagination",
+		pyvalue.NewDict("offset", offset, "limit", limitV, "total", total, "has_more", offset+len(jobs) < total)))
 }
 
 func (s *Server) handleJob(w http.ResponseWriter, _ *http.Request, id string) {
 	s.mu.Lock()
-	var job *pyDict
+	var job *pyvalue.Dict
 	if e, ok := s.history.get(id); ok {
 		job = historyJob(e, true)
 	} else if s.running != nil && s.running.id == id {
@@ -383,7 +385,7 @@ func (s *Server) cancelJob(id string) bool {
 }
 
 func (s *Server) handleJobCancel(w http.ResponseWriter, _ *http.Request, id string) {
-	writeJSON(w, http.StatusOK, newDict("cancelled", s.cancelJob(id)))
+	writeJSON(w, http.StatusOK, pyvalue.NewDict("cancelled", s.cancelJob(id)))
 }
 
 func (s *Server) handleJobsCancel(w http.ResponseWriter, r *http.Request, _ string) {
@@ -391,13 +393,13 @@ func (s *Server) handleJobsCancel(w http.ResponseWriter, r *http.Request, _ stri
 	if !ok {
 		return
 	}
-	body, err := parsePyJSON(raw)
+	body, err := pyvalue.Decode(raw)
 	if err != nil {
 		jsonError(w, http.StatusBadRequest, "Request body must be valid JSON")
 		return
 	}
 	var ids []any
-	if d, ok := body.(*pyDict); ok {
+	if d, ok := body.(*pyvalue.Dict); ok {
 		v, _ := d.Get("job_ids")
 		ids, ok = v.([]any)
 		if !ok {
@@ -415,12 +417,12 @@ func (s *Server) handleJobsCancel(w http.ResponseWriter, r *http.Request, _ stri
 			if isStr {
 				invalid = append(invalid, sv)
 			} else {
-				invalid = append(invalid, pyRepr(v))
+				invalid = append(invalid, pyvalue.Repr(v))
 			}
 		}
 	}
 	if len(invalid) > 0 {
-		writeJSON(w, http.StatusBadRequest, newDict("error", "job_ids contains invalid id(s)", "invalid_ids", invalid))
+		writeJSON(w, http.StatusBadRequest, pyvalue.NewDict("error", "job_ids contains invalid id(s)", "invalid_ids", invalid))
 		return
 	}
 	cancelled := false
@@ -429,5 +431,5 @@ func (s *Server) handleJobsCancel(w http.ResponseWriter, r *http.Request, _ stri
 			cancelled = true
 		}
 	}
-	writeJSON(w, http.StatusOK, newDict("cancelled", cancelled))
+	writeJSON(w, http.StatusOK, pyvalue.NewDict("cancelled", cancelled))
 }

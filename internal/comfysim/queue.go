@@ -3,6 +3,8 @@ package comfysim
 import (
 	"math/big"
 	"sync"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // queueItem is PromptQueue's tuple (number, prompt_id, prompt, extra_data,
@@ -10,10 +12,10 @@ import (
 type queueItem struct {
 	number    any // int64 from the server counter, float64 when the client sent "number"
 	id        string
-	prompt    *pyDict
-	extra     *pyDict
+	prompt    *pyvalue.Dict
+	extra     *pyvalue.Dict
 	outputs   []string
-	sensitive *pyDict
+	sensitive *pyvalue.Dict
 	seq       uint64 // only breaks exact (number, prompt_id) ties, where Python would raise
 }
 
@@ -23,10 +25,10 @@ func (q *queueItem) tuple() []any {
 }
 
 func (q *queueItem) less(o *queueItem) bool {
-	if pyLess(q.number, o.number) {
+	if pyvalue.Less(q.number, o.number) {
 		return true
 	}
-	if pyLess(o.number, q.number) {
+	if pyvalue.Less(o.number, q.number) {
 		return false
 	}
 	if q.id != o.id {
@@ -107,13 +109,13 @@ const historyMax = 10000
 // encoding is cached.
 type historyEntry struct {
 	id      string
-	value   *pyDict
+	value   *pyvalue.Dict
 	once    sync.Once
 	encoded []byte
 }
 
 func (e *historyEntry) json() []byte {
-	e.once.Do(func() { e.encoded = encodePy(e.value) })
+	e.once.Do(func() { e.encoded = pyvalue.Encode(e.value) })
 	return e.encoded
 }
 

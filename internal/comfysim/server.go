@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/node"
 )
 
 // ComfyUIVersion is the version the emulator reports and behaves as.
@@ -89,8 +91,8 @@ type Server struct {
 	tempDir     string
 	checkpoints []string
 	models      map[string][]string // model folder -> files, besides checkpoints
-	nodes       map[string]*nodeDef
-	nodeOrder   []string
+	nodes       *node.Registry
+	host        node.Host // the Server as node classes see it
 	hub         *hub
 	counters    *counterCache
 
@@ -109,7 +111,7 @@ type Server struct {
 	clientID    any    // server.client_id of the running prompt (nil = none)
 	lastNodeID  any    // server.last_node_id (display id), nil when none
 	cache       *outputCache
-	objects     map[[2]string]*nodeObject
+	objects     map[[2]string]*node.Object
 	fault       Fault
 	faultUses   int  // executions the FailClass fault has caused
 	holdQueue   bool // tests: the executor takes no new prompt while set
@@ -166,7 +168,7 @@ func New(cfg Config) (*Server, error) {
 		executorDone: make(chan struct{}),
 		history:      newHistoryStore(),
 		cache:        newOutputCache(),
-		objects:      map[[2]string]*nodeObject{},
+		objects:      map[[2]string]*node.Object{},
 		counters:     newCounterCache(),
 	}
 	if s.checkpoints == nil {
@@ -179,7 +181,8 @@ func New(cfg Config) (*Server, error) {
 		"vae":              orDefault(cfg.VAEs, DefaultVAEs),
 		"loras":            orDefault(cfg.Loras, nil),
 	}
-	s.nodes, s.nodeOrder = buildRegistry()
+	s.nodes = node.NewRegistry()
+	s.host = nodeHost{s}
 	s.cond = sync.NewCond(&s.mu)
 	s.hub = newHub(s.log)
 	s.SetStepDelay(cfg.StepDelay)

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"math/big"
 	"strings"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/node"
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // errServer is an exception that escapes a request handler: aiohttp answers
@@ -15,11 +18,11 @@ func serverError(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errServer, fmt.Sprintf(format, args...))
 }
 
-func reason(typ, message, details string, extra *pyDict) *pyDict {
+func reason(typ, message, details string, extra *pyvalue.Dict) *pyvalue.Dict {
 	if extra == nil {
-		extra = newDict()
+		extra = pyvalue.NewDict()
 	}
-	return newDict("type", typ, "message", message, "details", details, "extra_info", extra)
+	return pyvalue.NewDict("type", typ, "message", message, "details", details, "extra_info", extra)
 }
 
 // checkReplacements mirrors the exceptions NodeReplaceManager.apply_replacements
@@ -27,44 +30,44 @@ func reason(typ, message, details string, extra *pyDict) *pyDict {
 // has both "class_type" and "inputs" must be a dict with a hashable
 // class_type and dict inputs, and every node must support `in`.
 func checkReplacements(prompt any) error {
-	d, ok := prompt.(*pyDict)
+	d, ok := prompt.(*pyvalue.Dict)
 	if !ok {
-		return serverError("'%s' object has no attribute 'items'", pyTypeName(prompt))
+		return serverError("'%s' object has no attribute 'items'", pyvalue.TypeName(prompt))
 	}
 	for _, k := range d.Keys() {
 		node, _ := d.Get(k)
-		hasCT, err := pyContains(node, "class_type")
+		hasCT, err := pyvalue.Contains(node, "class_type")
 		if err != nil {
 			return serverError("%v", err)
 		}
 		if !hasCT {
 			continue
 		}
-		hasIn, err := pyContains(node, "inputs")
+		hasIn, err := pyvalue.Contains(node, "inputs")
 		if err != nil {
 			return serverError("%v", err)
 		}
 		if !hasIn {
 			continue
 		}
-		nd, ok := node.(*pyDict)
+		nd, ok := node.(*pyvalue.Dict)
 		if !ok {
 			return serverError("indices must be integers")
 		}
 		ct, _ := nd.Get("class_type")
 		switch ct.(type) {
-		case []any, *pyDict:
-			return serverError("unhashable type: '%s'", pyTypeName(ct))
+		case []any, *pyvalue.Dict:
+			return serverError("unhashable type: '%s'", pyvalue.TypeName(ct))
 		}
 		if in, _ := nd.Get("inputs"); !isDict(in) {
-			return serverError("'%s' object has no attribute 'items'", pyTypeName(in))
+			return serverError("'%s' object has no attribute 'items'", pyvalue.TypeName(in))
 		}
 	}
 	return nil
 }
 
 func isDict(v any) bool {
-	_, ok := v.(*pyDict)
+	_, ok := v.(*pyvalue.Dict)
 	return ok
 }
 
@@ -76,7 +79,7 @@ type valResult struct {
 
 type validator struct {
 	s         *Server
-	prompt    *pyDict
+	prompt    *pyvalue.Dict
 	order     []string
 	validated map[string]*valResult
 }
@@ -91,26 +94,26 @@ func (v *validator) set(id string, r *valResult) {
 // validationResult is what validate_prompt returns.
 type validationResult struct {
 	ok         bool
-	err        *pyDict // the top-level error when !ok
+	err        *pyvalue.Dict // the top-level error when !ok
 	good       []string
-	nodeErrors *pyDict
+	nodeErrors *pyvalue.Dict
 }
 
 // validatePrompt is execution.validate_prompt. It rewrites coerced values in
 // place. A non-nil error means the request must fail with a 500.
-func (s *Server) validatePrompt(prompt *pyDict, partial any, hasPartial bool) (validationResult, error) {
+func (s *Server) validatePrompt(prompt *pyvalue.Dict, partial any, hasPartial bool) (validationResult, error) {
 	var outputs []string
 	for _, x := range prompt.Keys() {
 		nv, _ := prompt.Get(x)
-		node, ok := nv.(*pyDict)
+		node, ok := nv.(*pyvalue.Dict)
 		if !ok {
 			return validationResult{}, serverError("node %s is not a dict", x)
 		}
-		meta := newDict()
+		meta := pyvalue.NewDict()
 		if mv, has := node.Get("_meta"); has {
-			m, ok := mv.(*pyDict)
+			m, ok := mv.(*pyvalue.Dict)
 			if !ok {
-				return validationResult{}, serverError("'%s' object has no attribute 'get'", pyTypeName(mv))
+				return validationResult{}, serverError("'%s' object has no attribute 'get'", pyvalue.TypeName(mv))
 			}
 			meta = m
 		}
@@ -118,33 +121,34 @@ func (s *Server) validatePrompt(prompt *pyDict, partial any, hasPartial bool) (v
 		if !hasCT {
 			title, _ := meta.Get("title")
 			name := "ID #" + x
-			if pyTruth(title) {
-				name = pyStr(title)
+			if pyvalue.Truth(title) {
+				name = pyvalue.Str(title)
 			}
 			return validationResult{err: reason("missing_node_type",
 				fmt.Sprintf("Node '%s' has no class_type. The workflow may be corrupted or a custom node is missing.", name),
 				fmt.Sprintf("Node ID '#%s'", x),
-				newDict("node_id", x, "class_type", nil, "node_title", title))}, nil
+				pyvalue.NewDict("node_id", x, "class_type", nil, "node_title", title))}, nil
 		}
 		switch ctV.(type) {
-		case []any, *pyDict:
-			return validationResult{}, serverError("unhashable type: '%s'", pyTypeName(ctV))
+		case []any, *pyvalue.Dict:
+			return validationResult{}, serverError("unhashable type: '%s'", pyvalue.TypeName(ctV))
 		}
 		ct, _ := ctV.(string)
-		def, known := s.nodes[ct]
-		if _, isStr := ctV.(string); !isStr || !known {
+		def := s.nodes.Class(ct)
+		if _, isStr := ctV.(string); !isStr || def == nil {
 			title, has := meta.Get("title")
 			if !has {
 				title = ctV
 			}
 			return validationResult{err: reason("missing_node_type",
-				fmt.Sprintf("Node '%s' not found. The custom node may not be installed.", pyStr(title)),
+				fmt.Sprintf("Node '%s' not found. The custom node may not be installed.", pyvalue.Str(title)),
 				fmt.Sprintf("Node ID '#%s'", x),
-				newDict("node_id", x, "class_type", ctV, "node_title", title))}, nil
+				pyvalue.NewDict("node_id", x, "class_type", ctV, "node_title", title))}, nil
 		}
-		if def.outputNode {
+		if def.OutputNode {
 			if hasPartial && partial != nil {
-				in, err := pyInAny(x, partial)
+				// x in partial_execution_targets
+				in, err := pyvalue.Contains(partial, x)
 				if err != nil {
 					return validationResult{}, serverError("%v", err)
 				}
@@ -156,7 +160,7 @@ func (s *Server) validatePrompt(prompt *pyDict, partial any, hasPartial bool) (v
 		}
 	}
 	if len(outputs) == 0 {
-		return validationResult{err: reason("prompt_no_outputs", "Prompt has no outputs", "", nil), nodeErrors: newDict()}, nil
+		return validationResult{err: reason("prompt_no_outputs", "Prompt has no outputs", "", nil), nodeErrors: pyvalue.NewDict()}, nil
 	}
 
 	v := &validator{s: s, prompt: prompt, validated: map[string]*valResult{}}
@@ -166,14 +170,14 @@ func (s *Server) validatePrompt(prompt *pyDict, partial any, hasPartial bool) (v
 		reasons []any
 	}
 	var failures []failed
-	nodeErrors := newDict()
+	nodeErrors := pyvalue.NewDict()
 	for _, o := range outputs {
 		r, exc := v.validateInputs(o, nil)
 		var reasons []any
 		valid := false
 		if exc != nil {
-			reasons = []any{reason("exception_during_validation", "Exception when validating node", exc.msg,
-				newDict("exception_type", exc.typ, "traceback", exc.traceback))}
+			reasons = []any{reason("exception_during_validation", "Exception when validating node", exc.Message,
+				pyvalue.NewDict("exception_type", exc.Type, "traceback", exc.Traceback))}
 			v.set(o, &valResult{ok: false, reasons: reasons})
 		} else {
 			valid, reasons = r.ok, r.reasons
@@ -191,11 +195,11 @@ func (s *Server) validatePrompt(prompt *pyDict, partial any, hasPartial bool) (v
 			ne, ok := nodeErrors.Get(id)
 			if !ok {
 				nv, _ := prompt.Get(id)
-				ct, _ := nv.(*pyDict).Get("class_type")
-				ne = newDict("errors", res.reasons, "dependent_outputs", []any{}, "class_type", ct)
+				ct, _ := nv.(*pyvalue.Dict).Get("class_type")
+				ne = pyvalue.NewDict("errors", res.reasons, "dependent_outputs", []any{}, "class_type", ct)
 				nodeErrors.Set(id, ne)
 			}
-			d := ne.(*pyDict)
+			d := ne.(*pyvalue.Dict)
 			deps, _ := d.Get("dependent_outputs")
 			d.Set("dependent_outputs", append(deps.([]any), o))
 		}
@@ -204,10 +208,10 @@ func (s *Server) validatePrompt(prompt *pyDict, partial any, hasPartial bool) (v
 		var lines []string
 		for _, f := range failures {
 			for _, r := range f.reasons {
-				rd := r.(*pyDict)
+				rd := r.(*pyvalue.Dict)
 				m, _ := rd.Get("message")
 				d, _ := rd.Get("details")
-				lines = append(lines, pyStr(m)+": "+pyStr(d))
+				lines = append(lines, pyvalue.Str(m)+": "+pyvalue.Str(d))
 			}
 		}
 		return validationResult{
@@ -219,17 +223,17 @@ func (s *Server) validatePrompt(prompt *pyDict, partial any, hasPartial bool) (v
 }
 
 // keyError is str(KeyError(key)).
-func keyError(key any) *nodeError {
+func keyError(key any) *node.Error {
 	switch key.(type) {
-	case []any, *pyDict:
-		return pyException("TypeError", fmt.Sprintf("unhashable type: '%s'", pyTypeName(key)), "validate_inputs")
+	case []any, *pyvalue.Dict:
+		return node.Raise("TypeError", fmt.Sprintf("unhashable type: '%s'", pyvalue.TypeName(key)), "validate_inputs")
 	}
-	return pyException("KeyError", pyRepr(key), "validate_inputs")
+	return node.Raise("KeyError", pyvalue.Repr(key), "validate_inputs")
 }
 
-// validateInputs is execution.validate_inputs; a non-nil *nodeError is an
+// validateInputs is execution.validate_inputs; a non-nil *node.Error is an
 // exception escaping it.
-func (v *validator) validateInputs(id string, visiting []string) (*valResult, *nodeError) {
+func (v *validator) validateInputs(id string, visiting []string) (*valResult, *node.Error) {
 	if r, ok := v.validated[id]; ok {
 		return r, nil
 	}
@@ -249,39 +253,39 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 		parts := make([]string, len(path))
 		for j, n := range path {
 			nv, _ := v.prompt.Get(n)
-			ct, _ := nv.(*pyDict).Get("class_type")
-			parts[j] = fmt.Sprintf("%s (%s)", n, pyStr(ct))
+			ct, _ := nv.(*pyvalue.Dict).Get("class_type")
+			parts[j] = fmt.Sprintf("%s (%s)", n, pyvalue.Str(ct))
 		}
 		for _, n := range cycle {
 			v.set(n, &valResult{ok: false, reasons: []any{reason("dependency_cycle", "Dependency cycle detected",
-				strings.Join(parts, " -> "), newDict("node_id", n, "cycle_nodes", cycle))}})
+				strings.Join(parts, " -> "), pyvalue.NewDict("node_id", n, "cycle_nodes", cycle))}})
 		}
 		return v.validated[id], nil
 	}
 
 	nv, _ := v.prompt.Get(id)
-	node := nv.(*pyDict)
+	node := nv.(*pyvalue.Dict)
 	inV, ok := node.Get("inputs")
 	if !ok {
 		return nil, keyError("inputs")
 	}
-	inputs := inV.(*pyDict)
+	inputs := inV.(*pyvalue.Dict)
 	ctV, _ := node.Get("class_type")
-	def := v.s.nodes[ctV.(string)]
+	def := v.s.nodes.Class(ctV.(string))
 
 	var errs []any
 	valid := true
 	validateArgs := map[string]bool{}
-	for _, a := range def.validateArgs {
+	for _, a := range def.ValidateArgs {
 		validateArgs[a] = true
 	}
-	for _, in := range def.inputs {
-		x := in.name
-		typ, extra := in.spec(v.s)
+	for _, in := range def.Inputs {
+		x := in.Name
+		typ, extra := in.Spec(v.s.host)
 		val, present := inputs.Get(x)
 		if !present {
-			if !in.optional {
-				errs = append(errs, reason("required_input_missing", "Required input is missing", x, newDict("input_name", x)))
+			if !in.Optional {
+				errs = append(errs, reason("required_input_missing", "Required input is missing", x, pyvalue.NewDict("input_name", x)))
 			}
 			continue
 		}
@@ -289,7 +293,7 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 		if l, isList := val.([]any); isList {
 			if len(l) != 2 {
 				errs = append(errs, reason("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]", x,
-					newDict("input_name", x, "input_config", info, "received_value", val)))
+					pyvalue.NewDict("input_name", x, "input_config", info, "received_value", val)))
 				continue
 			}
 			oid, isStr := l[0].(string)
@@ -300,25 +304,25 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 			if !exists {
 				return nil, keyError(oid)
 			}
-			sct, _ := src.(*pyDict).Get("class_type")
-			sdef := v.s.nodes[sct.(string)]
+			sct, _ := src.(*pyvalue.Dict).Get("class_type")
+			sdef := v.s.nodes.Class(sct.(string))
 			received, exc := returnTypeAt(sdef, l[1])
 			if exc != nil {
 				return nil, exc
 			}
 			if !validateNodeInput(received, typ) {
 				errs = append(errs, reason("return_type_mismatch", "Return type mismatch between linked nodes",
-					fmt.Sprintf("%s, received_type(%s) mismatch input_type(%s)", x, received, pyStr(typ)),
-					newDict("input_name", x, "input_config", info, "received_type", received, "linked_node", val)))
+					fmt.Sprintf("%s, received_type(%s) mismatch input_type(%s)", x, received, pyvalue.Str(typ)),
+					pyvalue.NewDict("input_name", x, "input_config", info, "received_type", received, "linked_node", val)))
 				continue
 			}
 			r, exc := v.validateInputs(oid, append(visiting, id))
 			if exc != nil {
 				valid = false
 				v.set(oid, &valResult{ok: false, reasons: []any{reason("exception_during_inner_validation",
-					"Exception when validating inner node", exc.msg,
-					newDict("input_name", x, "input_config", info, "exception_message", exc.msg,
-						"exception_type", exc.typ, "traceback", exc.traceback, "linked_node", val))}})
+					"Exception when validating inner node", exc.Message,
+					pyvalue.NewDict("input_name", x, "input_config", info, "exception_message", exc.Message,
+						"exception_type", exc.Type, "traceback", exc.Traceback, "linked_node", val))}})
 				continue
 			}
 			if !r.ok {
@@ -327,7 +331,7 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 			continue
 		}
 
-		if d, isD := val.(*pyDict); isD {
+		if d, isD := val.(*pyvalue.Dict); isD {
 			if inner, has := d.Get("__value__"); has {
 				val = inner
 				inputs.Set(x, val)
@@ -338,20 +342,20 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 			var cerr error
 			switch ts {
 			case "INT":
-				conv, cerr = pyIntConv(val)
+				conv, cerr = pyvalue.Int(val)
 			case "FLOAT":
-				conv, cerr = pyFloatConv(val)
+				conv, cerr = pyvalue.Float(val)
 			case "STRING":
-				conv = pyStr(val)
+				conv = pyvalue.Str(val)
 			case "BOOLEAN":
-				conv = pyTruth(val)
+				conv = pyvalue.Truth(val)
 			default:
 				conv = val
 			}
 			if cerr != nil {
 				errs = append(errs, reason("invalid_input_type", "Failed to convert an input value to a "+ts+" value",
-					fmt.Sprintf("%s, %s, %s", x, pyStr(val), cerr.Error()),
-					newDict("input_name", x, "input_config", info, "received_value", val, "exception_message", cerr.Error())))
+					fmt.Sprintf("%s, %s, %s", x, pyvalue.Str(val), cerr.Error()),
+					pyvalue.NewDict("input_name", x, "input_config", info, "received_value", val, "exception_message", cerr.Error())))
 				continue
 			}
 			if ts == "INT" || ts == "FLOAT" || ts == "STRING" || ts == "BOOLEAN" {
@@ -362,40 +366,40 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 		if validateArgs[x] {
 			continue
 		}
-		if mn, has := extra.Get("min"); has && pyLess(val, mn) {
-			errs = append(errs, reason("value_smaller_than_min", fmt.Sprintf("Value %s smaller than min of %s", pyStr(val), pyStr(mn)), x,
-				newDict("input_name", x, "input_config", info, "received_value", val)))
+		if mn, has := extra.Get("min"); has && pyvalue.Less(val, mn) {
+			errs = append(errs, reason("value_smaller_than_min", fmt.Sprintf("Value %s smaller than min of %s", pyvalue.Str(val), pyvalue.Str(mn)), x,
+				pyvalue.NewDict("input_name", x, "input_config", info, "received_value", val)))
 			continue
 		}
-		if mx, has := extra.Get("max"); has && pyLess(mx, val) {
-			errs = append(errs, reason("value_bigger_than_max", fmt.Sprintf("Value %s bigger than max of %s", pyStr(val), pyStr(mx)), x,
-				newDict("input_name", x, "input_config", info, "received_value", val)))
+		if mx, has := extra.Get("max"); has && pyvalue.Less(mx, val) {
+			errs = append(errs, reason("value_bigger_than_max", fmt.Sprintf("Value %s bigger than max of %s", pyvalue.Str(val), pyvalue.Str(mx)), x,
+				pyvalue.NewDict("input_name", x, "input_config", info, "received_value", val)))
 			continue
 		}
-		if opts, isCombo := in.comboOptions(v.s); isCombo {
+		if opts, isCombo := in.ComboOptions(v.s.host); isCombo {
 			in := false
 			for _, o := range opts {
-				if pyEqual(val, o) {
+				if pyvalue.Equal(val, o) {
 					in = true
 					break
 				}
 			}
 			if !in {
 				var cfg any = info
-				listInfo := pyRepr(opts)
+				listInfo := pyvalue.Repr(opts)
 				if len(opts) > 20 {
 					listInfo = fmt.Sprintf("(list of length %d)", len(opts))
 					cfg = nil
 				}
 				errs = append(errs, reason("value_not_in_list", "Value not in list",
-					fmt.Sprintf("%s: %s not in %s", x, pyRepr(val), listInfo),
-					newDict("input_name", x, "input_config", cfg, "received_value", val)))
+					fmt.Sprintf("%s: %s not in %s", x, pyvalue.Repr(val), listInfo),
+					pyvalue.NewDict("input_name", x, "input_config", cfg, "received_value", val)))
 				continue
 			}
 		}
 	}
 
-	if def.validate != nil {
+	if def.Validate != nil {
 		args := map[string]any{}
 		var argOrder []string
 		for _, x := range inputs.Keys() {
@@ -405,13 +409,13 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 			val, _ := inputs.Get(x)
 			if _, _, isL := isLink(val); isL {
 				val = nil // get_input_data without an execution list: missing
-			} else if _, declared := def.input(x); !declared {
+			} else if _, declared := def.Input(x); !declared {
 				continue
 			}
 			args[x] = val
 			argOrder = append(argOrder, x)
 		}
-		ret, exc := def.validate(v.s, args)
+		ret, exc := def.Validate(v.s.host, args)
 		if exc != nil {
 			return nil, exc
 		}
@@ -419,9 +423,9 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 			for _, x := range argOrder {
 				details := x
 				if !(isB && !b) {
-					details += " - " + pyStr(ret)
+					details += " - " + pyvalue.Str(ret)
 				}
-				errs = append(errs, reason("custom_validation_failed", "Custom validation failed for node", details, newDict("input_name", x)))
+				errs = append(errs, reason("custom_validation_failed", "Custom validation failed for node", details, pyvalue.NewDict("input_name", x)))
 			}
 		}
 	}
@@ -434,7 +438,7 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 	for _, e := range errs {
 		dup := false
 		for _, p := range prev.reasons {
-			if pyEqual(e, p) {
+			if pyvalue.Equal(e, p) {
 				dup = true
 				break
 			}
@@ -449,7 +453,7 @@ func (v *validator) validateInputs(id string, visiting []string) (*valResult, *n
 }
 
 // returnTypeAt is RETURN_TYPES[slot] with Python's indexing errors.
-func returnTypeAt(def *nodeDef, slot any) (string, *nodeError) {
+func returnTypeAt(def *node.Class, slot any) (string, *node.Error) {
 	var idx *big.Int
 	switch t := slot.(type) {
 	case *big.Int:
@@ -460,16 +464,16 @@ func returnTypeAt(def *nodeDef, slot any) (string, *nodeError) {
 			idx = big.NewInt(1)
 		}
 	default:
-		return "", pyException("TypeError", "tuple indices must be integers or slices, not "+pyTypeName(slot), "validate_inputs")
+		return "", node.Raise("TypeError", "tuple indices must be integers or slices, not "+pyvalue.TypeName(slot), "validate_inputs")
 	}
 	if !idx.IsInt64() {
-		return "", pyException("IndexError", "cannot fit 'int' into an index-sized integer", "validate_inputs")
+		return "", node.Raise("IndexError", "cannot fit 'int' into an index-sized integer", "validate_inputs")
 	}
-	n, ok := pyIndex(idx, len(def.returnTypes))
+	n, ok := pyvalue.Index(idx, len(def.ReturnTypes))
 	if !ok {
-		return "", pyException("IndexError", "tuple index out of range", "validate_inputs")
+		return "", node.Raise("IndexError", "tuple index out of range", "validate_inputs")
 	}
-	return def.returnTypes[n], nil
+	return def.ReturnTypes[n], nil
 }
 
 // validateNodeInput is comfy_execution.validation.validate_node_input

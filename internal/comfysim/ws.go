@@ -6,6 +6,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 var upgrader = websocket.Upgrader{
@@ -40,10 +42,10 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request, _ string) {
 	h.mu.Lock()
 	h.register(conn)
 	h.wg.Add(1)
-	conn.enqueue(wsFrame{data: encodePy(newDict("type", "status", "data",
-		newDict("status", s.queueInfoLocked(), "sid", sid)))})
+	conn.enqueue(wsFrame{data: pyvalue.Encode(pyvalue.NewDict("type", "status", "data",
+		pyvalue.NewDict("status", s.queueInfoLocked(), "sid", sid)))})
 	if cid, ok := s.clientID.(string); ok && cid == sid && s.lastNodeID != nil {
-		conn.enqueue(wsFrame{data: encodePy(newDict("type", "executing", "data", newDict("node", s.lastNodeID)))})
+		conn.enqueue(wsFrame{data: pyvalue.Encode(pyvalue.NewDict("type", "executing", "data", pyvalue.NewDict("node", s.lastNodeID)))})
 	}
 	h.mu.Unlock()
 	s.mu.Unlock()
@@ -67,20 +69,20 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request, _ string) {
 		if typ != websocket.TextMessage {
 			continue
 		}
-		v, err := parsePyJSON(data)
+		v, err := pyvalue.Decode(data)
 		if err != nil {
 			continue // logged as invalid JSON; still awaiting the first message
 		}
-		d, ok := v.(*pyDict)
+		d, ok := v.(*pyvalue.Dict)
 		if !ok {
 			continue // data.get raised; first_message stays set
 		}
 		if first {
 			if t, _ := d.Get("type"); t == "feature_flags" {
 				flags, _ := d.Get("data")
-				fd, ok := flags.(*pyDict)
+				fd, ok := flags.(*pyvalue.Dict)
 				if !ok {
-					fd = newDict()
+					fd = pyvalue.NewDict()
 				}
 				h.setFeatureFlags(conn, fd)
 				h.sendJSON(target{sid: sid, valid: true}, "feature_flags", serverFeatures())

@@ -1,4 +1,4 @@
-package comfysim
+package pyvalue
 
 import (
 	"bytes"
@@ -12,121 +12,26 @@ import (
 	"unicode/utf8"
 )
 
-// This file models the JSON values ComfyUI sees after Python's json.loads and
-// writes with json.dumps. Go's encoding/json is not used for prompts because it
-// loses three things ComfyUI keeps: key order (Python dicts are ordered, and the
-// scheduler and execution_cached depend on it), integers wider than 64 bits
-// (seeds go to 2^64-1 and Python ints are unbounded), and the bare NaN and
-// Infinity tokens Python accepts and echoes.
-//
-// A value is one of: nil (None), bool, *big.Int (int), float64 (float),
-// string (str), []any (list) or *pyDict (dict). Messages built in Go may also
-// hold int, int64, []string and rawJSON; the encoder accepts those too.
+// RawJSON is pre-encoded JSON inserted verbatim by the encoder.
+type RawJSON []byte
 
-// pyDict is an insertion-ordered JSON object, the stand-in for a Python dict.
-type pyDict struct {
-	keys []string
-	vals map[string]any
-}
+// ErrInvalidJSON is what Python's json.loads raises; aiohttp turns it into a 500.
+var ErrInvalidJSON = errors.New("invalid JSON")
 
-// rawJSON is pre-encoded JSON inserted verbatim by the encoder.
-type rawJSON []byte
+// maxIntDigits is Python's default int_max_str_digits.
+const maxIntDigits = 4300
 
-// newDict builds a dict from alternating keys and values.
-func newDict(kv ...any) *pyDict {
-	d := &pyDict{vals: make(map[string]any, len(kv)/2)}
-	for i := 0; i+1 < len(kv); i += 2 {
-		d.Set(kv[i].(string), kv[i+1])
-	}
-	return d
-}
+// maxDepth approximates Python's recursion limit while decoding.
+const maxDepth = 900
 
-func (d *pyDict) Len() int {
-	if d == nil {
-		return 0
-	}
-	return len(d.keys)
-}
-
-func (d *pyDict) Keys() []string {
-	if d == nil {
-		return nil
-	}
-	return d.keys
-}
-
-func (d *pyDict) Get(k string) (any, bool) {
-	if d == nil {
-		return nil, false
-	}
-	v, ok := d.vals[k]
-	return v, ok
-}
-
-func (d *pyDict) Has(k string) bool {
-	_, ok := d.Get(k)
-	return ok
-}
-
-// Set stores v under k; an existing key keeps its position, as in Python.
-func (d *pyDict) Set(k string, v any) {
-	if d.vals == nil {
-		d.vals = make(map[string]any)
-	}
-	if _, ok := d.vals[k]; !ok {
-		d.keys = append(d.keys, k)
-	}
-	d.vals[k] = v
-}
-
-// Delete removes k and reports whether it was present.
-func (d *pyDict) Delete(k string) bool {
-	if d == nil {
-		return false
-	}
-	if _, ok := d.vals[k]; !ok {
-		return false
-	}
-	delete(d.vals, k)
-	for i, key := range d.keys {
-		if key == k {
-			d.keys = append(d.keys[:i:i], d.keys[i+1:]...)
-			break
-		}
-	}
-	return true
-}
-
-// Copy returns a shallow copy.
-func (d *pyDict) Copy() *pyDict {
-	c := &pyDict{keys: make([]string, len(d.Keys())), vals: make(map[string]any, d.Len())}
-	if d == nil {
-		return c
-	}
-	copy(c.keys, d.keys)
-	for k, v := range d.vals {
-		c.vals[k] = v
-	}
-	return c
-}
-
-// errInvalidJSON is what Python's json.loads raises; aiohttp turns it into a 500.
-var errInvalidJSON = errors.New("invalid JSON")
-
-// pyMaxIntDigits is Python's default int_max_str_digits.
-const pyMaxIntDigits = 4300
-
-// pyMaxDepth approximates Python's recursion limit while decoding.
-const pyMaxDepth = 900
-
-// parsePyJSON decodes data the way aiohttp's request.json() does: strict UTF-8,
+// Decode decodes data the way aiohttp's request.json() does: strict UTF-8,
 // Python's json module grammar (NaN, Infinity, -Infinity accepted, duplicate
 // keys keep the first position and the last value).
-func parsePyJSON(data []byte) (any, error) {
+func Decode(data []byte) (any, error) {
 	if !utf8.Valid(data) {
-		return nil, fmt.Errorf("%w: body is not UTF-8", errInvalidJSON)
+		return nil, fmt.Errorf("%w: body is not UTF-8", ErrInvalidJSON)
 	}
-	p := &pyParser{s: data}
+	p := &parser{s: data}
 	p.skipWS()
 	v, err := p.value(0)
 	if err != nil {
@@ -139,16 +44,16 @@ func parsePyJSON(data []byte) (any, error) {
 	return v, nil
 }
 
-type pyParser struct {
+type parser struct {
 	s []byte
 	i int
 }
 
-func (p *pyParser) fail(what string) error {
-	return fmt.Errorf("%w: %s at char %d", errInvalidJSON, what, p.i)
+func (p *parser) fail(what string) error {
+	return fmt.Errorf("%w: %s at char %d", ErrInvalidJSON, what, p.i)
 }
 
-func (p *pyParser) skipWS() {
+func (p *parser) skipWS() {
 	for p.i < len(p.s) {
 		switch p.s[p.i] {
 		case ' ', '\t', '\n', '\r':
@@ -159,7 +64,7 @@ func (p *pyParser) skipWS() {
 	}
 }
 
-func (p *pyParser) lit(word string) bool {
+func (p *parser) lit(word string) bool {
 	if bytes.HasPrefix(p.s[p.i:], []byte(word)) {
 		p.i += len(word)
 		return true
@@ -167,8 +72,8 @@ func (p *pyParser) lit(word string) bool {
 	return false
 }
 
-func (p *pyParser) value(depth int) (any, error) {
-	if depth > pyMaxDepth {
+func (p *parser) value(depth int) (any, error) {
+	if depth > maxDepth {
 		return nil, p.fail("maximum recursion depth exceeded")
 	}
 	if p.i >= len(p.s) {
@@ -199,9 +104,9 @@ func (p *pyParser) value(depth int) (any, error) {
 	return nil, p.fail("expecting value")
 }
 
-func (p *pyParser) object(depth int) (any, error) {
+func (p *parser) object(depth int) (any, error) {
 	p.i++ // {
-	d := &pyDict{vals: map[string]any{}}
+	d := &Dict{vals: map[string]any{}}
 	p.skipWS()
 	if p.i < len(p.s) && p.s[p.i] == '}' {
 		p.i++
@@ -243,7 +148,7 @@ func (p *pyParser) object(depth int) (any, error) {
 	}
 }
 
-func (p *pyParser) array(depth int) (any, error) {
+func (p *parser) array(depth int) (any, error) {
 	p.i++ // [
 	out := []any{}
 	p.skipWS()
@@ -274,7 +179,7 @@ func (p *pyParser) array(depth int) (any, error) {
 	}
 }
 
-func (p *pyParser) hex4() (rune, bool) {
+func (p *parser) hex4() (rune, bool) {
 	if p.i+4 > len(p.s) {
 		return 0, false
 	}
@@ -286,7 +191,7 @@ func (p *pyParser) hex4() (rune, bool) {
 	return rune(n), true
 }
 
-func (p *pyParser) str() (string, error) {
+func (p *parser) str() (string, error) {
 	p.i++ // "
 	start := p.i
 	// Fast path: no escapes.
@@ -383,7 +288,7 @@ func decodeWTF8(s string) (rune, int) {
 	return r, n
 }
 
-func (p *pyParser) number() (any, error) {
+func (p *parser) number() (any, error) {
 	start := p.i
 	if p.s[p.i] == '-' {
 		p.i++
@@ -434,7 +339,7 @@ func (p *pyParser) number() (any, error) {
 	if lit[0] == '-' {
 		digits--
 	}
-	if digits > pyMaxIntDigits {
+	if digits > maxIntDigits {
 		return nil, p.fail("integer string conversion exceeds the limit")
 	}
 	n, ok := new(big.Int).SetString(lit, 10)
@@ -444,13 +349,13 @@ func (p *pyParser) number() (any, error) {
 	return n, nil
 }
 
-// encodePy encodes v as Python's json.dumps does with its defaults
+// Encode encodes v as Python's json.dumps does with its defaults
 // (ensure_ascii, ", " and ": " separators, bare NaN/Infinity).
-func encodePy(v any) []byte {
-	return appendPy(make([]byte, 0, 256), v)
+func Encode(v any) []byte {
+	return appendValue(make([]byte, 0, 256), v)
 }
 
-func appendPy(b []byte, v any) []byte {
+func appendValue(b []byte, v any) []byte {
 	switch t := v.(type) {
 	case nil:
 		return append(b, "null"...)
@@ -479,16 +384,16 @@ func appendPy(b []byte, v any) []byte {
 		case math.IsInf(t, -1):
 			return append(b, "-Infinity"...)
 		}
-		return append(b, pyFloatRepr(t)...)
+		return append(b, FloatRepr(t)...)
 	case string:
-		return appendPyString(b, t)
+		return AppendString(b, t)
 	case []any:
 		b = append(b, '[')
 		for i, e := range t {
 			if i > 0 {
 				b = append(b, ", "...)
 			}
-			b = appendPy(b, e)
+			b = appendValue(b, e)
 		}
 		return append(b, ']')
 	case []string:
@@ -497,10 +402,10 @@ func appendPy(b []byte, v any) []byte {
 			if i > 0 {
 				b = append(b, ", "...)
 			}
-			b = appendPyString(b, e)
+			b = AppendString(b, e)
 		}
 		return append(b, ']')
-	case *pyDict:
+	case *Dict:
 		if t == nil {
 			return append(b, "null"...)
 		}
@@ -509,12 +414,12 @@ func appendPy(b []byte, v any) []byte {
 			if i > 0 {
 				b = append(b, ", "...)
 			}
-			b = appendPyString(b, k)
+			b = AppendString(b, k)
 			b = append(b, ": "...)
-			b = appendPy(b, t.vals[k])
+			b = appendValue(b, t.vals[k])
 		}
 		return append(b, '}')
-	case rawJSON:
+	case RawJSON:
 		return append(b, t...)
 	default:
 		panic(fmt.Sprintf("comfysim: cannot encode %T", v))
@@ -523,7 +428,7 @@ func appendPy(b []byte, v any) []byte {
 
 const hexDigits = "0123456789abcdef"
 
-func appendPyString(b []byte, s string) []byte {
+func AppendString(b []byte, s string) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
@@ -570,173 +475,13 @@ func appendU4(b []byte, r rune) []byte {
 	return append(b, '\\', 'u', hexDigits[r>>12&0xf], hexDigits[r>>8&0xf], hexDigits[r>>4&0xf], hexDigits[r&0xf])
 }
 
-// pyFloatRepr is Python's repr(float) for finite values: the shortest digits
-// that round-trip, fixed notation for exponents in [-4, 16), else scientific.
-func pyFloatRepr(f float64) string {
-	switch {
-	case math.IsNaN(f):
-		return "nan"
-	case math.IsInf(f, 1):
-		return "inf"
-	case math.IsInf(f, -1):
-		return "-inf"
-	}
-	s := strconv.FormatFloat(f, 'e', -1, 64) // -d.ddde±XX
-	neg := false
-	if s[0] == '-' {
-		neg = true
-		s = s[1:]
-	}
-	epos := strings.IndexByte(s, 'e')
-	mant, expStr := s[:epos], s[epos+1:]
-	exp, _ := strconv.Atoi(expStr)
-	digits := strings.Replace(mant, ".", "", 1)
-	var out string
-	if exp >= -4 && exp < 16 {
-		if exp >= 0 {
-			if len(digits) <= exp+1 {
-				out = digits + strings.Repeat("0", exp+1-len(digits)) + ".0"
-			} else {
-				out = digits[:exp+1] + "." + digits[exp+1:]
-			}
-		} else {
-			out = "0." + strings.Repeat("0", -exp-1) + digits
-		}
-	} else {
-		m := digits[:1]
-		if len(digits) > 1 {
-			m += "." + digits[1:]
-		}
-		sign := "+"
-		if exp < 0 {
-			sign = "-"
-			exp = -exp
-		}
-		out = fmt.Sprintf("%se%s%02d", m, sign, exp)
-	}
-	if neg {
-		return "-" + out
-	}
-	return out
-}
-
-// pyRepr is Python's repr() of a JSON value.
-func pyRepr(v any) string {
-	var b strings.Builder
-	writeRepr(&b, v)
-	return b.String()
-}
-
-// pyStr is Python's str() of a JSON value.
-func pyStr(v any) string {
-	if s, ok := v.(string); ok {
-		return s
-	}
-	return pyRepr(v)
-}
-
-func writeRepr(b *strings.Builder, v any) {
-	switch t := v.(type) {
-	case nil:
-		b.WriteString("None")
-	case bool:
-		if t {
-			b.WriteString("True")
-		} else {
-			b.WriteString("False")
-		}
-	case *big.Int:
-		b.WriteString(t.String())
-	case int:
-		b.WriteString(strconv.Itoa(t))
-	case int64:
-		b.WriteString(strconv.FormatInt(t, 10))
-	case float64:
-		b.WriteString(pyFloatRepr(t))
-	case string:
-		b.WriteString(pyStrRepr(t))
-	case []any:
-		b.WriteByte('[')
-		for i, e := range t {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			writeRepr(b, e)
-		}
-		b.WriteByte(']')
-	case []string:
-		b.WriteByte('[')
-		for i, e := range t {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString(pyStrRepr(e))
-		}
-		b.WriteByte(']')
-	case *pyDict:
-		b.WriteByte('{')
-		for i, k := range t.Keys() {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString(pyStrRepr(k))
-			b.WriteString(": ")
-			writeRepr(b, t.vals[k])
-		}
-		b.WriteByte('}')
-	case fmt.Stringer:
-		b.WriteString(t.String())
-	default:
-		fmt.Fprintf(b, "%v", t)
-	}
-}
-
-// pyStrRepr is Python's repr() of a str.
-func pyStrRepr(s string) string {
-	quote := byte('\'')
-	if strings.IndexByte(s, '\'') >= 0 && strings.IndexByte(s, '"') < 0 {
-		quote = '"'
-	}
-	var b strings.Builder
-	b.WriteByte(quote)
-	for i := 0; i < len(s); {
-		r, n := decodeWTF8(s[i:])
-		i += n
-		switch {
-		case r == rune(quote) || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r == '\t':
-			b.WriteString(`\t`)
-		case r == '\n':
-			b.WriteString(`\n`)
-		case r == '\r':
-			b.WriteString(`\r`)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, `\x%02x`, r)
-		case r < 0x7f:
-			b.WriteRune(r)
-		case isPyPrintable(r):
-			b.WriteRune(r)
-		case r < 0x100:
-			fmt.Fprintf(&b, `\x%02x`, r)
-		case r < 0x10000:
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
-			fmt.Fprintf(&b, `\U%08x`, r)
-		}
-	}
-	b.WriteByte(quote)
-	return b.String()
-}
-
-// encodePyIndent is json.dumps(v, indent=n): one item per line, "," item
+// EncodeIndent is json.dumps(v, indent=n): one item per line, "," item
 // separators (no trailing space) and ": " after keys.
-func encodePyIndent(v any, n int) []byte {
-	return appendPyIndent(nil, v, n, 0)
+func EncodeIndent(v any, n int) []byte {
+	return appendIndent(nil, v, n, 0)
 }
 
-func appendPyIndent(b []byte, v any, n, level int) []byte {
+func appendIndent(b []byte, v any, n, level int) []byte {
 	nl := func(l int) {
 		b = append(b, '\n')
 		b = append(b, strings.Repeat(" ", n*l)...)
@@ -752,11 +497,11 @@ func appendPyIndent(b []byte, v any, n, level int) []byte {
 				b = append(b, ',')
 			}
 			nl(level + 1)
-			b = appendPyIndent(b, e, n, level+1)
+			b = appendIndent(b, e, n, level+1)
 		}
 		nl(level)
 		return append(b, ']')
-	case *pyDict:
+	case *Dict:
 		if t.Len() == 0 {
 			return append(b, "{}"...)
 		}
@@ -766,12 +511,12 @@ func appendPyIndent(b []byte, v any, n, level int) []byte {
 				b = append(b, ',')
 			}
 			nl(level + 1)
-			b = appendPyString(b, k)
+			b = AppendString(b, k)
 			b = append(b, ": "...)
-			b = appendPyIndent(b, t.vals[k], n, level+1)
+			b = appendIndent(b, t.vals[k], n, level+1)
 		}
 		nl(level)
 		return append(b, '}')
 	}
-	return appendPy(b, v)
+	return appendValue(b, v)
 }

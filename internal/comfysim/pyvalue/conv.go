@@ -1,4 +1,4 @@
-package comfysim
+package pyvalue
 
 import (
 	"fmt"
@@ -9,12 +9,13 @@ import (
 	"unicode"
 )
 
-// Python semantics for the values of §2: int(), float(), str(), bool(),
-// equality, ordering and the `in` operator, with Python's error texts, because
-// ComfyUI copies those texts into validation errors.
+// Python semantics for these values (reference/comfyui-protocol.md §2):
+// int(), float(), str(), bool(), equality, ordering and the `in` operator,
+// with Python's error texts, because ComfyUI copies those texts into
+// validation errors.
 
-// pyTypeName is type(v).__name__.
-func pyTypeName(v any) string {
+// TypeName is type(v).__name__.
+func TypeName(v any) string {
 	switch v.(type) {
 	case nil:
 		return "NoneType"
@@ -28,14 +29,14 @@ func pyTypeName(v any) string {
 		return "str"
 	case []any:
 		return "list"
-	case *pyDict:
+	case *Dict:
 		return "dict"
 	}
 	return fmt.Sprintf("%T", v)
 }
 
-// pyTruth is bool(v).
-func pyTruth(v any) bool {
+// Truth is bool(v).
+func Truth(v any) bool {
 	switch t := v.(type) {
 	case nil:
 		return false
@@ -53,13 +54,13 @@ func pyTruth(v any) bool {
 		return t != ""
 	case []any:
 		return len(t) > 0
-	case *pyDict:
+	case *Dict:
 		return t.Len() > 0
 	}
 	return true
 }
 
-func isPyPrintable(r rune) bool {
+func isPrintable(r rune) bool {
 	if r == ' ' {
 		return true
 	}
@@ -69,8 +70,8 @@ func isPyPrintable(r rune) bool {
 	return unicode.IsPrint(r)
 }
 
-// pyIsSpace is str.isspace for one character.
-func pyIsSpace(r rune) bool {
+// isSpace is str.isspace for one character.
+func isSpace(r rune) bool {
 	switch r {
 	case ' ', '\t', '\n', '\r', '\v', '\f', 0x1c, 0x1d, 0x1e, 0x1f, 0x85:
 		return true
@@ -78,8 +79,8 @@ func pyIsSpace(r rune) bool {
 	return r > 0x7f && unicode.IsSpace(r) && r != 0x200b
 }
 
-func pyStrip(s string) string {
-	return strings.TrimFunc(s, pyIsSpace)
+func strip(s string) string {
+	return strings.TrimFunc(s, isSpace)
 }
 
 // asciiDigits parses a digit part with Python's underscore rule (single
@@ -124,8 +125,8 @@ func unicodeDigit(r rune) int {
 	return n % 10
 }
 
-// pyIntConv is int(v). The error string is str(exception).
-func pyIntConv(v any) (*big.Int, error) {
+// Int is int(v). The error string is str(exception).
+func Int(v any) (*big.Int, error) {
 	switch t := v.(type) {
 	case bool:
 		if t {
@@ -144,7 +145,7 @@ func pyIntConv(v any) (*big.Int, error) {
 		n, _ := big.NewFloat(math.Trunc(t)).Int(nil)
 		return n, nil
 	case string:
-		s := pyStrip(t)
+		s := strip(t)
 		sign := ""
 		if strings.HasPrefix(s, "+") || strings.HasPrefix(s, "-") {
 			if s[0] == '-' {
@@ -154,20 +155,20 @@ func pyIntConv(v any) (*big.Int, error) {
 		}
 		digits, ok := asciiDigits(s)
 		if !ok {
-			return nil, fmt.Errorf("invalid literal for int() with base 10: %s", pyStrRepr(t))
+			return nil, fmt.Errorf("invalid literal for int() with base 10: %s", StrRepr(t))
 		}
-		if len(digits) > pyMaxIntDigits {
+		if len(digits) > maxIntDigits {
 			//lint:ignore ST1005 Python's exact message, copied into validation errors
-			return nil, fmt.Errorf("Exceeds the limit (%d digits) for integer string conversion: value has %d digits; use sys.set_int_max_str_digits() to increase the limit", pyMaxIntDigits, len(digits))
+			return nil, fmt.Errorf("Exceeds the limit (%d digits) for integer string conversion: value has %d digits; use sys.set_int_max_str_digits() to increase the limit", maxIntDigits, len(digits))
 		}
 		n, _ := new(big.Int).SetString(sign+digits, 10)
 		return n, nil
 	}
-	return nil, fmt.Errorf("int() argument must be a string, a bytes-like object or a real number, not '%s'", pyTypeName(v))
+	return nil, fmt.Errorf("int() argument must be a string, a bytes-like object or a real number, not '%s'", TypeName(v))
 }
 
-// pyFloatConv is float(v).
-func pyFloatConv(v any) (float64, error) {
+// Float is float(v).
+func Float(v any) (float64, error) {
 	switch t := v.(type) {
 	case bool:
 		if t {
@@ -183,17 +184,17 @@ func pyFloatConv(v any) (float64, error) {
 	case float64:
 		return t, nil
 	case string:
-		f, ok := parsePyFloatString(t)
+		f, ok := parseFloatString(t)
 		if !ok {
-			return 0, fmt.Errorf("could not convert string to float: %s", pyStrRepr(t))
+			return 0, fmt.Errorf("could not convert string to float: %s", StrRepr(t))
 		}
 		return f, nil
 	}
-	return 0, fmt.Errorf("float() argument must be a string or a real number, not '%s'", pyTypeName(v))
+	return 0, fmt.Errorf("float() argument must be a string or a real number, not '%s'", TypeName(v))
 }
 
-func parsePyFloatString(s string) (float64, bool) {
-	s = pyStrip(s)
+func parseFloatString(s string) (float64, bool) {
+	s = strip(s)
 	sign := ""
 	body := s
 	if strings.HasPrefix(body, "+") || strings.HasPrefix(body, "-") {
@@ -265,8 +266,8 @@ func parsePyFloatString(s string) (float64, bool) {
 	return f, true
 }
 
-// pyNumber reports whether v is a Python number (bool counts, as in Python).
-func pyNumber(v any) (*big.Float, bool) {
+// Number reports whether v is a Python number (bool counts, as in Python).
+func Number(v any) (*big.Float, bool) {
 	switch t := v.(type) {
 	case bool:
 		if t {
@@ -288,20 +289,20 @@ func pyNumber(v any) (*big.Float, bool) {
 	return nil, false
 }
 
-// pyLess is a < b for numbers; false when either is NaN or not a number.
-func pyLess(a, b any) bool {
-	x, ok1 := pyNumber(a)
-	y, ok2 := pyNumber(b)
+// Less is a < b for numbers; false when either is NaN or not a number.
+func Less(a, b any) bool {
+	x, ok1 := Number(a)
+	y, ok2 := Number(b)
 	if !ok1 || !ok2 || x == nil || y == nil {
 		return false
 	}
 	return x.Cmp(y) < 0
 }
 
-// pyEqual is a == b for JSON values.
-func pyEqual(a, b any) bool {
-	if x, ok := pyNumber(a); ok {
-		y, ok := pyNumber(b)
+// Equal is a == b for JSON values.
+func Equal(a, b any) bool {
+	if x, ok := Number(a); ok {
+		y, ok := Number(b)
 		if !ok || x == nil || y == nil {
 			return false
 		}
@@ -319,19 +320,19 @@ func pyEqual(a, b any) bool {
 			return false
 		}
 		for i := range t {
-			if !pyEqual(t[i], u[i]) {
+			if !Equal(t[i], u[i]) {
 				return false
 			}
 		}
 		return true
-	case *pyDict:
-		u, ok := b.(*pyDict)
+	case *Dict:
+		u, ok := b.(*Dict)
 		if !ok || u.Len() != t.Len() {
 			return false
 		}
 		for _, k := range t.keys {
 			w, ok := u.Get(k)
-			if !ok || !pyEqual(t.vals[k], w) {
+			if !ok || !Equal(t.vals[k], w) {
 				return false
 			}
 		}
@@ -340,15 +341,15 @@ func pyEqual(a, b any) bool {
 	return false
 }
 
-// errPyType marks a Python TypeError that would escape a handler as a 500.
-type errPyType struct{ msg string }
+// typeError marks a Python TypeError that would escape a handler as a 500.
+type typeError struct{ msg string }
 
-func (e errPyType) Error() string { return e.msg }
+func (e typeError) Error() string { return e.msg }
 
-// pyContains is `key in container` for a string key.
-func pyContains(container any, key string) (bool, error) {
+// Contains is `key in container` for a string key.
+func Contains(container any, key string) (bool, error) {
 	switch t := container.(type) {
-	case *pyDict:
+	case *Dict:
 		return t.Has(key), nil
 	case []any:
 		for _, e := range t {
@@ -360,18 +361,12 @@ func pyContains(container any, key string) (bool, error) {
 	case string:
 		return strings.Contains(t, key), nil
 	}
-	return false, errPyType{fmt.Sprintf("argument of type '%s' is not iterable", pyTypeName(container))}
+	return false, typeError{fmt.Sprintf("argument of type '%s' is not iterable", TypeName(container))}
 }
 
-// pyInAny is `v in container` where v is any JSON value (used for
-// partial_execution_targets, whose items are compared with node ids).
-func pyInAny(v string, container any) (bool, error) {
-	return pyContains(container, v)
-}
-
-// pyIndex resolves a Python sequence index (negative counts from the end).
+// Index resolves a Python sequence index (negative counts from the end).
 // ok is false for "index out of range".
-func pyIndex(i *big.Int, n int) (int, bool) {
+func Index(i *big.Int, n int) (int, bool) {
 	if !i.IsInt64() {
 		return 0, false
 	}
@@ -383,21 +378,4 @@ func pyIndex(i *big.Int, n int) (int, bool) {
 		return 0, false
 	}
 	return int(x), true
-}
-
-// isLink is comfy_execution.graph_utils.is_link.
-func isLink(v any) (src string, slot any, ok bool) {
-	l, isList := v.([]any)
-	if !isList || len(l) != 2 {
-		return "", nil, false
-	}
-	s, isStr := l[0].(string)
-	if !isStr {
-		return "", nil, false
-	}
-	switch l[1].(type) {
-	case *big.Int, float64, bool:
-		return s, l[1], true
-	}
-	return "", nil, false
 }

@@ -1,8 +1,10 @@
-package comfysim
+package node
 
 import (
 	"fmt"
 	"slices"
+
+	"github.com/comfyfleet/comfyfleet/internal/comfysim/pyvalue"
 )
 
 // The split model loaders of flux-style workflows (UNETLoader,
@@ -19,22 +21,22 @@ var dualCLIPTypes = []string{"sdxl", "sd3", "flux", "hunyuan_video", "hidream", 
 
 // vaeNames is VAELoader.vae_list: the files in models/vae plus the
 // pixel-space pseudo VAE.
-func vaeNames(s *Server) []string {
-	return append(append([]string{}, s.modelFiles("vae")...), "pixel_space")
+func vaeNames(h Host) []string {
+	return append(append([]string{}, h.ModelFiles("vae")...), "pixel_space")
 }
 
 // modelFile is folder_paths.get_full_path_or_raise: the file must be in
 // the folder's list.
-func (x *nodeRun) modelFile(folder, input string) (string, error) {
+func (x *Run) modelFile(folder, input string) (string, error) {
 	name := x.str(input)
-	if !slices.Contains(x.s.modelFiles(folder), name) {
-		return "", pyException("FileNotFoundError",
-			fmt.Sprintf("Model in folder '%s' with filename '%s' not found.", folder, name), x.def.funcName())
+	if !slices.Contains(x.Host.ModelFiles(folder), name) {
+		return "", Raise("FileNotFoundError",
+			fmt.Sprintf("Model in folder '%s' with filename '%s' not found.", folder, name), x.Class.FuncName())
 	}
 	return name, nil
 }
 
-func runUNETLoader(x *nodeRun) ([]any, *pyDict, error) {
+func runUNETLoader(x *Run) ([]any, *pyvalue.Dict, error) {
 	name, err := x.modelFile("diffusion_models", "unet_name")
 	if err != nil {
 		return nil, nil, err
@@ -43,7 +45,7 @@ func runUNETLoader(x *nodeRun) ([]any, *pyDict, error) {
 	return []any{modelVal{id, pyObjectRepr("comfy.model_patcher.ModelPatcher")}}, nil, nil
 }
 
-func runDualCLIPLoader(x *nodeRun) ([]any, *pyDict, error) {
+func runDualCLIPLoader(x *Run) ([]any, *pyvalue.Dict, error) {
 	a, err := x.modelFile("text_encoders", "clip_name1")
 	if err != nil {
 		return nil, nil, err
@@ -56,7 +58,7 @@ func runDualCLIPLoader(x *nodeRun) ([]any, *pyDict, error) {
 	return []any{clipVal{id, pyObjectRepr("comfy.sd.CLIP")}}, nil, nil
 }
 
-func runVAELoader(x *nodeRun) ([]any, *pyDict, error) {
+func runVAELoader(x *Run) ([]any, *pyvalue.Dict, error) {
 	name := x.str("vae_name")
 	if name != "pixel_space" {
 		var err error
@@ -67,12 +69,12 @@ func runVAELoader(x *nodeRun) ([]any, *pyDict, error) {
 	return []any{vaeVal{"vae:" + name, pyObjectRepr("comfy.sd.VAE")}}, nil, nil
 }
 
-func runLoraLoader(x *nodeRun) ([]any, *pyDict, error) {
-	model, ok := x.in["model"].(modelVal)
+func runLoraLoader(x *Run) ([]any, *pyvalue.Dict, error) {
+	model, ok := x.Inputs["model"].(modelVal)
 	if !ok {
 		return nil, nil, x.noneInput("model", "clone")
 	}
-	clip, ok := x.in["clip"].(clipVal)
+	clip, ok := x.Inputs["clip"].(clipVal)
 	if !ok {
 		return nil, nil, x.noneInput("clip", "clone")
 	}
