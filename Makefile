@@ -1,14 +1,14 @@
 # The targets the README names. `make test` is what CI runs.
 GO ?= go
 FUZZTIME ?= 10s
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test dev vet fuzz build chaos
+.PHONY: test dev vet lint fuzz build chaos
 
-## test: start a Redis when none answers, install versitygw (S3 tests) when missing, vet, then run every test with the race detector
-test:
+## test: start a Redis when none answers, install versitygw (S3 tests) when missing, vet and staticcheck, then run every test with the race detector
+test: lint
 	./scripts/ensure-redis.sh
 	GO=$(GO) ./scripts/ensure-versitygw.sh
-	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd test/node && npm ci --no-audit --no-fund && npm test
 
@@ -24,9 +24,13 @@ dev:
 build:
 	$(GO) build -o bin/ ./cmd/...
 
-## vet: static checks
+## vet: go vet alone
 vet:
 	$(GO) vet ./...
+
+## lint: go vet and staticcheck (fetched from the Go module proxy at the pinned version)
+lint: vet
+	$(GO) run $(STATICCHECK) ./...
 
 ## fuzz: run each fuzz target for FUZZTIME
 fuzz:

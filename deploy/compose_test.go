@@ -465,6 +465,7 @@ var notInCompose = map[string]map[string]string{
 		"SWEEP_INTERVAL":  "the default fits; tests shorten it",
 		"INTAKE_ACK_WAIT": "the default fits; tests shorten it",
 		"EXECUTION_GRACE": "the default fits; tests shorten it",
+		"LEASE_GRACE":     "the default fits the workers' default LEASE_TTL, which compose does not change either",
 	},
 	"comfysim": {
 		"COMFYSIM_CONTROL_ADDR": "fault injection is for tests",

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -89,11 +88,13 @@ func removeBinaries() {
 	}
 }
 
+// goTool is the go command: go test puts GOROOT/bin first on the test's
+// PATH.
 func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return "go"
 }
 
 // dotEnv reads deploy/compose/.env.example as KEY=VALUE lines.

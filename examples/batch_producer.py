@@ -9,7 +9,7 @@ but the standard library and nats-py (pip install nats-py):
   2. each job is a JSON message on cf.submit.batch with the header
      Nats-Msg-Id = job id, published through JetStream: the PubAck is the
      receipt;
-  3. progress comes from the status events on cf.events.<id>;
+  3. completion comes from the final events on cf.events.<id>.final;
   4. results are read from the RunPod-compatible API's GET /status/{id}
      (files inline as base64) and written to --out.
 
@@ -37,7 +37,7 @@ import urllib.request
 import nats
 
 SUBJECT = "cf.submit.batch"  # proto.SubmitSubject("batch")
-EVENTS = "cf.events.*"  # proto.EventSubject(id), for every job
+EVENTS = "cf.events.*.final"  # proto.FinalEventSubjects: every job's terminal status
 REJECTS = "cf.rejects"  # proto.RejectSubject
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 MAX_MESSAGE = 1024 * 1024  # NATS's default max payload

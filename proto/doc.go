@@ -18,7 +18,7 @@
 //     whatever process dies. A PubAck with "duplicate": true means that id was
 //     published within the de-duplication window (2 minutes) and this copy
 //     was dropped.
-//  3. Watch "cf.events.<id>" ([EventSubject]) for [Event]s, or read the status
+//  3. Watch "cf.events.<id>.*" ([JobEventSubjects]) for [Event]s, or read the status
 //     record, a Redis hash at "cf:job:<id>" ([JobKey]) whose fields are those of
 //     [Record].
 //
@@ -57,14 +57,21 @@
 //
 // # Events and results
 //
-// Every status transition is published on "cf.events.<id>" as an [Event]
-// with type "status": IN_QUEUE when the dispatcher admits the job,
-// IN_PROGRESS when a worker starts it, then one of COMPLETED, FAILED,
-// TIMED_OUT or CANCELLED ("error" says why). Progress events (type
-// "progress") come in between; ignore types and fields you do not know. The
+// Every status transition is published as an [Event] with type "status":
+// IN_QUEUE when the dispatcher admits the job and IN_PROGRESS when a worker
+// starts it on "cf.events.<id>.status", then one of COMPLETED, FAILED,
+// TIMED_OUT or CANCELLED ("error" says why) on "cf.events.<id>.final"
+// ([EventSubject], [Event.Subject]). Progress events (type "progress") come
+// in between on "cf.events.<id>.progress"; ignore types and fields you do
+// not know. Subscribe to "cf.events.<id>.*" for one job, or to
+// "cf.events.*.final" ([FinalEventSubjects]) for the ends of every job. The
 // events stream ([EventsStream]) keeps them for a day, so a late subscriber
 // can replay them with a JetStream consumer; a core subscription sees only
-// new ones, so subscribe before publishing.
+// new ones, so subscribe before publishing. Preview pictures go to
+// "cf.previews.<id>" ([PreviewSubject]) in [PreviewStream].
+//
+// A submission for an id that already has a status record is dropped and
+// changes nothing, whatever the job's state.
 //
 // The result is the status record's "output" field: an [Output] on success.
 // Its files are [OutputItem]s that name a key in the object store

@@ -25,8 +25,9 @@ const (
 	EventPreview EventType = "preview"
 )
 
-// Event is published on [EventSubject] for every status transition and,
-// throttled, for progress. Consumers must ignore unknown types and fields.
+// Event is published for every status transition and, throttled, for
+// progress, on the subject [Event.Subject] names. Consumers must ignore
+// unknown types and fields.
 type Event struct {
 	V        int       `json:"v"`
 	JobID    string    `json:"job_id"`
@@ -62,6 +63,22 @@ type Progress struct {
 	Value   int64   `json:"value"`
 	Max     int64   `json:"max"`
 	Percent float64 `json:"percent"`
+}
+
+// Subject is the subject the event is published on: the job's
+// [EventSubject] of class final for a terminal status, status for the
+// other transitions, progress for everything else. Previews go to
+// [PreviewSubject] instead.
+func (e *Event) Subject() string {
+	switch {
+	case e.Type == EventStatus && e.Status.Terminal():
+		return EventSubject(e.JobID, EventClassFinal)
+	case e.Type == EventStatus:
+		return EventSubject(e.JobID, EventClassStatus)
+	case e.Type == EventPreview:
+		return PreviewSubject(e.JobID)
+	}
+	return EventSubject(e.JobID, EventClassProgress)
 }
 
 // DecodeEvent decodes an event message. Errors are *InputError.

@@ -82,10 +82,44 @@ func TestNames(t *testing.T) {
 	t.Parallel()
 	require.Equal(t, "cf.submit.batch", proto.SubmitSubject(proto.SourceBatch))
 	require.Equal(t, "cf.jobs.default.interactive", proto.JobSubject("default", proto.LaneInteractive))
-	require.Equal(t, "cf.events.j1", proto.EventSubject("j1"))
+	require.Equal(t, "cf.events.j1.final", proto.EventSubject("j1", proto.EventClassFinal))
+	require.Equal(t, "cf.events.j1.*", proto.JobEventSubjects("j1"))
+	require.Equal(t, "cf.events.*.final", proto.FinalEventSubjects)
+	require.Equal(t, []string{"cf.events.*.status", "cf.events.*.final"}, proto.StatusEventSubjects)
+	require.Equal(t, "cf.previews.j1", proto.PreviewSubject("j1"))
 	require.Equal(t, "cf:job:j1", proto.JobKey("j1"))
 	require.Equal(t, "cf:worker:w1", proto.WorkerKey("w1"))
 	require.Equal(t, "cf.dlq.default", proto.DLQSubject("default"))
+}
+
+func TestEventSubject(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		ev   proto.Event
+		want string
+	}{
+		{name: "in queue", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusInQueue}, want: "cf.events.j1.status"},
+		{name: "in progress", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusInProgress}, want: "cf.events.j1.status"},
+		{name: "completed", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusCompleted}, want: "cf.events.j1.final"},
+		{name: "failed", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusFailed}, want: "cf.events.j1.final"},
+		{name: "cancelled", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusCancelled}, want: "cf.events.j1.final"},
+		{name: "timed out", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusTimedOut}, want: "cf.events.j1.final"},
+		{name: "progress", ev: proto.Event{Type: proto.EventProgress, Progress: &proto.Progress{Value: 1, Max: 2}}, want: "cf.events.j1.progress"},
+		{name: "stream chunk", ev: proto.Event{Type: proto.EventStream, Output: json.RawMessage(`1`)}, want: "cf.events.j1.progress"},
+		{name: "progress update", ev: proto.Event{Type: proto.EventProgressUpdate, Output: json.RawMessage(`"x"`)}, want: "cf.events.j1.progress"},
+		{name: "preview", ev: proto.Event{Type: proto.EventPreview, Preview: &proto.Preview{Mime: "image/jpeg"}}, want: "cf.previews.j1"},
+		{name: "unknown type", ev: proto.Event{Type: "later"}, want: "cf.events.j1.progress"},
+		{name: "status type with a terminal status only", ev: proto.Event{Type: proto.EventProgress, Status: proto.StatusCompleted}, want: "cf.events.j1.progress"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ev := tt.ev
+			ev.JobID = "j1"
+			require.Equal(t, tt.want, ev.Subject())
+		})
+	}
 }
 
 func FuzzDecodeJob(f *testing.F) {
@@ -107,10 +141,35 @@ func FuzzDecodeJob(f *testing.F) {
 func FuzzDecodeEvent(f *testing.F) {
 	f.Add([]byte(`{"v":1,"job_id":"a","type":"status","status":"COMPLETED"}`))
 	f.Add([]byte(`{"job_id":"a","type":"progress","progress":{"node":"3","value":1,"max":20,"percent":5}}`))
+	f.Add([]byte(`{"job_id":"a","type":"status","status":"IN_QUEUE"}`))
+	f.Add([]byte(`{"job_id":"a","type":"preview","preview":{"mime":"image/jpeg","data":"AAAA"}}`))
+	f.Add([]byte(`{"job_id":"a","type":"stream","output":{"x":1}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ev, err := proto.DecodeEvent(data)
-		if err == nil && ev.Type == proto.EventStatus && !ev.Status.Valid() {
+		if err != nil {
+			return
+		}
+		if ev.Type == proto.EventStatus && !ev.Status.Valid() {
 			t.Fatalf("accepted invalid status %q", ev.Status)
 		}
+		// Every decoded event has a subject of its job: one of its classes,
+		// or its preview subject.
+		subj := ev.Subject()
+		switch subj {
+		case proto.EventSubject(ev.JobID, proto.EventClassStatus), proto.EventSubject(ev.JobID, proto.EventClassFinal),
+			proto.EventSubject(ev.JobID, proto.EventClassProgress), proto.PreviewSubject(ev.JobID):
+		default:
+			t.Fatalf("event %+v has subject %q", ev, subj)
+		}
+		if (subj == proto.EventSubject(ev.JobID, proto.EventClassFinal)) != (ev.Type == proto.EventStatus && ev.Status.Terminal()) {
+			t.Fatalf("event %+v: final subject %q only for terminal status events", ev, subj)
+		}
 	})
+}
+
+func TestHostWorkerID(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "gpu-box-1_a", proto.HostWorkerID("gpu.box 1_a"))
+	require.Equal(t, "gpuworker", proto.HostWorkerID(""))
+	require.NoError(t, proto.ValidID(proto.HostWorkerID(strings.Repeat("h", 300))))
 }

@@ -16,8 +16,23 @@ const (
 	EventsStream = "CF_EVENTS"
 	// DLQStream keeps jobs that exhausted their attempts.
 	DLQStream = "CF_DLQ"
+	// PreviewStream keeps the latest preview picture of each running job
+	// (one message per subject, a short max age), apart from CF_EVENTS so
+	// that large previews never crowd out or hold up status events.
+	PreviewStream = "CF_PREVIEWS"
 	// BlobBucket is the JetStream object store for inputs and outputs.
 	BlobBucket = "cf-blobs"
+	// RequestBucket is the JetStream key-value bucket in which the
+	// runpod-adapter keeps each accepted job message, by job id, so that
+	// /retry can queue the same input again.
+	RequestBucket = "cf-runpod-requests"
+
+	// IntakeConsumer is the dispatchers' shared durable consumer of
+	// SubmitStream.
+	IntakeConsumer = "dispatcher"
+	// WebhookConsumer is the dispatchers' shared durable consumer of the
+	// final events ([FinalEventSubjects]) that delivers webhooks.
+	WebhookConsumer = "webhooks"
 
 	// CancelSubject is the core-NATS subject on which cancels fan out to
 	// workers; the payload is a [Cancel].
@@ -30,14 +45,17 @@ const (
 	MsgIDHeader = "Nats-Msg-Id"
 	// RejectReasonHeader explains why a message went to RejectSubject.
 	RejectReasonHeader = "Cf-Reject-Reason"
+	// DLQReasonHeader carries the last error of a dead letter.
+	DLQReasonHeader = "Cf-Dlq-Reason"
+	// DLQAttemptsHeader carries every failed attempt's error of a dead
+	// letter, a JSON array of strings, oldest first.
+	DLQAttemptsHeader = "Cf-Dlq-Attempts"
 
-	submitPrefix = "cf.submit."
-	jobsPrefix   = "cf.jobs."
-	eventsPrefix = "cf.events."
-	dlqPrefix    = "cf.dlq."
-
-	jobKeyPrefix    = "cf:job:"
-	workerKeyPrefix = "cf:worker:"
+	submitPrefix   = "cf.submit."
+	jobsPrefix     = "cf.jobs."
+	eventsPrefix   = "cf.events."
+	dlqPrefix      = "cf.dlq."
+	previewsPrefix = "cf.previews."
 )
 
 // Sources of traffic, the last token of a submit subject.
@@ -77,11 +95,43 @@ const JobSubjects = jobsPrefix + "*.*"
 // PoolSubjects matches every lane of one pool.
 func PoolSubjects(pool string) string { return jobsPrefix + pool + ".*" }
 
-// EventSubject is where a job's events are published, e.g. "cf.events.<id>".
-func EventSubject(jobID string) string { return eventsPrefix + jobID }
+// Event classes: the last token of an event's subject, so that a consumer
+// filters on what it needs instead of reading every event.
+const (
+	// EventClassStatus: the transitions to IN_QUEUE and IN_PROGRESS.
+	EventClassStatus = "status"
+	// EventClassFinal: the transition to a terminal status (COMPLETED,
+	// FAILED, CANCELLED, TIMED_OUT); webhooks and runsync waiters read
+	// these alone.
+	EventClassFinal = "final"
+	// EventClassProgress: progress, stream chunks and progress updates.
+	EventClassProgress = "progress"
+)
 
-// EventSubjects is the filter of the events stream.
-const EventSubjects = eventsPrefix + "*"
+// EventSubject is the subject of one class of a job's events, e.g.
+// "cf.events.<id>.final". [Event.Subject] picks the class of an event.
+func EventSubject(jobID, class string) string { return eventsPrefix + jobID + "." + class }
+
+// JobEventSubjects matches every event of one job: "cf.events.<id>.*".
+func JobEventSubjects(jobID string) string { return eventsPrefix + jobID + ".*" }
+
+// EventSubjects is the filter of the events stream: every event of every job.
+const EventSubjects = eventsPrefix + "*.*"
+
+// FinalEventSubjects matches the final event of every job.
+const FinalEventSubjects = eventsPrefix + "*." + EventClassFinal
+
+// StatusEventSubjects matches every status transition of every job (the
+// classes status and final), for a watcher of many jobs that needs no
+// progress.
+var StatusEventSubjects = []string{eventsPrefix + "*." + EventClassStatus, FinalEventSubjects}
+
+// PreviewSubject is where a running job's preview pictures go, in
+// [PreviewStream].
+func PreviewSubject(jobID string) string { return previewsPrefix + jobID }
+
+// PreviewSubjects is the filter of the preview stream.
+const PreviewSubjects = previewsPrefix + "*"
 
 // DLQSubject is where a pool's dead letters go.
 func DLQSubject(pool string) string { return dlqPrefix + pool }
@@ -89,11 +139,10 @@ func DLQSubject(pool string) string { return dlqPrefix + pool }
 // DLQSubjects is the filter of the dead-letter stream.
 const DLQSubjects = dlqPrefix + "*"
 
-// JobKey is the Redis key of a job's status record.
-func JobKey(jobID string) string { return jobKeyPrefix + jobID }
-
-// WorkerKey is the Redis key of a worker's heartbeat.
-func WorkerKey(workerID string) string { return workerKeyPrefix + workerID }
+// LaneConsumer is the name of the durable consumer every worker of a pool
+// shares on one of its lanes (a work-queue stream allows one consumer per
+// subject), e.g. "pool-default-interactive".
+func LaneConsumer(pool string, lane Lane) string { return "pool-" + pool + "-" + string(lane) }
 
 // maxIDLen bounds ids so that subjects and keys stay small.
 const maxIDLen = 128

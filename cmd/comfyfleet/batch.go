@@ -196,9 +196,7 @@ func open(ctx context.Context, name string, c connConfig, dirGiven bool, stderr 
 		fmt.Fprintf(stderr, "%s: %v (fleet from %s)\n", name, err, ep.From)
 		return nil, exitNotAllDone, false
 	}
-	r := batch.New(batch.Deps{
-		Queue: b.Queue, Records: b.Status, Index: batch.NewIndex(b.Redis, ""), Blobs: b.Blobs, Logger: log,
-	})
+	r := batch.New(batch.Deps{Queue: b.Queue, Core: b.Core, DB: b.DB, Blobs: b.Blobs, Logger: log})
 	return &session{b: b, runner: r, log: log}, 0, true
 }
 
@@ -363,9 +361,7 @@ func showFleet(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return code
 	}
 	defer s.close()
-	v, err := batch.ReadFleet(ctx, batch.FleetSources{
-		Workers: s.b.Fleet, JetStream: s.b.Queue.JetStream(), Counts: s.b.Status.Counts,
-	})
+	v, err := batch.ReadFleet(ctx, s.b.DB, s.b.Queue)
 	if err != nil {
 		fmt.Fprintf(stderr, "comfyfleet fleet: %v\n", err)
 		return exitNotAllDone

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"text/tabwriter"
 
-	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 )
 
@@ -83,9 +82,8 @@ func deadLetters(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return code
 	}
 	defer s.close()
-	dl := dispatch.NewDeadLetters(s.b.Queue, s.b.Status)
 	if action == "list" {
-		list, err := dl.List(ctx, c.Pool, c.Limit)
+		list, err := s.b.Queue.DeadLetters(ctx, c.Pool, c.Limit)
 		if err != nil {
 			fmt.Fprintf(stderr, "%s list: %v\n", name, err)
 			return exitNotAllDone
@@ -109,7 +107,7 @@ func deadLetters(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	}
 	code = exitOK
 	for _, seq := range seqs {
-		rec, err := dl.Replay(ctx, seq)
+		rec, err := s.b.Core.Replay(ctx, seq)
 		if err != nil {
 			fmt.Fprintf(stderr, "%s replay: %v\n", name, err)
 			code = exitNotAllDone

@@ -8,14 +8,11 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/nats-io/nats.go"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/backend"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
-	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -25,29 +22,27 @@ func TestDeadLetterCommands(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
 	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
 	ctx := testenv.Context(t, 30*time.Second)
 	// The fleet's streams and blob bucket, as a dispatcher makes them.
 	b, err := backend.Open(ctx, backend.Config{Name: "test", NATSURL: n.URL, RedisURL: "redis://" + mr.Addr()})
 	require.NoError(t, err)
 	defer b.Close()
-	store := status.NewStore(rdb, status.Options{})
 
 	job := &proto.Job{ID: "dead-cli", Pool: proto.DefaultPool, Lane: proto.LaneBatch, Input: json.RawMessage(`{"workflow":{}}`)}
-	_, _, err = store.Create(ctx, status.ParamsFor(job))
+	_, _, err = b.DB.Create(ctx, rdb.ParamsFor(job), time.Time{}, false)
 	require.NoError(t, err)
-	attempt, _, err := store.Claim(ctx, job.ID, "w1")
+	cl, err := b.DB.Claim(ctx, rdb.ClaimParams{ID: job.ID, WorkerID: "w1", LeaseTTL: time.Minute})
 	require.NoError(t, err)
-	_, err = store.Finish(ctx, job.ID, attempt, proto.StatusFailed, nil, "boom")
+	_, err = b.DB.Finish(ctx, job.ID, cl.Lease.Attempt, proto.StatusFailed, nil, "boom", true)
 	require.NoError(t, err)
 	data, err := json.Marshal(job)
 	require.NoError(t, err)
-	m := &nats.Msg{Subject: proto.DLQSubject(proto.DefaultPool), Data: data, Header: nats.Header{}}
-	m.Header.Set(worker.DLQReasonHeader, "boom")
-	m.Header.Set(worker.DLQAttemptsHeader, `["attempt 1: boom"]`)
-	ack, err := n.JS.PublishMsg(ctx, m)
+	require.NoError(t, b.Queue.PublishDeadLetter(ctx, proto.DefaultPool, job.ID, cl.Lease.Attempt, data, "boom", []string{"attempt 1: boom"}))
+	require.NoError(t, b.DB.DeadLettered(ctx, job.ID, cl.Lease.Attempt))
+	list, err := b.Queue.DeadLetters(ctx, proto.DefaultPool, 10)
 	require.NoError(t, err)
+	require.Len(t, list, 1)
+	seq := list[0].Seq
 
 	conn := []string{"--nats-url", n.URL, "--redis-url", "redis://" + mr.Addr()}
 	cli := func(args ...string) (int, string) {
@@ -62,13 +57,13 @@ func TestDeadLetterCommands(t *testing.T) {
 	code, out = cli("dlq", "list", "--json", "--pool", "other")
 	require.Equal(t, exitOK, code, out)
 	require.Equal(t, "[]\n", out)
-	code, out = cli("dlq", "replay", fmt.Sprint(ack.Sequence))
+	code, out = cli("dlq", "replay", fmt.Sprint(seq))
 	require.Equal(t, exitOK, code, out)
 	require.Contains(t, out, "job dead-cli is IN_QUEUE again")
-	rec, err := store.Get(ctx, job.ID)
+	rec, err := b.DB.Get(ctx, job.ID)
 	require.NoError(t, err)
 	require.Equal(t, proto.StatusInQueue, rec.Status)
-	code, out = cli("dlq", "replay", fmt.Sprint(ack.Sequence))
+	code, out = cli("dlq", "replay", fmt.Sprint(seq))
 	require.Equal(t, exitNotAllDone, code, out)
 	require.Contains(t, out, "no such dead letter")
 }

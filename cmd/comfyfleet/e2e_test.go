@@ -25,8 +25,9 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/deploy/configdoc"
 	"github.com/comfyfleet/comfyfleet/internal/batch"
+	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -81,15 +82,28 @@ func (s *syncBuffer) String() string {
 // test's own environment, as a user with a fresh shell would.
 func start(t *testing.T, dir string, args ...string) *proc {
 	t.Helper()
+	return startWith(t, dir, nil, args...)
+}
+
+// startWith is start with the variables env (NAME=value) set.
+func startWith(t *testing.T, dir string, env []string, args ...string) *proc {
+	t.Helper()
 	a, _ := json.Marshal(args)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	// Every variable a command reads: dev's, which are every binary's too,
+	// and the CLI's.
+	var dc devstack.Config
+	settings := map[string]bool{}
+	for _, s := range devSettings(&dc).Settings() {
+		settings[s.Env] = true
+	}
 	for _, kv := range os.Environ() {
-		switch name, _, _ := strings.Cut(kv, "="); name {
-		case "NATS_URL", "REDIS_URL", "COMFYFLEET_DIR", "LISTEN_ADDR", "COMFYUI_URL", "LOG_LEVEL", "COMFYFLEET_WORKERS", "COMFYSIM_STEP_DELAY":
+		if name, _, _ := strings.Cut(kv, "="); settings[name] || name == "COMFYFLEET_DIR" {
 			continue
 		}
 		cmd.Env = append(cmd.Env, kv)
 	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Env = append(cmd.Env, cliEnv+"="+string(a))
 	cmd.Dir = dir
 	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
@@ -228,9 +242,9 @@ func TestSubmitResumesAfterKill(t *testing.T) {
 	require.Len(t, results, 50)
 	ropts, err := redis.ParseURL(info.RedisURL)
 	require.NoError(t, err)
-	rdb := redis.NewClient(ropts)
-	defer rdb.Close()
-	store := status.NewStore(rdb, status.Options{})
+	rc := redis.NewClient(ropts)
+	defer rc.Close()
+	store := rdb.New(rc, rdb.Options{})
 	jobIDs := map[string]bool{}
 	params := map[string]bool{}
 	for name, r := range results {

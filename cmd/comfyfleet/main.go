@@ -13,11 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
-	"github.com/comfyfleet/comfyfleet/internal/logging"
 )
 
 const usage = `comfyfleet runs ComfyUI workflows on a fleet of GPUs.
@@ -78,9 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg devstack.Config
-	var logLevel string
-	fs := devSettings(&cfg, &logLevel)
-	fs.SetOutput(stderr)
+	fs := devSettings(&cfg)
+	fs.SetOutput(stdout)
 	if err := fs.Parse(args, nil); err != nil {
 		if errors.Is(err, flagenv.ErrHelp) {
 			return 0
@@ -88,11 +84,11 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "comfyfleet dev: %v\n", err)
 		return 2
 	}
-	log, err := logging.New(logLevel)
-	if err != nil {
-		fmt.Fprintf(stderr, "comfyfleet dev: LOG_LEVEL: %v\n", err)
+	if setting, err := cfg.Finish(); err != nil {
+		fmt.Fprintf(stderr, "comfyfleet dev: %s: %v\n", setting, err)
 		return 2
 	}
+	log, _ := cfg.Common.Logger()
 	defer log.Sync()
 	cfg.Logger = log
 
@@ -100,31 +96,37 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	stack, err := devstack.Start(startCtx, cfg)
 	cancel()
 	if err != nil {
-		log.Error("start", zap.Error(err))
+		fmt.Fprintf(stderr, "comfyfleet dev: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "comfyfleet dev is up: API %s, NATS %s, %d worker(s). Try:\n\n"+
+	if stack.Info.NATSFallback {
+		fmt.Fprintf(stdout, "NATS port %d is taken; the embedded NATS server listens on %s instead.\n", cfg.NATSPort, stack.Info.NATSURL)
+	}
+	fmt.Fprintf(stdout, "comfyfleet dev is up: API %s, NATS %s, Redis %s (%s), %d worker(s). Try:\n\n"+
 		"  curl -s -X POST %s/runsync -H 'Content-Type: application/json' -d @examples/txt2img.json\n\n"+
-		"Ctrl-C stops it.\n", stack.Info.APIURL, stack.Info.NATSURL, len(stack.Info.ComfyUIURLs), stack.Info.APIURL)
-	<-ctx.Done()
+		"Fleet view: %s/fleet, dead letters: %s/dlq, metrics: %s/metrics. Ctrl-C stops it.\n",
+		stack.Info.APIURL, stack.Info.NATSURL, stack.Info.RedisURL, stack.Info.Redis, len(stack.Info.ComfyUIURLs),
+		stack.Info.APIURL, stack.Info.APIURL, stack.Info.APIURL, stack.Info.APIURL)
+	select {
+	case <-ctx.Done():
+	case <-stack.Done():
+		fmt.Fprintln(stderr, "comfyfleet dev: the API stopped serving")
+	}
 	fmt.Fprintln(stdout, "stopping…")
 	stack.Stop()
 	return 0
 }
 
-// devSettings binds the settings of `comfyfleet dev`.
-func devSettings(cfg *devstack.Config, logLevel *string) *flagenv.Set {
+// devSettings binds the settings of `comfyfleet dev`: its own, then every
+// setting of the dispatcher, the gpuworker and the runpod-adapter under
+// their binaries' names.
+func devSettings(cfg *devstack.Config) *flagenv.Set {
 	fs := flagenv.New("comfyfleet dev", "comfyfleet dev runs the whole fleet on this machine: an embedded NATS server\n"+
-		"(unless NATS_URL is set), an embedded Redis-protocol server (unless REDIS_URL is set), one\n"+
-		"dispatcher, the RunPod-compatible API and N GPU workers, each on its own ComfyUI emulator\n"+
-		"unless --comfyui-url is given. Ctrl-C stops it cleanly.")
-	fs.String(&cfg.Listen, "listen", "LISTEN_ADDR", "127.0.0.1:8000", "address of the RunPod-compatible API")
-	fs.Int(&cfg.Workers, "workers", "COMFYFLEET_WORKERS", 2, "number of GPU workers (each with its own emulator)")
-	fs.List(&cfg.ComfyUIURLs, "comfyui-url", "COMFYUI_URL", nil, "ComfyUI to run jobs on, one worker each (repeatable or comma-separated); none = emulators")
-	fs.String(&cfg.NATSURL, "nats-url", "NATS_URL", "", "use this NATS server instead of embedding one")
-	fs.String(&cfg.RedisURL, "redis-url", "REDIS_URL", "", "use this Redis server instead of embedding one")
-	fs.String(&cfg.Dir, "dir", "COMFYFLEET_DIR", ".comfyfleet", "folder for the embedded NATS data, emulator files and stack.json")
-	fs.Duration(&cfg.StepDelay, "step-delay", "COMFYSIM_STEP_DELAY", 0, "emulator time per sampler step (0 = its default, 5ms)")
-	fs.String(logLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+		"(unless NATS_URL is set), a Redis kept under --dir (unless REDIS_URL is set), one dispatcher,\n"+
+		"the RunPod-compatible API and N GPU workers, each on its own ComfyUI emulator unless\n"+
+		"--comfyui-url is given. Every setting of the dispatcher, gpuworker and runpod-adapter binaries\n"+
+		"applies too, under the same flag and variable (docs/configuration.md); one listener serves\n"+
+		"the API and the dispatcher's /fleet, /dlq and /metrics. Ctrl-C stops it cleanly.")
+	cfg.Bind(fs)
 	return fs
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -10,22 +11,81 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/deploy/configdoc"
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/role"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	s3Server.Stop()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
-// TestConfigurationDoc: docs/configuration.md lists every setting of
-// `comfyfleet dev` with its flag, variable and default; a setting added,
-// renamed or given another default without its documentation fails here.
+// roleSettings are the settings of the binaries dev embeds, bound as
+// their cmd packages bind them, by the name of their table.
+func roleSettings() map[string][]flagenv.Setting {
+	bind := func(name string, b func(*flagenv.Set)) []flagenv.Setting {
+		var c role.Common
+		fs := flagenv.New(name, "")
+		c.Bind(fs)
+		b(fs)
+		return fs.Settings()
+	}
+	var d role.DispatcherConfig
+	var w role.WorkerConfig
+	var a role.AdapterConfig
+	return map[string][]flagenv.Setting{
+		"dispatcher":     bind("dispatcher", d.Bind),
+		"gpuworker":      bind("gpuworker", w.Bind),
+		"runpod-adapter": bind("runpod-adapter", a.Bind),
+	}
+}
+
+// TestConfigurationDoc: docs/configuration.md documents every setting of
+// `comfyfleet dev`: its own ones (and the ones it gives a meaning of its
+// own: the listener, the ComfyUI URLs, the servers to use instead of
+// embedding) in its table, with flag, variable and default; every other
+// one is a setting of the dispatcher, gpuworker or runpod-adapter, bound
+// the same way, and so documented by that binary's table. A setting
+// added, renamed or given another default without its documentation fails
+// here.
 func TestConfigurationDoc(t *testing.T) {
 	t.Parallel()
 	doc, err := os.ReadFile("../../docs/configuration.md")
 	require.NoError(t, err)
+	tables, err := configdoc.Tables(doc)
+	require.NoError(t, err)
+	roles := roleSettings()
 	var cfg devstack.Config
-	var logLevel string
-	if problems := configdoc.Check(doc, "comfyfleet dev", devSettings(&cfg, &logLevel).Settings()); len(problems) > 0 {
+	var own []flagenv.Setting
+	for _, s := range devSettings(&cfg).Settings() {
+		var in []string
+		for name, settings := range roles {
+			for _, r := range settings {
+				if r == s {
+					in = append(in, name)
+				}
+			}
+		}
+		if len(in) == 0 {
+			own = append(own, s)
+			continue
+		}
+		for _, name := range in {
+			documented := false
+			for _, row := range tables[name] {
+				documented = documented || row.Flag == s.Flag && row.Env == s.Env
+			}
+			require.True(t, documented, "--%s (%s) is not in the %s table", s.Flag, s.Env, name)
+		}
+	}
+	if problems := configdoc.Check(doc, "comfyfleet dev", own); len(problems) > 0 {
 		t.Fatalf("docs/configuration.md is out of date:\n\n%s", strings.Join(problems, "\n\n"))
 	}
 }

@@ -23,9 +23,10 @@ func TestRunServesFleetAndMetrics(t *testing.T) {
 	_, prefix := testenv.Redis(t)
 	var cfg config
 	require.NoError(t, settings(&cfg).Parse(nil, func(string) string { return "" }))
-	cfg.backend.NATSURL, cfg.backend.RedisURL, cfg.backend.KeyPrefix = n.URL, testenv.RedisURL(), prefix
-	cfg.backend.Name = "dispatcher-test"
-	cfg.listen = testenv.FreeAddr(t)
+	_, err := cfg.finish()
+	require.NoError(t, err)
+	cfg.common.NATSURL, cfg.common.RedisURL, cfg.common.KeyPrefix = n.URL, testenv.RedisURL(), prefix
+	cfg.role.Listen = testenv.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, cfg, zaptest.NewLogger(t)) }()
@@ -35,7 +36,7 @@ func TestRunServesFleetAndMetrics(t *testing.T) {
 	})
 
 	get := func(path string) (int, string) {
-		resp, err := http.Get("http://" + cfg.listen + path)
+		resp, err := http.Get("http://" + cfg.role.Listen + path)
 		if err != nil {
 			return 0, err.Error()
 		}

@@ -32,10 +32,10 @@ func TestSettings(t *testing.T) {
 		"INPUT_URL_ALLOW": "10.0.0.0/8, assets.internal", "WEBSOCKET_RECONNECT_DELAY_S": "0.5", "BUCKET_URL_EXPIRY": "24h",
 	})
 	require.NoError(t, err)
-	w := cfg.worker
+	w := cfg.role.Worker
 	require.Equal(t, "gpu-1", w.ID)
-	require.Equal(t, "out", w.S3.Bucket)
-	require.Equal(t, "runs", w.S3.Prefix)
+	require.Equal(t, "out", cfg.role.S3.Bucket)
+	require.Equal(t, "runs", cfg.role.S3.Prefix)
 	require.True(t, w.RefreshWorker)
 	require.Equal(t, "1m30s", w.ExecutionTimeout.String())
 	require.Negative(t, w.StallTimeout)
@@ -43,21 +43,21 @@ func TestSettings(t *testing.T) {
 	require.Equal(t, 1, w.Prefetch)
 	require.EqualValues(t, 20<<20, w.MaxInputBytes)
 	require.Equal(t, []string{"10.0.0.0/8", "assets.internal"}, w.InputURLAllow)
-	require.Equal(t, "500ms", cfg.comfy.ReconnectDelay.String())
-	require.Equal(t, "24h0m0s", w.S3.URLExpiry.String())
+	require.Equal(t, "500ms", cfg.role.Comfy.ReconnectDelay.String())
+	require.Equal(t, "24h0m0s", cfg.role.S3.URLExpiry.String())
 
 	warm := filepath.Join(t.TempDir(), "warm.json")
 	require.NoError(t, os.WriteFile(warm, []byte(`{"1":{"class_type":"PreviewAny","inputs":{"source":"x"}}}`), 0o644))
 	cfg, _, err = parse(t, map[string]string{"WARMUP_WORKFLOW": warm})
 	require.NoError(t, err)
-	require.Contains(t, string(cfg.worker.WarmupWorkflow), "PreviewAny")
+	require.Contains(t, string(cfg.role.Worker.WarmupWorkflow), "PreviewAny")
 }
 
 func TestBucketNameAloneLeavesS3Off(t *testing.T) {
 	t.Parallel()
 	cfg, setting, err := parse(t, map[string]string{"BUCKET_NAME": "comfyfleet"})
 	require.NoError(t, err, setting)
-	require.Empty(t, cfg.worker.S3.Endpoint, "outputs stay inline without BUCKET_ENDPOINT_URL")
+	require.Empty(t, cfg.role.S3.Endpoint, "outputs stay inline without BUCKET_ENDPOINT_URL")
 }
 
 func TestSettingErrors(t *testing.T) {

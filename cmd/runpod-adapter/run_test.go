@@ -23,9 +23,8 @@ func TestRunServesMetrics(t *testing.T) {
 	require.NoError(t, settings(&cfg).Parse(nil, func(string) string { return "" }))
 	_, err := cfg.finish()
 	require.NoError(t, err)
-	cfg.backend.NATSURL, cfg.backend.RedisURL, cfg.backend.KeyPrefix = n.URL, testenv.RedisURL(), prefix
-	cfg.backend.Name = "adapter-test"
-	cfg.listen, cfg.metricsAddr = testenv.FreeAddr(t), testenv.FreeAddr(t)
+	cfg.common.NATSURL, cfg.common.RedisURL, cfg.common.KeyPrefix = n.URL, testenv.RedisURL(), prefix
+	cfg.role.Listen, cfg.role.MetricsAddr = testenv.FreeAddr(t), testenv.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, cfg, zaptest.NewLogger(t)) }()
@@ -42,11 +41,11 @@ func TestRunServesMetrics(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
 	}
-	require.Eventually(t, func() bool { code, _ := get(cfg.listen, "/health"); return code == http.StatusOK }, 20*time.Second, 20*time.Millisecond)
-	code, body := get(cfg.metricsAddr, "/metrics")
+	require.Eventually(t, func() bool { code, _ := get(cfg.role.Listen, "/health"); return code == http.StatusOK }, 20*time.Second, 20*time.Millisecond)
+	code, body := get(cfg.role.MetricsAddr, "/metrics")
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body, `comfyfleet_api_requests_total{method="GET",code="200"}`)
 	require.Contains(t, body, `comfyfleet_api_request_seconds_bucket{method="GET",le="+Inf"}`)
-	code, _ = get(cfg.listen, "/metrics")
+	code, _ = get(cfg.role.Listen, "/metrics")
 	require.Equal(t, http.StatusNotFound, code, "not on the public port")
 }

@@ -103,7 +103,7 @@ func (p prober) worker(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("WORKER_ID is not set and the host name is unknown: %w", err)
 		}
-		id = sanitizeID(host)
+		id = proto.HostWorkerID(host)
 	}
 	opts, err := redis.ParseURL(p.env("REDIS_URL", defaultRedisURL))
 	if err != nil {
@@ -122,21 +122,6 @@ func (p prober) worker(ctx context.Context) error {
 		return fmt.Errorf("worker %s reports itself unhealthy (its ComfyUI does not answer)", id)
 	}
 	return p.connectedTo(ctx, "NATS_URL", p.env("NATS_URL", defaultNATSURL), "4222")
-}
-
-// sanitizeID turns a host name into a worker id the way cmd/gpuworker
-// does for its default WORKER_ID.
-func sanitizeID(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			b[i] = '-'
-		}
-	}
-	if len(b) == 0 {
-		return "gpuworker"
-	}
-	return string(b)
 }
 
 // connectedTo checks that this network namespace has an established TCP

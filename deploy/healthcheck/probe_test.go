@@ -174,13 +174,7 @@ func TestWorker(t *testing.T) {
 	require.NoError(t, err)
 	code, out = probe(t, map[string]string{"REDIS_URL": testenv.RedisURL(), "NATS_URL": env["NATS_URL"]}, "worker")
 	require.Equal(t, 1, code, out)
-	require.Contains(t, out, "worker "+sanitizeID(host)+" has no heartbeat")
-}
-
-func TestSanitizeID(t *testing.T) {
-	t.Parallel()
-	require.Equal(t, "gpu-box-1_a", sanitizeID("gpu.box 1_a"))
-	require.Equal(t, "gpuworker", sanitizeID(""))
+	require.Contains(t, out, "worker "+proto.HostWorkerID(host)+" has no heartbeat")
 }
 
 func TestParseProcNetTCP(t *testing.T) {

@@ -1,22 +1,21 @@
-// Package backend opens the shared backends every comfyfleet process talks
-// to (NATS with the contract's streams and the blob store, and Redis with
-// the status store and the fleet registry), so each binary wires them the
-// same way.
+// Package backend opens the connections every comfyfleet process needs:
+// NATS (with the contract's streams and buckets, through package queue)
+// and Redis (package rdb), and the lifecycle core on top of them, so each
+// role and tool connects the same way.
 package backend
 
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 )
 
 // Default addresses, as DESIGN.md names them.
@@ -25,38 +24,39 @@ const (
 	DefaultRedisURL = "redis://127.0.0.1:6379/0"
 )
 
-// Config says where the backends are.
+// Config says where the backends are and how the streams and keys are
+// kept.
 type Config struct {
 	// Name identifies the process in NATS's connection list.
 	Name     string
 	NATSURL  string
 	RedisURL string
-	// KeyPrefix goes before every Redis key (tests); "" in production.
-	KeyPrefix string
-	Queue     queue.Config
-	Blobs     blob.ObjectStoreConfig
-	Status    status.Options
+	// Queue sizes the streams and buckets (ignored with Attach).
+	Queue queue.Config
+	// DB are the Redis settings: key prefix (tests), retention, TTLs.
+	DB rdb.Options
 	// Attach opens existing streams and the blob bucket without creating or
 	// reconfiguring them: for tools (the CLI) that must not change a
 	// deployment's stream settings.
 	Attach bool
-	// WorkerTTL is how long a worker heartbeat lives; 0 means 15 s.
-	WorkerTTL time.Duration
-	Logger    *zap.Logger
+	Logger *zap.Logger
 }
 
-// Backend is a set of open connections.
+// Backend is a set of open connections and the core on them.
 type Backend struct {
-	NATS   *nats.Conn
-	Queue  *queue.Client
-	Blobs  blob.Store
-	Redis  *redis.Client
-	Status *status.Store
-	Fleet  *fleet.Registry
+	Queue *queue.Client
+	DB    *rdb.DB
+	Core  *lifecycle.Core
+	// Blobs is the object store, the blob store of a fleet without S3.
+	Blobs blob.Store
+
+	nc  *nats.Conn
+	rdb *redis.Client
 }
 
-// Open connects to NATS and Redis, ensures the streams and the blob bucket,
-// and checks that Redis answers. ctx bounds the whole start.
+// Open connects to NATS and Redis, ensures the streams and buckets (or
+// attaches to them), and checks that Redis answers. ctx bounds the whole
+// start.
 func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	log := cfg.Logger
 	if log == nil {
@@ -87,42 +87,37 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
 	}
-	b := &Backend{NATS: nc}
+	b := &Backend{nc: nc}
 	if b.Queue, err = queue.New(nc); err != nil {
 		b.Close()
 		return nil, err
 	}
-	if !cfg.Attach {
-		if err := b.Queue.Ensure(ctx, cfg.Queue); err != nil {
-			b.Close()
-			return nil, err
-		}
-		b.Blobs, err = blob.OpenObjectStore(ctx, b.Queue.JetStream(), cfg.Blobs)
+	if cfg.Attach {
+		err = b.Queue.Attach(ctx)
 	} else {
-		b.Blobs, err = blob.AttachObjectStore(ctx, b.Queue.JetStream(), cfg.Blobs.Bucket)
+		err = b.Queue.Ensure(ctx, cfg.Queue)
 	}
 	if err != nil {
 		b.Close()
 		return nil, err
 	}
-	b.Redis = redis.NewClient(ropts)
-	if err := b.Redis.Ping(ctx).Err(); err != nil {
+	b.Blobs = b.Queue.Blobs()
+	b.rdb = redis.NewClient(ropts)
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("connect to Redis at %s: %w", ropts.Addr, err)
 	}
-	sopts := cfg.Status
-	sopts.Prefix = cfg.KeyPrefix
-	b.Status = status.NewStore(b.Redis, sopts)
-	b.Fleet = fleet.NewRegistry(b.Redis, cfg.KeyPrefix, cfg.WorkerTTL)
+	b.DB = rdb.New(b.rdb, cfg.DB)
+	b.Core = lifecycle.New(b.DB, b.Queue, log)
 	return b, nil
 }
 
 // Close closes every connection; safe on a partly opened Backend.
 func (b *Backend) Close() {
-	if b.Redis != nil {
-		_ = b.Redis.Close()
+	if b.rdb != nil {
+		_ = b.rdb.Close()
 	}
-	if b.NATS != nil {
-		b.NATS.Close()
+	if b.nc != nil {
+		b.nc.Close()
 	}
 }

@@ -31,11 +31,17 @@ func TestRawJSONProducer(t *testing.T) {
 
 	var mu sync.Mutex
 	events := map[string][]proto.Event{}
-	evSub, err := f.nc.Subscribe("cf.events.*", func(m *nats.Msg) {
+	subjects := map[string]map[proto.Status]string{} // job -> status -> the subject it came on
+	// Every event of every job: cf.events.<id>.<class>.
+	evSub, err := f.nc.Subscribe("cf.events.*.*", func(m *nats.Msg) {
 		var ev proto.Event
 		if json.Unmarshal(m.Data, &ev) == nil && ev.Type == proto.EventStatus {
 			mu.Lock()
 			events[ev.JobID] = append(events[ev.JobID], ev)
+			if subjects[ev.JobID] == nil {
+				subjects[ev.JobID] = map[proto.Status]string{}
+			}
+			subjects[ev.JobID][ev.Status] = m.Subject
 			mu.Unlock()
 		}
 	})
@@ -94,7 +100,7 @@ func TestRawJSONProducer(t *testing.T) {
 		}
 		var rec *proto.Record
 		require.Eventually(t, func() bool {
-			rec, err = f.b.Status.Get(ctx, m.id)
+			rec, err = f.b.DB.Get(ctx, m.id)
 			return err == nil && rec.Status.Terminal()
 		}, 30*time.Second, 20*time.Millisecond, "%s never finished", m.id)
 		require.Equal(t, m.wantStatus, rec.Status, m.id)
@@ -108,22 +114,25 @@ func TestRawJSONProducer(t *testing.T) {
 		}, 10*time.Second, 10*time.Millisecond, "%s: no %s event", m.id, m.wantStatus)
 		mu.Lock()
 		evs := events[m.id]
+		subj := subjects[m.id]
 		mu.Unlock()
 		last := evs[len(evs)-1]
 		require.Equal(t, rec.Error, last.Error, "%s: the event carries the record's error", m.id)
+		require.Equal(t, "cf.events."+m.id+".final", subj[m.wantStatus], "%s: a terminal status comes on the final subject", m.id)
 		if m.wantStatus == proto.StatusCompleted {
 			seen := map[proto.Status]bool{}
 			for _, e := range evs {
 				seen[e.Status] = true
 			}
 			require.True(t, seen[proto.StatusInQueue] && seen[proto.StatusInProgress], "%s: events %v", m.id, evs)
+			require.Equal(t, "cf.events."+m.id+".status", subj[proto.StatusInProgress], "%s: a transition comes on the status subject", m.id)
 		}
 	}
-	r1, err := f.b.Status.Get(ctx, "raw-1")
+	r1, err := f.b.DB.Get(ctx, "raw-1")
 	require.NoError(t, err)
 	require.Equal(t, proto.LaneBatch, r1.Lane, "cf.submit.batch defaults to the batch lane")
 	require.Equal(t, "rawb", r1.BatchID)
-	r2, err := f.b.Status.Get(ctx, "raw-2")
+	r2, err := f.b.DB.Get(ctx, "raw-2")
 	require.NoError(t, err)
 	require.Equal(t, proto.LaneInteractive, r2.Lane, "a lane given is kept")
 

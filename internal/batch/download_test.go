@@ -13,7 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
@@ -21,7 +21,7 @@ func TestDownloadEveryKind(t *testing.T) {
 	t.Parallel()
 	ctx := testenv.Context(t, 30*time.Second)
 	n := testenv.StartNATS(t)
-	store, err := blob.OpenObjectStore(ctx, n.JS, blob.ObjectStoreConfig{Bucket: "t-blobs"})
+	store, err := queue.OpenObjectStore(ctx, n.JS, queue.ObjectStoreConfig{Bucket: "t-blobs"})
 	require.NoError(t, err)
 	_, err = store.Put(ctx, "out/j/1/9/a.png", "image/png", strings.NewReader("PNGDATA"))
 	require.NoError(t, err)

@@ -29,20 +29,28 @@ type stackFile struct {
 // ErrStaleStack: the dev stack that wrote the stack file is gone.
 var ErrStaleStack = errors.New("the comfyfleet dev that wrote it is not running")
 
+// ErrNoFleet: neither settings nor a running dev stack name a fleet.
+var ErrNoFleet = errors.New("no fleet found")
+
 // ResolveEndpoints finds the fleet for a CLI command. NATS and Redis URLs
 // given as settings win (an empty one then means the default). With
 // neither given, the file a running `comfyfleet dev` leaves behind
 // (<dir>/<name>, where name is devstack.StackFile) names them: dir itself
 // when dirGiven, else the first <dir> found in the working directory or
-// one of its parents. With no such file, the defaults apply (empty URLs:
-// the backend's defaults).
+// one of its parents. With no such file it fails with ErrNoFleet: the CLI
+// never guesses a fleet at the default addresses.
 func ResolveEndpoints(natsURL, redisURL, dir string, dirGiven bool, name string) (Endpoints, error) {
 	if natsURL != "" || redisURL != "" {
 		return Endpoints{NATSURL: natsURL, RedisURL: redisURL, From: "settings"}, nil
 	}
 	path := findStackFile(dir, dirGiven, name)
 	if path == "" {
-		return Endpoints{From: "defaults"}, nil
+		where := "in the working directory or a parent"
+		if dirGiven || filepath.IsAbs(dir) {
+			where = "in " + dir
+		}
+		return Endpoints{}, fmt.Errorf("%w: no running comfyfleet dev (no %s %s) and neither NATS_URL nor REDIS_URL is set; start `comfyfleet dev`, or set NATS_URL and REDIS_URL to a deployment's",
+			ErrNoFleet, filepath.Join(dir, name), where)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -32,14 +32,26 @@ func TestResolveEndpoints(t *testing.T) {
 	require.Equal(t, "nats://n:1", ep.NATSURL)
 	require.Equal(t, "redis://r:2/0", ep.RedisURL)
 
-	ep, err = batch.ResolveEndpoints("", "", filepath.Join(t.TempDir(), "none"), true, "stack.json")
-	require.NoError(t, err)
-	require.Equal(t, batch.Endpoints{From: "defaults"}, ep)
+	// No stack and no URLs: the CLI never guesses a fleet at the default
+	// addresses; it says where it looked and what to do.
+	none := filepath.Join(t.TempDir(), "none")
+	_, err = batch.ResolveEndpoints("", "", none, true, "stack.json")
+	requireNoFleet(t, err, filepath.Join(none, "stack.json"))
 
 	stale := filepath.Join(t.TempDir(), "stale")
 	writeStack(t, stale, 1<<30)
 	_, err = batch.ResolveEndpoints("", "", stale, true, "stack.json")
 	require.ErrorIs(t, err, batch.ErrStaleStack)
+}
+
+// requireNoFleet checks the error of a CLI that found no fleet: ErrNoFleet,
+// naming the stack file it looked for and both ways out.
+func requireNoFleet(t *testing.T, err error, looked string) {
+	t.Helper()
+	require.ErrorIs(t, err, batch.ErrNoFleet)
+	for _, want := range []string{looked, "start `comfyfleet dev`", "NATS_URL", "REDIS_URL"} {
+		require.Contains(t, err.Error(), want)
+	}
 }
 
 // TestResolveEndpointsSearchesParents changes the working directory, so it
@@ -54,4 +66,9 @@ func TestResolveEndpointsSearchesParents(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "nats://n:1", ep.NATSURL)
 	require.Equal(t, filepath.Join(root, ".comfyfleet", "stack.json"), ep.From)
+
+	// A folder name found in no parent: no fleet.
+	_, err = batch.ResolveEndpoints("", "", ".comfyfleet-nowhere", false, "stack.json")
+	requireNoFleet(t, err, filepath.Join(".comfyfleet-nowhere", "stack.json"))
+	require.Contains(t, err.Error(), "in the working directory or a parent")
 }

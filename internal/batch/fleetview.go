@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -17,15 +18,9 @@ import (
 // dispatcher serves as JSON on /fleet (fleet.View).
 type FleetView struct{ fleet.View }
 
-// LaneDepth is one lane of one pool.
-type LaneDepth = fleet.LaneDepth
-
-// FleetSources are what a FleetView is read from.
-type FleetSources = fleet.Sources
-
 // ReadFleet reads the fleet's state.
-func ReadFleet(ctx context.Context, src FleetSources) (*FleetView, error) {
-	v, err := fleet.ReadView(ctx, src)
+func ReadFleet(ctx context.Context, db *rdb.DB, q *queue.Client) (*FleetView, error) {
+	v, err := fleet.ReadView(ctx, db, q)
 	if err != nil {
 		return nil, err
 	}
@@ -79,8 +74,8 @@ func (v *FleetView) Write(w io.Writer, now time.Time) {
 	for _, s := range []proto.Status{proto.StatusCompleted, proto.StatusFailed, proto.StatusTimedOut, proto.StatusCancelled} {
 		parts = append(parts, fmt.Sprintf("%s %d", s, v.Totals[s]))
 	}
-	if n := v.Totals[status.CountRetried]; n > 0 {
-		parts = append(parts, fmt.Sprintf("%s %d", status.CountRetried, n))
+	if n := v.Totals[rdb.CountRetried]; n > 0 {
+		parts = append(parts, fmt.Sprintf("%s %d", rdb.CountRetried, n))
 	}
 	fmt.Fprintf(tw, "jobs so far: %s\n", strings.Join(parts, ", "))
 	tw.Flush()

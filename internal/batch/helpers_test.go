@@ -15,6 +15,8 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/batch"
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
@@ -25,31 +27,46 @@ type fleet struct {
 	stack  *devstack.Stack
 	b      *backend.Backend
 	runner *batch.Runner
-	index  *batch.Index
 	nc     *nats.Conn
 	js     jetstream.JetStream
+}
+
+// devSettings are the settings `comfyfleet dev` would get from these
+// variables, every other one at its default.
+func devSettings(t *testing.T, env map[string]string) devstack.Config {
+	t.Helper()
+	var cfg devstack.Config
+	fs := flagenv.New("comfyfleet dev", "")
+	cfg.Bind(fs)
+	require.NoError(t, fs.Parse(nil, func(name string) string { return env[name] }))
+	return cfg
 }
 
 func setupFleet(t *testing.T, stepDelay time.Duration) *fleet {
 	t.Helper()
 	_, prefix := testenv.Redis(t)
 	ctx := testenv.Context(t, time.Minute)
-	stack, err := devstack.Start(ctx, devstack.Config{
-		Dir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1, Workers: 2, StepDelay: stepDelay,
-		RedisURL: testenv.RedisURL(), KeyPrefix: prefix, Grace: 5 * time.Second,
-		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+	cfg := devSettings(t, map[string]string{
+		"COMFYFLEET_DIR": t.TempDir(), "LISTEN_ADDR": "127.0.0.1:0", "COMFYFLEET_NATS_PORT": "-1",
+		"COMFYFLEET_WORKERS": "2", "COMFYSIM_STEP_DELAY": stepDelay.String(), "REDIS_URL": testenv.RedisURL(),
+		"SHUTDOWN_GRACE": "5s",
 	})
+	cfg.Common.KeyPrefix = prefix
+	setting, err := cfg.Finish()
+	require.NoError(t, err, setting)
+	cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	stack, err := devstack.Start(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(stack.Stop)
+	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	// The CLI attaches to the stack's streams; it never reconfigures them.
 	b, err := backend.Open(ctx, backend.Config{Name: "batch-test", NATSURL: stack.Info.NATSURL,
-		RedisURL: testenv.RedisURL(), KeyPrefix: prefix})
+		RedisURL: testenv.RedisURL(), DB: rdb.Options{Prefix: prefix}, Attach: true, Logger: log})
 	require.NoError(t, err)
 	t.Cleanup(b.Close)
-	index := batch.NewIndex(b.Redis, prefix)
-	runner := batch.New(batch.Deps{Queue: b.Queue, Records: b.Status, Index: index, Blobs: b.Blobs,
-		Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+	runner := batch.New(batch.Deps{Queue: b.Queue, Core: b.Core, DB: b.DB, Blobs: b.Blobs, Logger: log})
 	nc, js := (&testenv.NATS{URL: stack.Info.NATSURL}).Connect(t)
-	return &fleet{stack: stack, b: b, runner: runner, index: index, nc: nc, js: js}
+	return &fleet{stack: stack, b: b, runner: runner, nc: nc, js: js}
 }
 
 // exampleWorkflow is examples/txt2img.json's workflow.

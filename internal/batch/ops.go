@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -20,13 +19,13 @@ var ErrUnknown = errors.New("no job or batch has this id")
 
 // itemRecord is an item of a batch with its record (nil when it has none).
 type itemRecord struct {
-	IndexItem
+	rdb.IndexItem
 	rec *proto.Record
 	err error
 }
 
 // readAll reads the records of the items, up to parallel at a time.
-func (r *Runner) readAll(ctx context.Context, items []IndexItem, parallel int) []itemRecord {
+func (r *Runner) readAll(ctx context.Context, items []rdb.IndexItem, parallel int) []itemRecord {
 	out := make([]itemRecord, len(items))
 	sem := make(chan struct{}, max(parallel, 1))
 	var wg sync.WaitGroup
@@ -35,11 +34,11 @@ func (r *Runner) readAll(ctx context.Context, items []IndexItem, parallel int) [
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			rec, err := r.d.Records.Get(ctx, items[i].JobID)
+			rec, err := r.d.Core.Get(ctx, items[i].JobID)
 			switch {
 			case err == nil:
 				out[i].rec = rec
-			case !errors.Is(err, status.ErrNotFound):
+			case !errors.Is(err, rdb.ErrNotFound):
 				out[i].err = err
 			}
 		})
@@ -52,7 +51,7 @@ func (r *Runner) readAll(ctx context.Context, items []IndexItem, parallel int) [
 // batch with that id: a summary and the items that did not complete, or
 // with asJSON one manifest-shaped line per item (per job).
 func (r *Runner) Status(ctx context.Context, id string, w io.Writer, asJSON bool) error {
-	rec, err := r.d.Records.Get(ctx, id)
+	rec, err := r.d.Core.Get(ctx, id)
 	if err == nil {
 		if asJSON {
 			return writeJSONLine(w, ResultOf(rec, rec.ID, 0, nil))
@@ -60,11 +59,11 @@ func (r *Runner) Status(ctx context.Context, id string, w io.Writer, asJSON bool
 		writeRecord(w, rec)
 		return nil
 	}
-	if !errors.Is(err, status.ErrNotFound) {
+	if !errors.Is(err, rdb.ErrNotFound) {
 		return fmt.Errorf("status of %s: %w", id, err)
 	}
-	_, items, err := r.d.Index.Members(ctx, id)
-	if errors.Is(err, ErrBatchNotFound) {
+	_, items, err := r.d.DB.BatchMembers(ctx, id)
+	if errors.Is(err, rdb.ErrBatchNotFound) {
 		return fmt.Errorf("status of %s: %w (or its records expired)", id, ErrUnknown)
 	}
 	if err != nil {
@@ -197,7 +196,7 @@ type CancelSummary struct {
 // recorded as CANCELLED first, so they never start.
 func (r *Runner) Cancel(ctx context.Context, id string, w io.Writer) (*CancelSummary, error) {
 	sum := &CancelSummary{}
-	rec, err := r.d.Records.Get(ctx, id)
+	rec, err := r.d.Core.Get(ctx, id)
 	if err == nil {
 		r.cancelOne(ctx, rec, sum)
 		switch {
@@ -210,11 +209,11 @@ func (r *Runner) Cancel(ctx context.Context, id string, w io.Writer) (*CancelSum
 		}
 		return sum, nil
 	}
-	if !errors.Is(err, status.ErrNotFound) {
+	if !errors.Is(err, rdb.ErrNotFound) {
 		return nil, fmt.Errorf("cancel %s: %w", id, err)
 	}
-	meta, items, err := r.d.Index.Members(ctx, id)
-	if errors.Is(err, ErrBatchNotFound) {
+	meta, items, err := r.d.DB.BatchMembers(ctx, id)
+	if errors.Is(err, rdb.ErrBatchNotFound) {
 		return nil, fmt.Errorf("cancel %s: %w (or its records expired)", id, ErrUnknown)
 	}
 	if err != nil {
@@ -228,8 +227,9 @@ func (r *Runner) Cancel(ctx context.Context, id string, w io.Writer) (*CancelSum
 		wg.Go(func() {
 			defer func() { <-sem }()
 			one := &CancelSummary{}
-			rec, err := r.d.Records.Get(ctx, it.JobID)
-			if errors.Is(err, status.ErrNotFound) {
+			rec, err := r.d.Core.Get(ctx, it.JobID)
+			switch {
+			case errors.Is(err, rdb.ErrNotFound):
 				// Record it first, so the dispatcher finds it cancelled.
 				pool := meta.Pool
 				if pool == "" {
@@ -239,16 +239,23 @@ func (r *Runner) Cancel(ctx context.Context, id string, w io.Writer) (*CancelSum
 				if lane == "" {
 					lane = proto.LaneBatch
 				}
-				rec, _, err = r.d.Records.Create(ctx, status.CreateParams{
+				_, created, err := r.d.Core.CancelUnadmitted(ctx, rdb.CreateParams{
 					ID: it.JobID, Pool: pool, Lane: lane, Source: proto.SourceBatch, BatchID: id,
 				})
-				if err == nil && rec.Status == proto.StatusInQueue {
-					one.Ahead++
+				switch {
+				case err == nil:
+					one.Cancelled++
+					if created {
+						one.Ahead++
+					}
+				case errors.Is(err, rdb.ErrTerminal):
+					one.Finished++
+				default:
+					one.Errors = append(one.Errors, fmt.Errorf("cancel %s: %w", it.JobID, err))
 				}
-			}
-			if err != nil {
+			case err != nil:
 				one.Errors = append(one.Errors, fmt.Errorf("cancel %s: %w", it.JobID, err))
-			} else {
+			default:
 				r.cancelOne(ctx, rec, one)
 			}
 			mu.Lock()
@@ -281,29 +288,13 @@ func (r *Runner) cancelOne(ctx context.Context, rec *proto.Record, sum *CancelSu
 		sum.Finished++
 		return
 	}
-	_, err := r.d.Records.Cancel(ctx, rec.ID)
+	_, err := r.d.Core.Cancel(ctx, rec.ID)
 	switch {
-	case errors.Is(err, status.ErrTerminal):
+	case errors.Is(err, rdb.ErrTerminal):
 		sum.Finished++
-		return
 	case err != nil:
 		sum.Errors = append(sum.Errors, fmt.Errorf("cancel %s: %w", rec.ID, err))
-		return
+	default:
+		sum.Cancelled++
 	}
-	sum.Cancelled++
-	if err := r.d.Queue.PublishCancel(rec.ID); err != nil {
-		// The record says CANCELLED: a worker that claims it drops it, and
-		// one already running it finishes into a refused write.
-		sum.Errors = append(sum.Errors, fmt.Errorf("tell workers to stop %s: %w", rec.ID, err))
-	}
-}
-
-// sortedKeys returns m's keys in order.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

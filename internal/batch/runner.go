@@ -16,36 +16,19 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// Queue is what a batch needs of the queue.
-type Queue interface {
-	Submit(ctx context.Context, source string, job *proto.Job) error
-	// SubscribeEvents with jobID "*" delivers every job's events (a NATS
-	// wildcard on cf.events.*).
-	SubscribeEvents(jobID string, fn func(*proto.Event)) (stop func(), err error)
-	PublishCancel(jobID string) error
-}
-
-var _ Queue = (*queue.Client)(nil)
-
-// Records is what a batch needs of the status records.
-type Records interface {
-	Get(ctx context.Context, id string) (*proto.Record, error)
-	Create(ctx context.Context, p status.CreateParams) (*proto.Record, bool, error)
-	Cancel(ctx context.Context, id string) (*proto.Record, error)
-}
-
-var _ Records = (*status.Store)(nil)
-
 // Deps are the backends a Runner works with.
 type Deps struct {
-	Queue   Queue
-	Records Records
-	Index   *Index
+	Queue *queue.Client
+	// Core submits, reads and cancels the jobs.
+	Core *lifecycle.Core
+	// DB holds the batch index.
+	DB *rdb.DB
 	// Blobs is where outputs without S3 are; nil when downloads are off.
 	Blobs blob.Store
 	// HTTP fetches outputs given as URLs (S3); nil means http.DefaultClient.
@@ -137,11 +120,11 @@ func (o Options) withDefaults() Options {
 // indexTTL keeps the index as long as a job of the batch may live: its
 // TTL in the queue plus its retention after it finished.
 func (o Options) indexTTL() time.Duration {
-	ttl := status.DefaultTTL
+	ttl := rdb.DefaultTTL
 	if o.Policy.TTL > 0 {
 		ttl = time.Duration(o.Policy.TTL) * time.Millisecond
 	}
-	return ttl + o.Retention + status.TTLSlack
+	return ttl + o.Retention + time.Hour
 }
 
 // Summary is the outcome of a Submit or a Watch.
@@ -191,17 +174,17 @@ func (r *Runner) Submit(ctx context.Context, items []Item, opts Options) (*Summa
 	if len(items) == 0 {
 		return nil, errors.New("submit batch: no items")
 	}
-	meta := BatchMeta{ID: opts.BatchID, Items: len(items), Pool: opts.Pool, Lane: opts.Lane,
+	meta := rdb.BatchMeta{ID: opts.BatchID, Items: len(items), Pool: opts.Pool, Lane: opts.Lane,
 		Source: proto.SourceBatch, CreatedAt: time.Now().UTC()}
-	idx := make([]IndexItem, len(items))
+	idx := make([]rdb.IndexItem, len(items))
 	states := make([]*itemState, len(items))
 	for i := range items {
 		it := &items[i]
 		id := JobID(opts.BatchID, *it)
-		idx[i] = IndexItem{Name: it.Name, JobID: id, Index: it.Index, Params: it.Params}
+		idx[i] = rdb.IndexItem{Name: it.Name, JobID: id, Index: it.Index, Params: it.Params}
 		states[i] = &itemState{IndexItem: idx[i], item: it}
 	}
-	if err := r.d.Index.Put(ctx, meta, idx, opts.indexTTL()); err != nil {
+	if err := r.d.DB.PutBatch(ctx, meta, idx, opts.indexTTL()); err != nil {
 		return nil, fmt.Errorf("submit batch: %w", err)
 	}
 	return r.follow(ctx, opts, states, true)
@@ -216,7 +199,7 @@ func (r *Runner) Watch(ctx context.Context, opts Options) (*Summary, error) {
 		return nil, err
 	}
 	opts = opts.withDefaults()
-	_, idx, err := r.d.Index.Members(ctx, opts.BatchID)
+	_, idx, err := r.d.DB.BatchMembers(ctx, opts.BatchID)
 	if err != nil {
 		return nil, fmt.Errorf("watch batch: %w", err)
 	}
@@ -229,7 +212,7 @@ func (r *Runner) Watch(ctx context.Context, opts Options) (*Summary, error) {
 
 // itemState is the run's view of one item. Only the run's loop touches it.
 type itemState struct {
-	IndexItem
+	rdb.IndexItem
 	item    *Item        // nil when watching
 	status  proto.Status // last known; "" before any record was seen
 	sent    bool         // its submission was acknowledged
@@ -272,7 +255,7 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 	if bad > 0 {
 		r.log.Warn("manifest lines skipped", zap.Int("lines", bad), zap.String("path", opts.Out))
 	}
-	sent, err := r.d.Index.Sent(ctx, opts.BatchID)
+	sent, err := r.d.DB.BatchSent(ctx, opts.BatchID)
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +287,7 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 	// Subscribe before the first read, so no transition falls in between.
 	events := make(chan *proto.Event, 4096)
 	var overflow atomic.Bool
-	stopEvents, err := r.d.Queue.SubscribeEvents("*", func(ev *proto.Event) {
+	stopEvents, err := r.d.Queue.SubscribeStatuses(func(ev *proto.Event) {
 		if ev.Type != proto.EventStatus {
 			return
 		}
@@ -575,7 +558,7 @@ func filesPresent(out string, r Result) bool {
 // becomes the item's result (with its files downloaded); a missing one is
 // submitted when the task allows it.
 func (r *Runner) do(ctx context.Context, opts Options, dl *downloader, t task) taskResult {
-	rec, err := r.d.Records.Get(ctx, t.id)
+	rec, err := r.d.Core.Get(ctx, t.id)
 	switch {
 	case err == nil && rec.Status.Terminal():
 		res := ResultOf(rec, t.name, t.index, t.params)
@@ -588,16 +571,16 @@ func (r *Runner) do(ctx context.Context, opts Options, dl *downloader, t task) t
 		return taskResult{rec: rec, result: &res}
 	case err == nil:
 		return taskResult{rec: rec}
-	case !errors.Is(err, status.ErrNotFound):
+	case !errors.Is(err, rdb.ErrNotFound):
 		return taskResult{err: err}
 	case t.item == nil || t.sent:
 		return taskResult{}
 	}
 	job := r.jobOf(opts, t.id, t.item)
-	if err := r.d.Queue.Submit(ctx, proto.SourceBatch, job); err != nil && !errors.Is(err, queue.ErrDuplicate) {
+	if err := r.d.Core.Submit(ctx, proto.SourceBatch, job, false); err != nil && !errors.Is(err, queue.ErrDuplicate) {
 		return taskResult{err: err}
 	}
-	if err := r.d.Index.MarkSent(ctx, opts.BatchID, []string{t.id}, opts.indexTTL()); err != nil {
+	if err := r.d.DB.MarkBatchSent(ctx, opts.BatchID, []string{t.id}, opts.indexTTL()); err != nil {
 		// The job is on the queue; a later run only re-publishes it, and
 		// JetStream drops the duplicate.
 		r.log.Warn("mark sent", zap.String("job_id", t.id), zap.Error(err))

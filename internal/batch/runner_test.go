@@ -15,6 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/batch"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -56,7 +58,7 @@ func TestSubmitWatchAndResume(t *testing.T) {
 		fi, err := os.Stat(filepath.Join(out, r.Files[0].Path))
 		require.NoError(t, err)
 		require.Equal(t, r.Files[0].Size, fi.Size())
-		rec, err := f.b.Status.Get(ctx, r.JobID)
+		rec, err := f.b.DB.Get(ctx, r.JobID)
 		require.NoError(t, err)
 		require.Equal(t, proto.LaneBatch, rec.Lane)
 		require.Equal(t, "resume-1", rec.BatchID)
@@ -98,8 +100,8 @@ func TestSubmitWatchAndResume(t *testing.T) {
 
 	// An item in the index whose submission never got a PubAck: watch
 	// reports it and does not wait for it.
-	require.NoError(t, f.index.Put(ctx, batch.BatchMeta{ID: "resume-1"},
-		[]batch.IndexItem{{Name: "999", JobID: "resume-1-999-never", Index: 6}}, time.Hour))
+	require.NoError(t, f.b.DB.PutBatch(ctx, rdb.BatchMeta{ID: "resume-1"},
+		[]rdb.IndexItem{{Name: "999", JobID: "resume-1-999-never", Index: 6}}, time.Hour))
 	log.Reset()
 	sum, err = f.runner.Watch(ctx, batch.Options{BatchID: "resume-1", Out: other, NoDownload: true, Output: &log})
 	require.NoError(t, err)
@@ -119,10 +121,10 @@ func TestSubmitWatchAndResume(t *testing.T) {
 	require.Len(t, strings.Split(strings.TrimSpace(st.String()), "\n"), 7)
 	require.ErrorIs(t, f.runner.Status(ctx, "nothing-here", io.Discard, false), batch.ErrUnknown)
 
-	v, err := batch.ReadFleet(ctx, batch.FleetSources{Workers: f.b.Fleet, JetStream: f.b.Queue.JetStream(), Counts: f.b.Status.Counts})
+	v, err := batch.ReadFleet(ctx, f.b.DB, f.b.Queue)
 	require.NoError(t, err)
 	require.Len(t, v.Workers, 2)
-	require.Contains(t, v.Lanes, batch.LaneDepth{Pool: proto.DefaultPool, Lane: proto.LaneBatch})
+	require.Contains(t, v.Lanes, queue.LaneDepth{Pool: proto.DefaultPool, Lane: proto.LaneBatch})
 	require.EqualValues(t, 6, v.Totals[proto.StatusCompleted])
 	var fv bytes.Buffer
 	v.Write(&fv, time.Now())
@@ -153,17 +155,17 @@ func TestCancelBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 6, sum.Submitted)
 	// An item in the index that was never submitted: cancelled ahead.
-	require.NoError(t, f.index.Put(ctx, batch.BatchMeta{ID: "cancel-1"},
-		[]batch.IndexItem{{Name: "ghost", JobID: "cancel-1-ghost", Index: 6}}, time.Hour))
+	require.NoError(t, f.b.DB.PutBatch(ctx, rdb.BatchMeta{ID: "cancel-1"},
+		[]rdb.IndexItem{{Name: "ghost", JobID: "cancel-1-ghost", Index: 6}}, time.Hour))
 	require.Eventually(t, func() bool {
-		rec, err := f.b.Status.Get(ctx, batch.JobID("cancel-1", items[0]))
+		rec, err := f.b.DB.Get(ctx, batch.JobID("cancel-1", items[0]))
 		return err == nil && rec.Status != proto.StatusInQueue
 	}, 20*time.Second, 10*time.Millisecond)
 	// Every submitted item has been admitted (has a record), so only the
 	// ghost is cancelled ahead of the dispatcher.
 	require.Eventually(t, func() bool {
 		for _, it := range items {
-			if _, err := f.b.Status.Get(ctx, batch.JobID("cancel-1", it)); err != nil {
+			if _, err := f.b.DB.Get(ctx, batch.JobID("cancel-1", it)); err != nil {
 				return false
 			}
 		}
@@ -184,7 +186,7 @@ func TestCancelBatch(t *testing.T) {
 		if it.Input != nil {
 			id = batch.JobID("cancel-1", it)
 		}
-		rec, err := f.b.Status.Get(ctx, id)
+		rec, err := f.b.DB.Get(ctx, id)
 		require.NoError(t, err)
 		require.True(t, rec.Status == proto.StatusCancelled || rec.Status == proto.StatusCompleted, "%s: %s", id, rec.Status)
 		if rec.StartedAt.IsZero() {
@@ -196,14 +198,15 @@ func TestCancelBatch(t *testing.T) {
 	// The ghost's message, were it to arrive now, is not run: its record is
 	// terminal, which the dispatcher leaves alone.
 	ghost := &proto.Job{ID: "cancel-1-ghost", Input: json.RawMessage(`{"workflow":` + string(exampleWorkflow(t)) + `}`), BatchID: "cancel-1"}
-	require.NoError(t, f.b.Queue.Submit(ctx, proto.SourceBatch, ghost))
+	_, err = f.b.Queue.Submit(ctx, proto.SourceBatch, ghost)
+	require.NoError(t, err)
 
 	sum, err = f.runner.Watch(ctx, batch.Options{BatchID: "cancel-1", Out: t.TempDir()})
 	require.NoError(t, err)
 	require.Equal(t, 7, sum.Counts.Total)
 	require.Equal(t, 7, sum.Counts.Cancelled+sum.Counts.Done)
 	require.False(t, sum.OK())
-	rec, err := f.b.Status.Get(ctx, "cancel-1-ghost")
+	rec, err := f.b.DB.Get(ctx, "cancel-1-ghost")
 	require.NoError(t, err)
 	require.Equal(t, proto.StatusCancelled, rec.Status)
 	require.True(t, rec.StartedAt.IsZero())
@@ -235,11 +238,11 @@ func TestInteractiveJobsOvertakeBatch(t *testing.T) {
 	// Every batch job admitted, and both workers busy with them.
 	require.Eventually(t, func() bool {
 		for _, id := range ids {
-			if _, err := f.b.Status.Get(ctx, id); err != nil {
+			if _, err := f.b.DB.Get(ctx, id); err != nil {
 				return false
 			}
 		}
-		rec, err := f.b.Status.Get(ctx, ids[1])
+		rec, err := f.b.DB.Get(ctx, ids[1])
 		return err == nil && rec.Status != proto.StatusInQueue
 	}, 20*time.Second, 5*time.Millisecond, "the batch started")
 
@@ -258,7 +261,7 @@ func TestInteractiveJobsOvertakeBatch(t *testing.T) {
 		resp.Body.Close()
 		var rec *proto.Record
 		require.Eventually(t, func() bool {
-			rec, err = f.b.Status.Get(ctx, run.ID)
+			rec, err = f.b.DB.Get(ctx, run.ID)
 			return err == nil && rec.Status.Terminal()
 		}, 20*time.Second, 5*time.Millisecond)
 		require.Equal(t, proto.StatusCompleted, rec.Status)
@@ -272,7 +275,7 @@ func TestInteractiveJobsOvertakeBatch(t *testing.T) {
 	var batchWaits []time.Duration
 	batchRecs := make([]*proto.Record, len(ids))
 	for i, id := range ids {
-		rec, err := f.b.Status.Get(ctx, id)
+		rec, err := f.b.DB.Get(ctx, id)
 		require.NoError(t, err)
 		batchRecs[i] = rec
 		if !rec.StartedAt.IsZero() {

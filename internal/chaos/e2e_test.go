@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
-	"github.com/comfyfleet/comfyfleet/internal/dispatch"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -41,12 +41,12 @@ func TestRetriesDeadLetterAndReplay(t *testing.T) {
 	ids := f.load(ctx, "oom", 1, nil)
 	tl := f.await(ids, 30*time.Second)
 	require.Equal(t, 1, tl.byStatus[proto.StatusFailed], tl.String())
-	rec, err := f.b.Status.Get(ctx, ids[0])
+	rec, err := f.b.DB.Get(ctx, ids[0])
 	require.NoError(t, err)
 	require.Equal(t, 3, rec.Attempt)
 
 	var list struct {
-		DeadLetters []dispatch.DeadLetter `json:"dead_letters"`
+		DeadLetters []queue.DeadLetter `json:"dead_letters"`
 	}
 	require.Eventually(t, func() bool {
 		getJSON(t, http.MethodGet, f.apis[0]+"/dlq", &list)
@@ -65,9 +65,10 @@ func TestRetriesDeadLetterAndReplay(t *testing.T) {
 	getJSON(t, http.MethodPost, fmt.Sprintf("%s/dlq/%d/replay", f.apis[0], dl.Seq), &replayed)
 	require.Equal(t, string(proto.StatusInQueue), replayed["status"])
 	require.Eventually(t, func() bool {
-		rec, err := f.b.Status.Get(ctx, ids[0])
+		rec, err := f.b.DB.Get(ctx, ids[0])
 		return err == nil && rec.Status == proto.StatusCompleted
 	}, 20*time.Second, 20*time.Millisecond, "the replayed job completes")
+	f.check("replayed", f.await(ids, 20*time.Second), nil)
 	getJSON(t, http.MethodGet, f.apis[0]+"/dlq", &list)
 	require.Empty(t, list.DeadLetters)
 }
@@ -84,7 +85,7 @@ func TestSilentWorkerPastItsDeadlineTimesOut(t *testing.T) {
 	f.sims[0].SetFault(comfysim.Fault{HangAtStep: 2})
 	ids := f.load(ctx, "hang", 1, func(int) proto.Policy { return proto.Policy{ExecutionTimeout: 1500} })
 	require.Eventually(t, func() bool {
-		rec, err := f.b.Status.Get(ctx, ids[0])
+		rec, err := f.b.DB.Get(ctx, ids[0])
 		return err == nil && rec.Status == proto.StatusInProgress
 	}, 10*time.Second, 5*time.Millisecond)
 	// Killed well before its own timeout (1.5 s) fires; its lease (3 s,
@@ -94,8 +95,8 @@ func TestSilentWorkerPastItsDeadlineTimesOut(t *testing.T) {
 		delete(f.workers, id)
 	}
 	tl := f.await(ids, 20*time.Second)
-	require.Equal(t, 1, tl.byStatus[proto.StatusTimedOut], tl.String())
-	rec, err := f.b.Status.Get(ctx, ids[0])
+	f.check("silent worker", tl, map[string]proto.Status{ids[0]: proto.StatusTimedOut})
+	rec, err := f.b.DB.Get(ctx, ids[0])
 	require.NoError(t, err)
 	require.Contains(t, rec.Error, "went silent")
 	require.Equal(t, 1, rec.Attempt, "not retried")

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -29,7 +30,6 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim/simtest"
-	fleetpkg "github.com/comfyfleet/comfyfleet/internal/fleet"
 	"github.com/comfyfleet/comfyfleet/internal/natsserver"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -65,11 +65,13 @@ func removeBinaries() {
 	}
 }
 
+// goTool is the go command: go test puts GOROOT/bin first on the test's
+// PATH.
 func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return "go"
 }
 
 func repoRoot() string {
@@ -190,8 +192,9 @@ type fleet struct {
 	redisDir  string
 	redis     *proc
 
-	execGrace time.Duration
-	leaseTTL  time.Duration
+	execGrace   time.Duration
+	leaseTTL    time.Duration
+	maxAttempts int
 
 	sims        []*simtest.Sim
 	workers     map[string]*proc
@@ -200,6 +203,9 @@ type fleet struct {
 	nextWorker  int
 
 	b *backend.Backend
+	// js reads the streams directly, as an operator would: the events and
+	// what is left on the jobs stream.
+	js jetstream.JetStream
 }
 
 type fleetConfig struct {
@@ -209,6 +215,9 @@ type fleetConfig struct {
 	execGrace time.Duration
 	// leaseTTL is the workers' LEASE_TTL; 0 means 900 ms.
 	leaseTTL time.Duration
+	// maxAttempts is the workers' MAX_ATTEMPTS; 0 means the binary's
+	// default (3).
+	maxAttempts int
 }
 
 func newFleet(t *testing.T, cfg fleetConfig) *fleet {
@@ -227,8 +236,13 @@ func newFleet(t *testing.T, cfg fleetConfig) *fleet {
 	require.NoError(t, err)
 	f.b = b
 	t.Cleanup(b.Close)
+	nc, err := nats.Connect(f.natsURL(), nats.MaxReconnects(-1))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	f.js, err = jetstream.New(nc)
+	require.NoError(t, err)
 
-	f.execGrace, f.leaseTTL = cfg.execGrace, cfg.leaseTTL
+	f.execGrace, f.leaseTTL, f.maxAttempts = cfg.execGrace, cfg.leaseTTL, cfg.maxAttempts
 	if f.leaseTTL == 0 {
 		f.leaseTTL = 900 * time.Millisecond
 	}
@@ -246,13 +260,13 @@ func newFleet(t *testing.T, cfg fleetConfig) *fleet {
 	// Jobs are admitted against the models the live workers report:
 	// load only once every worker has announced itself.
 	require.Eventually(t, func() bool {
-		ws, err := f.b.Fleet.List(context.Background())
+		ws, err := f.b.DB.Workers(context.Background())
 		if err != nil {
 			return false
 		}
 		idle := 0
 		for _, w := range ws {
-			if w.State == fleetpkg.StateIdle {
+			if w.State == proto.WorkerIdle {
 				idle++
 			}
 		}
@@ -312,11 +326,15 @@ func (f *fleet) startWorker(sim *simtest.Sim) *proc {
 	f.t.Helper()
 	f.nextWorker++
 	id := fmt.Sprintf("w%d", f.nextWorker)
-	p := startProc(f.t, "gpuworker-"+id, bin(f.t, "gpuworker"), nil, []string{
+	env := []string{
 		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "COMFYUI_URL=" + sim.URL,
 		"WORKER_ID=" + id, "LEASE_TTL=" + f.leaseTTL.String(), "COMFYUI_PROBE_INTERVAL=50ms", "RETRY_DELAY=50ms",
 		"SHUTDOWN_GRACE=2s", "LOG_LEVEL=warn",
-	})
+	}
+	if f.maxAttempts > 0 {
+		env = append(env, fmt.Sprintf("MAX_ATTEMPTS=%d", f.maxAttempts))
+	}
+	p := startProc(f.t, "gpuworker-"+id, bin(f.t, "gpuworker"), nil, env)
 	f.workers[id] = p
 	return p
 }
@@ -354,7 +372,7 @@ func workflow(seed int) json.RawMessage {
 func (f *fleet) submit(ctx context.Context, job *proto.Job) {
 	f.t.Helper()
 	for {
-		err := f.b.Queue.Submit(ctx, proto.SourceBatch, job)
+		_, err := f.b.Queue.Submit(ctx, proto.SourceBatch, job)
 		if err == nil || errors.Is(err, queue.ErrDuplicate) {
 			return
 		}
@@ -372,7 +390,11 @@ func (f *fleet) submit(ctx context.Context, job *proto.Job) {
 type tally struct {
 	submitted int
 	byStatus  map[proto.Status]int
-	stuck     []string
+	// final is each terminal job's status.
+	final map[string]proto.Status
+	stuck []string
+	// completed counts each job's COMPLETED events.
+	completed map[string]int
 	// completedTwice lists jobs with more than one COMPLETED event.
 	completedTwice []string
 	// reachedGPU lists jobs with an IN_PROGRESS event.
@@ -409,7 +431,7 @@ func (f *fleet) await(ids []string, within time.Duration) tally {
 			if _, ok := final[id]; ok {
 				continue
 			}
-			rec, err := f.b.Status.Get(ctx, id)
+			rec, err := f.b.DB.Get(ctx, id)
 			if err == nil && rec.Status.Terminal() {
 				final[id] = rec.Status
 				if rec.Retries > 0 {
@@ -427,7 +449,7 @@ func (f *fleet) await(ids []string, within time.Duration) tally {
 			}
 		}
 	}
-	tl := tally{submitted: len(ids), byStatus: map[proto.Status]int{}, reachedGPU: map[string]bool{}, retried: retried}
+	tl := tally{submitted: len(ids), byStatus: map[proto.Status]int{}, final: final, reachedGPU: map[string]bool{}, retried: retried}
 	for _, id := range ids {
 		st, ok := final[id]
 		if !ok {
@@ -436,8 +458,8 @@ func (f *fleet) await(ids []string, within time.Duration) tally {
 		}
 		tl.byStatus[st]++
 	}
-	completed := f.events(tl.reachedGPU)
-	for id, n := range completed {
+	tl.completed = f.events(tl.reachedGPU)
+	for id, n := range tl.completed {
 		if n > 1 {
 			tl.completedTwice = append(tl.completedTwice, id)
 		}
@@ -451,8 +473,7 @@ func (f *fleet) events(reached map[string]bool) map[string]int {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js := f.b.Queue.JetStream()
-	cons, err := js.OrderedConsumer(ctx, proto.EventsStream, jetstream.OrderedConsumerConfig{})
+	cons, err := f.js.OrderedConsumer(ctx, proto.EventsStream, jetstream.OrderedConsumerConfig{})
 	require.NoError(f.t, err)
 	info, err := cons.Info(ctx)
 	require.NoError(f.t, err)
@@ -486,7 +507,7 @@ func (f *fleet) events(reached map[string]bool) map[string]int {
 func (f *fleet) jobsLeft() uint64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := f.b.Queue.JetStream().Stream(ctx, proto.JobsStream)
+	s, err := f.js.Stream(ctx, proto.JobsStream)
 	if err != nil {
 		return 1 << 62
 	}
@@ -497,8 +518,13 @@ func (f *fleet) jobsLeft() uint64 {
 	return info.State.Msgs
 }
 
-// check asserts the invariants of every case and logs the counts.
-func (f *fleet) check(name string, tl tally) {
+// check asserts the invariants of every case: every job submitted ended
+// (none stuck), none completed twice, every job message is settled, and
+// every job ended COMPLETED unless ended names another ending for it (the
+// jobs a case cancels, lets expire or fails on purpose). A fault a case
+// injects must never cost a job its result: a FAILED job is a failure of
+// the case, not an ending like any other.
+func (f *fleet) check(name string, tl tally, ended map[string]proto.Status) {
 	f.t.Helper()
 	f.t.Logf("%s: %s", name, tl)
 	require.Empty(f.t, tl.stuck, "jobs not terminal")
@@ -508,6 +534,23 @@ func (f *fleet) check(name string, tl tally) {
 		terminal += n
 	}
 	require.Equal(f.t, tl.submitted, terminal)
+	var wrong []string
+	for id, got := range tl.final {
+		want, ok := ended[id]
+		if !ok {
+			want = proto.StatusCompleted
+		}
+		if got == want {
+			continue
+		}
+		why := ""
+		if rec, err := f.b.DB.Get(context.Background(), id); err == nil && rec.Error != "" {
+			why = fmt.Sprintf(" (%s, attempt %d)", rec.Error, rec.Attempt)
+		}
+		wrong = append(wrong, fmt.Sprintf("%s: %s%s, want %s", id, got, why, want))
+	}
+	sort.Strings(wrong)
+	require.Empty(f.t, wrong, "%d of %d jobs did not end as they should", len(wrong), tl.submitted)
 	start := time.Now()
 	require.Eventually(f.t, func() bool { return f.jobsLeft() == 0 }, 45*time.Second, 100*time.Millisecond,
 		"every job message is settled")

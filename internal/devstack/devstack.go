@@ -1,9 +1,17 @@
 // Package devstack runs the whole fleet in one process for a developer's
-// machine: an embedded NATS server (unless NATS_URL names one), an embedded
-// Redis-protocol server (unless REDIS_URL names one), one dispatcher, the
-// runpod-adapter's endpoint API, and N gpuworkers, each on its own ComfyUI
-// emulator unless ComfyUI URLs are given. `comfyfleet dev` is a thin shell
-// around Start; the end-to-end tests use it too.
+// machine: an embedded NATS server (unless NATS_URL names one), a Redis
+// (unless REDIS_URL names one: a redis-server started under the stack's
+// folder when one is installed, else an embedded Redis-protocol server
+// that keeps its data there too), one dispatcher, the runpod-adapter's
+// endpoint API and N gpuworkers, each on its own ComfyUI emulator unless
+// ComfyUI URLs are given. Every role is built by package role from the
+// same settings as its binary; the stack only decides where the servers
+// come from and serves every role's HTTP routes (the endpoint API, the
+// dispatcher's /fleet, /dlq and /metrics) on one listener.
+//
+// The stack's folder is its own: a second stack on the same folder
+// refuses to start and names the process that holds it. What JetStream
+// keeps there survives a restart, and so do the job records beside it.
 package devstack
 
 import (
@@ -14,55 +22,103 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/backend"
-	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
-	"github.com/comfyfleet/comfyfleet/internal/dispatch"
+	"github.com/comfyfleet/comfyfleet/internal/dirlock"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/internal/natsserver"
-	"github.com/comfyfleet/comfyfleet/internal/runpod"
+	"github.com/comfyfleet/comfyfleet/internal/redisserver"
+	"github.com/comfyfleet/comfyfleet/internal/role"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 )
 
-// Config configures the stack. The zero value of each field is its default.
+// Config configures the stack. The zero value of each field is its
+// default; the roles' settings are those of their binaries.
 type Config struct {
-	// Dir holds the embedded NATS server's data and the emulators' files,
-	// and the stack file the CLI reads; "" means ./.comfyfleet.
+	// Dir holds the embedded servers' data, the emulators' files and the
+	// stack file the CLI reads; "" means ./.comfyfleet.
 	Dir string
-	// Listen is the endpoint API's address; "" means 127.0.0.1:8000.
+	// Listen is the address of the endpoint API and the dispatcher's
+	// routes; "" means 127.0.0.1:8000.
 	Listen string
 	// Workers is the number of gpuworkers; 0 means 2. With ComfyUIURLs
 	// set, there is one worker per URL and Workers is ignored.
 	Workers     int
 	ComfyUIURLs []string
-	// NATSURL and RedisURL name external servers; "" embeds one.
-	NATSURL  string
-	RedisURL string
 	// NATSPort is the embedded NATS server's port; 0 means 4222, or a
-	// random port when 4222 is taken; -1 means a random port.
+	// random port when 4222 is taken (the stack says so); -1 means a
+	// random port.
 	NATSPort int
 	// StepDelay is the emulators' time per sampler step; 0 is their default.
 	StepDelay time.Duration
-	// KeyPrefix goes before every Redis key (tests sharing a Redis).
-	KeyPrefix string
-	// Grace is each worker's shutdown grace period; 0 means 10 s.
-	Grace  time.Duration
+	// RedisServer is the redis-server binary to run; "" looks one up on
+	// PATH, "-" never runs one (the embedded server is used).
+	RedisServer string
+	// NATSURL and RedisURL name servers of one's own; "" embeds one.
+	NATSURL, RedisURL string
+
+	// Common, Dispatcher, Worker and Adapter are the settings of the
+	// roles, bound from the same flags and variables as their binaries.
+	Common     role.Common
+	Dispatcher role.DispatcherConfig
+	Worker     role.WorkerConfig
+	Adapter    role.AdapterConfig
+
 	Logger *zap.Logger
 }
 
-// Validate checks the configuration.
-func (c Config) Validate() error {
+// Bind binds the stack's own settings and then every setting of the roles
+// it embeds, under their binaries' names. A name the roles share (POOL,
+// SHUTDOWN_GRACE, …) sets all of them.
+func (c *Config) Bind(fs *flagenv.Set) {
+	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "127.0.0.1:8000", "address of the RunPod-compatible API, and of the dispatcher's /fleet, /dlq and /metrics")
+	fs.Int(&c.Workers, "workers", "COMFYFLEET_WORKERS", 2, "number of GPU workers (each with its own emulator)")
+	fs.List(&c.ComfyUIURLs, "comfyui-url", "COMFYUI_URL", nil, "ComfyUI to run jobs on, one worker each (repeatable or comma-separated); none = emulators")
+	fs.String(&c.Dir, "dir", "COMFYFLEET_DIR", ".comfyfleet", "folder for the embedded NATS and Redis data, emulator files and stack.json; one stack per folder")
+	fs.Int(&c.NATSPort, "nats-port", "COMFYFLEET_NATS_PORT", 4222, "port of the embedded NATS server; a random one when it is taken (said at start); -1: random")
+	fs.Duration(&c.StepDelay, "step-delay", "COMFYSIM_STEP_DELAY", 0, "emulator time per sampler step (0 = its default, 5ms)")
+	fs.String(&c.RedisServer, "redis-server", "COMFYFLEET_REDIS_SERVER", "", "redis-server binary to run under --dir when REDIS_URL is unset (empty: look it up on PATH; -: never, use the embedded server)")
+	fs.String(&c.NATSURL, "nats-url", "NATS_URL", "", "use this NATS server instead of embedding one")
+	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", "", "use this Redis server instead of starting one under --dir")
+	c.Common.Bind(fs)
+	c.Adapter.Bind(fs)
+	c.Dispatcher.Bind(fs)
+	c.Worker.Bind(fs)
+}
+
+// Finish reconciles what the roles share in one process and checks every
+// role's settings, naming the one at fault.
+func (c *Config) Finish() (setting string, err error) {
 	if c.Workers < 0 {
-		return fmt.Errorf("workers: %d is negative", c.Workers)
+		return "COMFYFLEET_WORKERS", fmt.Errorf("%d is negative", c.Workers)
 	}
 	if c.NATSPort < -1 || c.NATSPort > 65535 {
-		return fmt.Errorf("nats port: %d is out of range", c.NATSPort)
+		return "COMFYFLEET_NATS_PORT", fmt.Errorf("%d is out of range", c.NATSPort)
 	}
-	return nil
+	// One listener serves the API and the dispatcher's routes; the
+	// workers' series are on its /metrics.
+	c.Adapter.Listen, c.Dispatcher.Listen, c.Worker.Listen = c.Listen, "", ""
+	if len(c.Worker.Pools) > 0 {
+		// The API's jobs and the jobs that name no pool go to the
+		// workers' first pool.
+		c.Adapter.API.Pool, c.Dispatcher.Dispatch.DefaultPool = c.Worker.Pools[0], c.Worker.Pools[0]
+	}
+	if c.Worker.Worker.ID == "" {
+		c.Worker.Worker.ID = "dev-worker" // each worker adds its number
+	}
+	c.Worker.Comfy.BaseURL = "http://127.0.0.1:1" // each worker gets its own
+	for _, f := range []func() (string, error){c.Common.Finish, c.Adapter.Finish, c.Dispatcher.Finish, c.Worker.Finish} {
+		if s, err := f(); err != nil {
+			return s, err
+		}
+	}
+	return "", nil
 }
 
 // Info says where the stack's parts listen; it is also written to
@@ -73,6 +129,11 @@ type Info struct {
 	RedisURL    string   `json:"redis_url"`
 	ComfyUIURLs []string `json:"comfyui_urls"`
 	PID         int      `json:"pid"`
+	// Redis says which Redis runs: "external", or the embedded kind.
+	Redis string `json:"redis"`
+	// NATSFallback is set when the NATS port asked for was taken and a
+	// random one was used.
+	NATSFallback bool `json:"nats_fallback,omitempty"`
 }
 
 // Stack is a running local fleet.
@@ -81,25 +142,21 @@ type Stack struct {
 
 	log      *zap.Logger
 	dir      string
+	lock     *dirlock.Lock
 	nats     *natsserver.Server
-	redis    *miniredis.Miniredis
-	backends []*backend.Backend
+	redis    *redisserver.Server
 	sims     []*http.Server
 	simCores []*comfysim.Server
-	clients  []*comfy.Client
-	disp     *dispatch.Dispatcher
-	hooks    *dispatch.Webhooks
-	workers  []*worker.Worker
-	api      *http.Server
-	apiDone  chan error
+	backends []*backend.Backend
+	disp     *role.Dispatcher
+	workers  []*role.Worker
+	adapter  *role.Adapter
 }
 
 // Start brings the stack up and returns once the API accepts requests.
-// On error everything started so far is stopped.
+// cfg must have been Finished. On error everything started so far is
+// stopped.
 func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("dev stack: %w", err)
-	}
 	if cfg.Dir == "" {
 		cfg.Dir = ".comfyfleet"
 	}
@@ -108,15 +165,6 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = 2
-	}
-	switch cfg.NATSPort {
-	case 0:
-		cfg.NATSPort = 4222
-	case -1:
-		cfg.NATSPort = 0 // natsserver: random
-	}
-	if cfg.Grace == 0 {
-		cfg.Grace = 10 * time.Second
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -128,38 +176,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			s.Stop()
 		}
 	}()
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	if s.lock, err = dirlock.Acquire(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("dev stack: %w", err)
 	}
-
-	// Shared servers.
-	s.Info.NATSURL = cfg.NATSURL
-	if s.Info.NATSURL == "" {
-		s.nats, err = natsserver.Start(natsserver.Config{
-			Port: cfg.NATSPort, FallbackToRandomPort: true, StoreDir: filepath.Join(cfg.Dir, "nats"),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("dev stack: %w", err)
-		}
-		s.Info.NATSURL = s.nats.URL()
-	}
-	s.Info.RedisURL = cfg.RedisURL
-	if s.Info.RedisURL == "" {
-		s.redis = miniredis.NewMiniRedis()
-		if err := s.redis.StartAddr("127.0.0.1:0"); err != nil {
-			return nil, fmt.Errorf("dev stack: start embedded redis: %w", err)
-		}
-		s.Info.RedisURL = "redis://" + s.redis.Addr() + "/0"
-	}
-	open := func(name string) (*backend.Backend, error) {
-		b, err := backend.Open(ctx, backend.Config{
-			Name: name, NATSURL: s.Info.NATSURL, RedisURL: s.Info.RedisURL, KeyPrefix: cfg.KeyPrefix, Logger: log,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("dev stack: %w", err)
-		}
-		s.backends = append(s.backends, b)
-		return b, nil
+	if err := s.startServers(&cfg); err != nil {
+		return nil, err
 	}
 
 	// ComfyUI: given URLs, or one emulator per worker.
@@ -174,25 +195,22 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	s.Info.ComfyUIURLs = urls
+	open := func(name string) (*backend.Backend, error) {
+		b, err := cfg.Common.Open(ctx, name, log)
+		if err != nil {
+			return nil, fmt.Errorf("dev stack: %w", err)
+		}
+		s.backends = append(s.backends, b)
+		return b, nil
+	}
+	reg := metrics.NewRegistry()
 
-	// Control plane.
+	// Control plane: its routes are served on the API's listener.
 	db, err := open("comfyfleet-dev-dispatcher")
 	if err != nil {
 		return nil, err
 	}
-	if s.disp, err = dispatch.New(dispatch.Config{}, db.Queue, db.Status, log); err != nil {
-		return nil, fmt.Errorf("dev stack: %w", err)
-	}
-	// Webhooks may reach this machine: the stack is local. They start
-	// before admission, so their consumer exists before any job ends.
-	targets := dispatch.NewWebhookTargets(db.Redis, cfg.KeyPrefix, 0)
-	s.disp.SetAdmission(dispatch.Admission{Webhooks: targets, Models: dispatch.NewModelCheck(dispatch.ModelCheckConfig{}, db.Fleet, db.Status)})
-	if s.hooks, err = dispatch.NewWebhooks(dispatch.WebhookConfig{Allow: []string{"127.0.0.0/8", "::1"}}, dispatch.WebhookDeps{
-		JetStream: db.Queue.JetStream(), Targets: targets, Records: db.Status, Blobs: db.Blobs,
-	}, log); err != nil {
-		return nil, fmt.Errorf("dev stack: %w", err)
-	}
-	if err := s.hooks.Start(ctx); err != nil {
+	if s.disp, err = role.NewDispatcher(cfg.Dispatcher, db, reg, log); err != nil {
 		return nil, fmt.Errorf("dev stack: %w", err)
 	}
 	if err := s.disp.Start(ctx); err != nil {
@@ -200,48 +218,81 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 
 	// Workers, one connection set each, as separate processes would have.
+	wm := worker.NewMetrics(reg)
 	for i, u := range urls {
-		id := fmt.Sprintf("dev-worker-%d", i+1)
-		wb, err := open("comfyfleet-dev-" + id)
+		wcfg := cfg.Worker
+		wcfg.Worker.ID = fmt.Sprintf("%s-%d", cfg.Worker.Worker.ID, i+1)
+		wcfg.Comfy.BaseURL = u
+		wb, err := open("comfyfleet-dev-" + wcfg.Worker.ID)
 		if err != nil {
 			return nil, err
 		}
-		cc, err := comfy.New(comfy.Config{BaseURL: u, Logger: log.With(zap.String("worker_id", id))})
+		w, err := role.NewWorker(wcfg, wb, wm, nil, log)
 		if err != nil {
-			return nil, fmt.Errorf("dev stack: %w", err)
-		}
-		s.clients = append(s.clients, cc)
-		w, err := worker.New(worker.Config{ID: id, Grace: cfg.Grace}, worker.Deps{
-			Queue: wb.Queue, Store: wb.Status, Blobs: wb.Blobs, ComfyUI: cc, Fleet: wb.Fleet, Logger: log,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("dev stack: %w", err)
-		}
-		if err := w.Start(ctx); err != nil {
 			return nil, fmt.Errorf("dev stack: %w", err)
 		}
 		s.workers = append(s.workers, w)
+		if err := w.Start(ctx); err != nil {
+			return nil, fmt.Errorf("dev stack: %w", err)
+		}
 	}
 
-	// The endpoint API.
+	// The endpoint API, with the dispatcher's routes beside it.
 	ab, err := open("comfyfleet-dev-adapter")
 	if err != nil {
 		return nil, err
 	}
-	api := runpod.NewAPI(runpod.Config{}, ab.Queue, ab.Status, ab.Blobs, ab.Fleet, log)
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("dev stack: listen for the API: %w", err)
+	if s.adapter, err = role.NewAdapter(cfg.Adapter, ab, reg, role.AdapterOptions{API: true, Routes: s.disp.Routes()}, log); err != nil {
+		return nil, fmt.Errorf("dev stack: %w", err)
 	}
-	s.api = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
-	s.apiDone = make(chan error, 1)
-	go func() { s.apiDone <- s.api.Serve(ln) }()
-	s.Info.APIURL = "http://" + ln.Addr().String()
+	if err := s.adapter.Start(ctx); err != nil {
+		return nil, fmt.Errorf("dev stack: %w", err)
+	}
+	s.Info.APIURL = "http://" + s.adapter.Addr()
 	s.Info.PID = os.Getpid()
 	if err := s.writeInfo(); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// startServers starts the embedded NATS and Redis unless the settings
+// name servers of their own.
+func (s *Stack) startServers(cfg *Config) error {
+	cfg.Common.NATSURL, cfg.Common.RedisURL = cfg.NATSURL, cfg.RedisURL
+	if cfg.NATSURL == "" {
+		port := cfg.NATSPort
+		switch port {
+		case 0:
+			port = 4222
+		case -1:
+			port = 0 // natsserver: random
+		}
+		n, err := natsserver.Start(natsserver.Config{Port: port, FallbackToRandomPort: true, StoreDir: filepath.Join(cfg.Dir, "nats")})
+		if err != nil {
+			return fmt.Errorf("dev stack: %w", err)
+		}
+		s.nats = n
+		cfg.Common.NATSURL = n.URL()
+		s.Info.NATSFallback = port != 0 && !strings.HasSuffix(n.URL(), fmt.Sprintf(":%d", port))
+	}
+	s.Info.NATSURL = cfg.Common.NATSURL
+	s.Info.Redis = "external"
+	if cfg.RedisURL == "" {
+		rc := redisserver.Config{Dir: filepath.Join(cfg.Dir, "redis"), RedisServer: cfg.RedisServer, Logger: s.log}
+		if cfg.RedisServer == "-" {
+			rc.Backend, rc.RedisServer = redisserver.BackendMiniredis, ""
+		}
+		rs, err := redisserver.Start(rc)
+		if err != nil {
+			return fmt.Errorf("dev stack: %w", err)
+		}
+		s.redis = rs
+		cfg.Common.RedisURL = rs.URL()
+		s.Info.Redis = string(rs.Backend())
+	}
+	s.Info.RedisURL = cfg.Common.RedisURL
+	return nil
 }
 
 // startSim runs one emulator on a random loopback port.
@@ -257,7 +308,7 @@ func (s *Stack) startSim(dir string, stepDelay time.Duration) (string, error) {
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	s.sims = append(s.sims, srv)
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }()
 	return "http://" + ln.Addr().String(), nil
 }
 
@@ -272,16 +323,17 @@ func (s *Stack) writeInfo() error {
 	return nil
 }
 
+// Done is closed when the API's listener fails.
+func (s *Stack) Done() <-chan struct{} { return s.adapter.Done() }
+
 // Stop shuts the stack down in order: the API stops taking requests, the
-// workers drain (their jobs finish or go back on the queue), the dispatcher
-// stops, then the emulators and the shared servers. It is idempotent.
+// workers drain (their jobs finish or go back on the queue), the
+// dispatcher stops, then the emulators and the shared servers, and the
+// folder is let go. It is idempotent.
 func (s *Stack) Stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if s.api != nil {
-		_ = s.api.Shutdown(ctx)
-		<-s.apiDone
-		s.api = nil
+	if s.adapter != nil {
+		s.adapter.Stop()
+		s.adapter = nil
 		_ = os.Remove(filepath.Join(s.dir, StackFile))
 	}
 	for _, w := range s.workers {
@@ -292,14 +344,6 @@ func (s *Stack) Stop() {
 		s.disp.Stop()
 		s.disp = nil
 	}
-	if s.hooks != nil {
-		s.hooks.Stop()
-		s.hooks = nil
-	}
-	for _, c := range s.clients {
-		_ = c.Close()
-	}
-	s.clients = nil
 	for _, srv := range s.sims {
 		_ = srv.Close()
 	}
@@ -317,7 +361,13 @@ func (s *Stack) Stop() {
 		s.nats = nil
 	}
 	if s.redis != nil {
-		s.redis.Close()
+		if err := s.redis.Stop(); err != nil {
+			s.log.Error("stop the dev stack's Redis", zap.Error(err))
+		}
 		s.redis = nil
+	}
+	if s.lock != nil {
+		s.lock.Release()
+		s.lock = nil
 	}
 }

@@ -17,32 +17,54 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 type bundle struct {
 	stack *devstack.Stack
-	store *status.Store
+	store *rdb.DB
 	js    jetstream.JetStream
 }
 
-// setup runs the dev stack as `comfyfleet dev` does, with its NATS on a
-// random port and its records under a test prefix in the test Redis.
-func setup(t *testing.T) *bundle {
+// config binds the dev stack's settings as `comfyfleet dev` does, reads
+// them from env alone, and finishes them.
+func config(t *testing.T, env map[string]string) devstack.Config {
 	t.Helper()
-	rdb, prefix := testenv.Redis(t)
+	var cfg devstack.Config
+	fs := flagenv.New("comfyfleet dev", "")
+	cfg.Bind(fs)
+	require.NoError(t, fs.Parse(nil, func(k string) string { return env[k] }))
+	setting, err := cfg.Finish()
+	require.NoError(t, err, setting)
+	return cfg
+}
+
+// setup runs the dev stack as `comfyfleet dev` does, with its NATS on a
+// random port and its records under a test prefix in the test Redis; more
+// are more settings.
+func setup(t *testing.T, more ...string) *bundle {
+	t.Helper()
+	rc, prefix := testenv.Redis(t)
 	dir := t.TempDir()
-	stack, err := devstack.Start(testenv.Context(t, time.Minute), devstack.Config{
-		Dir: dir, Listen: "127.0.0.1:0", NATSPort: -1, Workers: 2,
-		RedisURL: testenv.RedisURL(), KeyPrefix: prefix, Grace: 5 * time.Second,
-		Logger: zaptest.NewLogger(t),
-	})
+	env := map[string]string{
+		"COMFYFLEET_DIR": dir, "LISTEN_ADDR": "127.0.0.1:0", "COMFYFLEET_NATS_PORT": "-1", "COMFYFLEET_WORKERS": "2",
+		"REDIS_URL": testenv.RedisURL(), "SHUTDOWN_GRACE": "5s",
+	}
+	for i := 0; i+1 < len(more); i += 2 {
+		env[more[i]] = more[i+1]
+	}
+	cfg := config(t, env)
+	cfg.Common.KeyPrefix = prefix
+	cfg.Logger = zaptest.NewLogger(t)
+	stack, err := devstack.Start(testenv.Context(t, time.Minute), cfg)
 	require.NoError(t, err)
 	t.Cleanup(stack.Stop)
 	info, err := os.ReadFile(filepath.Join(dir, devstack.StackFile))
@@ -54,7 +76,7 @@ func setup(t *testing.T) *bundle {
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	return &bundle{stack: stack, store: status.NewStore(rdb, status.Options{Prefix: prefix}), js: js}
+	return &bundle{stack: stack, store: rdb.New(rc, rdb.Options{Prefix: prefix}), js: js}
 }
 
 func (b *bundle) post(t *testing.T, path, body string) (int, map[string]any) {
@@ -151,7 +173,7 @@ func TestRunThenStatusObservesEveryTransition(t *testing.T) {
 
 	// The events stream has the whole story, in order.
 	cons, err := b.js.OrderedConsumer(context.Background(), proto.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{proto.EventSubject(id)},
+		FilterSubjects: []string{proto.JobEventSubjects(id)},
 	})
 	require.NoError(t, err)
 	var statuses []proto.Status
@@ -174,4 +196,20 @@ func TestRunThenStatusObservesEveryTransition(t *testing.T) {
 	}
 	require.Equal(t, []proto.Status{proto.StatusInQueue, proto.StatusInProgress, proto.StatusCompleted}, slices.Compact(statuses))
 	require.Positive(t, progress, "progress events were published")
+}
+
+// TestDevWorkerIDs: WORKER_ID is the prefix of the workers' ids, and every
+// worker announces itself under its own.
+func TestDevWorkerIDs(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "WORKER_ID", "gpu-7")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		ws, err := b.store.Workers(context.Background())
+		require.NoError(c, err)
+		var ids []string
+		for _, w := range ws {
+			ids = append(ids, w.ID)
+		}
+		assert.ElementsMatch(c, []string{"gpu-7-1", "gpu-7-2"}, ids)
+	}, 30*time.Second, 20*time.Millisecond)
 }

@@ -10,93 +10,51 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
-	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// deadLetter takes the admitted job off its lane, fails it on attempt 1
-// and puts it on the DLQ as a worker does; it returns the DLQ sequence.
-func (b *bundle) deadLetter(t *testing.T, id string, attempts []string) uint64 {
+// deadLetter plays a worker on which the admitted job fails once per
+// reason, each failure counted, until the last one uses up its attempts:
+// the lifecycle core then fails it and puts it on its pool's dead-letter
+// stream. It returns the job's attempt log as the dead letter carries it.
+func (b *bundle) deadLetter(t *testing.T, id string, reasons ...string) []string {
 	t.Helper()
-	ctx := testenv.Context(t, 10*time.Second)
-	rec, err := b.store.Get(ctx, id)
+	ctx := testenv.Context(t, 20*time.Second)
+	rec, err := b.db.Get(ctx, id)
 	require.NoError(t, err)
 	cons, err := b.q.LaneConsumer(ctx, rec.Pool, rec.Lane, queue.ConsumerConfig{})
 	require.NoError(t, err)
-	msg, err := cons.Next(ctx, 5*time.Second)
+	var attempts []string
+	for _, reason := range reasons {
+		msg, err := cons.Next(ctx, 5*time.Second)
+		require.NoError(t, err)
+		job, err := proto.DecodeJob(msg.Data())
+		require.NoError(t, err)
+		cl, err := b.core.Claim(ctx, msg, job, lifecycle.Holder{WorkerID: "w-1", LeaseTTL: time.Minute, MaxAttempts: len(reasons)})
+		require.NoError(t, err)
+		attempts = append(attempts, fmt.Sprintf("attempt %d: %s", cl.Attempt, reason))
+		require.NoError(t, b.core.Requeue(ctx, cl, lifecycle.Requeue{Reason: reason, Counted: true,
+			Final: lifecycle.Result{Status: proto.StatusFailed, Error: "Job processing failed"}}))
+	}
+	rec, err = b.db.Get(ctx, id)
 	require.NoError(t, err)
-	attempt, _, err := b.store.Claim(ctx, id, "w-1")
-	require.NoError(t, err)
-	last := attempts[len(attempts)-1]
-	_, err = b.store.Finish(ctx, id, attempt, proto.StatusFailed, nil, last)
-	require.NoError(t, err)
-	m := &nats.Msg{Subject: proto.DLQSubject(rec.Pool), Data: msg.Data(), Header: nats.Header{}}
-	m.Header.Set(worker.DLQReasonHeader, last)
-	data, _ := json.Marshal(attempts)
-	m.Header.Set(worker.DLQAttemptsHeader, string(data))
-	ack, err := b.nats.JS.PublishMsg(ctx, m)
-	require.NoError(t, err)
-	require.NoError(t, msg.Ack(ctx))
-	return ack.Sequence
+	require.Equal(t, proto.StatusFailed, rec.Status)
+	return attempts
 }
 
-func TestDeadLettersListAndReplayPastTheDedupeWindow(t *testing.T) {
-	t.Parallel()
-	b := setup(t, 0)
-	ctx := testenv.Context(t, 30*time.Second)
-	d := b.sweeper(t, dispatch.Config{})
-	dl := dispatch.NewDeadLetters(b.q, b.store)
-	b.admit(t, d, "dead-1")
-	errs := []string{"attempt 1: ComfyUI ran out of memory", "attempt 2: ComfyUI ran out of memory", "attempt 3: Job processing failed"}
-	_, err := b.store.AddAttemptError(ctx, "dead-1", 1, "ComfyUI ran out of memory")
-	require.NoError(t, err)
-	seq := b.deadLetter(t, "dead-1", errs)
-
-	list, err := dl.List(ctx, "", 0)
-	require.NoError(t, err)
-	require.Len(t, list, 1)
-	require.Equal(t, dispatch.DeadLetter{Seq: seq, Pool: proto.DefaultPool, JobID: "dead-1", Reason: errs[2], Attempts: errs, Time: list[0].Time}, list[0])
-	other, err := dl.List(ctx, "other-pool", 0)
-	require.NoError(t, err)
-	require.Empty(t, other)
-
-	// Replayed twice within JetStream's dedupe window: both reach a lane.
-	for round := 1; round <= 2; round++ {
-		rec, err := dl.Replay(ctx, seq)
-		require.NoError(t, err, "round %d", round)
-		require.Equal(t, proto.StatusInQueue, rec.Status)
-		log, err := b.store.AttemptErrors(ctx, "dead-1")
-		require.NoError(t, err)
-		require.Empty(t, log, "a replay starts with a fresh attempt log")
-		left, err := dl.List(ctx, "", 0)
-		require.NoError(t, err)
-		require.Empty(t, left, "a replayed dead letter leaves the DLQ")
-		_, err = dl.Replay(ctx, seq)
-		require.ErrorIs(t, err, dispatch.ErrNoDeadLetter)
-		seq = b.deadLetter(t, "dead-1", errs)
-	}
-}
-
-func TestDeadLettersHTTP(t *testing.T) {
-	t.Parallel()
-	b := setup(t, 0)
-	d := b.sweeper(t, dispatch.Config{})
-	b.admit(t, d, "dead-http")
-	seq := b.deadLetter(t, "dead-http", []string{"attempt 1: boom"})
-	mux := http.NewServeMux()
-	for _, r := range dispatch.NewDeadLetters(b.q, b.store).Routes() {
-		mux.Handle(r.Pattern, r.Handler)
-	}
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-
-	call := func(method, path string) (int, string) {
+// dlqServer serves the dispatcher's routes.
+func (b *bundle) dlqServer(t *testing.T) func(method, path string) (int, string) {
+	t.Helper()
+	srv := httptest.NewServer(dispatch.NewMux(dispatch.DeadLetterRoutes(b.q, b.core)))
+	t.Cleanup(srv.Close)
+	return func(method, path string) (int, string) {
+		t.Helper()
 		req, err := http.NewRequestWithContext(context.Background(), method, srv.URL+path, nil)
 		require.NoError(t, err)
 		resp, err := http.DefaultClient.Do(req)
@@ -106,6 +64,72 @@ func TestDeadLettersHTTP(t *testing.T) {
 		require.NoError(t, err)
 		return resp.StatusCode, string(body)
 	}
+}
+
+type dlqList struct {
+	DeadLetters []queue.DeadLetter `json:"dead_letters"`
+}
+
+func TestDeadLettersListAndReplayPastTheDedupeWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 0)
+	ctx := testenv.Context(t, 30*time.Second)
+	d := b.sweeper(t, dispatch.Config{})
+	call := b.dlqServer(t)
+	list := func(query string) []queue.DeadLetter {
+		t.Helper()
+		code, body := call("GET", "/dlq"+query)
+		require.Equal(t, http.StatusOK, code, body)
+		var l dlqList
+		require.NoError(t, json.Unmarshal([]byte(body), &l), body)
+		return l.DeadLetters
+	}
+	b.admit(t, d, "dead-1")
+	reasons := []string{"ComfyUI ran out of memory", "ComfyUI ran out of memory", "ComfyUI stopped answering"}
+	errs := b.deadLetter(t, "dead-1", reasons...)
+
+	got := list("")
+	require.Len(t, got, 1)
+	seq := got[0].Seq
+	require.Equal(t, queue.DeadLetter{Seq: seq, Pool: proto.DefaultPool, JobID: "dead-1", Reason: "Job processing failed", Attempts: errs, Time: got[0].Time}, got[0])
+	require.Equal(t, []string{"attempt 1: ComfyUI ran out of memory", "attempt 2: ComfyUI ran out of memory", "attempt 3: ComfyUI stopped answering"}, errs)
+	require.Empty(t, list("?pool=other-pool"))
+
+	// Replayed twice within JetStream's dedupe window: both reach a lane.
+	for round := 1; round <= 2; round++ {
+		code, body := call("POST", fmt.Sprintf("/dlq/%d/replay", seq))
+		require.Equal(t, http.StatusOK, code, "round %d: %s", round, body)
+		require.Contains(t, body, `"status":"IN_QUEUE"`)
+		rec, err := b.db.Get(ctx, "dead-1")
+		require.NoError(t, err)
+		require.Equal(t, proto.StatusInQueue, rec.Status)
+		log, err := b.db.AttemptErrors(ctx, "dead-1")
+		require.NoError(t, err)
+		require.Empty(t, log, "a replay starts with a fresh attempt log")
+		require.Empty(t, list(""), "a replayed dead letter leaves the DLQ")
+		code, body = call("POST", fmt.Sprintf("/dlq/%d/replay", seq))
+		require.Equal(t, http.StatusNotFound, code, body)
+		errs = b.deadLetter(t, "dead-1", reasons...) // the replayed job is on its lane again
+		got = list("")
+		require.Len(t, got, 1, "round %d", round)
+		require.Equal(t, errs, got[0].Attempts, "round %d", round)
+		seq = got[0].Seq
+	}
+}
+
+func TestDeadLettersHTTP(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 0)
+	d := b.sweeper(t, dispatch.Config{})
+	b.admit(t, d, "dead-http")
+	b.deadLetter(t, "dead-http", "boom")
+	call := b.dlqServer(t)
+	_, body := call("GET", "/dlq")
+	var l dlqList
+	require.NoError(t, json.Unmarshal([]byte(body), &l), body)
+	require.Len(t, l.DeadLetters, 1)
+	seq := l.DeadLetters[0].Seq
+
 	tests := []struct {
 		name, method, path string
 		code               int
@@ -116,6 +140,7 @@ func TestDeadLettersHTTP(t *testing.T) {
 		{"bad pool", "GET", "/dlq?pool=a.b", 400, `"error"`},
 		{"bad limit", "GET", "/dlq?limit=x", 400, `limit`},
 		{"bad seq", "POST", "/dlq/x/replay", 400, `sequence number`},
+		{"no such seq", "POST", "/dlq/999/replay", 404, `no such dead letter`},
 		{"replay", "POST", fmt.Sprintf("/dlq/%d/replay", seq), 200, `"status":"IN_QUEUE"`},
 		{"replayed already", "POST", fmt.Sprintf("/dlq/%d/replay", seq), 404, `no such dead letter`},
 		{"empty", "GET", "/dlq", 200, `{"dead_letters":[]}`},

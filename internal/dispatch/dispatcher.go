@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/backoff"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/startstop"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -26,14 +25,9 @@ type Config struct {
 	// AckWait is how long an intake message may stay unacknowledged before
 	// another replica gets it; 0 means 30 s.
 	AckWait time.Duration
-	// SweepEvery is the interval of the sweeper, which times out jobs
-	// queued past their TTL and hands back the jobs of silent workers; 0
-	// means 1 s.
-	SweepEvery time.Duration
-	// ExecutionGrace is how long past its execution deadline a job whose
-	// worker went silent is still retried; after it the job ends
-	// TIMED_OUT. 0 means 30 s.
-	ExecutionGrace time.Duration
+	// Sweeper configures the safety net of time and failure that every
+	// replica runs (lifecycle.Sweeper).
+	Sweeper lifecycle.SweeperConfig
 }
 
 // Validate checks the configuration.
@@ -43,44 +37,27 @@ func (c Config) Validate() error {
 			return fmt.Errorf("default pool: %w", err)
 		}
 	}
-	if c.FetchWait < 0 {
-		return fmt.Errorf("fetch wait %s is negative", c.FetchWait)
+	if c.FetchWait < 0 || c.AckWait < 0 {
+		return errors.New("fetch wait and ack wait must not be negative")
 	}
-	if c.SweepEvery < 0 {
-		return fmt.Errorf("sweep interval %s is negative", c.SweepEvery)
-	}
-	if c.ExecutionGrace < 0 {
-		return fmt.Errorf("execution grace %s is negative", c.ExecutionGrace)
-	}
-	return nil
+	return c.Sweeper.Validate()
 }
 
-// StatusStore is what the dispatcher needs of the status records.
-type StatusStore interface {
-	Create(ctx context.Context, p status.CreateParams) (*proto.Record, bool, error)
-	Reject(ctx context.Context, p status.CreateParams, errMsg string) (*proto.Record, error)
-	SweepStore
-}
-
-var _ StatusStore = (*status.Store)(nil)
-
-// Dispatcher admits submissions. Start it, then Stop it; Stop is
-// idempotent and safe without Start.
+// Dispatcher admits submissions and sweeps. Start it, then Stop it; Stop
+// is idempotent and safe without Start.
 type Dispatcher struct {
-	cfg   Config
-	q     *queue.Client
-	store StatusStore
-	sweep SweepStore
-	adm   Admission // optional checks; see admission.go
-	log   *zap.Logger
-
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	cfg     Config
+	q       *queue.Client
+	core    *lifecycle.Core
+	sweeper *lifecycle.Sweeper
+	adm     Admission // optional checks; see admission.go
+	log     *zap.Logger
+	svc     startstop.Service
 }
 
-// New builds a dispatcher.
-func New(cfg Config, q *queue.Client, store StatusStore, log *zap.Logger) (*Dispatcher, error) {
+// New builds a dispatcher on the lifecycle core; adm holds the optional
+// admission checks.
+func New(cfg Config, q *queue.Client, core *lifecycle.Core, adm Admission, log *zap.Logger) (*Dispatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("dispatcher config: %w", err)
 	}
@@ -90,61 +67,45 @@ func New(cfg Config, q *queue.Client, store StatusStore, log *zap.Logger) (*Disp
 	if cfg.FetchWait == 0 {
 		cfg.FetchWait = time.Second
 	}
-	if cfg.SweepEvery == 0 {
-		cfg.SweepEvery = time.Second
-	}
-	if cfg.ExecutionGrace == 0 {
-		cfg.ExecutionGrace = 30 * time.Second
-	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Dispatcher{cfg: cfg, q: q, store: store, sweep: store, log: log.Named("dispatch")}, nil
+	sw, err := core.NewSweeper(cfg.Sweeper)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher config: %w", err)
+	}
+	return &Dispatcher{cfg: cfg, q: q, core: core, sweeper: sw, adm: adm, log: log.Named("dispatch")}, nil
 }
 
 // Start opens the intake consumer and runs the admission loop and the
 // sweeper in the background. It returns once they run.
+//
+// Shutdown order (Stop): the admission loop ends after the message in
+// hand, then the sweeper after the sweep in progress.
 func (d *Dispatcher) Start(ctx context.Context) error {
 	cons, err := d.q.IntakeConsumer(ctx, queue.ConsumerConfig{AckWait: d.cfg.AckWait})
 	if err != nil {
 		return fmt.Errorf("start dispatcher: %w", err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.done != nil {
-		return errors.New("start dispatcher: already started")
+	if err := d.sweeper.Start(ctx); err != nil {
+		return fmt.Errorf("start dispatcher: %w", err)
 	}
-	ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	d.done = make(chan struct{})
-	sweepDone := make(chan struct{})
-	go func() {
-		defer close(sweepDone)
-		d.sweepLoop(ctx)
-	}()
-	go func() {
-		d.loop(ctx, cons)
-		<-sweepDone
-		close(d.done)
-	}()
+	if err := d.svc.Start(ctx, func(ctx context.Context) { d.loop(ctx, cons) }); err != nil {
+		d.sweeper.Stop()
+		return fmt.Errorf("start dispatcher: %w", err)
+	}
 	return nil
 }
 
-// Stop ends the loop after the message in hand and waits for it.
+// Stop ends the loop after the message in hand, then the sweeper after
+// the sweep in progress, and waits for both.
 func (d *Dispatcher) Stop() {
-	d.mu.Lock()
-	cancel, done := d.cancel, d.done
-	d.mu.Unlock()
-	if cancel == nil {
-		return
-	}
-	cancel()
-	<-done
-	d.mu.Lock()
-	if d.done == done {
-		d.cancel, d.done = nil, nil
-	}
-	d.mu.Unlock()
+	d.svc.Stop()
+	d.sweeper.Stop()
 }
+
+// Sweep runs one sweep now (tests, and an operator's nudge).
+func (d *Dispatcher) Sweep(ctx context.Context) error { return d.sweeper.RunOnce(ctx) }
 
 func (d *Dispatcher) loop(ctx context.Context, cons *queue.Consumer) {
 	bo := backoff.New(50*time.Millisecond, 5*time.Second)
@@ -168,72 +129,18 @@ func (d *Dispatcher) loop(ctx context.Context, cons *queue.Consumer) {
 	}
 }
 
-// Admit handles one intake message: it acks it once the job is durably
-// either admitted or recorded as failed; on error the caller NAKs it.
+// Admit handles one intake message: the lifecycle core decodes it, runs
+// the admission checks and acks the message once the job is durably
+// admitted or recorded as failed. On error the caller NAKs it.
 func (d *Dispatcher) Admit(ctx context.Context, msg *queue.Message) error {
-	source := strings.TrimPrefix(msg.Subject(), proto.SubmitSubject(""))
-	job, err := proto.DecodeJob(msg.Data())
-	if job == nil || (err != nil && proto.ValidID(job.ID) != nil) {
-		// No id to record a status under: park it on the rejects subject.
-		reason := fmt.Sprint(err)
-		if rerr := d.q.Reject(msg.Data(), reason); rerr != nil {
-			return rerr
-		}
-		d.log.Info("rejected submission without a usable id", zap.String("subject", msg.Subject()), zap.String("reason", reason))
-		return msg.Ack(ctx)
+	opts := lifecycle.AdmitOptions{DefaultPool: d.cfg.DefaultPool}
+	if d.adm.Models != nil {
+		opts.Check = d.adm.check
 	}
-	job.Source = source
+	out, job, err := d.core.Admit(ctx, msg, opts)
 	if err != nil {
-		// Record the failure under the id, with nothing of the rest.
-		return d.fail(ctx, msg, status.CreateParams{ID: job.ID, Source: source, Pool: d.cfg.DefaultPool, BatchID: job.BatchID}, err.Error())
+		return err
 	}
-	job.Place(d.cfg.DefaultPool, time.Now())
-	params := status.ParamsFor(job)
-	input, err := proto.DecodeInput(job.Input)
-	if err != nil {
-		return d.fail(ctx, msg, params, err.Error())
-	}
-	if reject, err := d.adm.admitting(ctx, job, input); err != nil || reject != "" {
-		if err != nil {
-			return err
-		}
-		return d.fail(ctx, msg, params, reject)
-	}
-
-	rec, created, err := d.store.Create(ctx, params)
-	if err != nil {
-		return fmt.Errorf("record job %s: %w", job.ID, err)
-	}
-	if rec.Status != proto.StatusInQueue {
-		// Already admitted and picked up, or finished: a redelivery.
-		return msg.Ack(ctx)
-	}
-	job.SubmittedAt = rec.SubmittedAt // the first admission's, on a redelivery
-	if err := d.store.TrackTTL(ctx, job.ID, job.SubmittedAt.Add(ttlOf(job))); err != nil {
-		return fmt.Errorf("admit job %s: %w", job.ID, err)
-	}
-	// The IN_QUEUE event goes out before the job can reach a worker, so a
-	// job's events are always in the order of its transitions.
-	if err := d.q.PublishEvent(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInQueue}); err != nil {
-		return fmt.Errorf("publish event for %s: %w", job.ID, err)
-	}
-	if err := d.q.Admit(ctx, job); err != nil && !errors.Is(err, queue.ErrDuplicate) {
-		return fmt.Errorf("admit job %s: %w", job.ID, err)
-	}
-	if created {
-		d.adm.admitted(job)
-		d.log.Debug("admitted", zap.String("job_id", job.ID), zap.String("pool", job.Pool), zap.String("lane", string(job.Lane)))
-	}
-	return msg.Ack(ctx)
-}
-
-func (d *Dispatcher) fail(ctx context.Context, msg *queue.Message, p status.CreateParams, reason string) error {
-	if _, err := d.store.Reject(ctx, p, reason); err != nil && !errors.Is(err, status.ErrTerminal) {
-		return fmt.Errorf("record rejected job %s: %w", p.ID, err)
-	}
-	if err := d.q.PublishEvent(ctx, &proto.Event{JobID: p.ID, Type: proto.EventStatus, Status: proto.StatusFailed, Error: reason}); err != nil {
-		d.log.Warn("publish event", zap.String("job_id", p.ID), zap.Error(err))
-	}
-	d.log.Info("job failed admission", zap.String("job_id", p.ID), zap.String("reason", reason))
-	return msg.Ack(ctx)
+	d.adm.count(job, out)
+	return nil
 }

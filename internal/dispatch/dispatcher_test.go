@@ -3,6 +3,7 @@ package dispatch_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -12,39 +13,52 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 type bundle struct {
-	nats  *testenv.NATS
-	q     *queue.Client
-	store *status.Store
+	nats *testenv.NATS
+	q    *queue.Client
+	db   *rdb.DB
+	core *lifecycle.Core
 }
 
-// setup starts a NATS server with the streams, a status store on the test
-// Redis, and n dispatcher replicas, each with its own connection.
+// setup starts a NATS server with the streams, a DB on the test Redis,
+// and n dispatcher replicas, each with its own connection and lifecycle
+// core, as role.NewDispatcher builds them.
 func setup(t *testing.T, replicas int) *bundle {
 	t.Helper()
 	n := testenv.StartNATS(t)
-	rdb, prefix := testenv.Redis(t)
-	store := status.NewStore(rdb, status.Options{Prefix: prefix})
+	rc, prefix := testenv.Redis(t)
+	db := rdb.New(rc, rdb.Options{Prefix: prefix})
 	q, err := queue.New(n.Conn)
 	require.NoError(t, err)
 	ctx := testenv.Context(t, 30*time.Second)
 	require.NoError(t, q.Ensure(ctx, queue.Config{}))
+	b := &bundle{nats: n, q: q, db: db, core: lifecycle.New(db, q, zaptest.NewLogger(t))}
 	for range replicas {
-		nc, _ := n.Connect(t)
-		rq, err := queue.New(nc)
-		require.NoError(t, err)
-		d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, rq, store, zaptest.NewLogger(t))
-		require.NoError(t, err)
-		require.NoError(t, d.Start(ctx))
-		t.Cleanup(d.Stop)
+		b.start(t, dispatch.Admission{})
 	}
-	return &bundle{nats: n, q: q, store: store}
+	return b
+}
+
+// start runs one more dispatcher replica on its own connection; its
+// cleanup stops it.
+func (b *bundle) start(t *testing.T, adm dispatch.Admission) *dispatch.Dispatcher {
+	t.Helper()
+	nc, _ := b.nats.Connect(t)
+	rq, err := queue.New(nc)
+	require.NoError(t, err)
+	log := zaptest.NewLogger(t)
+	d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, rq, lifecycle.New(b.db, rq, log), adm, log)
+	require.NoError(t, err)
+	require.NoError(t, d.Start(testenv.Context(t, 30*time.Second)))
+	t.Cleanup(d.Stop)
+	return d
 }
 
 func (b *bundle) submit(t *testing.T, source string, body string, id string) {
@@ -63,7 +77,7 @@ func (b *bundle) waitRecord(t *testing.T, id string, ok func(*proto.Record) bool
 	t.Helper()
 	var rec *proto.Record
 	require.Eventually(t, func() bool {
-		r, err := b.store.Get(context.Background(), id)
+		r, err := b.db.Get(context.Background(), id)
 		if err != nil {
 			return false
 		}
@@ -73,12 +87,21 @@ func (b *bundle) waitRecord(t *testing.T, id string, ok func(*proto.Record) bool
 	return rec
 }
 
+// streamMsgs counts a stream's messages. It is called inside
+// require.Eventually, off the test's goroutine: an error fails the test
+// without stopping that goroutine, and counts as no number at all.
 func (b *bundle) streamMsgs(t *testing.T, stream string) uint64 {
 	t.Helper()
 	s, err := b.nats.JS.Stream(context.Background(), stream)
-	require.NoError(t, err)
+	if err != nil {
+		t.Errorf("stream %s: %v", stream, err)
+		return math.MaxUint64
+	}
 	info, err := s.Info(context.Background())
-	require.NoError(t, err)
+	if err != nil {
+		t.Errorf("stream %s: %v", stream, err)
+		return math.MaxUint64
+	}
 	return info.State.Msgs
 }
 
@@ -108,7 +131,9 @@ func TestAdmitsValidJob(t *testing.T) {
 		t.Fatal("no IN_QUEUE event")
 	}
 
-	// The job is on the batch lane of the default pool, byte for byte.
+	// The job is on the batch lane of the default pool, byte for byte
+	// (published last, after its IN_QUEUE event).
+	require.Eventually(t, func() bool { return b.streamMsgs(t, proto.JobsStream) == 1 }, 5*time.Second, 10*time.Millisecond, "job on its lane")
 	s, err := b.nats.JS.Stream(context.Background(), proto.JobsStream)
 	require.NoError(t, err)
 	m, err := s.GetLastMsgForSubject(context.Background(), proto.JobSubject(proto.DefaultPool, proto.LaneBatch))
@@ -191,7 +216,7 @@ func TestReplicasAdmitEachJobOnce(t *testing.T) {
 		return b.streamMsgs(t, proto.JobsStream) == n && b.streamMsgs(t, proto.SubmitStream) == 0
 	}, 20*time.Second, 20*time.Millisecond)
 	for i := range n {
-		rec, err := b.store.Get(context.Background(), fmt.Sprintf("r-%d", i))
+		rec, err := b.db.Get(context.Background(), fmt.Sprintf("r-%d", i))
 		require.NoError(t, err)
 		require.Equal(t, proto.StatusInQueue, rec.Status)
 	}
@@ -202,8 +227,8 @@ func TestStopIsIdempotentAndSafeWithoutStart(t *testing.T) {
 	n := testenv.StartNATS(t)
 	q, err := queue.New(n.Conn)
 	require.NoError(t, err)
-	rdb, prefix := testenv.Redis(t)
-	d, err := dispatch.New(dispatch.Config{}, q, status.NewStore(rdb, status.Options{Prefix: prefix}), nil)
+	rc, prefix := testenv.Redis(t)
+	d, err := dispatch.New(dispatch.Config{}, q, lifecycle.New(rdb.New(rc, rdb.Options{Prefix: prefix}), q, nil), dispatch.Admission{}, nil)
 	require.NoError(t, err)
 	d.Stop()
 	require.NoError(t, q.Ensure(testenv.Context(t, 10*time.Second), queue.Config{}))
@@ -216,8 +241,24 @@ func TestStopIsIdempotentAndSafeWithoutStart(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
-	_, err := dispatch.New(dispatch.Config{DefaultPool: "a.b"}, nil, nil, nil)
-	require.ErrorContains(t, err, "default pool")
-	_, err = dispatch.New(dispatch.Config{FetchWait: -1}, nil, nil, nil)
-	require.ErrorContains(t, err, "fetch wait")
+	tests := []struct {
+		name    string
+		cfg     dispatch.Config
+		wantErr string
+	}{
+		{name: "bad default pool", cfg: dispatch.Config{DefaultPool: "a.b"}, wantErr: "default pool"},
+		{name: "negative fetch wait", cfg: dispatch.Config{FetchWait: -1}, wantErr: "fetch wait"},
+		{name: "negative sweep interval", cfg: dispatch.Config{Sweeper: lifecycle.SweeperConfig{Every: -1}}, wantErr: "sweeper settings must not be negative"},
+		{name: "ok", cfg: dispatch.Config{}},
+	}
+	for _, tt := range tests {
+		err := tt.cfg.Validate()
+		if tt.wantErr == "" {
+			require.NoError(t, err, tt.name)
+			continue
+		}
+		require.ErrorContains(t, err, tt.wantErr, tt.name)
+		_, err = dispatch.New(tt.cfg, nil, nil, dispatch.Admission{}, nil)
+		require.ErrorContains(t, err, tt.wantErr, tt.name)
+	}
 }

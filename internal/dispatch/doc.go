@@ -1,25 +1,21 @@
-// Package dispatch is the control plane's admission loop: it consumes the
-// intake stream (shared by every dispatcher replica), validates each
-// submission, records it as IN_QUEUE, picks its pool and lane, and publishes
-// it on the jobs stream for the workers. A submission that cannot run is
-// never dropped silently: it is recorded FAILED with the reason, or, when it
-// has no usable id, republished on the rejects subject.
+// Package dispatch is the control plane: the admission loop, which
+// consumes the intake stream (shared by every dispatcher replica) and
+// hands each message to the lifecycle core's Admit (decode, place, record,
+// publish on the pool's lane; a submission that cannot run is recorded
+// FAILED with the reason, or parked on cf.rejects when it has no usable
+// id), and the lifecycle core's Sweeper, which every replica runs.
 //
 // Around admission (each in its own file):
+//   - admission.go and routing.go: the optional checks of a new job; a job
+//     whose models no live worker of its pool has fails at admission (the
+//     warm-worker preference is the workers' half, in internal/worker);
 //   - webhook.go delivers each job's terminal RunPod status body to its
-//     webhook URL from a durable consumer of CF_EVENTS shared by the
-//     replicas, with retries, an SSRF guard and Standard Webhooks signatures;
-//   - routing.go fails at admission a job whose models no live worker of its
-//     pool has (the warm-worker preference is the workers' half, in
-//     internal/worker);
-//   - sweeper.go is the safety net of time and failure, run by every
-//     replica: jobs still queued past their policy.ttl end TIMED_OUT, and the
-//     job of a worker whose lease lapsed (it died) is handed back at once by
-//     NAKing its delivery, or ends TIMED_OUT once past its execution timeout
-//     plus a grace;
-//   - deadletters.go lists and replays CF_DLQ (GET /dlq,
-//     POST /dlq/{seq}/replay, and `comfyfleet dlq`);
+//     webhook URL from a durable consumer of the final events
+//     (cf.events.*.final) shared by the replicas, with retries, an SSRF
+//     guard and Standard Webhooks signatures;
+//   - deadletters.go serves CF_DLQ's list and replay (GET /dlq,
+//     POST /dlq/{seq}/replay; `comfyfleet dlq` does the same);
 //   - metrics.go and http.go serve the fleet view (GET /fleet) and the
-//     Prometheus series (GET /metrics) on LISTEN_ADDR, beside the other
-//     routes of the control plane.
+//     Prometheus series (GET /metrics), beside the other routes of the
+//     control plane.
 package dispatch

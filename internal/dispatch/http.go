@@ -22,7 +22,7 @@ import (
 //	GET /fleet    the fleet view (fleet.View) as JSON, for the CLI and the dashboard (FleetRoutes)
 //	GET /metrics  Prometheus text format (FleetRoutes)
 //	GET /healthz  200 "ok" while the process runs (always)
-//	GET /dlq…     dead letters (DeadLetters.Routes)
+//	GET /dlq…     dead letters (DeadLetterRoutes)
 type Route struct {
 	// Pattern is an http.ServeMux pattern, e.g. "GET /dlq".
 	Pattern string

@@ -15,6 +15,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -34,21 +35,22 @@ func get(t *testing.T, url string) (int, string) {
 func TestFleetAndMetricsRoutes(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
-	rdb, prefix := testenv.Redis(t)
-	reg := fleet.NewRegistry(rdb, prefix, time.Minute)
 	ctx := testenv.Context(t, 30*time.Second)
-	require.NoError(t, reg.Beat(ctx, fleet.Worker{ID: "gpu-1", Pool: proto.DefaultPool, State: fleet.StateRunning, JobID: "x",
+	require.NoError(t, b.db.Beat(ctx, proto.Heartbeat{ID: "gpu-1", Pool: proto.DefaultPool, State: proto.WorkerRunning, JobID: "x",
 		ComfyUIVersion: "0.3.40", Device: "cuda:0 NVIDIA L4", VRAMTotal: 24 << 30, VRAMFree: 8 << 30, Progress: 0.5,
 		Models: map[string][]string{"checkpoints": {"sd_xl_base_1.0.safetensors"}}, Warm: []string{"sd_xl_base_1.0.safetensors"}}))
-	require.NoError(t, reg.Beat(ctx, fleet.Worker{ID: "gpu-2", Pool: proto.DefaultPool, State: fleet.StateIdle}))
+	require.NoError(t, b.db.Beat(ctx, proto.Heartbeat{ID: "gpu-2", Pool: proto.DefaultPool, State: proto.WorkerIdle}))
 
 	for i := range 3 {
 		id := "queued-" + string(rune('a'+i))
 		b.submit(t, proto.SourceBatch, `{"id":"`+id+`","input":{"workflow":{}}}`, id)
 		b.waitRecord(t, id, func(r *proto.Record) bool { return r.Status == proto.StatusInQueue })
 	}
+	// Each is on its lane once its admission ended (the lane comes last).
+	require.Eventually(t, func() bool { return b.streamMsgs(t, proto.SubmitStream) == 0 && b.streamMsgs(t, proto.JobsStream) == 3 },
+		10*time.Second, 10*time.Millisecond, "the jobs are on their lane")
 	view := func(ctx context.Context) (*fleet.View, error) {
-		return fleet.ReadView(ctx, fleet.Sources{Workers: reg, JetStream: b.nats.JS, Counts: b.store.Counts})
+		return fleet.ReadView(ctx, b.db, b.q)
 	}
 	mreg := metrics.NewRegistry()
 	dispatch.NewMetrics(mreg, view)
@@ -66,7 +68,7 @@ func TestFleetAndMetricsRoutes(t *testing.T) {
 	require.Equal(t, 0.5, v.Workers[0].Progress)
 	require.Equal(t, []string{"sd_xl_base_1.0.safetensors"}, v.Workers[0].Warm)
 	require.Equal(t, "0.3.40", v.Workers[0].ComfyUIVersion)
-	var batch fleet.LaneDepth
+	var batch queue.LaneDepth
 	for _, l := range v.Lanes {
 		if l.Pool == proto.DefaultPool && l.Lane == proto.LaneBatch {
 			batch = l

@@ -7,6 +7,7 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 )
 
 // Metrics are the dispatcher's Prometheus series. The fleet-wide ones
@@ -17,6 +18,9 @@ type Metrics struct {
 	Registry *metrics.Registry
 	// Admitted counts jobs admitted, by pool and lane.
 	Admitted *metrics.Counter
+	// Duplicates counts submissions for an id that already had a record,
+	// dropped without changing it.
+	Duplicates *metrics.Counter
 	// AdmissionFailures counts submissions the optional admission checks
 	// recorded FAILED, by reason ("no_models").
 	AdmissionFailures *metrics.Counter
@@ -34,6 +38,7 @@ func NewMetrics(reg *metrics.Registry, view ViewReader) *Metrics {
 	m := &Metrics{
 		Registry:          reg,
 		Admitted:          reg.Counter("comfyfleet_jobs_admitted_total", "Jobs admitted by this dispatcher, by pool and lane.", "pool", "lane"),
+		Duplicates:        reg.Counter("comfyfleet_submissions_duplicate_total", "Submissions for a job id that already had a record, dropped by this dispatcher."),
 		AdmissionFailures: reg.Counter("comfyfleet_admission_failures_total", "Submissions failed by the admission checks, by reason (no_models).", "reason"),
 		WebhookDeliveries: reg.Counter("comfyfleet_webhook_deliveries_total", "Webhook delivery attempts by result (delivered, retried, failed, refused).", "result"),
 	}
@@ -58,7 +63,7 @@ func NewMetrics(reg *metrics.Registry, view ViewReader) *Metrics {
 			}
 			return out
 		}))
-	lanes := func(value func(l fleet.LaneDepth, now time.Time) float64) func(v *fleet.View) []metrics.Sample {
+	lanes := func(value func(l queue.LaneDepth, now time.Time) float64) func(v *fleet.View) []metrics.Sample {
 		return func(v *fleet.View) (out []metrics.Sample) {
 			now := time.Now()
 			for _, l := range v.Lanes {
@@ -68,11 +73,11 @@ func NewMetrics(reg *metrics.Registry, view ViewReader) *Metrics {
 		}
 	}
 	reg.GaugeFunc("comfyfleet_queue_depth", "Jobs waiting for a worker, by pool and lane.", []string{"pool", "lane"},
-		each(lanes(func(l fleet.LaneDepth, _ time.Time) float64 { return float64(l.Queued) })))
+		each(lanes(func(l queue.LaneDepth, _ time.Time) float64 { return float64(l.Queued) })))
 	reg.GaugeFunc("comfyfleet_queue_running", "Jobs held by a worker, by pool and lane.", []string{"pool", "lane"},
-		each(lanes(func(l fleet.LaneDepth, _ time.Time) float64 { return float64(l.Running) })))
+		each(lanes(func(l queue.LaneDepth, _ time.Time) float64 { return float64(l.Running) })))
 	reg.GaugeFunc("comfyfleet_queue_oldest_age_seconds", "Age of the oldest job waiting, by pool and lane (0 when none waits).", []string{"pool", "lane"},
-		each(lanes(func(l fleet.LaneDepth, now time.Time) float64 { return l.OldestAge(now).Seconds() })))
+		each(lanes(func(l queue.LaneDepth, now time.Time) float64 { return l.OldestAge(now).Seconds() })))
 	reg.GaugeFunc("comfyfleet_intake_depth", "Submissions no dispatcher has read yet.", nil,
 		each(func(v *fleet.View) []metrics.Sample { return []metrics.Sample{{Value: float64(v.Intake)}} }))
 	reg.GaugeFunc("comfyfleet_dlq_size", "Dead letters kept in CF_DLQ.", nil,

@@ -2,7 +2,6 @@ package dispatch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -11,7 +10,7 @@ import (
 	"time"
 
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -24,12 +23,12 @@ type ModelCheckConfig struct {
 	CacheFor time.Duration
 }
 
-// WorkerLister lists the live workers.
+// WorkerLister lists the live workers (rdb.DB.Workers).
 type WorkerLister interface {
-	List(ctx context.Context) ([]fleet.Worker, error)
+	Workers(ctx context.Context) ([]proto.Heartbeat, error)
 }
 
-var _ WorkerLister = (*fleet.Registry)(nil)
+var _ WorkerLister = (*rdb.DB)(nil)
 
 // ModelCheck fails at admission a job whose models no live worker of its
 // pool has, instead of letting it burn GPU time to fail in ComfyUI's
@@ -37,34 +36,33 @@ var _ WorkerLister = (*fleet.Registry)(nil)
 // none (no worker up yet, or all still starting) it admits, and the job
 // waits for one.
 type ModelCheck struct {
-	cfg     ModelCheckConfig
-	reg     WorkerLister
-	records RecordStore
+	cfg ModelCheckConfig
+	reg WorkerLister
 
 	mu      sync.Mutex
 	at      time.Time
-	workers []fleet.Worker
+	workers []proto.Heartbeat
 }
 
 var _ ModelChecker = (*ModelCheck)(nil)
 
-// NewModelCheck builds the check. records, when not nil, lets it leave
-// alone a redelivered submission whose job already left the queue (a
-// worker runs it, or it ended): refusing it then would fail a running job.
-func NewModelCheck(cfg ModelCheckConfig, reg WorkerLister, records RecordStore) *ModelCheck {
+// NewModelCheck builds the check. (A redelivered submission whose job
+// already left the queue is never checked again: the lifecycle core runs
+// the checks of new jobs only.)
+func NewModelCheck(cfg ModelCheckConfig, reg WorkerLister) *ModelCheck {
 	if cfg.CacheFor == 0 {
 		cfg.CacheFor = time.Second
 	}
-	return &ModelCheck{cfg: cfg, reg: reg, records: records}
+	return &ModelCheck{cfg: cfg, reg: reg}
 }
 
-func (m *ModelCheck) list(ctx context.Context) ([]fleet.Worker, error) {
+func (m *ModelCheck) list(ctx context.Context) ([]proto.Heartbeat, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.workers != nil && time.Since(m.at) < m.cfg.CacheFor {
 		return m.workers, nil
 	}
-	ws, err := m.reg.List(ctx)
+	ws, err := m.reg.Workers(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -82,10 +80,10 @@ func (m *ModelCheck) Check(ctx context.Context, job *proto.Job, input *proto.Inp
 	if err != nil {
 		return "", fmt.Errorf("check models: %w", err)
 	}
-	var reporting []fleet.Worker
+	var reporting []proto.Heartbeat
 	for _, w := range all {
 		if w.Pool == job.Pool && w.Models != nil {
-			if w.Has(need) {
+			if fleet.Has(w, need) {
 				return "", nil
 			}
 			reporting = append(reporting, w)
@@ -94,21 +92,12 @@ func (m *ModelCheck) Check(ctx context.Context, job *proto.Job, input *proto.Inp
 	if len(reporting) == 0 {
 		return "", nil
 	}
-	if m.records != nil {
-		rec, err := m.records.Get(ctx, job.ID)
-		switch {
-		case err == nil && rec.Status != proto.StatusInQueue:
-			return "", nil // a redelivery; admission will see the record
-		case err != nil && !errors.Is(err, status.ErrNotFound):
-			return "", fmt.Errorf("check models: %w", err)
-		}
-	}
 	return missingModels(job.Pool, need, reporting), nil
 }
 
 // missingModels says which models no worker has and what the pool offers,
 // in the spirit of worker-comfyui's "Available checkpoint models: a, b".
-func missingModels(pool string, need map[string][]string, workers []fleet.Worker) string {
+func missingModels(pool string, need map[string][]string, workers []proto.Heartbeat) string {
 	have := map[string][]string{}
 	for _, w := range workers {
 		for input, files := range w.Models {

@@ -1,17 +1,16 @@
 package dispatch_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
-	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -24,21 +23,13 @@ func ckptWorkflow(ckpt string) string {
 func TestAdmissionRefusesJobWhoseModelsNoWorkerHas(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
-	rdb, prefix := testenv.Redis(t)
-	reg := fleet.NewRegistry(rdb, prefix, time.Minute)
 	ctx := testenv.Context(t, 30*time.Second)
-	require.NoError(t, reg.Beat(ctx, fleet.Worker{ID: "w1", Pool: proto.DefaultPool, State: fleet.StateIdle,
+	require.NoError(t, b.db.Beat(ctx, proto.Heartbeat{ID: "w1", Pool: proto.DefaultPool, State: proto.WorkerIdle,
 		Models: map[string][]string{"ckpt_name": {"a.safetensors", "b.safetensors"}, "lora_name": {"detail.safetensors"}}}))
-	require.NoError(t, reg.Beat(ctx, fleet.Worker{ID: "w2", Pool: proto.DefaultPool, State: fleet.StateInitializing})) // reports nothing yet
-	nc, _ := b.nats.Connect(t)
-	q, err := queue.New(nc)
-	require.NoError(t, err)
-	m := dispatch.NewMetrics(newRegistry(), nil)
-	d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, q, b.store, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	d.SetAdmission(dispatch.Admission{Models: dispatch.NewModelCheck(dispatch.ModelCheckConfig{CacheFor: time.Millisecond}, reg, b.store), Metrics: m})
-	require.NoError(t, d.Start(ctx))
-	t.Cleanup(d.Stop)
+	require.NoError(t, b.db.Beat(ctx, proto.Heartbeat{ID: "w2", Pool: proto.DefaultPool, State: proto.WorkerInitializing})) // reports nothing yet
+	reg := newRegistry()
+	m := dispatch.NewMetrics(reg, nil)
+	b.start(t, dispatch.Admission{Models: dispatch.NewModelCheck(dispatch.ModelCheckConfig{CacheFor: time.Millisecond}, b.db), Metrics: m})
 
 	tests := []struct {
 		name, id, body string
@@ -59,45 +50,44 @@ func TestAdmissionRefusesJobWhoseModelsNoWorkerHas(t *testing.T) {
 		}
 	}
 	require.Eventually(t, func() bool { return b.streamMsgs(t, proto.JobsStream) == 3 }, 5*time.Second, 10*time.Millisecond, "the refused job never reaches a worker")
+	var buf bytes.Buffer
+	require.NoError(t, reg.Write(ctx, &buf))
+	require.Contains(t, buf.String(), `comfyfleet_admission_failures_total{reason="no_models"} 1`)
 }
 
-// A redelivered submission of a job a worker already runs is not refused,
-// even though the fleet no longer has its models: that would fail a
-// running job.
+// The submission that made a job's record, read by a dispatcher once a
+// worker already runs the job (the adapter recorded it at once, or the
+// dispatcher died after admitting it and the submission came back), is
+// not refused, even though the fleet no longer has its models: that would
+// fail a running job.
 func TestModelCheckLeavesRunningJobAlone(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 0)
-	rdb, prefix := testenv.Redis(t)
-	reg := fleet.NewRegistry(rdb, prefix, time.Minute)
 	ctx := testenv.Context(t, 30*time.Second)
-	require.NoError(t, reg.Beat(ctx, fleet.Worker{ID: "w1", Pool: proto.DefaultPool, State: fleet.StateRunning,
+	require.NoError(t, b.db.Beat(ctx, proto.Heartbeat{ID: "w1", Pool: proto.DefaultPool, State: proto.WorkerRunning,
 		Models: map[string][]string{"ckpt_name": {"a.safetensors"}}}))
-	job := &proto.Job{ID: "running-1", Source: proto.SourceAPI}
+	job := &proto.Job{ID: "running-1", Source: proto.SourceAPI, Input: json.RawMessage(`{"workflow":` + ckptWorkflow("gone.safetensors") + `}`)}
 	job.Place(proto.DefaultPool, time.Now())
-	_, _, err := b.store.Create(ctx, status.ParamsFor(job))
-	require.NoError(t, err)
-	_, _, err = b.store.Claim(ctx, "running-1", "w0")
+	require.NoError(t, b.core.Submit(ctx, proto.SourceAPI, job, true))
+	_, err := b.db.Claim(ctx, rdb.ClaimParams{ID: "running-1", WorkerID: "w0", LeaseTTL: time.Minute})
 	require.NoError(t, err)
 
-	d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, b.q, b.store, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	d.SetAdmission(dispatch.Admission{Models: dispatch.NewModelCheck(dispatch.ModelCheckConfig{}, reg, b.store)})
-	require.NoError(t, d.Start(ctx))
-	t.Cleanup(d.Stop)
-	b.submit(t, proto.SourceAPI, `{"id":"running-1","input":{"workflow":`+ckptWorkflow("gone.safetensors")+`}}`, "running-1")
+	b.start(t, dispatch.Admission{Models: dispatch.NewModelCheck(dispatch.ModelCheckConfig{}, b.db)})
 	require.Eventually(t, func() bool { return b.streamMsgs(t, proto.SubmitStream) == 0 }, 10*time.Second, 10*time.Millisecond)
-	rec, err := b.store.Get(ctx, "running-1")
+	rec, err := b.db.Get(ctx, "running-1")
 	require.NoError(t, err)
 	require.Equal(t, proto.StatusInProgress, rec.Status)
+	require.Equal(t, 1, rec.Attempt)
+	require.Empty(t, rec.Error)
 }
 
 func TestModelCheckCachesTheFleet(t *testing.T) {
 	t.Parallel()
 	calls := 0
-	c := dispatch.NewModelCheck(dispatch.ModelCheckConfig{CacheFor: time.Hour}, listerFunc(func(context.Context) ([]fleet.Worker, error) {
+	c := dispatch.NewModelCheck(dispatch.ModelCheckConfig{CacheFor: time.Hour}, listerFunc(func(context.Context) ([]proto.Heartbeat, error) {
 		calls++
-		return []fleet.Worker{{ID: "w", Pool: "p", Models: map[string][]string{"ckpt_name": {"a"}}}}, nil
-	}), nil)
+		return []proto.Heartbeat{{ID: "w", Pool: "p", Models: map[string][]string{"ckpt_name": {"a"}}}}, nil
+	}))
 	job := &proto.Job{Pool: "p"}
 	in := &proto.Input{Workflow: []byte(ckptWorkflow("a"))}
 	for range 3 {
@@ -108,6 +98,6 @@ func TestModelCheckCachesTheFleet(t *testing.T) {
 	require.Equal(t, 1, calls)
 }
 
-type listerFunc func(context.Context) ([]fleet.Worker, error)
+type listerFunc func(context.Context) ([]proto.Heartbeat, error)
 
-func (f listerFunc) List(ctx context.Context) ([]fleet.Worker, error) { return f(ctx) }
+func (f listerFunc) Workers(ctx context.Context) ([]proto.Heartbeat, error) { return f(ctx) }

@@ -17,15 +17,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/backoff"
 	"github.com/comfyfleet/comfyfleet/internal/blob"
-	"github.com/comfyfleet/comfyfleet/internal/runpod"
+	"github.com/comfyfleet/comfyfleet/internal/jobview"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/ssrf"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/startstop"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -56,14 +56,11 @@ type WebhookConfig struct {
 	// replica takes it (a dispatcher that died mid-delivery); 0 means
 	// 3 × Timeout.
 	AckWait time.Duration
-	// TargetTTL is how long a job's webhook URL is kept after admission;
-	// 0 means 7 days.
-	TargetTTL time.Duration
 }
 
 // Validate checks the configuration.
 func (c WebhookConfig) Validate() error {
-	if c.RetryDelay < 0 || c.Timeout < 0 || c.AckWait < 0 || c.TargetTTL < 0 {
+	if c.RetryDelay < 0 || c.Timeout < 0 || c.AckWait < 0 {
 		return errors.New("webhook durations must not be negative")
 	}
 	if c.Concurrency < 0 {
@@ -97,9 +94,6 @@ func (c WebhookConfig) withDefaults() WebhookConfig {
 	if c.AckWait == 0 {
 		c.AckWait = 3 * c.Timeout
 	}
-	if c.TargetTTL == 0 {
-		c.TargetTTL = 7 * 24 * time.Hour
-	}
 	return c
 }
 
@@ -124,79 +118,11 @@ func Sign(key []byte, id string, timestamp int64, body []byte) string {
 	return "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
 }
 
-// WebhookTargets stores each job's webhook URL in Redis from admission
-// until its delivery: the status record does not carry it, and the job
-// message is gone once a worker acks it.
-type WebhookTargets struct {
-	rdb    redis.UniversalClient
-	prefix string
-	ttl    time.Duration
-}
-
-// NewWebhookTargets returns the store; prefix is prepended to every key
-// (tests), ttl 0 means 7 days.
-func NewWebhookTargets(rdb redis.UniversalClient, prefix string, ttl time.Duration) *WebhookTargets {
-	if ttl == 0 {
-		ttl = 7 * 24 * time.Hour
-	}
-	return &WebhookTargets{rdb: rdb, prefix: prefix, ttl: ttl}
-}
-
-func (t *WebhookTargets) key(id string) string { return t.prefix + "cf:webhook:" + id }
-
-// Put records the webhook URL of a job.
-func (t *WebhookTargets) Put(ctx context.Context, jobID, webhook string) error {
-	_, err := t.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, t.key(jobID), "url", webhook)
-		p.PExpire(ctx, t.key(jobID), t.ttl)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("record webhook of %s: %w", jobID, err)
-	}
-	return nil
-}
-
-// Get returns the webhook URL of a job ("" when it has none) and the mark
-// of the last delivery that ended (MarkSent).
-func (t *WebhookTargets) Get(ctx context.Context, jobID string) (url, sent string, err error) {
-	vals, err := t.rdb.HMGet(ctx, t.key(jobID), "url", "sent").Result()
-	if err != nil {
-		return "", "", fmt.Errorf("read webhook of %s: %w", jobID, err)
-	}
-	url, _ = vals[0].(string)
-	sent, _ = vals[1].(string)
-	return url, sent, nil
-}
-
-// MarkSent records that the delivery named mark ended (delivered, or out
-// of retries), so a duplicate of its event is not delivered again.
-func (t *WebhookTargets) MarkSent(ctx context.Context, jobID, mark string) error {
-	if err := t.rdb.HSet(ctx, t.key(jobID), "sent", mark).Err(); err != nil {
-		return fmt.Errorf("mark webhook of %s sent: %w", jobID, err)
-	}
-	return nil
-}
-
-// WebhookRecorder is what admission needs to remember a job's webhook.
-type WebhookRecorder interface {
-	Put(ctx context.Context, jobID, webhook string) error
-}
-
-var _ WebhookRecorder = (*WebhookTargets)(nil)
-
-// RecordStore reads status records.
-type RecordStore interface {
-	Get(ctx context.Context, id string) (*proto.Record, error)
-}
-
-var _ RecordStore = (*status.Store)(nil)
-
 // WebhookDeps are the collaborators of a Webhooks deliverer.
 type WebhookDeps struct {
-	JetStream jetstream.JetStream
-	Targets   *WebhookTargets
-	Records   RecordStore
+	Queue *queue.Client
+	// DB holds the webhook targets and the records.
+	DB *rdb.DB
 	// Blobs holds the outputs the job view inlines; nil leaves blob items
 	// out (with a line in the output's errors).
 	Blobs blob.Store
@@ -205,10 +131,11 @@ type WebhookDeps struct {
 }
 
 // Webhooks delivers each job's terminal status to its webhook URL. It
-// reads terminal status events from a durable consumer of CF_EVENTS shared
-// by every dispatcher replica: a delivery not acknowledged (its
-// dispatcher died) goes to another replica after AckWait, and retries wait
-// in JetStream (NAK with delay), so a restart loses none.
+// reads the final events (their own subjects, cf.events.*.final) from a
+// durable consumer shared by every dispatcher replica: a delivery not
+// acknowledged (its dispatcher died) goes to another replica after
+// AckWait, and retries wait in JetStream (NAK with delay), so a restart
+// loses none.
 type Webhooks struct {
 	cfg    WebhookConfig
 	deps   WebhookDeps
@@ -216,13 +143,8 @@ type Webhooks struct {
 	client *http.Client
 	log    *zap.Logger
 
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	svc startstop.Service
 }
-
-// WebhookConsumer is the durable consumer's name.
-const WebhookConsumer = "webhooks"
 
 // NewWebhooks builds a deliverer.
 func NewWebhooks(cfg WebhookConfig, deps WebhookDeps, log *zap.Logger) (*Webhooks, error) {
@@ -246,58 +168,24 @@ func NewWebhooks(cfg WebhookConfig, deps WebhookDeps, log *zap.Logger) (*Webhook
 // Start opens the durable consumer and delivers in the background. It
 // returns once delivery runs.
 func (w *Webhooks) Start(ctx context.Context) error {
-	cons, err := w.deps.JetStream.CreateOrUpdateConsumer(ctx, proto.EventsStream, jetstream.ConsumerConfig{
-		Durable:       WebhookConsumer,
-		FilterSubject: proto.EventSubjects,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       w.cfg.AckWait,
-		// Events older than the consumer are not ours to deliver: the
-		// consumer exists before the first dispatcher admits anything.
-		DeliverPolicy: jetstream.DeliverNewPolicy,
-		MaxDeliver:    -1, // attempts are bounded by Retries here
-		MaxAckPending: 10000,
-	})
-	if err != nil {
-		return fmt.Errorf("start webhooks: open consumer: %w", err)
-	}
 	// Pull no more than can be delivered at once, so nothing ages toward
 	// AckWait in a buffer.
-	it, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
+	feed, err := w.deps.Queue.OpenFinalFeed(ctx, queue.FinalFeedConfig{AckWait: w.cfg.AckWait, MaxPending: w.cfg.Concurrency})
 	if err != nil {
 		return fmt.Errorf("start webhooks: %w", err)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.done != nil {
-		it.Stop()
-		return errors.New("start webhooks: already started")
+	if err := w.svc.Start(ctx, func(ctx context.Context) { w.loop(ctx, feed) }); err != nil {
+		feed.Stop()
+		return fmt.Errorf("start webhooks: %w", err)
 	}
-	ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	w.done = make(chan struct{})
-	go w.loop(ctx, it)
 	return nil
 }
 
 // Stop stops pulling, cancels the deliveries in flight (they are NAKed, so
 // another replica retries them at once) and waits for them.
-func (w *Webhooks) Stop() {
-	w.mu.Lock()
-	cancel, done := w.cancel, w.done
-	w.mu.Unlock()
-	if cancel == nil {
-		return
-	}
-	cancel()
-	<-done
-	w.mu.Lock()
-	if w.done == done {
-		w.cancel, w.done = nil, nil
-	}
-	w.mu.Unlock()
-}
+func (w *Webhooks) Stop() { w.svc.Stop() }
 
-func (w *Webhooks) loop(ctx context.Context, it jetstream.MessagesContext) {
-	defer close(w.done)
+func (w *Webhooks) loop(ctx context.Context, it *queue.FinalFeed) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, w.cfg.Concurrency)
 	bo := backoff.New(50*time.Millisecond, 5*time.Second)
@@ -310,7 +198,7 @@ func (w *Webhooks) loop(ctx context.Context, it jetstream.MessagesContext) {
 	for {
 		msg, err := it.Next()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if ctx.Err() != nil || errors.Is(err, queue.ErrFeedClosed) {
 				break
 			}
 			w.log.Warn("fetch events", zap.Error(err))
@@ -332,18 +220,14 @@ func (w *Webhooks) loop(ctx context.Context, it jetstream.MessagesContext) {
 // handle settles one event message: ack when it needs no delivery or the
 // delivery ended (delivered, refused for good, or out of retries), NAK
 // with the backoff delay when it is to be tried again.
-func (w *Webhooks) handle(ctx context.Context, msg jetstream.Msg) {
-	ev, err := proto.DecodeEvent(msg.Data())
+func (w *Webhooks) handle(ctx context.Context, msg *queue.FeedMessage) {
+	ev, err := msg.Event()
 	if err != nil || ev.Type != proto.EventStatus || !ev.Status.Terminal() {
 		_ = msg.Ack()
 		return
 	}
-	md, err := msg.Metadata()
-	if err != nil {
-		_ = msg.Ack()
-		return
-	}
-	target, sent, err := w.deps.Targets.Get(ctx, ev.JobID)
+	seq, attempt := msg.Seq()
+	target, sent, err := w.deps.DB.Webhook(ctx, ev.JobID)
 	if err != nil {
 		w.retryLater(ctx, msg, time.Second)
 		return
@@ -352,8 +236,7 @@ func (w *Webhooks) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
-	attempt := int(md.NumDelivered)
-	body, mark, err := w.body(ctx, ev, md.Sequence.Stream)
+	body, mark, err := w.body(ctx, ev, seq)
 	switch {
 	case err != nil:
 		w.retryLater(ctx, msg, time.Second)
@@ -376,7 +259,7 @@ func (w *Webhooks) handle(ctx context.Context, msg jetstream.Msg) {
 		w.log.Debug("delivered", zap.String("job_id", ev.JobID), zap.Int("attempt", attempt))
 	case ctx.Err() != nil:
 		// Stopping: hand it to another replica at once.
-		_ = msg.Nak()
+		_ = msg.Nak(0)
 	case errors.Is(err, errPermanent):
 		w.count("refused")
 		w.markSent(ctx, ev.JobID, mark)
@@ -390,17 +273,17 @@ func (w *Webhooks) handle(ctx context.Context, msg jetstream.Msg) {
 	default:
 		w.count("retried")
 		delay := w.cfg.RetryDelay << (attempt - 1)
-		_ = msg.NakWithDelay(delay)
+		_ = msg.Nak(delay)
 		w.log.Info("webhook failed, will retry", zap.String("job_id", ev.JobID), zap.Int("attempt", attempt), zap.Duration("delay", delay), zap.Error(err))
 	}
 }
 
-func (w *Webhooks) retryLater(ctx context.Context, msg jetstream.Msg, d time.Duration) {
+func (w *Webhooks) retryLater(ctx context.Context, msg *queue.FeedMessage, d time.Duration) {
 	if ctx.Err() != nil {
-		_ = msg.Nak()
+		_ = msg.Nak(0)
 		return
 	}
-	_ = msg.NakWithDelay(d)
+	_ = msg.Nak(d)
 }
 
 func (w *Webhooks) count(result string) {
@@ -410,7 +293,7 @@ func (w *Webhooks) count(result string) {
 }
 
 func (w *Webhooks) markSent(ctx context.Context, jobID, mark string) {
-	if err := w.deps.Targets.MarkSent(ctx, jobID, mark); err != nil {
+	if err := w.deps.DB.MarkWebhookSent(ctx, jobID, mark); err != nil {
 		w.log.Warn("mark webhook sent", zap.String("job_id", jobID), zap.Error(err))
 	}
 }
@@ -422,10 +305,10 @@ func (w *Webhooks) markSent(ctx context.Context, jobID, mark string) {
 // to deliver for this event. A record that expired gives the event's own
 // view, marked by the event's sequence.
 func (w *Webhooks) body(ctx context.Context, ev *proto.Event, seq uint64) (body []byte, mark string, err error) {
-	rec, err := w.deps.Records.Get(ctx, ev.JobID)
+	rec, err := w.deps.DB.Get(ctx, ev.JobID)
 	switch {
-	case errors.Is(err, status.ErrNotFound):
-		view := &runpod.JobView{ID: ev.JobID, Status: ev.Status, Error: ev.Error, WorkerID: ev.WorkerID}
+	case errors.Is(err, rdb.ErrNotFound):
+		view := &jobview.JobView{ID: ev.JobID, Status: ev.Status, Error: ev.Error, WorkerID: ev.WorkerID}
 		body, err := json.Marshal(view)
 		return body, "seq" + strconv.FormatUint(seq, 10), err
 	case err != nil:
@@ -433,7 +316,7 @@ func (w *Webhooks) body(ctx context.Context, ev *proto.Event, seq uint64) (body 
 	case rec.Status != ev.Status:
 		return nil, "", nil
 	}
-	view, err := runpod.BuildView(ctx, w.deps.Blobs, rec)
+	view, err := jobview.Build(ctx, w.deps.Blobs, rec)
 	if err != nil {
 		return nil, "", err
 	}

@@ -21,9 +21,10 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -83,8 +84,8 @@ func (rc *receiver) next(t *testing.T) delivery {
 type hookBundle struct {
 	nats    *testenv.NATS
 	q       *queue.Client
-	store   *status.Store
-	targets *dispatch.WebhookTargets
+	db      *rdb.DB
+	core    *lifecycle.Core
 	blobs   blob.Store
 	reg     *metrics.Registry
 	metrics *dispatch.Metrics
@@ -93,17 +94,15 @@ type hookBundle struct {
 func setupHooks(t *testing.T) *hookBundle {
 	t.Helper()
 	n := testenv.StartNATS(t)
-	rdb, prefix := testenv.Redis(t)
+	rc, prefix := testenv.Redis(t)
 	q, err := queue.New(n.Conn)
 	require.NoError(t, err)
 	ctx := testenv.Context(t, 30*time.Second)
 	require.NoError(t, q.Ensure(ctx, queue.Config{}))
-	blobs, err := blob.OpenObjectStore(ctx, n.JS, blob.ObjectStoreConfig{})
-	require.NoError(t, err)
 	reg := metrics.NewRegistry()
+	db := rdb.New(rc, rdb.Options{Prefix: prefix})
 	return &hookBundle{
-		nats: n, q: q, store: status.NewStore(rdb, status.Options{Prefix: prefix}),
-		targets: dispatch.NewWebhookTargets(rdb, prefix, 0), blobs: blobs,
+		nats: n, q: q, db: db, core: lifecycle.New(db, q, zaptest.NewLogger(t)), blobs: q.Blobs(),
 		reg: reg, metrics: dispatch.NewMetrics(reg, nil),
 	}
 }
@@ -113,7 +112,9 @@ func setupHooks(t *testing.T) *hookBundle {
 // its process died) and then stops it.
 func (b *hookBundle) start(t *testing.T, cfg dispatch.WebhookConfig) (*dispatch.Webhooks, func()) {
 	t.Helper()
-	nc, js := b.nats.Connect(t)
+	nc, _ := b.nats.Connect(t)
+	wq, err := queue.New(nc)
+	require.NoError(t, err)
 	if cfg.Allow == nil {
 		cfg.Allow = []string{"127.0.0.1"}
 	}
@@ -121,7 +122,7 @@ func (b *hookBundle) start(t *testing.T, cfg dispatch.WebhookConfig) (*dispatch.
 		cfg.RetryDelay = 20 * time.Millisecond
 	}
 	w, err := dispatch.NewWebhooks(cfg, dispatch.WebhookDeps{
-		JetStream: js, Targets: b.targets, Records: b.store, Blobs: b.blobs, Metrics: b.metrics,
+		Queue: wq, DB: b.db, Blobs: b.blobs, Metrics: b.metrics,
 	}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	require.NoError(t, w.Start(testenv.Context(t, 10*time.Second)))
@@ -130,29 +131,36 @@ func (b *hookBundle) start(t *testing.T, cfg dispatch.WebhookConfig) (*dispatch.
 	return w, kill
 }
 
-// finish plays a job's life without a worker: admitted with a webhook,
-// claimed, finished with to, and its terminal event published.
+// finish plays a job's life without a worker: recorded with a webhook,
+// claimed by w1, finished with to, and its final event published.
 func (b *hookBundle) finish(t *testing.T, id, webhook string, to proto.Status, output, errMsg string) {
 	t.Helper()
 	ctx := testenv.Context(t, 10*time.Second)
 	job := &proto.Job{ID: id, Input: json.RawMessage(`{"workflow":{}}`), Webhook: webhook}
 	job.Place(proto.DefaultPool, time.Now())
-	_, _, err := b.store.Create(ctx, status.ParamsFor(job))
+	_, _, err := b.db.Create(ctx, rdb.ParamsFor(job), time.Time{}, false)
 	require.NoError(t, err)
-	require.NoError(t, b.targets.Put(ctx, id, webhook))
-	attempt, _, err := b.store.Claim(ctx, id, "w1")
-	require.NoError(t, err)
+	require.NoError(t, b.db.PutWebhook(ctx, id, webhook))
+	attempt := b.claim(t, id)
 	var out json.RawMessage
 	if output != "" {
 		out = json.RawMessage(output)
 	}
 	if to == proto.StatusCancelled {
-		_, err = b.store.Cancel(ctx, id)
+		_, _, err = b.db.Cancel(ctx, id)
 	} else {
-		_, err = b.store.Finish(ctx, id, attempt, to, out, errMsg)
+		_, err = b.db.Finish(ctx, id, attempt, to, out, errMsg, false)
 	}
 	require.NoError(t, err)
 	require.NoError(t, b.q.PublishEvent(ctx, &proto.Event{JobID: id, Type: proto.EventStatus, Status: to, Error: errMsg, WorkerID: "w1", Attempt: attempt}))
+}
+
+// claim gives the job to worker w1 and returns its attempt.
+func (b *hookBundle) claim(t *testing.T, id string) int {
+	t.Helper()
+	got, err := b.db.Claim(testenv.Context(t, 10*time.Second), rdb.ClaimParams{ID: id, WorkerID: "w1", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	return got.Lease.Attempt
 }
 
 // settled waits until the webhook consumer has nothing pending or
@@ -160,7 +168,7 @@ func (b *hookBundle) finish(t *testing.T, id, webhook string, to proto.Status, o
 func (b *hookBundle) settled(t *testing.T) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		c, err := b.nats.JS.Consumer(context.Background(), proto.EventsStream, dispatch.WebhookConsumer)
+		c, err := b.nats.JS.Consumer(context.Background(), proto.EventsStream, proto.WebhookConsumer)
 		if err != nil {
 			return false
 		}
@@ -201,28 +209,35 @@ func TestWebhookDeliversCompletedJobThroughAdmission(t *testing.T) {
 	b.start(t, dispatch.WebhookConfig{Secret: secret})
 
 	// The dispatcher records the webhook at admission.
-	d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, b.q, b.store, zaptest.NewLogger(t))
+	d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, b.q, b.core, dispatch.Admission{Metrics: b.metrics}, zaptest.NewLogger(t))
 	require.NoError(t, err)
-	d.SetAdmission(dispatch.Admission{Webhooks: b.targets, Metrics: b.metrics})
 	ctx := testenv.Context(t, 20*time.Second)
 	require.NoError(t, d.Start(ctx))
 	t.Cleanup(d.Stop)
-	require.NoError(t, b.q.Submit(ctx, proto.SourceAPI, &proto.Job{ID: "hook-ok", Input: json.RawMessage(`{"workflow":{}}`), Webhook: rc.srv.URL + "/hook?token=s3cr3t"}))
+	_, err = b.q.Submit(ctx, proto.SourceAPI, &proto.Job{ID: "hook-ok", Input: json.RawMessage(`{"workflow":{}}`), Webhook: rc.srv.URL + "/hook?token=s3cr3t"})
+	require.NoError(t, err)
+	// Admission is over once the job is on its lane, its last step.
 	require.Eventually(t, func() bool {
-		r, err := b.store.Get(ctx, "hook-ok")
-		return err == nil && r.Status == proto.StatusInQueue
+		st, err := b.nats.JS.Stream(ctx, proto.JobsStream)
+		if err != nil {
+			return false
+		}
+		info, err := st.Info(ctx)
+		return err == nil && info.State.Msgs == 1
 	}, 10*time.Second, 10*time.Millisecond)
-	u, _, err := b.targets.Get(ctx, "hook-ok")
+	r, err := b.db.Get(ctx, "hook-ok")
+	require.NoError(t, err)
+	require.Equal(t, proto.StatusInQueue, r.Status)
+	u, _, err := b.db.Webhook(ctx, "hook-ok")
 	require.NoError(t, err)
 	require.Equal(t, rc.srv.URL+"/hook?token=s3cr3t", u)
 
 	// A worker finishes it with an image in the blob store.
 	_, err = b.blobs.Put(ctx, "out/hook-ok/1/a.png", "image/png", strings.NewReader("PNGDATA"))
 	require.NoError(t, err)
-	attempt, _, err := b.store.Claim(ctx, "hook-ok", "w1")
-	require.NoError(t, err)
-	_, err = b.store.Finish(ctx, "hook-ok", attempt, proto.StatusCompleted,
-		json.RawMessage(`{"images":[{"filename":"a.png","type":"base64","blob":"out/hook-ok/1/a.png","size":7}]}`), "")
+	attempt := b.claim(t, "hook-ok")
+	_, err = b.db.Finish(ctx, "hook-ok", attempt, proto.StatusCompleted,
+		json.RawMessage(`{"images":[{"filename":"a.png","type":"base64","blob":"out/hook-ok/1/a.png","size":7}]}`), "", false)
 	require.NoError(t, err)
 	require.NoError(t, b.q.PublishEvent(ctx, &proto.Event{JobID: "hook-ok", Type: proto.EventStatus, Status: proto.StatusCompleted}))
 

@@ -34,62 +34,82 @@ func New(name, summary string) *Set {
 // SetOutput sets where help and errors are written.
 func (s *Set) SetOutput(w io.Writer) { s.fs.SetOutput(w) }
 
-func (s *Set) add(name, env string) {
-	if env != "" {
-		s.env[name] = env
+// bind registers v under name and env. Binding a name again (with the same
+// variable) adds v as another target of the same setting: a value given
+// once goes to every target, each parsing it as its own type, and each
+// target not given one keeps its own default. That lets one command (the
+// dev stack) bind the settings of several components that share names
+// (NATS_URL, POOL, …) with the components' own binding functions. The
+// help shows the first binding's text and default.
+func (s *Set) bind(name, env, usage, def string, v flag.Value) {
+	f := s.fs.Lookup(name)
+	if f == nil {
+		s.fs.Var(v, name, usage)
+		s.fs.Lookup(name).DefValue = def
+		if env != "" {
+			s.env[name] = env
+		}
+		s.order = append(s.order, name)
+		return
 	}
-	s.order = append(s.order, name)
+	if s.env[name] != env {
+		panic(fmt.Sprintf("flagenv: --%s bound to %s and to %s", name, s.env[name], env))
+	}
+	if mv, ok := f.Value.(*multiValue); ok {
+		mv.vs = append(mv.vs, v)
+		return
+	}
+	f.Value = &multiValue{vs: []flag.Value{f.Value, v}}
 }
 
 // String binds a string setting.
 func (s *Set) String(p *string, name, env, def, usage string) {
-	s.fs.StringVar(p, name, def, usage)
-	s.add(name, env)
+	*p = def
+	s.bind(name, env, usage, def, (*stringValue)(p))
 }
 
 // Int binds an integer setting.
 func (s *Set) Int(p *int, name, env string, def int, usage string) {
-	s.fs.IntVar(p, name, def, usage)
-	s.add(name, env)
+	*p = def
+	s.bind(name, env, usage, strconv.Itoa(def), (*intValue)(p))
+}
+
+// Int64 binds a 64-bit integer setting (sizes in bytes).
+func (s *Set) Int64(p *int64, name, env string, def int64, usage string) {
+	*p = def
+	s.bind(name, env, usage, strconv.FormatInt(def, 10), (*int64Value)(p))
 }
 
 // Bool binds a boolean setting ("true"/"false", "1"/"0", any case).
 func (s *Set) Bool(p *bool, name, env string, def bool, usage string) {
-	s.fs.Var(&boolValue{p: p}, name, usage)
 	*p = def
-	s.fs.Lookup(name).DefValue = strconv.FormatBool(def)
-	s.add(name, env)
+	s.bind(name, env, usage, strconv.FormatBool(def), &boolValue{p: p})
 }
 
 // Duration binds a duration setting written the Go way ("1m30s").
 func (s *Set) Duration(p *time.Duration, name, env string, def time.Duration, usage string) {
-	s.fs.DurationVar(p, name, def, usage)
-	s.add(name, env)
+	*p = def
+	s.bind(name, env, usage, def.String(), (*durationValue)(p))
 }
 
 // Seconds binds a duration written as a number of seconds ("3", "0.5"),
 // as worker-comfyui's *_S variables are.
 func (s *Set) Seconds(p *time.Duration, name, env string, def time.Duration, usage string) {
 	*p = def
-	s.fs.Var(&secondsValue{p: p}, name, usage)
-	s.fs.Lookup(name).DefValue = strconv.FormatFloat(def.Seconds(), 'f', -1, 64)
-	s.add(name, env)
+	s.bind(name, env, usage, strconv.FormatFloat(def.Seconds(), 'f', -1, 64), &secondsValue{p: p})
 }
 
 // List binds a comma-separated list; a repeated flag appends.
 func (s *Set) List(p *[]string, name, env string, def []string, usage string) {
 	*p = def
-	s.fs.Var(&listValue{p: p}, name, usage)
-	s.fs.Lookup(name).DefValue = strings.Join(def, ",")
-	s.add(name, env)
+	s.bind(name, env, usage, strings.Join(def, ","), &listValue{p: p})
 }
 
 // Repeated binds a setting given once per value (--set a=1 --set b=2):
 // each value is kept whole, commas included, unlike List. Its variable,
 // if it has one, holds a single value.
 func (s *Set) Repeated(p *[]string, name, env, usage string) {
-	s.fs.Var(&repeatedValue{p: p}, name, usage)
-	s.add(name, env)
+	s.bind(name, env, usage, "", &repeatedValue{p: p})
 }
 
 // ErrHelp is returned by Parse when -h or --help was asked for; the help
@@ -116,9 +136,7 @@ func (s *Set) Parse(args []string, getenv func(string) string) error {
 		if v == "" {
 			continue
 		}
-		if lv, ok := s.fs.Lookup(name).Value.(*listValue); ok {
-			lv.reset()
-		}
+		reset(s.fs.Lookup(name).Value)
 		if err := s.fs.Set(name, v); err != nil {
 			return fmt.Errorf("setting %s (--%s): invalid value %q: %v", env, name, redactIfSecret(env, v), unwrap(err))
 		}
@@ -162,6 +180,77 @@ func redactIfSecret(env, v string) string {
 		}
 	}
 	return v
+}
+
+// reset empties the lists among a setting's targets, so that a value from
+// the environment replaces their defaults instead of adding to them.
+func reset(v flag.Value) {
+	switch v := v.(type) {
+	case *listValue:
+		v.reset()
+	case *multiValue:
+		for _, t := range v.vs {
+			reset(t)
+		}
+	}
+}
+
+// multiValue is a setting bound to several targets.
+type multiValue struct{ vs []flag.Value }
+
+func (m *multiValue) String() string { return m.vs[0].String() }
+func (m *multiValue) Set(s string) error {
+	for _, v := range m.vs {
+		if err := v.Set(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+func (m *multiValue) IsBoolFlag() bool {
+	b, ok := m.vs[0].(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+type stringValue string
+
+func (v *stringValue) String() string     { return string(*v) }
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+
+type intValue int
+
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("want a whole number")
+	}
+	*v = intValue(n)
+	return nil
+}
+
+type int64Value int64
+
+func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
+func (v *int64Value) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return fmt.Errorf("want a whole number")
+	}
+	*v = int64Value(n)
+	return nil
+}
+
+type durationValue time.Duration
+
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("want a duration such as 30s or 1m30s")
+	}
+	*v = durationValue(d)
+	return nil
 }
 
 type boolValue struct{ p *bool }

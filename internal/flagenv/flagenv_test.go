@@ -125,3 +125,54 @@ func TestRepeatedKeepsCommas(t *testing.T) {
 	require.Equal(t, []string{"6.inputs.text=a cat, sitting", "3.inputs.seed=1..3"}, sets)
 	require.Equal(t, []flagenv.Setting{{Flag: "set", Default: "", Usage: "a value per flag"}}, fs.Settings())
 }
+
+// TestSharedName: a name bound by several components (as the dev stack
+// binds the dispatcher's, the worker's and the adapter's POOL) feeds every
+// one of them, each parsing the value as its own type, and each keeps its
+// own default when none is given; the help lists the setting once.
+func TestSharedName(t *testing.T) {
+	t.Parallel()
+	type parts struct {
+		pool  string
+		pools []string
+		grace time.Duration
+		other time.Duration
+	}
+	bind := func() (*flagenv.Set, *parts) {
+		var p parts
+		fs := flagenv.New("dev", "dev runs everything.")
+		fs.String(&p.pool, "pool", "POOL", "default", "pool of the API's jobs")
+		fs.List(&p.pools, "pool", "POOL", []string{"default"}, "pools of the workers")
+		fs.Duration(&p.grace, "grace", "SHUTDOWN_GRACE", 30*time.Second, "worker grace")
+		fs.Duration(&p.other, "grace", "SHUTDOWN_GRACE", 10*time.Second, "API grace")
+		return fs, &p
+	}
+	fs, p := bind()
+	require.NoError(t, fs.Parse(nil, env(nil)))
+	require.Equal(t, parts{pool: "default", pools: []string{"default"}, grace: 30 * time.Second, other: 10 * time.Second}, *p,
+		"each target keeps its own default")
+
+	fs, p = bind()
+	require.NoError(t, fs.Parse(nil, env(map[string]string{"POOL": "sdxl", "SHUTDOWN_GRACE": "5s"})))
+	require.Equal(t, parts{pool: "sdxl", pools: []string{"sdxl"}, grace: 5 * time.Second, other: 5 * time.Second}, *p)
+
+	fs, p = bind()
+	require.NoError(t, fs.Parse([]string{"--pool", "a", "--pool", "b"}, env(map[string]string{"POOL": "ignored"})))
+	require.Equal(t, []string{"a", "b"}, p.pools, "a repeated flag appends to the list")
+	require.Equal(t, "b", p.pool, "the string takes the last")
+
+	fs, _ = bind()
+	err := fs.Parse(nil, env(map[string]string{"SHUTDOWN_GRACE": "soon"}))
+	require.ErrorContains(t, err, `setting SHUTDOWN_GRACE (--grace): invalid value "soon"`)
+
+	fs, _ = bind()
+	require.Len(t, fs.Settings(), 2, "one row per name")
+	require.Equal(t, "pool of the API's jobs", fs.Settings()[0].Usage, "the first binding's text")
+
+	require.Panics(t, func() {
+		var a, b string
+		fs := flagenv.New("x", "")
+		fs.String(&a, "pool", "POOL", "", "")
+		fs.String(&b, "pool", "OTHER_POOL", "", "")
+	}, "one flag, two variables")
+}

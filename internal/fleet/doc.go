@@ -1,12 +1,8 @@
-// Package fleet is the registry of live workers: each gpuworker writes a
-// heartbeat hash to Redis (proto.WorkerKey) with a short TTL, and the
-// adapter, the dispatcher and the CLI list them. A worker that stops
-// beating disappears from the list on its own. A heartbeat carries the
-// worker's GPU, ComfyUI version, state, current job and its progress, the
-// models its ComfyUI offers and the ones it last loaded (models.go).
-//
-// View (view.go) is the fleet's state as one JSON document: workers, the
-// depth and oldest wait of every pool's lanes, the dead letters and the job
-// totals. The dispatcher serves it on GET /fleet and `comfyfleet fleet`
-// prints it, from the same code.
+// Package fleet is the fleet's read model: the state of the workers and
+// queues as one document (View: the live workers' heartbeats, the depth
+// and oldest wait of every pool's lanes, the dead letters and the job
+// totals), which the dispatcher serves on GET /fleet and `comfyfleet fleet`
+// prints, and the models a workflow needs and a worker holds (models.go),
+// which admission and the workers' warm routing judge by. Heartbeats
+// themselves are proto.Heartbeat, kept in Redis by package rdb.
 package fleet

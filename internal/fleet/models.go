@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"encoding/json"
+	"github.com/comfyfleet/comfyfleet/proto"
 	"regexp"
 	"slices"
 	"strings"
@@ -59,8 +60,8 @@ func WorkflowModels(workflow json.RawMessage) map[string][]string {
 	return out
 }
 
-// Has reports whether w offers every model of need.
-func (w Worker) Has(need map[string][]string) bool {
+// Has reports whether the worker offers every model of need.
+func Has(w proto.Heartbeat, need map[string][]string) bool {
 	for input, files := range need {
 		for _, f := range files {
 			if !slices.Contains(w.Models[input], f) {
@@ -71,8 +72,9 @@ func (w Worker) Has(need map[string][]string) bool {
 	return true
 }
 
-// HasWarm reports whether every model of need is among w's warm models.
-func (w Worker) HasWarm(need map[string][]string) bool {
+// HasWarm reports whether every model of need is among the worker's warm
+// models.
+func HasWarm(w proto.Heartbeat, need map[string][]string) bool {
 	for _, files := range need {
 		for _, f := range files {
 			if !slices.Contains(w.Warm, f) {

@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 func TestWorkflowModels(t *testing.T) {
@@ -35,12 +36,12 @@ func TestWorkflowModels(t *testing.T) {
 
 func TestHasAndHasWarm(t *testing.T) {
 	t.Parallel()
-	w := fleet.Worker{Models: map[string][]string{"ckpt_name": {"a", "b"}}, Warm: []string{"a"}}
-	require.True(t, w.Has(map[string][]string{"ckpt_name": {"b"}}))
-	require.False(t, w.Has(map[string][]string{"ckpt_name": {"c"}}))
-	require.False(t, w.Has(map[string][]string{"lora_name": {"a"}}))
-	require.True(t, w.HasWarm(map[string][]string{"ckpt_name": {"a"}}))
-	require.False(t, w.HasWarm(map[string][]string{"ckpt_name": {"a", "b"}}))
+	w := proto.Heartbeat{Models: map[string][]string{"ckpt_name": {"a", "b"}}, Warm: []string{"a"}}
+	require.True(t, fleet.Has(w, map[string][]string{"ckpt_name": {"b"}}))
+	require.False(t, fleet.Has(w, map[string][]string{"ckpt_name": {"c"}}))
+	require.False(t, fleet.Has(w, map[string][]string{"lora_name": {"a"}}))
+	require.True(t, fleet.HasWarm(w, map[string][]string{"ckpt_name": {"a"}}))
+	require.False(t, fleet.HasWarm(w, map[string][]string{"ckpt_name": {"a", "b"}}))
 }
 
 func FuzzWorkflowModels(f *testing.F) {

@@ -27,6 +27,16 @@ func (m *Message) Data() []byte { return m.msg.Data() }
 // Subject is the subject the message was published on.
 func (m *Message) Subject() string { return m.msg.Subject() }
 
+// Seq is the message's sequence in its stream: it names the message, the
+// same at every redelivery.
+func (m *Message) Seq() uint64 {
+	md, err := m.msg.Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}
+
 // Delivered is how many times this message has been delivered, 1 first.
 func (m *Message) Delivered() int {
 	md, err := m.msg.Metadata()
@@ -74,7 +84,7 @@ type ConsumerConfig struct {
 // IntakeConsumer opens the dispatchers' shared consumer of CF_SUBMIT.
 func (c *Client) IntakeConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.Durable == "" {
-		cfg.Durable = "dispatcher"
+		cfg.Durable = proto.IntakeConsumer
 	}
 	return c.consumer(ctx, proto.SubmitStream, proto.SubmitSubjects, cfg)
 }
@@ -84,7 +94,7 @@ func (c *Client) IntakeConsumer(ctx context.Context, cfg ConsumerConfig) (*Consu
 // the pool shares it.
 func (c *Client) LaneConsumer(ctx context.Context, pool string, lane proto.Lane, cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.Durable == "" {
-		cfg.Durable = "pool-" + pool + "-" + string(lane)
+		cfg.Durable = proto.LaneConsumer(pool, lane)
 	}
 	return c.consumer(ctx, proto.JobsStream, proto.JobSubject(pool, lane), cfg)
 }
@@ -112,11 +122,22 @@ func (c *Client) consumer(ctx context.Context, stream, filter string, cfg Consum
 
 // Next waits up to wait for one message. It returns ErrNoMessage when none
 // came and ctx.Err() when ctx ended.
+//
+// The pull request expires on the server after wait, and Next reads until
+// the server says so, whatever ctx does meanwhile: a fetch given up on the
+// client's side (a deadline or a cancel) drops a message the server sent
+// as it ended, and that message then waits out AckWait before anyone gets
+// it. So ctx is looked at once the fetch is over, and a message that came
+// as it ended is given back.
 func (c *Consumer) Next(ctx context.Context, wait time.Duration) (*Message, error) {
-	fctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	msg, err := c.c.Next(jetstream.FetchContext(fctx))
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	msg, err := c.c.Next(jetstream.FetchMaxWait(wait))
 	switch {
+	case err == nil && ctx.Err() != nil:
+		_ = msg.Nak()
+		return nil, ctx.Err()
 	case err == nil:
 		return &Message{msg: msg}, nil
 	case ctx.Err() != nil:
@@ -155,52 +176,7 @@ func (c *Consumer) Pending(ctx context.Context) (uint64, error) {
 	return info.NumPending, nil
 }
 
-// Depth counts the jobs waiting (on the intake and jobs streams, not yet
-// handed to a worker) and the jobs a worker holds.
-func (c *Client) Depth(ctx context.Context) (queued, running uint64, err error) {
-	var total uint64
-	for _, name := range []string{proto.SubmitStream, proto.JobsStream} {
-		s, err := c.js.Stream(ctx, name)
-		if err != nil {
-			return 0, 0, fmt.Errorf("queue depth: stream %s: %w", name, err)
-		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			return 0, 0, fmt.Errorf("queue depth: stream %s: %w", name, err)
-		}
-		total += info.State.Msgs
-		if name != proto.JobsStream {
-			continue
-		}
-		lister := s.ListConsumers(ctx)
-		for ci := range lister.Info() {
-			running += uint64(ci.NumAckPending)
-		}
-		if err := lister.Err(); err != nil {
-			return 0, 0, fmt.Errorf("queue depth: consumers of %s: %w", name, err)
-		}
-	}
-	if running > total {
-		running = total
-	}
-	return total - running, running, nil
-}
-
 // Reply is the delivery's ack subject. Another process can settle the
-// delivery with it (see Client.SettleDelivery), e.g. hand back the job of
-// a worker that died.
+// delivery with it (Client.Ack, Nak, InProgress, Term), e.g. hand back the
+// job of a worker that died.
 func (m *Message) Reply() string { return m.msg.Reply() }
-
-// SettleDelivery answers a delivery by its ack subject (Message.Reply) on
-// behalf of the process that holds it: ack=false NAKs it, so it is
-// redelivered at once; ack=true acks it.
-func (c *Client) SettleDelivery(reply string, ack bool) error {
-	body := []byte("-NAK")
-	if ack {
-		body = []byte("+ACK")
-	}
-	if err := c.nc.Publish(reply, body); err != nil {
-		return fmt.Errorf("settle delivery: %w", err)
-	}
-	return c.nc.Flush()
-}

@@ -83,3 +83,42 @@ func (l *Lanes) Next(ctx context.Context, wait time.Duration) (*Message, error) 
 		}
 	}
 }
+
+// Take returns up to n jobs by lane priority (interactive lanes first),
+// waiting up to wait for the first one on the first pool's interactive
+// lane and looking at the other lanes between waits. It is the job-take
+// host's fetch: a RunPod worker may ask for a batch of jobs.
+func (l *Lanes) Take(ctx context.Context, n int, wait time.Duration) ([]*Message, error) {
+	const lanePoll = 100 * time.Millisecond
+	deadline := time.Now().Add(wait)
+	order := append(append([]*Consumer(nil), l.interactive...), l.batch...)
+	for {
+		var got []*Message
+		for _, c := range order {
+			for len(got) < n {
+				msg, err := c.TryNext(ctx)
+				if errors.Is(err, ErrNoMessage) {
+					break
+				}
+				if err != nil {
+					return got, err
+				}
+				got = append(got, msg)
+			}
+		}
+		if len(got) > 0 {
+			return got, nil
+		}
+		left := time.Until(deadline)
+		if left <= 0 || ctx.Err() != nil {
+			return nil, ErrNoMessage
+		}
+		msg, err := l.interactive[0].Next(ctx, min(left, lanePoll))
+		if err == nil {
+			return []*Message{msg}, nil
+		}
+		if !errors.Is(err, ErrNoMessage) {
+			return nil, fmt.Errorf("interactive lane: %w", err)
+		}
+	}
+}

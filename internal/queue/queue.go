@@ -5,25 +5,63 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// Config sizes the streams. The zero value is the default of every field.
+// Config sizes the streams and buckets. The zero value is the default of
+// every field.
 type Config struct {
-	// Replicas of each stream; 0 means 1 (a single server).
+	// Replicas of each stream and bucket; 0 means 1 (a single server).
 	Replicas int
 	// DedupeWindow is how long JetStream remembers a Nats-Msg-Id; 0 means
 	// 2 minutes.
 	DedupeWindow time.Duration
-	// EventsMaxAge is how long events are kept; 0 means 24 hours.
-	EventsMaxAge time.Duration
+	// EventsMaxAge and EventsMaxBytes bound CF_EVENTS (the oldest events
+	// go first); 0 means 24 hours and 1 GiB.
+	EventsMaxAge   time.Duration
+	EventsMaxBytes int64
+	// DLQMaxAge and DLQMaxBytes bound CF_DLQ (the oldest dead letters go
+	// first); 0 means 14 days and 1 GiB.
+	DLQMaxAge   time.Duration
+	DLQMaxBytes int64
+	// BlobTTL is how long inputs and outputs live in the object store; 0
+	// means blob.DefaultTTL.
+	BlobTTL time.Duration
 	// MemoryStorage keeps streams in memory instead of files (benchmarks).
 	MemoryStorage bool
+}
+
+// Defaults of Config.
+const (
+	DefaultDedupeWindow   = 2 * time.Minute
+	DefaultEventsMaxAge   = 24 * time.Hour
+	DefaultEventsMaxBytes = 1 << 30
+	DefaultDLQMaxAge      = 14 * 24 * time.Hour
+	DefaultDLQMaxBytes    = 1 << 30
+	// previewsMaxAge and previewsMaxBytes bound CF_PREVIEWS, which keeps
+	// only each job's latest picture.
+	previewsMaxAge   = 10 * time.Minute
+	previewsMaxBytes = 64 << 20
+)
+
+// Validate names the first setting that cannot be used.
+func (c Config) Validate() error {
+	switch {
+	case c.Replicas < 0 || c.Replicas > 5:
+		return fmt.Errorf("stream replicas %d is not from 1 to 5", c.Replicas)
+	case c.DedupeWindow < 0, c.EventsMaxAge < 0, c.DLQMaxAge < 0, c.BlobTTL < 0:
+		return errors.New("stream ages and windows must not be negative")
+	case c.EventsMaxBytes < 0, c.DLQMaxBytes < 0:
+		return errors.New("stream sizes must not be negative")
+	}
+	return nil
 }
 
 func (c Config) withDefaults() Config {
@@ -31,42 +69,60 @@ func (c Config) withDefaults() Config {
 		c.Replicas = 1
 	}
 	if c.DedupeWindow == 0 {
-		c.DedupeWindow = 2 * time.Minute
+		c.DedupeWindow = DefaultDedupeWindow
 	}
 	if c.EventsMaxAge == 0 {
-		c.EventsMaxAge = 24 * time.Hour
+		c.EventsMaxAge = DefaultEventsMaxAge
+	}
+	if c.EventsMaxBytes == 0 {
+		c.EventsMaxBytes = DefaultEventsMaxBytes
+	}
+	if c.DLQMaxAge == 0 {
+		c.DLQMaxAge = DefaultDLQMaxAge
+	}
+	if c.DLQMaxBytes == 0 {
+		c.DLQMaxBytes = DefaultDLQMaxBytes
+	}
+	if c.BlobTTL == 0 {
+		c.BlobTTL = blob.DefaultTTL
 	}
 	return c
 }
 
-// ErrDuplicate is returned by Submit when the job id was already submitted
-// within the dedupe window; the job is on the queue once.
-var ErrDuplicate = errors.New("duplicate job id")
+// ErrDuplicate is returned when a message id was already published within
+// the dedupe window; the message is on its stream once.
+var ErrDuplicate = errors.New("duplicate message id")
 
-// Client publishes and consumes comfyfleet's streams.
+// Client publishes and consumes comfyfleet's streams and buckets. Open it
+// with Ensure (a role process) or Attach (a tool).
 type Client struct {
 	nc *nats.Conn
 	js jetstream.JetStream
+
+	blobs    *ObjectStore
+	requests *requestStore
+	events   *eventLog
 }
 
-// New wraps a NATS connection.
+// New wraps a NATS connection. Call Ensure or Attach before using the
+// object store or the request bucket.
 func New(nc *nats.Conn) (*Client, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	return &Client{nc: nc, js: js}, nil
+	c := &Client{nc: nc, js: js}
+	c.requests = &requestStore{js: js}
+	c.events = &eventLog{js: js}
+	return c, nil
 }
 
-// JetStream exposes the JetStream handle for the blob store.
-func (c *Client) JetStream() jetstream.JetStream { return c.js }
-
-// Conn exposes the NATS connection for core subscriptions.
-func (c *Client) Conn() *nats.Conn { return c.nc }
-
-// Ensure creates or updates the streams; every process calls it at start,
-// so it is idempotent and safe to run concurrently.
+// Ensure creates or updates the streams and buckets; every role process
+// calls it at start, so it is idempotent and safe to run concurrently.
 func (c *Client) Ensure(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	cfg = cfg.withDefaults()
 	storage := jetstream.FileStorage
 	if cfg.MemoryStorage {
@@ -93,16 +149,34 @@ func (c *Client) Ensure(ctx context.Context, cfg Config) error {
 		Description: "job status transitions and progress",
 		Subjects:    []string{proto.EventSubjects},
 		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
 		Storage:     storage,
 		Replicas:    cfg.Replicas,
 		MaxAge:      cfg.EventsMaxAge,
+		MaxBytes:    cfg.EventsMaxBytes,
 	}, {
 		Name:        proto.DLQStream,
 		Description: "jobs that exhausted their attempts",
 		Subjects:    []string{proto.DLQSubjects},
 		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
 		Storage:     storage,
 		Replicas:    cfg.Replicas,
+		MaxAge:      cfg.DLQMaxAge,
+		MaxBytes:    cfg.DLQMaxBytes,
+		// JetStream refuses a dedupe window longer than the max age.
+		Duplicates: min(cfg.DedupeWindow, cfg.DLQMaxAge),
+	}, {
+		Name:              proto.PreviewStream,
+		Description:       "the latest preview picture of each running job",
+		Subjects:          []string{proto.PreviewSubjects},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		Storage:           jetstream.MemoryStorage,
+		Replicas:          cfg.Replicas,
+		MaxAge:            previewsMaxAge,
+		MaxBytes:          previewsMaxBytes,
+		MaxMsgsPerSubject: 1,
 	}}
 	for _, sc := range streams {
 		// Create is a no-op for a stream that already has these settings;
@@ -117,38 +191,75 @@ func (c *Client) Ensure(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
 		}
 	}
+	blobs, err := OpenObjectStore(ctx, c.js, ObjectStoreConfig{TTL: cfg.BlobTTL, Replicas: cfg.Replicas, MemoryStorage: cfg.MemoryStorage})
+	if err != nil {
+		return err
+	}
+	c.blobs = blobs
+	return c.requests.ensure(ctx, cfg.Replicas)
+}
+
+// Attach opens the existing streams and buckets without creating or
+// reconfiguring them: for tools (the CLI) that must not change a
+// deployment's settings.
+func (c *Client) Attach(ctx context.Context) error {
+	if _, err := c.js.Stream(ctx, proto.SubmitStream); err != nil {
+		return fmt.Errorf("attach to stream %s (is the fleet running?): %w", proto.SubmitStream, err)
+	}
+	blobs, err := AttachObjectStore(ctx, c.js, proto.BlobBucket)
+	if err != nil {
+		return err
+	}
+	c.blobs = blobs
 	return nil
 }
 
+// Blobs is the object store: the blob store of a fleet without S3.
+func (c *Client) Blobs() blob.Store {
+	if c.blobs == nil {
+		return nil
+	}
+	return c.blobs
+}
+
+// Close closes the NATS connection.
+func (c *Client) Close() { c.nc.Close() }
+
+// Connected reports whether the NATS connection is up.
+func (c *Client) Connected() bool { return c.nc.IsConnected() }
+
 // Submit publishes a job on cf.submit.<source> with Nats-Msg-Id = job id
-// and waits for the PubAck, the durable receipt.
-func (c *Client) Submit(ctx context.Context, source string, job *proto.Job) error {
-	return c.publishJob(ctx, proto.SubmitSubject(source), job)
+// and waits for the PubAck, the durable receipt. It returns the job's
+// sequence in the intake stream, which names this submission.
+func (c *Client) Submit(ctx context.Context, source string, job *proto.Job) (uint64, error) {
+	return c.publishJob(ctx, proto.SubmitSubject(source), job, job.ID)
 }
 
-// Admit publishes an admitted job on cf.jobs.<pool>.<lane>.
-func (c *Client) Admit(ctx context.Context, job *proto.Job) error {
-	return c.publishJob(ctx, proto.JobSubject(job.Pool, job.Lane), job)
+// PublishJob publishes an admitted job on cf.jobs.<pool>.<lane> under the
+// message id msgID.
+func (c *Client) PublishJob(ctx context.Context, job *proto.Job, msgID string) error {
+	_, err := c.publishJob(ctx, proto.JobSubject(job.Pool, job.Lane), job, msgID)
+	return err
 }
 
-func (c *Client) publishJob(ctx context.Context, subject string, job *proto.Job) error {
+func (c *Client) publishJob(ctx context.Context, subject string, job *proto.Job, msgID string) (uint64, error) {
 	job.V = proto.Version
 	data, err := json.Marshal(job)
 	if err != nil {
-		return fmt.Errorf("encode job %s: %w", job.ID, err)
+		return 0, fmt.Errorf("encode job %s: %w", job.ID, err)
 	}
 	ack, err := c.js.PublishMsg(ctx, &nats.Msg{
 		Subject: subject,
 		Data:    data,
-		Header:  nats.Header{proto.MsgIDHeader: []string{job.ID}},
+		Header:  nats.Header{proto.MsgIDHeader: []string{msgID}},
 	})
 	if err != nil {
-		return fmt.Errorf("publish job %s on %s: %w", job.ID, subject, err)
+		return 0, fmt.Errorf("publish job %s on %s: %w", job.ID, subject, err)
 	}
 	if ack.Duplicate {
-		return fmt.Errorf("publish job %s on %s: %w", job.ID, subject, ErrDuplicate)
+		return ack.Sequence, fmt.Errorf("publish job %s on %s: %w", job.ID, subject, ErrDuplicate)
 	}
-	return nil
+	return ack.Sequence, nil
 }
 
 // Reject republishes an undecodable submission on proto.RejectSubject.
@@ -161,38 +272,50 @@ func (c *Client) Reject(data []byte, reason string) error {
 	return nil
 }
 
-// PublishEvent appends an event to the job's event subject.
-func (c *Client) PublishEvent(ctx context.Context, ev *proto.Event) error {
-	ev.V = proto.Version
-	if ev.Time.IsZero() {
-		ev.Time = time.Now()
-	}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode event for %s: %w", ev.JobID, err)
-	}
-	if _, err := c.js.Publish(ctx, proto.EventSubject(ev.JobID), data); err != nil {
-		return fmt.Errorf("publish event for %s: %w", ev.JobID, err)
+// A delivery of a work-queue message is settled by sending JetStream's ack
+// protocol to its ack subject (Message.Reply). Any process may do it: the
+// worker that holds it, an adapter replica that got a RunPod worker's
+// result, the sweeper that found its holder dead.
+
+// Ack acknowledges the delivery and waits for the server's confirmation,
+// so that a crash after Ack returns never redelivers it.
+func (c *Client) Ack(ctx context.Context, reply string) error {
+	if _, err := c.nc.RequestWithContext(ctx, reply, []byte("+ACK")); err != nil {
+		return fmt.Errorf("ack delivery: %w", err)
 	}
 	return nil
 }
 
-// SubscribeEvents delivers the job's events published from now on until
-// the returned stop function is called. Subscribe before causing the
-// events (e.g. before submitting) so that none is missed.
-func (c *Client) SubscribeEvents(jobID string, fn func(*proto.Event)) (stop func(), err error) {
-	sub, err := c.nc.Subscribe(proto.EventSubject(jobID), func(m *nats.Msg) {
-		ev, err := proto.DecodeEvent(m.Data)
-		if err != nil {
-			return // not ours to judge; the stream keeps it for inspection
-		}
-		fn(ev)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("subscribe events of %s: %w", jobID, err)
+// Nak asks for the delivery to be redelivered after delay (0: at once).
+func (c *Client) Nak(reply string, delay time.Duration) error {
+	body := []byte("-NAK")
+	if delay > 0 {
+		body = []byte(`-NAK {"delay": ` + strconv.FormatInt(delay.Nanoseconds(), 10) + `}`)
 	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	if err := c.nc.Publish(reply, body); err != nil {
+		return fmt.Errorf("nak delivery: %w", err)
+	}
+	return nil
 }
+
+// InProgress resets the delivery's AckWait timer: it is being worked on.
+func (c *Client) InProgress(reply string) error {
+	if err := c.nc.Publish(reply, []byte("+WPI")); err != nil {
+		return fmt.Errorf("heartbeat delivery: %w", err)
+	}
+	return nil
+}
+
+// Term removes the delivered message without redelivery.
+func (c *Client) Term(reply string) error {
+	if err := c.nc.Publish(reply, []byte("+TERM")); err != nil {
+		return fmt.Errorf("terminate delivery: %w", err)
+	}
+	return nil
+}
+
+// Flush waits until the server has what was published so far.
+func (c *Client) Flush(ctx context.Context) error { return c.nc.FlushWithContext(ctx) }
 
 // PublishCancel fans a cancel out to every worker.
 func (c *Client) PublishCancel(jobID string) error {
@@ -213,6 +336,18 @@ func (c *Client) SubscribeCancels(fn func(jobID string)) (stop func(), err error
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe cancels: %w", err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// SubscribeRejects delivers every rejected submission (its data and the
+// reason) until stop is called.
+func (c *Client) SubscribeRejects(fn func(data []byte, reason string)) (stop func(), err error) {
+	sub, err := c.nc.Subscribe(proto.RejectSubject, func(m *nats.Msg) {
+		fn(m.Data, m.Header.Get(proto.RejectReasonHeader))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe rejects: %w", err)
 	}
 	return func() { _ = sub.Unsubscribe() }, nil
 }

@@ -3,11 +3,13 @@ package queue_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/queue"
@@ -28,12 +30,18 @@ func job(id string, lane proto.Lane) *proto.Job {
 	return &proto.Job{ID: id, Input: json.RawMessage(`{"workflow":{}}`), Pool: "p", Lane: lane}
 }
 
+// publishJob puts an admitted job on its pool's lane under its id, as
+// admission does.
+func publishJob(ctx context.Context, q *queue.Client, j *proto.Job) error {
+	return q.PublishJob(ctx, j, j.ID)
+}
+
 func TestEnsureIsIdempotent(t *testing.T) {
 	t.Parallel()
 	q, n := setup(t)
 	ctx := testenv.Context(t, 10*time.Second)
 	require.NoError(t, q.Ensure(ctx, queue.Config{}))
-	for _, name := range []string{proto.SubmitStream, proto.JobsStream, proto.EventsStream, proto.DLQStream} {
+	for _, name := range []string{proto.SubmitStream, proto.JobsStream, proto.EventsStream, proto.DLQStream, proto.PreviewStream} {
 		_, err := n.JS.Stream(ctx, name)
 		require.NoError(t, err, name)
 	}
@@ -43,14 +51,50 @@ func TestSubmitIsIdempotentByID(t *testing.T) {
 	t.Parallel()
 	q, n := setup(t)
 	ctx := testenv.Context(t, 10*time.Second)
-	require.NoError(t, q.Submit(ctx, proto.SourceBatch, job("a", "")))
-	err := q.Submit(ctx, proto.SourceBatch, job("a", ""))
+	seq, err := q.Submit(ctx, proto.SourceBatch, job("a", ""))
+	require.NoError(t, err)
+	require.NotZero(t, seq, "the submission's intake sequence")
+	again, err := q.Submit(ctx, proto.SourceBatch, job("a", ""))
 	require.ErrorIs(t, err, queue.ErrDuplicate)
+	require.Equal(t, seq, again, "a duplicate names the submission it repeats")
 	s, err := n.JS.Stream(ctx, proto.SubmitStream)
 	require.NoError(t, err)
 	info, err := s.Info(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, info.State.Msgs)
+}
+
+// TestPublishJobDedupesByMessageID: an admitted job is stored once per
+// message id, so a retry (published under a new id) is a new message and
+// a repeated publish of the same id is not.
+func TestPublishJobDedupesByMessageID(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ctx := testenv.Context(t, 10*time.Second)
+	tests := []struct {
+		name    string
+		msgID   string
+		wantErr error
+	}{
+		{name: "admitted", msgID: "a"},
+		{name: "admitted again", msgID: "a", wantErr: queue.ErrDuplicate},
+		{name: "retried", msgID: "a.retry.1"},
+		{name: "replayed", msgID: "a.replay.7"},
+	}
+	for _, tt := range tests {
+		err := q.PublishJob(ctx, job("a", proto.LaneBatch), tt.msgID)
+		if tt.wantErr != nil {
+			require.ErrorIs(t, err, tt.wantErr, tt.name)
+			continue
+		}
+		require.NoError(t, err, tt.name)
+	}
+	s, err := n.JS.Stream(ctx, proto.JobsStream)
+	require.NoError(t, err)
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(proto.JobSubject("p", proto.LaneBatch)))
+	require.NoError(t, err)
+	require.EqualValues(t, 3, info.State.Msgs)
+	require.EqualValues(t, 3, info.State.Subjects[proto.JobSubject("p", proto.LaneBatch)], "on the job's pool and lane")
 }
 
 // waitPending waits until pool p's lane consumers see the given numbers of
@@ -79,9 +123,9 @@ func TestLanesPutInteractiveFirst(t *testing.T) {
 	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1})
 	require.NoError(t, err)
 	for i := range 3 {
-		require.NoError(t, q.Admit(ctx, job(fmt.Sprintf("b%d", i), proto.LaneBatch)))
+		require.NoError(t, publishJob(ctx, q, job(fmt.Sprintf("b%d", i), proto.LaneBatch)))
 	}
-	require.NoError(t, q.Admit(ctx, job("i0", proto.LaneInteractive)))
+	require.NoError(t, publishJob(ctx, q, job("i0", proto.LaneInteractive)))
 	// Priority applies to jobs the lanes' consumers already see; a consumer
 	// learns of a stored message asynchronously.
 	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 1, proto.LaneBatch: 3})
@@ -107,9 +151,9 @@ func TestLanesKeepBatchMoving(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: 3})
 	require.NoError(t, err)
-	require.NoError(t, q.Admit(ctx, job("b", proto.LaneBatch)))
+	require.NoError(t, publishJob(ctx, q, job("b", proto.LaneBatch)))
 	for i := range 5 {
-		require.NoError(t, q.Admit(ctx, job(fmt.Sprintf("i%d", i), proto.LaneInteractive)))
+		require.NoError(t, publishJob(ctx, q, job(fmt.Sprintf("i%d", i), proto.LaneInteractive)))
 	}
 	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 5, proto.LaneBatch: 1})
 	var order []string
@@ -140,7 +184,7 @@ func TestIdleWorkerTakesBatchJobPublishedLater(t *testing.T) {
 		_ = m.Ack(ctx)
 		got <- j.ID
 	}()
-	require.NoError(t, q.Admit(ctx, job("late", proto.LaneBatch)))
+	require.NoError(t, publishJob(ctx, q, job("late", proto.LaneBatch)))
 	require.Equal(t, "late", <-got)
 }
 
@@ -150,9 +194,10 @@ func TestDepth(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{})
 	require.NoError(t, err)
-	require.NoError(t, q.Submit(ctx, proto.SourceBatch, job("s", "")))
-	require.NoError(t, q.Admit(ctx, job("a", proto.LaneBatch)))
-	require.NoError(t, q.Admit(ctx, job("b", proto.LaneInteractive)))
+	_, err = q.Submit(ctx, proto.SourceBatch, job("s", ""))
+	require.NoError(t, err)
+	require.NoError(t, publishJob(ctx, q, job("a", proto.LaneBatch)))
+	require.NoError(t, publishJob(ctx, q, job("b", proto.LaneInteractive)))
 	queued, running, err := q.Depth(ctx)
 	require.NoError(t, err)
 	require.Equal(t, [2]uint64{3, 0}, [2]uint64{queued, running})
@@ -177,7 +222,7 @@ func TestEventsAndCancels(t *testing.T) {
 	stopC, err := q.SubscribeCancels(func(id string) { cancels <- id })
 	require.NoError(t, err)
 	defer stopC()
-	require.NoError(t, q.Conn().Flush())
+	require.NoError(t, q.Flush(ctx))
 
 	require.NoError(t, q.PublishEvent(ctx, &proto.Event{JobID: "j", Type: proto.EventStatus, Status: proto.StatusCompleted}))
 	ev := <-events
@@ -210,19 +255,21 @@ func TestLanesServeSeveralPools(t *testing.T) {
 	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1, MorePools: []string{"gpu-xl"}})
 	require.NoError(t, err)
 	xl := func(id string, lane proto.Lane) *proto.Job { j := job(id, lane); j.Pool = "gpu-xl"; return j }
-	require.NoError(t, q.Admit(ctx, job("p-batch", proto.LaneBatch)))
-	require.NoError(t, q.Admit(ctx, xl("xl-inter", proto.LaneInteractive)))
-	require.NoError(t, q.Admit(ctx, job("p-inter", proto.LaneInteractive)))
+	require.NoError(t, publishJob(ctx, q, job("p-batch", proto.LaneBatch)))
+	require.NoError(t, publishJob(ctx, q, xl("xl-inter", proto.LaneInteractive)))
+	require.NoError(t, publishJob(ctx, q, job("p-inter", proto.LaneInteractive)))
 	var got []string
-	require.Eventually(t, func() bool {
+	for deadline := time.Now().Add(10 * time.Second); len(got) < 3; {
+		require.True(t, time.Now().Before(deadline), "only %v were served", got)
 		m, err := lanes.Next(ctx, 50*time.Millisecond)
-		if err != nil {
-			return false
+		if errors.Is(err, queue.ErrNoMessage) {
+			continue
 		}
-		j, _ := proto.DecodeJob(m.Data())
+		require.NoError(t, err)
+		j, err := proto.DecodeJob(m.Data())
+		require.NoError(t, err)
 		got = append(got, j.ID)
 		require.NoError(t, m.Ack(ctx))
-		return len(got) == 3
-	}, 10*time.Second, time.Millisecond)
+	}
 	require.ElementsMatch(t, []string{"p-batch", "xl-inter", "p-inter"}, got, "jobs of both pools are served")
 }

@@ -1,7 +1,6 @@
 package runpod
 
 import (
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -11,12 +10,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -101,53 +100,29 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Queue is what the API needs of NATS (queue.Client).
-type Queue interface {
-	Submit(ctx context.Context, source string, job *proto.Job) error
-	SubscribeEvents(jobID string, fn func(*proto.Event)) (stop func(), err error)
-	PublishEvent(ctx context.Context, ev *proto.Event) error
-	PublishCancel(jobID string) error
-	Depth(ctx context.Context) (queued, running uint64, err error)
-	// JetStream is used to read a job's events for /stream, to find queued
-	// jobs for /purge-queue, to keep requests for /retry (RequestBucket)
-	// and to re-admit retried jobs.
-	JetStream() jetstream.JetStream
-}
-
-// Records is what the API needs of the status store (status.Store).
-type Records interface {
-	Create(ctx context.Context, p status.CreateParams) (*proto.Record, bool, error)
-	Reject(ctx context.Context, p status.CreateParams, errMsg string) (*proto.Record, error)
-	Get(ctx context.Context, id string) (*proto.Record, error)
-	Counts(ctx context.Context) (map[proto.Status]int64, error)
-	Cancel(ctx context.Context, id string) (*proto.Record, error)
-	CancelQueued(ctx context.Context, id string) (*proto.Record, error)
-	Retry(ctx context.Context, id string) (*proto.Record, error)
-	ShortenRetention(ctx context.Context, id string, keep time.Duration) (bool, error)
-	StreamCursor(ctx context.Context, id string) (uint64, error)
-	AdvanceStreamCursor(ctx context.Context, id string, from, to uint64, keep time.Duration) (bool, error)
-}
-
-var _ Records = (*status.Store)(nil)
-
-// Fleet lists the workers for /health.
-type Fleet interface {
-	List(ctx context.Context) ([]fleet.Worker, error)
+// Deps are the API's collaborators.
+type Deps struct {
+	Queue *queue.Client
+	// Core makes every change of a job's state.
+	Core *lifecycle.Core
+	// DB holds the /stream cursors, the records' retention and the
+	// fleet's heartbeats (for /health).
+	DB *rdb.DB
+	// Blobs holds input images too large for a message, and outputs.
+	Blobs  blob.Store
+	Logger *zap.Logger
 }
 
 // API serves RunPod's endpoint API. It keeps no state of its own between
 // requests.
 type API struct {
-	cfg      Config
-	q        Queue
-	records  Records
-	blobs    blob.Store
-	fleet    Fleet
-	events   *EventLog
-	streams  *fleetStreams
-	requests *requestStore
-	log      *zap.Logger
-	mux      *http.ServeMux
+	cfg   Config
+	q     *queue.Client
+	core  *lifecycle.Core
+	db    *rdb.DB
+	blobs blob.Store
+	log   *zap.Logger
+	mux   *http.ServeMux
 
 	depthMu   sync.Mutex
 	depthAt   time.Time
@@ -157,13 +132,12 @@ type API struct {
 
 // NewAPI builds the endpoint API. A configuration that Validate refuses is
 // replaced field by field by the defaults; cmd/ validates first.
-func NewAPI(cfg Config, q Queue, records Records, blobs blob.Store, fl Fleet, log *zap.Logger) *API {
+func NewAPI(cfg Config, d Deps) *API {
+	log := d.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &API{cfg: cfg.withDefaults(), q: q, records: records, blobs: blobs, fleet: fl,
-		events: NewEventLog(q.JetStream()), streams: newFleetStreams(q.JetStream()), requests: &requestStore{js: q.JetStream()},
-		log: log.Named("runpod")}
+	a := &API{cfg: cfg.withDefaults(), q: d.Queue, core: d.Core, db: d.DB, blobs: d.Blobs, log: log.Named("runpod")}
 	a.mux = http.NewServeMux()
 	for _, prefix := range []string{"/v2/{endpoint}", ""} {
 		a.mux.HandleFunc("POST "+prefix+"/run", a.handleRun)
@@ -189,7 +163,7 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.URL.RawPath = ""
 	}
 	if !KeyMatches(r.Header.Get("Authorization"), a.cfg.APIKeys) {
-		WriteError(w, http.StatusUnauthorized, "Unauthorized: give a valid API key as 'Authorization: Bearer <key>'")
+		unauthorized(w)
 		return
 	}
 	h, pattern := a.mux.Handler(r)
@@ -205,6 +179,25 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.mux.ServeHTTP(w, r)
+}
+
+// RequireKey serves h only to requests that carry one of keys, as the API
+// does, and answers RunPod's 401 to the others; with no keys it is h.
+func RequireKey(keys []string, h http.Handler) http.Handler {
+	if len(keys) == 0 {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !KeyMatches(r.Header.Get("Authorization"), keys) {
+			unauthorized(w)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func unauthorized(w http.ResponseWriter) {
+	WriteError(w, http.StatusUnauthorized, "Unauthorized: give a valid API key as 'Authorization: Bearer <key>'")
 }
 
 // KeyMatches reports whether an Authorization header value carries one of

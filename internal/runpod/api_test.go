@@ -16,10 +16,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
-	"github.com/comfyfleet/comfyfleet/internal/status"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -27,7 +27,6 @@ import (
 type bundle struct {
 	url   string
 	nats  *testenv.NATS
-	store *status.Store
 	blobs blob.Store
 }
 
@@ -36,18 +35,16 @@ type bundle struct {
 func setup(t *testing.T, cfg runpod.Config) *bundle {
 	t.Helper()
 	n := testenv.StartNATS(t)
-	rdb, prefix := testenv.Redis(t)
+	client, prefix := testenv.Redis(t)
 	q, err := queue.New(n.Conn)
 	require.NoError(t, err)
-	ctx := testenv.Context(t, 30*time.Second)
-	require.NoError(t, q.Ensure(ctx, queue.Config{}))
-	blobs, err := blob.OpenObjectStore(ctx, n.JS, blob.ObjectStoreConfig{})
-	require.NoError(t, err)
-	store := status.NewStore(rdb, status.Options{Prefix: prefix})
-	api := runpod.NewAPI(cfg, q, store, blobs, fleet.NewRegistry(rdb, prefix, 0), zaptest.NewLogger(t))
+	require.NoError(t, q.Ensure(testenv.Context(t, 30*time.Second), queue.Config{}))
+	log := zaptest.NewLogger(t)
+	db := rdb.New(client, rdb.Options{Prefix: prefix})
+	api := runpod.NewAPI(cfg, runpod.Deps{Queue: q, Core: lifecycle.New(db, q, log), DB: db, Blobs: q.Blobs(), Logger: log})
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)
-	return &bundle{url: srv.URL, nats: n, store: store, blobs: blobs}
+	return &bundle{url: srv.URL, nats: n, blobs: q.Blobs()}
 }
 
 func (b *bundle) do(t *testing.T, method, path, body string, header ...string) (int, map[string]any) {

@@ -2,11 +2,9 @@ package runpod
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -37,7 +35,7 @@ func (a *API) laneFull(ctx context.Context, pool string, lane proto.Lane) (uint6
 	defer a.lanes.mu.Unlock()
 	s, ok := a.lanes.seen[subj]
 	if !ok || time.Since(s.at) > time.Second {
-		n, err := laneQueued(ctx, a.q.JetStream(), subj)
+		n, err := a.q.LaneQueued(ctx, pool, lane)
 		if err != nil {
 			a.log.Warn("read lane depth", zap.String("subject", subj), zap.Error(err))
 			return 0, false
@@ -49,28 +47,4 @@ func (a *API) laneFull(ctx context.Context, pool string, lane proto.Lane) (uint6
 		a.lanes.seen[subj] = s
 	}
 	return s.queued, s.queued >= uint64(a.cfg.MaxQueuedPerLane)
-}
-
-// laneQueued counts the jobs on a lane's subject that no worker holds.
-func laneQueued(ctx context.Context, js jetstream.JetStream, subj string) (uint64, error) {
-	s, err := js.Stream(ctx, proto.JobsStream)
-	if err != nil {
-		return 0, fmt.Errorf("lane depth: %w", err)
-	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subj))
-	if err != nil {
-		return 0, fmt.Errorf("lane depth: %w", err)
-	}
-	total := info.State.Subjects[subj]
-	var held uint64
-	lister := s.ListConsumers(ctx)
-	for ci := range lister.Info() {
-		if ci.Config.FilterSubject == subj {
-			held += uint64(ci.NumAckPending)
-		}
-	}
-	if err := lister.Err(); err != nil {
-		return 0, fmt.Errorf("lane depth: %w", err)
-	}
-	return total - min(held, total), nil
 }

@@ -134,7 +134,7 @@ func TestSecretsNeverLeave(t *testing.T) {
 	_, raw = s.raw(t, 0, "POST", "/run", body)
 	answers = append(answers, string(raw))
 	require.Eventually(t, func() bool {
-		rec, err := s.fleet.Store.Get(context.Background(), id)
+		rec, err := s.fleet.DB.Get(context.Background(), id)
 		return err == nil && rec.Retries == 1 && rec.Status.Terminal()
 	}, 20*time.Second, 20*time.Millisecond, "the retry ran or was cancelled")
 
@@ -172,7 +172,7 @@ func TestRetention(t *testing.T) {
 	s := startStack(t, runpod.Config{}, 1, 1)
 	ctx := context.Background()
 	pttl := func(id string) time.Duration {
-		d, err := s.fleet.Redis.PTTL(ctx, s.fleet.Store.Key(id)).Result()
+		d, err := s.fleet.Redis.PTTL(ctx, s.fleet.Prefix+proto.JobKey(id)).Result()
 		require.NoError(t, err)
 		return d
 	}
@@ -193,7 +193,7 @@ func TestRetention(t *testing.T) {
 	_, out = s.call(t, 0, "POST", "/run", `{"input":`+string(runpodtest.Input(runpodtest.Mock{Hold: true}))+`,"policy":{"ttl":60000,"executionTimeout":5000,"lowPriority":false}}`)
 	held := out["id"].(string)
 	s.fleet.WaitStatus(t, held, proto.StatusInProgress)
-	require.InDelta(t, time.Minute+time.Hour, pttl(held), float64(time.Minute), "ttl plus the status store's slack")
+	require.InDelta(t, time.Minute+time.Hour, pttl(held), float64(time.Minute), "ttl plus the record's slack")
 	s.call(t, 0, "POST", "/cancel/"+held, "")
 }
 

@@ -9,7 +9,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/jobview"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -18,48 +20,34 @@ import (
 const finalWriteTimeout = 10 * time.Second
 
 // handleCancel answers /cancel/{id}: a queued job never starts, a running
-// one is interrupted by its worker (the cancel fans out on cf.ctl.cancel;
-// the job-take host passes it to a RunPod worker's job-stop). A job that
-// had already finished keeps its status, which the answer gives.
+// one is interrupted by its worker (the job-take host passes the cancel to
+// a RunPod worker's job-stop). A job that had already finished keeps its
+// status, which the answer gives.
 func (a *API) handleCancel(w http.ResponseWriter, r *http.Request) {
 	id, ok := jobID(w, r)
 	if !ok {
 		return
 	}
-	rec, err := a.records.Cancel(r.Context(), id)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), finalWriteTimeout)
+	defer cancel()
+	rec, err := a.core.Cancel(ctx, id)
 	switch {
-	case errors.Is(err, status.ErrNotFound):
+	case errors.Is(err, rdb.ErrNotFound):
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
 		return
-	case errors.Is(err, status.ErrTerminal):
-		WriteJSON(w, http.StatusOK, JobView{ID: id, Status: rec.Status})
+	case errors.Is(err, rdb.ErrTerminal):
+		WriteJSON(w, http.StatusOK, jobview.JobView{ID: id, Status: rec.Status})
 		return
 	case err != nil:
 		a.unavailable(w, "cancel job", err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), finalWriteTimeout)
-	defer cancel()
-	a.cancelled(ctx, id, true)
-	WriteJSON(w, http.StatusOK, JobView{ID: id, Status: proto.StatusCancelled})
-}
-
-// cancelled tells the fleet a job was cancelled: its workers (when it may
-// be running) and whoever waits on its events.
-func (a *API) cancelled(ctx context.Context, id string, running bool) {
-	if running {
-		if err := a.q.PublishCancel(id); err != nil {
-			a.log.Warn("publish cancel", zap.String("job_id", id), zap.Error(err))
-		}
-	}
-	if err := a.q.PublishEvent(ctx, &proto.Event{JobID: id, Type: proto.EventStatus, Status: proto.StatusCancelled}); err != nil {
-		a.log.Warn("publish event", zap.String("job_id", id), zap.Error(err))
-	}
+	WriteJSON(w, http.StatusOK, jobview.JobView{ID: id, Status: proto.StatusCancelled})
 }
 
 // handleRetry answers /retry/{id}: a FAILED or TIMED_OUT job whose result
 // is still kept runs again under the same id with the same input (kept in
-// RequestBucket since /run), its old output and error cleared.
+// proto.RequestBucket since /run), its old output and error cleared.
 func (a *API) handleRetry(w http.ResponseWriter, r *http.Request) {
 	id, ok := jobID(w, r)
 	if !ok {
@@ -75,7 +63,7 @@ func (a *API) handleRetry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	job, err := a.keptJob(ctx, id)
-	if errors.Is(err, errNotKept) {
+	if errors.Is(err, queue.ErrNotKept) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s cannot be retried: its original request is no longer kept (or it was not submitted through this API)", id))
 		return
 	}
@@ -83,38 +71,26 @@ func (a *API) handleRetry(w http.ResponseWriter, r *http.Request) {
 		a.unavailable(w, "read the original request", err)
 		return
 	}
-	rec, err = a.records.Retry(ctx, id)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalWriteTimeout)
+	defer cancel()
+	rec, err = a.core.Retry(fctx, job)
 	switch {
-	case errors.Is(err, status.ErrNotFound):
+	case errors.Is(err, rdb.ErrNotFound):
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
 		return
-	case errors.Is(err, status.ErrIllegal):
+	case errors.Is(err, rdb.ErrIllegal):
 		WriteError(w, http.StatusBadRequest, fmt.Sprintf("job %s is %s; only FAILED or TIMED_OUT jobs can be retried", id, rec.Status))
 		return
 	case err != nil:
 		a.unavailable(w, "retry job", err)
 		return
 	}
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalWriteTimeout)
-	defer cancel()
-	job.SubmittedAt = rec.SubmittedAt
-	if err := a.streams.readmit(fctx, job, rec.Retries); err != nil {
-		// Undo: the record must not wait for a message that never came.
-		if _, rerr := a.records.Reject(fctx, status.ParamsFor(job), "retry could not be queued: "+err.Error()); rerr != nil {
-			a.log.Error("undo retry", zap.String("job_id", id), zap.Error(rerr))
-		}
-		a.unavailable(w, "queue retried job", err)
-		return
-	}
-	if err := a.q.PublishEvent(fctx, &proto.Event{JobID: id, Type: proto.EventStatus, Status: proto.StatusInQueue, Attempt: rec.Attempt}); err != nil {
-		a.log.Warn("publish event", zap.String("job_id", id), zap.Error(err))
-	}
-	WriteJSON(w, http.StatusOK, JobView{ID: id, Status: proto.StatusInQueue})
+	WriteJSON(w, http.StatusOK, jobview.JobView{ID: id, Status: proto.StatusInQueue})
 }
 
 // keptJob reads the job message kept at /run time.
 func (a *API) keptJob(ctx context.Context, id string) (*proto.Job, error) {
-	data, err := a.requests.get(ctx, id)
+	data, err := a.q.KeptRequest(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -142,19 +118,18 @@ type PurgeView struct {
 func (a *API) handlePurge(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	removed := 0
-	err := a.streams.eachQueued(ctx, proto.SourceAPI, func(m queuedMsg) error {
-		_, err := a.records.CancelQueued(ctx, m.jobID)
+	err := a.q.EachQueued(ctx, proto.SourceAPI, func(m queue.Queued) error {
+		_, err := a.core.CancelQueued(ctx, m.JobID)
 		switch {
 		case err == nil:
 			removed++
-			a.cancelled(ctx, m.jobID, false)
 			// The message would only be dropped by the worker that gets
 			// it; removing it now keeps /health's queue depth true.
-			if derr := m.stream.DeleteMsg(ctx, m.seq); derr != nil {
-				a.log.Debug("delete purged message", zap.String("job_id", m.jobID), zap.Error(derr))
+			if derr := a.q.DeleteQueued(ctx, m); derr != nil {
+				a.log.Debug("delete purged message", zap.String("job_id", m.JobID), zap.Error(derr))
 			}
 			return nil
-		case errors.Is(err, status.ErrIllegal), errors.Is(err, status.ErrTerminal), errors.Is(err, status.ErrNotFound):
+		case errors.Is(err, rdb.ErrIllegal), errors.Is(err, rdb.ErrTerminal), errors.Is(err, rdb.ErrNotFound):
 			return nil // running, finished, or expired: not queued
 		}
 		return err

@@ -14,12 +14,13 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// stack is the API in front of a whole fleet (dispatcher, scripted
+// stack is the API in front of a whole fleet (admission, scripted
 // worker), served by one or more replicas.
 type stack struct {
 	fleet   *runpodtest.Fleet
@@ -39,8 +40,8 @@ func startStackLogging(t *testing.T, cfg runpod.Config, replicas, workers int, l
 	f := runpodtest.StartFleet(t)
 	s := &stack{fleet: f}
 	for range replicas {
-		q, blobs := f.Replica(t)
-		api := runpod.NewAPI(cfg, q, f.Store, blobs, f.Registry, log)
+		q, core := f.ReplicaCore(t)
+		api := runpod.NewAPI(cfg, runpod.Deps{Queue: q, Core: core, DB: f.DB, Blobs: q.Blobs(), Logger: log})
 		srv := httptest.NewServer(api)
 		t.Cleanup(srv.Close)
 		s.urls = append(s.urls, srv.URL)
@@ -330,10 +331,11 @@ func TestPurgeQueueCancelsOnlyQueuedAPIJobs(t *testing.T) {
 		s.fleet.WaitStatus(t, id, proto.StatusInQueue)
 	}
 	ctx := context.Background()
-	_, _, err := s.fleet.Store.Claim(ctx, running, "someone")
+	_, err := s.fleet.DB.Claim(ctx, rdb.ClaimParams{ID: running, WorkerID: "someone", LeaseTTL: time.Hour})
 	require.NoError(t, err)
 	batch := &proto.Job{ID: "batch-1", Input: runpodtest.Input(runpodtest.Mock{})}
-	require.NoError(t, s.fleet.Queue.Submit(ctx, proto.SourceBatch, batch))
+	_, err = s.fleet.Queue.Submit(ctx, proto.SourceBatch, batch)
+	require.NoError(t, err)
 	s.fleet.WaitStatus(t, "batch-1", proto.StatusInQueue)
 
 	for _, body := range []string{"", "{}"} {

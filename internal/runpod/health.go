@@ -3,7 +3,7 @@ package runpod
 import (
 	"net/http"
 
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -28,30 +28,28 @@ func (a *API) handleHealth(w http.ResponseWriter, r *http.Request) {
 		a.unavailable(w, "read queue depth", err)
 		return
 	}
-	counts, err := a.records.Counts(r.Context())
+	counts, err := a.core.Counts(r.Context())
 	if err != nil {
 		a.unavailable(w, "read job counts", err)
 		return
 	}
 	workers := map[string]int{"idle": 0, "initializing": 0, "ready": 0, "running": 0, "throttled": 0, "unhealthy": 0}
-	if a.fleet != nil {
-		list, err := a.fleet.List(r.Context())
-		if err != nil {
-			a.unavailable(w, "list workers", err)
-			return
-		}
-		for _, wk := range list {
-			workers[wk.State]++
-		}
-		workers["ready"] = workers["idle"] + workers["running"]
+	list, err := a.db.Workers(r.Context())
+	if err != nil {
+		a.unavailable(w, "list workers", err)
+		return
 	}
+	for _, wk := range list {
+		workers[wk.State]++
+	}
+	workers["ready"] = workers["idle"] + workers["running"]
 	WriteJSON(w, http.StatusOK, HealthView{
 		Jobs: HealthJobs{
 			Completed:  counts[proto.StatusCompleted],
 			Failed:     counts[proto.StatusFailed] + counts[proto.StatusTimedOut],
 			InProgress: int64(running),
 			InQueue:    int64(queued),
-			Retried:    counts[status.CountRetried],
+			Retried:    counts[rdb.CountRetried],
 		},
 		Workers: workers,
 	})

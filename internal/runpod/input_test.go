@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -23,7 +24,7 @@ func TestImagesOffloadedAndInlinedAgain(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
 	ctx := testenv.Context(t, 30*time.Second)
-	blobs, err := blob.OpenObjectStore(ctx, n.JS, blob.ObjectStoreConfig{})
+	blobs, err := queue.OpenObjectStore(ctx, n.JS, queue.ObjectStoreConfig{})
 	require.NoError(t, err)
 	big := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte("png!"), 600))
 	raw := json.RawMessage(`{"workflow":{"3":{"inputs":{"seed":18446744073709551615}}},"images":[{"name":"big.png","image":"` + big + `"},{"name":"s.png","image":"AAAA"}],"mock_return":"x","comfy_org_api_key":"k"}`)

@@ -12,7 +12,8 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/jobview"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -21,7 +22,7 @@ func (a *API) handleRun(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	WriteJSON(w, http.StatusOK, JobView{ID: job.ID, Status: proto.StatusInQueue})
+	WriteJSON(w, http.StatusOK, jobview.JobView{ID: job.ID, Status: proto.StatusInQueue})
 }
 
 func (a *API) handleRunSync(w http.ResponseWriter, r *http.Request) {
@@ -33,7 +34,7 @@ func (a *API) handleRunSync(w http.ResponseWriter, r *http.Request) {
 	// Subscribe before submitting so the terminal event cannot be missed.
 	id := "sync-" + uuid.NewString()
 	waiter := newTerminalWaiter()
-	stop, err := a.q.SubscribeEvents(id, waiter.observe)
+	stop, err := a.q.SubscribeFinal(id, waiter.observe)
 	if err != nil {
 		a.unavailable(w, "subscribe to job events", err)
 		return
@@ -106,8 +107,10 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		return nil, false
 	}
 	kept := make(chan error, 1)
-	go func() { kept <- a.requests.put(context.WithoutCancel(ctx), id, msg) }()
-	err = a.q.Submit(ctx, proto.SourceAPI, job)
+	go func() { kept <- a.q.KeepRequest(context.WithoutCancel(ctx), id, msg) }()
+	// Recorded at once, so /status finds the job before a dispatcher
+	// reads it.
+	err = a.core.Submit(ctx, proto.SourceAPI, job, true)
 	if kerr := <-kept; kerr != nil {
 		// The job runs anyway; only /retry of it will say it cannot.
 		a.log.Warn("keep job message for retry", zap.String("job_id", id), zap.Error(kerr))
@@ -115,12 +118,6 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 	if err != nil {
 		a.unavailable(w, "queue job", err)
 		return nil, false
-	}
-	// Make the job visible to /status before answering; the dispatcher's
-	// own Create is then a no-op.
-	if _, _, err := a.records.Create(ctx, status.ParamsFor(job)); err != nil {
-		// The job is queued durably; the dispatcher will record it.
-		a.log.Warn("record new job", zap.String("job_id", id), zap.Error(err))
 	}
 	return job, true
 }
@@ -152,7 +149,7 @@ func (a *API) writeWhenDone(w http.ResponseWriter, r *http.Request, id string, w
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
 	for {
-		rec, err := a.records.Get(context.WithoutCancel(ctx), id)
+		rec, err := a.core.Get(context.WithoutCancel(ctx), id)
 		if err == nil && rec.Status.Terminal() {
 			a.writeView(w, r.Context(), rec)
 			return
@@ -165,8 +162,8 @@ func (a *API) writeWhenDone(w http.ResponseWriter, r *http.Request, id string, w
 				return // the client left
 			}
 			if err != nil {
-				if errors.Is(err, status.ErrNotFound) {
-					WriteJSON(w, http.StatusOK, JobView{ID: id, Status: proto.StatusInQueue})
+				if errors.Is(err, rdb.ErrNotFound) {
+					WriteJSON(w, http.StatusOK, jobview.JobView{ID: id, Status: proto.StatusInQueue})
 					return
 				}
 				a.unavailable(w, "read job status", err)
@@ -204,16 +201,16 @@ func (t *terminalWaiter) observe(ev *proto.Event) {
 // writeView answers with the record's view. A job in progress shows its
 // latest progress as its output, as RunPod does.
 func (a *API) writeView(w http.ResponseWriter, ctx context.Context, rec *proto.Record) {
-	v, err := BuildView(ctx, a.blobs, rec)
+	v, err := jobview.Build(ctx, a.blobs, rec)
 	if err != nil {
 		a.unavailable(w, "read job output", err)
 		return
 	}
 	if rec.Status == proto.StatusInProgress && len(v.Output) == 0 {
-		if ev, err := a.events.Last(ctx, rec.ID); err != nil {
+		if ev, err := a.q.LastEvent(ctx, rec.ID); err != nil {
 			a.log.Debug("read latest progress", zap.String("job_id", rec.ID), zap.Error(err))
 		} else if ev != nil && ev.Attempt >= rec.Attempt {
-			if c, ok := Chunk(&ev.Event); ok {
+			if c, ok := jobview.Chunk(&ev.Event); ok {
 				v.Output = c
 			}
 		}

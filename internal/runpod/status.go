@@ -9,7 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -34,7 +34,7 @@ func (a *API) handleStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if keep > 0 && rec.Status.Terminal() {
-		if _, err := a.records.ShortenRetention(r.Context(), id, keep); err != nil && !errors.Is(err, status.ErrNotFound) {
+		if _, err := a.db.ShortenRetention(r.Context(), id, keep); err != nil && !errors.Is(err, rdb.ErrNotFound) {
 			a.log.Warn("shorten retention", zap.String("job_id", id), zap.Error(err))
 		}
 	}
@@ -54,7 +54,7 @@ func (a *API) handleStatusSync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	waiter := newTerminalWaiter()
-	stop, err := a.q.SubscribeEvents(id, waiter.observe)
+	stop, err := a.q.SubscribeFinal(id, waiter.observe)
 	if err != nil {
 		a.unavailable(w, "subscribe to job events", err)
 		return
@@ -69,8 +69,8 @@ func (a *API) handleStatusSync(w http.ResponseWriter, r *http.Request) {
 // record reads a job's record; on failure it has answered (404 for an
 // unknown or expired job).
 func (a *API) record(w http.ResponseWriter, r *http.Request, id string) (*proto.Record, bool) {
-	rec, err := a.records.Get(r.Context(), id)
-	if errors.Is(err, status.ErrNotFound) {
+	rec, err := a.core.Get(r.Context(), id)
+	if errors.Is(err, rdb.ErrNotFound) {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
 		return nil, false
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/comfyfleet/comfyfleet/internal/jobview"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -99,18 +100,18 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 // cursor over them. more says the call stopped at maxChunksPerCall.
 func (a *API) drain(ctx context.Context, id string) (chunks []StreamChunk, more bool, err error) {
 	for range 10 {
-		cur, err := a.records.StreamCursor(ctx, id)
+		cur, err := a.db.StreamCursor(ctx, id)
 		if err != nil {
 			return nil, false, err
 		}
-		evs, last, err := a.events.Read(ctx, id, cur, maxChunksPerCall)
+		evs, last, err := a.q.ReadEvents(ctx, id, cur, maxChunksPerCall)
 		if err != nil {
 			return nil, false, err
 		}
 		if last == cur {
 			return []StreamChunk{}, false, nil
 		}
-		moved, err := a.records.AdvanceStreamCursor(ctx, id, cur, last, streamCursorKeep)
+		moved, err := a.db.AdvanceStreamCursor(ctx, id, cur, last, streamCursorKeep)
 		if err != nil {
 			return nil, false, err
 		}
@@ -119,7 +120,7 @@ func (a *API) drain(ctx context.Context, id string) (chunks []StreamChunk, more 
 		}
 		chunks = make([]StreamChunk, 0, len(evs))
 		for _, ev := range evs {
-			if c, ok := Chunk(&ev.Event); ok {
+			if c, ok := jobview.Chunk(&ev.Event); ok {
 				chunks = append(chunks, StreamChunk{Output: c})
 			}
 		}

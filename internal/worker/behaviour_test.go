@@ -22,7 +22,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -199,7 +198,7 @@ func TestIssue3Behaviours(t *testing.T) {
 				m, err = s.GetLastMsgForSubject(ctxT(t), proto.DLQSubject(proto.DefaultPool))
 				return err == nil
 			}, "no dead letter")
-			require.Equal(t, "Job processing failed", m.Header.Get(worker.DLQReasonHeader))
+			require.Equal(t, "Job processing failed", m.Header.Get(proto.DLQReasonHeader))
 			require.Contains(t, string(m.Data), rec.ID)
 		},
 	}, {
@@ -312,7 +311,7 @@ func TestSecretsStayOut(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	core, logs := observer.New(zapcore.DebugLevel)
-	b.startWorker("w1", worker.Config{ComfyOrgAPIKey: "env-secret-key", S3: s3.Config{MaxAttempts: 1}}, workerOpts{logger: zap.New(core)})
+	b.startWorker("w1", worker.Config{ComfyOrgAPIKey: "env-secret-key"}, workerOpts{logger: zap.New(core)})
 	events := b.watch("secret")
 	b.enqueue("secret", input(sampler("1", 2)+save("9", "s"), `"comfy_org_api_key":"input-secret-key"`))
 	b.wait("secret", proto.StatusCompleted)

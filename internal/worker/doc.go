@@ -1,7 +1,13 @@
 // Package worker is the gpuworker: it sits next to one ComfyUI (one GPU),
 // pulls jobs from its pool's lanes, runs them over ComfyUI's HTTP and
-// WebSocket API, stores the outputs, writes the fenced status to Redis,
-// publishes events, and only then acks the message.
+// WebSocket API and stores the outputs. Every change of a job's state is
+// the lifecycle core's (internal/lifecycle): the worker claims a delivered
+// job (a new attempt under a lease), renews the lease every third of its
+// TTL, and ends the attempt with Finish, Requeue or Cancelled, each of
+// which writes the fenced status, publishes the event and settles the
+// message. A worker whose renewal says the lease was lost (the dispatcher
+// gave the job to another worker) interrupts its prompt and drops the job
+// without a write, so a job runs on one GPU at a time.
 //
 // A job goes through these steps (execute):
 //
@@ -34,11 +40,11 @@
 //
 // The worker probes ComfyUI all the time: it pulls only while ComfyUI
 // answers, gives the jobs in hand back within a second or two of it dying,
-// resumes when it is back (after an optional warm-up workflow), and keeps
-// a job's message alive with InProgress only while ComfyUI makes progress
-// on it.
+// and resumes when it is back (after an optional warm-up workflow). A
+// prompt that makes no progress for the stall timeout is interrupted and
+// ends TIMED_OUT; the lease's renewals follow the process, not progress.
 //
-// Its heartbeat (internal/fleet) reports the models its ComfyUI offers
+// Its heartbeat (proto.Heartbeat, in Redis) reports the models its ComfyUI offers
 // (loader inputs of /object_info) and the ones of its last job (warm); a
 // job another idle worker holds warm is handed back a few times so that
 // worker takes it (routing.go). Metrics (metrics.go) count jobs by status,

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -23,6 +24,7 @@ type execution struct {
 	w       *Worker
 	log     *zap.Logger
 	job     *proto.Job
+	claim   *lifecycle.Claim
 	attempt int
 
 	mu     sync.Mutex
@@ -37,8 +39,8 @@ type execution struct {
 	lastPreview  time.Time
 }
 
-func newExecution(w *Worker, log *zap.Logger, job *proto.Job, attempt int) *execution {
-	ex := &execution{w: w, log: log, job: job, attempt: attempt}
+func newExecution(w *Worker, log *zap.Logger, job *proto.Job, cl *lifecycle.Claim) *execution {
+	ex := &execution{w: w, log: log, job: job, claim: cl, attempt: cl.Attempt}
 	ex.touch()
 	return ex
 }
@@ -48,19 +50,6 @@ func (ex *execution) touch() { ex.last.Store(time.Now().UnixNano()) }
 
 // idle is how long ago the last progress was.
 func (ex *execution) idle() time.Duration { return time.Since(time.Unix(0, ex.last.Load())) }
-
-// progressing reports whether the job deserves a heartbeat: always in the
-// worker's own phases; while ComfyUI runs the prompt, only if ComfyUI
-// answers and reported progress within the stall timeout.
-func (ex *execution) progressing() bool {
-	if !ex.waiting.Load() {
-		return true
-	}
-	if !ex.w.isAlive() {
-		return false
-	}
-	return ex.w.cfg.StallTimeout <= 0 || ex.idle() < ex.w.cfg.StallTimeout
-}
 
 // promptID is the prompt's id once the worker posted (or began to post)
 // it, "" before.
@@ -259,10 +248,7 @@ func (ex *execution) onProgress(p comfy.Progress) {
 		pct = p.Value * 100 / p.Max
 	}
 	ex.w.setProgress(pct / 100)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ex.w.event(ctx, &proto.Event{JobID: ex.job.ID, Type: proto.EventProgress, Attempt: ex.attempt, WorkerID: ex.w.cfg.ID,
-		Progress: &proto.Progress{Node: p.Node, Value: int64(p.Value), Max: int64(p.Max), Percent: pct}})
+	ex.w.core.Progress(ex.claim, proto.Progress{Node: p.Node, Value: int64(p.Value), Max: int64(p.Max), Percent: pct})
 }
 
 // maxPreviewBytes keeps a preview event under NATS's 1 MB message limit.
@@ -286,17 +272,5 @@ func (ex *execution) onPreview(p comfy.Preview) {
 	if mt == "" {
 		mt = "application/octet-stream"
 	}
-	ev := proto.Event{
-		V: proto.Version, JobID: ex.job.ID, Type: proto.EventPreview, Time: now, Attempt: ex.attempt, WorkerID: ex.w.cfg.ID,
-		Preview: &proto.Preview{Node: p.NodeID, Mime: mt, Data: base64.StdEncoding.EncodeToString(p.Data)},
-	}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := ex.w.q.JetStream().Publish(ctx, proto.EventSubject(ex.job.ID), data); err != nil {
-		ex.log.Debug("publish preview", zap.Error(err))
-	}
+	ex.w.core.Preview(ex.claim, proto.Preview{Node: p.NodeID, Mime: mt, Data: base64.StdEncoding.EncodeToString(p.Data)})
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
@@ -83,7 +84,7 @@ func TestComfyUIKilledMidJob(t *testing.T) {
 	require.Len(t, b.output(rec).Images, 1)
 	b.requireDrained()
 	eventually(t, func() bool {
-		list, err := b.fleet.List(context.Background())
+		list, err := b.db.Workers(context.Background())
 		if err != nil {
 			return false
 		}
@@ -166,9 +167,8 @@ func TestCancelRunningJob(t *testing.T) {
 	b.enqueue("cancel-me", input(sampler("1", 4)+save("9", "c")))
 	eventually(t, func() bool { return b.sim.Stats().Running != "" }, "prompt never ran")
 
-	_, err := b.store.Cancel(context.Background(), "cancel-me") // what the canceller does
+	_, err := b.core.Cancel(context.Background(), "cancel-me") // what the canceller does: CANCELLED, then the fan-out
 	require.NoError(t, err)
-	require.NoError(t, b.q.PublishCancel("cancel-me"))
 	eventually(t, func() bool { return b.sim.Stats().PromptsInterrupted == 1 }, "ComfyUI was not interrupted")
 	b.requireDrained()
 	rec := b.wait("cancel-me", proto.StatusCancelled)
@@ -193,9 +193,8 @@ func TestCancelPipelinedJob(t *testing.T) {
 	b.enqueue("second", input(sampler("2", 4)+save("9", "s")))
 	eventually(t, func() bool { return b.sim.Stats().QueueRemaining == 2 }, "the second prompt was not queued in ComfyUI")
 
-	_, err := b.store.Cancel(context.Background(), "second")
+	_, err := b.core.Cancel(context.Background(), "second")
 	require.NoError(t, err)
-	require.NoError(t, b.q.PublishCancel("second"))
 	eventually(t, func() bool { return b.sim.Stats().QueueRemaining == 1 }, "the second prompt is still in ComfyUI's queue")
 
 	b.sim.SetFault(comfysim.Fault{})
@@ -233,22 +232,27 @@ func TestPipelinedJobsKeepTheirInputs(t *testing.T) {
 	b.requireDrained()
 }
 
-// TestHeartbeatKeepsTheLease runs a job longer than the ack wait: the
-// worker's heartbeats keep it, so the idle second worker never gets it.
+// TestHeartbeatKeepsTheLease runs a job longer than the ack wait (which
+// is shorter than the lease, 3 s): the worker's heartbeats keep its
+// delivery, so the idle second worker never gets it, not even to give it
+// back.
 func TestHeartbeatKeepsTheLease(t *testing.T) {
 	t.Parallel()
 	b := setup(t, comfysim.Config{StepDelay: 10 * time.Millisecond})
-	cfg := worker.Config{AckWait: 300 * time.Millisecond}
+	cfg := worker.Config{AckWait: time.Second}
 	b.startWorker("w1", cfg)
-	b.enqueue("long", input(sampler("1", 80)+save("9", "l")))
+	b.enqueue("long", input(sampler("1", 250)+save("9", "l")))
 	b.wait("long", proto.StatusInProgress)
 	sim2 := simtest.Start(t, comfysim.Config{StepDelay: time.Millisecond})
-	b.startWorker("w2", cfg, workerOpts{sim: sim2})
+	log2, logs2 := observed(t)
+	b.startWorker("w2", cfg, workerOpts{sim: sim2, logger: log2})
 	rec := b.wait("long", proto.StatusCompleted)
 	require.Equal(t, 1, rec.Attempt)
 	require.Equal(t, "w1", rec.WorkerID)
 	require.Equal(t, 0, rec.Retries)
 	require.Zero(t, sim2.Stats().PromptsQueued)
+	b.requireDrained()
+	require.Zero(t, logs2.FilterField(zap.String("job_id", "long")).Len(), "w2 got the job: %v", logs2.All())
 }
 
 // TestWarmupRunsBeforeTheFirstJob gives the worker a warm-up workflow.
@@ -276,7 +280,7 @@ func TestStopDuringDownComfyUI(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); w.Stop() }()
 	wg.Wait()
-	rec, err := b.store.Get(context.Background(), "waits")
+	rec, err := b.db.Get(context.Background(), "waits")
 	require.NoError(t, err)
 	require.Equal(t, proto.StatusInQueue, rec.Status, "never pulled while ComfyUI was down")
 }

@@ -22,7 +22,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -125,18 +124,21 @@ type eventLog struct {
 	msgs [][]byte
 }
 
-// watch subscribes to a job's events; call it before enqueuing.
+// watch subscribes to a job's events and previews; call it before
+// enqueuing.
 func (b *bundle) watch(jobID string) *eventLog {
 	b.t.Helper()
 	l := &eventLog{}
-	sub, err := b.nats.Conn.Subscribe(proto.EventSubject(jobID), func(m *nats.Msg) {
-		l.mu.Lock()
-		l.msgs = append(l.msgs, m.Data)
-		l.mu.Unlock()
-	})
-	require.NoError(b.t, err)
+	for _, subject := range []string{proto.JobEventSubjects(jobID), proto.PreviewSubject(jobID)} {
+		sub, err := b.nats.Conn.Subscribe(subject, func(m *nats.Msg) {
+			l.mu.Lock()
+			l.msgs = append(l.msgs, m.Data)
+			l.mu.Unlock()
+		})
+		require.NoError(b.t, err)
+		b.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
 	require.NoError(b.t, b.nats.Conn.Flush())
-	b.t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return l
 }
 
@@ -188,13 +190,4 @@ func shmDir(t testing.TB) string {
 // quietLogger logs errors only, for tests that run many jobs.
 func quietLogger(t testing.TB) *zap.Logger {
 	return zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel))
-}
-
-// newComfy is a ComfyUI client for the bundle's emulator, not started.
-func newComfy(t testing.TB, b *bundle) *comfy.Client {
-	t.Helper()
-	cc, err := comfy.New(comfy.Config{BaseURL: b.sim.URL})
-	require.NoError(t, err)
-	t.Cleanup(func() { cc.Close() })
-	return cc
 }

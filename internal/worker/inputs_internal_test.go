@@ -4,12 +4,8 @@ import (
 	"net/netip"
 	"net/url"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap"
-
-	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 func TestRewriteInputRefs(t *testing.T) {
@@ -135,19 +131,4 @@ func TestContentType(t *testing.T) {
 	require.Equal(t, "audio/flac", contentType([]byte("fLaC????"), "a.flac"), "sniffing knows no FLAC: the extension decides")
 	require.Equal(t, "application/octet-stream", contentType([]byte{0, 1, 2}, "blob"))
 	require.Equal(t, "video/webm", contentType([]byte("\x1A\x45\xDF\xA3"), "a.bin"))
-}
-
-func TestProgressing(t *testing.T) {
-	t.Parallel()
-	w := &Worker{cfg: Config{StallTimeout: time.Minute}.withDefaults()}
-	ex := newExecution(w, zap.NewNop(), &proto.Job{ID: "j"}, 1)
-	require.True(t, ex.progressing(), "the worker's own phases always beat")
-	ex.waiting.Store(true)
-	require.False(t, ex.progressing(), "ComfyUI is not answering")
-	w.alive = true
-	require.True(t, ex.progressing(), "recent progress")
-	ex.last.Store(time.Now().Add(-2 * time.Minute).UnixNano())
-	require.False(t, ex.progressing(), "no progress within the stall timeout")
-	w.cfg.StallTimeout = -1
-	require.True(t, ex.progressing(), "stall detection off: beat while ComfyUI answers")
 }

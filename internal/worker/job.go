@@ -10,20 +10,16 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// finalWriteTimeout bounds each status write, ack and event at the end of
-// a job; they run detached from the job's context so a cancelled job still
-// gets its final word in.
-const finalWriteTimeout = 10 * time.Second
+// claimTimeout bounds the claim of a delivered job.
+const claimTimeout = 10 * time.Second
 
 // Why a job's context ended (context.Cause).
 var (
@@ -31,15 +27,9 @@ var (
 	errTimedOut  = errors.New("execution timeout")
 	errStalled   = errors.New("no progress from ComfyUI")
 	errComfyDown = errors.New("ComfyUI stopped answering")
+	errLeaseLost = errors.New("lease lost: the job went to another worker")
+	errEnded     = errors.New("the job ended elsewhere")
 )
-
-// DLQReasonHeader carries the last error of a job put on the dead-letter
-// stream.
-const DLQReasonHeader = "Cf-Dlq-Reason"
-
-// DLQAttemptsHeader carries every failed attempt's error of a dead
-// letter, a JSON array of strings, oldest first.
-const DLQAttemptsHeader = "Cf-Dlq-Attempts"
 
 // outcome is what running a job led to.
 type outcome struct {
@@ -52,18 +42,19 @@ type outcome struct {
 	// the outcome once they are used up.
 	retryable bool
 	final     *outcome
-	// cancelled: someone else made the status CANCELLED; only ack.
-	cancelled bool
+	// cancelled: a cancel stopped it; lost: the attempt lost its lease;
+	// ended: the job ended elsewhere (a cancel seen at renewal).
+	cancelled, lost, ended bool
 }
 
-// handle runs one delivery to its end: a terminal status and an ack, or the
-// job back on the queue and a NAK.
+// handle runs one delivery to its end. Every change of the job's state is
+// the lifecycle core's: the claim, the lease's renewals, and the ending
+// (finished, given back, or dropped without a word when the lease was
+// lost), each of which also settles the delivery.
 func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 	job, err := proto.DecodeJob(msg.Data())
 	if err != nil {
-		// The dispatcher only admits decodable jobs; this is corruption.
-		w.log.Error("undecodable job message, terminating it", zap.String("subject", msg.Subject()), zap.Error(err))
-		_ = msg.Term()
+		w.core.Discard(ctx, msg, err.Error())
 		return
 	}
 	if w.deferToWarm(ctx, job, msg) {
@@ -77,137 +68,121 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 	untrack := w.track(&jobRef{id: job.ID, cancel: cancelJob})
 	defer untrack()
 
-	held := w.takeLease(msg, job, log)
-	defer held.release()
-	final, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalWriteTimeout)
-	defer cancel()
-	if w.live != nil && expired(job, time.Now()) {
-		// Past its TTL: it never reaches the GPU (the dispatcher's sweeper
-		// may have been slower than this delivery).
-		_, err := w.live.Expire(final, job.ID, ttlExpiredMessage)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
+	cl, err := w.core.Claim(cctx, msg, job, lifecycle.Holder{
+		WorkerID: w.cfg.ID, LeaseTTL: w.leaseTTL(), ExecTimeout: w.timeout(job), MaxAttempts: w.cfg.MaxAttempts,
+	})
+	cancel()
+	if err != nil {
 		switch {
-		case err == nil:
-			log.Info("job expired in the queue, dropping it")
-			w.event(final, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusTimedOut, Error: ttlExpiredMessage})
-			_ = msg.Ack(final)
-			return
-		case errors.Is(err, status.ErrTerminal), errors.Is(err, status.ErrNotFound):
-			_ = msg.Ack(final)
-			return
-		case errors.Is(err, status.ErrIllegal):
-			// IN_PROGRESS: a redelivery of a job that had started; the
-			// TTL only bounds the wait in the queue.
+		case errors.Is(err, lifecycle.ErrEnded), errors.Is(err, lifecycle.ErrHeld):
+			log.Debug("job not run", zap.Error(err))
+		case errors.Is(err, lifecycle.ErrUsedUp):
+			log.Info("job not run", zap.Error(err))
 		default:
-			log.Warn("expire job", zap.Error(err))
-			_ = msg.Nak(time.Second)
-			return
+			log.Warn("claim job", zap.Error(err))
 		}
-	}
-	attempt, claimed, err := w.store.Claim(final, job.ID, w.cfg.ID)
-	switch {
-	case errors.Is(err, status.ErrTerminal):
-		// Cancelled or timed out while queued: it never starts.
-		log.Info("job already finished, dropping it")
-		_ = msg.Ack(final)
-		return
-	case errors.Is(err, status.ErrNotFound):
-		log.Warn("job has no status record (expired), dropping it")
-		_ = msg.Ack(final)
-		return
-	case err != nil:
-		log.Warn("claim job", zap.Error(err))
-		_ = msg.Nak(time.Second)
 		return
 	}
-	log = log.With(zap.Int("attempt", attempt))
+	log = log.With(zap.Int("attempt", cl.Attempt))
 	w.noteWarm(job)
-	w.metrics.claimed(claimed)
-	if w.exhausted(final, job, msg, attempt, log) {
-		return
-	}
-	held.claimed(attempt, time.Now().Add(w.timeout(job)))
-	w.setState(fleet.StateRunning, job.ID)
-	w.event(final, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInProgress, Attempt: attempt, WorkerID: w.cfg.ID})
+	w.metrics.claimed(cl.Record)
+	w.setState(proto.WorkerRunning, job.ID)
 
-	ex := newExecution(w, log, job, attempt)
-	stopBeat := w.heartbeat(msg, ex)
+	stopRenew := w.renew(jctx, cl, cancelJob, log)
+	ex := newExecution(w, log, job, cl)
 	began := time.Now()
 	out := w.run(jctx, ex)
-	stopBeat()
+	stopRenew()
 	if w.cfg.RefreshWorker {
 		w.refresh(ctx, log)
 	}
-
-	final, cancel = context.WithTimeout(context.WithoutCancel(ctx), finalWriteTimeout)
-	defer cancel()
-	if out.cancelled {
-		// The canceller made the record CANCELLED before telling the
-		// workers; Cancel again in case it did not, so no job is left
-		// IN_PROGRESS. A terminal record is left as it is.
-		if _, err := w.store.Cancel(final, job.ID); err != nil && !errors.Is(err, status.ErrTerminal) {
-			log.Warn("mark cancelled job", zap.Error(err))
-		}
-		log.Info("job cancelled; its prompt was stopped in ComfyUI")
-		_ = msg.Ack(final)
-		return
-	}
-	deadLetter := false
-	if out.status == "" && out.retryable {
-		failures := w.failedAttempts(final, job.ID, attempt, out.reason, log)
-		if failures >= w.cfg.MaxAttempts && out.final != nil {
-			log.Warn("job failed on its last attempt", zap.String("reason", out.reason), zap.Int("max_attempts", w.cfg.MaxAttempts))
-			out, deadLetter = *out.final, true
-		} else {
-			out.requeueDelay = retryDelay(out.requeueDelay, failures)
-		}
-	}
 	w.metrics.ran(out.status, time.Since(began))
-	if out.status == "" {
-		_, err := w.store.Requeue(final, job.ID, attempt, out.reason)
-		switch {
-		case errors.Is(err, status.ErrTerminal):
-			log.Info("job was finished elsewhere while running (cancelled?)")
-			_ = msg.Ack(final)
-			return
-		case errors.Is(err, status.ErrStale):
-			log.Warn("requeue fenced out by a newer attempt; leaving the message to it")
-			return
-		case err != nil:
-			log.Warn("requeue job", zap.Error(err))
-		default:
-			w.event(final, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInQueue, Attempt: attempt, WorkerID: w.cfg.ID, Error: out.reason})
-		}
-		log.Info("job back on the queue", zap.String("reason", out.reason), zap.Duration("delay", out.requeueDelay))
-		_ = msg.Nak(out.requeueDelay)
+
+	switch {
+	case out.lost:
+		log.Warn("lease lost while running; the job is another worker's now, dropped without writing")
+		return
+	case out.ended:
+		log.Info("job ended elsewhere while running (cancelled); its prompt was stopped")
+		return
+	case out.cancelled:
+		w.core.Cancelled(ctx, cl)
+		log.Info("job cancelled; its prompt was stopped in ComfyUI")
 		return
 	}
-	data, err := json.Marshal(out.output)
+	if out.status == "" {
+		r := lifecycle.Requeue{Reason: out.reason, Delay: out.requeueDelay, Counted: out.retryable}
+		if out.final != nil {
+			r.Final = out.final.result()
+		}
+		err = w.core.Requeue(ctx, cl, r)
+	} else {
+		err = w.core.Finish(ctx, cl, out.result())
+	}
+	if err != nil {
+		log.Warn("end job", zap.Error(err))
+	}
+}
+
+// result is the outcome as the lifecycle core writes it.
+func (o outcome) result() lifecycle.Result {
+	data, err := json.Marshal(o.output)
 	if err != nil {
 		data, _ = json.Marshal(proto.Failure{Error: fmt.Sprintf("encode output: %v", err)})
 	}
-	_, err = w.store.Finish(final, job.ID, attempt, out.status, data, out.errMsg)
-	switch {
-	case errors.Is(err, status.ErrStale):
-		// A newer attempt owns the job (our lease expired and it was
-		// redelivered): its delivery will ack the message, not ours.
-		log.Warn("status write fenced out by a newer attempt; leaving the message to it")
-		return
-	case errors.Is(err, status.ErrTerminal):
-		log.Info("job was finished elsewhere (cancelled?)", zap.Error(err))
-		_ = msg.Ack(final)
-		return
-	case err != nil:
-		// Redis is unreachable: let the message come back and try again.
-		log.Warn("write final status", zap.Error(err))
-		_ = msg.Nak(time.Second)
-		return
+	return lifecycle.Result{Status: o.status, Output: data, Error: o.errMsg}
+}
+
+// renew keeps the claim's lease every third of its TTL, whatever the
+// job's progress (a stuck prompt is the stall watch's business), and ends
+// the job's context when the lease is lost or the job ended elsewhere. A
+// renewal that fails because Redis is away is tried again at the next
+// tick: the lease comes back to life as long as nobody took it.
+func (w *Worker) renew(ctx context.Context, cl *lifecycle.Claim, cancelJob context.CancelCauseFunc, log *zap.Logger) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		// Every third of the lease, or of AckWait when that is shorter:
+		// a renewal also heartbeats the delivery, which must not go
+		// AckWait without one (it would be redelivered to another worker).
+		every := min(cl.TTL, w.cfg.AckWait) / 3
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), every)
+			err := w.core.Renew(rctx, cl)
+			cancel()
+			switch {
+			case errors.Is(err, lifecycle.ErrLeaseLost):
+				cancelJob(errLeaseLost)
+				return
+			case errors.Is(err, lifecycle.ErrEnded):
+				cancelJob(errEnded)
+				return
+			case err != nil:
+				log.Warn("renew job lease", zap.Error(err))
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// leaseTTL is how long a job's lease lasts without renewal.
+func (w *Worker) leaseTTL() time.Duration {
+	if w.cfg.LeaseTTL > 0 {
+		return w.cfg.LeaseTTL
 	}
-	w.event(final, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: out.status, Attempt: attempt, WorkerID: w.cfg.ID, Error: out.errMsg})
-	if deadLetter {
-		w.deadLetter(final, job, msg, out.errMsg, w.attemptErrors(final, job.ID, out.errMsg))
+	if w.fleet != nil {
+		return w.fleet.WorkerTTL()
 	}
-	w.ackFinished(ctx, msg, log)
-	log.Debug("job done", zap.String("status", string(out.status)))
+	return w.cfg.AckWait
 }
 
 // run executes the job under its execution timeout and classifies the
@@ -266,6 +241,10 @@ func (w *Worker) classify(ex *execution, err, cause error, timeout time.Duration
 	)
 	unreachable := w.unreachableMessage(ex)
 	switch {
+	case errors.Is(cause, errLeaseLost):
+		return outcome{lost: true}
+	case errors.Is(cause, errEnded):
+		return outcome{ended: true}
 	case errors.Is(cause, errCancelled):
 		return outcome{cancelled: true}
 	case errors.Is(cause, errTimedOut):
@@ -365,36 +344,6 @@ type failure struct {
 
 func (f *failure) Error() string { return f.msg }
 
-// heartbeat keeps the message's lease alive while the job progresses: in
-// the worker's own phases (inputs, outputs) always, and while the prompt
-// runs only as long as ComfyUI answers and has reported progress within the
-// stall timeout. A job that stops progressing loses its lease and goes to
-// another worker if this one does not end it first.
-func (w *Worker) heartbeat(msg *queue.Message, ex *execution) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(w.cfg.AckWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if !ex.progressing() {
-					ex.log.Debug("no progress; skipping the heartbeat")
-					continue
-				}
-				if err := msg.InProgress(); err != nil {
-					w.log.Warn("heartbeat job message", zap.Error(err))
-				}
-			}
-		}
-	}()
-	return func() { close(done); <-finished }
-}
-
 // refresh frees ComfyUI's models and caches after a job (REFRESH_WORKER).
 func (w *Worker) refresh(ctx context.Context, log *zap.Logger) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -404,65 +353,10 @@ func (w *Worker) refresh(ctx context.Context, log *zap.Logger) {
 	}
 }
 
-// deadLetter puts a job that used up its attempts on the pool's dead-letter
-// stream with its last error, for inspection and replay.
-func (w *Worker) deadLetter(ctx context.Context, job *proto.Job, msg *queue.Message, reason string, attempts []string) {
-	pool := job.Pool
-	if pool == "" {
-		pool = w.cfg.Pool
-	}
-	m := &nats.Msg{Subject: proto.DLQSubject(pool), Data: msg.Data(), Header: nats.Header{}}
-	m.Header.Set(DLQReasonHeader, reason)
-	if data, err := json.Marshal(attempts); err == nil {
-		m.Header.Set(DLQAttemptsHeader, string(data))
-	}
-	if _, err := w.q.JetStream().PublishMsg(ctx, m); err != nil {
-		w.log.Warn("publish dead letter", zap.String("job_id", job.ID), zap.Error(err))
-	}
-}
-
-func (w *Worker) event(ctx context.Context, ev *proto.Event) {
-	if err := w.q.PublishEvent(ctx, ev); err != nil {
-		w.log.Warn("publish event", zap.String("job_id", ev.JobID), zap.Error(err))
-	}
-}
-
 // timeout is the job's execution timeout.
 func (w *Worker) timeout(job *proto.Job) time.Duration {
 	if p := job.Policy.ExecutionTimeout; p > 0 {
 		return time.Duration(p) * time.Millisecond
 	}
 	return w.cfg.ExecutionTimeout
-}
-
-// exhausted fails a job whose earlier attempts all failed (their workers
-// died, or ComfyUI did) before this one starts, dead-letters it and acks
-// the delivery. It reports whether it did.
-func (w *Worker) exhausted(ctx context.Context, job *proto.Job, msg *queue.Message, attempt int, log *zap.Logger) bool {
-	if w.live == nil {
-		return false
-	}
-	errs, err := w.live.AttemptErrors(ctx, job.ID)
-	if err != nil || len(errs) < w.cfg.MaxAttempts {
-		return false
-	}
-	last := errs[len(errs)-1]
-	msgText := fmt.Sprintf("Job failed after %d attempts; the last: %s", len(errs), last)
-	data, _ := json.Marshal(proto.Failure{Error: msgText, Details: errs})
-	if _, err := w.store.Finish(ctx, job.ID, attempt, proto.StatusFailed, data, msgText); err != nil {
-		switch {
-		case errors.Is(err, status.ErrStale):
-		case errors.Is(err, status.ErrTerminal):
-			_ = msg.Ack(ctx)
-		default:
-			log.Warn("fail exhausted job", zap.Error(err))
-			_ = msg.Nak(time.Second)
-		}
-		return true
-	}
-	log.Warn("job used up its attempts before this one", zap.Int("max_attempts", w.cfg.MaxAttempts))
-	w.event(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusFailed, Attempt: attempt, WorkerID: w.cfg.ID, Error: msgText})
-	w.deadLetter(ctx, job, msg, msgText, errs)
-	_ = msg.Ack(ctx)
-	return true
 }

@@ -49,32 +49,15 @@ func (w *Worker) sinkFor(job *proto.Job) (sink, error) {
 		if prefix == "" || w.s3 == nil {
 			return sink{s3: w.s3}, nil
 		}
-		cfg := w.cfg.S3
-		cfg.Prefix = prefix
-		st, err := s3.New(cfg)
+		st, err := w.s3.WithPrefix(prefix)
 		if err != nil {
 			return sink{}, &failure{msg: "Invalid output.s3_prefix: " + err.Error()}
 		}
 		return sink{s3: st}, nil
 	}
-	cfg := s3.Config{
-		Endpoint: c.EndpointURL, AccessKeyID: c.AccessID, SecretAccessKey: c.AccessSecret,
-		Bucket: c.BucketName, Prefix: c.ObjectPath,
-		URLExpiry: w.cfg.S3.URLExpiry, PartSize: w.cfg.S3.PartSize, Concurrency: w.cfg.S3.Concurrency,
-		MaxAttempts: w.cfg.S3.MaxAttempts, HTTPClient: w.cfg.S3.HTTPClient,
-	}
-	if prefix != "" {
-		cfg.Prefix = prefix
-	}
-	if strings.TrimRight(c.EndpointURL, "/") == strings.TrimRight(w.cfg.S3.Endpoint, "/") {
-		cfg.Region, cfg.Addressing = w.cfg.S3.Region, w.cfg.S3.Addressing
-	}
-	if err := cfg.Validate(); err != nil {
-		return sink{}, &failure{msg: "Invalid s3Config: " + err.Error()}
-	}
-	st, err := s3.New(cfg)
+	st, err := s3.ForRequest(w.s3, c, prefix)
 	if err != nil {
-		return sink{}, &failure{msg: "Invalid s3Config: " + err.Error()}
+		return sink{}, &failure{msg: "Invalid s3Config: " + strings.TrimPrefix(err.Error(), "s3 config: ")}
 	}
 	return sink{s3: st}, nil
 }

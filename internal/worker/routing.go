@@ -52,12 +52,6 @@ type routing struct {
 	modelsAt time.Time // last read of /object_info; zero: read at next probe
 }
 
-// fleetLister is the registry's read side, when the worker's Heartbeats
-// offers it.
-type fleetLister interface {
-	List(ctx context.Context) ([]fleet.Worker, error)
-}
-
 // objectInfoReader is the part of the ComfyUI client that lists node
 // classes; optional, so the worker's ComfyUI seam stays small.
 type objectInfoReader interface {
@@ -170,8 +164,7 @@ func (w *Worker) deferToWarm(ctx context.Context, job *proto.Job, msg *queue.Mes
 	if w.cfg.WarmDefer < 0 || msg.Delivered() > warmDefers {
 		return false
 	}
-	lister, ok := w.fleet.(fleetLister)
-	if !ok {
+	if w.fleet == nil {
 		return false
 	}
 	need := jobModels(job)
@@ -181,19 +174,19 @@ func (w *Worker) deferToWarm(ctx context.Context, job *proto.Job, msg *queue.Mes
 	w.mu.Lock()
 	me := w.self
 	w.mu.Unlock()
-	if me.HasWarm(need) {
+	if fleet.HasWarm(me, need) {
 		return false
 	}
 	// Read afresh: a stale view would hand jobs to a worker that is no
 	// longer idle. One Redis read per job, only for a worker not warm.
 	lctx, cancel := context.WithTimeout(ctx, time.Second)
-	list, err := lister.List(lctx)
+	list, err := w.fleet.Workers(lctx)
 	cancel()
 	if err != nil {
 		return false
 	}
 	for _, o := range list {
-		if o.ID != me.ID && o.Pool == me.Pool && o.State == fleet.StateIdle && o.HasWarm(need) {
+		if o.ID != me.ID && o.Pool == me.Pool && o.State == proto.WorkerIdle && fleet.HasWarm(o, need) {
 			w.log.Debug("handing job to a warm worker", zap.String("job_id", job.ID), zap.String("warm_worker", o.ID))
 			// At once the first time; later ones wait longer, so a warm
 			// worker between two pulls has time to ask again.

@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -28,11 +27,11 @@ func ckptJob(id, ckpt string) *proto.Job {
 }
 
 // worker returns a worker's heartbeat once ok holds for it.
-func (b *bundle) heartbeat(id string, ok func(fleet.Worker) bool) fleet.Worker {
+func (b *bundle) heartbeat(id string, ok func(proto.Heartbeat) bool) proto.Heartbeat {
 	b.t.Helper()
-	var got fleet.Worker
+	var got proto.Heartbeat
 	require.Eventually(b.t, func() bool {
-		list, err := b.fleet.List(context.Background())
+		list, err := b.db.Workers(context.Background())
 		if err != nil {
 			return false
 		}
@@ -56,24 +55,24 @@ func TestWarmWorkerGetsTheJob(t *testing.T) {
 	b.startWorker("warm", worker.Config{})
 	b.enqueueJob(ckptJob("first", "a.safetensors"))
 	require.Equal(t, "warm", b.wait("first", proto.StatusCompleted).WorkerID)
-	hb := b.heartbeat("warm", func(w fleet.Worker) bool { return w.State == fleet.StateIdle && len(w.Warm) > 0 })
+	hb := b.heartbeat("warm", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle && len(w.Warm) > 0 })
 	require.Equal(t, []string{"a.safetensors"}, hb.Warm)
 	require.Equal(t, []string{"a.safetensors", "b.safetensors"}, hb.Models["ckpt_name"])
 
 	b.startWorker("cold", worker.Config{})
-	b.heartbeat("cold", func(w fleet.Worker) bool { return w.State == fleet.StateIdle && w.Models != nil })
+	b.heartbeat("cold", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle && w.Models != nil })
 	for i := range 6 {
 		id := fmt.Sprintf("warm-%d", i)
 		b.enqueueJob(ckptJob(id, "a.safetensors"))
 		require.Equal(t, "warm", b.wait(id, proto.StatusCompleted).WorkerID, id)
-		b.heartbeat("warm", func(w fleet.Worker) bool { return w.State == fleet.StateIdle })
+		b.heartbeat("warm", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle })
 	}
 
 	// A job on another checkpoint runs where it lands, and makes that
 	// worker warm for it.
 	b.enqueueJob(ckptJob("other", "b.safetensors"))
 	rec := b.wait("other", proto.StatusCompleted)
-	hb = b.heartbeat(rec.WorkerID, func(w fleet.Worker) bool { return slices.Equal(w.Warm, []string{"b.safetensors"}) })
+	hb = b.heartbeat(rec.WorkerID, func(w proto.Heartbeat) bool { return slices.Equal(w.Warm, []string{"b.safetensors"}) })
 	require.Equal(t, []string{"b.safetensors"}, hb.Warm)
 }
 
@@ -82,7 +81,7 @@ func TestWarmWorkerGetsTheJob(t *testing.T) {
 func TestHandBackIsBounded(t *testing.T) {
 	t.Parallel()
 	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
-	require.NoError(t, b.fleet.Beat(context.Background(), fleet.Worker{ID: "ghost", Pool: proto.DefaultPool, State: fleet.StateIdle, Warm: []string{"a.safetensors"}}))
+	require.NoError(t, b.db.Beat(context.Background(), proto.Heartbeat{ID: "ghost", Pool: proto.DefaultPool, State: proto.WorkerIdle, Warm: []string{"a.safetensors"}}))
 	b.startWorker("cold", worker.Config{})
 	b.enqueueJob(ckptJob("next", "a.safetensors"))
 	require.Equal(t, "cold", b.wait("next", proto.StatusCompleted).WorkerID)

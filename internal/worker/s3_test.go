@@ -52,7 +52,7 @@ func TestS3Outputs(t *testing.T) {
 	cfg := srv.Config(srv.Bucket(t))
 	cfg.Prefix = "/outputs/"
 	b := setup(t)
-	b.startWorker("w1", worker.Config{S3: cfg})
+	b.startWorker("w1", worker.Config{}, workerOpts{s3: &cfg})
 	b.enqueue("s3-job", input(sampler("1", 2)+save("9", "a")+`,
 		"21":{"class_type":"CreateVideo","inputs":{"images":["8",0],"fps":24}},
 		"22":{"class_type":"SaveVideo","inputs":{"video":["21",0],"filename_prefix":"video/clip","format":"auto","codec":"auto"}}`))
@@ -92,7 +92,7 @@ func TestS3PrefixOfTheJob(t *testing.T) {
 	cfg := srv.Config(srv.Bucket(t))
 	cfg.Prefix = "worker-prefix"
 	b := setup(t)
-	b.startWorker("w1", worker.Config{S3: cfg})
+	b.startWorker("w1", worker.Config{}, workerOpts{s3: &cfg})
 	b.enqueueJob(&proto.Job{ID: "prefixed", Input: json.RawMessage(input(sampler("1", 2) + save("9", "a"))),
 		Output: &proto.OutputSettings{S3Prefix: "batches/b1"}})
 	rec := b.wait("prefixed", proto.StatusCompleted)
@@ -113,7 +113,7 @@ func TestS3ConfigOfTheRequest(t *testing.T) {
 	envCfg := srv.Config(srv.Bucket(t))
 	own := srv.Bucket(t)
 	b := setup(t)
-	b.startWorker("w1", worker.Config{S3: envCfg})
+	b.startWorker("w1", worker.Config{}, workerOpts{s3: &envCfg})
 	b.enqueueJob(&proto.Job{ID: "own-bucket", Input: []byte(input(sampler("1", 2) + save("9", "x"))),
 		S3Config: &proto.S3Config{AccessID: srv.AccessKey, AccessSecret: srv.SecretKey, BucketName: own,
 			EndpointURL: srv.Endpoint, ObjectPath: "custom/path"}})
@@ -162,7 +162,7 @@ func TestS3UploadFailures(t *testing.T) {
 	cfg.MaxAttempts = 1 // the worker's own retries are under test
 	cfg.HTTPClient = &http.Client{Transport: &failingTransport{base: http.DefaultTransport, flaky: map[string]bool{}}}
 	b := setup(t)
-	b.startWorker("w1", worker.Config{S3: cfg})
+	b.startWorker("w1", worker.Config{}, workerOpts{s3: &cfg})
 	b.enqueue("partial", input(sampler("1", 2)+save("9", "ok")+save("10", "fail")+save("11", "flaky")))
 	rec := b.wait("partial", proto.StatusCompleted)
 	out := b.output(rec)
@@ -188,7 +188,7 @@ func TestS3LargeOutputStreams(t *testing.T) {
 	cfg := srv.Config(srv.Bucket(t))
 	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Dir: shmDir(t)})
 	b.sim.SetFault(comfysim.Fault{PadOutputsTo: size})
-	b.startWorker("w1", worker.Config{S3: cfg})
+	b.startWorker("w1", worker.Config{}, workerOpts{s3: &cfg})
 
 	runtime.GC()
 	var ms runtime.MemStats
@@ -235,12 +235,3 @@ func TestS3LargeOutputStreams(t *testing.T) {
 }
 
 func mb(b uint64) float64 { return float64(b) / (1 << 20) }
-
-// TestS3MissingCredentialsFailAtStart: no silent fallback to a local path.
-func TestS3MissingCredentialsFailAtStart(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	_, err := worker.New(worker.Config{ID: "w1", S3: s3.Config{Endpoint: "https://s3.example.com", Bucket: "b"}},
-		worker.Deps{Queue: b.q, Store: b.store, Blobs: b.blobs, ComfyUI: newComfy(t, b)})
-	require.ErrorContains(t, err, "S3: credentials missing")
-}

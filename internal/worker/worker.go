@@ -18,9 +18,9 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -54,8 +54,8 @@ type Config struct {
 	// 10, a negative value never.
 	BatchEvery int
 	// AckWait is how long a job message may go without a heartbeat before
-	// it is redelivered; 0 means 30 s. The worker heartbeats every AckWait/3
-	// while ComfyUI makes progress on the job.
+	// it is redelivered; 0 means 30 s. The worker heartbeats a job it
+	// holds with every lease renewal, at least every AckWait/3.
 	AckWait time.Duration
 	// FetchWait bounds one wait for a job; 0 means 1 s.
 	FetchWait time.Duration
@@ -106,7 +106,8 @@ type Config struct {
 	RetryDelay time.Duration
 	// LeaseTTL is how long the lease on a running job lasts without
 	// renewal (it is renewed every third of it while the worker lives);
-	// once it lapses the dispatcher hands the job to another worker. 0
+	// once it lapses the dispatcher hands the job to another worker, and
+	// this one, at its next renewal, stops the prompt and drops the job. 0
 	// means the fleet heartbeat's TTL, or AckWait without a fleet.
 	LeaseTTL time.Duration
 	// RefreshWorker frees ComfyUI's models and caches after every job
@@ -135,11 +136,6 @@ type Config struct {
 	// Concurrency bounds the input uploads and the output transfers of a
 	// job that run at once; 0 means 4.
 	Concurrency int
-
-	// S3 configures output uploads to an S3-compatible store; an empty
-	// Endpoint means outputs go to the blob store and come back inline as
-	// base64. A job's s3Config beats it.
-	S3 s3.Config
 }
 
 // Validate checks the configuration and names the bad field.
@@ -185,11 +181,6 @@ func (c Config) Validate() error {
 	}
 	if _, err := parseAllowList(c.InputURLAllow); err != nil {
 		return fmt.Errorf("input URL allow list: %w", err)
-	}
-	if c.S3.Endpoint != "" {
-		if err := c.S3.Validate(); err != nil {
-			return fmt.Errorf("S3: %w", err)
-		}
 	}
 	return nil
 }
@@ -246,16 +237,6 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// StatusStore is what the worker needs of the status records.
-type StatusStore interface {
-	Claim(ctx context.Context, id, workerID string) (int, *proto.Record, error)
-	Requeue(ctx context.Context, id string, attempt int, reason string) (*proto.Record, error)
-	Finish(ctx context.Context, id string, attempt int, to proto.Status, output json.RawMessage, errMsg string) (*proto.Record, error)
-	Cancel(ctx context.Context, id string) (*proto.Record, error)
-}
-
-var _ StatusStore = (*status.Store)(nil)
-
 // ComfyUI is what the worker needs of its ComfyUI (a *comfy.Client).
 type ComfyUI interface {
 	// Start opens the WebSocket; the worker calls it once ComfyUI answers.
@@ -275,19 +256,28 @@ type ComfyUI interface {
 
 var _ ComfyUI = (*comfy.Client)(nil)
 
-// Heartbeats is where the worker announces itself (fleet.Registry).
+// Heartbeats is where the worker announces itself and finds the other
+// workers of its pool (rdb.DB).
 type Heartbeats interface {
-	Beat(ctx context.Context, w fleet.Worker) error
-	Remove(ctx context.Context, id string) error
-	TTL() time.Duration
+	Beat(ctx context.Context, w proto.Heartbeat) error
+	RemoveWorker(ctx context.Context, id string) error
+	Workers(ctx context.Context) ([]proto.Heartbeat, error)
+	WorkerTTL() time.Duration
 }
+
+var _ Heartbeats = (*rdb.DB)(nil)
 
 // Deps are the worker's collaborators.
 type Deps struct {
 	Queue *queue.Client
-	Store StatusStore
+	// Core makes every change of a job's state.
+	Core *lifecycle.Core
 	// Blobs holds input files given by blob key and, without S3, outputs.
-	Blobs   blob.Store
+	Blobs blob.Store
+	// S3 is the configured S3 store (BUCKET_*) for outputs; nil keeps
+	// outputs in Blobs, returned inline as base64. A job's s3Config beats
+	// it, and borrows its tuning.
+	S3      *s3.Store
 	ComfyUI ComfyUI
 	// Fleet is optional; without it the worker does not announce itself.
 	Fleet Heartbeats
@@ -303,11 +293,10 @@ type Deps struct {
 type Worker struct {
 	cfg      Config
 	q        *queue.Client
-	store    StatusStore
+	core     *lifecycle.Core
 	blobs    blob.Store
 	comfy    ComfyUI
 	fleet    Heartbeats
-	live     Liveness // nil when the store has none
 	log      *zap.Logger
 	s3       *s3.Store // the configured S3 store, nil without one
 	inputs   *http.Client
@@ -318,9 +307,9 @@ type Worker struct {
 	stopping context.CancelFunc // stops pulling
 	abort    context.CancelFunc // cancels the jobs in hand
 	done     chan struct{}
-	self     fleet.Worker // the heartbeat's content
-	routing  routing      // model lists and the fleet's warm workers (routing.go)
-	metrics  *Metrics     // nil records nothing
+	self     proto.Heartbeat // the heartbeat's content
+	routing  routing         // model lists and the fleet's warm workers (routing.go)
+	metrics  *Metrics        // nil records nothing
 	beatNow  chan struct{}
 	active   map[string]*jobRef // jobs in hand by id
 	alive    bool               // ComfyUI answers
@@ -335,14 +324,13 @@ type jobRef struct {
 	cancel context.CancelCauseFunc
 }
 
-// New builds a worker. A configured S3 store without credentials is an
-// error here, at start, never a silent fallback.
+// New builds a worker.
 func New(cfg Config, d Deps) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	if d.Queue == nil || d.Store == nil || d.Blobs == nil || d.ComfyUI == nil {
-		return nil, errors.New("worker: Queue, Store, Blobs and ComfyUI are required")
+	if d.Queue == nil || d.Core == nil || d.Blobs == nil || d.ComfyUI == nil {
+		return nil, errors.New("worker: Queue, Core, Blobs and ComfyUI are required")
 	}
 	log := d.Logger
 	if log == nil {
@@ -350,24 +338,14 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	}
 	cfg = cfg.withDefaults()
 	w := &Worker{
-		cfg: cfg, q: d.Queue, store: d.Store, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet,
+		cfg: cfg, q: d.Queue, core: d.Core, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet, s3: d.S3,
 		metrics:  d.Metrics,
 		log:      log.Named("worker").With(zap.String("worker_id", cfg.ID)),
-		self:     fleet.Worker{ID: cfg.ID, Pool: cfg.Pool, State: fleet.StateInitializing},
+		self:     proto.Heartbeat{ID: cfg.ID, Pool: cfg.Pool, State: proto.WorkerInitializing},
 		beatNow:  make(chan struct{}, 1),
 		active:   map[string]*jobRef{},
 		aliveCh:  make(chan struct{}),
 		comfyURL: d.ComfyUI.BaseURL(),
-	}
-	// The safety nets come with the store when it has them, so every
-	// caller that passes a *status.Store gets them without more wiring.
-	w.live, _ = d.Store.(Liveness)
-	if cfg.S3.Endpoint != "" {
-		st, err := s3.New(cfg.S3)
-		if err != nil {
-			return nil, fmt.Errorf("worker: %w", err)
-		}
-		w.s3 = st
 	}
 	allow, _ := parseAllowList(cfg.InputURLAllow)
 	w.inputs = guardedClient(allow, cfg.InputURLAllowHTTP, d.InputTLS)
@@ -549,9 +527,9 @@ func (w *Worker) track(ref *jobRef) (untrack func()) {
 		}
 		w.mu.Unlock()
 		if other != "" {
-			w.setState(fleet.StateRunning, other)
+			w.setState(proto.WorkerRunning, other)
 		} else if w.isAlive() {
-			w.setState(fleet.StateIdle, "")
+			w.setState(proto.WorkerIdle, "")
 		}
 	}
 }
@@ -629,12 +607,12 @@ func (w *Worker) setAlive(alive bool, stats *comfy.SystemStats, err error) {
 			w.log.Info("comfyui is up")
 		}
 		if !running {
-			w.setState(fleet.StateIdle, "")
+			w.setState(proto.WorkerIdle, "")
 		}
 		return
 	}
 	w.log.Warn("comfyui stopped answering; giving the jobs in hand back", zap.Int("jobs", len(refs)), zap.Error(err))
-	w.setState(fleet.StateUnhealthy, "")
+	w.setState(proto.WorkerUnhealthy, "")
 	for _, r := range refs {
 		r.cancel(errComfyDown)
 	}
@@ -672,7 +650,7 @@ func (w *Worker) needWarmup() bool {
 // runWarmup runs the warm-up workflow once. A failure is logged, not
 // retried, unless ComfyUI went away meanwhile (then it runs when it is back).
 func (w *Worker) runWarmup(ctx context.Context) {
-	w.setState(fleet.StateInitializing, "")
+	w.setState(proto.WorkerInitializing, "")
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.WarmupTimeout)
 	defer cancel()
 	start := time.Now()
@@ -695,7 +673,7 @@ func (w *Worker) runWarmup(ctx context.Context) {
 	} else {
 		w.log.Info("warm-up workflow done", zap.Duration("took", time.Since(start)))
 	}
-	w.setState(fleet.StateIdle, "")
+	w.setState(proto.WorkerIdle, "")
 }
 
 // setState records the worker's state and beats at once.
@@ -723,7 +701,7 @@ func (w *Worker) beat(ctx context.Context, done chan<- struct{}) {
 		<-ctx.Done()
 		return
 	}
-	t := time.NewTicker(w.fleet.TTL() / 3)
+	t := time.NewTicker(w.fleet.WorkerTTL() / 3)
 	defer t.Stop()
 	for {
 		w.mu.Lock()
@@ -737,7 +715,7 @@ func (w *Worker) beat(ctx context.Context, done chan<- struct{}) {
 		select {
 		case <-ctx.Done():
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_ = w.fleet.Remove(rctx, w.cfg.ID)
+			_ = w.fleet.RemoveWorker(rctx, w.cfg.ID)
 			cancel()
 			return
 		case <-t.C:

@@ -26,23 +26,25 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim/simtest"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 type bundle struct {
-	t      *testing.T
-	nats   *testenv.NATS
-	q      *queue.Client
-	store  *status.Store
+	t    *testing.T
+	nats *testenv.NATS
+	q    *queue.Client
+	db   *rdb.DB
+	// core is the lifecycle core of the test's own hand (cancels,
+	// takeovers); every worker gets its own on its own connection.
+	core   *lifecycle.Core
 	blobs  blob.Store
-	fleet  *fleet.Registry
 	sim    *simtest.Sim
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	prefix string
 	// inputTLS, when set, is given to workers for input URLs.
 	inputTLS *tls.Config
@@ -52,23 +54,28 @@ type bundle struct {
 // unless simCfg says otherwise); workers are started with startWorker.
 func setup(t *testing.T, simCfg ...comfysim.Config) *bundle {
 	t.Helper()
+	rc, prefix := testenv.Redis(t)
+	return setupOn(t, rc, prefix, simCfg...)
+}
+
+// setupOn is setup on a Redis of the test's choosing.
+func setupOn(t *testing.T, rc redis.UniversalClient, prefix string, simCfg ...comfysim.Config) *bundle {
+	t.Helper()
 	n := testenv.StartNATS(t)
-	rdb, prefix := testenv.Redis(t)
 	q, err := queue.New(n.Conn)
 	require.NoError(t, err)
 	ctx := testenv.Context(t, time.Minute)
 	require.NoError(t, q.Ensure(ctx, queue.Config{}))
-	blobs, err := blob.OpenObjectStore(ctx, n.JS, blob.ObjectStoreConfig{})
-	require.NoError(t, err)
 	sc := comfysim.Config{StepDelay: time.Millisecond}
 	if len(simCfg) > 0 {
 		sc = simCfg[0]
 	}
+	db := rdb.New(rc, rdb.Options{Prefix: prefix, WorkerTTL: 3 * time.Second})
 	return &bundle{
-		t: t, nats: n, q: q, blobs: blobs, rdb: rdb, prefix: prefix,
-		store: status.NewStore(rdb, status.Options{Prefix: prefix}),
-		fleet: fleet.NewRegistry(rdb, prefix, 3*time.Second),
-		sim:   simtest.Start(t, sc),
+		t: t, nats: n, q: q, blobs: q.Blobs(), rdb: rc, prefix: prefix,
+		db:   db,
+		core: lifecycle.New(db, q, zaptest.NewLogger(t)),
+		sim:  simtest.Start(t, sc),
 	}
 }
 
@@ -78,9 +85,16 @@ type workerOpts struct {
 	comfy  func(*comfy.Config) // tweaks the ComfyUI client
 	deps   func(*worker.Deps)  // tweaks the dependencies
 	logger *zap.Logger         // default: zaptest
+	// s3, when set, is the worker's S3 store for outputs (BUCKET_*).
+	s3 *s3.Config
+	// db, when set, is the worker's own Redis (its core's and its
+	// heartbeat's); default: the bundle's.
+	db *rdb.DB
 }
 
-// startWorker runs a worker against the emulator; its cleanup stops it.
+// startWorker runs a worker against the emulator, as role.NewWorker
+// builds one: its own NATS connection and lifecycle core. Its cleanup
+// stops it.
 func (b *bundle) startWorker(id string, cfg worker.Config, opts ...workerOpts) *worker.Worker {
 	t := b.t
 	t.Helper()
@@ -90,6 +104,9 @@ func (b *bundle) startWorker(id string, cfg worker.Config, opts ...workerOpts) *
 	}
 	if o.sim == nil {
 		o.sim = b.sim
+	}
+	if o.db == nil {
+		o.db = b.db
 	}
 	log := o.logger
 	if log == nil {
@@ -112,7 +129,11 @@ func (b *bundle) startWorker(id string, cfg worker.Config, opts ...workerOpts) *
 	nc, _ := b.nats.Connect(t)
 	wq, err := queue.New(nc)
 	require.NoError(t, err)
-	deps := worker.Deps{Queue: wq, Store: b.store, Blobs: b.blobs, ComfyUI: cc, Fleet: b.fleet, Logger: log, InputTLS: b.inputTLS}
+	deps := worker.Deps{Queue: wq, Core: lifecycle.New(o.db, wq, log), Blobs: b.blobs, ComfyUI: cc, Fleet: o.db, Logger: log, InputTLS: b.inputTLS}
+	if o.s3 != nil {
+		deps.S3, err = s3.New(*o.s3)
+		require.NoError(t, err)
+	}
 	if o.deps != nil {
 		o.deps(&deps)
 	}
@@ -129,7 +150,9 @@ func (b *bundle) enqueue(id string, input string) {
 	b.enqueueJob(&proto.Job{ID: id, Input: json.RawMessage(input), Source: proto.SourceBatch})
 }
 
-// enqueueJob records and admits a job with its policy, s3Config, ….
+// enqueueJob records and admits a job with its policy, s3Config, …: an
+// IN_QUEUE record, then the job on its pool's lane, as lifecycle's Admit
+// does.
 func (b *bundle) enqueueJob(job *proto.Job) {
 	t := b.t
 	t.Helper()
@@ -138,9 +161,11 @@ func (b *bundle) enqueueJob(job *proto.Job) {
 		job.Source = proto.SourceBatch
 	}
 	job.Place(proto.DefaultPool, time.Now())
-	_, _, err := b.store.Create(ctx, status.ParamsFor(job))
+	rec, created, err := b.db.Create(ctx, rdb.ParamsFor(job), time.Time{}, false)
 	require.NoError(t, err)
-	require.NoError(t, b.q.Admit(ctx, job))
+	require.True(t, created, "job %s has a record already", job.ID)
+	job.SubmittedAt = rec.SubmittedAt
+	require.NoError(t, b.q.PublishJob(ctx, job, job.ID))
 }
 
 // wait polls the record until it has the wanted status.
@@ -150,7 +175,7 @@ func (b *bundle) wait(id string, want proto.Status) *proto.Record {
 	var rec *proto.Record
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if r, err := b.store.Get(context.Background(), id); err == nil {
+		if r, err := b.db.Get(context.Background(), id); err == nil {
 			rec = r
 			if r.Status == want {
 				return r
@@ -173,10 +198,11 @@ func (b *bundle) requireDrained() {
 	b.t.Helper()
 	require.Eventually(b.t, func() bool {
 		s, err := b.nats.JS.Stream(context.Background(), proto.JobsStream)
-		require.NoError(b.t, err)
+		if err != nil {
+			return false
+		}
 		info, err := s.Info(context.Background())
-		require.NoError(b.t, err)
-		return info.State.Msgs == 0
+		return err == nil && info.State.Msgs == 0
 	}, 10*time.Second, 5*time.Millisecond, "job messages left unacked")
 }
 
@@ -311,12 +337,12 @@ func TestCancelledWhileQueuedNeverStarts(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.enqueue("c1", txt2img("1", 64, 64, ""))
-	_, err := b.store.Cancel(context.Background(), "c1")
+	_, err := b.core.Cancel(context.Background(), "c1")
 	require.NoError(t, err)
 	b.enqueue("after", txt2img("2", 64, 64, ""))
 	b.startWorker("w1", worker.Config{})
 	b.wait("after", proto.StatusCompleted)
-	rec, err := b.store.Get(context.Background(), "c1")
+	rec, err := b.db.Get(context.Background(), "c1")
 	require.NoError(t, err)
 	require.Equal(t, proto.StatusCancelled, rec.Status)
 	require.EqualValues(t, 1, b.sim.Server.Stats().PromptsQueued, "only the second job reached ComfyUI")
@@ -372,11 +398,11 @@ func TestHeartbeatInFleetRegistry(t *testing.T) {
 	b := setup(t)
 	w := b.startWorker("w1", worker.Config{})
 	require.Eventually(t, func() bool {
-		list, err := b.fleet.List(context.Background())
-		return err == nil && len(list) == 1 && list[0].State == fleet.StateIdle && list[0].ComfyUIVersion != ""
+		list, err := b.db.Workers(context.Background())
+		return err == nil && len(list) == 1 && list[0].State == proto.WorkerIdle && list[0].ComfyUIVersion != ""
 	}, 10*time.Second, 10*time.Millisecond)
 	w.Stop()
-	list, err := b.fleet.List(context.Background())
+	list, err := b.db.Workers(context.Background())
 	require.NoError(t, err)
 	require.Empty(t, list, "a stopped worker removes its heartbeat")
 }
@@ -395,7 +421,6 @@ func TestConfigValidate(t *testing.T) {
 		{name: "bad allow list", cfg: worker.Config{ID: "w", InputURLAllow: []string{"10.0.0.0/40"}}, wantErr: "input URL allow list"},
 		{name: "bad warm-up", cfg: worker.Config{ID: "w", WarmupWorkflow: []byte(`[1]`)}, wantErr: "warm-up workflow: not a JSON object"},
 		{name: "warm-up input without workflow", cfg: worker.Config{ID: "w", WarmupWorkflow: []byte(`{"workflow":null}`)}, wantErr: "Missing 'workflow' parameter"},
-		{name: "S3 without credentials", cfg: worker.Config{ID: "w", S3: s3.Config{Endpoint: "https://s3.example.com", Bucket: "b"}}, wantErr: "S3: credentials missing"},
 		{name: "stall detection off", cfg: worker.Config{ID: "w", StallTimeout: -1}},
 		{name: "ok", cfg: worker.Config{ID: "w"}},
 	}

@@ -25,9 +25,14 @@ async function startStack() {
   const bin = join(dir, "comfyfleet");
   console.log("building comfyfleet …");
   execFileSync("go", ["build", "-o", bin, "./cmd/comfyfleet"], { cwd: root, stdio: "inherit" });
-  // An isolated stack: embedded NATS and Redis, whatever the environment says.
+  // An isolated stack: embedded NATS and Redis, whatever the environment
+  // says. dev reads every variable of every binary it embeds (API_KEYS,
+  // POOL, BUCKET_*, …); its --help names them all.
+  const help = execFileSync(bin, ["dev", "--help"], { encoding: "utf8" });
+  const vars = [...help.matchAll(/\(env ([A-Z0-9_]+)\)/g)].map((m) => m[1]);
+  assert.ok(vars.includes("NATS_URL") && vars.includes("API_KEYS"), `comfyfleet dev --help names no variables:\n${help}`);
   const env = { ...process.env };
-  for (const k of ["REDIS_URL", "NATS_URL", "LISTEN_ADDR", "COMFYFLEET_WORKERS", "COMFYUI_URL", "COMFYFLEET_DIR", "COMFYSIM_STEP_DELAY", "LOG_LEVEL"]) {
+  for (const k of vars) {
     delete env[k];
   }
   const child = spawn(bin, ["dev", "--listen", "127.0.0.1:0", "--dir", join(dir, "stack"), "--workers", "2", "--log-level", "warn"], {

@@ -177,7 +177,8 @@ func (c Config) Validate() error {
 // Store is a blob.Store in one bucket under one prefix. It is safe for
 // concurrent use.
 type Store struct {
-	cfg     Config
+	cfg     Config // resolved
+	given   Config // as given to New
 	client  *awss3.Client
 	presign *awss3.PresignClient
 	bufs    sync.Pool
@@ -190,6 +191,7 @@ func New(cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("s3 config: %w", err)
 	}
+	given := cfg
 	cfg = cfg.resolve()
 	opts := awss3.Options{
 		Region:                     cfg.Region,
@@ -205,7 +207,7 @@ func New(cfg Config) (*Store, error) {
 		opts.HTTPClient = cfg.HTTPClient
 	}
 	client := awss3.New(opts)
-	s := &Store{cfg: cfg, client: client, presign: awss3.NewPresignClient(client)}
+	s := &Store{cfg: cfg, given: given, client: client, presign: awss3.NewPresignClient(client)}
 	size := cfg.PartSize
 	s.bufs.New = func() any { b := make([]byte, size); return &b }
 	return s, nil

@@ -69,7 +69,7 @@ func TestPythonWorkerRunsFleetJobs(t *testing.T) {
 			require.Equal(t, e, out["error"], tc.name)
 		}
 		require.Equal(t, "worker-1", out["workerId"], tc.name)
-		rec, err := b.fleet.Store.Get(context.Background(), id)
+		rec, err := b.fleet.DB.Get(context.Background(), id)
 		require.NoError(t, err)
 		require.Equal(t, 1, rec.Attempt, "one claim, one attempt")
 	}
@@ -249,11 +249,11 @@ func TestConcurrencyThree(t *testing.T) {
 	require.True(t, three, "a ping named three held jobs, comma-joined")
 	var starts []time.Time
 	for _, id := range ids[:3] {
-		rec, err := b.fleet.Store.Get(context.Background(), id)
+		rec, err := b.fleet.DB.Get(context.Background(), id)
 		require.NoError(t, err)
 		starts = append(starts, rec.StartedAt)
 	}
-	rec, err := b.fleet.Store.Get(context.Background(), ids[1])
+	rec, err := b.fleet.DB.Get(context.Background(), ids[1])
 	require.NoError(t, err)
 	for _, s := range starts {
 		require.True(t, s.Before(rec.FinishedAt), "the first three ran at the same time")
@@ -327,7 +327,7 @@ func TestStaleResultIsFencedOut(t *testing.T) {
 			t.Fatalf("unexpected post %s", p.URI)
 		}
 	}
-	rec, err := b.fleet.Store.Get(context.Background(), id)
+	rec, err := b.fleet.DB.Get(context.Background(), id)
 	require.NoError(t, err)
 	require.Equal(t, "fast", rec.WorkerID)
 	require.Equal(t, 2, rec.Attempt)
@@ -373,8 +373,83 @@ func TestPingsKeepTheMessage(t *testing.T) {
 	id := b.run(t, `"mock_delay":3,"mock_return":"long"`)
 	out := b.final(t, id)
 	require.Equal(t, "long", out["output"])
-	rec, err := b.fleet.Store.Get(context.Background(), id)
+	rec, err := b.fleet.DB.Get(context.Background(), id)
 	require.NoError(t, err)
 	require.Equal(t, 1, rec.Attempt, "never redelivered")
 	require.Zero(t, rec.Retries)
+}
+
+// takeAs takes one job as the RunPod worker name, by hand, and returns
+// its id.
+func (b *bundle) takeAs(t *testing.T, name string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, _, body := b.raw(t, "GET", "/v2/ep1/job-take/"+name+"?gpu=TEST&job_in_progress=0", "")
+		if code == http.StatusOK {
+			var j struct{ ID string }
+			require.NoError(t, json.Unmarshal(body, &j), "%s", body)
+			return j.ID
+		}
+		require.Equal(t, http.StatusNoContent, code, "%s", body)
+		require.True(t, time.Now().Before(deadline), "%s got no job", name)
+	}
+}
+
+// TestQuietWorkerLosesTheJob: a RunPod worker that stops pinging loses
+// its job to the dispatcher's sweeper, the job goes back on the queue and
+// another worker completes it; every later post of the quiet worker is
+// refused (409 while the other holds the job, 404 once it ended), its
+// ping revives nothing, and the record keeps the other worker's result.
+func TestQuietWorkerLosesTheJob(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1, nil) // leases of 1.5 s
+	ctx := context.Background()
+	form := []string{"Content-Type", "application/x-www-form-urlencoded", "charset", "utf-8"}
+	id := b.run(t, `"mock_return":1`)
+	b.fleet.WaitStatus(t, id, proto.StatusInQueue)
+
+	require.Equal(t, id, b.takeAs(t, "quiet"))
+	rec := b.fleet.WaitStatus(t, id, proto.StatusInProgress)
+	require.Equal(t, [2]any{1, "quiet"}, [2]any{rec.Attempt, rec.WorkerID})
+
+	// No ping: the lease lapses and the sweeper gives the job back.
+	rec = b.fleet.WaitStatus(t, id, proto.StatusInQueue)
+	require.Equal(t, 1, rec.Retries, "a lost lease counts as a retry")
+	errs, err := b.fleet.Core.AttemptErrors(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, []string{"attempt 1: " + proto.MsgLeaseLapsed}, errs)
+	code, _, _ := b.raw(t, "GET", "/v2/ep1/ping/quiet?gpu=TEST&job_id="+id+"&runpod_version=1.12.0", "")
+	require.Equal(t, http.StatusOK, code)
+	rec, err = b.fleet.DB.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, proto.StatusInQueue, rec.Status, "a late ping does not take the job back")
+
+	require.Equal(t, id, b.takeAs(t, "other"))
+	rec = b.fleet.WaitStatus(t, id, proto.StatusInProgress)
+	require.Equal(t, [2]any{2, "other"}, [2]any{rec.Attempt, rec.WorkerID})
+	code, _, _ = b.raw(t, "GET", "/v2/ep1/ping/other?gpu=TEST&job_id="+id+"&runpod_version=1.12.0", "")
+	require.Equal(t, http.StatusOK, code, "the other worker keeps its lease")
+
+	// The quiet worker's result and chunk, while the other holds the job.
+	code, _, body := b.raw(t, "POST", "/v2/ep1/job-done/quiet/"+id+"?gpu=TEST&isStream=false", `{"output": "stale"}`, form...)
+	require.Equal(t, http.StatusConflict, code, "%s", body)
+	require.Contains(t, string(body), "held by another worker now (attempt 2)")
+	code, _, body = b.raw(t, "POST", "/v2/ep1/job-stream/quiet/"+id+"?gpu=TEST&isStream=false", `{"output": "stale chunk"}`, form...)
+	require.Equal(t, http.StatusConflict, code, "%s", body)
+
+	code, _, body = b.raw(t, "POST", "/v2/ep1/job-done/other/"+id+"?gpu=TEST&isStream=false", `{"output": "fresh"}`, form...)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	rec = b.fleet.WaitStatus(t, id, proto.StatusCompleted)
+
+	// Once it ended: no lease at all.
+	code, _, body = b.raw(t, "POST", "/v2/ep1/job-done/quiet/"+id+"?gpu=TEST&isStream=false", `{"output": "stale"}`, form...)
+	require.Equal(t, http.StatusNotFound, code, "%s", body)
+	after, err := b.fleet.DB.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, rec, after, "the refused posts changed nothing")
+	require.JSONEq(t, `"fresh"`, string(after.Output))
+	require.Equal(t, [2]any{2, "other"}, [2]any{after.Attempt, after.WorkerID})
+	_, stream := b.call(t, "GET", "/v2/ep1/stream/"+id, "")
+	require.Equal(t, []any{}, stream["stream"], "the stale chunk was not published")
 }

@@ -7,8 +7,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // handlePing takes a worker's heartbeat (§A.12): job_id is one
@@ -29,23 +30,26 @@ func (h *Host) handlePing(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	for _, id := range ids {
-		l, err := h.leases.get(ctx, id)
-		if errors.Is(err, errNoLease) {
+		cl, err := h.core.Resume(ctx, id)
+		if errors.Is(err, rdb.ErrLeaseLost) {
 			continue // given back already; the worker learns on its post
 		}
 		if err != nil {
 			h.log.Warn("read lease", zap.String("job_id", id), zap.Error(err))
 			continue
 		}
-		if l.heldBy(raw) {
-			h.alive(ctx, l) // a worker that lost the job keeps nothing alive
+		if heldBy(cl, raw) {
+			// A worker that lost the job keeps nothing alive.
+			if err := h.core.Renew(ctx, cl); err != nil {
+				h.log.Debug("renew lease", zap.String("job_id", id), zap.Error(err))
+			}
 		}
 	}
 	if q.Get("status") == "unhealthy" {
 		h.log.Warn("RunPod worker reports it is unfit", zap.String("worker_id", wid),
 			zap.String("check", q.Get("check")), zap.String("reason", q.Get("reason")))
 		if h.fleet != nil {
-			_ = h.fleet.Beat(ctx, fleet.Worker{ID: wid, Pool: h.cfg.Pool, State: fleet.StateUnhealthy})
+			_ = h.fleet.Beat(ctx, proto.Heartbeat{ID: wid, Pool: h.cfg.Pool, State: proto.WorkerUnhealthy})
 		}
 	} else {
 		first := ""

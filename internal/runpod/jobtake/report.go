@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
-	"github.com/comfyfleet/comfyfleet/internal/status"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -88,18 +90,18 @@ func (h *Host) readBody(w http.ResponseWriter, r *http.Request) (*Result, bool) 
 	return res, true
 }
 
-// holder finds the lease of the job named in the path (cut at "&") and
+// holder finds the claim of the job named in the path (cut at "&") and
 // checks that the posting worker holds it; ok is false when it does not,
 // in which case it answered with a 4xx, which makes the SDK drop the post.
-func (h *Host) holder(w http.ResponseWriter, r *http.Request) (*lease, bool) {
+func (h *Host) holder(w http.ResponseWriter, r *http.Request) (*lifecycle.Claim, bool) {
 	id, _ := params(r, r.PathValue("job"))
 	name, _ := params(r, r.PathValue("worker"))
 	if err := proto.ValidID(id); err != nil {
 		runpod.WriteError(w, http.StatusBadRequest, "job id: "+err.Error())
 		return nil, false
 	}
-	l, err := h.leases.get(r.Context(), id)
-	if errors.Is(err, errNoLease) {
+	cl, err := h.core.Resume(r.Context(), id)
+	if errors.Is(err, rdb.ErrLeaseLost) {
 		// Given back (the worker went quiet too long), finished through
 		// another path, or never taken here: a 4xx makes the SDK drop
 		// it, which is right, since another attempt owns the job now.
@@ -111,14 +113,22 @@ func (h *Host) holder(w http.ResponseWriter, r *http.Request) (*lease, bool) {
 		h.unavailable(w, "read lease", err)
 		return nil, false
 	}
-	if !l.heldBy(name) {
+	if !heldBy(cl, name) {
 		// The worker lost the job (it went quiet too long) and another
 		// attempt holds it now: this post is fenced out.
-		h.log.Info("post from a worker that lost the job", zap.String("job_id", id), zap.String("worker", name), zap.Int("attempt", l.Attempt))
-		runpod.WriteError(w, http.StatusConflict, fmt.Sprintf("job %s is held by another worker now (attempt %d); this result is dropped", id, l.Attempt))
+		h.log.Info("post from a worker that lost the job", zap.String("job_id", id), zap.String("worker", name), zap.Int("attempt", cl.Attempt))
+		runpod.WriteError(w, http.StatusConflict, fmt.Sprintf("job %s is held by another worker now (attempt %d); this result is dropped", id, cl.Attempt))
 		return nil, false
 	}
-	return l, true
+	return cl, true
+}
+
+// heldBy reports whether a worker that names itself name in a URL holds
+// the claim. A worker whose take template carried the literal
+// "$RUNPOD_POD_ID" (§A.3) took the job under that name but posts under
+// its real one; such a lease cannot be checked and is taken on trust.
+func heldBy(cl *lifecycle.Claim, name string) bool {
+	return cl.Taker == name || strings.Contains(cl.Taker, "$")
 }
 
 func (h *Host) unavailable(w http.ResponseWriter, what string, err error) {
@@ -133,44 +143,40 @@ func (h *Host) handleDone(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	l, ok := h.holder(w, r)
+	cl, ok := h.holder(w, r)
 	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
 	defer cancel()
-	log := h.log.With(zap.String("job_id", l.JobID), zap.String("worker_id", l.WorkerID), zap.Int("attempt", l.Attempt))
+	log := h.log.With(zap.String("job_id", cl.JobID), zap.String("worker_id", cl.WorkerID), zap.Int("attempt", cl.Attempt))
 	if res.Progress {
-		h.progress(ctx, log, l, proto.EventProgressUpdate, res.Output)
+		h.progress(ctx, log, cl, proto.EventProgressUpdate, res.Output)
 		runpod.WriteJSON(w, http.StatusOK, struct{}{})
 		return
 	}
-	to, errMsg := proto.StatusCompleted, res.Error
-	if errMsg != "" {
-		to = proto.StatusFailed
+	result := lifecycle.Result{Status: proto.StatusCompleted, Output: res.Output, Error: res.Error}
+	if res.Error != "" {
+		result.Status = proto.StatusFailed
 	}
-	output := res.Output
-	if to == proto.StatusCompleted && len(output) == 0 {
-		output = json.RawMessage("null")
+	if result.Status == proto.StatusCompleted && len(result.Output) == 0 {
+		result.Output = json.RawMessage("null")
 	}
-	if len(output) > 0 {
+	if len(result.Output) > 0 {
 		var err error
-		if output, err = storeOutput(ctx, h.blobs, l.JobID, l.Attempt, output); err != nil {
+		if result.Output, err = storeOutput(ctx, h.blobs, cl.JobID, cl.Attempt, result.Output); err != nil {
 			h.unavailable(w, "store output files", err)
 			return
 		}
 	}
-	_, err := h.records.Finish(ctx, l.JobID, l.Attempt, to, output, errMsg)
+	err := h.core.Finish(ctx, cl, result)
 	switch {
 	case err == nil:
-		h.event(ctx, &proto.Event{JobID: l.JobID, Type: proto.EventStatus, Status: to, Attempt: l.Attempt, WorkerID: l.WorkerID, Error: errMsg})
-		h.ack(ctx, l.Reply)
-		log.Debug("job done", zap.String("status", string(to)))
-	case errors.Is(err, status.ErrTerminal), errors.Is(err, status.ErrNotFound):
+		log.Debug("job done", zap.String("status", string(result.Status)))
+	case errors.Is(err, lifecycle.ErrEnded):
 		// Cancelled (or expired) while it ran: the message is done.
-		h.ack(ctx, l.Reply)
 		log.Info("result of a job that had already ended", zap.Error(err))
-	case errors.Is(err, status.ErrStale):
+	case errors.Is(err, lifecycle.ErrLeaseLost):
 		// A newer attempt holds the job; its delivery will be acked.
 		log.Warn("result fenced out by a newer attempt", zap.Error(err))
 	default:
@@ -180,10 +186,7 @@ func (h *Host) handleDone(w http.ResponseWriter, r *http.Request) {
 	if res.StopPod {
 		log.Info("the worker asked to be recycled after this job (refresh_worker); restart it to honour that")
 	}
-	if err := h.leases.drop(ctx, l); err != nil {
-		log.Warn("drop lease", zap.Error(err))
-	}
-	h.beat(ctx, l.WorkerID, false, "")
+	h.beat(ctx, cl.WorkerID, false, "")
 	runpod.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
@@ -193,7 +196,7 @@ func (h *Host) handleStream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	l, ok := h.holder(w, r)
+	cl, ok := h.holder(w, r)
 	if !ok {
 		return
 	}
@@ -203,30 +206,18 @@ func (h *Host) handleStream(w http.ResponseWriter, r *http.Request) {
 	if len(out) == 0 {
 		out = json.RawMessage("null")
 	}
-	h.progress(ctx, h.log.With(zap.String("job_id", l.JobID)), l, proto.EventStream, out)
+	h.progress(ctx, h.log.With(zap.String("job_id", cl.JobID)), cl, proto.EventStream, out)
 	runpod.WriteJSON(w, http.StatusOK, struct{}{})
 }
 
 // progress publishes a worker's chunk or progress value as an event,
 // unless the job already ended (the SDK's progress thread may post after
 // the result, §A.9), and counts it as a sign of life.
-func (h *Host) progress(ctx context.Context, log *zap.Logger, l *lease, typ proto.EventType, output json.RawMessage) {
-	rec, err := h.records.Get(ctx, l.JobID)
-	if err == nil && (rec.Status.Terminal() || rec.Attempt != l.Attempt) {
-		return
-	}
-	if err := h.events.Publish(ctx, &proto.Event{
-		JobID: l.JobID, Type: typ, Attempt: l.Attempt, WorkerID: l.WorkerID, Output: output,
-	}); err != nil {
+func (h *Host) progress(ctx context.Context, log *zap.Logger, cl *lifecycle.Claim, typ proto.EventType, output json.RawMessage) {
+	if err := h.core.Chunk(ctx, cl, typ, output); err != nil {
 		log.Warn("publish progress", zap.Error(err))
 	}
-	h.alive(ctx, l)
-}
-
-// alive renews a lease and keeps its message from being redelivered.
-func (h *Host) alive(ctx context.Context, l *lease) {
-	if ok, err := h.leases.renew(ctx, l.JobID, time.Now().Add(h.cfg.LeaseTimeout)); err != nil || !ok {
-		return
+	if err := h.core.Renew(ctx, cl); err != nil {
+		log.Debug("renew lease", zap.Error(err))
 	}
-	h.inProgress(l.Reply)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
@@ -37,12 +38,15 @@ func setup(t *testing.T, replicas int, edit func(*jobtake.Config)) *bundle {
 	if edit != nil {
 		edit(&cfg)
 	}
+	// The dispatcher's sweeper gives back the job of a RunPod worker that
+	// stopped pinging, as it does a gpuworker's.
+	f.StartSweeper(t, lifecycle.SweeperConfig{Every: 100 * time.Millisecond})
 	var backends []string
 	for range replicas {
-		q, blobs := f.Replica(t)
+		q, core := f.ReplicaCore(t)
 		log := zaptest.NewLogger(t)
-		api := runpod.NewAPI(runpod.Config{}, q, f.Store, blobs, f.Registry, log)
-		host, err := jobtake.New(cfg, jobtake.Deps{Queue: q, Records: f.Store, Blobs: blobs, Redis: f.Redis, KeyPrefix: f.Prefix, Fleet: f.Registry, Logger: log})
+		api := runpod.NewAPI(runpod.Config{}, runpod.Deps{Queue: q, Core: core, DB: f.DB, Blobs: q.Blobs(), Logger: log})
+		host, err := jobtake.New(cfg, jobtake.Deps{Queue: q, Core: core, Blobs: q.Blobs(), Fleet: f.DB, Logger: log})
 		require.NoError(t, err)
 		require.NoError(t, host.Start(t.Context()))
 		mux := http.NewServeMux()

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 )
 
@@ -50,35 +51,31 @@ func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// ended lists the jobs leased to a worker whose records went terminal,
-// acks their messages and drops their leases.
+// ended lists the jobs leased to a worker whose records went terminal
+// (cancelled while it ran them), and settles them: their deliveries acked,
+// their leases released.
 func (h *Host) ended(ctx context.Context, wid string) ([]string, error) {
-	held, err := h.leases.held(ctx, wid)
+	held, err := h.core.Held(ctx, wid)
 	if err != nil {
 		return nil, err
 	}
 	ids := []string{}
 	for _, id := range held {
-		l, err := h.leases.get(ctx, id)
-		if errors.Is(err, errNoLease) {
+		cl, err := h.core.Resume(ctx, id)
+		if errors.Is(err, rdb.ErrLeaseLost) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		if l.WorkerID != wid {
+		if cl.WorkerID != wid {
 			continue
 		}
-		rec, err := h.records.Get(ctx, id)
-		if err != nil || !rec.Status.Terminal() {
+		rec, err := h.core.Get(ctx, id)
+		if err != nil || !rec.Status.Terminal() || rec.Attempt != cl.Attempt {
 			continue
 		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		h.ack(fctx, l.Reply)
-		if err := h.leases.drop(fctx, l); err != nil {
-			h.log.Warn("drop lease", zap.String("job_id", id), zap.Error(err))
-		}
-		cancel()
+		h.core.Cancelled(ctx, cl)
 		h.log.Info("stopping job on its RunPod worker", zap.String("job_id", id), zap.String("worker_id", wid), zap.String("status", string(rec.Status)))
 		ids = append(ids, id)
 	}

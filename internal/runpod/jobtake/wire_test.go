@@ -124,7 +124,7 @@ func TestFitnessReportMarksTheWorkerUnhealthy(t *testing.T) {
 	b := setup(t, 1, nil)
 	code, _, _ := b.raw(t, "GET", "/v2/ep1/ping/worker-9?gpu=TEST&status=unhealthy&check=check_gpu&reason=no+GPU&runpod_version=1.12.0", "")
 	require.Equal(t, http.StatusOK, code)
-	ws, err := b.fleet.Registry.List(context.Background())
+	ws, err := b.fleet.DB.Workers(context.Background())
 	require.NoError(t, err)
 	require.Len(t, ws, 1)
 	require.Equal(t, "unhealthy", ws[0].State)

@@ -3,7 +3,6 @@ package runpodtest
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -13,65 +12,97 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
-	"github.com/comfyfleet/comfyfleet/internal/dispatch"
-	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/status"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // Fleet is a test's own fleet: a fresh NATS server with the contract's
-// streams and blob bucket, the test Redis under a key prefix of its own,
-// and one dispatcher. Everything stops at the end of the test.
+// streams and buckets, the test Redis under a key prefix of its own, the
+// lifecycle core on them, and an admission loop in place of a dispatcher
+// (the RunPod role's tests need no control plane beyond admission).
+// Everything stops at the end of the test.
 type Fleet struct {
-	NATS     *testenv.NATS
-	Queue    *queue.Client
-	Blobs    blob.Store
-	Redis    *redis.Client
-	Prefix   string
-	Store    *status.Store
-	Registry *fleet.Registry
+	NATS   *testenv.NATS
+	Queue  *queue.Client
+	Blobs  blob.Store
+	DB     *rdb.DB
+	Core   *lifecycle.Core
+	Redis  *redis.Client
+	Prefix string
 }
 
-// StartFleet starts a fleet with its dispatcher.
+// StartFleet starts a fleet with its admission loop.
 func StartFleet(t testing.TB) *Fleet {
 	t.Helper()
 	n := testenv.StartNATS(t)
-	rdb, prefix := testenv.Redis(t)
-	f := &Fleet{NATS: n, Redis: rdb, Prefix: prefix}
+	client, prefix := testenv.Redis(t)
+	f := &Fleet{NATS: n, Redis: client, Prefix: prefix}
 	f.Queue, f.Blobs = f.Replica(t)
-	f.Store = status.NewStore(rdb, status.Options{Prefix: prefix})
-	f.Registry = fleet.NewRegistry(rdb, prefix, 0)
-	d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, f.Queue, f.Store, zaptest.NewLogger(t))
+	f.DB = rdb.New(client, rdb.Options{Prefix: prefix})
+	f.Core = lifecycle.New(f.DB, f.Queue, zaptest.NewLogger(t))
+	cons, err := f.Queue.IntakeConsumer(testenv.Context(t, 10*time.Second), queue.ConsumerConfig{})
 	if err != nil {
-		t.Fatalf("dispatcher: %v", err)
+		t.Fatalf("intake consumer: %v", err)
 	}
-	if err := d.Start(testenv.Context(t, time.Minute)); err != nil {
-		t.Fatalf("start dispatcher: %v", err)
-	}
-	t.Cleanup(d.Stop)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			msg, err := cons.Next(ctx, 200*time.Millisecond)
+			if err != nil {
+				continue
+			}
+			if _, _, err := f.Core.Admit(context.WithoutCancel(ctx), msg, lifecycle.AdmitOptions{DefaultPool: proto.DefaultPool}); err != nil {
+				_ = msg.Nak(50 * time.Millisecond)
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
 	return f
 }
 
-// Replica opens a queue client and blob store on a connection of their
-// own, as another process would have.
+// Replica opens a queue client (with the blob store) on a connection of
+// its own, as another process would have.
 func (f *Fleet) Replica(t testing.TB) (*queue.Client, blob.Store) {
 	t.Helper()
-	nc, js := f.NATS.Connect(t)
+	nc, _ := f.NATS.Connect(t)
 	q, err := queue.New(nc)
 	if err != nil {
 		t.Fatalf("queue: %v", err)
 	}
-	ctx := testenv.Context(t, 30*time.Second)
-	if err := q.Ensure(ctx, queue.Config{}); err != nil {
+	if err := q.Ensure(testenv.Context(t, 30*time.Second), queue.Config{}); err != nil {
 		t.Fatalf("ensure streams: %v", err)
 	}
-	blobs, err := blob.OpenObjectStore(ctx, js, blob.ObjectStoreConfig{})
+	return q, q.Blobs()
+}
+
+// ReplicaCore opens a queue client and a lifecycle core on a connection
+// of their own.
+func (f *Fleet) ReplicaCore(t testing.TB) (*queue.Client, *lifecycle.Core) {
+	t.Helper()
+	q, _ := f.Replica(t)
+	return q, lifecycle.New(f.DB, q, zaptest.NewLogger(t))
+}
+
+// StartSweeper runs a sweeper on the fleet's core until the test ends, as
+// every dispatcher does: it expires queued jobs past their TTL and gives
+// back the jobs of workers (gpuworkers and RunPod workers alike) whose
+// lease lapsed.
+func (f *Fleet) StartSweeper(t testing.TB, cfg lifecycle.SweeperConfig) *lifecycle.Sweeper {
+	t.Helper()
+	s, err := f.Core.NewSweeper(cfg)
 	if err != nil {
-		t.Fatalf("blob store: %v", err)
+		t.Fatalf("sweeper: %v", err)
 	}
-	return q, blobs
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatalf("start sweeper: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s
 }
 
 // WaitStatus polls the job's record until it has the status or the
@@ -81,7 +112,7 @@ func (f *Fleet) WaitStatus(t testing.TB, id string, want proto.Status) *proto.Re
 	deadline := time.Now().Add(20 * time.Second)
 	var last *proto.Record
 	for time.Now().Before(deadline) {
-		rec, err := f.Store.Get(context.Background(), id)
+		rec, err := f.DB.Get(context.Background(), id)
 		if err == nil {
 			last = rec
 			if rec.Status == want {
@@ -128,13 +159,14 @@ func Input(m Mock) json.RawMessage {
 	return data
 }
 
-// FleetWorker takes jobs from the pool like a gpuworker (claim, events,
-// fenced finish, ack) and plays each job's Mock instead of running
-// ComfyUI.
+// FleetWorker takes jobs from the pool like a gpuworker, through the
+// lifecycle core (claim, lease, progress, fenced finish), and plays each
+// job's Mock instead of running ComfyUI.
 type FleetWorker struct {
 	ID      string
 	f       *Fleet
 	q       *queue.Client
+	core    *lifecycle.Core
 	cancel  context.CancelFunc
 	done    chan struct{}
 	mu      sync.Mutex
@@ -145,13 +177,14 @@ type FleetWorker struct {
 // StartWorker starts a FleetWorker on the default pool.
 func (f *Fleet) StartWorker(t testing.TB, id string) *FleetWorker {
 	t.Helper()
-	q, blobs := f.Replica(t)
+	q, core := f.ReplicaCore(t)
+	blobs := q.Blobs()
 	cons, err := q.OpenLanes(testenv.Context(t, 10*time.Second), proto.DefaultPool, queue.LanesConfig{})
 	if err != nil {
 		t.Fatalf("open lanes: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &FleetWorker{ID: id, f: f, q: q, cancel: cancel, done: make(chan struct{}), cancels: map[string]chan struct{}{}}
+	w := &FleetWorker{ID: id, f: f, q: q, core: core, cancel: cancel, done: make(chan struct{}), cancels: map[string]chan struct{}{}}
 	stop, err := q.SubscribeCancels(func(jobID string) {
 		w.mu.Lock()
 		defer w.mu.Unlock()
@@ -194,7 +227,7 @@ func (w *FleetWorker) handle(ctx context.Context, blobs blob.Store, msg *queue.M
 	fctx := context.WithoutCancel(ctx)
 	job, err := proto.DecodeJob(msg.Data())
 	if err != nil {
-		_ = msg.Term()
+		w.core.Discard(fctx, msg, err.Error())
 		return
 	}
 	w.mu.Lock()
@@ -207,17 +240,17 @@ func (w *FleetWorker) handle(ctx context.Context, blobs blob.Store, msg *queue.M
 		delete(w.cancels, job.ID)
 		w.mu.Unlock()
 	}()
-	attempt, _, err := w.f.Store.Claim(fctx, job.ID, w.ID)
+	cl, err := w.core.Claim(fctx, msg, job, lifecycle.Holder{WorkerID: w.ID, LeaseTTL: 15 * time.Second})
 	if err != nil {
-		_ = msg.Ack(fctx)
 		return
 	}
-	w.event(fctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInProgress, Attempt: attempt, WorkerID: w.ID})
+	attempt := cl.Attempt
 	var in struct {
 		Mock Mock `json:"mock"`
 	}
 	_ = json.Unmarshal(job.Input, &in)
 	m := in.Mock
+	stopped := false
 	pause := func() bool {
 		if m.DelayMS == 0 {
 			return true
@@ -226,6 +259,7 @@ func (w *FleetWorker) handle(ctx context.Context, blobs blob.Store, msg *queue.M
 		case <-time.After(time.Duration(m.DelayMS) * time.Millisecond):
 			return true
 		case <-cancelled:
+			stopped = true
 			return false
 		case <-ctx.Done():
 			return false
@@ -235,22 +269,26 @@ func (w *FleetWorker) handle(ctx context.Context, blobs blob.Store, msg *queue.M
 		if !pause() {
 			break
 		}
-		w.event(fctx, &proto.Event{JobID: job.ID, Type: proto.EventProgress, Attempt: attempt, WorkerID: w.ID,
-			Progress: &proto.Progress{Node: "3", Value: int64(i), Max: int64(m.Progress), Percent: float64(i * 100 / m.Progress)}})
+		w.core.Progress(cl, proto.Progress{Node: "3", Value: int64(i), Max: int64(m.Progress), Percent: float64(i * 100 / m.Progress)})
 	}
 	if m.Hold {
 		select {
 		case <-cancelled:
+			stopped = true
 		case <-ctx.Done():
 		}
 	} else if m.Progress == 0 {
 		pause()
 	}
-	to, out, errMsg := proto.StatusCompleted, m.Return, ""
+	if stopped {
+		w.core.Cancelled(fctx, cl)
+		return
+	}
+	res := lifecycle.Result{Status: proto.StatusCompleted, Output: m.Return}
 	switch {
 	case m.Error != "" || attempt <= m.FailAttempts:
-		to, errMsg = proto.StatusFailed, fmt.Sprintf("%s (attempt %d)", m.Error, attempt)
-		out, _ = json.Marshal(proto.Failure{Error: errMsg})
+		res.Status, res.Error = proto.StatusFailed, fmt.Sprintf("%s (attempt %d)", m.Error, attempt)
+		res.Output, _ = json.Marshal(proto.Failure{Error: res.Error})
 	case m.Image != "":
 		key := blob.OutputKey(job.ID, attempt, "9", "ComfyUI_00001_.png")
 		data, _ := decodeB64(m.Image)
@@ -262,22 +300,9 @@ func (w *FleetWorker) handle(ctx context.Context, blobs blob.Store, msg *queue.M
 		if m.ImageSize > 0 {
 			size = m.ImageSize
 		}
-		out, _ = json.Marshal(proto.Output{Images: []proto.OutputItem{{Filename: "ComfyUI_00001_.png", Type: proto.ItemBase64, NodeID: "9", Mime: "image/png", Size: size, Blob: key}}})
-	case len(out) == 0:
-		out = json.RawMessage(`{"images":[]}`)
+		res.Output, _ = json.Marshal(proto.Output{Images: []proto.OutputItem{{Filename: "ComfyUI_00001_.png", Type: proto.ItemBase64, NodeID: "9", Mime: "image/png", Size: size, Blob: key}}})
+	case len(res.Output) == 0:
+		res.Output = json.RawMessage(`{"images":[]}`)
 	}
-	_, err = w.f.Store.Finish(fctx, job.ID, attempt, to, out, errMsg)
-	switch {
-	case errors.Is(err, status.ErrStale):
-		return
-	case err != nil: // cancelled meanwhile, or gone
-		_ = msg.Ack(fctx)
-		return
-	}
-	w.event(fctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: to, Attempt: attempt, WorkerID: w.ID, Error: errMsg})
-	_ = msg.Ack(fctx)
-}
-
-func (w *FleetWorker) event(ctx context.Context, ev *proto.Event) {
-	_ = w.q.PublishEvent(ctx, ev)
+	_ = w.core.Finish(fctx, cl, res)
 }

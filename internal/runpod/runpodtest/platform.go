@@ -2,7 +2,6 @@ package runpodtest
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -51,26 +50,27 @@ type Answer struct {
 // jobs on job-take (an object) and job-take-batch (an array of up to
 // batch_size), holds empty takes and stop polls for Hold before answering
 // 204, passes queued stop lists on job-stop, answers job-done, job-stream
-// and ping with 200 (or scripted codes), and records every request.
+// and ping with 200 (or scripted codes: Recorder.FailDone). Its Recorder
+// records every request.
 type Platform struct {
+	*Recorder
 	URL  string
 	Hold time.Duration
 
-	mu       sync.Mutex
-	requests []Request
-	changed  chan struct{}
-	jobs     []json.RawMessage
-	answers  []Answer
-	stops    [][]string
-	failDone map[string][]int
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced when jobs, answers or stops are added
+	jobs    []json.RawMessage
+	answers []Answer
+	stops   [][]string
 }
 
 // StartPlatform serves a fake platform for endpoint "ep1" until the test
 // ends.
 func StartPlatform(t testing.TB) *Platform {
 	t.Helper()
-	p := &Platform{Hold: 200 * time.Millisecond, changed: make(chan struct{}), failDone: map[string][]int{}}
-	srv := httptest.NewServer(http.HandlerFunc(p.serve))
+	p := &Platform{Hold: 200 * time.Millisecond, changed: make(chan struct{})}
+	p.Recorder = NewRecorder(http.HandlerFunc(p.serve))
+	srv := httptest.NewServer(p.Recorder)
 	t.Cleanup(srv.Close)
 	p.URL = srv.URL
 	return p
@@ -112,46 +112,6 @@ func (p *Platform) StopJobs(ids ...string) {
 	p.notify()
 }
 
-// FailDone makes the next job-done posts for jobID answer these codes.
-func (p *Platform) FailDone(jobID string, codes ...int) {
-	p.mu.Lock()
-	p.failDone[jobID] = append(p.failDone[jobID], codes...)
-	p.mu.Unlock()
-}
-
-// Requests returns every request so far.
-func (p *Platform) Requests() []Request {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]Request(nil), p.requests...)
-}
-
-// WaitFor waits until cond holds for the requests so far and returns
-// them; it fails the test after 20 s.
-func (p *Platform) WaitFor(t testing.TB, what string, cond func([]Request) bool) []Request {
-	t.Helper()
-	deadline := time.NewTimer(20 * time.Second)
-	defer deadline.Stop()
-	for {
-		p.mu.Lock()
-		reqs := append([]Request(nil), p.requests...)
-		ch := p.changed
-		p.mu.Unlock()
-		if cond(reqs) {
-			return reqs
-		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			var b strings.Builder
-			for _, r := range reqs {
-				fmt.Fprintf(&b, "\n  %s %s -> %d %s", r.Method, r.URI, r.Code, r.Body)
-			}
-			t.Fatalf("platform: gave up waiting for %s; requests:%s", what, b.String())
-		}
-	}
-}
-
 // Of filters requests by kind.
 func Of(reqs []Request, kind string) []Request {
 	var out []Request
@@ -171,14 +131,7 @@ func (p *Platform) notify() {
 }
 
 func (p *Platform) serve(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
-	req := Request{Method: r.Method, URI: r.RequestURI, Header: r.Header.Clone(), Body: body, At: time.Now()}
-	code, ctype, out := p.answer(r, req)
-	req.Code = code
-	p.mu.Lock()
-	p.requests = append(p.requests, req)
-	p.mu.Unlock()
-	p.notify()
+	code, ctype, out := p.answer(r, Request{URI: r.RequestURI})
 	if ctype != "" {
 		w.Header().Set("Content-Type", ctype)
 	}
@@ -208,17 +161,7 @@ func (p *Platform) answer(r *http.Request, req Request) (int, string, string) {
 		}
 		data, _ := json.Marshal(map[string]any{"jobsToStop": ids})
 		return http.StatusOK, "application/json", string(data)
-	case "job-done":
-		p.mu.Lock()
-		id := jobIDOf(req.URI)
-		codes := p.failDone[id]
-		code := http.StatusOK
-		if len(codes) > 0 {
-			code, p.failDone[id] = codes[0], codes[1:]
-		}
-		p.mu.Unlock()
-		return code, "application/json", "{}"
-	case "job-stream", "ping":
+	case "job-done", "job-stream", "ping":
 		return http.StatusOK, "application/json", "{}"
 	}
 	return http.StatusNotFound, "text/plain", "404 page not found"

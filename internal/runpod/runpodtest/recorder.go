@@ -11,9 +11,10 @@ import (
 	"time"
 )
 
-// Recorder sits in front of a handler (the job-take host), records every
-// request a worker makes and can answer some job-done posts itself with a
-// scripted status, as a platform in trouble would.
+// Recorder sits in front of a handler (the job-take host, or the fake
+// Platform), records every request a worker makes and can answer some
+// job-done posts itself with a scripted status, as a platform in trouble
+// would. It is the one request recorder of the RunPod tests.
 type Recorder struct {
 	next http.Handler
 
@@ -62,7 +63,7 @@ func (rc *Recorder) WaitFor(t testing.TB, what string, cond func([]Request) bool
 		case <-deadline.C:
 			var b strings.Builder
 			for _, r := range reqs {
-				fmt.Fprintf(&b, "\n  %s %s -> %d", r.Method, r.URI, r.Code)
+				fmt.Fprintf(&b, "\n  %s %s -> %d %s", r.Method, r.URI, r.Code, r.Body)
 			}
 			t.Fatalf("recorder: gave up waiting for %s; requests:%s", what, b.String())
 		}

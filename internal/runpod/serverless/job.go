@@ -9,9 +9,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/backoff"
+	"github.com/comfyfleet/comfyfleet/internal/jobview"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
-	"github.com/comfyfleet/comfyfleet/internal/status"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -83,12 +84,13 @@ func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body
 	// Chunks from before this worker took the job (a job RunPod handed out
 	// again) were streamed by the worker that had it.
 	var cursor uint64
-	if last, err := w.d.Events.Last(ctx, h.fleetID); err == nil && last != nil {
+	if last, err := w.d.Queue.LastEvent(ctx, h.fleetID); err == nil && last != nil {
 		cursor = last.Seq
 	}
 	for {
 		if fj.Input, err = runpod.OffloadImages(ctx, w.d.Blobs, h.fleetID, h.job.Input, in, w.cfg.InlineBlobMax); err == nil {
-			err = w.d.Queue.Submit(ctx, proto.SourceRunPod, fj)
+			// Recorded at once, so the job's status is there to poll.
+			err = w.d.Core.Submit(ctx, proto.SourceRunPod, fj, true)
 		}
 		var ie *proto.InputError
 		switch {
@@ -104,22 +106,18 @@ func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body
 		}
 		break
 	}
-	if _, _, err := w.d.Records.Create(ctx, status.ParamsFor(fj)); err != nil {
-		log.Debug("record job", zap.Error(err)) // the dispatcher records it
-	}
-
 	chunks := make(chan json.RawMessage, chunkBuffer)
 	streamed := make(chan struct{})
 	go w.streamChunks(ctx, log, h.job.ID, chunks, streamed)
 	forward := func() {
-		evs, last, err := w.d.Events.Read(ctx, h.fleetID, cursor, 1000)
+		evs, last, err := w.d.Queue.ReadEvents(ctx, h.fleetID, cursor, 1000)
 		if err != nil {
 			log.Debug("read job events", zap.Error(err))
 			return
 		}
 		cursor = last
 		for _, ev := range evs {
-			c, ok := runpod.Chunk(&ev.Event)
+			c, ok := jobview.Chunk(&ev.Event)
 			if !ok {
 				continue
 			}
@@ -134,8 +132,8 @@ func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body
 	poll := time.NewTicker(w.cfg.PollInterval)
 	defer poll.Stop()
 	for {
-		rec, err := w.d.Records.Get(ctx, h.fleetID)
-		if err != nil && !errors.Is(err, status.ErrNotFound) && ctx.Err() == nil {
+		rec, err := w.d.Core.Get(ctx, h.fleetID)
+		if err != nil && !errors.Is(err, rdb.ErrNotFound) && ctx.Err() == nil {
 			log.Debug("read job status", zap.Error(err))
 		}
 		if err == nil && rec.Status.Terminal() {
@@ -189,17 +187,8 @@ func (w *Worker) pause(ctx context.Context, h *heldJob, bo *backoff.Backoff) boo
 func (w *Worker) cancelFleetJob(ctx context.Context, log *zap.Logger, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := w.d.Records.Cancel(ctx, id); err != nil {
-		if !errors.Is(err, status.ErrTerminal) && !errors.Is(err, status.ErrNotFound) {
-			log.Warn("cancel fleet job", zap.Error(err))
-		}
-		return
-	}
-	if err := w.d.Queue.PublishCancel(id); err != nil {
-		log.Warn("publish cancel", zap.Error(err))
-	}
-	if err := w.d.Queue.PublishEvent(ctx, &proto.Event{JobID: id, Type: proto.EventStatus, Status: proto.StatusCancelled}); err != nil {
-		log.Warn("publish event", zap.Error(err))
+	if _, err := w.d.Core.Cancel(ctx, id); err != nil && !errors.Is(err, rdb.ErrTerminal) && !errors.Is(err, rdb.ErrNotFound) {
+		log.Warn("cancel fleet job", zap.Error(err))
 	}
 }
 
@@ -225,7 +214,7 @@ func (w *Worker) streamChunks(ctx context.Context, log *zap.Logger, jobID string
 // {"error": "…"} on failure, with "output" holding whatever else the
 // failure carried (worker-comfyui's "details").
 func (w *Worker) resultBody(ctx context.Context, rec *proto.Record) []byte {
-	view, err := runpod.BuildView(ctx, w.d.Blobs, rec)
+	view, err := jobview.Build(ctx, w.d.Blobs, rec)
 	if err != nil {
 		return errorBody("read the job's output: " + err.Error())
 	}

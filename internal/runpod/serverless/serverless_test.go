@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/serverless"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -27,7 +26,7 @@ type bundle struct {
 }
 
 // setup runs a serverless worker between a fake RunPod platform and a
-// fleet (dispatcher and fleetWorkers scripted workers), with the
+// fleet (admission and fleetWorkers scripted workers), with the
 // protocol's waits shortened.
 func setup(t *testing.T, fleetWorkers int, edit func(*serverless.Config), jobs ...map[string]any) *bundle {
 	t.Helper()
@@ -49,9 +48,8 @@ func setup(t *testing.T, fleetWorkers int, edit func(*serverless.Config), jobs .
 	if edit != nil {
 		edit(&cfg)
 	}
-	q, blobs := b.fleet.Replica(t)
-	w, err := serverless.New(cfg, serverless.Deps{Queue: q, Records: b.fleet.Store, Blobs: blobs,
-		Events: runpod.NewEventLog(q.JetStream()), Logger: zaptest.NewLogger(t)})
+	q, core := b.fleet.ReplicaCore(t)
+	w, err := serverless.New(cfg, serverless.Deps{Queue: q, Core: core, Blobs: q.Blobs(), Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(w.Stop)

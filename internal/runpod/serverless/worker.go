@@ -13,8 +13,9 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/backoff"
 	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
-	"github.com/comfyfleet/comfyfleet/internal/status"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -129,30 +130,12 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Queue is what the worker needs of NATS (queue.Client).
-type Queue interface {
-	Submit(ctx context.Context, source string, job *proto.Job) error
-	SubscribeEvents(jobID string, fn func(*proto.Event)) (stop func(), err error)
-	PublishEvent(ctx context.Context, ev *proto.Event) error
-	PublishCancel(jobID string) error
-}
-
-// Records is what the worker needs of the status store (status.Store).
-type Records interface {
-	Create(ctx context.Context, p status.CreateParams) (*proto.Record, bool, error)
-	Get(ctx context.Context, id string) (*proto.Record, error)
-	Cancel(ctx context.Context, id string) (*proto.Record, error)
-}
-
-var _ Records = (*status.Store)(nil)
-
 // Deps are the worker's collaborators.
 type Deps struct {
-	Queue   Queue
-	Records Records
-	Blobs   blob.Store
-	// Events reads the fleet job's progress for job-stream.
-	Events *runpod.EventLog
+	Queue *queue.Client
+	// Core submits the fleet jobs and cancels them.
+	Core   *lifecycle.Core
+	Blobs  blob.Store
 	Logger *zap.Logger
 }
 
@@ -194,8 +177,8 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("serverless config: %w", err)
 	}
-	if d.Queue == nil || d.Records == nil || d.Blobs == nil || d.Events == nil {
-		return nil, errors.New("serverless: Queue, Records, Blobs and Events are required")
+	if d.Queue == nil || d.Core == nil || d.Blobs == nil {
+		return nil, errors.New("serverless: Queue, Core and Blobs are required")
 	}
 	cfg = cfg.withDefaults()
 	log := d.Logger

@@ -1,0 +1,188 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// Submit publishes a job on cf.submit.<source> (Nats-Msg-Id = job id) and
+// waits for the PubAck, the durable receipt. With record, it also makes
+// the job's IN_QUEUE record at once, tagged as made by this submission,
+// so that /status finds the job before a dispatcher reads it; the
+// dispatcher's admission of the same submission then goes on from that
+// record. A failure to record is logged, not returned: the job is queued
+// durably and the dispatcher records it. queue.ErrDuplicate (wrapped)
+// means the id was submitted within the dedupe window; nothing changed.
+func (c *Core) Submit(ctx context.Context, source string, job *proto.Job, record bool) error {
+	seq, err := c.q.Submit(ctx, source, job)
+	if err != nil {
+		return err
+	}
+	if !record {
+		return nil
+	}
+	if _, _, err := c.db.Admit(ctx, strconv.FormatUint(seq, 10), rdb.ParamsFor(job), ""); err != nil {
+		c.log.Warn("record new job", zap.String("job_id", job.ID), zap.Error(err))
+	}
+	return nil
+}
+
+// Admitted says what Admit did with a submission.
+type Admitted int
+
+// The outcomes of Admit.
+const (
+	// Queued: the job is recorded IN_QUEUE and on its pool's lane.
+	Queued Admitted = iota
+	// Failed: the job is recorded FAILED with the reason.
+	Failed
+	// Duplicate: another submission made the job's record; this one was
+	// dropped and changed nothing.
+	Duplicate
+	// Redelivered: the submission had been admitted already.
+	Redelivered
+	// Unidentified: the submission has no usable id; it went to
+	// cf.rejects.
+	Unidentified
+)
+
+// AdmitOptions are the dispatcher's part in admission.
+type AdmitOptions struct {
+	// DefaultPool is the pool of jobs that name none.
+	DefaultPool string
+	// Check runs the admission checks of a new, valid job: a reason to fail
+	// it, or an error to try the submission again later.
+	Check func(ctx context.Context, job *proto.Job, input *proto.Input) (reject string, err error)
+}
+
+// decode reads an intake message: the job, placed, and the reason to fail
+// it when it does not decode (a job is nil when the message names no
+// usable id).
+func decode(msg *queue.Message, defaultPool string) (job *proto.Job, input *proto.Input, reject string) {
+	source := strings.TrimPrefix(msg.Subject(), proto.SubmitSubject(""))
+	job, err := proto.DecodeJob(msg.Data())
+	if job == nil || (err != nil && proto.ValidID(job.ID) != nil) {
+		// No id to record a status under.
+		return nil, nil, fmt.Sprint(err)
+	}
+	job.Source = source
+	if err != nil {
+		// Recorded under the id, with nothing of the rest.
+		batch := job.BatchID
+		if proto.ValidID(batch) != nil {
+			batch = ""
+		}
+		return &proto.Job{ID: job.ID, Source: source, Pool: defaultPool, BatchID: batch}, nil, err.Error()
+	}
+	job.Place(defaultPool, time.Now())
+	input, err = proto.DecodeInput(job.Input)
+	if err != nil {
+		return job, nil, err.Error()
+	}
+	return job, input, ""
+}
+
+// Admit takes one intake message to its end: it decodes and places the
+// job (a message that does not decode, or whose input is invalid, fails
+// the job with the reason; one without a usable id goes to cf.rejects),
+// then the job is recorded IN_QUEUE,
+// its webhook target kept, its IN_QUEUE event published and the job on
+// its pool's lane, in that order, so a job's events follow its
+// transitions; or recorded FAILED with the reason. The intake message is
+// acked once that is durable; on error it is left to the caller, which
+// NAKs it.
+//
+// Intake never changes a job that already has a record: a submission for
+// an existing id changes nothing (Duplicate), unless it is the redelivery
+// of the very message that made the record.
+//
+// It returns the job as admitted (nil without a usable id).
+func (c *Core) Admit(ctx context.Context, msg *queue.Message, opts AdmitOptions) (Admitted, *proto.Job, error) {
+	out, job, err := c.admit(ctx, msg, opts)
+	return out, job, err
+}
+
+func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions) (Admitted, *proto.Job, error) {
+	job, input, reject := decode(msg, opts.DefaultPool)
+	if job == nil {
+		if err := c.q.Reject(msg.Data(), reject); err != nil {
+			return 0, nil, err
+		}
+		c.log.Info("rejected submission without a usable id", zap.String("subject", msg.Subject()), zap.String("reason", reject))
+		return Unidentified, nil, msg.Ack(ctx)
+	}
+	intake := strconv.FormatUint(msg.Seq(), 10)
+	adm, rec, err := c.db.Admit(ctx, intake, rdb.ParamsFor(job), reject)
+	if err != nil {
+		return 0, job, wrap("admit", job.ID, err)
+	}
+	log := c.log.With(zap.String("job_id", job.ID))
+	switch {
+	case adm == rdb.Exists:
+		log.Info("submission for a job that already has a record; dropped", zap.String("status", string(rec.Status)), zap.String("source", job.Source))
+		return Duplicate, job, msg.Ack(ctx)
+	case adm == rdb.Rejected:
+		return c.rejected(ctx, msg, job, rec)
+	case rec.Status != proto.StatusInQueue || rec.Attempt > 0:
+		return Redelivered, job, msg.Ack(ctx)
+	}
+	if opts.Check != nil {
+		reject, err := opts.Check(ctx, job, input)
+		if err != nil {
+			return 0, job, wrap("admit", job.ID, err)
+		}
+		if reject != "" {
+			adm, rec, err := c.db.Admit(ctx, intake, rdb.ParamsFor(job), reject)
+			if err != nil {
+				return 0, job, wrap("admit", job.ID, err)
+			}
+			if adm == rdb.Rejected {
+				return c.rejected(ctx, msg, job, rec)
+			}
+			return Redelivered, job, msg.Ack(ctx) // it moved on meanwhile
+		}
+	}
+	if job.Webhook != "" {
+		if err := c.db.PutWebhook(ctx, job.ID, job.Webhook); err != nil {
+			return 0, job, wrap("admit", job.ID, err)
+		}
+	}
+	// The IN_QUEUE event goes out before the job can reach a worker.
+	if err := c.q.PublishEvent(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInQueue}); err != nil {
+		return 0, job, wrap("admit", job.ID, err)
+	}
+	job.SubmittedAt = rec.SubmittedAt // the record's, by Redis's clock
+	if err := c.q.PublishJob(ctx, job, job.ID); err != nil && !errors.Is(err, queue.ErrDuplicate) {
+		return 0, job, wrap("admit", job.ID, err)
+	}
+	log.Debug("admitted", zap.String("pool", job.Pool), zap.String("lane", string(job.Lane)))
+	return Queued, job, msg.Ack(ctx)
+}
+
+func (c *Core) rejected(ctx context.Context, msg *queue.Message, job *proto.Job, rec *proto.Record) (Admitted, *proto.Job, error) {
+	c.status(ctx, &proto.Event{JobID: job.ID, Status: proto.StatusFailed, Error: rec.Error})
+	c.log.Info("job failed admission", zap.String("job_id", job.ID), zap.String("reason", rec.Error))
+	return Failed, job, msg.Ack(ctx)
+}
+
+// Discard takes an undecodable job message off the jobs stream: it is
+// republished on cf.rejects with the reason, for an operator to see, and
+// terminated. The dispatcher admits only decodable jobs, so this is
+// corruption.
+func (c *Core) Discard(ctx context.Context, msg *queue.Message, reason string) {
+	c.log.Error("undecodable job message, terminating it", zap.String("subject", msg.Subject()), zap.String("reason", reason))
+	if err := c.q.Reject(msg.Data(), reason); err != nil {
+		c.log.Warn("republish undecodable job message", zap.Error(err))
+	}
+	_ = msg.Term()
+}

@@ -1,0 +1,197 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
+	"github.com/comfyfleet/comfyfleet/internal/startstop"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// SweeperConfig configures a Sweeper. The zero value of each field is its
+// default.
+type SweeperConfig struct {
+	// Every is the interval between sweeps; 0 means 1 s.
+	Every time.Duration
+	// ExecutionGrace is how long past its execution deadline a job whose
+	// worker went silent is still handed back; after it the job ends
+	// TIMED_OUT. 0 means 30 s.
+	ExecutionGrace time.Duration
+	// LeaseGrace is how long lease reclaims wait after a gap in the sweeps
+	// (Redis was down, or no sweeper ran), so that the workers, who could
+	// not renew meanwhile, renew first; 0 means 30 s. It must exceed the
+	// workers' lease TTL.
+	LeaseGrace time.Duration
+	// Batch bounds the jobs one sweep looks at per index; 0 means 200.
+	Batch int
+}
+
+// Validate names the first setting that cannot be used.
+func (c SweeperConfig) Validate() error {
+	if c.Every < 0 || c.ExecutionGrace < 0 || c.LeaseGrace < 0 || c.Batch < 0 {
+		return errors.New("sweeper settings must not be negative")
+	}
+	return nil
+}
+
+func (c SweeperConfig) withDefaults() SweeperConfig {
+	if c.Every == 0 {
+		c.Every = time.Second
+	}
+	if c.ExecutionGrace == 0 {
+		c.ExecutionGrace = 30 * time.Second
+	}
+	if c.LeaseGrace == 0 {
+		c.LeaseGrace = 30 * time.Second
+	}
+	if c.Batch == 0 {
+		c.Batch = 200
+	}
+	return c
+}
+
+// Sweeper is the safety net of time and failure: jobs still queued past
+// their policy.ttl end TIMED_OUT, and the job of a worker whose lease
+// lapsed (it died, or lost Redis for longer than its lease) is handed back
+// at once by NAKing its delivery, or ends TIMED_OUT past its execution
+// deadline plus a grace. Every dispatcher replica runs one; each step is
+// atomic in Redis, so two sweepers never act twice on one job. It serves
+// gpuworkers and the job-take host's RunPod workers alike: one lease
+// system.
+type Sweeper struct {
+	startstop.Service
+	c   *Core
+	cfg SweeperConfig
+	log *zap.Logger
+
+	mu     sync.Mutex
+	paused bool
+}
+
+// NewSweeper returns a sweeper on the core.
+func (c *Core) NewSweeper(cfg SweeperConfig) (*Sweeper, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Sweeper{c: c, cfg: cfg.withDefaults(), log: c.log.Named("sweeper")}, nil
+}
+
+// Start runs the sweeps in the background; it returns at once. Stop ends
+// them after the sweep in progress.
+func (s *Sweeper) Start(ctx context.Context) error {
+	if err := s.Service.Start(ctx, s.loop); err != nil {
+		return fmt.Errorf("start sweeper: %w", err)
+	}
+	return nil
+}
+
+func (s *Sweeper) loop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.RunOnce(context.WithoutCancel(ctx)); err != nil && ctx.Err() == nil {
+			s.log.Warn("sweep", zap.Error(err))
+		}
+	}
+}
+
+// RunOnce is one sweep.
+func (s *Sweeper) RunOnce(ctx context.Context) error {
+	return errors.Join(s.sweepTTL(ctx), s.sweepLeases(ctx))
+}
+
+func (s *Sweeper) sweepTTL(ctx context.Context) error {
+	ids, err := s.c.db.DueTTL(ctx, s.cfg.Batch)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range ids {
+		_, err := s.c.db.Expire(ctx, id)
+		switch {
+		case err == nil:
+			s.log.Info("job expired in the queue", zap.String("job_id", id))
+			s.c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusTimedOut, Error: proto.MsgTTLExpired})
+		case errors.Is(err, rdb.ErrTerminal), errors.Is(err, rdb.ErrNotFound),
+			errors.Is(err, rdb.ErrIllegal), errors.Is(err, rdb.ErrNotDue):
+			// Finished, gone, running (a requeue indexes it again), or
+			// re-armed by a retry.
+		default:
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Sweeper) sweepLeases(ctx context.Context) error {
+	wait, err := s.c.db.SweepClock(ctx, max(3*s.cfg.Every, 3*time.Second), s.cfg.LeaseGrace)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	was := s.paused
+	s.paused = wait > 0
+	s.mu.Unlock()
+	if wait > 0 {
+		if !was {
+			s.log.Warn("no sweep ran for a while (Redis or every dispatcher was away); lease reclaims wait for the workers to renew", zap.Duration("for", wait))
+		}
+		return nil
+	}
+	ids, err := s.c.db.LapsedLeases(ctx, s.cfg.Batch)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range ids {
+		if err := s.reclaim(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reclaim deals with the job of a worker that went silent.
+func (s *Sweeper) reclaim(ctx context.Context, id string) error {
+	r, err := s.c.db.Reclaim(ctx, id, s.cfg.ExecutionGrace)
+	if err != nil {
+		return fmt.Errorf("reclaim job %s: %w", id, err)
+	}
+	if r.Outcome == rdb.Skipped {
+		return nil
+	}
+	l := r.Lease
+	log := s.log.With(zap.String("job_id", id), zap.Int("attempt", l.Attempt), zap.String("worker_id", l.WorkerID))
+	switch r.Outcome {
+	case rdb.Requeued:
+		log.Warn("worker lost mid-job; handing the job back", zap.Int("failed_attempts", r.Failures))
+		s.c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusInQueue, Attempt: l.Attempt, WorkerID: l.WorkerID,
+			Error: proto.MsgLeaseLapsed})
+		s.c.nak(id, l.Reply, 0)
+	case rdb.TimedOut:
+		log.Warn("job timed out on a silent worker")
+		s.c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusTimedOut, Attempt: l.Attempt, WorkerID: l.WorkerID, Error: proto.MsgWorkerSilent})
+		s.c.ack(ctx, id, l.Reply)
+	case rdb.Settle:
+		// Ended but never acked (its worker died after the write), waiting
+		// in the queue, lost, or owing a dead letter: settle the delivery
+		// the dead worker held.
+		if r.Ack {
+			s.c.ack(ctx, id, l.Reply)
+		} else {
+			s.c.nak(id, l.Reply, 0)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,72 @@
+package role
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/logging"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
+)
+
+// startTimeout bounds a process's start: connecting, ensuring streams.
+const startTimeout = 30 * time.Second
+
+// Common are the settings every role shares: where NATS and Redis are,
+// how the streams are kept, the log level.
+type Common struct {
+	NATSURL  string
+	RedisURL string
+	// KeyPrefix goes before every Redis key (tests sharing one Redis).
+	KeyPrefix string
+	// Streams sizes the streams and buckets.
+	Streams  queue.Config
+	LogLevel string
+}
+
+// Bind binds the common settings.
+func (c *Common) Bind(fs *flagenv.Set) {
+	fs.String(&c.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
+	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
+	fs.Duration(&c.Streams.EventsMaxAge, "events-max-age", "EVENTS_MAX_AGE", queue.DefaultEventsMaxAge, "how long job events are kept in CF_EVENTS (/stream, late subscribers)")
+	fs.Int64(&c.Streams.EventsMaxBytes, "events-max-bytes", "EVENTS_MAX_BYTES", queue.DefaultEventsMaxBytes, "size bound of CF_EVENTS; the oldest events go first")
+	fs.Duration(&c.Streams.DLQMaxAge, "dlq-max-age", "DLQ_MAX_AGE", queue.DefaultDLQMaxAge, "how long dead letters are kept in CF_DLQ")
+	fs.Int64(&c.Streams.DLQMaxBytes, "dlq-max-bytes", "DLQ_MAX_BYTES", queue.DefaultDLQMaxBytes, "size bound of CF_DLQ; the oldest dead letters go first")
+	fs.String(&c.LogLevel, "log-level", "LOG_LEVEL", "info", "debug, info, warn or error")
+}
+
+// Finish checks the common settings, naming the one at fault.
+func (c *Common) Finish() (setting string, err error) {
+	if err := c.Streams.Validate(); err != nil {
+		return "EVENTS_*/DLQ_*", err
+	}
+	if _, err := logging.New(c.LogLevel); err != nil {
+		return "LOG_LEVEL", err
+	}
+	return "", nil
+}
+
+// Logger builds the logger of LogLevel.
+func (c *Common) Logger() (*zap.Logger, error) { return logging.New(c.LogLevel) }
+
+// Open connects a process named name to NATS and Redis and ensures the
+// streams and buckets.
+func (c *Common) Open(ctx context.Context, name string, log *zap.Logger) (*backend.Backend, error) {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	b, err := backend.Open(ctx, c.backendConfig(name, log))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return b, nil
+}
+
+func (c *Common) backendConfig(name string, log *zap.Logger) backend.Config {
+	cfg := backend.Config{Name: name, NATSURL: c.NATSURL, RedisURL: c.RedisURL, Queue: c.Streams, Logger: log}
+	cfg.DB.Prefix = c.KeyPrefix
+	return cfg
+}

@@ -1,0 +1,130 @@
+package role
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/dispatch"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
+)
+
+// DispatcherConfig are the control plane's settings.
+type DispatcherConfig struct {
+	Dispatch dispatch.Config
+	Webhooks dispatch.WebhookConfig
+	Models   dispatch.ModelCheckConfig
+	// Listen is the address of the HTTP API (fleet view, metrics, dead
+	// letters); "" serves none (the dev stack mounts Routes itself).
+	Listen string
+}
+
+// Bind binds the dispatcher's settings.
+func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
+	fs.String(&c.Dispatch.DefaultPool, "pool", "POOL", "default", "pool of jobs that name none")
+	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of the HTTP API, e.g. :8080 (fleet view: GET /fleet; Prometheus: GET /metrics; dead letters: GET /dlq, POST /dlq/{seq}/replay); empty: none")
+	fs.Duration(&c.Dispatch.AckWait, "intake-ack-wait", "INTAKE_ACK_WAIT", 30*time.Second, "a submission a replica took but did not admit (it died) goes to another replica after this long")
+	fs.Duration(&c.Dispatch.Sweeper.Every, "sweep-interval", "SWEEP_INTERVAL", time.Second, "how often queued jobs past their TTL are timed out and the jobs of silent workers handed back")
+	fs.Duration(&c.Dispatch.Sweeper.ExecutionGrace, "execution-grace", "EXECUTION_GRACE", 30*time.Second, "a silent worker's job this long past its execution timeout ends TIMED_OUT instead of being retried")
+	fs.Duration(&c.Dispatch.Sweeper.LeaseGrace, "lease-grace", "LEASE_GRACE", 30*time.Second, "after a gap in the sweeps (Redis or every dispatcher was down), how long lease reclaims wait for the workers to renew; keep it above the workers' LEASE_TTL")
+	fs.String(&c.Webhooks.Secret, "webhook-secret", "WEBHOOK_SECRET", "", "signs webhooks Standard Webhooks style (webhook-id, webhook-timestamp, webhook-signature); whsec_<base64> or raw; empty: unsigned")
+	fs.Int(&c.Webhooks.Retries, "webhook-retries", "WEBHOOK_RETRIES", 2, "retries of a failed webhook delivery (RunPod: 2); negative: none")
+	fs.Duration(&c.Webhooks.RetryDelay, "webhook-retry-delay", "WEBHOOK_RETRY_DELAY", 10*time.Second, "wait before the first webhook retry; each later one waits twice as long")
+	fs.Duration(&c.Webhooks.Timeout, "webhook-timeout", "WEBHOOK_TIMEOUT", 10*time.Second, "bound of one webhook POST")
+	fs.List(&c.Webhooks.Allow, "webhook-allow", "WEBHOOK_ALLOW", nil, "hosts, IPs and CIDR prefixes webhooks may reach although the SSRF guard forbids them (loopback, private, link-local)")
+	fs.Bool(&c.Models.Off, "no-model-check", "NO_MODEL_CHECK", false, "admit jobs even when no live worker of their pool has their models")
+}
+
+// Finish checks the settings, naming the one at fault.
+func (c *DispatcherConfig) Finish() (setting string, err error) {
+	if err := c.Dispatch.Validate(); err != nil {
+		return "POOL, INTAKE_ACK_WAIT or SWEEP_*", err
+	}
+	if err := c.Webhooks.Validate(); err != nil {
+		return "WEBHOOK_SECRET, WEBHOOK_ALLOW or WEBHOOK_*", err
+	}
+	return "", nil
+}
+
+// Dispatcher is the control plane's process: admission and sweeps, webhook
+// delivery, and its HTTP routes.
+type Dispatcher struct {
+	cfg    DispatcherConfig
+	disp   *dispatch.Dispatcher
+	hooks  *dispatch.Webhooks
+	srv    *dispatch.HTTPServer
+	routes []dispatch.Route
+	log    *zap.Logger
+}
+
+// NewDispatcher builds the control plane on b; its metrics go to reg.
+func NewDispatcher(cfg DispatcherConfig, b *backend.Backend, reg *metrics.Registry, log *zap.Logger) (*Dispatcher, error) {
+	view := func(ctx context.Context) (*fleet.View, error) { return fleet.ReadView(ctx, b.DB, b.Queue) }
+	m := dispatch.NewMetrics(reg, view)
+	adm := dispatch.Admission{Metrics: m}
+	if !cfg.Models.Off {
+		adm.Models = dispatch.NewModelCheck(cfg.Models, b.DB)
+	}
+	disp, err := dispatch.New(cfg.Dispatch, b.Queue, b.Core, adm, log)
+	if err != nil {
+		return nil, err
+	}
+	hooks, err := dispatch.NewWebhooks(cfg.Webhooks, dispatch.WebhookDeps{Queue: b.Queue, DB: b.DB, Blobs: b.Blobs, Metrics: m}, log)
+	if err != nil {
+		return nil, err
+	}
+	d := &Dispatcher{cfg: cfg, disp: disp, hooks: hooks, log: log}
+	d.routes = append(d.routes, dispatch.DeadLetterRoutes(b.Queue, b.Core)...)
+	d.routes = append(d.routes, dispatch.FleetRoutes(view, reg, log)...)
+	if cfg.Listen != "" {
+		d.srv = dispatch.NewHTTPServer(cfg.Listen, d.routes, log)
+	}
+	return d, nil
+}
+
+// Routes are the control plane's HTTP routes, for a server of the
+// caller's when Listen is empty.
+func (d *Dispatcher) Routes() []dispatch.Route { return d.routes }
+
+// Core exposes the dispatcher for tests that sweep by hand.
+func (d *Dispatcher) Core() *dispatch.Dispatcher { return d.disp }
+
+// Start starts webhook delivery, then admission and the sweeper, then the
+// HTTP API. Webhooks start first, so their durable consumer exists before
+// the first job can end.
+func (d *Dispatcher) Start(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	if err := d.hooks.Start(sctx); err != nil {
+		return err
+	}
+	if err := d.disp.Start(sctx); err != nil {
+		d.hooks.Stop()
+		return err
+	}
+	if d.srv != nil {
+		if err := d.srv.Start(); err != nil {
+			d.disp.Stop()
+			d.hooks.Stop()
+			return errors.Join(errors.New("LISTEN_ADDR"), err)
+		}
+	}
+	d.log.Info("dispatcher running", zap.String("listen", d.cfg.Listen))
+	return nil
+}
+
+// Stop shuts down in order: the HTTP API first (no new replays), then
+// admission and the sweeper, then webhook delivery (deliveries in flight
+// are handed to another replica).
+func (d *Dispatcher) Stop() {
+	if d.srv != nil {
+		d.srv.Stop()
+	}
+	d.disp.Stop()
+	d.hooks.Stop()
+}

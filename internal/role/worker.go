@@ -1,0 +1,194 @@
+package role
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
+	"github.com/comfyfleet/comfyfleet/internal/comfy"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/worker"
+	"github.com/comfyfleet/comfyfleet/proto"
+)
+
+// WorkerConfig are a gpuworker's settings.
+type WorkerConfig struct {
+	Worker worker.Config
+	Comfy  comfy.Config
+	// S3 configures output uploads (BUCKET_*); an empty Endpoint keeps
+	// outputs in the blob store, returned inline as base64.
+	S3 s3.Config
+	// Pools is POOL: Worker.Pool then Worker.MorePools.
+	Pools []string
+	// WarmupFile is WARMUP_WORKFLOW, read into Worker.WarmupWorkflow.
+	WarmupFile string
+	// MaxInputMB is MAX_INPUT_MB, Worker.MaxInputBytes in megabytes.
+	MaxInputMB int
+	// Listen is where GET /metrics is served; "" nowhere (the dev stack
+	// serves one /metrics for all its parts).
+	Listen string
+}
+
+// Bind binds the gpuworker's settings.
+func (c *WorkerConfig) Bind(fs *flagenv.Set) {
+	fs.String(&c.Comfy.BaseURL, "comfyui-url", "COMFYUI_URL", "http://127.0.0.1:8188", "the ComfyUI this worker drives")
+	fs.String(&c.Worker.ID, "worker-id", "WORKER_ID", "", "this worker's id in status records and the fleet registry (empty: the host name)")
+	fs.List(&c.Pools, "pool", "POOL", []string{"default"}, "the pools whose jobs this worker takes, comma-separated, first preferred")
+	fs.Int(&c.Worker.BatchEvery, "batch-every", "BATCH_EVERY", 10, "every n-th job taken looks at the batch lanes first, so batch work moves under sustained interactive load (negative: never)")
+	fs.String(&c.Worker.ComfyOrgAPIKey, "comfy-org-api-key", "COMFY_ORG_API_KEY", "", "key for Comfy.org API nodes when the job gives none")
+	fs.Int(&c.Comfy.ReconnectAttempts, "websocket-reconnect-attempts", "WEBSOCKET_RECONNECT_ATTEMPTS", 5, "redials of a dropped ComfyUI WebSocket before the job is given back")
+	fs.Seconds(&c.Comfy.ReconnectDelay, "websocket-reconnect-delay", "WEBSOCKET_RECONNECT_DELAY_S", 3*time.Second, "first delay in seconds between redials (doubles)")
+	fs.Duration(&c.Worker.Grace, "grace", "SHUTDOWN_GRACE", 30*time.Second, "on SIGTERM, how long the job in hand may finish before it is given back")
+	fs.Duration(&c.Worker.ExecutionTimeout, "execution-timeout", "EXECUTION_TIMEOUT", worker.DefaultExecutionTimeout, "how long a job may run when its policy.executionTimeout is unset; then it is interrupted in ComfyUI and ends TIMED_OUT")
+	fs.Duration(&c.Worker.StallTimeout, "stall-timeout", "STALL_TIMEOUT", worker.DefaultStallTimeout, "a prompt without any progress from ComfyUI for this long is interrupted and ends TIMED_OUT (negative: never)")
+	fs.Int(&c.Worker.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", worker.DefaultMaxAttempts, "attempts of a job that hits out-of-memory or loses its ComfyUI before it fails (and goes to the dead-letter stream)")
+	fs.Duration(&c.Worker.RetryDelay, "retry-delay", "RETRY_DELAY", worker.DefaultRetryDelay, "base delay before a job that hit out-of-memory or a transient error is redelivered; it doubles with each failed attempt (at most 16×), with jitter")
+	fs.Duration(&c.Worker.LeaseTTL, "lease-ttl", "LEASE_TTL", 0, "lease on a running job, renewed every third of it; once a dead worker's lease lapses the dispatcher hands its job to another worker, and a worker that lost its lease stops the prompt (0: 15s)")
+	fs.Int(&c.Worker.Prefetch, "prefetch", "PREFETCH", 0, "jobs taken and queued in ComfyUI beyond the running one, so the GPU never waits for the next prompt")
+	fs.Bool(&c.Worker.RefreshWorker, "refresh-worker", "REFRESH_WORKER", false, "free ComfyUI's models and caches (POST /free) after every job")
+	fs.String(&c.WarmupFile, "warmup-workflow", "WARMUP_WORKFLOW", "", "JSON file with a workflow (API format, or a job input) run before the first job and whenever ComfyUI comes back")
+	fs.Duration(&c.Worker.ReadyPoll, "comfyui-probe-interval", "COMFYUI_PROBE_INTERVAL", 250*time.Millisecond, "how often ComfyUI's liveness is probed; two failures in a row give the jobs in hand back")
+	fs.Int(&c.MaxInputMB, "max-input-mb", "MAX_INPUT_MB", 100, "size cap of each input file, in megabytes")
+	fs.Duration(&c.Worker.InputURLTimeout, "input-url-timeout", "INPUT_URL_TIMEOUT", worker.DefaultInputURLTimeout, "time limit to download an input given by URL")
+	fs.List(&c.Worker.InputURLAllow, "input-url-allow", "INPUT_URL_ALLOW", nil, "hosts, IPs and CIDR prefixes input URLs may reach although private, loopback or link-local (comma-separated)")
+	fs.Bool(&c.Worker.InputURLAllowHTTP, "input-url-allow-http", "INPUT_URL_ALLOW_HTTP", false, "also accept http:// input URLs (only https:// otherwise)")
+	fs.Int(&c.Worker.Concurrency, "transfer-concurrency", "TRANSFER_CONCURRENCY", worker.DefaultConcurrency, "input uploads and output transfers of one job that run at once")
+	fs.String(&c.S3.Endpoint, "bucket-endpoint-url", "BUCKET_ENDPOINT_URL", "", "S3-compatible endpoint for outputs; empty keeps outputs in NATS and returns them inline as base64")
+	fs.String(&c.S3.AccessKeyID, "bucket-access-key-id", "BUCKET_ACCESS_KEY_ID", "", "S3 access key id (required with BUCKET_ENDPOINT_URL)")
+	fs.String(&c.S3.SecretAccessKey, "bucket-secret-access-key", "BUCKET_SECRET_ACCESS_KEY", "", "S3 secret access key (required with BUCKET_ENDPOINT_URL)")
+	fs.String(&c.S3.Bucket, "bucket-name", "BUCKET_NAME", "", "S3 bucket; may be left out when the endpoint is https://<bucket>.s3.<region>.amazonaws.com")
+	fs.String(&c.S3.Region, "bucket-region", "BUCKET_REGION", "", "S3 region; default: the one in an AWS endpoint, else us-east-1")
+	fs.String(&c.S3.Prefix, "bucket-prefix", "BUCKET_PREFIX", "", "key prefix: outputs are stored at {prefix}/{job_id}/{filename}")
+	fs.String(&c.S3.Addressing, "bucket-addressing-style", "BUCKET_ADDRESSING_STYLE", "", "path or virtual; default: virtual on amazonaws.com, path elsewhere (MinIO, R2, …)")
+	fs.String(&c.S3.PublicBaseURL, "bucket-public-url", "BUCKET_PUBLIC_URL", "", "return {this URL}/{key} instead of presigned URLs (a public bucket or a CDN)")
+	fs.Duration(&c.S3.URLExpiry, "bucket-url-expiry", "BUCKET_URL_EXPIRY", s3.DefaultURLExpiry, "lifetime of presigned output URLs (at most 7 days)")
+	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of GET /metrics (Prometheus), e.g. :9100; empty: none")
+	fs.Duration(&c.Worker.WarmDefer, "warm-defer", "WARM_DEFER", 25*time.Millisecond, "model-aware routing: a job another idle worker holds warm is handed back up to 3 times, at once and then after this step ×1, ×2; negative: never")
+}
+
+// Finish derives what the flags do not set directly and checks the
+// settings; on error it names the setting at fault.
+func (c *WorkerConfig) Finish() (setting string, err error) {
+	if len(c.Pools) == 0 {
+		return "POOL", errors.New("no pool given")
+	}
+	c.Worker.Pool, c.Worker.MorePools = c.Pools[0], c.Pools[1:]
+	if c.Worker.ID == "" {
+		host, _ := os.Hostname()
+		c.Worker.ID = proto.HostWorkerID(host)
+	}
+	if c.MaxInputMB < 0 {
+		return "MAX_INPUT_MB", fmt.Errorf("%d is negative", c.MaxInputMB)
+	}
+	c.Worker.MaxInputBytes = int64(c.MaxInputMB) << 20
+	if c.WarmupFile != "" && c.Worker.WarmupWorkflow == nil {
+		data, err := os.ReadFile(c.WarmupFile)
+		if err != nil {
+			return "WARMUP_WORKFLOW", err
+		}
+		c.Worker.WarmupWorkflow = data
+	}
+	if c.Comfy.ReconnectAttempts == 0 {
+		c.Comfy.ReconnectAttempts = -1 // worker-comfyui: 0 fails at the first drop
+	}
+	if err := c.Comfy.Validate(); err != nil {
+		return "COMFYUI_URL", err
+	}
+	// As in worker-comfyui, BUCKET_ENDPOINT_URL alone switches S3 on. A
+	// bucket name without it is harmless (deployments set one by default),
+	// but credentials without it are a mistake that would silently send
+	// outputs inline.
+	if c.S3.Endpoint == "" && (c.S3.AccessKeyID != "" || c.S3.SecretAccessKey != "") {
+		return "BUCKET_ENDPOINT_URL", errors.New("empty while S3 credentials are set; set it to upload outputs to S3")
+	}
+	if c.S3.Endpoint != "" {
+		if err := c.S3.Validate(); err != nil {
+			return "BUCKET_*", err
+		}
+	}
+	if err := c.Worker.Validate(); err != nil {
+		return "worker settings", err
+	}
+	return "", nil
+}
+
+// Worker is a gpuworker's process: the worker, its ComfyUI client, and
+// its metrics listener.
+type Worker struct {
+	cfg WorkerConfig
+	w   *worker.Worker
+	cc  *comfy.Client
+	ms  *metrics.Server
+	log *zap.Logger
+}
+
+// NewWorker builds a gpuworker on b. m records its series (shared by the
+// dev stack's workers; nil records nothing); reg, when Listen is set, is
+// served on it.
+func NewWorker(cfg WorkerConfig, b *backend.Backend, m *worker.Metrics, reg *metrics.Registry, log *zap.Logger) (*Worker, error) {
+	log = log.With(zap.String("worker_id", cfg.Worker.ID))
+	cc := cfg.Comfy
+	cc.Logger = log
+	client, err := comfy.New(cc)
+	if err != nil {
+		return nil, err
+	}
+	var out *s3.Store
+	if cfg.S3.Endpoint != "" {
+		if out, err = s3.New(cfg.S3); err != nil {
+			_ = client.Close()
+			return nil, fmt.Errorf("BUCKET_*: %w", err)
+		}
+	}
+	w, err := worker.New(cfg.Worker, worker.Deps{Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, S3: out,
+		ComfyUI: client, Fleet: b.DB, Logger: log, Metrics: m})
+	if err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	p := &Worker{cfg: cfg, w: w, cc: client, log: log}
+	if cfg.Listen != "" && reg != nil {
+		p.ms = metrics.NewServer(cfg.Listen, reg)
+	}
+	return p, nil
+}
+
+// Start starts /metrics, then the worker.
+func (p *Worker) Start(ctx context.Context) error {
+	if p.ms != nil {
+		if err := p.ms.Start(); err != nil {
+			return fmt.Errorf("LISTEN_ADDR: %w", err)
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	if err := p.w.Start(sctx); err != nil {
+		if p.ms != nil {
+			p.ms.Stop()
+		}
+		return err
+	}
+	outputs := "blob store (inline base64)"
+	if p.cfg.S3.Endpoint != "" {
+		outputs = "S3 " + p.cfg.S3.Endpoint
+	}
+	p.log.Info("gpuworker running", zap.String("comfyui_url", p.cfg.Comfy.BaseURL), zap.String("outputs", outputs))
+	return nil
+}
+
+// Stop drains the worker (the jobs in hand finish within the grace period
+// or go back on the queue), then closes the ComfyUI client and /metrics.
+func (p *Worker) Stop() {
+	p.w.Stop()
+	_ = p.cc.Close()
+	if p.ms != nil {
+		p.ms.Stop()
+	}
+}

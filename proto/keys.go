@@ -1,0 +1,65 @@
+package proto
+
+// The Redis key layout. Every key of the fleet starts with "cf:"; a
+// deployment (or a test) may put a prefix of its own in front of all of
+// them. Only the status record and the worker heartbeat are meant for
+// readers outside comfyfleet; the others are named here so that no package
+// spells a key of its own.
+const (
+	jobKeyPrefix      = "cf:job:"
+	workerKeyPrefix   = "cf:worker:"
+	leaseKeyPrefix    = "cf:lease:"
+	heldKeyPrefix     = "cf:held:"
+	attemptsKeyPrefix = "cf:attempts:"
+	webhookKeyPrefix  = "cf:webhook:"
+	batchKeyPrefix    = "cf:batch:"
+	streamKeyPrefix   = "cf:stream:"
+
+	// StatsKey is a hash of fleet-wide counters: jobs that reached each
+	// terminal status (by status name), RETRIED, DUPLICATE (submissions
+	// for an id that already had a record, dropped) and RECREATED (job
+	// messages whose record was missing and was made again).
+	StatsKey = "cf:stats"
+	// WorkersKey is the set of worker ids with a heartbeat.
+	WorkersKey = "cf:workers"
+	// LeasesKey is a sorted set of leased job ids by the Unix millisecond
+	// (Redis's clock) at which their lease lapses.
+	LeasesKey = "cf:leases"
+	// TTLKey is a sorted set of queued job ids by the Unix millisecond at
+	// which their policy.ttl runs out.
+	TTLKey = "cf:ttl"
+	// SweepKey is a hash of the sweepers' shared state (the last sweep,
+	// and until when lease reclaims wait after an outage).
+	SweepKey = "cf:sweep"
+)
+
+// JobKey is the Redis key of a job's status record, a hash with the fields
+// of [Record].
+func JobKey(jobID string) string { return jobKeyPrefix + jobID }
+
+// WorkerKey is the Redis key of a worker's heartbeat, a hash with the
+// fields of [Heartbeat].
+func WorkerKey(workerID string) string { return workerKeyPrefix + workerID }
+
+// LeaseKey is the Redis key of the lease on a running job: a hash with the
+// attempt, the worker, the delivery's ack subject and the execution
+// deadline.
+func LeaseKey(jobID string) string { return leaseKeyPrefix + jobID }
+
+// HeldKey is the Redis key of the set of jobs leased to a worker.
+func HeldKey(workerID string) string { return heldKeyPrefix + workerID }
+
+// AttemptsKey is the Redis key of a job's attempt log: the error of every
+// failed attempt, oldest first.
+func AttemptsKey(jobID string) string { return attemptsKeyPrefix + jobID }
+
+// WebhookKey is the Redis key of a job's webhook target and delivery mark.
+func WebhookKey(jobID string) string { return webhookKeyPrefix + jobID }
+
+// BatchKey is the Redis key of a batch's index (its items and settings);
+// BatchKey(id)+":sent" is the set of its submitted jobs.
+func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
+
+// StreamCursorKey is the Redis key of a job's /stream cursor: the sequence
+// of the last event RunPod's /stream handed out for it.
+func StreamCursorKey(jobID string) string { return streamKeyPrefix + jobID }
