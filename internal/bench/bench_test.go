@@ -103,7 +103,9 @@ func TestThroughput(t *testing.T) {
 		require.Positive(t, p.JobsPerSecond, name)
 		require.Positive(t, p.CPUMillisPerJob, name)
 		require.LessOrEqual(t, p.SubmitSeconds, p.Seconds, name)
+		requireDist(t, name+" admitted", p.Admitted, 3)
 		requireDist(t, name+" finished", p.Finished, 3)
+		require.False(t, p.Incomplete, name)
 	}
 	require.Contains(t, res.CPUScope, "whole stack")
 	st, err := os.Stat(cfg.CPUProfile)

@@ -38,10 +38,16 @@ type PathResult struct {
 	// SubmitSeconds is how long submitting all took.
 	SubmitSeconds float64 `json:"submit_seconds"`
 	Seconds       float64 `json:"seconds"`
-	// Finished is the time from the first submission to each job's end:
-	// a max far above p99 is a straggler, a job that waited for something
-	// other than the queue ahead of it.
-	Finished      Dist    `json:"finished"`
+	// Admitted is the time from the first submission to each job's
+	// IN_QUEUE event (the dispatcher admitted it), Finished to its end: a
+	// max of Finished far above its p99 is a straggler, a job that waited
+	// for something other than the queue ahead of it; Finished close to
+	// Admitted means the jobs waited for admission, not for a worker.
+	Admitted Dist `json:"admitted"`
+	Finished Dist `json:"finished"`
+	// Incomplete is set when the path ran out of time: the figures are of
+	// the jobs that finished.
+	Incomplete    bool    `json:"incomplete,omitempty"`
 	JobsPerSecond float64 `json:"jobs_per_second"`
 	// CPUSeconds is the process's user+system CPU over Seconds.
 	CPUSeconds      float64 `json:"cpu_seconds"`
@@ -84,6 +90,9 @@ func runThroughput(ctx context.Context, r *runner) error {
 	if err != nil {
 		return err
 	}
+	// A path that runs out of time keeps the figures of what finished.
+	r.report.Throughput = res
+	defer res.print(r.out)
 	if res.Batch, err = submitAndWait(ctx, b, w, api, "batch", jobs); err != nil {
 		return fmt.Errorf("batch path: %w", err)
 	}
@@ -91,8 +100,6 @@ func runThroughput(ctx context.Context, r *runner) error {
 	if res.Run, err = postAndWait(ctx, w, api, "run", bodies, cfg.Clients); err != nil {
 		return fmt.Errorf("/run path: %w", err)
 	}
-	r.report.Throughput = res
-	res.print(r.out)
 	return nil
 }
 
@@ -118,13 +125,23 @@ func (pc *pathClock) result(submitted time.Duration, refused int) PathResult {
 	p := PathResult{
 		Sent: c.Tracked, Refused: refused, Completed: c.Ended - c.Failed, Failed: c.Failed, Recovered: c.Recovered,
 		SubmitSeconds: round3(submitted.Seconds()), Seconds: round3(d.Seconds()),
-		Finished: distOf(pc.w.endedAfter(pc.group, pc.t0)), CPUSeconds: round3((cpu - pc.cpu0).Seconds()),
+		Admitted: distOf(pc.w.after(pc.group, pc.t0, queuedAt)), Finished: distOf(pc.w.after(pc.group, pc.t0, endedAt)),
+		CPUSeconds: round3((cpu - pc.cpu0).Seconds()),
 	}
 	if p.Sent > 0 {
 		p.JobsPerSecond = round3(float64(p.Sent) / d.Seconds())
 		p.CPUMillisPerJob = round3(ms(cpu-pc.cpu0) / float64(p.Sent))
 	}
 	return p
+}
+
+// finish waits for the group's jobs to end and returns the figures; when
+// ctx ends first, the figures of the jobs that ended, marked incomplete.
+func (pc *pathClock) finish(ctx context.Context, api *apiClient, submitted time.Duration, refused int) (PathResult, error) {
+	err := pc.w.wait(ctx, api, pc.group, allEnded)
+	p := pc.result(submitted, refused)
+	p.Incomplete = err != nil
+	return p, err
 }
 
 // allEnded is the wait condition "every tracked job finished".
@@ -138,10 +155,7 @@ func submitAndWait(ctx context.Context, b *bus, w *watcher, api *apiClient, grou
 		return PathResult{}, err
 	}
 	submitted := time.Since(pc.t0)
-	if err := w.wait(ctx, api, group, allEnded); err != nil {
-		return PathResult{}, err
-	}
-	return pc.result(submitted, 0), nil
+	return pc.finish(ctx, api, submitted, 0)
 }
 
 // submitGroup tracks the jobs as group and publishes them.
@@ -194,10 +208,7 @@ feed:
 	if refused == len(bodies) {
 		return PathResult{}, fmt.Errorf("every /run was refused: %w", lastErr)
 	}
-	if err := w.wait(ctx, api, group, allEnded); err != nil {
-		return PathResult{}, err
-	}
-	return pc.result(submitted, refused), nil
+	return pc.finish(ctx, api, submitted, refused)
 }
 
 func (res *ThroughputResult) print(w io.Writer) {
@@ -214,10 +225,15 @@ func (res *ThroughputResult) print(w io.Writer) {
 	}
 	tw.Flush()
 	tw = newTable(w)
-	fmt.Fprintln(tw, "time to each job's end"+distHeader)
-	fmt.Fprintln(tw, distRow("batch (cf.submit.batch)", res.Batch.Finished))
-	fmt.Fprintln(tw, distRow("/run", res.Run.Finished))
+	fmt.Fprintln(tw, "time from the start to each job's"+distHeader)
+	fmt.Fprintln(tw, distRow("  admission: batch", res.Batch.Admitted))
+	fmt.Fprintln(tw, distRow("  end: batch", res.Batch.Finished))
+	fmt.Fprintln(tw, distRow("  admission: /run", res.Run.Admitted))
+	fmt.Fprintln(tw, distRow("  end: /run", res.Run.Finished))
 	tw.Flush()
+	if res.Batch.Incomplete || res.Run.Incomplete {
+		fmt.Fprintln(w, "a path ran out of time (--timeout): its figures are of the jobs that finished")
+	}
 	if n := res.Batch.Recovered + res.Run.Recovered; n > 0 {
 		fmt.Fprintf(w, "%d job end(s) were found by re-reading /status, their events missed: their times are late\n", n)
 	}

@@ -179,17 +179,20 @@ func (w *watcher) members(group string) map[string]jobTrack {
 	return out
 }
 
-// endedAfter returns, in ms, how long after t0 each ended job of a group
-// ended.
-func (w *watcher) endedAfter(group string, t0 time.Time) []float64 {
+// after returns, in ms, how long after t0 the moment that at picks (a
+// field of jobTrack) came for each job of a group that got that far.
+func (w *watcher) after(group string, t0 time.Time, at func(jobTrack) time.Time) []float64 {
 	var out []float64
 	for _, t := range w.members(group) {
-		if !t.Ended.IsZero() {
-			out = append(out, ms(t.Ended.Sub(t0)))
+		if a := at(t); !a.IsZero() {
+			out = append(out, ms(a.Sub(t0)))
 		}
 	}
 	return out
 }
+
+func queuedAt(t jobTrack) time.Time { return t.Queued }
+func endedAt(t jobTrack) time.Time  { return t.Ended }
 
 // inOrder returns what was seen of a group's jobs, by the time they
 // started (jobs never seen starting last).
