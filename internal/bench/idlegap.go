@@ -12,7 +12,8 @@ import (
 // executor sat idle between one prompt's end and the next one's start.
 type IdleGapResult struct {
 	Jobs int `json:"jobs"`
-	// StepDelayMS is the emulator's time per step; the jobs have 20.
+	// StepDelayMS is the emulator's time per step, the jobs have 20; -1
+	// for a running stack's, unknown to the bench.
 	StepDelayMS float64 `json:"step_delay_ms"`
 	// Prefetch is the worker's PREFETCH (-1: a running stack's, unknown);
 	// PrefetchNote says why only it.
@@ -101,6 +102,7 @@ func runIdleGap(ctx context.Context, r *runner) error {
 	}
 	if !st.InProcess {
 		res.Prefetch, res.PrefetchNote = -1, "the running stack's worker's PREFETCH, unknown to the bench"
+		res.StepDelayMS = -1
 	}
 	r.report.IdleGap = res
 	res.print(r.out)
@@ -129,8 +131,8 @@ func gapParts(spans []promptSpan, jobs []jobTrack) (finish, take, start *Dist) {
 }
 
 func (res *IdleGapResult) print(w io.Writer) {
-	fmt.Fprintf(w, "%d queued jobs on one worker, %d steps of %.1f ms each; executor timestamps from ComfyUI's /history (%.0f ms resolution)\n",
-		res.Jobs, workflowSteps, res.StepDelayMS, res.ResolutionMS)
+	fmt.Fprintf(w, "%d queued jobs on one worker, %s; executor timestamps from ComfyUI's /history (%.0f ms resolution)\n",
+		res.Jobs, steps(res.StepDelayMS), res.ResolutionMS)
 	tw := newTable(w)
 	fmt.Fprintln(tw, distHeader)
 	fmt.Fprintln(tw, distRow("job length", res.JobLength))

@@ -13,11 +13,13 @@ import (
 // of batch jobs admitted, then interactive jobs posted to /run at a
 // steady rate while the backlog runs.
 type InteractiveResult struct {
+	// Workers and StepDelayMS (the emulators' time per step) are 0 and
+	// -1 for a running stack's, unknown to the bench.
 	Workers     int     `json:"workers"`
+	StepDelayMS float64 `json:"step_delay_ms"`
 	Backlog     int     `json:"backlog"`
 	Interactive int     `json:"interactive"`
 	Rate        int     `json:"rate"`
-	StepDelayMS float64 `json:"step_delay_ms"`
 	// AdmitSeconds is how long the backlog took from the first publish
 	// until every job of it was admitted (had a status event).
 	AdmitSeconds float64 `json:"admit_seconds"`
@@ -58,7 +60,7 @@ func runInteractive(ctx context.Context, r *runner) error {
 	res := &InteractiveResult{Workers: cfg.InteractiveWorkers, Backlog: cfg.Backlog, Interactive: cfg.Interactive,
 		Rate: cfg.Rate, StepDelayMS: ms(max(cfg.StepDelay, 0))}
 	if !st.InProcess {
-		res.Workers = 0 // the running stack's, unknown
+		res.Workers, res.StepDelayMS = 0, -1 // the running stack's, unknown
 	}
 	seed := randomSeed()
 	backlog, err := r.batchJobs("q", cfg.Backlog, &seed)
@@ -214,8 +216,8 @@ func (res *InteractiveResult) print(w io.Writer) {
 	if res.Workers == 0 {
 		workers = "the running stack's workers"
 	}
-	fmt.Fprintf(w, "%d batch jobs admitted in %.2f s, then %d /run jobs at %d/s; %s, %d steps of %.1f ms per job\n",
-		res.Backlog, res.AdmitSeconds, res.Interactive, res.Rate, workers, workflowSteps, res.StepDelayMS)
+	fmt.Fprintf(w, "%d batch jobs admitted in %.2f s, then %d /run jobs at %d/s; %s, %s\n",
+		res.Backlog, res.AdmitSeconds, res.Interactive, res.Rate, workers, steps(res.StepDelayMS))
 	tw := newTable(w)
 	fmt.Fprintln(tw, distHeader)
 	fmt.Fprintln(tw, distRow("queue wait (delayTime)", res.QueueWait))

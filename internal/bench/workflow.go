@@ -9,6 +9,15 @@ import (
 // the emulator sleeps its step delay this many times per job.
 const workflowSteps = 20
 
+// steps describes the jobs' sampler steps for a table; a negative delay
+// is a running stack's, unknown.
+func steps(delayMS float64) string {
+	if delayMS < 0 {
+		return fmt.Sprintf("%d steps a job at the running stack's step delay", workflowSteps)
+	}
+	return fmt.Sprintf("%d steps of %.1f ms a job", workflowSteps, delayMS)
+}
+
 // workflow is the graph of examples/txt2img.json with the image size and
 // the seed as parameters. Every job of a run gets its own seed, so no
 // prompt is served from ComfyUI's cache.
