@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10s
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test dev vet lint fuzz build chaos
+.PHONY: test dev vet lint fuzz build chaos bench
 
 ## test: start a Redis when none answers, install versitygw (S3 tests) when missing, vet and staticcheck, then run every test with the race detector
 test: lint
@@ -19,6 +19,10 @@ chaos:
 ## dev: run the whole fleet locally (same as `go run ./cmd/comfyfleet dev`)
 dev:
 	$(GO) run ./cmd/comfyfleet dev
+
+## bench: measure the fleet (docs/performance.md): every scenario, or the ones and settings in BENCH_ARGS
+bench:
+	$(GO) run ./cmd/comfyfleet bench $(BENCH_ARGS)
 
 ## build: compile every binary into ./bin
 build:

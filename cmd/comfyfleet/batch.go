@@ -140,8 +140,8 @@ func fleetSettings(c *showConfig) *flagenv.Set {
 }
 
 // parse reads args, flags and positional arguments in any order, and
-// checks the number of positional arguments. ok false means the command
-// is over with code.
+// checks the number of positional arguments (any number when nargs is
+// negative). ok false means the command is over with code.
 func parse(name string, fs *flagenv.Set, args []string, nargs int, stderr io.Writer) (pos []string, code int, ok bool) {
 	fs.SetOutput(stderr)
 	for {
@@ -159,7 +159,7 @@ func parse(name string, fs *flagenv.Set, args []string, nargs int, stderr io.Wri
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
-	if len(pos) != nargs {
+	if nargs >= 0 && len(pos) != nargs {
 		what := "no argument"
 		if nargs == 1 {
 			what = "one argument"

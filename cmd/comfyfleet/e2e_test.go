@@ -318,6 +318,12 @@ func TestCommandLineErrors(t *testing.T) {
 		{args: []string{"cancel", "--help"}, code: exitOK, want: "cancels a job"},
 		{args: []string{"status", "x", "--nats-url", "nats://127.0.0.1:1"}, code: exitNotAllDone, want: "connect to NATS"},
 		{args: []string{"bogus"}, code: exitUsage, want: `unknown command "bogus"`},
+		{args: []string{"--help"}, code: exitOK, want: "comfyfleet bench [SCENARIO…]"},
+		{args: []string{"bench", "--help"}, code: exitOK, want: "a running stack: --nats-url and --api-url"},
+		{args: []string{"bench", "memory"}, code: exitUsage, want: "scenario memory is not built yet"},
+		{args: []string{"bench", "overhead", "speed"}, code: exitUsage, want: `scenario "speed" is unknown`},
+		{args: []string{"bench", "--size", "60"}, code: exitUsage, want: "multiple of 8"},
+		{args: []string{"bench", "--jobs", "many"}, code: exitUsage, want: "invalid value"},
 	}
 	for _, tt := range tests {
 		var out bytes.Buffer

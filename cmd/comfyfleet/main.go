@@ -1,6 +1,7 @@
 // Command comfyfleet is the operator's tool: `comfyfleet dev` runs the
 // whole fleet on this machine in one process; submit, watch, status,
-// cancel and fleet work a fleet's batches and jobs (see internal/batch).
+// cancel and fleet work a fleet's batches and jobs (see internal/batch);
+// `comfyfleet bench` measures a fleet (see internal/bench).
 package main
 
 import (
@@ -32,8 +33,11 @@ Usage:
   comfyfleet cancel ID|BATCH            cancel a job or every unfinished job of a batch
   comfyfleet fleet                      show the workers, lanes and queue depths
   comfyfleet dlq list|replay SEQ…       list the dead letters, or queue them again
+  comfyfleet bench [SCENARIO…]          measure the fleet (overhead, throughput,
+                                        idle-gap, interactive): tables, and JSON
+                                        for comparing commits
 
-Every command but dev finds a running "comfyfleet dev" by itself (its
+Every command but dev and bench finds a running "comfyfleet dev" by itself (its
 .comfyfleet/stack.json); for a deployment set NATS_URL and REDIS_URL.
 
 Run "comfyfleet <command> --help" for a command's settings.
@@ -65,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return showFleet(ctx, args[1:], stdout, stderr)
 	case "dlq":
 		return deadLetters(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

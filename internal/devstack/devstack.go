@@ -92,6 +92,23 @@ func (c *Config) Bind(fs *flagenv.Set) {
 	c.Worker.Bind(fs)
 }
 
+// ConfigFrom is the stack's configuration as `comfyfleet dev` reads it
+// from an environment (getenv; nil is an empty one) without flags: every
+// setting at its default unless getenv names it. Adjust the fields, then
+// call Finish.
+func ConfigFrom(getenv func(string) string) (Config, error) {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	var c Config
+	fs := flagenv.New("comfyfleet dev", "")
+	c.Bind(fs)
+	if err := fs.Parse(nil, getenv); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
 // Finish reconciles what the roles share in one process and checks every
 // role's settings, naming the one at fault.
 func (c *Config) Finish() (setting string, err error) {

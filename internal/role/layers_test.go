@@ -33,6 +33,7 @@ var layers = []struct {
 		"internal/runpod/jobtake", "internal/batch"}},
 	{"wiring", []string{"internal/backend", "internal/role"}},
 	{"dev", []string{"internal/devstack"}},
+	{"tools", []string{"internal/bench"}},
 	{"main", []string{"cmd/comfyfleet", "cmd/dispatcher", "cmd/gpuworker", "cmd/runpod-adapter", "cmd/comfysim"}},
 }
 

@@ -1,0 +1,208 @@
+package bench_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/comfyfleet/comfyfleet/internal/bench"
+	"github.com/comfyfleet/comfyfleet/internal/devstack"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
+)
+
+// tiny is a configuration of the smallest sizes that still measure
+// something, on the stacks' shared test Redis under the test's prefix.
+func tiny(t *testing.T, scenario string) bench.Config {
+	t.Helper()
+	_, prefix := testenv.Redis(t)
+	return bench.Config{
+		Scenarios: []string{scenario}, JSONPath: filepath.Join(t.TempDir(), "bench.json"), Dir: t.TempDir(),
+		RedisURL: testenv.RedisURL(), KeyPrefix: prefix,
+		Pairs: 3, Workers: 2, Jobs: 3, Clients: 2, GapJobs: 3, StepDelay: time.Millisecond,
+		Backlog: 5, Interactive: 3, Rate: 50, InteractiveWorkers: 2,
+		Timeout: 2 * time.Minute, Logger: zaptest.NewLogger(t), Out: &bytes.Buffer{},
+	}
+}
+
+// run runs cfg and returns the report as written to its JSON file.
+func run(t *testing.T, cfg bench.Config) *bench.Report {
+	t.Helper()
+	_, err := bench.Run(testenv.Context(t, 3*time.Minute), cfg)
+	require.NoError(t, err, "output:\n%s", cfg.Out)
+	data, err := os.ReadFile(cfg.JSONPath)
+	require.NoError(t, err)
+	var rep bench.Report
+	require.NoError(t, json.Unmarshal(data, &rep), "the JSON has the report's types")
+	require.Empty(t, rep.Errors)
+	require.Empty(t, rep.Skipped)
+	require.NotEmpty(t, rep.GoVersion)
+	require.Positive(t, rep.GOMAXPROCS)
+	require.Positive(t, rep.NumCPU)
+	require.Equal(t, cfg.Scenarios, rep.Settings.Scenarios)
+	require.Contains(t, rep.NotBuilt, "mixed-models")
+	require.Contains(t, rep.NotBuilt, "memory")
+	return &rep
+}
+
+// requireDist checks a distribution of n values is ordered.
+func requireDist(t *testing.T, name string, d bench.Dist, n int) {
+	t.Helper()
+	require.Equal(t, n, d.N, name)
+	require.True(t, d.Min <= d.P50 && d.P50 <= d.P90 && d.P90 <= d.P99 && d.P99 <= d.Max,
+		"%s: min %v p50 %v p90 %v p99 %v max %v", name, d.Min, d.P50, d.P90, d.P99, d.Max)
+	require.True(t, d.Min <= d.Mean && d.Mean <= d.Max, "%s: mean %v", name, d.Mean)
+}
+
+func TestOverhead(t *testing.T) {
+	t.Parallel()
+	cfg := tiny(t, "overhead")
+	cfg.S3 = true
+	rep := run(t, cfg)
+	res := rep.Overhead
+	require.NotNil(t, res)
+	require.Equal(t, 3, res.Pairs)
+	requireDist(t, "floor", res.Floor, 3)
+	requireDist(t, "stack", res.Stack, 3)
+	requireDist(t, "stack delay", res.StackDelay, 3)
+	requireDist(t, "stack execution", res.StackExecution, 3)
+	require.Equal(t, 3, res.Diff.N)
+	require.Positive(t, res.Floor.Min)
+	require.Positive(t, res.FloorBytes, "the floor read the image")
+	require.Positive(t, res.StackBytes, "the stack returned the image")
+	require.NotNil(t, res.Steps, "the in-process stack's events and history split the time by step")
+	for name, d := range map[string]bench.Dist{"admit": res.Steps.Admit, "pickup": res.Steps.Pickup, "queue": res.Steps.Queue,
+		"prompt": res.Steps.Prompt, "finish": res.Steps.Finish, "answer": res.Steps.Answer,
+		"floor prompt": res.Steps.FloorPrompt, "floor client": res.Steps.FloorClient} {
+		requireDist(t, name, d, 3)
+	}
+	require.NotNil(t, res.S3)
+	require.False(t, res.S3.Run)
+	require.Contains(t, res.S3.Note, "not built yet")
+	require.Contains(t, cfg.Out.(*bytes.Buffer).String(), "difference per pair")
+}
+
+func TestThroughput(t *testing.T) {
+	t.Parallel()
+	cfg := tiny(t, "throughput")
+	cfg.CPUProfile = filepath.Join(t.TempDir(), "cpu.pprof")
+	res := run(t, cfg).Throughput
+	require.NotNil(t, res)
+	require.Equal(t, 2, res.Workers)
+	for name, p := range map[string]bench.PathResult{"batch": res.Batch, "run": res.Run} {
+		require.Equal(t, 3, p.Sent, name)
+		require.Equal(t, 3, p.Completed, name)
+		require.Zero(t, p.Failed, name)
+		require.Zero(t, p.Refused, name)
+		require.Positive(t, p.Seconds, name)
+		require.Positive(t, p.JobsPerSecond, name)
+		require.Positive(t, p.CPUMillisPerJob, name)
+		require.LessOrEqual(t, p.SubmitSeconds, p.Seconds, name)
+		requireDist(t, name+" admitted", p.Admitted, 3)
+		requireDist(t, name+" finished", p.Finished, 3)
+		require.False(t, p.Incomplete, name)
+	}
+	require.Contains(t, res.CPUScope, "whole stack")
+	st, err := os.Stat(cfg.CPUProfile)
+	require.NoError(t, err)
+	require.Positive(t, st.Size(), "a CPU profile was written")
+}
+
+func TestIdleGap(t *testing.T) {
+	t.Parallel()
+	res := run(t, tiny(t, "idle-gap")).IdleGap
+	require.NotNil(t, res)
+	require.Equal(t, 3, res.Jobs)
+	require.Equal(t, 3, res.Prompts, "every queued job is in the history")
+	requireDist(t, "job length", res.JobLength, 3)
+	requireDist(t, "gap", res.Gap, 2)
+	require.NotNil(t, res.Finish, "the jobs' events split the gaps")
+	requireDist(t, "finish", *res.Finish, 2)
+	requireDist(t, "take", *res.Take, 2)
+	requireDist(t, "start", *res.Start, 2)
+	require.GreaterOrEqual(t, res.Gap.Min, 0.0)
+	require.Zero(t, res.Prefetch)
+	require.Contains(t, res.PrefetchNote, "--prefetch")
+	require.True(t, res.BusyShare > 0 && res.BusyShare <= 1, "busy share %v", res.BusyShare)
+}
+
+func TestInteractive(t *testing.T) {
+	t.Parallel()
+	res := run(t, tiny(t, "interactive")).Interactive
+	require.NotNil(t, res)
+	require.Equal(t, 5, res.Backlog)
+	require.Equal(t, 3, res.Completed)
+	require.Zero(t, res.Failed+res.Refused)
+	requireDist(t, "queue wait", res.QueueWait, 3)
+	requireDist(t, "latency", res.Latency, 3)
+	require.NotNil(t, res.SlotWait)
+	requireDist(t, "slot wait", *res.SlotWait, 3)
+	require.LessOrEqual(t, res.BacklogDoneAtStart, res.BacklogDoneAtEnd)
+	require.LessOrEqual(t, res.BacklogDoneAtEnd, res.Backlog)
+}
+
+// TestRunningStack: pointed at a running stack, the bench starts none and
+// runs what the URLs allow; the other scenarios say what they lack.
+func TestRunningStack(t *testing.T) {
+	t.Parallel()
+	_, prefix := testenv.Redis(t)
+	dc, err := devstack.ConfigFrom(nil)
+	require.NoError(t, err)
+	dc.Dir, dc.Listen, dc.NATSPort, dc.Workers, dc.StepDelay = t.TempDir(), "127.0.0.1:0", -1, 1, -1
+	dc.RedisURL, dc.Common.KeyPrefix, dc.Worker.Worker.Grace = testenv.RedisURL(), prefix, 5*time.Second
+	_, err = dc.Finish()
+	require.NoError(t, err)
+	dc.Logger = zaptest.NewLogger(t)
+	stack, err := devstack.Start(testenv.Context(t, time.Minute), dc)
+	require.NoError(t, err)
+	t.Cleanup(stack.Stop)
+
+	var out bytes.Buffer
+	cfg := bench.Config{Scenarios: []string{"overhead", "idle-gap"}, JSONPath: filepath.Join(t.TempDir(), "bench.json"),
+		APIURL: stack.Info.APIURL, ComfyUIURL: stack.Info.ComfyUIURLs[0], Pairs: 2, Out: &out}
+	_, err = bench.Run(testenv.Context(t, 2*time.Minute), cfg)
+	require.NoError(t, err, out.String())
+	data, err := os.ReadFile(cfg.JSONPath)
+	require.NoError(t, err)
+	var rep bench.Report
+	require.NoError(t, json.Unmarshal(data, &rep))
+	require.Equal(t, "external", rep.Stack)
+	require.NotNil(t, rep.Overhead)
+	requireDist(t, "stack", rep.Overhead.Stack, 2)
+	require.Nil(t, rep.Overhead.Steps, "without --nats-url there are no events to split the time by")
+	require.Nil(t, rep.IdleGap)
+	require.Contains(t, rep.Skipped["idle-gap"], "--nats-url")
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		cfg     bench.Config
+		wantErr string
+	}{
+		{name: "defaults", cfg: bench.Config{}},
+		{name: "some scenarios", cfg: bench.Config{Scenarios: []string{"idle-gap", "overhead"}}},
+		{name: "unknown scenario", cfg: bench.Config{Scenarios: []string{"speed"}}, wantErr: `scenario "speed" is unknown`},
+		{name: "not built", cfg: bench.Config{Scenarios: []string{"memory"}}, wantErr: "scenario memory is not built yet"},
+		{name: "negative", cfg: bench.Config{Jobs: -1}, wantErr: "jobs: -1 is negative"},
+		{name: "odd size", cfg: bench.Config{Size: 60}, wantErr: "size: 60 is not a multiple of 8"},
+		{name: "redis with a running stack", cfg: bench.Config{APIURL: "http://127.0.0.1:8000", RedisURL: "redis://x"}, wantErr: "redis url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := tt.cfg.Validate()
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tt.wantErr)
+		})
+	}
+}
