@@ -170,6 +170,10 @@ type Client struct {
 	kick     chan struct{}      // asks a down loop to redial now
 	waiters  map[string]*waiter
 	current  string // the prompt of ours that ComfyUI is executing, for type-1 previews
+	// drops counts the times the WebSocket went down: a prompt whose end
+	// was seen before a drop and whose history is missing after it was
+	// lost with a ComfyUI restart, not evicted.
+	drops uint64
 }
 
 // New builds a Client; it does not contact ComfyUI (Start does).
@@ -292,6 +296,9 @@ func (c *Client) Close() error {
 
 // setStateLocked records a state change and wakes everyone waiting on one.
 func (c *Client) setStateLocked(s connState, err error) {
+	if c.state == stateConnected && s != stateConnected {
+		c.drops++
+	}
 	c.state = s
 	c.lastErr = err
 	close(c.changed)

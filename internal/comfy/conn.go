@@ -254,13 +254,14 @@ func (c *Client) route(m message) {
 			c.current = ""
 		}
 	}
+	drops := c.drops
 	c.mu.Unlock()
 	if w == nil {
 		return
 	}
 	switch {
 	case m.Finished:
-		w.push(event{kind: evDone})
+		w.push(event{kind: evDone, drops: drops})
 	case m.Outcome != outcomeNone:
 		w.push(event{kind: evOutcome, msg: &m})
 	case len(m.Progress) > 0 && w.opts.OnProgress != nil:

@@ -28,6 +28,8 @@
 //	interrupted or removed from queue    *InterruptedError, ErrInterrupted
 //	ended, but no history entry          ErrNoHistoryEntry (+Lost)     "Prompt ID <id> not found in history after execution."
 //	gone from queue and history          ErrPromptLost                 (ComfyUI restarted: run it again)
+//	ended, then the socket dropped       ErrPromptLost                 (a restart took the history entry: run it again)
+//	and no history entry
 //	Client closed                        ErrClosed
 //
 // The ComfyUI behaviour this package relies on is written down in

@@ -246,7 +246,7 @@ func (c *Client) follow(ctx context.Context, w *waiter, reconcileFirst bool) (*R
 			case err != nil:
 				return nil, fmt.Errorf("reconcile: %w", err)
 			case st == reconDone:
-				return c.finish(ctx, w, last, entry)
+				return c.finish(ctx, w, last, entry, 0)
 			case st == reconLost:
 				return nil, c.lostError(w)
 			}
@@ -274,7 +274,7 @@ func (c *Client) follow(ctx context.Context, w *waiter, reconcileFirst bool) (*R
 				case evOutcome:
 					last = ev.msg
 				case evDone:
-					return c.finish(ctx, w, last, nil)
+					return c.finish(ctx, w, last, nil, ev.drops)
 				case evReconcile:
 					needReconcile = true
 				case evFail:
@@ -284,7 +284,7 @@ func (c *Client) follow(ctx context.Context, w *waiter, reconcileFirst bool) (*R
 					// The WebSocket is gone; the prompt may still have
 					// finished while it was being redialled.
 					if entry, st, err := c.reconcile(ctx, w.id); err == nil && st == reconDone {
-						return c.finish(ctx, w, last, entry)
+						return c.finish(ctx, w, last, entry, 0)
 					}
 					return nil, ev.err
 				}
@@ -295,11 +295,12 @@ func (c *Client) follow(ctx context.Context, w *waiter, reconcileFirst bool) (*R
 
 // finish builds the Result from the history entry (read now unless given)
 // and the outcome: the entry's status, or the last execution_* message
-// when the entry has none.
-func (c *Client) finish(ctx context.Context, w *waiter, last *message, entry *HistoryEntry) (*Result, error) {
+// when the entry has none. drops is the client's drop count when the end
+// was read.
+func (c *Client) finish(ctx context.Context, w *waiter, last *message, entry *HistoryEntry, drops uint64) (*Result, error) {
 	if entry == nil {
 		var err error
-		if entry, err = c.historyAfterEnd(ctx, w.id); err != nil {
+		if entry, err = c.historyAfterEnd(ctx, w.id, drops); err != nil {
 			return nil, err
 		}
 	}
@@ -321,8 +322,11 @@ func (c *Client) finish(ctx context.Context, w *waiter, last *message, entry *Hi
 
 // historyAfterEnd reads the history entry after the end signal, retrying
 // briefly on {}: a client that saw the end before the history write (the
-// §5.8 race) gets {} for a moment.
-func (c *Client) historyAfterEnd(ctx context.Context, id string) (*HistoryEntry, error) {
+// §5.8 race) gets {} for a moment. A missing entry is ErrNoHistoryEntry,
+// unless the WebSocket dropped since the end was read (drops): then
+// ComfyUI restarted and took its history with it, ErrPromptLost alone, and
+// the prompt is worth running again.
+func (c *Client) historyAfterEnd(ctx context.Context, id string, drops uint64) (*HistoryEntry, error) {
 	deadline := time.Now().Add(historyRetryBudget)
 	delay := 20 * time.Millisecond
 	for {
@@ -334,6 +338,12 @@ func (c *Client) historyAfterEnd(ctx context.Context, id string) (*HistoryEntry,
 			return entry, nil
 		}
 		if time.Now().After(deadline) {
+			c.mu.Lock()
+			restarted := c.drops != drops || c.state != stateConnected
+			c.mu.Unlock()
+			if restarted {
+				return nil, fmt.Errorf("not in history after execution, and the WebSocket dropped meanwhile (ComfyUI restarted?): %w", ErrPromptLost)
+			}
 			return nil, fmt.Errorf("not found in history after execution: %w: %w", ErrNoHistoryEntry, ErrPromptLost)
 		}
 		t := time.NewTimer(delay)
@@ -422,6 +432,7 @@ type event struct {
 	preview  Preview
 	msg      *message
 	err      error
+	drops    uint64 // evDone: the client's drop count when the end was read
 }
 
 // waiter is one prompt being followed. The WebSocket loop pushes events to
