@@ -6,12 +6,20 @@ but the standard library and nats-py (pip install nats-py):
 
   1. one job per seed, with an id derived from the batch id and the seed, so
      that running the script again re-sends the same ids and nothing runs twice;
-  2. each job is a JSON message on cf.submit.batch with the header
-     Nats-Msg-Id = job id, published through JetStream: the PubAck is the
-     receipt;
-  3. completion comes from the final events on cf.events.<id>.final;
+  2. each job is a JSON message on cf.submit.batch (cf.submit.batch.<tenant>
+     with --tenant) with the header Nats-Msg-Id = job id, published through
+     JetStream: the PubAck is the receipt;
+  3. completion comes from the final events on
+     cf.events.<id>.final.<tenant> (this script subscribes to its tenant's,
+     cf.events.*.final.<tenant>);
   4. results are read from the RunPod-compatible API's GET /status/{id}
-     (files inline as base64) and written to --out.
+     (files inline as base64; with --api-key, that tenant's key) and written
+     to --out.
+
+On a fleet with NATS users per tenant (docs/security.md), give the user's
+credentials in the URL, its tenant with --tenant, and its API key with
+--api-key: the user may publish on its tenant's subject and read its
+tenant's events alone, and replies come to its own inbox prefix.
 
 With `comfyfleet dev` running (its NATS address is printed at start, and is in
 .comfyfleet/stack.json):
@@ -36,9 +44,17 @@ import urllib.request
 
 import nats
 
-SUBJECT = "cf.submit.batch"  # proto.SubmitSubject("batch")
-EVENTS = "cf.events.*.final"  # proto.FinalEventSubjects: every job's terminal status
-REJECTS = "cf.rejects"  # proto.RejectSubject
+DEFAULT_TENANT = "default"  # proto.DefaultTenant: the tenant of cf.submit.batch
+
+
+def subjects(tenant):
+    """The subjects of a tenant's producer: where it publishes, where its
+    jobs' terminal events come (proto.TenantEventSubjects(tenant, "final")),
+    and where its rejected submissions come (proto.RejectSubject)."""
+    submit = f"cf.submit.batch.{tenant}" if tenant else "cf.submit.batch"
+    tenant = tenant or DEFAULT_TENANT
+    return submit, f"cf.events.*.final.{tenant}", f"cf.rejects.{tenant}"
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 MAX_MESSAGE = 1024 * 1024  # NATS's default max payload
 
@@ -96,10 +112,14 @@ def make_jobs(workflow, batch_id, seeds, node, lane):
     return jobs
 
 
-def get_status(api, job_id):
-    """GET /status/{id} of the RunPod-compatible API; None when unknown yet."""
+def get_status(api, job_id, api_key=""):
+    """GET /status/{id} of the RunPod-compatible API; None when unknown yet
+    (or another tenant's)."""
+    req = urllib.request.Request(f"{api}/status/{job_id}")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(f"{api}/status/{job_id}", timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             return json.load(r)
     except urllib.error.HTTPError as e:
         if e.code == 404:  # not admitted yet, or expired
@@ -142,6 +162,9 @@ async def main():
     ap.add_argument("--lane", default="batch", choices=["batch", "interactive"])
     ap.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     ap.add_argument("--api", default="http://127.0.0.1:8000", help="RunPod-compatible API, for the results")
+    ap.add_argument("--tenant", default=os.environ.get("CF_TENANT", ""),
+                    help="tenant to submit as (its NATS user must be allowed cf.submit.batch.<tenant>); default: none")
+    ap.add_argument("--api-key", default=os.environ.get("RUNPOD_API_KEY", ""), help="the tenant's API key, for GET /status")
     ap.add_argument("--out", default="results")
     ap.add_argument("--poll", type=float, default=5.0, help="seconds between status reads of unfinished jobs")
     args = ap.parse_args()
@@ -153,9 +176,13 @@ async def main():
         f"{os.path.abspath(args.workflow)}\0{args.seeds}".encode()).hexdigest()[:10]
     jobs = make_jobs(workflow, batch_id, seeds, node, args.lane)
     pending = {j["id"] for j in jobs}
-    print(f"batch {batch_id}: {len(jobs)} job(s) on {SUBJECT}")
+    submit_subject, events_subject, rejects_subject = subjects(args.tenant)
+    print(f"batch {batch_id}: {len(jobs)} job(s) on {submit_subject}")
 
-    nc = await nats.connect(args.nats)
+    # A tenant's NATS user gets its replies (the PubAcks) on an inbox
+    # prefix of its own, the only one it may subscribe to.
+    inbox = f"_INBOX_{args.tenant}" if args.tenant else "_INBOX"
+    nc = await nats.connect(args.nats, inbox_prefix=inbox.encode())
     js = nc.jetstream()
     finished = asyncio.Queue()
 
@@ -170,15 +197,15 @@ async def main():
         reason = msg.headers.get("Cf-Reject-Reason", "") if msg.headers else ""
         print(f"rejected: {reason}: {msg.data[:200]!r}", file=sys.stderr)
 
-    await nc.subscribe(EVENTS, cb=on_event)
-    await nc.subscribe(REJECTS, cb=on_reject)
+    await nc.subscribe(events_subject, cb=on_event)
+    await nc.subscribe(rejects_subject, cb=on_reject)
     await nc.flush()
 
     for job in jobs:
         data = json.dumps(job).encode()
         if len(data) > MAX_MESSAGE:
             sys.exit(f"{job['id']}: {len(data)} bytes is over NATS's 1 MB; put input images in the blob store")
-        ack = await js.publish(SUBJECT, data, headers={"Nats-Msg-Id": job["id"]})
+        ack = await js.publish(submit_subject, data, headers={"Nats-Msg-Id": job["id"]})
         # The PubAck is the receipt: the job will reach a terminal state.
         note = " (sent before: duplicate dropped)" if ack.duplicate else ""
         print(f"submitted {job['id']}: stream {ack.stream} seq {ack.seq}{note}")
@@ -189,7 +216,7 @@ async def main():
         while pending:
             for job_id in list(pending):
                 try:
-                    view = await asyncio.to_thread(get_status, args.api, job_id)
+                    view = await asyncio.to_thread(get_status, args.api, job_id, args.api_key)
                 except (OSError, ValueError) as e:  # URLError is an OSError
                     print(f"status of {job_id}: {e}", file=sys.stderr)
                     break
@@ -205,7 +232,7 @@ async def main():
             if job_id not in pending:
                 continue
             pending.discard(job_id)
-            view = await asyncio.to_thread(get_status, args.api, job_id)
+            view = await asyncio.to_thread(get_status, args.api, job_id, args.api_key)
             if view is None:
                 print(f"{job_id}: finished, but its result expired", file=sys.stderr)
                 failed += 1

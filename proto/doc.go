@@ -12,13 +12,14 @@
 //     A batch producer derives it from the batch and the item, so that a
 //     re-run of the producer re-submits the same ids and JetStream drops them.
 //  2. Publish a JSON [Job] on "cf.submit.<source>" (source "batch" for batch
-//     producers, see [SubmitSubject]) with the header "Nats-Msg-Id: <id>"
+//     producers, see [SubmitSubject]), or "cf.submit.<source>.<tenant>" on a
+//     fleet with tenants, with the header "Nats-Msg-Id: <id>"
 //     ([MsgIDHeader]), through JetStream so you get a PubAck. The PubAck is
 //     the durable receipt: from then on the job reaches a terminal state,
 //     whatever process dies. A PubAck with "duplicate": true means that id was
 //     published within the de-duplication window (2 minutes) and this copy
 //     was dropped.
-//  3. Watch "cf.events.<id>.*" ([JobEventSubjects]) for [Event]s, or read the status
+//  3. Watch "cf.events.<id>.>" ([JobEventSubjects]) for [Event]s, or read the status
 //     record, a Redis hash at "cf:job:<id>" ([JobKey]) whose fields are those of
 //     [Record].
 //
@@ -59,16 +60,19 @@
 //
 // Every status transition is published as an [Event] with type "status":
 // IN_QUEUE when the dispatcher admits the job and IN_PROGRESS when a worker
-// starts it on "cf.events.<id>.status", then one of COMPLETED, FAILED,
-// TIMED_OUT or CANCELLED ("error" says why) on "cf.events.<id>.final"
-// ([EventSubject], [Event.Subject]). Progress events (type "progress") come
-// in between on "cf.events.<id>.progress"; ignore types and fields you do
-// not know. Subscribe to "cf.events.<id>.*" for one job, or to
-// "cf.events.*.final" ([FinalEventSubjects]) for the ends of every job. The
+// starts it on "cf.events.<id>.status.<tenant>", then one of COMPLETED,
+// FAILED, TIMED_OUT or CANCELLED ("error" says why) on
+// "cf.events.<id>.final.<tenant>" ([EventSubject], [Event.Subject]; the
+// tenant is [DefaultTenant] for jobs submitted without one). Progress events
+// (type "progress") come in between on "cf.events.<id>.progress.<tenant>";
+// ignore types and fields you do not know. Subscribe to "cf.events.<id>.>"
+// for one job, or to "cf.events.*.final.<tenant>" ([TenantEventSubjects])
+// for the ends of every job of a tenant ("cf.events.*.final.*",
+// [FinalEventSubjects], for every tenant's). The
 // events stream ([EventsStream]) keeps them for a day, so a late subscriber
 // can replay them with a JetStream consumer; a core subscription sees only
 // new ones, so subscribe before publishing. Preview pictures go to
-// "cf.previews.<id>" ([PreviewSubject]) in [PreviewStream].
+// "cf.previews.<id>.<tenant>" ([PreviewSubject]) in [PreviewStream].
 //
 // A submission for an id that already has a status record is dropped and
 // changes nothing, whatever the job's state.
@@ -86,6 +90,8 @@
 // A message that cannot be decoded, or whose input is invalid, never
 // disappears: its status becomes FAILED with the reason in "error", and a
 // status event is published. A message without a usable id is republished on
-// [RejectSubject] ("cf.rejects") with the reason in the "Cf-Reject-Reason"
-// header; subscribe there to catch a producer's bugs.
+// [RejectSubject] ("cf.rejects.<tenant>", the submitter's) with the reason in
+// the "Cf-Reject-Reason" header, as is one whose id another tenant's job
+// holds; subscribe there to catch a producer's bugs. Input images given by
+// blob key must lie in the tenant's namespace, [InputBlobPrefix].
 package proto

@@ -29,8 +29,10 @@ const (
 // progress, on the subject [Event.Subject] names. Consumers must ignore
 // unknown types and fields.
 type Event struct {
-	V        int       `json:"v"`
-	JobID    string    `json:"job_id"`
+	V     int    `json:"v"`
+	JobID string `json:"job_id"`
+	// Tenant owns the job; it is the last token of the event's subject.
+	Tenant   string    `json:"tenant,omitempty"`
 	Type     EventType `json:"type"`
 	Time     time.Time `json:"time"`
 	Attempt  int       `json:"attempt,omitempty"`
@@ -72,13 +74,13 @@ type Progress struct {
 func (e *Event) Subject() string {
 	switch {
 	case e.Type == EventStatus && e.Status.Terminal():
-		return EventSubject(e.JobID, EventClassFinal)
+		return EventSubject(e.JobID, EventClassFinal, e.Tenant)
 	case e.Type == EventStatus:
-		return EventSubject(e.JobID, EventClassStatus)
+		return EventSubject(e.JobID, EventClassStatus, e.Tenant)
 	case e.Type == EventPreview:
-		return PreviewSubject(e.JobID)
+		return PreviewSubject(e.JobID, e.Tenant)
 	}
-	return EventSubject(e.JobID, EventClassProgress)
+	return EventSubject(e.JobID, EventClassProgress, e.Tenant)
 }
 
 // DecodeEvent decodes an event message. Errors are *InputError.
@@ -87,8 +89,13 @@ func DecodeEvent(data []byte) (*Event, error) {
 	if err := json.Unmarshal(data, &e); err != nil {
 		return nil, errorf("decode event: %s", DescribeJSONError(err))
 	}
-	if e.JobID == "" {
-		return nil, errorf("decode event: field job_id is missing")
+	if err := ValidID(e.JobID); err != nil {
+		return nil, errorf("decode event: field job_id: %v", err)
+	}
+	if e.Tenant != "" {
+		if err := ValidID(e.Tenant); err != nil {
+			return nil, errorf("decode event: field tenant: %v", err)
+		}
 	}
 	if e.Type == EventStatus && !e.Status.Valid() {
 		return nil, errorf("decode event: field status: %q is not a status", e.Status)

@@ -35,8 +35,13 @@ type Job struct {
 	// Lane is the lane within the pool; empty means interactive for the api
 	// and runpod sources and batch otherwise (lowPriority forces batch).
 	Lane Lane `json:"lane,omitempty"`
-	// Source is the submit subject's last token; the dispatcher fills it in.
+	// Source is the submit subject's source token; the dispatcher fills
+	// it in.
 	Source string `json:"source,omitempty"`
+	// Tenant owns the job. The dispatcher sets it from the submit subject
+	// ([ParseSubmitSubject]), which NATS permissions control; a message
+	// that names another tenant than its subject fails admission.
+	Tenant string `json:"tenant,omitempty"`
 	// BatchID and Index place a batch item in its batch: BatchID follows
 	// the rules of [ValidID] and lands in the status record's batch_id;
 	// Index is the item's position (0 first), for the producer's own use.
@@ -125,6 +130,11 @@ func DecodeJob(data []byte) (*Job, error) {
 	if j.Pool != "" {
 		if err := ValidID(j.Pool); err != nil {
 			return &j, errorf("field pool: %v", err)
+		}
+	}
+	if j.Tenant != "" {
+		if err := ValidID(j.Tenant); err != nil {
+			return &j, errorf("field tenant: %v", err)
 		}
 	}
 	if j.Lane != "" && !j.Lane.Valid() {

@@ -80,16 +80,67 @@ func TestS3ConfigStringHidesSecrets(t *testing.T) {
 
 func TestNames(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, "cf.submit.batch", proto.SubmitSubject(proto.SourceBatch))
+	require.Equal(t, "cf.submit.batch", proto.SubmitSubject(proto.SourceBatch, ""))
+	require.Equal(t, "cf.submit.batch.acme", proto.SubmitSubject(proto.SourceBatch, "acme"))
 	require.Equal(t, "cf.jobs.default.interactive", proto.JobSubject("default", proto.LaneInteractive))
-	require.Equal(t, "cf.events.j1.final", proto.EventSubject("j1", proto.EventClassFinal))
-	require.Equal(t, "cf.events.j1.*", proto.JobEventSubjects("j1"))
-	require.Equal(t, "cf.events.*.final", proto.FinalEventSubjects)
-	require.Equal(t, []string{"cf.events.*.status", "cf.events.*.final"}, proto.StatusEventSubjects)
-	require.Equal(t, "cf.previews.j1", proto.PreviewSubject("j1"))
+	require.Equal(t, "cf.events.j1.final.acme", proto.EventSubject("j1", proto.EventClassFinal, "acme"))
+	require.Equal(t, "cf.events.j1.final.default", proto.EventSubject("j1", proto.EventClassFinal, ""))
+	require.Equal(t, "cf.events.j1.>", proto.JobEventSubjects("j1"))
+	require.Equal(t, "cf.events.*.final.acme", proto.TenantEventSubjects("acme", proto.EventClassFinal))
+	require.Equal(t, "cf.events.*.final.*", proto.FinalEventSubjects)
+	require.Equal(t, []string{"cf.events.*.status.*", "cf.events.*.final.*"}, proto.StatusEventSubjects)
+	require.Equal(t, "cf.previews.j1.acme", proto.PreviewSubject("j1", "acme"))
+	require.Equal(t, "cf.rejects.default", proto.RejectSubject(""))
 	require.Equal(t, "cf:job:j1", proto.JobKey("j1"))
 	require.Equal(t, "cf:worker:w1", proto.WorkerKey("w1"))
 	require.Equal(t, "cf.dlq.default", proto.DLQSubject("default"))
+}
+
+func TestParseSubmitSubject(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		subject, source, tenant, wantErr string
+	}{
+		{subject: "cf.submit.batch", source: "batch", tenant: proto.DefaultTenant},
+		{subject: "cf.submit.batch.acme", source: "batch", tenant: "acme"},
+		{subject: "cf.submit.api.key-1f0c", source: "api", tenant: "key-1f0c"},
+		{subject: "cf.submit.", wantErr: "source: id is empty"},
+		{subject: "cf.submit.batch.a.b", wantErr: `tenant: id "a.b" has the character '.'`},
+		{subject: "cf.jobs.default.batch", wantErr: "is not a submit subject"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.subject, func(t *testing.T) {
+			t.Parallel()
+			source, tenant, err := proto.ParseSubmitSubject(tt.subject)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.source, source)
+			require.Equal(t, tt.tenant, tenant)
+		})
+	}
+}
+
+func FuzzParseSubmitSubject(f *testing.F) {
+	f.Add("cf.submit.batch.acme")
+	f.Add("cf.submit.api")
+	f.Add("cf.submit..x")
+	f.Fuzz(func(t *testing.T, subject string) {
+		source, tenant, err := proto.ParseSubmitSubject(subject)
+		if err != nil {
+			return
+		}
+		if proto.ValidID(source) != nil || proto.ValidID(tenant) != nil {
+			t.Fatalf("%q: accepted source %q, tenant %q", subject, source, tenant)
+		}
+		// What it read is what the subject says: the subject of that
+		// source and tenant is the one parsed (or its tenant-less form).
+		if got := proto.SubmitSubject(source, tenant); got != subject && !(tenant == proto.DefaultTenant && proto.SubmitSubject(source, "") == subject) {
+			t.Fatalf("%q: parsed as %q, %q, which give %q", subject, source, tenant, got)
+		}
+	})
 }
 
 func TestEventSubject(t *testing.T) {
@@ -99,24 +150,24 @@ func TestEventSubject(t *testing.T) {
 		ev   proto.Event
 		want string
 	}{
-		{name: "in queue", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusInQueue}, want: "cf.events.j1.status"},
-		{name: "in progress", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusInProgress}, want: "cf.events.j1.status"},
-		{name: "completed", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusCompleted}, want: "cf.events.j1.final"},
-		{name: "failed", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusFailed}, want: "cf.events.j1.final"},
-		{name: "cancelled", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusCancelled}, want: "cf.events.j1.final"},
-		{name: "timed out", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusTimedOut}, want: "cf.events.j1.final"},
-		{name: "progress", ev: proto.Event{Type: proto.EventProgress, Progress: &proto.Progress{Value: 1, Max: 2}}, want: "cf.events.j1.progress"},
-		{name: "stream chunk", ev: proto.Event{Type: proto.EventStream, Output: json.RawMessage(`1`)}, want: "cf.events.j1.progress"},
-		{name: "progress update", ev: proto.Event{Type: proto.EventProgressUpdate, Output: json.RawMessage(`"x"`)}, want: "cf.events.j1.progress"},
-		{name: "preview", ev: proto.Event{Type: proto.EventPreview, Preview: &proto.Preview{Mime: "image/jpeg"}}, want: "cf.previews.j1"},
-		{name: "unknown type", ev: proto.Event{Type: "later"}, want: "cf.events.j1.progress"},
-		{name: "status type with a terminal status only", ev: proto.Event{Type: proto.EventProgress, Status: proto.StatusCompleted}, want: "cf.events.j1.progress"},
+		{name: "in queue", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusInQueue}, want: "cf.events.j1.status.acme"},
+		{name: "in progress", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusInProgress}, want: "cf.events.j1.status.acme"},
+		{name: "completed", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusCompleted}, want: "cf.events.j1.final.acme"},
+		{name: "failed", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusFailed}, want: "cf.events.j1.final.acme"},
+		{name: "cancelled", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusCancelled}, want: "cf.events.j1.final.acme"},
+		{name: "timed out", ev: proto.Event{Type: proto.EventStatus, Status: proto.StatusTimedOut}, want: "cf.events.j1.final.acme"},
+		{name: "progress", ev: proto.Event{Type: proto.EventProgress, Progress: &proto.Progress{Value: 1, Max: 2}}, want: "cf.events.j1.progress.acme"},
+		{name: "stream chunk", ev: proto.Event{Type: proto.EventStream, Output: json.RawMessage(`1`)}, want: "cf.events.j1.progress.acme"},
+		{name: "progress update", ev: proto.Event{Type: proto.EventProgressUpdate, Output: json.RawMessage(`"x"`)}, want: "cf.events.j1.progress.acme"},
+		{name: "preview", ev: proto.Event{Type: proto.EventPreview, Preview: &proto.Preview{Mime: "image/jpeg"}}, want: "cf.previews.j1.acme"},
+		{name: "unknown type", ev: proto.Event{Type: "later"}, want: "cf.events.j1.progress.acme"},
+		{name: "status type with a terminal status only", ev: proto.Event{Type: proto.EventProgress, Status: proto.StatusCompleted}, want: "cf.events.j1.progress.acme"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			ev := tt.ev
-			ev.JobID = "j1"
+			ev.JobID, ev.Tenant = "j1", "acme"
 			require.Equal(t, tt.want, ev.Subject())
 		})
 	}
@@ -144,6 +195,8 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add([]byte(`{"job_id":"a","type":"status","status":"IN_QUEUE"}`))
 	f.Add([]byte(`{"job_id":"a","type":"preview","preview":{"mime":"image/jpeg","data":"AAAA"}}`))
 	f.Add([]byte(`{"job_id":"a","type":"stream","output":{"x":1}}`))
+	f.Add([]byte(`{"job_id":"a","tenant":"acme","type":"status","status":"FAILED"}`))
+	f.Add([]byte(`{"job_id":"a","tenant":"a.b","type":"status","status":"FAILED"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ev, err := proto.DecodeEvent(data)
 		if err != nil {
@@ -156,12 +209,12 @@ func FuzzDecodeEvent(f *testing.F) {
 		// or its preview subject.
 		subj := ev.Subject()
 		switch subj {
-		case proto.EventSubject(ev.JobID, proto.EventClassStatus), proto.EventSubject(ev.JobID, proto.EventClassFinal),
-			proto.EventSubject(ev.JobID, proto.EventClassProgress), proto.PreviewSubject(ev.JobID):
+		case proto.EventSubject(ev.JobID, proto.EventClassStatus, ev.Tenant), proto.EventSubject(ev.JobID, proto.EventClassFinal, ev.Tenant),
+			proto.EventSubject(ev.JobID, proto.EventClassProgress, ev.Tenant), proto.PreviewSubject(ev.JobID, ev.Tenant):
 		default:
 			t.Fatalf("event %+v has subject %q", ev, subj)
 		}
-		if (subj == proto.EventSubject(ev.JobID, proto.EventClassFinal)) != (ev.Type == proto.EventStatus && ev.Status.Terminal()) {
+		if (subj == proto.EventSubject(ev.JobID, proto.EventClassFinal, ev.Tenant)) != (ev.Type == proto.EventStatus && ev.Status.Terminal()) {
 			t.Fatalf("event %+v: final subject %q only for terminal status events", ev, subj)
 		}
 	})

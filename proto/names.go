@@ -37,9 +37,6 @@ const (
 	// CancelSubject is the core-NATS subject on which cancels fan out to
 	// workers; the payload is a [Cancel].
 	CancelSubject = "cf.ctl.cancel"
-	// RejectSubject receives submissions that carry no usable job id, with
-	// the reason in the RejectReasonHeader header.
-	RejectSubject = "cf.rejects"
 
 	// MsgIDHeader is JetStream's de-duplication header; set it to the job id.
 	MsgIDHeader = "Nats-Msg-Id"
@@ -56,6 +53,7 @@ const (
 	eventsPrefix   = "cf.events."
 	dlqPrefix      = "cf.dlq."
 	previewsPrefix = "cf.previews."
+	rejectsPrefix  = "cf.rejects."
 )
 
 // Sources of traffic, the last token of a submit subject.
@@ -78,12 +76,51 @@ const (
 // Valid reports whether l is a known lane.
 func (l Lane) Valid() bool { return l == LaneInteractive || l == LaneBatch }
 
-// SubmitSubject is the subject a producer of the given source publishes on,
-// e.g. "cf.submit.batch".
-func SubmitSubject(source string) string { return submitPrefix + source }
+// DefaultTenant owns the jobs submitted without a tenant: on
+// "cf.submit.<source>" alone, or through an API that has no keys.
+const DefaultTenant = "default"
 
-// SubmitSubjects is the filter of the intake stream.
-const SubmitSubjects = submitPrefix + "*"
+// A job belongs to the tenant that submitted it. The tenant is the last
+// token of the submit subject, "cf.submit.<source>.<tenant>", so that NATS
+// permissions, not the message, decide it: a producer's NATS user may
+// publish on its own tenant's subject only. Every subject a job's events
+// and previews go to ends with its tenant too, so a user may be allowed to
+// read its own tenant's alone ([TenantEventSubjects]). Tenants follow the
+// rules of [ValidID].
+
+// SubmitSubject is the subject a producer of the given source and tenant
+// publishes on, e.g. "cf.submit.batch.acme"; "cf.submit.batch" when
+// tenant is "", which means [DefaultTenant].
+func SubmitSubject(source, tenant string) string {
+	if tenant == "" {
+		return submitPrefix + source
+	}
+	return submitPrefix + source + "." + tenant
+}
+
+// SubmitSubjects is the filter of the intake stream: every source, with
+// or without a tenant.
+const SubmitSubjects = submitPrefix + ">"
+
+// ParseSubmitSubject reads the source and the tenant of a submit subject;
+// the tenant is [DefaultTenant] when the subject names none.
+func ParseSubmitSubject(subject string) (source, tenant string, err error) {
+	rest, ok := strings.CutPrefix(subject, submitPrefix)
+	if !ok {
+		return "", "", errorf("subject %q is not a submit subject (%s<source>[.<tenant>])", subject, submitPrefix)
+	}
+	source, tenant, named := strings.Cut(rest, ".")
+	if err := ValidID(source); err != nil {
+		return "", "", errorf("subject %q: source: %v", subject, err)
+	}
+	if !named {
+		return source, DefaultTenant, nil
+	}
+	if err := ValidID(tenant); err != nil {
+		return "", "", errorf("subject %q: tenant: %v", subject, err)
+	}
+	return source, tenant, nil
+}
 
 // JobSubject is the subject of an admitted job in a pool and lane, e.g.
 // "cf.jobs.default.interactive".
@@ -109,29 +146,60 @@ const (
 )
 
 // EventSubject is the subject of one class of a job's events, e.g.
-// "cf.events.<id>.final". [Event.Subject] picks the class of an event.
-func EventSubject(jobID, class string) string { return eventsPrefix + jobID + "." + class }
+// "cf.events.<id>.final.<tenant>"; tenant "" means [DefaultTenant].
+// [Event.Subject] picks the class of an event.
+func EventSubject(jobID, class, tenant string) string {
+	return eventsPrefix + jobID + "." + class + "." + orDefaultTenant(tenant)
+}
 
-// JobEventSubjects matches every event of one job: "cf.events.<id>.*".
-func JobEventSubjects(jobID string) string { return eventsPrefix + jobID + ".*" }
+// JobEventSubjects matches every event of one job: "cf.events.<id>.>".
+func JobEventSubjects(jobID string) string { return eventsPrefix + jobID + ".>" }
+
+// JobClassSubjects matches one class of one job's events, e.g.
+// "cf.events.<id>.final.*".
+func JobClassSubjects(jobID, class string) string { return eventsPrefix + jobID + "." + class + ".*" }
+
+// TenantEventSubjects matches one class of the events of every job of a
+// tenant, e.g. "cf.events.*.final.acme"; class "*" means every class.
+// It is what a producer's NATS user is allowed to subscribe to.
+func TenantEventSubjects(tenant, class string) string {
+	return eventsPrefix + "*." + class + "." + tenant
+}
 
 // EventSubjects is the filter of the events stream: every event of every job.
-const EventSubjects = eventsPrefix + "*.*"
+const EventSubjects = eventsPrefix + "*.*.*"
 
 // FinalEventSubjects matches the final event of every job.
-const FinalEventSubjects = eventsPrefix + "*." + EventClassFinal
+const FinalEventSubjects = eventsPrefix + "*." + EventClassFinal + ".*"
 
 // StatusEventSubjects matches every status transition of every job (the
 // classes status and final), for a watcher of many jobs that needs no
 // progress.
-var StatusEventSubjects = []string{eventsPrefix + "*." + EventClassStatus, FinalEventSubjects}
+var StatusEventSubjects = []string{eventsPrefix + "*." + EventClassStatus + ".*", FinalEventSubjects}
 
 // PreviewSubject is where a running job's preview pictures go, in
-// [PreviewStream].
-func PreviewSubject(jobID string) string { return previewsPrefix + jobID }
+// [PreviewStream]: "cf.previews.<id>.<tenant>".
+func PreviewSubject(jobID, tenant string) string {
+	return previewsPrefix + jobID + "." + orDefaultTenant(tenant)
+}
 
 // PreviewSubjects is the filter of the preview stream.
-const PreviewSubjects = previewsPrefix + "*"
+const PreviewSubjects = previewsPrefix + "*.*"
+
+// RejectSubject receives the submissions of a tenant that carry no usable
+// job id, or whose id another tenant's job holds, with the reason in the
+// [RejectReasonHeader] header: "cf.rejects.<tenant>".
+func RejectSubject(tenant string) string { return rejectsPrefix + orDefaultTenant(tenant) }
+
+// RejectSubjects matches the rejects of every tenant.
+const RejectSubjects = rejectsPrefix + "*"
+
+func orDefaultTenant(tenant string) string {
+	if tenant == "" {
+		return DefaultTenant
+	}
+	return tenant
+}
 
 // DLQSubject is where a pool's dead letters go.
 func DLQSubject(pool string) string { return dlqPrefix + pool }

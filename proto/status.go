@@ -47,6 +47,7 @@ type Record struct {
 	Pool     string `redis:"pool"`
 	Lane     Lane   `redis:"lane"`
 	Source   string `redis:"source"`
+	Tenant   string `redis:"tenant"`
 	BatchID  string `redis:"batch_id"`
 
 	SubmittedAt time.Time `redis:"submitted_at"`

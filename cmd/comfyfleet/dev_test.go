@@ -263,17 +263,18 @@ func TestCommandsWithoutFleet(t *testing.T) {
 	}
 }
 
-// TestDevHonoursAPIKeysAndBuckets: API_KEYS and BUCKET_* given to
-// `comfyfleet dev` in its environment, as to the runpod-adapter and the
-// gpuworker, take effect: the API wants a key, and outputs go to a real
-// S3 and come back as s3_url items.
+// TestDevHonoursAPIKeysAndBuckets: API_KEYS, ADMIN_KEYS and BUCKET_*
+// given to `comfyfleet dev` in its environment, as to the runpod-adapter,
+// the dispatcher and the gpuworker, take effect: the API wants a key, each
+// key is a tenant that sees its own jobs only, the operator routes want an
+// admin key, and outputs go to a real S3 and come back as s3_url items.
 func TestDevHonoursAPIKeysAndBuckets(t *testing.T) {
 	t.Parallel()
 	srv := s3Server.Get(t)
 	bucket := srv.Bucket(t)
 	work := t.TempDir()
 	dev := startWith(t, work, []string{
-		"API_KEYS=k-dev-1,k-dev-2",
+		"API_KEYS=k-dev-1,beta:k-dev-2", "ADMIN_KEYS=ops:k-admin",
 		"BUCKET_ENDPOINT_URL=" + srv.Endpoint, "BUCKET_ACCESS_KEY_ID=" + srv.AccessKey,
 		"BUCKET_SECRET_ACCESS_KEY=" + srv.SecretKey, "BUCKET_NAME=" + bucket, "BUCKET_REGION=" + srv.Region,
 		"BUCKET_ADDRESSING_STYLE=path", "BUCKET_PREFIX=dev",
@@ -292,14 +293,21 @@ func TestDevHonoursAPIKeysAndBuckets(t *testing.T) {
 		code, body = api{url: info.APIURL, key: key}.do(t, http.MethodPost, "/dlq/1/replay", nil)
 		require.Equal(t, http.StatusUnauthorized, code, "key %q: %s", key, body)
 	}
-	for _, path := range []string{"/health", "/fleet", "/dlq", "/metrics"} {
+	code, body := api{url: info.APIURL, key: "k-dev-1"}.do(t, http.MethodGet, "/health", nil)
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	// ADMIN_KEYS: the operator routes take admin keys, never API keys.
+	for _, path := range []string{"/fleet", "/dlq", "/metrics"} {
 		code, body := api{url: info.APIURL, key: "k-dev-1"}.do(t, http.MethodGet, path, nil)
+		require.Equal(t, http.StatusForbidden, code, "an API key on %s: %s", path, body)
+		code, body = api{url: info.APIURL, key: "k-admin"}.do(t, http.MethodGet, path, nil)
 		require.Equal(t, http.StatusOK, code, "%s: %s", path, body)
 	}
+	code, body = api{url: info.APIURL, key: "k-dev-1"}.do(t, http.MethodPost, "/dlq/1/replay", nil)
+	require.Equal(t, http.StatusForbidden, code, "%s", body)
 
 	// With a key: the job runs, and BUCKET_*: its output is in the bucket.
 	a := api{url: info.APIURL, key: "k-dev-2"}
-	code, body := a.do(t, http.MethodPost, "/runsync", []byte(withSeed(t, 7)))
+	code, body = a.do(t, http.MethodPost, "/runsync", []byte(withSeed(t, 7)))
 	require.Equal(t, http.StatusOK, code, "%s", body)
 	var st status
 	require.NoError(t, json.Unmarshal(body, &st), "%s", body)
@@ -326,7 +334,11 @@ func TestDevHonoursAPIKeysAndBuckets(t *testing.T) {
 	require.NoError(t, err, "the object in versitygw's folder")
 	require.Equal(t, pic, stored)
 
-	// /status with the key reads the same job.
+	// /status with the key reads the same job, as does an admin; for the
+	// other tenant it does not exist.
 	require.Equal(t, proto.StatusCompleted, a.status(t, st.ID).Status)
+	require.Equal(t, proto.StatusCompleted, api{url: info.APIURL, key: "k-admin"}.status(t, st.ID).Status)
+	code, body = api{url: info.APIURL, key: "k-dev-1"}.do(t, http.MethodGet, "/status/"+st.ID, nil)
+	require.Equal(t, http.StatusNotFound, code, "another tenant's job: %s", body)
 	devDown(t, work, dev)
 }

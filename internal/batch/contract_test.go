@@ -32,8 +32,8 @@ func TestRawJSONProducer(t *testing.T) {
 	var mu sync.Mutex
 	events := map[string][]proto.Event{}
 	subjects := map[string]map[proto.Status]string{} // job -> status -> the subject it came on
-	// Every event of every job: cf.events.<id>.<class>.
-	evSub, err := f.nc.Subscribe("cf.events.*.*", func(m *nats.Msg) {
+	// Every event of every job: cf.events.<id>.<class>.<tenant>.
+	evSub, err := f.nc.Subscribe("cf.events.*.*.*", func(m *nats.Msg) {
 		var ev proto.Event
 		if json.Unmarshal(m.Data, &ev) == nil && ev.Type == proto.EventStatus {
 			mu.Lock()
@@ -48,7 +48,7 @@ func TestRawJSONProducer(t *testing.T) {
 	require.NoError(t, err)
 	defer evSub.Unsubscribe()
 	rejects := make(chan *nats.Msg, 16)
-	rjSub, err := f.nc.ChanSubscribe("cf.rejects", rejects)
+	rjSub, err := f.nc.ChanSubscribe("cf.rejects.default", rejects)
 	require.NoError(t, err)
 	defer rjSub.Unsubscribe()
 	require.NoError(t, f.nc.Flush())
@@ -118,14 +118,14 @@ func TestRawJSONProducer(t *testing.T) {
 		mu.Unlock()
 		last := evs[len(evs)-1]
 		require.Equal(t, rec.Error, last.Error, "%s: the event carries the record's error", m.id)
-		require.Equal(t, "cf.events."+m.id+".final", subj[m.wantStatus], "%s: a terminal status comes on the final subject", m.id)
+		require.Equal(t, "cf.events."+m.id+".final.default", subj[m.wantStatus], "%s: a terminal status comes on the final subject", m.id)
 		if m.wantStatus == proto.StatusCompleted {
 			seen := map[proto.Status]bool{}
 			for _, e := range evs {
 				seen[e.Status] = true
 			}
 			require.True(t, seen[proto.StatusInQueue] && seen[proto.StatusInProgress], "%s: events %v", m.id, evs)
-			require.Equal(t, "cf.events."+m.id+".status", subj[proto.StatusInProgress], "%s: a transition comes on the status subject", m.id)
+			require.Equal(t, "cf.events."+m.id+".status.default", subj[proto.StatusInProgress], "%s: a transition comes on the status subject", m.id)
 		}
 	}
 	r1, err := f.b.DB.Get(ctx, "raw-1")

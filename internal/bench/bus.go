@@ -75,7 +75,7 @@ func (r *runner) batchJobs(kind string, n int, seed *uint64) ([]batchJob, error)
 // submit publishes the jobs on cf.submit.batch, up to maxPendingAcks at a
 // time, and returns once JetStream acknowledged every one.
 func (b *bus) submit(ctx context.Context, jobs []batchJob) error {
-	subject := proto.SubmitSubject(proto.SourceBatch)
+	subject := proto.SubmitSubject(proto.SourceBatch, "")
 	futures := make([]jetstream.PubAckFuture, 0, len(jobs))
 	for _, j := range jobs {
 		f, err := b.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: j.Data,

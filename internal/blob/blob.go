@@ -40,9 +40,6 @@ func OutputKey(jobID string, attempt int, node, filename string) string {
 	return "out/" + jobID + "/" + itoa(attempt) + "/" + node + "/" + filename
 }
 
-// InputKey is where a job's input file is stored.
-func InputKey(jobID, name string) string { return "in/" + jobID + "/" + name }
-
 func itoa(i int) string {
 	if i == 0 {
 		return "0"

@@ -115,7 +115,11 @@ type setting struct {
 // some of them name.
 func table(t *testing.T, dir string) []setting {
 	keys := filepath.Join(dir, "keys.txt")
-	require.NoError(t, os.WriteFile(keys, []byte("# keys\nk-file-1\n\nk-file-2\n"), 0o600))
+	require.NoError(t, os.WriteFile(keys, []byte("# keys\nk-file-1\n\nacme:k-file-2\n"), 0o600))
+	adminKeys := filepath.Join(dir, "admin-keys.txt")
+	require.NoError(t, os.WriteFile(adminKeys, []byte("ops:a-file-1\n"), 0o600))
+	workerKeys := filepath.Join(dir, "worker-keys.txt")
+	require.NoError(t, os.WriteFile(workerKeys, []byte("rp:w-file-1\n"), 0o600))
 	warm := filepath.Join(dir, "warm.json")
 	require.NoError(t, os.WriteFile(warm, []byte(`{"1":{"class_type":"PreviewAny","inputs":{"source":"x"}}}`), 0o644))
 	s3 := map[string]string{
@@ -154,6 +158,9 @@ func table(t *testing.T, dir string) []setting {
 				require.Empty(t, cfg.Worker.Listen, "no listener of its own")
 			}},
 		{env: "SHUTDOWN_GRACE", sample: "7s"},
+		{env: "ADMIN_KEYS", sample: "ops:a1,a2"},
+		{env: "ADMIN_KEYS_FILE", sample: adminKeys},
+		{env: "ALLOWED_ORIGINS", sample: "https://console.example.com,http://localhost:3000"},
 		{env: "REFRESH_WORKER", sample: "true"},
 
 		// dispatcher
@@ -206,7 +213,7 @@ func table(t *testing.T, dir string) []setting {
 		{env: "WARM_DEFER", sample: "-1ms"},
 
 		// runpod-adapter
-		{env: "API_KEYS", sample: "k1,k2"},
+		{env: "API_KEYS", sample: "acme:k1,k2"},
 		{env: "API_KEYS_FILE", sample: keys},
 		{env: "RUN_RETENTION", sample: "10m"},
 		{env: "SYNC_RETENTION", sample: "2m"},
@@ -215,8 +222,10 @@ func table(t *testing.T, dir string) []setting {
 		{env: "METRICS_ADDR", sample: "127.0.0.1:9101"},
 		{env: "RUNSYNC_WAIT", sample: "30s"},
 		{env: "STREAM_WAIT", sample: "1s"},
-		{env: "JOB_TAKE", sample: "true"},
+		{env: "JOB_TAKE", sample: "true", with: map[string]string{"WORKER_KEYS": "wk1"}},
 		{env: "WORKER_KEYS", sample: "wk1,wk2"},
+		{env: "WORKER_KEYS_FILE", sample: workerKeys},
+		{env: "SERVERLESS_TENANT", sample: "acme"},
 		{env: "JOB_TAKE_HOLD", sample: "5s"},
 		{env: "JOB_STOP_HOLD", sample: "6s"},
 		{env: "JOB_TAKE_LEASE", sample: "12s"},

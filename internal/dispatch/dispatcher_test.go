@@ -64,7 +64,7 @@ func (b *bundle) start(t *testing.T, adm dispatch.Admission) *dispatch.Dispatche
 func (b *bundle) submit(t *testing.T, source string, body string, id string) {
 	t.Helper()
 	ctx := testenv.Context(t, 10*time.Second)
-	msg := &nats.Msg{Subject: proto.SubmitSubject(source), Data: []byte(body), Header: nats.Header{}}
+	msg := &nats.Msg{Subject: proto.SubmitSubject(source, ""), Data: []byte(body), Header: nats.Header{}}
 	if id != "" {
 		msg.Header.Set(proto.MsgIDHeader, id)
 	}
@@ -183,7 +183,7 @@ func TestMessageWithoutIDGoesToRejects(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 1)
 	rejects := make(chan *nats.Msg, 2)
-	sub, err := b.nats.Conn.ChanSubscribe(proto.RejectSubject, rejects)
+	sub, err := b.nats.Conn.ChanSubscribe(proto.RejectSubject(proto.DefaultTenant), rejects)
 	require.NoError(t, err)
 	defer sub.Unsubscribe()
 	b.submit(t, proto.SourceBatch, `{"input": not json`, "")

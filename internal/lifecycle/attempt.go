@@ -48,6 +48,17 @@ type Claim struct {
 	maxAttempts int
 }
 
+// Tenant is the tenant that owns the claim's job.
+func (cl *Claim) Tenant() string {
+	switch {
+	case cl.Record != nil:
+		return cl.Record.Tenant
+	case cl.Job != nil:
+		return cl.Job.Tenant
+	}
+	return ""
+}
+
 // Claim gives a delivered job to a worker: a new attempt, IN_PROGRESS,
 // under a lease that names the delivery, and the IN_PROGRESS event. When
 // the job cannot be run it settles the delivery and says why: ErrEnded
@@ -84,7 +95,7 @@ func (c *Core) Claim(ctx context.Context, msg *queue.Message, job *proto.Job, h 
 		return nil, wrap("claim", job.ID, ErrEnded)
 	case errors.Is(err, rdb.ErrExpired):
 		log.Info("job expired in the queue")
-		c.status(ctx, &proto.Event{JobID: job.ID, Status: proto.StatusTimedOut, Error: proto.MsgTTLExpired})
+		c.status(ctx, &proto.Event{JobID: job.ID, Tenant: job.Tenant, Status: proto.StatusTimedOut, Error: proto.MsgTTLExpired})
 		c.ack(ctx, job.ID, msg.Reply())
 		return nil, wrap("claim", job.ID, ErrEnded)
 	case errors.As(err, &held):
@@ -107,7 +118,7 @@ func (c *Core) Claim(ctx context.Context, msg *queue.Message, job *proto.Job, h 
 		}
 		return nil, wrap("claim", job.ID, ErrUsedUp)
 	}
-	c.status(ctx, &proto.Event{JobID: job.ID, Status: proto.StatusInProgress, Attempt: cl.Attempt, WorkerID: h.WorkerID})
+	c.status(ctx, &proto.Event{JobID: job.ID, Tenant: cl.Tenant(), Status: proto.StatusInProgress, Attempt: cl.Attempt, WorkerID: h.WorkerID})
 	return cl, nil
 }
 
@@ -127,7 +138,11 @@ func (c *Core) Resume(ctx context.Context, jobID string) (*Claim, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Claim{Lease: *l}, nil
+	rec, err := c.db.Get(ctx, jobID)
+	if err != nil {
+		return nil, err
+	}
+	return &Claim{Lease: *l, Record: rec}, nil
 }
 
 // Held lists the jobs leased to a worker.
@@ -176,7 +191,7 @@ func (c *Core) settleEnded(ctx context.Context, cl *Claim) {
 func (c *Core) Cancelled(ctx context.Context, cl *Claim) {
 	_, _, err := c.db.Cancel(context.WithoutCancel(ctx), cl.JobID)
 	if err == nil {
-		c.status(ctx, &proto.Event{JobID: cl.JobID, Status: proto.StatusCancelled, Attempt: cl.Attempt, WorkerID: cl.WorkerID})
+		c.status(ctx, &proto.Event{JobID: cl.JobID, Tenant: cl.Tenant(), Status: proto.StatusCancelled, Attempt: cl.Attempt, WorkerID: cl.WorkerID})
 	} else if !errors.Is(err, rdb.ErrTerminal) && !errors.Is(err, rdb.ErrNotFound) {
 		c.log.Warn("mark cancelled job", zap.String("job_id", cl.JobID), zap.Error(err))
 	}
@@ -232,7 +247,7 @@ func (c *Core) Requeue(ctx context.Context, cl *Claim, r Requeue) error {
 	if r.Counted {
 		delay = RetryDelay(r.Delay, failures)
 	}
-	c.status(ctx, &proto.Event{JobID: cl.JobID, Status: proto.StatusInQueue, Attempt: cl.Attempt, WorkerID: cl.WorkerID, Error: r.Reason})
+	c.status(ctx, &proto.Event{JobID: cl.JobID, Tenant: cl.Tenant(), Status: proto.StatusInQueue, Attempt: cl.Attempt, WorkerID: cl.WorkerID, Error: r.Reason})
 	c.nak(cl.JobID, cl.Reply, delay)
 	log.Info("job back on the queue", zap.String("reason", r.Reason), zap.Duration("delay", delay))
 	return nil
@@ -283,7 +298,7 @@ func (c *Core) Finish(ctx context.Context, cl *Claim, res Result) error {
 			return err
 		}
 	}
-	c.status(ctx, &proto.Event{JobID: cl.JobID, Status: res.Status, Attempt: cl.Attempt, WorkerID: cl.WorkerID, Error: res.Error})
+	c.status(ctx, &proto.Event{JobID: cl.JobID, Tenant: cl.Tenant(), Status: res.Status, Attempt: cl.Attempt, WorkerID: cl.WorkerID, Error: res.Error})
 	c.ack(ctx, cl.JobID, cl.Reply)
 	return nil
 }
@@ -324,7 +339,7 @@ func (c *Core) deadLetter(ctx context.Context, job *proto.Job, data []byte, atte
 
 // Progress publishes an attempt's progress, without waiting.
 func (c *Core) Progress(cl *Claim, p proto.Progress) {
-	if err := c.q.PublishEventNoWait(&proto.Event{JobID: cl.JobID, Type: proto.EventProgress, Attempt: cl.Attempt,
+	if err := c.q.PublishEventNoWait(&proto.Event{JobID: cl.JobID, Tenant: cl.Tenant(), Type: proto.EventProgress, Attempt: cl.Attempt,
 		WorkerID: cl.WorkerID, Progress: &p}); err != nil {
 		c.log.Debug("publish progress", zap.String("job_id", cl.JobID), zap.Error(err))
 	}
@@ -333,7 +348,7 @@ func (c *Core) Progress(cl *Claim, p proto.Progress) {
 // Preview publishes an attempt's preview picture, without waiting, to the
 // preview stream, which keeps each job's latest only.
 func (c *Core) Preview(cl *Claim, p proto.Preview) {
-	if err := c.q.PublishEventNoWait(&proto.Event{JobID: cl.JobID, Type: proto.EventPreview, Attempt: cl.Attempt,
+	if err := c.q.PublishEventNoWait(&proto.Event{JobID: cl.JobID, Tenant: cl.Tenant(), Type: proto.EventPreview, Attempt: cl.Attempt,
 		WorkerID: cl.WorkerID, Preview: &p}); err != nil {
 		c.log.Debug("publish preview", zap.String("job_id", cl.JobID), zap.Error(err))
 	}
@@ -349,5 +364,5 @@ func (c *Core) Chunk(ctx context.Context, cl *Claim, typ proto.EventType, output
 	if err == nil && (rec.Status.Terminal() || rec.Attempt != cl.Attempt) {
 		return nil
 	}
-	return c.q.PublishEvent(ctx, &proto.Event{JobID: cl.JobID, Type: typ, Attempt: cl.Attempt, WorkerID: cl.WorkerID, Output: output})
+	return c.q.PublishEvent(ctx, &proto.Event{JobID: cl.JobID, Tenant: cl.Tenant(), Type: typ, Attempt: cl.Attempt, WorkerID: cl.WorkerID, Output: output})
 }

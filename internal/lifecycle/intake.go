@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -65,27 +64,38 @@ type AdmitOptions struct {
 	Check func(ctx context.Context, job *proto.Job, input *proto.Input) (reject string, err error)
 }
 
-// decode reads an intake message: the job, placed, and the reason to fail
-// it when it does not decode (a job is nil when the message names no
-// usable id).
+// decode reads an intake message: the job, placed and owned by the
+// tenant its subject names, and the reason to fail it when it does not
+// decode (a job is nil when the message names no usable id).
 func decode(msg *queue.Message, defaultPool string) (job *proto.Job, input *proto.Input, reject string) {
-	source := strings.TrimPrefix(msg.Subject(), proto.SubmitSubject(""))
-	job, err := proto.DecodeJob(msg.Data())
+	source, tenant, err := proto.ParseSubmitSubject(msg.Subject())
+	if err != nil {
+		// The stream takes only cf.submit.>, whose tokens NATS checked;
+		// a subject that still does not parse names no job of anyone's.
+		return nil, nil, err.Error()
+	}
+	job, err = proto.DecodeJob(msg.Data())
 	if job == nil || (err != nil && proto.ValidID(job.ID) != nil) {
 		// No id to record a status under.
 		return nil, nil, fmt.Sprint(err)
 	}
-	job.Source = source
+	if err == nil {
+		err = job.CheckTenant(tenant)
+	}
+	job.Source, job.Tenant = source, tenant
 	if err != nil {
 		// Recorded under the id, with nothing of the rest.
 		batch := job.BatchID
 		if proto.ValidID(batch) != nil {
 			batch = ""
 		}
-		return &proto.Job{ID: job.ID, Source: source, Pool: defaultPool, BatchID: batch}, nil, err.Error()
+		return &proto.Job{ID: job.ID, Source: source, Tenant: tenant, Pool: defaultPool, BatchID: batch}, nil, err.Error()
 	}
 	job.Place(defaultPool, time.Now())
 	input, err = proto.DecodeInput(job.Input)
+	if err == nil {
+		err = input.CheckBlobs(tenant)
+	}
 	if err != nil {
 		return job, nil, err.Error()
 	}
@@ -115,7 +125,8 @@ func (c *Core) Admit(ctx context.Context, msg *queue.Message, opts AdmitOptions)
 func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions) (Admitted, *proto.Job, error) {
 	job, input, reject := decode(msg, opts.DefaultPool)
 	if job == nil {
-		if err := c.q.Reject(msg.Data(), reject); err != nil {
+		_, tenant, _ := proto.ParseSubmitSubject(msg.Subject())
+		if err := c.q.Reject(tenant, msg.Data(), reject); err != nil {
 			return 0, nil, err
 		}
 		c.log.Info("rejected submission without a usable id", zap.String("subject", msg.Subject()), zap.String("reason", reject))
@@ -128,6 +139,13 @@ func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions)
 	}
 	log := c.log.With(zap.String("job_id", job.ID))
 	switch {
+	case adm == rdb.Exists && rec.Tenant != job.Tenant:
+		// Say so to the submitter, who cannot see the other tenant's job.
+		log.Info("submission for another tenant's job; dropped", zap.String("tenant", job.Tenant), zap.String("source", job.Source))
+		if err := c.q.Reject(job.Tenant, msg.Data(), fmt.Sprintf("job id %s is taken by a job of another tenant; nothing was queued, choose another id", job.ID)); err != nil {
+			return 0, job, wrap("admit", job.ID, err)
+		}
+		return Duplicate, job, msg.Ack(ctx)
 	case adm == rdb.Exists:
 		log.Info("submission for a job that already has a record; dropped", zap.String("status", string(rec.Status)), zap.String("source", job.Source))
 		return Duplicate, job, msg.Ack(ctx)
@@ -158,7 +176,7 @@ func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions)
 		}
 	}
 	// The IN_QUEUE event goes out before the job can reach a worker.
-	if err := c.q.PublishEvent(ctx, &proto.Event{JobID: job.ID, Type: proto.EventStatus, Status: proto.StatusInQueue}); err != nil {
+	if err := c.q.PublishEvent(ctx, &proto.Event{JobID: job.ID, Tenant: job.Tenant, Type: proto.EventStatus, Status: proto.StatusInQueue}); err != nil {
 		return 0, job, wrap("admit", job.ID, err)
 	}
 	job.SubmittedAt = rec.SubmittedAt // the record's, by Redis's clock
@@ -170,7 +188,7 @@ func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions)
 }
 
 func (c *Core) rejected(ctx context.Context, msg *queue.Message, job *proto.Job, rec *proto.Record) (Admitted, *proto.Job, error) {
-	c.status(ctx, &proto.Event{JobID: job.ID, Status: proto.StatusFailed, Error: rec.Error})
+	c.status(ctx, &proto.Event{JobID: job.ID, Tenant: rec.Tenant, Status: proto.StatusFailed, Error: rec.Error})
 	c.log.Info("job failed admission", zap.String("job_id", job.ID), zap.String("reason", rec.Error))
 	return Failed, job, msg.Ack(ctx)
 }
@@ -181,7 +199,10 @@ func (c *Core) rejected(ctx context.Context, msg *queue.Message, job *proto.Job,
 // corruption.
 func (c *Core) Discard(ctx context.Context, msg *queue.Message, reason string) {
 	c.log.Error("undecodable job message, terminating it", zap.String("subject", msg.Subject()), zap.String("reason", reason))
-	if err := c.q.Reject(msg.Data(), reason); err != nil {
+	// A jobs-stream message names its tenant in its body, which is what
+	// could not be read: it goes to the default tenant's rejects, which an
+	// operator watches (cf.rejects.*).
+	if err := c.q.Reject(proto.DefaultTenant, msg.Data(), reason); err != nil {
 		c.log.Warn("republish undecodable job message", zap.Error(err))
 	}
 	_ = msg.Term()

@@ -54,7 +54,7 @@ func TestHostileResubmission(t *testing.T) {
 		// another message id, as a producer could.
 		data, err := json.Marshal(h)
 		require.NoError(t, err)
-		_, err = b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch), data)
+		_, err = b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch, ""), data)
 		require.NoError(t, err)
 		before := b.record(t, "victim")
 		require.Equal(t, lifecycle.Duplicate, b.admitNext(t))
@@ -107,11 +107,11 @@ func TestAdmissionFailures(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	rejects := make(chan string, 1)
-	stop, err := b.q.SubscribeRejects(func(_ []byte, reason string) { rejects <- reason })
+	stop, err := b.q.SubscribeRejects(proto.DefaultTenant, func(_ []byte, reason string) { rejects <- reason })
 	require.NoError(t, err)
 	defer stop()
 	publish := func(body string) {
-		_, err := b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch), []byte(body))
+		_, err := b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch, ""), []byte(body))
 		require.NoError(t, err)
 	}
 	publish(`{"id":"bad-lane","lane":"fast","input":{"workflow":{}}}`)

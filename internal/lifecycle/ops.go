@@ -29,7 +29,7 @@ func (c *Core) Cancel(ctx context.Context, id string) (*proto.Record, error) {
 			c.log.Warn("publish cancel", zap.String("job_id", id), zap.Error(err))
 		}
 	}
-	c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusCancelled})
+	c.status(ctx, &proto.Event{JobID: id, Tenant: rec.Tenant, Status: proto.StatusCancelled})
 	return rec, nil
 }
 
@@ -41,7 +41,7 @@ func (c *Core) CancelQueued(ctx context.Context, id string) (*proto.Record, erro
 	if err != nil {
 		return rec, err
 	}
-	c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusCancelled})
+	c.status(ctx, &proto.Event{JobID: id, Tenant: rec.Tenant, Status: proto.StatusCancelled})
 	return rec, nil
 }
 
@@ -109,7 +109,8 @@ func (c *Core) Replay(ctx context.Context, seq uint64) (*proto.Record, error) {
 // requeued publishes a job whose record went back to IN_QUEUE, or fails
 // it again when the message cannot be published.
 func (c *Core) requeued(ctx context.Context, job *proto.Job, rec *proto.Record, msgID string) error {
-	c.status(ctx, &proto.Event{JobID: job.ID, Status: proto.StatusInQueue, Attempt: rec.Attempt})
+	job.Tenant = rec.Tenant // the record's owner, whatever an old copy says
+	c.status(ctx, &proto.Event{JobID: job.ID, Tenant: job.Tenant, Status: proto.StatusInQueue, Attempt: rec.Attempt})
 	job.SubmittedAt = rec.SubmittedAt // its TTL counts from now
 	err := retryWithin(ctx, tryTimeout, func(ctx context.Context) error { return c.q.PublishJob(ctx, job, msgID) })
 	if err == nil || errors.Is(err, queue.ErrDuplicate) {
@@ -119,7 +120,7 @@ func (c *Core) requeued(ctx context.Context, job *proto.Job, rec *proto.Record, 
 	if _, ferr := c.db.Fail(context.WithoutCancel(ctx), job.ID, rec.Attempt, reason); ferr != nil {
 		c.log.Error("fail a retry that could not be queued", zap.String("job_id", job.ID), zap.Error(ferr))
 	} else {
-		c.status(ctx, &proto.Event{JobID: job.ID, Status: proto.StatusFailed, Error: reason})
+		c.status(ctx, &proto.Event{JobID: job.ID, Tenant: job.Tenant, Status: proto.StatusFailed, Error: reason})
 	}
 	return err
 }

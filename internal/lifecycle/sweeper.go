@@ -118,11 +118,11 @@ func (s *Sweeper) sweepTTL(ctx context.Context) error {
 	}
 	var errs []error
 	for _, id := range ids {
-		_, err := s.c.db.Expire(ctx, id)
+		rec, err := s.c.db.Expire(ctx, id)
 		switch {
 		case err == nil:
 			s.log.Info("job expired in the queue", zap.String("job_id", id))
-			s.c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusTimedOut, Error: proto.MsgTTLExpired})
+			s.c.status(ctx, &proto.Event{JobID: id, Tenant: rec.Tenant, Status: proto.StatusTimedOut, Error: proto.MsgTTLExpired})
 		case errors.Is(err, rdb.ErrTerminal), errors.Is(err, rdb.ErrNotFound),
 			errors.Is(err, rdb.ErrIllegal), errors.Is(err, rdb.ErrNotDue):
 			// Finished, gone, running (a requeue indexes it again), or
@@ -172,16 +172,20 @@ func (s *Sweeper) reclaim(ctx context.Context, id string) error {
 		return nil
 	}
 	l := r.Lease
+	var tenant string
+	if r.Record != nil {
+		tenant = r.Record.Tenant
+	}
 	log := s.log.With(zap.String("job_id", id), zap.Int("attempt", l.Attempt), zap.String("worker_id", l.WorkerID))
 	switch r.Outcome {
 	case rdb.Requeued:
 		log.Warn("worker lost mid-job; handing the job back", zap.Int("failed_attempts", r.Failures))
-		s.c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusInQueue, Attempt: l.Attempt, WorkerID: l.WorkerID,
+		s.c.status(ctx, &proto.Event{JobID: id, Tenant: tenant, Status: proto.StatusInQueue, Attempt: l.Attempt, WorkerID: l.WorkerID,
 			Error: proto.MsgLeaseLapsed})
 		s.c.nak(id, l.Reply, 0)
 	case rdb.TimedOut:
 		log.Warn("job timed out on a silent worker")
-		s.c.status(ctx, &proto.Event{JobID: id, Status: proto.StatusTimedOut, Attempt: l.Attempt, WorkerID: l.WorkerID, Error: proto.MsgWorkerSilent})
+		s.c.status(ctx, &proto.Event{JobID: id, Tenant: tenant, Status: proto.StatusTimedOut, Attempt: l.Attempt, WorkerID: l.WorkerID, Error: proto.MsgWorkerSilent})
 		s.c.ack(ctx, id, l.Reply)
 	case rdb.Settle:
 		// Ended but never acked (its worker died after the write), waiting

@@ -69,10 +69,11 @@ type Server struct {
 	res chan error
 }
 
-// NewServer serves reg on addr.
-func NewServer(addr string, reg *Registry) *Server {
+// NewServer serves metrics (a Registry's Handler, perhaps behind a
+// guard) on GET /metrics at addr.
+func NewServer(addr string, metrics http.Handler) *Server {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", reg.Handler())
+	mux.Handle("GET /metrics", metrics)
 	return &Server{srv: &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
 }
 

@@ -90,7 +90,7 @@ func TestInstrumentAndServer(t *testing.T) {
 		require.NoError(t, err)
 		resp.Body.Close()
 	}
-	s := metrics.NewServer("127.0.0.1:0", r)
+	s := metrics.NewServer("127.0.0.1:0", r.Handler())
 	s.Stop() // safe before Start
 	require.NoError(t, s.Start())
 	defer s.Stop()

@@ -83,7 +83,7 @@ func (c *Client) SubscribeEvents(jobID string, fn func(*proto.Event)) (stop func
 
 // SubscribeFinal delivers the job's final event (its terminal status).
 func (c *Client) SubscribeFinal(jobID string, fn func(*proto.Event)) (stop func(), err error) {
-	return c.subscribe(proto.EventSubject(jobID, proto.EventClassFinal), fn)
+	return c.subscribe(proto.JobClassSubjects(jobID, proto.EventClassFinal), fn)
 }
 
 // SubscribeStatuses delivers every status transition of every job, for a

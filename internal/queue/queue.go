@@ -228,11 +228,12 @@ func (c *Client) Close() { c.nc.Close() }
 // Connected reports whether the NATS connection is up.
 func (c *Client) Connected() bool { return c.nc.IsConnected() }
 
-// Submit publishes a job on cf.submit.<source> with Nats-Msg-Id = job id
-// and waits for the PubAck, the durable receipt. It returns the job's
-// sequence in the intake stream, which names this submission.
+// Submit publishes a job on cf.submit.<source>.<tenant> (the job's
+// tenant) with Nats-Msg-Id = job id and waits for the PubAck, the durable
+// receipt. It returns the job's sequence in the intake stream, which names
+// this submission.
 func (c *Client) Submit(ctx context.Context, source string, job *proto.Job) (uint64, error) {
-	return c.publishJob(ctx, proto.SubmitSubject(source), job, job.ID)
+	return c.publishJob(ctx, proto.SubmitSubject(source, job.Tenant), job, job.ID)
 }
 
 // PublishJob publishes an admitted job on cf.jobs.<pool>.<lane> under the
@@ -262,9 +263,10 @@ func (c *Client) publishJob(ctx context.Context, subject string, job *proto.Job,
 	return ack.Sequence, nil
 }
 
-// Reject republishes an undecodable submission on proto.RejectSubject.
-func (c *Client) Reject(data []byte, reason string) error {
-	msg := &nats.Msg{Subject: proto.RejectSubject, Data: data, Header: nats.Header{}}
+// Reject republishes a submission of tenant that names no usable job, or
+// one whose id another tenant holds, on proto.RejectSubject(tenant).
+func (c *Client) Reject(tenant string, data []byte, reason string) error {
+	msg := &nats.Msg{Subject: proto.RejectSubject(tenant), Data: data, Header: nats.Header{}}
 	msg.Header.Set(proto.RejectReasonHeader, reason)
 	if err := c.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("publish reject: %w", err)
@@ -340,10 +342,10 @@ func (c *Client) SubscribeCancels(fn func(jobID string)) (stop func(), err error
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
-// SubscribeRejects delivers every rejected submission (its data and the
-// reason) until stop is called.
-func (c *Client) SubscribeRejects(fn func(data []byte, reason string)) (stop func(), err error) {
-	sub, err := c.nc.Subscribe(proto.RejectSubject, func(m *nats.Msg) {
+// SubscribeRejects delivers every rejected submission of tenant ("*":
+// of every tenant), its data and the reason, until stop is called.
+func (c *Client) SubscribeRejects(tenant string, fn func(data []byte, reason string)) (stop func(), err error) {
+	sub, err := c.nc.Subscribe(proto.RejectSubject(tenant), func(m *nats.Msg) {
 		fn(m.Data, m.Header.Get(proto.RejectReasonHeader))
 	})
 	if err != nil {

@@ -238,11 +238,11 @@ func TestReject(t *testing.T) {
 	t.Parallel()
 	q, n := setup(t)
 	ch := make(chan *nats.Msg, 1)
-	sub, err := n.Conn.ChanSubscribe(proto.RejectSubject, ch)
+	sub, err := n.Conn.ChanSubscribe(proto.RejectSubject(proto.DefaultTenant), ch)
 	require.NoError(t, err)
 	defer sub.Unsubscribe()
 	require.NoError(t, n.Conn.Flush())
-	require.NoError(t, q.Reject([]byte("junk"), "no id"))
+	require.NoError(t, q.Reject(proto.DefaultTenant, []byte("junk"), "no id"))
 	m := <-ch
 	require.Equal(t, "junk", string(m.Data))
 	require.Equal(t, "no id", m.Header.Get(proto.RejectReasonHeader))

@@ -207,17 +207,25 @@ type Queued struct {
 	Seq    uint64
 	JobID  string
 	Source string
+	Tenant string
 }
 
-// EachQueued calls fn for every job message of the given source that is
-// still in the intake stream or the jobs stream (waiting, or handed to a
-// worker and not yet acknowledged), oldest first. fn returning an error
-// stops the walk.
-func (c *Client) EachQueued(ctx context.Context, source string, fn func(Queued) error) error {
-	walks := []struct{ stream, subject string }{
-		{proto.SubmitStream, proto.SubmitSubject(source)},
-		{proto.JobsStream, proto.JobSubjects},
+// EachQueued calls fn for every job message of the given source and
+// tenant ("" for every tenant) that is still in the intake stream or the
+// jobs stream (waiting, or handed to a worker and not yet acknowledged),
+// oldest first. fn returning an error stops the walk.
+func (c *Client) EachQueued(ctx context.Context, source, tenant string, fn func(Queued) error) error {
+	type walk struct{ stream, subject string }
+	var walks []walk
+	switch tenant {
+	case "":
+		walks = []walk{{proto.SubmitStream, proto.SubmitSubject(source, "")}, {proto.SubmitStream, proto.SubmitSubject(source, "*")}}
+	case proto.DefaultTenant:
+		walks = []walk{{proto.SubmitStream, proto.SubmitSubject(source, "")}, {proto.SubmitStream, proto.SubmitSubject(source, tenant)}}
+	default:
+		walks = []walk{{proto.SubmitStream, proto.SubmitSubject(source, tenant)}}
 	}
+	walks = append(walks, walk{proto.JobsStream, proto.JobSubjects})
 	for _, w := range walks {
 		s, err := c.stream(ctx, w.stream)
 		if err != nil {
@@ -235,17 +243,25 @@ func (c *Client) EachQueued(ctx context.Context, source string, fn func(Queued) 
 			var head struct {
 				ID     string `json:"id"`
 				Source string `json:"source"`
+				Tenant string `json:"tenant"`
 			}
 			if json.Unmarshal(m.Data, &head) != nil || head.ID == "" {
 				continue
 			}
 			if w.stream == proto.SubmitStream {
-				head.Source = source // the subject says it
+				// The subject says it.
+				var err error
+				if head.Source, head.Tenant, err = proto.ParseSubmitSubject(m.Subject); err != nil {
+					continue
+				}
 			}
-			if head.Source != source {
+			if head.Tenant == "" {
+				head.Tenant = proto.DefaultTenant
+			}
+			if head.Source != source || (tenant != "" && head.Tenant != tenant) {
 				continue
 			}
-			if err := fn(Queued{Stream: w.stream, Seq: m.Sequence, JobID: head.ID, Source: head.Source}); err != nil {
+			if err := fn(Queued{Stream: w.stream, Seq: m.Sequence, JobID: head.ID, Source: head.Source, Tenant: head.Tenant}); err != nil {
 				return err
 			}
 		}

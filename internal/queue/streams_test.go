@@ -175,7 +175,7 @@ func TestPreviewStreamKeepsEachJobsLatest(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 2, info.State.Msgs, "one preview per job")
 	for job, want := range map[string]string{"j1": "c", "j2": "x"} {
-		m, err := s.GetLastMsgForSubject(ctx, proto.PreviewSubject(job))
+		m, err := s.GetLastMsgForSubject(ctx, proto.PreviewSubject(job, ""))
 		require.NoError(t, err)
 		ev, err := proto.DecodeEvent(m.Data)
 		require.NoError(t, err)
@@ -243,7 +243,7 @@ func TestStatusEventIsStoredAmidLargePreviews(t *testing.T) {
 	s, err := n.JS.Stream(ctx, proto.PreviewStream)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
-		m, err := s.GetLastMsgForSubject(ctx, proto.PreviewSubject("j"))
+		m, err := s.GetLastMsgForSubject(ctx, proto.PreviewSubject("j", ""))
 		if err != nil {
 			return false
 		}
@@ -253,4 +253,47 @@ func TestStatusEventIsStoredAmidLargePreviews(t *testing.T) {
 	info, err := s.Info(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, info.State.Msgs, "CF_PREVIEWS keeps the job's latest only")
+}
+
+// TestEnsureMovesAFleetToTenantSubjects: streams and consumers made before
+// tenants (cf.submit.*, cf.events.*.*, cf.previews.*) take the new
+// subjects at the next Ensure, and a job queued before still reaches the
+// intake consumer.
+func TestEnsureMovesAFleetToTenantSubjects(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	for name, subject := range map[string]string{proto.SubmitStream: "cf.submit.*", proto.EventsStream: "cf.events.*.*", proto.PreviewStream: "cf.previews.*"} {
+		sc := jetstream.StreamConfig{Name: name, Subjects: []string{subject}, Storage: jetstream.MemoryStorage}
+		if name == proto.SubmitStream {
+			sc.Retention = jetstream.WorkQueuePolicy
+		}
+		_, err := n.JS.CreateStream(ctx, sc)
+		require.NoError(t, err)
+	}
+	_, err := n.JS.CreateOrUpdateConsumer(ctx, proto.SubmitStream, jetstream.ConsumerConfig{Durable: proto.IntakeConsumer, FilterSubject: "cf.submit.*", AckPolicy: jetstream.AckExplicitPolicy})
+	require.NoError(t, err)
+	_, err = n.JS.CreateOrUpdateConsumer(ctx, proto.EventsStream, jetstream.ConsumerConfig{Durable: proto.WebhookConsumer, FilterSubject: "cf.events.*.final", AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverNewPolicy, MaxDeliver: -1})
+	require.NoError(t, err)
+	_, err = n.JS.Publish(ctx, "cf.submit.batch", []byte(`{"id":"old-job","input":{"workflow":{}}}`))
+	require.NoError(t, err)
+
+	q, err := queue.New(n.Conn)
+	require.NoError(t, err)
+	require.NoError(t, q.Ensure(ctx, queue.Config{MemoryStorage: true}))
+	require.Equal(t, []string{proto.SubmitSubjects}, streamConfig(t, n, proto.SubmitStream).Subjects)
+	require.Equal(t, []string{proto.EventSubjects}, streamConfig(t, n, proto.EventsStream).Subjects)
+	require.Equal(t, []string{proto.PreviewSubjects}, streamConfig(t, n, proto.PreviewStream).Subjects)
+
+	intake, err := q.IntakeConsumer(ctx, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	msg, err := intake.Next(ctx, 5*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "cf.submit.batch", msg.Subject(), "the job queued before the move")
+	feed, err := q.OpenFinalFeed(ctx, queue.FinalFeedConfig{AckWait: time.Second})
+	require.NoError(t, err)
+	feed.Stop()
+	c, err := n.JS.Consumer(ctx, proto.EventsStream, proto.WebhookConsumer)
+	require.NoError(t, err)
+	require.Equal(t, proto.FinalEventSubjects, c.CachedInfo().Config.FilterSubject)
 }

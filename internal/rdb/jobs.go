@@ -23,10 +23,12 @@ var transition = redis.NewScript(transitionLua)
 // CreateParams describe a new record. They carry no secrets and nothing
 // else is written to Redis.
 type CreateParams struct {
-	ID      string
-	Pool    string
-	Lane    proto.Lane
-	Source  string
+	ID     string
+	Pool   string
+	Lane   proto.Lane
+	Source string
+	// Tenant owns the job; "" means proto.DefaultTenant.
+	Tenant  string
 	BatchID string
 	// Retention is how long the terminal record is kept (RunPod: 30 min for
 	// /run, 1 min for /runsync); zero means the DB's default.
@@ -43,6 +45,7 @@ func ParamsFor(j *proto.Job) CreateParams {
 		Pool:      j.Pool,
 		Lane:      j.Lane,
 		Source:    j.Source,
+		Tenant:    j.Tenant,
 		BatchID:   j.BatchID,
 		Retention: time.Duration(j.Retention) * time.Millisecond,
 		TTL:       time.Duration(j.Policy.TTL) * time.Millisecond,
@@ -56,6 +59,11 @@ func (db *DB) createArgs(p CreateParams) ([]any, error) {
 	if p.Lane != "" && !p.Lane.Valid() {
 		return nil, fmt.Errorf("job %s: %q is not a lane", p.ID, p.Lane)
 	}
+	if p.Tenant != "" {
+		if err := proto.ValidID(p.Tenant); err != nil {
+			return nil, fmt.Errorf("job %s: tenant: %w", p.ID, err)
+		}
+	}
 	retention, ttl := p.Retention, p.TTL
 	if retention <= 0 {
 		retention = db.retention
@@ -64,6 +72,13 @@ func (db *DB) createArgs(p CreateParams) ([]any, error) {
 		ttl = db.ttl
 	}
 	return []any{p.Pool, string(p.Lane), p.Source, p.BatchID, millis(retention), millis(ttl)}, nil
+}
+
+func tenantArg(t string) string {
+	if t == "" {
+		return proto.DefaultTenant
+	}
+	return t
 }
 
 // Admission is what Admit found.
@@ -95,7 +110,7 @@ func (db *DB) Admit(ctx context.Context, intake string, p CreateParams, reject s
 	if err != nil {
 		return 0, nil, fmt.Errorf("admit job: %w", err)
 	}
-	r, err := db.run(ctx, "admit", p.ID, append(append([]any{intake}, args...), reject)...)
+	r, err := db.run(ctx, "admit", p.ID, append(append([]any{intake}, args...), reject, 0, 0, tenantArg(p.Tenant))...)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -126,7 +141,7 @@ func (db *DB) Create(ctx context.Context, p CreateParams, submitted time.Time, r
 	if !submitted.IsZero() {
 		sub = submitted.UnixMilli()
 	}
-	r, err := db.run(ctx, "create", p.ID, append(append([]any{""}, args...), "", sub, boolArg(recreated))...)
+	r, err := db.run(ctx, "create", p.ID, append(append([]any{""}, args...), "", sub, boolArg(recreated), tenantArg(p.Tenant))...)
 	if err != nil {
 		return nil, false, err
 	}

@@ -569,11 +569,12 @@ func TestAttemptsAndDeadLetterDebt(t *testing.T) {
 func TestAdmit(t *testing.T) {
 	conformance(t, rdb.Options{}, func(t *testing.T, b *bundle) {
 		db, ctx := b.db, b.ctx
-		p := rdb.CreateParams{ID: "job", Pool: "sdxl", Lane: proto.LaneInteractive, Source: "api", TTL: time.Hour}
+		p := rdb.CreateParams{ID: "job", Pool: "sdxl", Lane: proto.LaneInteractive, Source: "api", Tenant: "acme", TTL: time.Hour}
 		adm, rec, err := db.Admit(ctx, "7", p, "")
 		require.NoError(t, err)
 		require.Equal(t, rdb.Created, adm)
 		require.Equal(t, proto.StatusInQueue, rec.Status)
+		require.Equal(t, "acme", rec.Tenant)
 		score, ok := b.score(t, proto.TTLKey, "job")
 		require.True(t, ok)
 		require.InDelta(t, float64(rec.SubmittedAt.Add(time.Hour).UnixMilli()), score, 1)
@@ -582,10 +583,11 @@ func TestAdmit(t *testing.T) {
 		adm, _, err = db.Admit(ctx, "7", p, "")
 		require.NoError(t, err)
 		require.Equal(t, rdb.Same, adm, "the same submission, redelivered")
-		adm, got, err := db.Admit(ctx, "8", rdb.CreateParams{ID: "job", Pool: "other", Lane: proto.LaneBatch}, "field lane: bad")
+		adm, got, err := db.Admit(ctx, "8", rdb.CreateParams{ID: "job", Pool: "other", Lane: proto.LaneBatch, Tenant: "beta"}, "field lane: bad")
 		require.NoError(t, err)
 		require.Equal(t, rdb.Exists, adm, "another submission of the id")
 		require.Equal(t, rec, got)
+		require.Equal(t, "acme", got.Tenant, "another tenant's submission changes nothing")
 		require.Equal(t, hash, b.hash(t, "job"), "nothing changed")
 
 		// Once a worker runs it, even its own submission cannot fail it.
@@ -674,7 +676,7 @@ func TestRetryRearmsTheTTL(t *testing.T) {
 		rec, err := db.Retry(ctx, "job")
 		require.NoError(t, err)
 		require.Equal(t, &proto.Record{ID: "job", Status: proto.StatusInQueue, Attempt: 1, Retries: 1,
-			SubmittedAt: rec.SubmittedAt}, rec)
+			Tenant: proto.DefaultTenant, SubmittedAt: rec.SubmittedAt}, rec)
 		require.False(t, rec.SubmittedAt.Before(before.Truncate(time.Millisecond)), "submitted_at is the retry's")
 		score, ok := b.score(t, proto.TTLKey, "job")
 		require.True(t, ok, "back in the TTL index")

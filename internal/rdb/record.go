@@ -31,6 +31,7 @@ func decodeRecord(key string, h map[string]string) (*proto.Record, error) {
 		Pool:     h["pool"],
 		Lane:     proto.Lane(h["lane"]),
 		Source:   h["source"],
+		Tenant:   h["tenant"],
 		BatchID:  h["batch_id"],
 		Error:    h["error"],
 	}
@@ -42,6 +43,12 @@ func decodeRecord(key string, h map[string]string) (*proto.Record, error) {
 	}
 	if r.Lane != "" && !r.Lane.Valid() {
 		return nil, bad("lane", "is not a lane")
+	}
+	switch {
+	case r.Tenant == "":
+		r.Tenant = proto.DefaultTenant // a record made before tenants
+	case proto.ValidID(r.Tenant) != nil:
+		return nil, bad("tenant", "is not a tenant name")
 	}
 	ints := []struct {
 		field string

@@ -108,7 +108,7 @@ local function logAttempt(entry, keep)
 end
 
 -- create writes a new IN_QUEUE record.
-local function create(intake, pool, lane, source, batch, retention, ttl, submitted)
+local function create(intake, pool, lane, source, batch, retention, ttl, submitted, tenant)
   redis.call('HSET', key, 'id', id, 'status', 'IN_QUEUE', 'attempt', '0', 'retries', '0',
     'submitted_at', submitted, 'retention_ms', retention, 'ttl_ms', ttl,
     'expires_at', fmt(tonumber(submitted) + tonumber(ttl)))
@@ -116,18 +116,20 @@ local function create(intake, pool, lane, source, batch, retention, ttl, submitt
   setopt('pool', pool)
   setopt('lane', lane)
   setopt('source', source)
+  setopt('tenant', tenant)
   setopt('batch_id', batch)
   redis.call('PEXPIRE', key, tonumber(ttl) + slack)
 end
 
 if op == 'admit' or op == 'create' then
-  -- admit: intake, pool, lane, source, batch_id, retention_ms, ttl_ms, reject
-  -- create: the same, then submitted_at (0: now) and recreated (1: count it)
+  -- admit and create: intake, pool, lane, source, batch_id, retention_ms,
+  -- ttl_ms, reject (admit only), submitted_at (create only; 0: now),
+  -- recreated (create only; 1: count it), tenant
   local intake, reject = ARGV[4], ARGV[11]
   if redis.call('EXISTS', key) == 0 then
     local submitted = nows
     if op == 'create' and ARGV[12] ~= '0' then submitted = ARGV[12] end
-    create(intake, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], submitted)
+    create(intake, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], submitted, ARGV[14])
     if op == 'create' and ARGV[13] == '1' then redis.call('HINCRBY', stats, 'RECREATED', 1) end
     if op == 'admit' and reject ~= '' then
       final('FAILED', reject, ARGV[9])

@@ -1,18 +1,16 @@
 package role
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
@@ -30,7 +28,8 @@ type AdapterConfig struct {
 	// MetricsAddr is where GET /metrics is served apart from the public
 	// API; "" nowhere.
 	MetricsAddr string
-	APIKeysFile string
+	// Keys are the API, admin and worker keys and the allowed origins.
+	Keys Keys
 	// ShutdownGrace is how long held requests (runsync, long polls) may
 	// finish on SIGTERM.
 	ShutdownGrace time.Duration
@@ -48,8 +47,9 @@ func (c *AdapterConfig) ServerlessMode() bool { return c.Serverless.GetJobURL !=
 // Bind binds the adapter's settings.
 func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.Listen, "listen", "LISTEN_ADDR", ":8000", "address of the endpoint API")
-	fs.List(&c.API.APIKeys, "api-keys", "API_KEYS", nil, "accepted API keys, comma-separated; none = no authentication")
-	fs.String(&c.APIKeysFile, "api-keys-file", "API_KEYS_FILE", "", "file with one accepted API key per line")
+	c.Keys.bindAPI(fs)
+	c.Keys.bindAdmin(fs)
+	c.Keys.bindOrigins(fs)
 	fs.Duration(&c.API.RunRetention, "run-retention", "RUN_RETENTION", 30*time.Minute, "how long /run results are kept")
 	fs.Duration(&c.API.SyncRetention, "sync-retention", "SYNC_RETENTION", time.Minute, "how long /runsync results are kept")
 
@@ -64,7 +64,7 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 
 	// job-take host
 	fs.Bool(&c.JobTake, "job-take", "JOB_TAKE", false, "also serve job-take, job-done, job-stream, job-stop and ping for RunPod's Python workers")
-	fs.List(&c.Take.WorkerKeys, "worker-keys", "WORKER_KEYS", nil, "keys RunPod workers send (their RUNPOD_AI_API_KEY), comma-separated; none = the API keys")
+	c.Keys.bindWorker(fs)
 	fs.Duration(&c.Take.TakeHold, "job-take-hold", "JOB_TAKE_HOLD", 20*time.Second, "how long an empty job-take is held before 204 (under 90s)")
 	fs.Duration(&c.Take.StopHold, "job-stop-hold", "JOB_STOP_HOLD", 20*time.Second, "how long an empty job-stop poll is held (under 90s)")
 	fs.Duration(&c.Take.LeaseTimeout, "job-take-lease", "JOB_TAKE_LEASE", 30*time.Second, "a job its RunPod worker has not named in a ping for this long goes back on the queue")
@@ -76,6 +76,7 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.Serverless.PingURL, "runpod-webhook-ping", "RUNPOD_WEBHOOK_PING", "", "RunPod's heartbeat URL template")
 	fs.String(&c.Serverless.APIKey, "runpod-ai-api-key", "RUNPOD_AI_API_KEY", "", "key sent to RunPod's worker routes")
 	fs.String(&c.Serverless.WorkerID, "runpod-pod-id", "RUNPOD_POD_ID", "", "this worker's id at RunPod; empty = random, and no pings")
+	fs.String(&c.Serverless.Tenant, "serverless-tenant", "SERVERLESS_TENANT", "default", "tenant that owns the jobs taken from RunPod: its API keys see them")
 	fs.Int(&c.PingMillis, "runpod-ping-interval", "RUNPOD_PING_INTERVAL", 10000, "milliseconds between heartbeats")
 	fs.Int(&c.Serverless.Concurrency, "serverless-concurrency", "SERVERLESS_CONCURRENCY", 1, "RunPod jobs held at once (more than one uses job-take-batch)")
 	fs.Bool(&c.Serverless.RefreshWorker, "refresh-worker", "REFRESH_WORKER", false, "serverless mode: ask RunPod for a fresh worker after each job (stopPod) and exit")
@@ -84,17 +85,18 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 // Finish completes and checks the settings; on failure it names the
 // setting.
 func (c *AdapterConfig) Finish() (setting string, err error) {
-	if c.APIKeysFile != "" {
-		keys, err := readKeys(c.APIKeysFile)
-		if err != nil {
-			return "API_KEYS_FILE", err
-		}
-		c.API.APIKeys = append(c.API.APIKeys, keys...)
-		c.APIKeysFile = "" // read once
+	rings, setting, err := c.Keys.keyrings(auth.Tenant | auth.Admin | auth.Worker)
+	if err != nil {
+		return setting, err
+	}
+	c.API.Keys, c.API.AllowedOrigins = rings.API, c.Keys.AllowedOrigins
+	c.Take.Keys, c.Take.AllowedOrigins = rings.Worker, c.Keys.AllowedOrigins
+	if _, setting, err := c.Keys.guard(nil); err != nil {
+		return setting, err
 	}
 	c.Take.Pool, c.Serverless.Pool = c.API.Pool, c.API.Pool
-	if len(c.Take.WorkerKeys) == 0 {
-		c.Take.WorkerKeys = c.API.APIKeys
+	if c.JobTake && rings.Worker.Empty() {
+		return "WORKER_KEYS", errors.New("required with JOB_TAKE: the job-take routes hand out jobs with their secrets, and API keys never work there")
 	}
 	if c.PingMillis < 0 {
 		return "RUNPOD_PING_INTERVAL", fmt.Errorf("%d ms is negative", c.PingMillis)
@@ -103,8 +105,10 @@ func (c *AdapterConfig) Finish() (setting string, err error) {
 	if err := c.API.Validate(); err != nil {
 		return "POOL/MAX_QUEUED/RUNSYNC_WAIT/STREAM_WAIT", err
 	}
-	if err := c.Take.Validate(); err != nil {
-		return "JOB_TAKE_*", err
+	if c.JobTake {
+		if err := c.Take.Validate(); err != nil {
+			return "JOB_TAKE_*", err
+		}
 	}
 	if c.ServerlessMode() {
 		if err := c.Serverless.Validate(); err != nil {
@@ -112,22 +116,6 @@ func (c *AdapterConfig) Finish() (setting string, err error) {
 		}
 	}
 	return "", nil
-}
-
-func readKeys(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var keys []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k := strings.TrimSpace(sc.Text()); k != "" && !strings.HasPrefix(k, "#") {
-			keys = append(keys, k)
-		}
-	}
-	return keys, sc.Err()
 }
 
 // Adapter is the runpod-adapter's process: in api mode the endpoint API
@@ -152,8 +140,8 @@ type AdapterOptions struct {
 	// runs both).
 	API bool
 	// Routes are more routes served on Listen beside the endpoint API (the
-	// dev stack's dispatcher routes), behind the API's keys when it has any:
-	// the API's listener is the public one.
+	// dev stack's dispatcher routes), behind the admin keys: they are
+	// operator routes on the API's public listener.
 	Routes []dispatch.Route
 }
 
@@ -171,9 +159,14 @@ func NewAdapter(cfg AdapterConfig, b *backend.Backend, reg *metrics.Registry, op
 			return a, nil
 		}
 	}
+	// The operator routes take the API's keys, where only admin keys pass.
+	ops, _, err := cfg.Keys.guard(cfg.API.Keys)
+	if err != nil {
+		return nil, err
+	}
 	a.mux = http.NewServeMux()
-	for _, r := range opts.Routes {
-		a.mux.Handle(r.Pattern, runpod.RequireKey(cfg.API.APIKeys, r.Handler))
+	for _, r := range adminRoutes(ops, opts.Routes) {
+		a.mux.Handle(r.Pattern, r.Handler)
 	}
 	api := runpod.NewAPI(cfg.API, runpod.Deps{Queue: b.Queue, Core: b.Core, DB: b.DB, Blobs: b.Blobs, Logger: log})
 	a.mux.Handle("/", metrics.Instrument(reg, "comfyfleet_api", api))
@@ -188,7 +181,7 @@ func NewAdapter(cfg AdapterConfig, b *backend.Backend, reg *metrics.Registry, op
 	// /metrics has its own port: the API's port is public and behind API
 	// keys.
 	if cfg.MetricsAddr != "" {
-		a.ms = metrics.NewServer(cfg.MetricsAddr, reg)
+		a.ms = metrics.NewServer(cfg.MetricsAddr, ops.Require(auth.Admin, reg.Handler()))
 	}
 	return a, nil
 }
@@ -222,7 +215,11 @@ func (a *Adapter) Start(ctx context.Context) error {
 		a.served = make(chan error, 1)
 		go func() { a.served <- a.srv.Serve(ln) }()
 		a.log.Info("runpod-adapter listening", zap.String("addr", a.addr),
-			zap.Int("api_keys", len(a.cfg.API.APIKeys)), zap.Bool("job_take", a.cfg.JobTake), zap.String("pool", a.cfg.API.Pool))
+			zap.Int("api_keys", a.cfg.API.Keys.Count(auth.Tenant)), zap.Int("admin_keys", a.cfg.API.Keys.Count(auth.Admin)),
+			zap.Bool("job_take", a.cfg.JobTake), zap.String("pool", a.cfg.API.Pool))
+		if a.cfg.API.Keys.Empty() && !auth.Loopback(a.addr) {
+			a.log.Warn("the endpoint API takes connections from other hosts and has no API keys: anyone who reaches it can queue jobs; set API_KEYS")
+		}
 	}
 	if a.sl != nil {
 		if err := a.sl.Start(ctx); err != nil {

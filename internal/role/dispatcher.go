@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
@@ -22,6 +23,10 @@ type DispatcherConfig struct {
 	// Listen is the address of the HTTP API (fleet view, metrics, dead
 	// letters); "" serves none (the dev stack mounts Routes itself).
 	Listen string
+	// Keys are the admin keys and allowed origins of the HTTP API.
+	Keys Keys
+
+	admins *auth.Keyring // of Keys, by Finish
 }
 
 // Bind binds the dispatcher's settings.
@@ -37,6 +42,8 @@ func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
 	fs.Duration(&c.Webhooks.RetryDelay, "webhook-retry-delay", "WEBHOOK_RETRY_DELAY", 10*time.Second, "wait before the first webhook retry; each later one waits twice as long")
 	fs.Duration(&c.Webhooks.Timeout, "webhook-timeout", "WEBHOOK_TIMEOUT", 10*time.Second, "bound of one webhook POST")
 	fs.List(&c.Webhooks.Allow, "webhook-allow", "WEBHOOK_ALLOW", nil, "hosts, IPs and CIDR prefixes webhooks may reach although the SSRF guard forbids them (loopback, private, link-local)")
+	c.Keys.bindAdmin(fs)
+	c.Keys.bindOrigins(fs)
 	fs.Bool(&c.Models.Off, "no-model-check", "NO_MODEL_CHECK", false, "admit jobs even when no live worker of their pool has their models")
 }
 
@@ -47,6 +54,19 @@ func (c *DispatcherConfig) Finish() (setting string, err error) {
 	}
 	if err := c.Webhooks.Validate(); err != nil {
 		return "WEBHOOK_SECRET, WEBHOOK_ALLOW or WEBHOOK_*", err
+	}
+	rings, setting, err := c.Keys.keyrings(auth.Admin)
+	if err != nil {
+		return setting, err
+	}
+	if _, setting, err := c.Keys.guard(nil); err != nil {
+		return setting, err
+	}
+	c.admins = rings.Admin
+	// Its routes replay dead letters with the settings they were sent
+	// with: never without a key where other hosts reach them.
+	if err := exposedWithoutAdmin(c.Listen, c.admins, "the HTTP API (fleet, dead letters, metrics)"); err != nil {
+		return "ADMIN_KEYS", err
 	}
 	return "", nil
 }
@@ -82,14 +102,27 @@ func NewDispatcher(cfg DispatcherConfig, b *backend.Backend, reg *metrics.Regist
 	d.routes = append(d.routes, dispatch.DeadLetterRoutes(b.Queue, b.Core)...)
 	d.routes = append(d.routes, dispatch.FleetRoutes(view, reg, log)...)
 	if cfg.Listen != "" {
-		d.srv = dispatch.NewHTTPServer(cfg.Listen, d.routes, log)
+		g, _, err := cfg.Keys.guard(cfg.admins)
+		if err != nil {
+			return nil, err
+		}
+		d.srv = dispatch.NewHTTPServer(cfg.Listen, adminRoutes(g, d.routes), log)
 	}
 	return d, nil
 }
 
 // Routes are the control plane's HTTP routes, for a server of the
-// caller's when Listen is empty.
+// caller's when Listen is empty; that server must put them behind its
+// admin keys (AdapterOptions.Routes does).
 func (d *Dispatcher) Routes() []dispatch.Route { return d.routes }
+
+// Addr is the HTTP API's address once started, "" without one.
+func (d *Dispatcher) Addr() string {
+	if d.srv == nil {
+		return ""
+	}
+	return d.srv.Addr()
+}
 
 // Core exposes the dispatcher for tests that sweep by hand.
 func (d *Dispatcher) Core() *dispatch.Dispatcher { return d.disp }

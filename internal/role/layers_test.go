@@ -25,7 +25,7 @@ var layers = []struct {
 }{
 	{"contract", []string{"proto"}},
 	{"base", []string{"internal/blob", "internal/backoff", "internal/ssrf", "internal/metrics", "internal/flagenv",
-		"internal/logging", "internal/dirlock", "internal/natsserver", "internal/redisserver", "internal/startstop"}},
+		"internal/logging", "internal/auth", "internal/dirlock", "internal/natsserver", "internal/redisserver", "internal/startstop"}},
 	{"adapters", []string{"internal/queue", "internal/rdb", "internal/blob/s3", "internal/comfy"}},
 	{"core", []string{"internal/lifecycle"}},
 	{"read models", []string{"internal/fleet", "internal/jobview"}},

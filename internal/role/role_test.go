@@ -140,6 +140,12 @@ func TestFinishNamesTheSetting(t *testing.T) {
 		{map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL"},
 		{map[string]string{"WEBHOOK_ALLOW": "not a cidr/99"}, "WEBHOOK"},
 		{map[string]string{"RUNPOD_PING_INTERVAL": "-5"}, "RUNPOD_PING_INTERVAL"},
+		{map[string]string{"LISTEN_ADDR": ":8080"}, "ADMIN_KEYS"},
+		{map[string]string{"JOB_TAKE": "true"}, "WORKER_KEYS"},
+		{map[string]string{"JOB_TAKE": "true", "API_KEYS": "acme:k1", "WORKER_KEYS": "k1"}, "API_KEYS/ADMIN_KEYS/WORKER_KEYS"},
+		{map[string]string{"API_KEYS": "acme:"}, "API_KEYS"},
+		{map[string]string{"ADMIN_KEYS_FILE": "/nonexistent/keys"}, "ADMIN_KEYS_FILE"},
+		{map[string]string{"ALLOWED_ORIGINS": "https://a.example/path"}, "ALLOWED_ORIGINS"},
 	}
 	for _, tt := range tests {
 		c := parse(t, tt.env)
@@ -152,4 +158,87 @@ func TestFinishNamesTheSetting(t *testing.T) {
 		}
 		require.Contains(t, got, tt.setting, "%v", tt.env)
 	}
+}
+
+// TestOperatorRoutesWantAnAdminKey replays the finding "the dispatcher's
+// HTTP API has no authentication and no setting for one; a text/plain
+// cross-origin POST replays a dead letter": with ADMIN_KEYS, every route
+// but /healthz wants an admin key, and a cross-site request is refused even
+// with one. A dispatcher that would listen for other hosts without admin
+// keys does not start (TestFinishNamesTheSetting).
+func TestOperatorRoutesWantAnAdminKey(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	log := zaptest.NewLogger(t)
+	c := parse(t, map[string]string{"NATS_URL": n.URL, "REDIS_URL": testenv.RedisURL(), "LISTEN_ADDR": "127.0.0.1:0",
+		"ADMIN_KEYS": "ops:admin-key", "API_KEYS": "acme:api-key"})
+	c.common.KeyPrefix = prefix
+	c.finish(t)
+	ctx := testenv.Context(t, time.Minute)
+	b, err := c.common.Open(ctx, "dispatcher", log)
+	require.NoError(t, err)
+	defer b.Close()
+	d, err := role.NewDispatcher(c.dispatcher, b, metrics.NewRegistry(), log)
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop()
+
+	call := func(method, path string, hdr ...string) int {
+		req, err := http.NewRequest(method, "http://"+d.Addr()+path, nil)
+		require.NoError(t, err)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, r := range []struct{ method, path string }{{"GET", "/fleet"}, {"GET", "/dlq"}, {"GET", "/metrics"}, {"POST", "/dlq/1/replay"}} {
+		require.Equal(t, http.StatusUnauthorized, call(r.method, r.path), "%s %s without a key", r.method, r.path)
+		require.Equal(t, http.StatusUnauthorized, call(r.method, r.path, "Authorization", "Bearer api-key"), "%s %s: an API key is no key here", r.method, r.path)
+		require.Equal(t, http.StatusForbidden, call(r.method, r.path, "Authorization", "Bearer admin-key", "Origin", "https://evil.example", "Content-Type", "text/plain"),
+			"%s %s from another site", r.method, r.path)
+	}
+	require.Equal(t, http.StatusOK, call("GET", "/fleet", "Authorization", "Bearer admin-key"))
+	require.Equal(t, http.StatusOK, call("GET", "/metrics", "Authorization", "admin-key"))
+	require.Equal(t, http.StatusNotFound, call("POST", "/dlq/1/replay", "Authorization", "Bearer admin-key"), "no such dead letter")
+	require.Equal(t, http.StatusOK, call("GET", "/healthz"), "liveness probes need no key")
+}
+
+// TestAPIKeysNeverTakeJobs replays the finding "any API key is a worker
+// key": on the job-take routes only worker keys pass.
+func TestAPIKeysNeverTakeJobs(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	log := zaptest.NewLogger(t)
+	c := parse(t, map[string]string{"NATS_URL": n.URL, "REDIS_URL": testenv.RedisURL(), "LISTEN_ADDR": "127.0.0.1:0",
+		"API_KEYS": "acme:api-key", "ADMIN_KEYS": "ops:admin-key", "JOB_TAKE": "true", "WORKER_KEYS": "rp:worker-key", "JOB_TAKE_HOLD": "50ms"})
+	c.common.KeyPrefix = prefix
+	c.dispatcher.Listen, c.worker.Listen = "", ""
+	c.finish(t)
+	ctx := testenv.Context(t, time.Minute)
+	b, err := c.common.Open(ctx, "adapter", log)
+	require.NoError(t, err)
+	defer b.Close()
+	a, err := role.NewAdapter(c.adapter, b, metrics.NewRegistry(), role.AdapterOptions{}, log)
+	require.NoError(t, err)
+	require.NoError(t, a.Start(ctx))
+	defer a.Stop()
+	take := func(key string) int {
+		req, err := http.NewRequest("GET", "http://"+a.Addr()+"/v2/ep/job-take/pod-1", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", key)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// The host holds the worker keys alone: another key is no key there.
+	require.Equal(t, http.StatusUnauthorized, take("api-key"))
+	require.Equal(t, http.StatusUnauthorized, take("admin-key"))
+	require.Equal(t, http.StatusUnauthorized, take(""))
+	require.Equal(t, http.StatusNoContent, take("worker-key"), "no job waiting")
 }

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
@@ -34,6 +35,10 @@ type WorkerConfig struct {
 	// Listen is where GET /metrics is served; "" nowhere (the dev stack
 	// serves one /metrics for all its parts).
 	Listen string
+	// Keys are the admin keys and allowed origins of /metrics.
+	Keys Keys
+
+	admins *auth.Keyring // of Keys, by Finish
 }
 
 // Bind binds the gpuworker's settings.
@@ -70,6 +75,8 @@ func (c *WorkerConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.S3.PublicBaseURL, "bucket-public-url", "BUCKET_PUBLIC_URL", "", "return {this URL}/{key} instead of presigned URLs (a public bucket or a CDN)")
 	fs.Duration(&c.S3.URLExpiry, "bucket-url-expiry", "BUCKET_URL_EXPIRY", s3.DefaultURLExpiry, "lifetime of presigned output URLs (at most 7 days)")
 	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of GET /metrics (Prometheus), e.g. :9100; empty: none")
+	c.Keys.bindAdmin(fs)
+	c.Keys.bindOrigins(fs)
 	fs.Duration(&c.Worker.WarmDefer, "warm-defer", "WARM_DEFER", 25*time.Millisecond, "model-aware routing: a job another idle worker holds warm is handed back up to 3 times, at once and then after this step ×1, ×2; negative: never")
 }
 
@@ -116,6 +123,14 @@ func (c *WorkerConfig) Finish() (setting string, err error) {
 	if err := c.Worker.Validate(); err != nil {
 		return "worker settings", err
 	}
+	rings, setting, err := c.Keys.keyrings(auth.Admin)
+	if err != nil {
+		return setting, err
+	}
+	if _, setting, err := c.Keys.guard(nil); err != nil {
+		return setting, err
+	}
+	c.admins = rings.Admin
 	return "", nil
 }
 
@@ -155,7 +170,12 @@ func NewWorker(cfg WorkerConfig, b *backend.Backend, m *worker.Metrics, reg *met
 	}
 	p := &Worker{cfg: cfg, w: w, cc: client, log: log}
 	if cfg.Listen != "" && reg != nil {
-		p.ms = metrics.NewServer(cfg.Listen, reg)
+		g, _, err := cfg.Keys.guard(cfg.admins)
+		if err != nil {
+			_ = client.Close()
+			return nil, err
+		}
+		p.ms = metrics.NewServer(cfg.Listen, g.Require(auth.Admin, reg.Handler()))
 	}
 	return p, nil
 }

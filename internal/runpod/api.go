@@ -1,7 +1,6 @@
 package runpod
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -12,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
@@ -22,9 +22,14 @@ import (
 // Config configures the endpoint API. The zero value of each field is its
 // default.
 type Config struct {
-	// APIKeys are accepted as "Authorization: Bearer <key>" or a bare key;
-	// empty means no authentication (local use).
-	APIKeys []string
+	// Keys are the API keys (tenants) and admin keys the API accepts, as
+	// "Authorization: Bearer <key>" or the bare key; nil or empty means no
+	// authentication (local use). A tenant sees its own jobs alone; an
+	// admin sees every job.
+	Keys *auth.Keyring
+	// AllowedOrigins are the browser origins that may call the API
+	// cross-origin; every other cross-site request gets 403.
+	AllowedOrigins []string
 	// Pool receives the jobs submitted through the API; "" means
 	// proto.DefaultPool.
 	Pool string
@@ -65,6 +70,9 @@ func (c Config) Validate() error {
 		if d < 0 {
 			return fmt.Errorf("%s %s is negative", name, d)
 		}
+	}
+	if _, err := auth.NewGuard(nil, c.AllowedOrigins); err != nil {
+		return err
 	}
 	if c.MaxRunBody < 0 || c.MaxRunSyncBody < 0 || c.InlineBlobMax < 0 || c.MaxQueued < 0 || c.MaxQueuedPerLane < 0 {
 		return fmt.Errorf("body limits, inline blob size and max queued must not be negative")
@@ -123,6 +131,7 @@ type API struct {
 	blobs blob.Store
 	log   *zap.Logger
 	mux   *http.ServeMux
+	h     http.Handler // mux behind the guard
 
 	depthMu   sync.Mutex
 	depthAt   time.Time
@@ -152,20 +161,26 @@ func NewAPI(cfg Config, d Deps) *API {
 		a.mux.HandleFunc("POST "+prefix+"/purge-queue", a.handlePurge)
 		a.mux.HandleFunc("GET "+prefix+"/health", a.handleHealth)
 	}
+	g, err := auth.NewGuard(a.cfg.Keys, a.cfg.AllowedOrigins)
+	if err != nil {
+		g, _ = auth.NewGuard(a.cfg.Keys, nil)
+	}
+	a.h = g.Require(auth.Tenant|auth.Admin, http.HandlerFunc(a.route))
 	return a
 }
 
-// ServeHTTP authenticates, collapses doubled slashes (clients that append
-// "/" to a base URL ending in "/"), and routes.
+// ServeHTTP collapses doubled slashes (clients that append "/" to a base
+// URL ending in "/"), checks the request's origin and key (package auth),
+// and routes.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if strings.Contains(r.URL.Path, "//") {
 		r.URL.Path = collapseSlashes(r.URL.Path)
 		r.URL.RawPath = ""
 	}
-	if !KeyMatches(r.Header.Get("Authorization"), a.cfg.APIKeys) {
-		unauthorized(w)
-		return
-	}
+	a.h.ServeHTTP(w, r)
+}
+
+func (a *API) route(w http.ResponseWriter, r *http.Request) {
 	h, pattern := a.mux.Handler(r)
 	if pattern == "" {
 		// Distinguish "no such route" from "wrong method" in RunPod's JSON.
@@ -181,41 +196,14 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mux.ServeHTTP(w, r)
 }
 
-// RequireKey serves h only to requests that carry one of keys, as the API
-// does, and answers RunPod's 401 to the others; with no keys it is h.
-func RequireKey(keys []string, h http.Handler) http.Handler {
-	if len(keys) == 0 {
-		return h
+// principal is who sent r; the guard put it there.
+func principal(r *http.Request) auth.Principal {
+	p, ok := auth.FromContext(r.Context())
+	if !ok {
+		// Not behind the guard: see nothing but the default tenant.
+		return auth.Principal{Role: auth.Tenant, Tenant: proto.DefaultTenant}
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !KeyMatches(r.Header.Get("Authorization"), keys) {
-			unauthorized(w)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-func unauthorized(w http.ResponseWriter) {
-	WriteError(w, http.StatusUnauthorized, "Unauthorized: give a valid API key as 'Authorization: Bearer <key>'")
-}
-
-// KeyMatches reports whether an Authorization header value carries one of
-// keys, as "Bearer <key>" or as the bare key (RunPod's docs use both).
-// Every key is compared in constant time. No keys means no authentication.
-func KeyMatches(header string, keys []string) bool {
-	if len(keys) == 0 {
-		return true
-	}
-	got := strings.TrimSpace(header)
-	if len(got) > 7 && strings.EqualFold(got[:7], "bearer ") {
-		got = strings.TrimSpace(got[7:])
-	}
-	ok := 0
-	for _, k := range keys {
-		ok |= subtle.ConstantTimeCompare([]byte(got), []byte(k))
-	}
-	return ok == 1 && got != ""
+	return p
 }
 
 func (a *API) unavailable(w http.ResponseWriter, what string, err error) {

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
@@ -28,6 +29,7 @@ type bundle struct {
 	url   string
 	nats  *testenv.NATS
 	blobs blob.Store
+	db    *rdb.DB
 }
 
 // setup serves the API over real NATS and Redis, with no dispatcher and no
@@ -44,7 +46,15 @@ func setup(t *testing.T, cfg runpod.Config) *bundle {
 	api := runpod.NewAPI(cfg, runpod.Deps{Queue: q, Core: lifecycle.New(db, q, log), DB: db, Blobs: q.Blobs(), Logger: log})
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)
-	return &bundle{url: srv.URL, nats: n, blobs: q.Blobs()}
+	return &bundle{url: srv.URL, nats: n, blobs: q.Blobs(), db: db}
+}
+
+// apiKeys is a keyring of API keys (tenants).
+func apiKeys(t *testing.T, keys ...string) *auth.Keyring {
+	t.Helper()
+	k, err := auth.ParseKeyring(map[auth.Role][]string{auth.Tenant: keys})
+	require.NoError(t, err)
+	return k
 }
 
 func (b *bundle) do(t *testing.T, method, path, body string, header ...string) (int, map[string]any) {
@@ -66,12 +76,20 @@ func (b *bundle) do(t *testing.T, method, path, body string, header ...string) (
 	return resp.StatusCode, out
 }
 
-// submitted returns the job message the API put on the intake stream.
+// submitted returns the job message the API put on the intake stream for
+// the default tenant.
 func (b *bundle) submitted(t *testing.T, id string) *proto.Job {
+	t.Helper()
+	return b.submittedAs(t, proto.DefaultTenant, id)
+}
+
+// submittedAs returns the last job message the API put on the intake
+// stream for tenant, which must be job id's.
+func (b *bundle) submittedAs(t *testing.T, tenant, id string) *proto.Job {
 	t.Helper()
 	s, err := b.nats.JS.Stream(context.Background(), proto.SubmitStream)
 	require.NoError(t, err)
-	m, err := s.GetLastMsgForSubject(context.Background(), proto.SubmitSubject(proto.SourceAPI))
+	m, err := s.GetLastMsgForSubject(context.Background(), proto.SubmitSubject(proto.SourceAPI, tenant))
 	require.NoError(t, err)
 	require.Equal(t, id, m.Header.Get(proto.MsgIDHeader))
 	job, err := proto.DecodeJob(m.Data)
@@ -144,7 +162,7 @@ func TestRejectsBadRequests(t *testing.T) {
 
 func TestAuthentication(t *testing.T) {
 	t.Parallel()
-	b := setup(t, runpod.Config{APIKeys: []string{"k1", "k2"}})
+	b := setup(t, runpod.Config{Keys: apiKeys(t, "k1", "k2")})
 	tests := []struct {
 		name, header string
 		want         int

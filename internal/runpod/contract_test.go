@@ -23,7 +23,7 @@ import (
 // can be wrong.
 func TestStatusCodes(t *testing.T) {
 	t.Parallel()
-	s := startStack(t, runpod.Config{APIKeys: []string{"k1"}, MaxRunBody: 2048, MaxRunSyncBody: 4096}, 1, 0)
+	s := startStack(t, runpod.Config{Keys: apiKeys(t, "k1"), MaxRunBody: 2048, MaxRunSyncBody: 4096}, 1, 0)
 	auth := []string{"Authorization", "Bearer k1"}
 	ok := string(runpodtest.Input(runpodtest.Mock{}))
 	pad := `"pad":"` + strings.Repeat("x", 3000) + `"`
@@ -202,7 +202,7 @@ func TestRetention(t *testing.T) {
 // gets exactly 200 with application/json and the fields its SDK reads.
 func TestClientRequestShapes(t *testing.T) {
 	t.Parallel()
-	s := startStack(t, runpod.Config{APIKeys: []string{"client-key"}}, 1, 1)
+	s := startStack(t, runpod.Config{Keys: apiKeys(t, "client-key")}, 1, 1)
 	in := string(runpodtest.Input(runpodtest.Mock{Progress: 2, DelayMS: 20}))
 	py := []string{"Authorization", "Bearer client-key", "User-Agent", "python-requests/2.28.1"}
 	js := []string{"Authorization", "Bearer client-key", "User-Agent", "RunPod-JS-SDK/1.1.2 (Unknown Environment)"}

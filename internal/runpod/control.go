@@ -28,12 +28,15 @@ func (a *API) handleCancel(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if _, ok := a.record(w, r, id); !ok {
+		return // unknown, or another tenant's
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), finalWriteTimeout)
 	defer cancel()
 	rec, err := a.core.Cancel(ctx, id)
 	switch {
 	case errors.Is(err, rdb.ErrNotFound):
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
+		notFound(w, id)
 		return
 	case errors.Is(err, rdb.ErrTerminal):
 		WriteJSON(w, http.StatusOK, jobview.JobView{ID: id, Status: rec.Status})
@@ -76,7 +79,7 @@ func (a *API) handleRetry(w http.ResponseWriter, r *http.Request) {
 	rec, err = a.core.Retry(fctx, job)
 	switch {
 	case errors.Is(err, rdb.ErrNotFound):
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
+		notFound(w, id)
 		return
 	case errors.Is(err, rdb.ErrIllegal):
 		WriteError(w, http.StatusBadRequest, fmt.Sprintf("job %s is %s; only FAILED or TIMED_OUT jobs can be retried", id, rec.Status))
@@ -110,15 +113,21 @@ type PurgeView struct {
 	Status  string `json:"status"`
 }
 
-// handlePurge answers /purge-queue: every job submitted through the
-// endpoint API that still waits in the queue is cancelled (it never
-// starts); running jobs continue. Endpoint ids do not name separate queues
-// in a fleet, so this covers the API's jobs of every endpoint id, and
-// never the fleet's batch or RunPod-serverless traffic.
+// handlePurge answers /purge-queue: every job the caller's tenant
+// submitted through the endpoint API that still waits in the queue is
+// cancelled (it never starts); running jobs continue. An admin purges
+// every tenant's. Endpoint ids do not name separate queues in a fleet, so
+// this covers the API's jobs of every endpoint id, and never the fleet's
+// batch or RunPod-serverless traffic.
 func (a *API) handlePurge(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	removed := 0
-	err := a.q.EachQueued(ctx, proto.SourceAPI, func(m queue.Queued) error {
+	p := principal(r)
+	tenant := p.Tenant
+	if p.All() {
+		tenant = ""
+	}
+	err := a.q.EachQueued(ctx, proto.SourceAPI, tenant, func(m queue.Queued) error {
 		_, err := a.core.CancelQueued(ctx, m.JobID)
 		switch {
 		case err == nil:
@@ -138,6 +147,6 @@ func (a *API) handlePurge(w http.ResponseWriter, r *http.Request) {
 		a.unavailable(w, "purge queue", err)
 		return
 	}
-	a.log.Info("purged queue", zap.Int("removed", removed))
+	a.log.Info("purged queue", zap.String("tenant", tenant), zap.Int("removed", removed))
 	WriteJSON(w, http.StatusOK, PurgeView{Removed: removed, Status: "completed"})
 }

@@ -18,11 +18,12 @@ import (
 const DefaultInlineBlobMax = 256 << 10
 
 // OffloadImages moves input images whose base64 is longer than inlineMax
-// into the blob store, so the job message stays small, and returns the
+// into the blob store, under the tenant's namespace
+// (proto.InputBlobKey), so the job message stays small, and returns the
 // input to publish. When nothing moves it returns raw unchanged, so the
 // workflow's bytes are kept exactly as they came. A bad image is a
 // *proto.InputError with worker-comfyui's message.
-func OffloadImages(ctx context.Context, blobs blob.Store, jobID string, raw json.RawMessage, in *proto.Input, inlineMax int) (json.RawMessage, error) {
+func OffloadImages(ctx context.Context, blobs blob.Store, tenant, jobID string, raw json.RawMessage, in *proto.Input, inlineMax int) (json.RawMessage, error) {
 	moved := false
 	for i := range in.Images {
 		img := &in.Images[i]
@@ -33,7 +34,7 @@ func OffloadImages(ctx context.Context, blobs blob.Store, jobID string, raw json
 		if err != nil {
 			return nil, &proto.InputError{Msg: fmt.Sprintf("Failed to upload one or more input images: Error decoding base64 for %s: %v", img.Name, err)}
 		}
-		key := blob.InputKey(jobID, img.Name)
+		key := proto.InputBlobKey(tenant, jobID, img.Name)
 		if _, err := blobs.Put(ctx, key, "", bytes.NewReader(data)); err != nil {
 			return nil, err
 		}

@@ -67,6 +67,9 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		return nil, false
 	}
 	req, in, err := DecodeRunRequest(body)
+	if err == nil {
+		err = in.CheckBlobs(principal(r).Tenant)
+	}
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, err.Error())
 		return nil, false
@@ -83,6 +86,7 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		S3Config:  req.S3Config,
 		Pool:      a.cfg.Pool,
 		Source:    proto.SourceAPI,
+		Tenant:    principal(r).Tenant,
 		Retention: retention.Milliseconds(),
 	}
 	job.Place(a.cfg.Pool, time.Now())
@@ -91,7 +95,7 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		WriteError(w, http.StatusTooManyRequests, fmt.Sprintf("the %s lane of pool %s is full: %d jobs are waiting, the limit is %d per lane; try again shortly", job.Lane, job.Pool, n, a.cfg.MaxQueuedPerLane))
 		return nil, false
 	}
-	if job.Input, err = OffloadImages(ctx, a.blobs, id, req.Input, in, a.cfg.InlineBlobMax); err != nil {
+	if job.Input, err = OffloadImages(ctx, a.blobs, job.Tenant, id, req.Input, in, a.cfg.InlineBlobMax); err != nil {
 		var ie *proto.InputError
 		if errors.As(err, &ie) {
 			WriteError(w, http.StatusBadRequest, err.Error())

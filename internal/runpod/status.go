@@ -66,12 +66,13 @@ func (a *API) handleStatusSync(w http.ResponseWriter, r *http.Request) {
 	a.writeWhenDone(w, r, id, waiter, wait)
 }
 
-// record reads a job's record; on failure it has answered (404 for an
-// unknown or expired job).
+// record reads a job's record; on failure it has answered: 404 for an
+// unknown or expired job, and for another tenant's job, which does not
+// exist for the caller.
 func (a *API) record(w http.ResponseWriter, r *http.Request, id string) (*proto.Record, bool) {
 	rec, err := a.core.Get(r.Context(), id)
-	if errors.Is(err, rdb.ErrNotFound) {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
+	if errors.Is(err, rdb.ErrNotFound) || (err == nil && !principal(r).Sees(rec.Tenant)) {
+		notFound(w, id)
 		return nil, false
 	}
 	if err != nil {
@@ -79,4 +80,8 @@ func (a *API) record(w http.ResponseWriter, r *http.Request, id string) (*proto.
 		return nil, false
 	}
 	return rec, true
+}
+
+func notFound(w http.ResponseWriter, id string) {
+	WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s not found (unknown, or its result expired)", id))
 }

@@ -129,7 +129,7 @@ type eventLog struct {
 func (b *bundle) watch(jobID string) *eventLog {
 	b.t.Helper()
 	l := &eventLog{}
-	for _, subject := range []string{proto.JobEventSubjects(jobID), proto.PreviewSubject(jobID)} {
+	for _, subject := range []string{proto.JobEventSubjects(jobID), proto.PreviewSubject(jobID, proto.DefaultTenant)} {
 		sub, err := b.nats.Conn.Subscribe(subject, func(m *nats.Msg) {
 			l.mu.Lock()
 			l.msgs = append(l.msgs, m.Data)

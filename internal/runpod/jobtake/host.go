@@ -12,10 +12,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
-	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -24,10 +24,14 @@ type Config struct {
 	// Pool is the pool whose jobs RunPod workers take; "" means
 	// proto.DefaultPool.
 	Pool string
-	// WorkerKeys are the keys RunPod workers send in Authorization (their
-	// RUNPOD_AI_API_KEY, raw; "Bearer <key>" is accepted too); empty means
-	// no authentication (local use).
-	WorkerKeys []string
+	// Keys are the worker keys RunPod workers send in Authorization (their
+	// RUNPOD_AI_API_KEY, raw; "Bearer <key>" is accepted too). Required: a
+	// taken job carries its secrets (comfy_org_api_key, s3Config), so the
+	// host never runs open, and only keys of role auth.Worker pass.
+	Keys *auth.Keyring
+	// AllowedOrigins are the browser origins that may call the host
+	// cross-origin (none should).
+	AllowedOrigins []string
 	// TakeHold is how long an empty job-take is held before 204; 0 means
 	// 20 s. It must stay under the SDK's 90 s client bound.
 	TakeHold time.Duration
@@ -49,6 +53,12 @@ type Config struct {
 
 // Validate names the first setting that cannot be used.
 func (c Config) Validate() error {
+	if c.Keys.Count(auth.Worker) == 0 {
+		return errors.New("worker keys are required (WORKER_KEYS): a taken job carries its secrets, and API keys never work on the job-take routes")
+	}
+	if _, err := auth.NewGuard(c.Keys, c.AllowedOrigins); err != nil {
+		return err
+	}
 	if c.Pool != "" {
 		if err := proto.ValidID(c.Pool); err != nil {
 			return fmt.Errorf("pool: %w", err)
@@ -122,6 +132,7 @@ type Host struct {
 	fleet Heartbeats
 	log   *zap.Logger
 	mux   *http.ServeMux
+	guard *auth.Guard
 
 	mu          sync.Mutex
 	lanes       *queue.Lanes
@@ -145,6 +156,7 @@ func New(cfg Config, d Deps) (*Host, error) {
 		cfg: cfg.withDefaults(), q: d.Queue, core: d.Core, blobs: d.Blobs,
 		fleet: d.Fleet, log: log.Named("jobtake"), cancelled: make(chan struct{}),
 	}
+	h.guard, _ = auth.NewGuard(cfg.Keys, cfg.AllowedOrigins) // checked by Validate
 	h.mux = http.NewServeMux()
 	h.Register(h.mux)
 	return h, nil
@@ -166,22 +178,12 @@ var routes = []string{
 func (h *Host) Register(mux *http.ServeMux) {
 	handlers := []http.HandlerFunc{h.handleTake, h.handleTake, h.handleStop, h.handleDone, h.handleStream, h.handlePing}
 	for i, pattern := range routes {
-		mux.Handle(pattern, h.authorized(handlers[i]))
+		mux.Handle(pattern, h.guard.Require(auth.Worker, handlers[i]))
 	}
 }
 
 // ServeHTTP serves the host's routes alone.
 func (h *Host) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
-
-func (h *Host) authorized(next http.HandlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !runpod.KeyMatches(r.Header.Get("Authorization"), h.cfg.WorkerKeys) {
-			runpod.WriteError(w, http.StatusUnauthorized, "Unauthorized: give this worker's key in Authorization")
-			return
-		}
-		next(w, r)
-	})
-}
 
 // Start opens the pool's lane consumers (the gpuworkers' own, so RunPod
 // workers and gpuworkers share the queue) and follows cancels for

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
@@ -34,7 +35,9 @@ const workerKey = "secret-key"
 func setup(t *testing.T, replicas int, edit func(*jobtake.Config)) *bundle {
 	t.Helper()
 	f := runpodtest.StartFleet(t)
-	cfg := jobtake.Config{WorkerKeys: []string{workerKey}, TakeHold: 400 * time.Millisecond, StopHold: 400 * time.Millisecond, LeaseTimeout: 1500 * time.Millisecond}
+	keys, err := auth.ParseKeyring(map[auth.Role][]string{auth.Worker: {workerKey}})
+	require.NoError(t, err)
+	cfg := jobtake.Config{Keys: keys, TakeHold: 400 * time.Millisecond, StopHold: 400 * time.Millisecond, LeaseTimeout: 1500 * time.Millisecond}
 	if edit != nil {
 		edit(&cfg)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -172,8 +173,15 @@ func FuzzDecodeResult(f *testing.F) {
 
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
-	require.NoError(t, jobtake.Config{}.Validate())
-	require.ErrorContains(t, jobtake.Config{TakeHold: 90 * time.Second}.Validate(), "under the RunPod SDK's 90 s")
-	require.ErrorContains(t, jobtake.Config{Pool: "a b"}.Validate(), "pool")
-	require.ErrorContains(t, jobtake.Config{LeaseTimeout: -1}.Validate(), "negative")
+	require.ErrorContains(t, jobtake.Config{}.Validate(), "worker keys are required")
+	apiOnly, err := auth.ParseKeyring(map[auth.Role][]string{auth.Tenant: {"acme:k"}})
+	require.NoError(t, err)
+	require.ErrorContains(t, jobtake.Config{Keys: apiOnly}.Validate(), "worker keys are required", "API keys never work there")
+	keys, err := auth.ParseKeyring(map[auth.Role][]string{auth.Worker: {"w"}})
+	require.NoError(t, err)
+	require.NoError(t, jobtake.Config{Keys: keys}.Validate())
+	require.ErrorContains(t, jobtake.Config{Keys: keys, TakeHold: 90 * time.Second}.Validate(), "under the RunPod SDK's 90 s")
+	require.ErrorContains(t, jobtake.Config{Keys: keys, Pool: "a b"}.Validate(), "pool")
+	require.ErrorContains(t, jobtake.Config{Keys: keys, LeaseTimeout: -1}.Validate(), "negative")
+	require.ErrorContains(t, jobtake.Config{Keys: keys, AllowedOrigins: []string{"nope"}}.Validate(), "allowed origin")
 }

@@ -49,6 +49,9 @@ func (w *Worker) run(ctx context.Context, h *heldJob) {
 // when nothing must be posted.
 func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body []byte, report bool) {
 	in, err := proto.DecodeInput(h.job.Input)
+	if err == nil {
+		err = in.CheckBlobs(w.cfg.Tenant)
+	}
 	if err != nil {
 		return errorBody(err.Error()), true
 	}
@@ -59,6 +62,7 @@ func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body
 		S3Config: h.job.S3Config,
 		Pool:     w.cfg.Pool,
 		Source:   proto.SourceRunPod,
+		Tenant:   w.cfg.Tenant,
 	}
 	fj.Place(w.cfg.Pool, time.Now())
 
@@ -88,7 +92,7 @@ func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body
 		cursor = last.Seq
 	}
 	for {
-		if fj.Input, err = runpod.OffloadImages(ctx, w.d.Blobs, h.fleetID, h.job.Input, in, w.cfg.InlineBlobMax); err == nil {
+		if fj.Input, err = runpod.OffloadImages(ctx, w.d.Blobs, w.cfg.Tenant, h.fleetID, h.job.Input, in, w.cfg.InlineBlobMax); err == nil {
 			// Recorded at once, so the job's status is there to poll.
 			err = w.d.Core.Submit(ctx, proto.SourceRunPod, fj, true)
 		}

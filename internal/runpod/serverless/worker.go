@@ -46,6 +46,9 @@ type Config struct {
 	RefreshWorker bool
 	// Pool receives the jobs; "" means proto.DefaultPool.
 	Pool string
+	// Tenant owns the jobs taken from RunPod; "" means
+	// proto.DefaultTenant. The API shows them to that tenant's keys.
+	Tenant string
 	// Version is reported as runpod_version in pings; "" means
 	// "comfyfleet-go".
 	Version string
@@ -81,6 +84,11 @@ func (c Config) Validate() error {
 			return fmt.Errorf("pool: %w", err)
 		}
 	}
+	if c.Tenant != "" {
+		if err := proto.ValidID(c.Tenant); err != nil {
+			return fmt.Errorf("tenant: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -97,6 +105,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Pool == "" {
 		c.Pool = proto.DefaultPool
+	}
+	if c.Tenant == "" {
+		c.Tenant = proto.DefaultTenant
 	}
 	if c.Version == "" {
 		c.Version = "comfyfleet-go"
