@@ -12,7 +12,6 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 )
 
@@ -82,7 +81,7 @@ func TestComposeServicesAndProfiles(t *testing.T) {
 	require.Len(t, ports, 1)
 	require.Equal(t, uint32(8000), ports[0].Target)
 	require.Equal(t, "8000", ports[0].Published)
-	require.Equal(t, "0.0.0.0", ports[0].HostIP)
+	require.Equal(t, "127.0.0.1", ports[0].HostIP, "the API is published on loopback until .env gives it keys and an address")
 	for _, name := range []string{"nats", "redis", "s3"} {
 		for _, port := range p.Services[name].Ports {
 			require.Equal(t, "127.0.0.1", port.HostIP, "%s is published on loopback only by default", name)
@@ -171,7 +170,7 @@ func TestComposeWorkerPairs(t *testing.T) {
 			require.Contains(t, s.DependsOn, dep, name)
 		}
 		require.Equal(t, "local-"+strings.TrimPrefix(name, "gpuworker-"), id, "%s: WORKER_ID", name)
-		require.Equal(t, "nats://nats:4222", deref(env["NATS_URL"]), name)
+		require.Equal(t, "nats://worker:comfyfleet-worker@nats:4222", deref(env["NATS_URL"]), "%s connects as nats.conf's worker user", name)
 		require.Equal(t, "redis://redis:6379/0", deref(env["REDIS_URL"]), name)
 		require.Equal(t, "gpuworker", s.Build.Target, name)
 		require.NotNil(t, s.StopGracePeriod, "%s: stop_grace_period covers the drain", name)
@@ -257,8 +256,7 @@ func TestComposeVolumesAndNATSConfig(t *testing.T) {
 	require.Equal(t, "s3-data", mounts("s3")["/data"].Source)
 	require.Equal(t, "redis-data", mounts("redis")["/data"].Source)
 
-	opts, err := server.ProcessConfigFile(repoPath("deploy", "compose", "nats.conf"))
-	require.NoError(t, err)
+	opts := composeNATSOptions(t)
 	require.True(t, opts.JetStream, "JetStream is on")
 	require.Equal(t, "/data", opts.StoreDir, "JetStream stores on the nats-data volume")
 	require.Equal(t, 4222, opts.Port)
@@ -442,6 +440,9 @@ func TestGPUPairGenerator(t *testing.T) {
 var notInCompose = map[string]map[string]string{
 	"runpod-adapter": {
 		"API_KEYS_FILE":              "a file in the container: use API_KEYS, or mount one in an override file",
+		"ADMIN_KEYS_FILE":            "a file in the container: use ADMIN_KEYS, or mount one in an override file",
+		"WORKER_KEYS_FILE":           "a file in the container: use WORKER_KEYS, or mount one in an override file",
+		"SERVERLESS_TENANT":          "serverless mode",
 		"SHUTDOWN_GRACE":             "the default fits the service's stop_grace_period; the name is the gpuworkers' in .env",
 		"RUNPOD_WEBHOOK_GET_JOB":     "serverless mode runs in the worker image on RunPod, not in compose",
 		"RUNPOD_WEBHOOK_POST_OUTPUT": "serverless mode",
@@ -459,6 +460,9 @@ var notInCompose = map[string]map[string]string{
 		"LEASE_TTL":       "the default (the heartbeat TTL) fits; tests shorten it",
 		"LISTEN_ADDR":     "/metrics is off by default; set it (e.g. :9100) in an override file",
 		"WARM_DEFER":      "the default fits",
+		"ADMIN_KEYS":      "they guard /metrics (LISTEN_ADDR), which is off by default: set both in an override file",
+		"ADMIN_KEYS_FILE": "/metrics is off by default",
+		"ALLOWED_ORIGINS": "/metrics is off by default",
 	},
 	"dispatcher": {
 		"LISTEN_ADDR":     "off by default; set it (e.g. :8080) and publish it in an override file",
@@ -466,6 +470,8 @@ var notInCompose = map[string]map[string]string{
 		"INTAKE_ACK_WAIT": "the default fits; tests shorten it",
 		"EXECUTION_GRACE": "the default fits; tests shorten it",
 		"LEASE_GRACE":     "the default fits the workers' default LEASE_TTL, which compose does not change either",
+		"ADMIN_KEYS_FILE": "a file in the container: use ADMIN_KEYS, or mount one in an override file",
+		"ALLOWED_ORIGINS": "the HTTP API (LISTEN_ADDR) is off by default",
 	},
 	"comfysim": {
 		"COMFYSIM_CONTROL_ADDR": "fault injection is for tests",

@@ -21,10 +21,13 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // fleetRedisDB is the Redis database the sim stack runs in: the binaries
@@ -37,8 +40,7 @@ const fleetRedisDB = 9
 // returns the client and monitoring addresses.
 func startComposeNATS(t *testing.T) (client, monitor string) {
 	t.Helper()
-	opts, err := server.ProcessConfigFile(repoPath("deploy", "compose", "nats.conf"))
-	require.NoError(t, err)
+	opts := composeNATSOptions(t)
 	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
 	opts.HTTPHost, opts.HTTPPort = "127.0.0.1", server.RANDOM_PORT
 	opts.StoreDir = t.TempDir()
@@ -337,6 +339,67 @@ func TestSimProfileRunsAJob(t *testing.T) {
 	png, err := base64.StdEncoding.DecodeString(img.Data)
 	require.NoError(t, err)
 	require.True(t, bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")), "a PNG")
+
+	// A batch producer with nats.conf's producer user (tenant "producer")
+	// submits on its tenant's subject and follows its job to the end, as
+	// examples/batch_producer.py does.
+	pc, _ := natsUser(t, natsAddr, "producer", nats.CustomInboxPrefix("_INBOX_producer"))
+	final := make(chan *nats.Msg, 1)
+	_, err = pc.ChanSubscribe(proto.TenantEventSubjects("producer", proto.EventClassFinal), final)
+	require.NoError(t, err)
+	require.NoError(t, pc.Flush())
+	var input struct {
+		Input json.RawMessage `json:"input"`
+	}
+	require.NoError(t, json.Unmarshal(body, &input))
+	msg, err := json.Marshal(map[string]any{"id": "sim-batch-1", "input": input.Input})
+	require.NoError(t, err)
+	pjs, err := jetstream.New(pc)
+	require.NoError(t, err)
+	_, err = pjs.PublishMsg(ctx, &nats.Msg{Subject: proto.SubmitSubject(proto.SourceBatch, "producer"), Data: msg,
+		Header: nats.Header{proto.MsgIDHeader: []string{"sim-batch-1"}}})
+	require.NoError(t, err)
+	select {
+	case m := <-final:
+		require.Equal(t, "cf.events.sim-batch-1.final.producer", m.Subject)
+		ev, err := proto.DecodeEvent(m.Data)
+		require.NoError(t, err)
+		require.Equal(t, proto.StatusCompleted, ev.Status, "%s", m.Data)
+		require.Equal(t, "producer", ev.Tenant)
+	case <-ctx.Done():
+		t.Fatal("the producer's job did not finish")
+	}
+
+	// The API's other routes under the adapter's user: /stream reads the
+	// events, a failed job's /retry reads the kept request and queues it
+	// again, /cancel fans out, /purge-queue deletes from the streams.
+	call := func(method, path, body string) map[string]any {
+		req, err := http.NewRequestWithContext(ctx, method, api+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		raw, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s %s: %s", method, path, raw)
+		var out map[string]any
+		require.NoError(t, json.Unmarshal(raw, &out), "%s", raw)
+		return out
+	}
+	stream := call("GET", "/stream/"+job.ID, "")
+	require.Equal(t, "COMPLETED", stream["status"], "%v", stream)
+	bad := call("POST", "/runsync", `{"input":{"workflow":{"1":{"class_type":"NoSuchNode","inputs":{}}}}}`)
+	require.Equal(t, "FAILED", bad["status"], "%v", bad)
+	retried := call("POST", "/retry/"+bad["id"].(string), "")
+	require.Equal(t, "IN_QUEUE", retried["status"], "%v", retried)
+	require.Eventually(t, func() bool {
+		return call("GET", "/status/"+bad["id"].(string), "")["status"] == "FAILED"
+	}, 20*time.Second, 50*time.Millisecond, "the retry ran (and failed again)")
+	queued := call("POST", "/run", `{"input":{"workflow":{"1":{"class_type":"NoSuchNode","inputs":{}}}},"policy":{"lowPriority":true}}`)
+	cancelled := call("POST", "/cancel/"+queued["id"].(string), "")
+	require.Contains(t, []any{"CANCELLED", "FAILED"}, cancelled["status"], "%v", cancelled)
+	require.Equal(t, "completed", call("POST", "/purge-queue", "")["status"])
 }
 
 func getJSON(t *testing.T, url string, v any) {

@@ -7,6 +7,8 @@ package backend
 import (
 	"context"
 	"fmt"
+	"net/url"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
@@ -85,7 +87,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		nats.ReconnectHandler(func(c *nats.Conn) { nlog.Info("reconnected", zap.String("url", c.ConnectedUrlRedacted())) }),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURLs(cfg.NATSURL), err)
 	}
 	b := &Backend{nc: nc}
 	if b.Queue, err = queue.New(nc); err != nil {
@@ -120,4 +122,21 @@ func (b *Backend) Close() {
 	if b.nc != nil {
 		b.nc.Close()
 	}
+}
+
+// RedactURLs hides the passwords and tokens of server URLs (NATS_URL takes
+// several, comma-separated) so they can be logged or shown in an error.
+func RedactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, hasPassword := u.User.Password(); !hasPassword {
+			u.User = url.User("xxxxx") // a token
+		}
+		parts[i] = u.Redacted()
+	}
+	return strings.Join(parts, ",")
 }
