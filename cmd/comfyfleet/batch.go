@@ -49,6 +49,7 @@ type submitConfig struct {
 	Sets       []string
 	Out        string
 	NoDownload bool
+	Tenant     string
 	Pool       string
 	Lane       string
 	Webhook    string
@@ -76,6 +77,7 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 	fs.Repeated(&c.Sets, "set", "", "sweep NODE.inputs.NAME=VALUES (repeatable; the batch is the cartesian product)")
 	fs.String(&c.Out, "out", "", "", "folder for the results (<out>/<item>/<file>) and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")
+	fs.String(&c.Tenant, "tenant", "", "", "tenant that owns the jobs: they go to cf.submit.batch.<tenant>, and that tenant's API keys see them (default: the default tenant)")
 	fs.String(&c.Pool, "pool", "", "", "pool of workers to run on (default: the dispatcher's default pool)")
 	fs.String(&c.Lane, "lane", "", string(proto.LaneBatch), "lane: batch (behind interactive traffic) or interactive")
 	fs.String(&c.Webhook, "webhook", "", "", "URL that gets each job's RunPod status body when it finishes")
@@ -247,7 +249,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		c.Out = c.Batch
 	}
 	opts := batch.Options{
-		BatchID: c.Batch, Pool: c.Pool, Lane: proto.Lane(c.Lane), Webhook: c.Webhook,
+		BatchID: c.Batch, Tenant: c.Tenant, Pool: c.Pool, Lane: proto.Lane(c.Lane), Webhook: c.Webhook,
 		Policy:    proto.Policy{ExecutionTimeout: c.Timeout.Milliseconds(), TTL: c.TTL.Milliseconds()},
 		Retention: c.Retention, S3Prefix: c.S3Prefix, Out: c.Out, NoDownload: c.NoDownload,
 		Parallel: c.Parallel, Detach: c.Detach, Output: stdout, Terminal: isTerminal(stdout),

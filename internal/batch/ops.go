@@ -240,7 +240,7 @@ func (r *Runner) Cancel(ctx context.Context, id string, w io.Writer) (*CancelSum
 					lane = proto.LaneBatch
 				}
 				_, created, err := r.d.Core.CancelUnadmitted(ctx, rdb.CreateParams{
-					ID: it.JobID, Pool: pool, Lane: lane, Source: proto.SourceBatch, BatchID: id,
+					ID: it.JobID, Pool: pool, Lane: lane, Source: proto.SourceBatch, Tenant: meta.Tenant, BatchID: id,
 				})
 				switch {
 				case err == nil:

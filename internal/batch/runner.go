@@ -40,6 +40,9 @@ type Deps struct {
 // its default, except BatchID and Out, which are required.
 type Options struct {
 	BatchID string
+	// Tenant owns every job: they are submitted on
+	// cf.submit.batch.<tenant>; "" means the default tenant.
+	Tenant string
 	// Pool, Lane, Webhook, Policy and S3Prefix go into every job (a
 	// RunPod-style item's own webhook and policy win). Lane "" is batch.
 	Pool     string
@@ -84,6 +87,11 @@ func (o Options) Validate() error {
 	if o.Pool != "" {
 		if err := proto.ValidID(o.Pool); err != nil {
 			return fmt.Errorf("pool: %w", err)
+		}
+	}
+	if o.Tenant != "" {
+		if err := proto.ValidID(o.Tenant); err != nil {
+			return fmt.Errorf("tenant: %w", err)
 		}
 	}
 	if o.Lane != "" && !o.Lane.Valid() {
@@ -175,7 +183,7 @@ func (r *Runner) Submit(ctx context.Context, items []Item, opts Options) (*Summa
 		return nil, errors.New("submit batch: no items")
 	}
 	meta := rdb.BatchMeta{ID: opts.BatchID, Items: len(items), Pool: opts.Pool, Lane: opts.Lane,
-		Source: proto.SourceBatch, CreatedAt: time.Now().UTC()}
+		Source: proto.SourceBatch, Tenant: opts.Tenant, CreatedAt: time.Now().UTC()}
 	idx := make([]rdb.IndexItem, len(items))
 	states := make([]*itemState, len(items))
 	for i := range items {
@@ -593,7 +601,7 @@ func (r *Runner) jobOf(opts Options, id string, it *Item) *proto.Job {
 	index := it.Index
 	job := &proto.Job{
 		V: proto.Version, ID: id, Input: it.Input, BatchID: opts.BatchID, Index: &index,
-		Pool: opts.Pool, Lane: opts.Lane, Webhook: opts.Webhook, Policy: opts.Policy,
+		Pool: opts.Pool, Lane: opts.Lane, Webhook: opts.Webhook, Policy: opts.Policy, Tenant: opts.Tenant,
 		Retention: opts.Retention.Milliseconds(), S3Config: it.S3Config,
 	}
 	if it.Webhook != "" {

@@ -304,3 +304,34 @@ func TestInteractiveJobsOvertakeBatch(t *testing.T) {
 		t.Logf("batch jobs that ran: %d, queue wait median %v, max %v", n, batchWaits[n/2], batchWaits[n-1])
 	}
 }
+
+// TestSubmitAsATenant: a batch submitted for a tenant runs as that
+// tenant's: on its submit subject, its records and events its, and its
+// items cancelled ahead of the dispatcher recorded as its too.
+func TestSubmitAsATenant(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 0)
+	ctx := testenv.Context(t, time.Minute)
+	items := sweep(t, 2)
+	sum, err := f.runner.Submit(ctx, items, batch.Options{BatchID: "tenant-1", Tenant: "acme", Out: t.TempDir(), NoDownload: true})
+	require.NoError(t, err)
+	require.True(t, sum.OK(), "%+v", sum)
+	for _, it := range items {
+		rec, err := f.b.DB.Get(ctx, batch.JobID("tenant-1", it))
+		require.NoError(t, err)
+		require.Equal(t, "acme", rec.Tenant)
+		require.Equal(t, proto.StatusCompleted, rec.Status)
+	}
+	require.ErrorContains(t, batch.Options{BatchID: "b", Out: "o", Tenant: "a.b"}.Validate(), "tenant")
+
+	// An item the dispatcher never saw, cancelled: its record is the
+	// batch's tenant's.
+	require.NoError(t, f.b.DB.PutBatch(ctx, rdb.BatchMeta{ID: "tenant-2", Tenant: "acme"},
+		[]rdb.IndexItem{{Name: "ghost", JobID: "tenant-2-ghost"}}, time.Hour))
+	_, err = f.runner.Cancel(ctx, "tenant-2", io.Discard)
+	require.NoError(t, err)
+	rec, err := f.b.DB.Get(ctx, "tenant-2-ghost")
+	require.NoError(t, err)
+	require.Equal(t, proto.StatusCancelled, rec.Status)
+	require.Equal(t, "acme", rec.Tenant)
+}

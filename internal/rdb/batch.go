@@ -36,6 +36,7 @@ type BatchMeta struct {
 	Pool      string     `json:"pool,omitempty"`
 	Lane      proto.Lane `json:"lane,omitempty"`
 	Source    string     `json:"source,omitempty"`
+	Tenant    string     `json:"tenant,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 }
 
