@@ -459,6 +459,8 @@ var notInCompose = map[string]map[string]string{
 		"LEASE_TTL":       "the default (the heartbeat TTL) fits; tests shorten it",
 		"LISTEN_ADDR":     "/metrics is off by default; set it (e.g. :9100) in an override file",
 		"WARM_DEFER":      "the default fits",
+		"COMFYUI_INPUT_DIR": "the gpuworker has its own container, without ComfyUI's input folder: a job's inputs are emptied over HTTP; " +
+			"share the folder as a volume in an override file and set it there to have them deleted",
 	},
 	"dispatcher": {
 		"LISTEN_ADDR":     "off by default; set it (e.g. :8080) and publish it in an override file",
