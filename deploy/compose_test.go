@@ -463,6 +463,8 @@ var notInCompose = map[string]map[string]string{
 		"ADMIN_KEYS":      "they guard /metrics (LISTEN_ADDR), which is off by default: set both in an override file",
 		"ADMIN_KEYS_FILE": "/metrics is off by default",
 		"ALLOWED_ORIGINS": "/metrics is off by default",
+		"COMFYUI_INPUT_DIR": "the gpuworker has its own container, without ComfyUI's input folder: a job's inputs are emptied over HTTP; " +
+			"share the folder as a volume in an override file and set it there to have them deleted",
 	},
 	"dispatcher": {
 		"LISTEN_ADDR":     "off by default; set it (e.g. :8080) and publish it in an override file",

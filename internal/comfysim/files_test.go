@@ -231,6 +231,43 @@ func TestUploadImage(t *testing.T) {
 	require.Equal(t, "loaded_00002_.png", ref["filename"])
 }
 
+// TestUploadEmptyFileOverwrites: real ComfyUI has no route that deletes
+// an input file; what a client can do is overwrite one with an empty file
+// (overwrite=true writes the part as it came, whatever its size, as
+// server.py's image_upload does). Without overwrite the empty file is new
+// content under a taken name, so it gets the next free name.
+func TestUploadEmptyFileOverwrites(t *testing.T) {
+	t.Parallel()
+	h := setup(t, comfysim.Config{})
+	require.Equal(t, filepath.Join(h.sim.Dir(), "input"), h.sim.InputDir())
+	red := pngBytes(t, 4, 4, color.NRGBA{255, 0, 0, 255})
+	file := filepath.Join(h.sim.InputDir(), "jobs", "j1", "x.png")
+
+	_, m := upload(t, h, "x.png", red, map[string]string{"subfolder": "jobs/j1", "overwrite": "true"})
+	require.Equal(t, map[string]any{"name": "x.png", "subfolder": "jobs/j1", "type": "input"}, m)
+	st, m := upload(t, h, "x.png", nil, map[string]string{"subfolder": "jobs/j1"})
+	require.Equal(t, http.StatusOK, st)
+	require.Equal(t, "x (1).png", m["name"], "without overwrite an empty file is new content")
+	got, err := os.ReadFile(file)
+	require.NoError(t, err)
+	require.Equal(t, red, got)
+
+	st, m = upload(t, h, "x.png", nil, map[string]string{"subfolder": "jobs/j1", "overwrite": "true"})
+	require.Equal(t, http.StatusOK, st)
+	require.Equal(t, map[string]any{"name": "x.png", "subfolder": "jobs/j1", "type": "input"}, m)
+	fi, err := os.Stat(file)
+	require.NoError(t, err)
+	require.Zero(t, fi.Size(), "the bytes are gone, the file stays")
+
+	// The empty file still validates (it exists) and fails when loaded.
+	pid := newID()
+	h.submit(body(`{"1": {"class_type": "LoadImage", "inputs": {"image": "jobs/j1/x.png"}},
+		"9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "e"}}}`, "", pid))
+	status := obj(t, h.history(pid), "status")
+	require.Equal(t, "error", status["status_str"])
+	require.Contains(t, fmt.Sprint(status["messages"]), "cannot identify image file")
+}
+
 func TestViewStatusCodes(t *testing.T) {
 	t.Parallel()
 	h := setup(t, comfysim.Config{})

@@ -246,6 +246,10 @@ func resetDir(d string) error {
 // Dir returns the root folder holding input/, output/ and temp/.
 func (s *Server) Dir() string { return s.root }
 
+// InputDir returns the input folder, an absolute path: what a gpuworker
+// beside a real ComfyUI is given as COMFYUI_INPUT_DIR.
+func (s *Server) InputDir() string { return s.inputDir }
+
 // Close stops the executor, closes every socket and removes the temporary
 // root it created. It is idempotent.
 func (s *Server) Close() error {

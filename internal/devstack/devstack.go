@@ -200,15 +200,20 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 
-	// ComfyUI: given URLs, or one emulator per worker.
+	// ComfyUI: given URLs, or one emulator per worker. A worker on an
+	// emulator is given the emulator's input folder, as a worker beside a
+	// real ComfyUI is (COMFYUI_INPUT_DIR), so a job's inputs are removed
+	// after it for real.
 	urls := cfg.ComfyUIURLs
+	var inputDirs []string
 	if len(urls) == 0 {
 		for i := range cfg.Workers {
-			u, err := s.startSim(filepath.Join(cfg.Dir, fmt.Sprintf("comfysim-%d", i+1)), cfg.StepDelay)
+			u, inputDir, err := s.startSim(filepath.Join(cfg.Dir, fmt.Sprintf("comfysim-%d", i+1)), cfg.StepDelay)
 			if err != nil {
 				return nil, fmt.Errorf("dev stack: %w", err)
 			}
 			urls = append(urls, u)
+			inputDirs = append(inputDirs, inputDir)
 		}
 	}
 	s.Info.ComfyUIURLs = urls
@@ -240,6 +245,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		wcfg := cfg.Worker
 		wcfg.Worker.ID = fmt.Sprintf("%s-%d", cfg.Worker.Worker.ID, i+1)
 		wcfg.Comfy.BaseURL = u
+		if inputDirs != nil {
+			wcfg.Worker.InputDir = inputDirs[i]
+		}
 		wb, err := open("comfyfleet-dev-" + wcfg.Worker.ID)
 		if err != nil {
 			return nil, err
@@ -312,21 +320,22 @@ func (s *Stack) startServers(cfg *Config) error {
 	return nil
 }
 
-// startSim runs one emulator on a random loopback port.
-func (s *Stack) startSim(dir string, stepDelay time.Duration) (string, error) {
+// startSim runs one emulator on a random loopback port and returns its
+// URL and its input folder.
+func (s *Stack) startSim(dir string, stepDelay time.Duration) (url, inputDir string, err error) {
 	sim, err := comfysim.New(comfysim.Config{Dir: dir, StepDelay: stepDelay, Logger: s.log})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	s.simCores = append(s.simCores, sim)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", fmt.Errorf("listen for the emulator: %w", err)
+		return "", "", fmt.Errorf("listen for the emulator: %w", err)
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	s.sims = append(s.sims, srv)
 	go func() { _ = srv.Serve(ln) }()
-	return "http://" + ln.Addr().String(), nil
+	return "http://" + ln.Addr().String(), sim.InputDir(), nil
 }
 
 // StackFile is where the stack's addresses are written inside Dir.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"image"
 	"image/png"
 	"io"
 	"net/http"
@@ -32,6 +34,7 @@ type bundle struct {
 	stack *devstack.Stack
 	store *rdb.DB
 	js    jetstream.JetStream
+	dir   string // COMFYFLEET_DIR
 }
 
 // config binds the dev stack's settings as `comfyfleet dev` does, reads
@@ -76,7 +79,7 @@ func setup(t *testing.T, more ...string) *bundle {
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	return &bundle{stack: stack, store: rdb.New(rc, rdb.Options{Prefix: prefix}), js: js}
+	return &bundle{stack: stack, store: rdb.New(rc, rdb.Options{Prefix: prefix}), js: js, dir: dir}
 }
 
 func (b *bundle) post(t *testing.T, path, body string) (int, map[string]any) {
@@ -212,4 +215,36 @@ func TestDevWorkerIDs(t *testing.T) {
 		}
 		assert.ElementsMatch(c, []string{"gpu-7-1", "gpu-7-2"}, ids)
 	}, 30*time.Second, 20*time.Millisecond)
+}
+
+// TestDevRemovesInputs: each worker of the dev stack has its emulator's
+// input folder (as COMFYUI_INPUT_DIR), so a job's inputs are deleted from
+// disk when it ends, not only emptied.
+func TestDevRemovesInputs(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var buf bytes.Buffer
+	require.NoError(t, png.Encode(&buf, image.NewRGBA(image.Rect(0, 0, 8, 8))))
+	in := `{"input":{"workflow":{"1":{"class_type":"LoadImage","inputs":{"image":"in.png"}},` +
+		`"2":{"class_type":"SaveImage","inputs":{"filename_prefix":"x","images":["1",0]}}},` +
+		`"images":[{"name":"in.png","image":"` + base64.StdEncoding.EncodeToString(buf.Bytes()) + `"}]}}`
+	code, out := b.post(t, "/runsync", in)
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	require.Equal(t, "COMPLETED", out["status"], "%v", out)
+
+	// The status is written after the inputs are gone.
+	sims, err := filepath.Glob(filepath.Join(b.dir, "comfysim-*", "input"))
+	require.NoError(t, err)
+	require.Len(t, sims, 2)
+	for _, dir := range sims {
+		err := filepath.WalkDir(filepath.Join(dir, "comfyfleet"), func(p string, d os.DirEntry, err error) error {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			require.NoError(t, err)
+			require.True(t, d.IsDir(), "%s is left", p)
+			return nil
+		})
+		require.NoError(t, err)
+	}
 }

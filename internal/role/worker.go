@@ -32,6 +32,9 @@ type WorkerConfig struct {
 	WarmupFile string
 	// MaxInputMB is MAX_INPUT_MB, Worker.MaxInputBytes in megabytes.
 	MaxInputMB int
+	// IsolateFiles is ISOLATE_JOB_FILES, the opposite of
+	// Worker.SharedFiles.
+	IsolateFiles bool
 	// Listen is where GET /metrics is served; "" nowhere (the dev stack
 	// serves one /metrics for all its parts).
 	Listen string
@@ -64,6 +67,8 @@ func (c *WorkerConfig) Bind(fs *flagenv.Set) {
 	fs.Duration(&c.Worker.InputURLTimeout, "input-url-timeout", "INPUT_URL_TIMEOUT", worker.DefaultInputURLTimeout, "time limit to download an input given by URL")
 	fs.List(&c.Worker.InputURLAllow, "input-url-allow", "INPUT_URL_ALLOW", nil, "hosts, IPs and CIDR prefixes input URLs may reach although private, loopback or link-local (comma-separated)")
 	fs.Bool(&c.Worker.InputURLAllowHTTP, "input-url-allow-http", "INPUT_URL_ALLOW_HTTP", false, "also accept http:// input URLs (only https:// otherwise)")
+	fs.Bool(&c.IsolateFiles, "isolate-job-files", "ISOLATE_JOB_FILES", true, "a workflow may name only its own inputs and the files shipped in ComfyUI's input folder (not another job's inputs, [output] or [temp] files, \"..\", absolute paths or backslashes), and its inputs are removed after the job; false: one tenant, files are shared and kept")
+	fs.String(&c.Worker.InputDir, "comfyui-input-dir", "COMFYUI_INPUT_DIR", "", "ComfyUI's input folder, when this worker runs beside it (same container or pod): a job's inputs are removed from it after the job; empty: they are emptied through ComfyUI's upload route instead")
 	fs.Int(&c.Worker.Concurrency, "transfer-concurrency", "TRANSFER_CONCURRENCY", worker.DefaultConcurrency, "input uploads and output transfers of one job that run at once")
 	fs.String(&c.S3.Endpoint, "bucket-endpoint-url", "BUCKET_ENDPOINT_URL", "", "S3-compatible endpoint for outputs; empty keeps outputs in NATS and returns them inline as base64")
 	fs.String(&c.S3.AccessKeyID, "bucket-access-key-id", "BUCKET_ACCESS_KEY_ID", "", "S3 access key id (required with BUCKET_ENDPOINT_URL)")
@@ -95,6 +100,7 @@ func (c *WorkerConfig) Finish() (setting string, err error) {
 		return "MAX_INPUT_MB", fmt.Errorf("%d is negative", c.MaxInputMB)
 	}
 	c.Worker.MaxInputBytes = int64(c.MaxInputMB) << 20
+	c.Worker.SharedFiles = !c.IsolateFiles
 	if c.WarmupFile != "" && c.Worker.WarmupWorkflow == nil {
 		data, err := os.ReadFile(c.WarmupFile)
 		if err != nil {

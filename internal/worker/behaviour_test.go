@@ -74,9 +74,10 @@ func TestIssue3Behaviours(t *testing.T) {
 		job:  urlJob("/in/a.png?sig=secret", serveBytes(red)), want: proto.StatusCompleted,
 		check: func(t *testing.T, b *bundle, rec *proto.Record) {
 			ups := b.sim.Uploads()
-			require.Len(t, ups, 1)
+			require.Len(t, ups, 2, "the input, then its emptying after the job")
 			require.Equal(t, "image/png", ups[0].ContentType)
 			require.Equal(t, len(red), ups[0].Size)
+			require.Zero(t, ups[1].Size)
 			require.Len(t, b.output(rec).Images, 1)
 		},
 	}, {

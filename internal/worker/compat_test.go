@@ -125,12 +125,17 @@ func TestWorkerComfyUITable(t *testing.T) {
 		want: proto.StatusCompleted,
 		check: func(t *testing.T, b *bundle, rec *proto.Record) {
 			ups := b.sim.Uploads()
-			require.Len(t, ups, 1)
-			require.Equal(t, comfysim.UploadRecord{Filename: "a.png", Name: "a.png", Subfolder: "comfyfleet/" + rec.ID,
+			require.Len(t, ups, 2)
+			sub := "comfyfleet/" + rec.ID + "/1"
+			require.Equal(t, comfysim.UploadRecord{Filename: "a.png", Name: "a.png", Subfolder: sub,
 				Type: "input", ContentType: "image/png", Overwrite: "true", Size: len(red)}, ups[0])
-			// The workflow reads the job's own copy.
+			// After the job, without COMFYUI_INPUT_DIR, the file is emptied
+			// through the same route.
+			require.Equal(t, comfysim.UploadRecord{Filename: "a.png", Name: "a.png", Subfolder: sub,
+				Type: "input", ContentType: "application/octet-stream", Overwrite: "true", Size: 0}, ups[1])
+			// The workflow reads the attempt's own copy.
 			prompt := b.storedPrompt(promptIDs(b.sim)[0])
-			require.Equal(t, "comfyfleet/"+rec.ID+"/a.png", prompt["1"].(map[string]any)["inputs"].(map[string]any)["image"])
+			require.Equal(t, sub+"/a.png", prompt["1"].(map[string]any)["inputs"].(map[string]any)["image"])
 			out := b.output(rec)
 			require.Len(t, out.Images, 1)
 			require.Equal(t, "out_00001_.png", out.Images[0].Filename)

@@ -14,10 +14,15 @@
 //   - inputs: base64 or data URIs (worker-comfyui's form), https URLs
 //     fetched through an SSRF guard with a size cap and a timeout, or
 //     blob-store keys for large files; uploaded in parallel with their
-//     sniffed content type into a subfolder of their own, and the
-//     workflow's references rewritten on its raw bytes (never through
-//     float64), so jobs pipelined on one ComfyUI never see each other's
-//     files;
+//     sniffed content type into a subfolder of the attempt's own
+//     (comfyfleet/<job>/<attempt>), and the workflow's references
+//     rewritten on its raw bytes (never through float64), so jobs
+//     pipelined on one ComfyUI never see each other's files;
+//   - isolation (isolation.go): before that, a workflow that names another
+//     job's files ([output] or [temp] files, another job's folder, paths
+//     that could leave the input folder) fails at once; when the attempt
+//     ends, however it ends, its inputs are deleted from ComfyUI's input
+//     folder (InputDir) or emptied through ComfyUI's upload route;
 //   - the prompt, with the Comfy.org key (input beats COMFY_ORG_API_KEY) in
 //     extra_data, followed through the WebSocket with reconnects,
 //     reconciliation and a history poll (package comfy), under the job's

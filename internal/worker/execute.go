@@ -31,6 +31,10 @@ type execution struct {
 	pid    string // the prompt's id, set before it is posted
 	queued bool   // ComfyUI accepted the prompt
 
+	// inputs are the files the attempt uploaded, set before the uploads
+	// start; removeInputs removes them when the attempt ends.
+	inputs *inputFiles
+
 	last    atomic.Int64 // last sign of progress, Unix nanoseconds
 	waiting atomic.Bool  // the prompt is in ComfyUI's hands
 
@@ -128,6 +132,11 @@ func (ex *execution) execute(ctx context.Context) (*proto.Output, error) {
 		return nil, err
 	}
 	workflow := []byte(in.Workflow)
+	if !ex.w.cfg.SharedFiles {
+		if err := checkFileRefs(workflow, ex.job.ID); err != nil {
+			return nil, err
+		}
+	}
 	if len(in.Images) > 0 {
 		if workflow, err = ex.uploadInputs(ctx, in.Images, workflow); err != nil {
 			return nil, err

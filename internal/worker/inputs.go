@@ -48,7 +48,8 @@ func isURL(s string) bool {
 // fails the job with one detail line per failed input, except ComfyUI
 // being unreachable, which gives the job back.
 func (ex *execution) uploadInputs(ctx context.Context, images []proto.InputImage, workflow []byte) ([]byte, error) {
-	sub := inputSubfolder(ex.job.ID)
+	ex.inputs = &inputFiles{jobID: ex.job.ID, attempt: ex.attempt}
+	sub := ex.inputs.subfolder()
 	stored := make([]string, len(images))
 	errs := make([]error, len(images))
 	sem := make(chan struct{}, ex.w.cfg.Concurrency)
@@ -108,6 +109,7 @@ func (ex *execution) uploadOne(ctx context.Context, img proto.InputImage, subfol
 	if lr.err != nil && !errors.Is(lr.err, io.EOF) {
 		return "", ex.readError(img, lr.err)
 	}
+	ex.inputs.sent(img.Name)
 	up, err := ex.w.comfy.UploadImage(ctx, img.Name, subfolder, br, contentType(head, img.Name), true)
 	if err != nil {
 		if lr.err != nil && !errors.Is(lr.err, io.EOF) {
@@ -125,6 +127,7 @@ func (ex *execution) uploadOne(ctx context.Context, img proto.InputImage, subfol
 		}
 		return "", inputErrorf("Error uploading %s: %v", img.Name, err)
 	}
+	ex.inputs.confirmed()
 	return up.Name, nil
 }
 

@@ -94,6 +94,7 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 	began := time.Now()
 	out := w.run(jctx, ex)
 	stopRenew()
+	ex.removeInputs(ctx) // however the attempt ended, before the ending is written
 	if w.cfg.RefreshWorker {
 		w.refresh(ctx, log)
 	}

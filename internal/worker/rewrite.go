@@ -4,21 +4,33 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
-// Input isolation. Every job's input files are uploaded into a subfolder
-// of ComfyUI's input folder of their own (inputSubfolder), so two jobs
-// queued on one ComfyUI at the same time never read each other's "a.png".
-// The workflow names the files as the user uploaded them; rewriteInputRefs
-// points those references at the subfolder.
+// Input files. Every attempt of a job uploads its input files into a
+// subfolder of ComfyUI's input folder of its own (inputSubfolder), so two
+// jobs queued on one ComfyUI at the same time never read each other's
+// "a.png", and the files of an attempt can be removed when it ends without
+// touching a later attempt's (isolation.go). The workflow names the files as
+// the user uploaded them; rewriteInputRefs points those references at the
+// subfolder.
 //
 // The workflow travels as raw JSON (seeds up to 2^64-1 must not pass
 // through float64), so the rewrite splices bytes: it walks the workflow's
-// structure, and only the string values it replaces are re-encoded.
+// structure (walkInputs), and only the string values it replaces are
+// re-encoded.
 
-// inputSubfolder is where a job's inputs go inside ComfyUI's input folder.
-func inputSubfolder(jobID string) string { return "comfyfleet/" + jobID }
+// inputRoot is the folder of ComfyUI's input folder that holds the jobs'
+// inputs, one subfolder per job.
+const inputRoot = "comfyfleet"
+
+// inputSubfolder is where an attempt's inputs go inside ComfyUI's input
+// folder: comfyfleet/<job>/<attempt>.
+func inputSubfolder(jobID string, attempt int) string {
+	return inputRoot + "/" + jobID + "/" + strconv.Itoa(attempt)
+}
 
 // annotation is the suffix by which a value names the input folder
 // explicitly ("a.png [input]").
@@ -38,40 +50,24 @@ func rewriteInputRefs(workflow []byte, repl map[string]string) ([]byte, int, err
 		with       []byte
 	}
 	var splices []splice
-	sc := &scanner{b: workflow}
-	err := sc.object(func(_ string) error { // node id
-		if sc.peek() != '{' {
-			return sc.skipValue()
+	err := walkInputs(workflow, func(v inputValue) error {
+		if !v.direct {
+			return nil
 		}
-		return sc.object(func(key string) error { // class_type, inputs, _meta
-			if key != "inputs" || sc.peek() != '{' {
-				return sc.skipValue()
-			}
-			return sc.object(func(_ string) error { // one input
-				if sc.peek() != '"' {
-					return sc.skipValue()
-				}
-				start := sc.i
-				val, err := sc.str()
-				if err != nil {
-					return err
-				}
-				name, suffix := val, ""
-				if strings.HasSuffix(val, annotation) {
-					name, suffix = strings.TrimSuffix(val, annotation), annotation
-				}
-				to, ok := repl[name]
-				if !ok {
-					return nil
-				}
-				enc, err := encodeString(to + suffix)
-				if err != nil {
-					return err
-				}
-				splices = append(splices, splice{start, sc.i, enc})
-				return nil
-			})
-		})
+		name, suffix := v.val, ""
+		if strings.HasSuffix(v.val, annotation) {
+			name, suffix = strings.TrimSuffix(v.val, annotation), annotation
+		}
+		to, ok := repl[name]
+		if !ok {
+			return nil
+		}
+		enc, err := encodeString(to + suffix)
+		if err != nil {
+			return err
+		}
+		splices = append(splices, splice{v.start, v.end, enc})
+		return nil
 	})
 	if err != nil {
 		return nil, 0, err
@@ -89,6 +85,68 @@ func rewriteInputRefs(workflow []byte, repl map[string]string) ([]byte, int, err
 	}
 	out.Write(workflow[prev:])
 	return out.Bytes(), len(splices), nil
+}
+
+// inputValue is a string found in a node's inputs.
+type inputValue struct {
+	node, class, input string // node id, its class_type ("" if none), the input's name
+	val                string
+	// direct: val is the input's own value, not inside a list or object;
+	// then start and end are the byte span of its JSON encoding.
+	direct     bool
+	start, end int
+}
+
+// walkInputs calls fn with every string in the inputs of every node of
+// workflow, in the workflow's order: each input's own string value, and
+// the strings inside lists and objects, except the node ids of links
+// ([node id, output index]). A node's values are reported once the node
+// is read, so that its class_type, wherever it stands, is known.
+func walkInputs(workflow []byte, fn func(inputValue) error) error {
+	sc := &scanner{b: workflow}
+	return sc.object(func(id string) error {
+		if sc.peek() != '{' {
+			return sc.skipValue()
+		}
+		var (
+			class string
+			vals  []inputValue
+		)
+		err := sc.object(func(key string) error {
+			switch {
+			case key == "class_type" && sc.peek() == '"':
+				var err error
+				class, err = sc.str()
+				return err
+			case key != "inputs" || sc.peek() != '{':
+				return sc.skipValue()
+			}
+			return sc.object(func(input string) error {
+				if sc.peek() != '"' {
+					return sc.strings(func(s string) {
+						vals = append(vals, inputValue{node: id, input: input, val: s})
+					})
+				}
+				start := sc.i
+				val, err := sc.str()
+				if err != nil {
+					return err
+				}
+				vals = append(vals, inputValue{node: id, input: input, val: val, direct: true, start: start, end: sc.i})
+				return nil
+			})
+		})
+		if err != nil {
+			return err
+		}
+		for _, v := range vals {
+			v.class = class
+			if err := fn(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 func encodeString(s string) ([]byte, error) {
@@ -174,6 +232,12 @@ func (s *scanner) str() (string, error) {
 	if err := s.skipString(); err != nil {
 		return "", err
 	}
+	raw := s.b[start+1 : s.i-1]
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+		// Nothing to decode (control characters are not valid JSON, and
+		// the workflow is).
+		return string(raw), nil
+	}
 	var v string
 	if err := json.Unmarshal(s.b[start:s.i], &v); err != nil {
 		return "", errSyntax
@@ -243,4 +307,68 @@ func (s *scanner) skipValue() error {
 		return errSyntax
 	}
 	return nil
+}
+
+// strings reads one value and calls emit with every string in it, except
+// the node id of a link: a list of exactly a string and a number.
+func (s *scanner) strings(emit func(string)) error {
+	switch s.peek() {
+	case '"':
+		v, err := s.str()
+		if err != nil {
+			return err
+		}
+		emit(v)
+		return nil
+	case '{':
+		return s.object(func(string) error { return s.strings(emit) })
+	case '[':
+	default:
+		return s.skipValue()
+	}
+	s.i++
+	if s.peek() == ']' {
+		s.i++
+		return nil
+	}
+	// The first element waits until the list is known not to be a link.
+	var (
+		first              string
+		pending, secondNum bool
+	)
+	for n := 1; ; n++ {
+		switch c := s.peek(); {
+		case n == 1 && c == '"':
+			v, err := s.str()
+			if err != nil {
+				return err
+			}
+			first, pending = v, true
+		case n == 2 && pending && (c == '-' || c >= '0' && c <= '9'):
+			secondNum = true
+			if err := s.skipValue(); err != nil {
+				return err
+			}
+		default:
+			if pending {
+				emit(first)
+				pending = false
+			}
+			if err := s.strings(emit); err != nil {
+				return err
+			}
+		}
+		switch s.peek() {
+		case ',':
+			s.i++
+		case ']':
+			s.i++
+			if pending && !(n == 2 && secondNum) {
+				emit(first)
+			}
+			return nil
+		default:
+			return errSyntax
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -136,6 +137,19 @@ type Config struct {
 	// Concurrency bounds the input uploads and the output transfers of a
 	// job that run at once; 0 means 4.
 	Concurrency int
+
+	// InputDir is ComfyUI's input folder on this host, when the worker
+	// runs beside its ComfyUI (the same container or pod): an attempt's
+	// input files are removed from it when the attempt ends. Without it
+	// they are emptied through ComfyUI's upload route, as ComfyUI has no
+	// route that deletes one; the empty files stay (isolation.go).
+	InputDir string
+	// SharedFiles turns per-job file isolation off, for a fleet with one
+	// tenant: workflows may name any file ComfyUI can reach (another
+	// job's inputs, [output] and [temp] files, paths outside the input
+	// folder), and inputs stay in ComfyUI's input folder after the job, as
+	// before. The default refuses such workflows and removes the inputs.
+	SharedFiles bool
 }
 
 // Validate checks the configuration and names the bad field.
@@ -316,6 +330,9 @@ type Worker struct {
 	aliveCh  chan struct{}      // closed and replaced when alive changes
 	everUp   bool
 	warmNeed bool // run the warm-up before the next pull
+
+	owed           owedInputs  // inputs to empty once ComfyUI is back (isolation.go)
+	inputDirWarned atomic.Bool // InputDir was found not to hold the inputs
 }
 
 // jobRef is a job in hand, for cancels and ComfyUI's death.
@@ -476,6 +493,7 @@ func (w *Worker) loop(pullCtx, jobCtx, connCtx context.Context, cons *queue.Lane
 			jobs.Wait() // the GPU is ours alone for the warm-up
 			w.runWarmup(pullCtx)
 		}
+		w.emptyOwed(pullCtx)
 		msg, err := cons.Next(pullCtx, w.cfg.FetchWait)
 		switch {
 		case errors.Is(err, queue.ErrNoMessage), pullCtx.Err() != nil:
