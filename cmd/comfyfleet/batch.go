@@ -16,6 +16,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -42,9 +43,22 @@ func bindConn(fs *flagenv.Set, c *connConfig) {
 	fs.String(&c.LogLevel, "log-level", "LOG_LEVEL", "warn", "debug, info, warn or error (logs go to stderr)")
 }
 
+// downloadConfig are the settings of the commands that download outputs.
+type downloadConfig struct {
+	Allow     []string
+	AllowHTTP bool
+}
+
+// bindDownload binds the download settings.
+func bindDownload(fs *flagenv.Set, c *downloadConfig) {
+	fs.List(&c.Allow, "download-allow", "DOWNLOAD_URL_ALLOW", nil, "hosts, IPs and CIDR prefixes with their port (host:port, host:* for any; without a port only 80/443) that s3_url downloads may reach although private, loopback or link-local; a running comfyfleet dev's own S3 is allowed without it")
+	fs.Bool(&c.AllowHTTP, "download-allow-http", "DOWNLOAD_URL_ALLOW_HTTP", false, "also download http:// s3_url outputs (only https:// otherwise, but for a running comfyfleet dev's own S3)")
+}
+
 // submitConfig are the settings of `comfyfleet submit`.
 type submitConfig struct {
 	Conn       connConfig
+	Download   downloadConfig
 	Batch      string
 	Sets       []string
 	Out        string
@@ -76,6 +90,7 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 	fs.Repeated(&c.Sets, "set", "", "sweep NODE.inputs.NAME=VALUES (repeatable; the batch is the cartesian product)")
 	fs.String(&c.Out, "out", "", "", "folder for the results (<out>/<item>/<file>) and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")
+	bindDownload(fs, &c.Download)
 	fs.String(&c.Pool, "pool", "", "", "pool of workers to run on (default: the dispatcher's default pool)")
 	fs.String(&c.Lane, "lane", "", string(proto.LaneBatch), "lane: batch (behind interactive traffic) or interactive")
 	fs.String(&c.Webhook, "webhook", "", "", "URL that gets each job's RunPod status body when it finishes")
@@ -91,6 +106,7 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 // watchConfig are the settings of `comfyfleet watch`.
 type watchConfig struct {
 	Conn       connConfig
+	Download   downloadConfig
 	Out        string
 	NoDownload bool
 	Parallel   int
@@ -103,6 +119,7 @@ func watchSettings(c *watchConfig) *flagenv.Set {
 	bindConn(fs, &c.Conn)
 	fs.String(&c.Out, "out", "", "", "folder for the results and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")
+	bindDownload(fs, &c.Download)
 	fs.Int(&c.Parallel, "parallel", "", 8, "status reads and downloads in flight")
 	return fs
 }
@@ -172,13 +189,15 @@ func parse(name string, fs *flagenv.Set, args []string, nargs int, stderr io.Wri
 
 // session is an open connection to a fleet for one command.
 type session struct {
-	b      *backend.Backend
-	runner *batch.Runner
-	log    *zap.Logger
+	b         *backend.Backend
+	runner    *batch.Runner
+	log       *zap.Logger
+	downloads *ssrf.Guard
 }
 
-// open finds the fleet and connects to it.
-func open(ctx context.Context, name string, c connConfig, dirGiven bool, stderr io.Writer) (*session, int, bool) {
+// open finds the fleet and connects to it; dl, for the commands that
+// download, says what their downloads may reach.
+func open(ctx context.Context, name string, c connConfig, dirGiven bool, dl *downloadConfig, stderr io.Writer) (*session, int, bool) {
 	log, err := logging.New(c.LogLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: LOG_LEVEL: %v\n", name, err)
@@ -189,18 +208,28 @@ func open(ctx context.Context, name string, c connConfig, dirGiven bool, stderr 
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return nil, exitNotAllDone, false
 	}
+	if dl == nil {
+		dl = &downloadConfig{}
+	}
+	guard, err := batch.DownloadGuard(dl.Allow, dl.AllowHTTP, ep)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return nil, exitUsage, false
+	}
 	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	b, err := backend.Open(octx, backend.Config{Name: "comfyfleet-cli", NATSURL: ep.NATSURL, RedisURL: ep.RedisURL, Attach: true, Logger: log})
 	if err != nil {
+		guard.Close()
 		fmt.Fprintf(stderr, "%s: %v (fleet from %s)\n", name, err, ep.From)
 		return nil, exitNotAllDone, false
 	}
-	r := batch.New(batch.Deps{Queue: b.Queue, Core: b.Core, DB: b.DB, Blobs: b.Blobs, Logger: log})
-	return &session{b: b, runner: r, log: log}, 0, true
+	r := batch.New(batch.Deps{Queue: b.Queue, Core: b.Core, DB: b.DB, Blobs: b.Blobs, Downloads: guard, Logger: log})
+	return &session{b: b, runner: r, log: log, downloads: guard}, 0, true
 }
 
 func (s *session) close() {
+	s.downloads.Close()
 	s.b.Close()
 	_ = s.log.Sync()
 }
@@ -264,7 +293,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 	}
-	s, code, ok := open(ctx, "comfyfleet submit", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet submit", c.Conn, dirGiven(c.Conn), &c.Download, stderr)
 	if !ok {
 		return code
 	}
@@ -289,7 +318,7 @@ func watch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "comfyfleet watch: %v\n", err)
 		return exitUsage
 	}
-	s, code, ok := open(ctx, "comfyfleet watch", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet watch", c.Conn, dirGiven(c.Conn), &c.Download, stderr)
 	if !ok {
 		return code
 	}
@@ -319,7 +348,7 @@ func showStatus(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if !ok {
 		return code
 	}
-	s, code, ok := open(ctx, "comfyfleet status", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet status", c.Conn, dirGiven(c.Conn), nil, stderr)
 	if !ok {
 		return code
 	}
@@ -338,7 +367,7 @@ func cancel(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	s, code, ok := open(ctx, "comfyfleet cancel", c, dirGiven(c), stderr)
+	s, code, ok := open(ctx, "comfyfleet cancel", c, dirGiven(c), nil, stderr)
 	if !ok {
 		return code
 	}
@@ -356,7 +385,7 @@ func showFleet(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if _, code, ok := parse("comfyfleet fleet", fs, args, 0, stderr); !ok {
 		return code
 	}
-	s, code, ok := open(ctx, "comfyfleet fleet", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet fleet", c.Conn, dirGiven(c.Conn), nil, stderr)
 	if !ok {
 		return code
 	}
