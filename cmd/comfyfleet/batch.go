@@ -84,7 +84,9 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 		"Values: A..B (integers), @FILE (one per line), [JSON array], or one literal value.\n"+
 		"Running the same command again resumes the batch: finished items are skipped, running\n"+
 		"ones followed, missing ones submitted. Ctrl-C stops following; the jobs keep running\n"+
-		"(comfyfleet watch BATCH reattaches).")
+		"(comfyfleet watch BATCH reattaches). Outputs given as URLs (s3_url) are downloaded through\n"+
+		"the SSRF guard: https only, no private or loopback address but a running comfyfleet dev's\n"+
+		"own S3, unless --download-allow says so.")
 	bindConn(fs, &c.Conn)
 	fs.String(&c.Batch, "batch", "", "", "batch id (default: derived from INPUT's path and the --set specs, so the same command names the same batch)")
 	fs.Repeated(&c.Sets, "set", "", "sweep NODE.inputs.NAME=VALUES (repeatable; the batch is the cartesian product)")
@@ -115,7 +117,8 @@ type watchConfig struct {
 // watchSettings binds the settings of `comfyfleet watch`.
 func watchSettings(c *watchConfig) *flagenv.Set {
 	fs := flagenv.New("comfyfleet watch", "comfyfleet watch BATCH [settings] follows a batch submitted before (by comfyfleet submit\n"+
-		"or any producer that set batch_id) until every item finished, downloading results to --out.")
+		"or any producer that set batch_id) until every item finished, downloading results to --out\n"+
+		"(s3_url outputs through the SSRF guard, as for submit).")
 	bindConn(fs, &c.Conn)
 	fs.String(&c.Out, "out", "", "", "folder for the results and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")

@@ -2,6 +2,7 @@ package ssrf_test
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -80,4 +81,25 @@ func TestParseAllowList(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, a.Empty())
 	require.False(t, a.IP(netip.MustParseAddr("127.0.0.1"), 443, 443))
+}
+
+func FuzzParseAllowList(f *testing.F) {
+	for _, s := range []string{"127.0.0.1", "127.0.0.1:9000", "[::1]:9000", "[::1]", "10.0.0.0/8:*", "[fd00::/8]:1",
+		"fd00::/8:8443", "hooks.internal:8443", "host:*", "2130706433", "a b", "[::1", "10.0.0.0/8:", "x:0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, entry string) {
+		a, err := ssrf.ParseAllowList([]string{entry})
+		if err != nil {
+			if !strings.Contains(err.Error(), "allow-list entry") {
+				t.Fatalf("%q: the error does not name the entry: %v", entry, err)
+			}
+			return
+		}
+		// Whatever it accepted can be asked about without panicking.
+		for _, ip := range []string{"127.0.0.1", "::1", "10.1.2.3", "fe80::1"} {
+			a.IP(netip.MustParseAddr(ip), 9000, 443)
+		}
+		a.Host(entry, 443, 443)
+	})
 }
