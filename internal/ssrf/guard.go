@@ -140,7 +140,7 @@ func New(cfg Config) (*Guard, error) {
 			if g.cfg.MaxRedirects < 0 {
 				return http.ErrUseLastResponse
 			}
-			if len(via) >= g.cfg.MaxRedirects {
+			if len(via) > g.cfg.MaxRedirects { // via holds the first request too
 				return g.refusal(fmt.Sprintf("stopped after %d redirects", g.cfg.MaxRedirects))
 			}
 			return nil
