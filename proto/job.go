@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"reflect"
 	"strings"
 	"time"
@@ -109,9 +110,25 @@ type S3Config struct {
 	ObjectPath   string `json:"objectPath,omitempty"`
 }
 
-// String hides the secret so an S3Config never reaches a log by accident.
+// String hides the secret, and the endpoint's user info and query, so an
+// S3Config never reaches a log by accident.
 func (c S3Config) String() string {
-	return fmt.Sprintf("s3://%s@%s/%s", c.BucketName, c.EndpointURL, c.ObjectPath)
+	return fmt.Sprintf("s3://%s@%s/%s", c.BucketName, redactURL(c.EndpointURL), c.ObjectPath)
+}
+
+// redactURL keeps a URL's scheme, host and path (internal/ssrf's Redact,
+// which this leaf package cannot import); text that does not parse is not
+// repeated.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a URL that does not parse)"
+	}
+	s := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+	if u.RawQuery != "" || u.ForceQuery {
+		s += "?…"
+	}
+	return s
 }
 
 // DecodeJob decodes and checks a Job message. Errors are *InputError and say

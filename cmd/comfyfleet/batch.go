@@ -16,6 +16,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -42,9 +43,22 @@ func bindConn(fs *flagenv.Set, c *connConfig) {
 	fs.String(&c.LogLevel, "log-level", "LOG_LEVEL", "warn", "debug, info, warn or error (logs go to stderr)")
 }
 
+// downloadConfig are the settings of the commands that download outputs.
+type downloadConfig struct {
+	Allow     []string
+	AllowHTTP bool
+}
+
+// bindDownload binds the download settings.
+func bindDownload(fs *flagenv.Set, c *downloadConfig) {
+	fs.List(&c.Allow, "download-allow", "DOWNLOAD_URL_ALLOW", nil, "hosts, IPs and CIDR prefixes with their port (host:port, host:* for any; without a port only 80/443) that s3_url downloads may reach although private, loopback or link-local; a running comfyfleet dev's own S3 is allowed without it")
+	fs.Bool(&c.AllowHTTP, "download-allow-http", "DOWNLOAD_URL_ALLOW_HTTP", false, "also download http:// s3_url outputs (only https:// otherwise, but for a running comfyfleet dev's own S3)")
+}
+
 // submitConfig are the settings of `comfyfleet submit`.
 type submitConfig struct {
 	Conn       connConfig
+	Download   downloadConfig
 	Batch      string
 	Sets       []string
 	Out        string
@@ -71,13 +85,16 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 		"Values: A..B (integers), @FILE (one per line), [JSON array], or one literal value.\n"+
 		"Running the same command again resumes the batch: finished items are skipped, running\n"+
 		"ones followed, missing ones submitted. Ctrl-C stops following; the jobs keep running\n"+
-		"(comfyfleet watch BATCH reattaches).")
+		"(comfyfleet watch BATCH reattaches). Outputs given as URLs (s3_url) are downloaded through\n"+
+		"the SSRF guard: https only, no private or loopback address but a running comfyfleet dev's\n"+
+		"own S3, unless --download-allow says so.")
 	bindConn(fs, &c.Conn)
 	fs.String(&c.Batch, "batch", "", "", "batch id (default: derived from INPUT's path and the --set specs, so the same command names the same batch)")
 	fs.Repeated(&c.Sets, "set", "", "sweep NODE.inputs.NAME=VALUES (repeatable; the batch is the cartesian product)")
 	fs.String(&c.Out, "out", "", "", "folder for the results (<out>/<item>/<file>) and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")
 	fs.String(&c.Tenant, "tenant", "", "", "tenant that owns the jobs: they go to cf.submit.batch.<tenant>, and that tenant's API keys see them (default: the default tenant)")
+	bindDownload(fs, &c.Download)
 	fs.String(&c.Pool, "pool", "", "", "pool of workers to run on (default: the dispatcher's default pool)")
 	fs.String(&c.Lane, "lane", "", string(proto.LaneBatch), "lane: batch (behind interactive traffic) or interactive")
 	fs.String(&c.Webhook, "webhook", "", "", "URL that gets each job's RunPod status body when it finishes")
@@ -93,6 +110,7 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 // watchConfig are the settings of `comfyfleet watch`.
 type watchConfig struct {
 	Conn       connConfig
+	Download   downloadConfig
 	Out        string
 	NoDownload bool
 	Parallel   int
@@ -101,10 +119,12 @@ type watchConfig struct {
 // watchSettings binds the settings of `comfyfleet watch`.
 func watchSettings(c *watchConfig) *flagenv.Set {
 	fs := flagenv.New("comfyfleet watch", "comfyfleet watch BATCH [settings] follows a batch submitted before (by comfyfleet submit\n"+
-		"or any producer that set batch_id) until every item finished, downloading results to --out.")
+		"or any producer that set batch_id) until every item finished, downloading results to --out\n"+
+		"(s3_url outputs through the SSRF guard, as for submit).")
 	bindConn(fs, &c.Conn)
 	fs.String(&c.Out, "out", "", "", "folder for the results and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")
+	bindDownload(fs, &c.Download)
 	fs.Int(&c.Parallel, "parallel", "", 8, "status reads and downloads in flight")
 	return fs
 }
@@ -174,13 +194,15 @@ func parse(name string, fs *flagenv.Set, args []string, nargs int, stderr io.Wri
 
 // session is an open connection to a fleet for one command.
 type session struct {
-	b      *backend.Backend
-	runner *batch.Runner
-	log    *zap.Logger
+	b         *backend.Backend
+	runner    *batch.Runner
+	log       *zap.Logger
+	downloads *ssrf.Guard
 }
 
-// open finds the fleet and connects to it.
-func open(ctx context.Context, name string, c connConfig, dirGiven bool, stderr io.Writer) (*session, int, bool) {
+// open finds the fleet and connects to it; dl, for the commands that
+// download, says what their downloads may reach.
+func open(ctx context.Context, name string, c connConfig, dirGiven bool, dl *downloadConfig, stderr io.Writer) (*session, int, bool) {
 	log, err := logging.New(c.LogLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: LOG_LEVEL: %v\n", name, err)
@@ -191,18 +213,28 @@ func open(ctx context.Context, name string, c connConfig, dirGiven bool, stderr 
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return nil, exitNotAllDone, false
 	}
+	if dl == nil {
+		dl = &downloadConfig{}
+	}
+	guard, err := batch.DownloadGuard(dl.Allow, dl.AllowHTTP, ep)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return nil, exitUsage, false
+	}
 	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	b, err := backend.Open(octx, backend.Config{Name: "comfyfleet-cli", NATSURL: ep.NATSURL, RedisURL: ep.RedisURL, Attach: true, Logger: log})
 	if err != nil {
+		guard.Close()
 		fmt.Fprintf(stderr, "%s: %v (fleet from %s)\n", name, err, ep.From)
 		return nil, exitNotAllDone, false
 	}
-	r := batch.New(batch.Deps{Queue: b.Queue, Core: b.Core, DB: b.DB, Blobs: b.Blobs, Logger: log})
-	return &session{b: b, runner: r, log: log}, 0, true
+	r := batch.New(batch.Deps{Queue: b.Queue, Core: b.Core, DB: b.DB, Blobs: b.Blobs, Downloads: guard, Logger: log})
+	return &session{b: b, runner: r, log: log, downloads: guard}, 0, true
 }
 
 func (s *session) close() {
+	s.downloads.Close()
 	s.b.Close()
 	_ = s.log.Sync()
 }
@@ -266,7 +298,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 	}
-	s, code, ok := open(ctx, "comfyfleet submit", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet submit", c.Conn, dirGiven(c.Conn), &c.Download, stderr)
 	if !ok {
 		return code
 	}
@@ -291,7 +323,7 @@ func watch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "comfyfleet watch: %v\n", err)
 		return exitUsage
 	}
-	s, code, ok := open(ctx, "comfyfleet watch", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet watch", c.Conn, dirGiven(c.Conn), &c.Download, stderr)
 	if !ok {
 		return code
 	}
@@ -321,7 +353,7 @@ func showStatus(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if !ok {
 		return code
 	}
-	s, code, ok := open(ctx, "comfyfleet status", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet status", c.Conn, dirGiven(c.Conn), nil, stderr)
 	if !ok {
 		return code
 	}
@@ -340,7 +372,7 @@ func cancel(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	s, code, ok := open(ctx, "comfyfleet cancel", c, dirGiven(c), stderr)
+	s, code, ok := open(ctx, "comfyfleet cancel", c, dirGiven(c), nil, stderr)
 	if !ok {
 		return code
 	}
@@ -358,7 +390,7 @@ func showFleet(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if _, code, ok := parse("comfyfleet fleet", fs, args, 0, stderr); !ok {
 		return code
 	}
-	s, code, ok := open(ctx, "comfyfleet fleet", c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, "comfyfleet fleet", c.Conn, dirGiven(c.Conn), nil, stderr)
 	if !ok {
 		return code
 	}

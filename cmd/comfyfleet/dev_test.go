@@ -340,5 +340,24 @@ func TestDevHonoursAPIKeysAndBuckets(t *testing.T) {
 	require.Equal(t, proto.StatusCompleted, api{url: info.APIURL, key: "k-admin"}.status(t, st.ID).Status)
 	code, body = api{url: info.APIURL, key: "k-dev-1"}.do(t, http.MethodGet, "/status/"+st.ID, nil)
 	require.Equal(t, http.StatusNotFound, code, "another tenant's job: %s", body)
+
+	// The stack file names its S3, so `comfyfleet submit` downloads the
+	// s3_url outputs from the loopback http endpoint through its guard
+	// without being told to allow it.
+	require.Equal(t, []string{srv.Endpoint}, info.S3Origins)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "wf.json"), []byte(withSeed(t, 8)), 0o644))
+	sub := start(t, work, "submit", "wf.json", "--out", "out")
+	require.Equal(t, exitOK, sub.wait(t, time.Minute), sub.out.String())
+	manifest, err := os.ReadFile(filepath.Join(work, "out", "results.jsonl"))
+	require.NoError(t, err)
+	var res batch.Result
+	require.NoError(t, json.Unmarshal(bytes.TrimSpace(manifest), &res), "%s", manifest)
+	require.Empty(t, res.DownloadError)
+	require.Len(t, res.Files, 1)
+	require.True(t, strings.HasPrefix(res.Files[0].URL, srv.Endpoint+"/"), "an s3_url output: %s", manifest)
+	got, err := os.ReadFile(filepath.Join(work, "out", filepath.FromSlash(res.Files[0].Path)))
+	require.NoError(t, err)
+	_, err = png.Decode(bytes.NewReader(got))
+	require.NoError(t, err, "the downloaded picture")
 	devDown(t, work, dev)
 }

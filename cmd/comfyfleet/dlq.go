@@ -77,7 +77,7 @@ func deadLetters(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			seqs = append(seqs, n)
 		}
 	}
-	s, code, ok := open(ctx, name, c.Conn, dirGiven(c.Conn), stderr)
+	s, code, ok := open(ctx, name, c.Conn, dirGiven(c.Conn), nil, stderr)
 	if !ok {
 		return code
 	}

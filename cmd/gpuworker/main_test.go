@@ -29,7 +29,8 @@ func TestSettings(t *testing.T) {
 		"WORKER_ID": "gpu-1", "BUCKET_ENDPOINT_URL": "https://s3.example.com", "BUCKET_ACCESS_KEY_ID": "id",
 		"BUCKET_SECRET_ACCESS_KEY": "secret", "BUCKET_NAME": "out", "BUCKET_PREFIX": "runs", "REFRESH_WORKER": "true",
 		"EXECUTION_TIMEOUT": "90s", "STALL_TIMEOUT": "-1s", "MAX_ATTEMPTS": "5", "PREFETCH": "1", "MAX_INPUT_MB": "20",
-		"INPUT_URL_ALLOW": "10.0.0.0/8, assets.internal", "WEBSOCKET_RECONNECT_DELAY_S": "0.5", "BUCKET_URL_EXPIRY": "24h",
+		"INPUT_URL_ALLOW": "10.0.0.0/8:9000, assets.internal", "WEBSOCKET_RECONNECT_DELAY_S": "0.5", "BUCKET_URL_EXPIRY": "24h",
+		"S3_CONFIG_ALLOW": "minio.internal:9000", "S3_CONFIG_ALLOW_HTTP": "true",
 	})
 	require.NoError(t, err)
 	w := cfg.role.Worker
@@ -42,7 +43,9 @@ func TestSettings(t *testing.T) {
 	require.Equal(t, 5, w.MaxAttempts)
 	require.Equal(t, 1, w.Prefetch)
 	require.EqualValues(t, 20<<20, w.MaxInputBytes)
-	require.Equal(t, []string{"10.0.0.0/8", "assets.internal"}, w.InputURLAllow)
+	require.Equal(t, []string{"10.0.0.0/8:9000", "assets.internal"}, w.InputURLAllow)
+	require.Equal(t, []string{"minio.internal:9000"}, w.S3ConfigAllow)
+	require.True(t, w.S3ConfigAllowHTTP)
 	require.Equal(t, "500ms", cfg.role.Comfy.ReconnectDelay.String())
 	require.Equal(t, "24h0m0s", cfg.role.S3.URLExpiry.String())
 
@@ -73,6 +76,7 @@ func TestSettingErrors(t *testing.T) {
 		{env: map[string]string{"MAX_INPUT_MB": "-1"}, setting: "MAX_INPUT_MB", wantErr: "negative"},
 		{env: map[string]string{"WARMUP_WORKFLOW": "/nonexistent/warm.json"}, setting: "WARMUP_WORKFLOW", wantErr: "no such file"},
 		{env: map[string]string{"INPUT_URL_ALLOW": "10.0.0.0/99"}, setting: "worker settings", wantErr: "input URL allow list"},
+		{env: map[string]string{"S3_CONFIG_ALLOW": "minio.internal:0"}, setting: "worker settings", wantErr: `s3Config allow list: allow-list entry "minio.internal:0"`},
 		{env: map[string]string{"PREFETCH": "-1"}, setting: "worker settings", wantErr: "prefetch -1 is negative"},
 	}
 	for _, tt := range tests {

@@ -5,20 +5,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
-// downloader fetches a finished job's files into <out>/<item>/.
+// downloader fetches a finished job's files into <out>/<item>/, URLs
+// through the guard.
 type downloader struct {
 	blobs blob.Store
-	http  *http.Client
+	guard *ssrf.Guard
 	out   string
 }
 
@@ -83,21 +87,26 @@ func (d *downloader) fetchOne(ctx context.Context, f *File, dst string) (err err
 		defer rc.Close()
 		src = rc
 	case f.URL != "":
+		// Errors name the URL without its query (a presigned URL's
+		// signature) and never repeat what the server said.
+		u, err := url.Parse(f.URL)
+		if err != nil {
+			return fmt.Errorf("download %s: the output's URL does not parse", f.Filename)
+		}
+		if err := d.guard.Check(u); err != nil {
+			return fmt.Errorf("download %s from %s: %w", f.Filename, ssrf.Redact(u), err)
+		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
 		if err != nil {
-			return fmt.Errorf("download %s: %w", f.Filename, err)
+			return fmt.Errorf("download %s from %s: invalid URL", f.Filename, ssrf.Redact(u))
 		}
-		client := d.http
-		if client == nil {
-			client = http.DefaultClient
-		}
-		resp, err := client.Do(req)
+		resp, err := d.guard.Client().Do(req)
 		if err != nil {
-			return fmt.Errorf("download %s: %w", f.Filename, err)
+			return fmt.Errorf("download %s from %s: %s", f.Filename, ssrf.Redact(u), ssrf.Describe(err))
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("download %s: GET answered %s", f.Filename, resp.Status)
+			return fmt.Errorf("download %s from %s: GET answered %s", f.Filename, ssrf.Redact(u), ssrf.Status(resp.StatusCode))
 		}
 		src = resp.Body
 	case f.Kind == "text":
@@ -126,8 +135,12 @@ func (d *downloader) fetchOne(ctx context.Context, f *File, dst string) (err err
 			os.Remove(tmp.Name())
 		}
 	}()
-	n, err := io.Copy(tmp, src)
+	in := &sourceReader{r: src}
+	n, err := io.Copy(tmp, in)
 	if err != nil {
+		if f.URL != "" && in.err != nil {
+			return fmt.Errorf("download %s: %s", f.Filename, ssrf.Describe(in.err))
+		}
 		return fmt.Errorf("download %s: %w", f.Filename, err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -143,4 +156,51 @@ func (d *downloader) fetchOne(ctx context.Context, f *File, dst string) (err err
 		f.Size = n
 	}
 	return nil
+}
+
+// sourceReader remembers its source's error, to tell a failed download
+// from a failed write.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+// DownloadGuard is the SSRF guard of the CLI's downloads of s3_url
+// outputs: allow and allowHTTP are DOWNLOAD_URL_ALLOW and
+// DOWNLOAD_URL_ALLOW_HTTP, and the S3 origins of a dev stack (ep.S3Origins,
+// from its stack file) are allowed too, on their port, with http when
+// theirs is.
+func DownloadGuard(allow []string, allowHTTP bool, ep Endpoints) (*ssrf.Guard, error) {
+	entries := append([]string(nil), allow...)
+	for _, o := range ep.S3Origins {
+		u, err := url.Parse(o)
+		if err != nil || u.Hostname() == "" {
+			continue
+		}
+		port := u.Port()
+		if port == "" {
+			port = "443"
+			if u.Scheme == "http" {
+				port = "80"
+			}
+		}
+		entries = append(entries, net.JoinHostPort(u.Hostname(), port))
+		if u.Scheme == "http" {
+			allowHTTP = true
+		}
+	}
+	g, err := ssrf.New(ssrf.Config{Use: "download", Allow: entries, AllowHTTP: allowHTTP,
+		AllowSetting: "DOWNLOAD_URL_ALLOW", HTTPSetting: "DOWNLOAD_URL_ALLOW_HTTP"})
+	if err != nil {
+		return nil, fmt.Errorf("DOWNLOAD_URL_ALLOW: %w", err)
+	}
+	return g, nil
 }

@@ -12,6 +12,10 @@ import (
 // Endpoints say where a fleet's NATS and Redis are.
 type Endpoints struct {
 	NATSURL, RedisURL string
+	// S3Origins are the scheme://host:port of the dev stack's S3 (its
+	// endpoint and public URL), whose s3_url outputs the CLI may download
+	// although they are often on loopback ([DownloadGuard]).
+	S3Origins []string
 	// From says where they came from: "settings" (flags or environment),
 	// the path of a dev stack's file, or "defaults".
 	From string
@@ -20,10 +24,11 @@ type Endpoints struct {
 // stackFile is the part of the file `comfyfleet dev` writes that the CLI
 // reads (devstack.Info).
 type stackFile struct {
-	APIURL   string `json:"api_url"`
-	NATSURL  string `json:"nats_url"`
-	RedisURL string `json:"redis_url"`
-	PID      int    `json:"pid"`
+	APIURL    string   `json:"api_url"`
+	NATSURL   string   `json:"nats_url"`
+	RedisURL  string   `json:"redis_url"`
+	PID       int      `json:"pid"`
+	S3Origins []string `json:"s3_origins"`
 }
 
 // ErrStaleStack: the dev stack that wrote the stack file is gone.
@@ -66,7 +71,7 @@ func ResolveEndpoints(natsURL, redisURL, dir string, dirGiven bool, name string)
 	if sf.PID > 0 && !alive(sf.PID) {
 		return Endpoints{}, fmt.Errorf("dev stack file %s: %w (pid %d); start it again, or set NATS_URL and REDIS_URL", path, ErrStaleStack, sf.PID)
 	}
-	return Endpoints{NATSURL: sf.NATSURL, RedisURL: sf.RedisURL, From: path}, nil
+	return Endpoints{NATSURL: sf.NATSURL, RedisURL: sf.RedisURL, S3Origins: sf.S3Origins, From: path}, nil
 }
 
 func findStackFile(dir string, dirGiven bool, name string) string {

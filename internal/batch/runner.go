@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -31,9 +31,12 @@ type Deps struct {
 	DB *rdb.DB
 	// Blobs is where outputs without S3 are; nil when downloads are off.
 	Blobs blob.Store
-	// HTTP fetches outputs given as URLs (S3); nil means http.DefaultClient.
-	HTTP   *http.Client
-	Logger *zap.Logger
+	// Downloads guards the fetches of outputs given as URLs (s3_url): their
+	// URLs come from the jobs' records, so they go through the SSRF guard
+	// like every outside URL ([DownloadGuard]). nil means a guard with no
+	// exceptions, https only.
+	Downloads *ssrf.Guard
+	Logger    *zap.Logger
 }
 
 // Options configure a Submit or a Watch. The zero value of each field is
@@ -164,6 +167,9 @@ type Runner struct {
 func New(d Deps) *Runner {
 	if d.Logger == nil {
 		d.Logger = zap.NewNop()
+	}
+	if d.Downloads == nil {
+		d.Downloads, _ = DownloadGuard(nil, false, Endpoints{})
 	}
 	return &Runner{d: d, log: d.Logger.Named("batch")}
 }
@@ -319,7 +325,7 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 	work := make(chan task)
 	results := make(chan taskResult)
 	var wg sync.WaitGroup
-	dl := &downloader{blobs: r.d.Blobs, http: r.d.HTTP, out: opts.Out}
+	dl := &downloader{blobs: r.d.Blobs, guard: r.d.Downloads, out: opts.Out}
 	for range opts.Parallel {
 		wg.Go(func() {
 			for t := range work {

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,6 +152,10 @@ type Info struct {
 	// NATSFallback is set when the NATS port asked for was taken and a
 	// random one was used.
 	NATSFallback bool `json:"nats_fallback,omitempty"`
+	// S3Origins are scheme://host:port of the workers' S3 (BUCKET_ENDPOINT_URL
+	// and BUCKET_PUBLIC_URL), where their s3_url outputs are: the CLI's
+	// downloads allow them although they are often on loopback.
+	S3Origins []string `json:"s3_origins,omitempty"`
 }
 
 // Stack is a running local fleet.
@@ -274,6 +279,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("dev stack: %w", err)
 	}
 	s.Info.APIURL = "http://" + s.adapter.Addr()
+	s.Info.S3Origins = s3Origins(cfg.Worker.S3.Endpoint, cfg.Worker.S3.PublicBaseURL)
 	s.Info.PID = os.Getpid()
 	if err := s.writeInfo(); err != nil {
 		return nil, err
@@ -336,6 +342,19 @@ func (s *Stack) startSim(dir string, stepDelay time.Duration) (url, inputDir str
 	s.sims = append(s.sims, srv)
 	go func() { _ = srv.Serve(ln) }()
 	return "http://" + ln.Addr().String(), sim.InputDir(), nil
+}
+
+// s3Origins keeps the scheme and host of each URL given, nothing else.
+func s3Origins(urls ...string) []string {
+	var out []string
+	for _, raw := range urls {
+		u, err := url.Parse(raw)
+		if raw == "" || err != nil || u.Host == "" {
+			continue
+		}
+		out = append(out, (&url.URL{Scheme: u.Scheme, Host: u.Host}).String())
+	}
+	return out
 }
 
 // StackFile is where the stack's addresses are written inside Dir.

@@ -172,7 +172,7 @@ func table(t *testing.T, dir string) []setting {
 		{env: "WEBHOOK_RETRIES", sample: "5"},
 		{env: "WEBHOOK_RETRY_DELAY", sample: "2s"},
 		{env: "WEBHOOK_TIMEOUT", sample: "3s"},
-		{env: "WEBHOOK_ALLOW", sample: "10.0.0.0/8,hooks.internal"},
+		{env: "WEBHOOK_ALLOW", sample: "10.0.0.0/8:*,hooks.internal:8443"},
 		{env: "NO_MODEL_CHECK", sample: "true"},
 
 		// gpuworker
@@ -198,8 +198,10 @@ func table(t *testing.T, dir string) []setting {
 		{env: "COMFYUI_PROBE_INTERVAL", sample: "1s"},
 		{env: "MAX_INPUT_MB", sample: "20"},
 		{env: "INPUT_URL_TIMEOUT", sample: "15s"},
-		{env: "INPUT_URL_ALLOW", sample: "10.0.0.0/8, assets.internal"},
+		{env: "INPUT_URL_ALLOW", sample: "10.0.0.0/8:9000, assets.internal"},
 		{env: "INPUT_URL_ALLOW_HTTP", sample: "true"},
+		{env: "S3_CONFIG_ALLOW", sample: "minio.internal:9000, [fd00::/8]:*"},
+		{env: "S3_CONFIG_ALLOW_HTTP", sample: "true"},
 		{env: "TRANSFER_CONCURRENCY", sample: "2"},
 		{env: "ISOLATE_JOB_FILES", sample: "false"},
 		{env: "COMFYUI_INPUT_DIR", sample: "/comfyui/input"},

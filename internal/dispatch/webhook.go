@@ -46,8 +46,11 @@ type WebhookConfig struct {
 	RetryDelay time.Duration
 	// Timeout bounds one POST; 0 means 10 s.
 	Timeout time.Duration
-	// Allow lists hosts, IPs and CIDR prefixes webhook URLs may reach
-	// although the SSRF guard forbids them (loopback, private, link-local).
+	// Allow lists hosts, IPs and CIDR prefixes, each on a port, that
+	// webhook URLs may reach although the SSRF guard forbids them
+	// (loopback, private, link-local): "127.0.0.1:9000", "[::1]:9000",
+	// "hooks.internal:8443", "10.0.0.0/8:*"; an entry without a port
+	// allows the scheme's default port only (see ssrf.ParseAllowList).
 	Allow []string
 	// Concurrency bounds the deliveries in flight in one dispatcher; 0
 	// means 16.
@@ -66,7 +69,7 @@ func (c WebhookConfig) Validate() error {
 	if c.Concurrency < 0 {
 		return fmt.Errorf("webhook concurrency %d is negative", c.Concurrency)
 	}
-	if _, err := ssrf.ParseAllowList(c.Allow); err != nil {
+	if _, err := webhookGuard(c); err != nil {
 		return fmt.Errorf("webhook allow list: %w", err)
 	}
 	if _, err := signingKey(c.Secret); err != nil {
@@ -140,6 +143,7 @@ type Webhooks struct {
 	cfg    WebhookConfig
 	deps   WebhookDeps
 	key    []byte
+	guard  *ssrf.Guard
 	client *http.Client
 	log    *zap.Logger
 
@@ -153,8 +157,8 @@ func NewWebhooks(cfg WebhookConfig, deps WebhookDeps, log *zap.Logger) (*Webhook
 	}
 	cfg = cfg.withDefaults()
 	key, _ := signingKey(cfg.Secret)
-	allow, _ := ssrf.ParseAllowList(cfg.Allow)
-	client := ssrf.Client(allow, true, nil, errWebhookForbidden)
+	guard, _ := webhookGuard(cfg)
+	client := guard.Client()
 	client.Timeout = cfg.Timeout
 	if log == nil {
 		log = zap.NewNop()
@@ -162,7 +166,14 @@ func NewWebhooks(cfg WebhookConfig, deps WebhookDeps, log *zap.Logger) (*Webhook
 	if deps.Blobs == nil {
 		deps.Blobs = noBlobs{}
 	}
-	return &Webhooks{cfg: cfg, deps: deps, key: key, client: client, log: log.Named("webhooks")}, nil
+	return &Webhooks{cfg: cfg, deps: deps, key: key, guard: guard, client: client, log: log.Named("webhooks")}, nil
+}
+
+// webhookGuard is the SSRF guard of webhook URLs: http is accepted (as
+// RunPod does), and redirects are never followed, so a receiver cannot
+// send the POST on to an address of its choice.
+func webhookGuard(c WebhookConfig) (*ssrf.Guard, error) {
+	return ssrf.New(ssrf.Config{Use: "webhook", Allow: c.Allow, AllowHTTP: true, AllowSetting: "WEBHOOK_ALLOW", MaxRedirects: -1})
 }
 
 // Start opens the durable consumer and delivers in the background. It
@@ -183,7 +194,10 @@ func (w *Webhooks) Start(ctx context.Context) error {
 
 // Stop stops pulling, cancels the deliveries in flight (they are NAKed, so
 // another replica retries them at once) and waits for them.
-func (w *Webhooks) Stop() { w.svc.Stop() }
+func (w *Webhooks) Stop() {
+	w.svc.Stop()
+	w.guard.Close()
+}
 
 func (w *Webhooks) loop(ctx context.Context, it *queue.FinalFeed) {
 	var wg sync.WaitGroup
@@ -324,22 +338,22 @@ func (w *Webhooks) body(ctx context.Context, ev *proto.Event, seq uint64) (body 
 	return body, strconv.FormatInt(rec.FinishedAt.UnixMilli(), 10), err
 }
 
-var (
-	errPermanent        = errors.New("will not retry")
-	errWebhookForbidden = fmt.Errorf("%w for webhooks", ssrf.ErrForbidden)
-)
+var errPermanent = errors.New("will not retry")
 
+// post delivers one body. Its errors never carry the URL's query or user
+// info, nor anything the receiver sent: an answer is named by its status,
+// a failure by its class.
 func (w *Webhooks) post(ctx context.Context, target, id string, body []byte) error {
 	u, err := url.Parse(target)
 	if err != nil {
 		return fmt.Errorf("%w: webhook URL does not parse", errPermanent)
 	}
-	if err := ssrf.CheckScheme(u, true); err != nil {
+	if err := w.guard.Check(u); err != nil {
 		return fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), err)
+		return fmt.Errorf("%w: webhook %s: invalid URL", errPermanent, ssrf.Redact(u))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "comfyfleet-webhook")
@@ -351,27 +365,22 @@ func (w *Webhooks) post(ctx context.Context, target, id string, body []byte) err
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
-		if errors.Is(err, ssrf.ErrForbidden) {
-			return fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), ssrf.ErrForbidden)
+		var refusal *ssrf.Refusal
+		if errors.As(err, &refusal) {
+			return fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), refusal)
 		}
-		return fmt.Errorf("post webhook %s: %w", ssrf.Redact(u), redactErr(err))
+		return fmt.Errorf("post webhook %s: %s", ssrf.Redact(u), ssrf.Describe(err))
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("post webhook %s: answered %s", ssrf.Redact(u), resp.Status)
+	switch {
+	case resp.StatusCode >= 300 && resp.StatusCode <= 399:
+		return fmt.Errorf("post webhook %s: answered %d; webhooks do not follow redirects", ssrf.Redact(u), resp.StatusCode)
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		// Go's reason phrase, not the receiver's.
+		return fmt.Errorf("post webhook %s: answered %s", ssrf.Redact(u), strings.TrimPrefix(ssrf.Status(resp.StatusCode), "HTTP "))
 	}
 	return nil
-}
-
-// redactErr keeps a *url.Error's cause without its URL, which may carry a
-// secret in its query.
-func redactErr(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
 }
 
 // noBlobs is the blob store of a deliverer given none.

@@ -7,7 +7,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -17,7 +19,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
@@ -116,7 +121,7 @@ func (b *hookBundle) start(t *testing.T, cfg dispatch.WebhookConfig) (*dispatch.
 	wq, err := queue.New(nc)
 	require.NoError(t, err)
 	if cfg.Allow == nil {
-		cfg.Allow = []string{"127.0.0.1"}
+		cfg.Allow = []string{"127.0.0.1:*"}
 	}
 	if cfg.RetryDelay == 0 {
 		cfg.RetryDelay = 20 * time.Millisecond
@@ -329,6 +334,113 @@ func TestWebhookSSRFGuardRefusesLoopback(t *testing.T) {
 	b.settled(t)
 	require.Equal(t, 0, rc.count())
 	require.Contains(t, b.scrape(t), `comfyfleet_webhook_deliveries_total{result="refused"} 1`)
+}
+
+// TestWebhookAllowIsPerPort: an entry without a port allows only the
+// scheme's default port, so WEBHOOK_ALLOW=127.0.0.1 no longer opens every
+// port of the host; an entry with the receiver's port does.
+func TestWebhookAllowIsPerPort(t *testing.T) {
+	t.Parallel()
+	b := setupHooks(t)
+	rc := testenv.StartCountingServer(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	b.start(t, dispatch.WebhookConfig{Allow: []string{"127.0.0.1"}})
+	b.finish(t, "hook-port", rc.URL, proto.StatusCompleted, `{"images":[]}`, "")
+	b.settled(t)
+	require.Equal(t, 0, rc.Connections(t), "no connection to a port the list does not name")
+	require.Contains(t, b.scrape(t), `comfyfleet_webhook_deliveries_total{result="refused"} 1`)
+
+	b2 := setupHooks(t)
+	b2.start(t, dispatch.WebhookConfig{Allow: []string{rc.HostPort()}})
+	b2.finish(t, "hook-port", rc.URL, proto.StatusCompleted, `{"images":[]}`, "")
+	b2.settled(t)
+	require.Equal(t, 1, rc.Connections(t))
+	require.Contains(t, b2.scrape(t), `comfyfleet_webhook_deliveries_total{result="delivered"} 1`)
+}
+
+// startLogged runs a deliverer whose warnings the test reads.
+func (b *hookBundle) startLogged(t *testing.T, cfg dispatch.WebhookConfig) *observer.ObservedLogs {
+	t.Helper()
+	core, logs := observer.New(zapcore.WarnLevel)
+	w, err := dispatch.NewWebhooks(cfg, dispatch.WebhookDeps{Queue: b.q, DB: b.db, Blobs: b.blobs, Metrics: b.metrics}, zap.New(core))
+	require.NoError(t, err)
+	require.NoError(t, w.Start(testenv.Context(t, 10*time.Second)))
+	t.Cleanup(w.Stop)
+	return logs
+}
+
+// webhookError is the error of the one warning about job id.
+func webhookError(t *testing.T, logs *observer.ObservedLogs, id string) string {
+	t.Helper()
+	var found []string
+	for _, e := range logs.All() {
+		if e.ContextMap()["job_id"] == id {
+			found = append(found, e.Message+": "+fmt.Sprint(e.ContextMap()["error"]))
+		}
+	}
+	require.Len(t, found, 1, "%v", found)
+	return found[0]
+}
+
+// TestWebhookDoesNotFollowRedirects replays the attack: a receiver on an
+// allowed port answers 307 to another port of the same host (the
+// dispatcher's own API). The redirect is not followed, whatever the allow
+// list says, and the delivery fails naming why.
+func TestWebhookDoesNotFollowRedirects(t *testing.T) {
+	t.Parallel()
+	b := setupHooks(t)
+	inside := testenv.StartCountingServer(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	rc := testenv.StartCountingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, inside.URL+"/dlq/1/replay", http.StatusTemporaryRedirect)
+	}))
+	logs := b.startLogged(t, dispatch.WebhookConfig{Allow: []string{"127.0.0.1:*"}, Retries: -1})
+	b.finish(t, "hook-307", rc.URL+"/hook?token=s3cr3t", proto.StatusCompleted, `{"images":[]}`, "")
+	b.settled(t)
+	require.Equal(t, 0, inside.Connections(t), "the redirect reached nothing")
+	require.Contains(t, b.scrape(t), `comfyfleet_webhook_deliveries_total{result="failed"} 1`)
+	msg := webhookError(t, logs, "hook-307")
+	require.Equal(t, 1, rc.Connections(t), "the receiver was reached")
+	require.Contains(t, msg, "post webhook "+rc.URL+"/hook?…: answered 307; webhooks do not follow redirects")
+	require.NotContains(t, msg, "s3cr3t")
+}
+
+// TestWebhookAnswerTextStaysOut: what a receiver says (its reason phrase,
+// its body, a malformed answer) never reaches the dispatcher's log.
+func TestWebhookAnswerTextStaysOut(t *testing.T) {
+	t.Parallel()
+	for name, answer := range map[string]string{
+		"reason phrase": "HTTP/1.1 500 EVIL-REASON\r\nContent-Length: 9\r\nConnection: close\r\n\r\nEVIL-BODY",
+		"malformed":     "EVIL-GARBAGE from the receiver\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setupHooks(t)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					buf := make([]byte, 64<<10)
+					_, _ = c.Read(buf)
+					_, _ = c.Write([]byte(answer))
+					c.Close()
+				}
+			}()
+			logs := b.startLogged(t, dispatch.WebhookConfig{Allow: []string{"127.0.0.1:*"}, Retries: -1})
+			b.finish(t, "hook-evil", "http://"+ln.Addr().String()+"/", proto.StatusCompleted, `{"images":[]}`, "")
+			b.settled(t)
+			msg := webhookError(t, logs, "hook-evil")
+			require.NotContains(t, msg, "EVIL")
+			if name == "reason phrase" {
+				require.Contains(t, msg, "answered 500 Internal Server Error")
+			} else {
+				require.Contains(t, msg, ": request failed")
+			}
+		})
+	}
 }
 
 func TestWebhookSkipsJobsWithoutWebhookAndNonTerminalEvents(t *testing.T) {

@@ -41,7 +41,7 @@ func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
 	fs.Int(&c.Webhooks.Retries, "webhook-retries", "WEBHOOK_RETRIES", 2, "retries of a failed webhook delivery (RunPod: 2); negative: none")
 	fs.Duration(&c.Webhooks.RetryDelay, "webhook-retry-delay", "WEBHOOK_RETRY_DELAY", 10*time.Second, "wait before the first webhook retry; each later one waits twice as long")
 	fs.Duration(&c.Webhooks.Timeout, "webhook-timeout", "WEBHOOK_TIMEOUT", 10*time.Second, "bound of one webhook POST")
-	fs.List(&c.Webhooks.Allow, "webhook-allow", "WEBHOOK_ALLOW", nil, "hosts, IPs and CIDR prefixes webhooks may reach although the SSRF guard forbids them (loopback, private, link-local)")
+	fs.List(&c.Webhooks.Allow, "webhook-allow", "WEBHOOK_ALLOW", nil, "hosts, IPs and CIDR prefixes, each with its port (host:port, host:* for any; without a port only 80/443), webhooks may reach although the SSRF guard forbids them (loopback, private, link-local); webhooks never follow redirects")
 	c.Keys.bindAdmin(fs)
 	c.Keys.bindOrigins(fs)
 	fs.Bool(&c.Models.Off, "no-model-check", "NO_MODEL_CHECK", false, "admit jobs even when no live worker of their pool has their models")

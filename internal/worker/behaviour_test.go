@@ -70,7 +70,7 @@ func TestIssue3Behaviours(t *testing.T) {
 	red := pngBytes(t, 8, 8, color.RGBA{R: 255, A: 255})
 	runCompat(t, []compatCase{{
 		name: "input URL, content type sniffed",
-		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1"}},
+		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1:*"}},
 		job:  urlJob("/in/a.png?sig=secret", serveBytes(red)), want: proto.StatusCompleted,
 		check: func(t *testing.T, b *bundle, rec *proto.Record) {
 			ups := b.sim.Uploads()
@@ -84,29 +84,29 @@ func TestIssue3Behaviours(t *testing.T) {
 		name: "input URL to a loopback address is refused",
 		job:  urlJob("/a.png?sig=secret", serveBytes(red)), want: proto.StatusFailed,
 		check: uploadDetail(func(t *testing.T, d string) {
-			require.Regexp(t, `^Error downloading a\.png from https://127\.0\.0\.1:\d+/a\.png\?…: dial tcp 127\.0\.0\.1:\d+: address not allowed for input URLs: 127\.0\.0\.1 is a private, loopback, link-local or reserved address$`, d)
+			require.Regexp(t, `^Error downloading a\.png from https://127\.0\.0\.1:\d+/a\.png\?…: input URL: address not allowed: 127\.0\.0\.1:\d+ is a loopback address \(INPUT_URL_ALLOW lists exceptions\)$`, d)
 			require.NotContains(t, d, "secret")
 		}),
 	}, {
 		name: "input URL over plain http is refused",
 		job:  inputJob(input(loadAndSave("a.png", "out"), `"images":[{"name":"a.png","image":"http://example.com/a.png"}]`)), want: proto.StatusFailed,
 		check: wantFailure("Failed to upload one or more input images",
-			"Error downloading a.png from http://example.com/a.png: only https URLs are accepted, not http"),
+			"Error downloading a.png from http://example.com/a.png: input URL: only https URLs are accepted, not http (INPUT_URL_ALLOW_HTTP allows http)"),
 	}, {
 		name: "input URL answering 404",
-		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.0/8"}},
+		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.0/8:*"}},
 		job:  urlJob("/missing.png", http.NotFound), want: proto.StatusFailed,
 		check: uploadDetail(func(t *testing.T, d string) {
 			require.Regexp(t, `^Error downloading a\.png from https://127\.0\.0\.1:\d+/missing\.png: HTTP 404 Not Found$`, d)
 		}),
 	}, {
 		name: "input URL larger than the cap",
-		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1"}, MaxInputBytes: 50},
+		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1:*"}, MaxInputBytes: 50},
 		job:  urlJob("/a.png", serveBytes(red)), want: proto.StatusFailed,
 		check: wantFailure("Failed to upload one or more input images", "Input a.png is larger than the 50-byte limit"),
 	}, {
 		name: "input URL streaming past the cap",
-		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1"}, MaxInputBytes: 100},
+		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1:*"}, MaxInputBytes: 100},
 		job: urlJob("/a.png", func(w http.ResponseWriter, _ *http.Request) {
 			for range 4 { // chunked: no Content-Length to check up front
 				_, _ = w.Write(red[:50])
@@ -117,7 +117,7 @@ func TestIssue3Behaviours(t *testing.T) {
 		check: wantFailure("Failed to upload one or more input images", "Input a.png is larger than the 100-byte limit"),
 	}, {
 		name: "input URL timing out",
-		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1"}, InputURLTimeout: 200 * time.Millisecond},
+		cfg:  worker.Config{InputURLAllow: []string{"127.0.0.1:*"}, InputURLTimeout: 200 * time.Millisecond},
 		job:  urlJob("/slow.png", func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }), want: proto.StatusFailed,
 		check: uploadDetail(func(t *testing.T, d string) {
 			require.Regexp(t, `^Error downloading a\.png from https://127\.0\.0\.1:\d+/slow\.png: timed out after 200ms$`, d)
@@ -312,7 +312,9 @@ func TestSecretsStayOut(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	core, logs := observer.New(zapcore.DebugLevel)
-	b.startWorker("w1", worker.Config{ComfyOrgAPIKey: "env-secret-key"}, workerOpts{logger: zap.New(core)})
+	// The s3Config's endpoint is allowed, so its upload is tried (and fails).
+	b.startWorker("w1", worker.Config{ComfyOrgAPIKey: "env-secret-key", S3ConfigAllow: []string{"127.0.0.1:1"}, S3ConfigAllowHTTP: true},
+		workerOpts{logger: zap.New(core)})
 	events := b.watch("secret")
 	b.enqueue("secret", input(sampler("1", 2)+save("9", "s"), `"comfy_org_api_key":"input-secret-key"`))
 	b.wait("secret", proto.StatusCompleted)

@@ -30,7 +30,8 @@
 //     previews become events;
 //   - outputs of every kind (images, videos — VHS gifs and animated files
 //     included —, audio, files, text; temp outputs on request), streamed to
-//     S3 (the job's s3Config, else the worker's) as s3_url items, or to the
+//     S3 (the job's s3Config, whose endpoint is reached only through an
+//     SSRF guard of its own, else the worker's) as s3_url items, or to the
 //     blob store as base64 items the adapter inlines; a file that cannot be
 //     stored is a line in errors while the others return.
 //

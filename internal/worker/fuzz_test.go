@@ -92,6 +92,10 @@ func FuzzInputImage(f *testing.F) {
 	f.Add("c.png", "http://127.0.0.1:8188/view?filename=x")
 	f.Add("d", "data:,")
 	f.Add("e.png", "aGVsbG8-_w==")
+	g, err := inputGuard(Config{}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, name, value string) {
 		entry, _ := json.Marshal(map[string]string{"name": name, "image": value})
 		in, err := proto.DecodeInput(json.RawMessage(`{"workflow":{},"images":[` + string(entry) + `]}`))
@@ -104,7 +108,7 @@ func FuzzInputImage(f *testing.F) {
 		}
 		v := in.Images[0].Image
 		if isURL(v) {
-			u, red, err := parseInputURL(v, false)
+			u, red, err := parseInputURL(g, v)
 			if red != "" {
 				if strings.Contains(red, "@") && u != nil && u.User != nil {
 					t.Fatalf("user info in %q", red)

@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -168,9 +169,11 @@ func (ex *execution) openInput(ctx context.Context, img proto.InputImage) (io.Re
 }
 
 // download opens an input URL through the SSRF guard, bounded by
-// InputURLTimeout. Messages never carry the URL's query or user info.
+// InputURLTimeout. Messages never carry the URL's query or user info, nor
+// anything the remote side sent: a failure is named by its class, an
+// answer by its status.
 func (ex *execution) download(ctx context.Context, img proto.InputImage) (io.ReadCloser, error) {
-	u, redacted, err := parseInputURL(img.Image, ex.w.cfg.InputURLAllowHTTP)
+	u, redacted, err := parseInputURL(ex.w.inputs, img.Image)
 	where := ""
 	if redacted != "" {
 		where = " from " + redacted
@@ -182,25 +185,22 @@ func (ex *execution) download(ctx context.Context, img proto.InputImage) (io.Rea
 	req, err := http.NewRequestWithContext(dctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		cancel()
-		return nil, inputErrorf("Error downloading %s%s: %v", img.Name, where, err)
+		return nil, inputErrorf("Error downloading %s%s: invalid URL", img.Name, where)
 	}
 	req.Header.Set("User-Agent", "comfyfleet-gpuworker")
-	resp, err := ex.w.inputs.Do(req)
+	resp, err := ex.w.inputs.Client().Do(req)
 	if err != nil {
 		cancel()
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // its text repeats the whole URL
-		}
+		why := ssrf.Describe(err)
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			err = fmt.Errorf("timed out after %v", ex.w.cfg.InputURLTimeout)
+			why = fmt.Sprintf("timed out after %v", ex.w.cfg.InputURLTimeout)
 		}
-		return nil, inputErrorf("Error downloading %s%s: %v", img.Name, where, err)
+		return nil, inputErrorf("Error downloading %s%s: %s", img.Name, where, why)
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
 		cancel()
-		return nil, inputErrorf("Error downloading %s%s: HTTP %d %s", img.Name, where, resp.StatusCode, http.StatusText(resp.StatusCode))
+		return nil, inputErrorf("Error downloading %s%s: %s", img.Name, where, ssrf.Status(resp.StatusCode))
 	}
 	if resp.ContentLength > ex.w.cfg.MaxInputBytes {
 		resp.Body.Close()
@@ -210,15 +210,16 @@ func (ex *execution) download(ctx context.Context, img proto.InputImage) (io.Rea
 	return &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}, nil
 }
 
-// parseInputURL parses and checks an input URL. redacted is the URL as it
-// may appear in messages (redactURL), "" when it does not parse.
-func parseInputURL(raw string, allowHTTP bool) (u *url.URL, redacted string, err error) {
+// parseInputURL parses an input URL and checks it with the guard.
+// redacted is the URL as it may appear in messages (ssrf.Redact), "" when
+// it does not parse.
+func parseInputURL(g *ssrf.Guard, raw string) (u *url.URL, redacted string, err error) {
 	u, err = url.Parse(strings.TrimSpace(raw))
 	if err != nil {
 		return nil, "", errors.New("invalid URL")
 	}
-	redacted = redactURL(u)
-	if err := checkURLScheme(u, allowHTTP); err != nil {
+	redacted = ssrf.Redact(u)
+	if err := g.Check(u); err != nil {
 		return nil, redacted, err
 	}
 	return u, redacted, nil

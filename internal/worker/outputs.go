@@ -17,6 +17,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -35,8 +36,8 @@ type sink struct {
 	s3 *s3.Store
 }
 
-// sinkFor picks the sink of a job: its own s3Config, the worker's S3, or
-// the blob store.
+// sinkFor picks the sink of a job: its own s3Config (reached through the
+// s3Config guard), the worker's S3, or the blob store.
 // The job's output.s3_prefix, when set, replaces the key prefix
 // (BUCKET_PREFIX, or the s3Config's objectPath).
 func (w *Worker) sinkFor(job *proto.Job) (sink, error) {
@@ -55,8 +56,14 @@ func (w *Worker) sinkFor(job *proto.Job) (sink, error) {
 		}
 		return sink{s3: st}, nil
 	}
-	st, err := s3.ForRequest(w.s3, c, prefix)
-	if err != nil {
+	st, err := s3.ForRequest(w.s3, c, prefix, w.s3Guard)
+	var refusal *ssrf.Refusal
+	switch {
+	case errors.As(err, &refusal):
+		// "s3Config.endpointUrl: address not allowed: …", before any
+		// work is done.
+		return sink{}, &failure{msg: refusal.Error()}
+	case err != nil:
 		return sink{}, &failure{msg: "Invalid s3Config: " + strings.TrimPrefix(err.Error(), "s3 config: ")}
 	}
 	return sink{s3: st}, nil
@@ -208,6 +215,10 @@ func (ex *execution) store(ctx context.Context, sk sink, key string, f comfy.Fil
 				return collected{err: fetchFailed}
 			}
 			lastErr, sourceFailed = err, src.err != nil && !errors.Is(src.err, io.EOF)
+			var refusal *ssrf.Refusal
+			if errors.As(err, &refusal) {
+				break // refused by the guard: the same again
+			}
 			continue
 		}
 		if info.Size == 0 {

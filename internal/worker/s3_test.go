@@ -107,13 +107,16 @@ func TestS3PrefixOfTheJob(t *testing.T) {
 	require.Equal(t, "batches/b1/prefixed/a_00001_.png", info.Key)
 }
 
+// The endpoint is a loopback http one, so the worker must allow it
+// (S3_CONFIG_ALLOW with its port, S3_CONFIG_ALLOW_HTTP).
 func TestS3ConfigOfTheRequest(t *testing.T) {
 	t.Parallel()
 	srv := gw.Get(t)
 	envCfg := srv.Config(srv.Bucket(t))
 	own := srv.Bucket(t)
 	b := setup(t)
-	b.startWorker("w1", worker.Config{}, workerOpts{s3: &envCfg})
+	b.startWorker("w1", worker.Config{S3ConfigAllow: []string{strings.TrimPrefix(srv.Endpoint, "http://")}, S3ConfigAllowHTTP: true},
+		workerOpts{s3: &envCfg})
 	b.enqueueJob(&proto.Job{ID: "own-bucket", Input: []byte(input(sampler("1", 2) + save("9", "x"))),
 		S3Config: &proto.S3Config{AccessID: srv.AccessKey, AccessSecret: srv.SecretKey, BucketName: own,
 			EndpointURL: srv.Endpoint, ObjectPath: "custom/path"}})

@@ -2,36 +2,24 @@ package worker
 
 import (
 	"crypto/tls"
-	"fmt"
-	"net/http"
-	"net/netip"
-	"net/url"
 
 	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 )
 
-// The SSRF guard for input URLs lives in internal/ssrf (webhooks use it
-// too); these names keep the worker's code and tests short.
+// The worker reaches two kinds of outside URL a job names, each through
+// its own guard (internal/ssrf): input URLs, and the endpoint of a job's
+// s3Config. The worker's own S3 store (BUCKET_ENDPOINT_URL) is the
+// operator's and is not guarded. Refusals name the settings that allow an
+// exception (bound in internal/role).
 
-// ErrAddressForbidden is returned when an input URL leads to an address
-// the guard forbids.
-var ErrAddressForbidden = fmt.Errorf("%w for input URLs", ssrf.ErrForbidden)
-
-type allowList struct{ ssrf.AllowList }
-
-func (a allowList) ip(ip netip.Addr) bool { return a.IP(ip) }
-
-func forbidden(ip netip.Addr) bool { return ssrf.Forbidden(ip) }
-
-func parseAllowList(entries []string) (allowList, error) {
-	a, err := ssrf.ParseAllowList(entries)
-	return allowList{a}, err
+// inputGuard guards input URLs.
+func inputGuard(cfg Config, tlsConfig *tls.Config) (*ssrf.Guard, error) {
+	return ssrf.New(ssrf.Config{Use: "input URL", Allow: cfg.InputURLAllow, AllowHTTP: cfg.InputURLAllowHTTP,
+		AllowSetting: "INPUT_URL_ALLOW", HTTPSetting: "INPUT_URL_ALLOW_HTTP", TLS: tlsConfig})
 }
 
-func guardedClient(allow allowList, allowHTTP bool, tlsConfig *tls.Config) *http.Client {
-	return ssrf.Client(allow.AllowList, allowHTTP, tlsConfig, ErrAddressForbidden)
+// s3ConfigGuard guards the endpoints of jobs' s3Configs.
+func s3ConfigGuard(cfg Config, tlsConfig *tls.Config) (*ssrf.Guard, error) {
+	return ssrf.New(ssrf.Config{Use: "s3Config.endpointUrl", Allow: cfg.S3ConfigAllow, AllowHTTP: cfg.S3ConfigAllowHTTP,
+		AllowSetting: "S3_CONFIG_ALLOW", HTTPSetting: "S3_CONFIG_ALLOW_HTTP", TLS: tlsConfig})
 }
-
-func checkURLScheme(u *url.URL, allowHTTP bool) error { return ssrf.CheckScheme(u, allowHTTP) }
-
-func redactURL(u *url.URL) string { return ssrf.Redact(u) }

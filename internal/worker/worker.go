@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -127,13 +127,22 @@ type Config struct {
 	// InputURLTimeout bounds the download of an input given by URL; 0
 	// means 1 minute.
 	InputURLTimeout time.Duration
-	// InputURLAllow lists hosts, IPs and CIDR prefixes that input URLs may
-	// reach although the SSRF guard forbids them (private, loopback,
-	// link-local addresses), e.g. "10.0.0.0/8" or "assets.internal".
+	// InputURLAllow lists hosts, IPs and CIDR prefixes, each on a port,
+	// that input URLs may reach although the SSRF guard forbids them
+	// (private, loopback, link-local addresses), e.g. "10.0.0.0/8:9000" or
+	// "assets.internal" (an entry without a port allows the scheme's
+	// default port only; "host:*" any). See ssrf.ParseAllowList.
 	InputURLAllow []string
 	// InputURLAllowHTTP also accepts http:// input URLs; only https://
 	// is accepted otherwise.
 	InputURLAllowHTTP bool
+	// S3ConfigAllow is InputURLAllow for the endpoints of jobs' own
+	// s3Config (RunPod's per-request S3): the forbidden addresses a job may
+	// send its outputs to.
+	S3ConfigAllow []string
+	// S3ConfigAllowHTTP also accepts http:// s3Config endpoints; only
+	// https:// is accepted otherwise.
+	S3ConfigAllowHTTP bool
 	// Concurrency bounds the input uploads and the output transfers of a
 	// job that run at once; 0 means 4.
 	Concurrency int
@@ -193,8 +202,11 @@ func (c Config) Validate() error {
 			return fmt.Errorf("warm-up workflow: %w", err)
 		}
 	}
-	if _, err := parseAllowList(c.InputURLAllow); err != nil {
+	if _, err := inputGuard(c, nil); err != nil {
 		return fmt.Errorf("input URL allow list: %w", err)
+	}
+	if _, err := s3ConfigGuard(c, nil); err != nil {
+		return fmt.Errorf("s3Config allow list: %w", err)
 	}
 	return nil
 }
@@ -298,7 +310,9 @@ type Deps struct {
 	// InputTLS is the TLS configuration for input URLs (a private CA);
 	// nil means the system's roots.
 	InputTLS *tls.Config
-	Logger   *zap.Logger
+	// S3ConfigTLS is the same for the endpoints of jobs' s3Config.
+	S3ConfigTLS *tls.Config
+	Logger      *zap.Logger
 	// Metrics, when set, records the worker's Prometheus series.
 	Metrics *Metrics
 }
@@ -312,8 +326,9 @@ type Worker struct {
 	comfy    ComfyUI
 	fleet    Heartbeats
 	log      *zap.Logger
-	s3       *s3.Store // the configured S3 store, nil without one
-	inputs   *http.Client
+	s3       *s3.Store   // the configured S3 store, nil without one
+	inputs   *ssrf.Guard // input URLs
+	s3Guard  *ssrf.Guard // the endpoints of jobs' s3Config
 	warmup   []byte
 	comfyURL string
 
@@ -364,8 +379,8 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		aliveCh:  make(chan struct{}),
 		comfyURL: d.ComfyUI.BaseURL(),
 	}
-	allow, _ := parseAllowList(cfg.InputURLAllow)
-	w.inputs = guardedClient(allow, cfg.InputURLAllowHTTP, d.InputTLS)
+	w.inputs, _ = inputGuard(cfg, d.InputTLS)
+	w.s3Guard, _ = s3ConfigGuard(cfg, d.S3ConfigTLS)
 	if len(cfg.WarmupWorkflow) > 0 {
 		w.warmup, _ = warmupPrompt(cfg.WarmupWorkflow)
 		w.warmNeed = true
@@ -459,6 +474,8 @@ func (w *Worker) Stop() {
 		<-done
 	}
 	abort()
+	w.inputs.Close()
+	w.s3Guard.Close()
 }
 
 // loop pulls jobs while pullCtx lasts and runs each under jobCtx; connCtx

@@ -1,8 +1,11 @@
 package s3
 
 import (
+	"errors"
+	"net/url"
 	"strings"
 
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -16,20 +19,32 @@ func (s *Store) WithPrefix(prefix string) (*Store, error) {
 
 // ForRequest builds the store of a request's s3Config (RunPod's): its
 // endpoint, credentials, bucket and objectPath, or prefix instead of the
-// objectPath when prefix is not empty. It borrows base's tuning (URL
-// expiry, part size, concurrency, attempts, HTTP client), and base's region
-// and addressing style when the endpoint is base's own. base may be nil.
-func ForRequest(base *Store, c *proto.S3Config, prefix string) (*Store, error) {
+// objectPath when prefix is not empty. The endpoint is the request
+// author's, so the store reaches it only through guard (required): the
+// endpoint is checked at once (scheme, and an address host), every
+// connection when it is made, and its errors never carry the endpoint's
+// text. It borrows base's tuning (URL expiry, part size, concurrency,
+// attempts; never its HTTP client), and base's region and addressing
+// style when the endpoint is base's own. base may be nil.
+func ForRequest(base *Store, c *proto.S3Config, prefix string, guard *ssrf.Guard) (*Store, error) {
+	if guard == nil {
+		return nil, errors.New("s3 config: a request's store needs an SSRF guard")
+	}
 	cfg := Config{
 		Endpoint: c.EndpointURL, AccessKeyID: c.AccessID, SecretAccessKey: c.AccessSecret,
-		Bucket: c.BucketName, Prefix: c.ObjectPath,
+		Bucket: c.BucketName, Prefix: c.ObjectPath, HTTPClient: guard.Client(), guarded: true,
 	}
 	if prefix != "" {
 		cfg.Prefix = prefix
 	}
+	if u, err := url.Parse(c.EndpointURL); err == nil && c.EndpointURL != "" {
+		if err := guard.Check(u); err != nil {
+			return nil, err
+		}
+	}
 	if base != nil {
 		b := base.given
-		cfg.URLExpiry, cfg.PartSize, cfg.Concurrency, cfg.MaxAttempts, cfg.HTTPClient = b.URLExpiry, b.PartSize, b.Concurrency, b.MaxAttempts, b.HTTPClient
+		cfg.URLExpiry, cfg.PartSize, cfg.Concurrency, cfg.MaxAttempts = b.URLExpiry, b.PartSize, b.Concurrency, b.MaxAttempts
 		if strings.TrimRight(c.EndpointURL, "/") == strings.TrimRight(b.Endpoint, "/") {
 			cfg.Region, cfg.Addressing = b.Region, b.Addressing
 		}

@@ -15,12 +15,14 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 )
 
 // Limits of S3 that shape the defaults.
@@ -87,6 +89,11 @@ type Config struct {
 	MaxAttempts int
 	// HTTPClient makes the requests; nil means the SDK's default.
 	HTTPClient *http.Client
+
+	// guarded marks the store of a request's s3Config (ForRequest): its
+	// client is an SSRF guard's, a refused address is not retried, and its
+	// errors carry no text of the endpoint's.
+	guarded bool
 }
 
 var awsEndpoint = regexp.MustCompile(`^(?:([a-z0-9][a-z0-9.-]*)\.)?s3[.-](?:([a-z0-9-]+)\.)?amazonaws\.com$`)
@@ -141,15 +148,21 @@ func (c Config) Validate() error {
 		return errors.New("endpoint URL is empty")
 	}
 	u, err := url.Parse(c.Endpoint)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("endpoint URL %q: want http(s)://host[:port]", c.Endpoint)
+	if err != nil {
+		return errors.New("endpoint URL does not parse: want http(s)://host[:port]")
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("endpoint URL %s: want http(s)://host[:port]", ssrf.Redact(u))
+	}
+	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return fmt.Errorf("endpoint URL %s: want http(s)://host[:port][/path], without user info, query or fragment", ssrf.Redact(u))
 	}
 	if c.AccessKeyID == "" || c.SecretAccessKey == "" {
 		return errors.New("credentials missing: both the access key id and the secret access key are required")
 	}
 	r := c.resolve()
 	if r.Bucket == "" {
-		return fmt.Errorf("bucket name is empty and endpoint %q does not name one", c.Endpoint)
+		return fmt.Errorf("bucket name is empty and endpoint %s does not name one", ssrf.Redact(u))
 	}
 	switch c.Addressing {
 	case AddressingAuto, AddressingPath, AddressingVirtual:
@@ -158,7 +171,7 @@ func (c Config) Validate() error {
 	}
 	if c.PublicBaseURL != "" {
 		if u, err := url.Parse(c.PublicBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("public base URL %q: want http(s)://host[/path]", c.PublicBaseURL)
+			return fmt.Errorf("public base URL %s: want http(s)://host[/path]", ssrf.RedactString(c.PublicBaseURL))
 		}
 	}
 	switch {
@@ -206,6 +219,18 @@ func New(cfg Config) (*Store, error) {
 	if cfg.HTTPClient != nil {
 		opts.HTTPClient = cfg.HTTPClient
 	}
+	if cfg.guarded {
+		// A refused address stays refused: no retries.
+		opts.Retryer = retry.NewStandard(func(o *retry.StandardOptions) {
+			o.Retryables = append([]retry.IsErrorRetryable{retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
+				var r *ssrf.Refusal
+				if errors.As(err, &r) {
+					return aws.FalseTernary
+				}
+				return aws.UnknownTernary
+			})}, o.Retryables...)
+		})
+	}
 	client := awss3.New(opts)
 	s := &Store{cfg: cfg, given: given, client: client, presign: awss3.NewPresignClient(client)}
 	size := cfg.PartSize
@@ -240,7 +265,7 @@ func (s *Store) Put(ctx context.Context, key, mime string, r io.Reader) (blob.In
 			in.ContentType = aws.String(mime)
 		}
 		if _, err := s.client.PutObject(ctx, in); err != nil {
-			return blob.Info{}, translate("put", full, err)
+			return blob.Info{}, s.translate("put", full, err)
 		}
 		return blob.Info{Key: full, Size: int64(n), Mime: mime}, nil
 	case err != nil:
@@ -264,7 +289,7 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 	out, err := s.client.CreateMultipartUpload(ctx, create)
 	if err != nil {
 		s.bufs.Put(first)
-		return 0, translate("start multipart upload of", key, err)
+		return 0, s.translate("start multipart upload of", key, err)
 	}
 	uploadID := out.UploadId
 
@@ -285,7 +310,7 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 			PartNumber: aws.Int32(num), Body: bytes.NewReader((*buf)[:n]), ContentLength: aws.Int64(int64(n)),
 		})
 		if err != nil {
-			cancel(translate(fmt.Sprintf("upload part %d of", num), key, err))
+			cancel(s.translate(fmt.Sprintf("upload part %d of", num), key, err))
 			return
 		}
 		mu.Lock()
@@ -347,7 +372,7 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 		if err == nil {
 			return total, nil
 		}
-		err = translate("complete multipart upload of", key, err)
+		err = s.translate("complete multipart upload of", key, err)
 	}
 	// Leave no parts behind; this runs even when ctx ended.
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -378,7 +403,7 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, blob.Info, 
 	full := s.Key(key)
 	out, err := s.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: aws.String(s.cfg.Bucket), Key: aws.String(full)})
 	if err != nil {
-		return nil, blob.Info{}, translate("get", full, err)
+		return nil, blob.Info{}, s.translate("get", full, err)
 	}
 	info := blob.Info{Key: full, Size: aws.ToInt64(out.ContentLength), Mime: aws.ToString(out.ContentType)}
 	return out.Body, info, nil
@@ -389,7 +414,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	full := s.Key(key)
 	_, err := s.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: aws.String(s.cfg.Bucket), Key: aws.String(full)})
 	if err != nil {
-		if err := translate("delete", full, err); !errors.Is(err, blob.ErrNotFound) {
+		if err := s.translate("delete", full, err); !errors.Is(err, blob.ErrNotFound) {
 			return err
 		}
 	}
@@ -422,33 +447,70 @@ func (s *Store) EnsureBucket(ctx context.Context) error {
 	if err == nil {
 		return nil
 	}
-	if err := translate("find bucket", s.cfg.Bucket, err); !errors.Is(err, blob.ErrNoBucket) && !errors.Is(err, blob.ErrNotFound) {
+	if err := s.translate("find bucket", s.cfg.Bucket, err); !errors.Is(err, blob.ErrNoBucket) && !errors.Is(err, blob.ErrNotFound) {
 		return err
 	}
 	_, err = s.client.CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String(s.cfg.Bucket)})
 	var owned *types.BucketAlreadyOwnedByYou
 	if err != nil && !errors.As(err, &owned) {
-		return translate("create bucket", s.cfg.Bucket, err)
+		return s.translate("create bucket", s.cfg.Bucket, err)
 	}
 	return nil
 }
 
 // translate turns an SDK error into one of blob's sentinels where one
-// applies, keeping the service's message.
+// applies. The operator's store keeps the service's message; a guarded
+// store (a request's endpoint, whose every word the request's author
+// controls) says only the sentinel or the HTTP status, the guard's
+// refusal, or the class of a transport failure.
+func (s *Store) translate(op, key string, err error) error {
+	if !s.cfg.guarded {
+		return translate(op, key, err)
+	}
+	var r *ssrf.Refusal
+	if errors.As(err, &r) {
+		return fmt.Errorf("%s %s: %w", op, key, r)
+	}
+	var ae smithy.APIError
+	var re interface{ HTTPStatusCode() int }
+	status := 0
+	if errors.As(err, &re) {
+		status = re.HTTPStatusCode()
+	}
+	if errors.As(err, &ae) {
+		if sentinel := sentinelOf(ae.ErrorCode()); sentinel != nil {
+			if status != 0 {
+				return fmt.Errorf("%s %s: %w (%s)", op, key, sentinel, ssrf.Status(status))
+			}
+			return fmt.Errorf("%s %s: %w", op, key, sentinel)
+		}
+	}
+	if status != 0 {
+		return fmt.Errorf("%s %s: the endpoint answered %s", op, key, ssrf.Status(status))
+	}
+	return fmt.Errorf("%s %s: %s", op, key, ssrf.Describe(err))
+}
+
+// sentinelOf is blob's sentinel for an S3 error code, nil for none.
+func sentinelOf(code string) error {
+	switch code {
+	case "NoSuchKey", "NotFound", "NoSuchUpload":
+		return blob.ErrNotFound
+	case "NoSuchBucket":
+		return blob.ErrNoBucket
+	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "AllAccessDisabled",
+		"InvalidToken", "ExpiredToken":
+		return blob.ErrDenied
+	}
+	return nil
+}
+
+// translate is the operator's store's: the sentinel and the service's
+// message.
 func translate(op, key string, err error) error {
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
-		var sentinel error
-		switch ae.ErrorCode() {
-		case "NoSuchKey", "NotFound", "NoSuchUpload":
-			sentinel = blob.ErrNotFound
-		case "NoSuchBucket":
-			sentinel = blob.ErrNoBucket
-		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "AllAccessDisabled",
-			"InvalidToken", "ExpiredToken":
-			sentinel = blob.ErrDenied
-		}
-		if sentinel != nil {
+		if sentinel := sentinelOf(ae.ErrorCode()); sentinel != nil {
 			msg := ae.ErrorMessage()
 			if msg == "" {
 				msg = ae.ErrorCode()

@@ -1,0 +1,67 @@
+package ssrf
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"syscall"
+)
+
+// Describe says in a fixed text why a request through a guard failed, for
+// a job's error, a log or an answer. A *Refusal keeps its own text; every
+// other failure is named by its class ("timed out", "connection refused",
+// "TLS handshake failed", …), because the errors of Go's HTTP client can
+// carry what the remote side sent: a malformed answer's first bytes, a
+// certificate's names, the URL with its query.
+func Describe(err error) string {
+	var r *Refusal
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var hostErr x509.HostnameError
+	var authErr x509.UnknownAuthorityError
+	var invalidErr x509.CertificateInvalidError
+	var recordErr tls.RecordHeaderError
+	var alert tls.AlertError
+	var netErr net.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &r):
+		return r.Error()
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timed out"
+	case errors.As(err, &dnsErr):
+		if dnsErr.IsNotFound {
+			return "host not found"
+		}
+		return "could not resolve the host"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "host unreachable"
+	case errors.As(err, &certErr), errors.As(err, &hostErr), errors.As(err, &authErr), errors.As(err, &invalidErr):
+		return "TLS certificate not valid for the host"
+	case errors.As(err, &recordErr), errors.As(err, &alert):
+		return "TLS handshake failed"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed by the server"
+	}
+	return "request failed"
+}
+
+// Status says in a fixed text what an answer's status was: "HTTP 404 Not
+// Found". The reason phrase is Go's, never the one the server sent.
+func Status(code int) string {
+	s := "HTTP " + strconv.Itoa(code)
+	if t := http.StatusText(code); t != "" {
+		s += " " + t
+	}
+	return s
+}
