@@ -44,8 +44,8 @@ func ParamsFor(j *proto.Job) CreateParams {
 		Lane:      j.Lane,
 		Source:    j.Source,
 		BatchID:   j.BatchID,
-		Retention: time.Duration(j.Retention) * time.Millisecond,
-		TTL:       time.Duration(j.Policy.TTL) * time.Millisecond,
+		Retention: proto.Millis(j.Retention),
+		TTL:       proto.Millis(j.Policy.TTL),
 	}
 }
 

@@ -23,11 +23,11 @@ func (a *API) handleStatus(w http.ResponseWriter, r *http.Request) {
 	var keep time.Duration
 	if s := r.URL.Query().Get("ttl"); s != "" {
 		ms, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || ms <= 0 {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("query parameter ttl=%q is not a positive whole number of milliseconds", s))
+		if err != nil || ms <= 0 || ms > proto.MaxRetention {
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("query parameter ttl=%q is not a whole number of milliseconds from 1 to %d (30 days)", proto.Shorten(s), proto.MaxRetention))
 			return
 		}
-		keep = time.Duration(ms) * time.Millisecond
+		keep = proto.Millis(ms)
 	}
 	rec, ok := a.record(w, r, id)
 	if !ok {
