@@ -2,7 +2,6 @@ package runpod
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/jobview"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -91,21 +91,25 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		WriteError(w, http.StatusTooManyRequests, fmt.Sprintf("the %s lane of pool %s is full: %d jobs are waiting, the limit is %d per lane; try again shortly", job.Lane, job.Pool, n, a.cfg.MaxQueuedPerLane))
 		return nil, false
 	}
-	if job.Input, err = OffloadImages(ctx, a.blobs, id, req.Input, in, a.cfg.InlineBlobMax); err != nil {
-		var ie *proto.InputError
-		if errors.As(err, &ie) {
-			WriteError(w, http.StatusBadRequest, err.Error())
-		} else {
-			a.unavailable(w, "store input images", err)
-		}
+	job.Input, err = OffloadImages(ctx, a.blobs, id, req.Input, in, a.cfg.InlineBlobMax)
+	var msg []byte
+	if err == nil {
+		msg, err = FitMessage(ctx, a.blobs, job, in, a.q.MaxJobMessage())
+	}
+	var ie *proto.InputError
+	var tl *queue.TooLargeError
+	switch {
+	case errors.As(err, &ie):
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return nil, false
+	case errors.As(err, &tl):
+		WriteError(w, http.StatusRequestEntityTooLarge, TooLargeMessage(tl))
+		return nil, false
+	case err != nil:
+		a.unavailable(w, "store input images", err)
 		return nil, false
 	}
 	// Keep the message for /retry while the submission is on its way.
-	msg, err := json.Marshal(job)
-	if err != nil {
-		a.unavailable(w, "encode job", err)
-		return nil, false
-	}
 	kept := make(chan error, 1)
 	go func() { kept <- a.q.KeepRequest(context.WithoutCancel(ctx), id, msg) }()
 	// Recorded at once, so /status finds the job before a dispatcher
@@ -114,6 +118,10 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 	if kerr := <-kept; kerr != nil {
 		// The job runs anyway; only /retry of it will say it cannot.
 		a.log.Warn("keep job message for retry", zap.String("job_id", id), zap.Error(kerr))
+	}
+	if errors.As(err, &tl) { // the server's limit changed under us
+		WriteError(w, http.StatusRequestEntityTooLarge, TooLargeMessage(tl))
+		return nil, false
 	}
 	if err != nil {
 		a.unavailable(w, "queue job", err)
