@@ -53,17 +53,18 @@ func (a *API) handleStatusSync(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	waiter := newTerminalWaiter()
-	stop, err := a.q.SubscribeFinal(id, waiter.observe)
+	// The wake is in place before the record is read, so a job that
+	// ends after the read wakes this request.
+	wake, err := a.q.WakeOnFinal(id)
 	if err != nil {
 		a.unavailable(w, "subscribe to job events", err)
 		return
 	}
-	defer stop()
+	defer wake.Stop()
 	if _, ok := a.record(w, r, id); !ok {
 		return
 	}
-	a.writeWhenDone(w, r, id, waiter, wait)
+	a.writeWhenDone(w, r, id, wake, wait)
 }
 
 // record reads a job's record; on failure it has answered (404 for an
