@@ -117,33 +117,30 @@ func (c S3Config) String() string {
 // name the field and what is wrong with it. The input itself is checked by
 // [DecodeInput].
 //
-// The id is read first, on its own: without a usable id the job is nil.
-// With one, every other field is decoded and checked separately (its type,
-// then its bounds, limits.go), and on an error the job comes back with the
-// error, holding at least its ID and, when valid, its BatchID, so that the
-// caller can fail the job under its id with the reason instead of losing
-// it. As encoding/json does, field names match exactly or else without
-// regard to case, unknown fields are ignored and null means absent.
+// Without a usable id the job is nil. With one, the job comes back with
+// any error too, holding at least its ID and, when valid, its BatchID, so
+// that the caller can fail the job under its id with the reason instead of
+// losing it: a message whose fields do not all have their types is read
+// again field by field, the id first, each field on its own, so that the
+// id is known whatever else is wrong and the error names the field. Then
+// every field is checked against its bounds (limits.go). As encoding/json
+// does, field names match exactly or else without regard to case, unknown
+// fields are ignored and null means absent.
 func DecodeJob(data []byte) (*Job, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(data, &fields); err != nil {
-		return nil, errorf("decode job message: %s", DescribeJSONError(err))
-	}
-	if fields == nil {
-		return nil, errorf("decode job message: got JSON null, want an object")
-	}
 	j := &Job{}
-	if err := field(fields, "id", "a string", &j.ID); err != nil {
-		return nil, err
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' || json.Unmarshal(data, j) != nil {
+		// The common case costs one decode; only a malformed message pays
+		// for the second, slower one that says where.
+		j = &Job{}
+		if err := j.decodeFields(data); err != nil {
+			if j.ID == "" {
+				return nil, err
+			}
+			return j, err
+		}
 	}
 	if err := ValidID(j.ID); err != nil {
 		return nil, errorf("field id: %v", err)
-	}
-	// The batch next, so that a job failed for another field is still
-	// found with its batch.
-	if err := field(fields, "batch_id", "a string", &j.BatchID); err != nil {
-		j.BatchID = ""
-		return j, err
 	}
 	if j.BatchID != "" {
 		if err := ValidID(j.BatchID); err != nil {
@@ -151,33 +148,48 @@ func DecodeJob(data []byte) (*Job, error) {
 			return j, errorf("field batch_id: %v", err)
 		}
 	}
-	if err := j.decodeRest(fields); err != nil {
+	if err := j.check(); err != nil {
 		return j, err
 	}
 	return j, nil
 }
 
-// decodeRest decodes and checks every field but id and batch_id.
-func (j *Job) decodeRest(fields map[string]json.RawMessage) error {
-	if err := field(fields, "v", "a whole number", &j.V); err != nil {
+// decodeFields decodes a message that encoding/json cannot decode as a
+// whole, field by field, to say which field is wrong. The id comes first:
+// an error with j.ID still empty means the message has no usable id.
+func (j *Job) decodeFields(data []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return errorf("decode job message: %s", DescribeJSONError(err))
+	}
+	if fields == nil {
+		return errorf("decode job message: got JSON null, want an object")
+	}
+	var id string
+	if err := field(fields, "id", "a string", &id); err != nil {
 		return err
 	}
-	switch {
-	case j.V < 0:
-		return errorf("field v: %d is not a contract version; use %d", j.V, Version)
-	case j.V > Version:
-		return errorf("job message version %d is newer than this server's %d", j.V, Version)
+	if err := ValidID(id); err != nil {
+		return errorf("field id: %v", err)
+	}
+	j.ID = id
+	// The batch next, so that a job failed for another field is still
+	// found with its batch.
+	if err := field(fields, "batch_id", "a string", &j.BatchID); err != nil {
+		j.BatchID = ""
+		return err
+	}
+	if j.BatchID != "" && ValidID(j.BatchID) != nil {
+		return nil // DecodeJob says so
+	}
+	if err := field(fields, "v", "a whole number", &j.V); err != nil {
+		return err
 	}
 	if raw, ok := lookup(fields, "input"); ok {
 		j.Input = raw
 	}
 	if err := field(fields, "webhook", "a string (an http or https URL)", &j.Webhook); err != nil {
 		return err
-	}
-	if j.Webhook != "" {
-		if err := ValidWebhook(j.Webhook); err != nil {
-			return errorf("field webhook: %v", err)
-		}
 	}
 	if raw, ok := lookup(fields, "policy"); ok {
 		p, err := decodePolicy(raw)
@@ -193,40 +205,20 @@ func (j *Job) decodeRest(fields map[string]json.RawMessage) error {
 		}
 		j.S3Config = c
 	}
-	if err := field(fields, "pool", "a string", &j.Pool); err != nil {
-		return err
-	}
-	if j.Pool != "" {
-		if err := ValidID(j.Pool); err != nil {
-			return errorf("field pool: %v", err)
+	for _, f := range []struct {
+		name string
+		dst  any
+	}{{"pool", &j.Pool}, {"lane", &j.Lane}, {"source", &j.Source}} {
+		if err := field(fields, f.name, "a string", f.dst); err != nil {
+			return err
 		}
 	}
-	if err := field(fields, "lane", "a string", &j.Lane); err != nil {
-		return err
-	}
-	if j.Lane != "" && !j.Lane.Valid() {
-		return errorf("field lane: %q is not a lane; use %q or %q", Shorten(string(j.Lane)), LaneInteractive, LaneBatch)
-	}
-	if err := field(fields, "source", "a string", &j.Source); err != nil {
-		return err
-	}
-	if j.Source != "" {
-		if err := ValidID(j.Source); err != nil {
-			return errorf("field source: %v", err)
-		}
-	}
-	var index int64 = -1
+	var index int64
 	if err := field(fields, "index", fmt.Sprintf("a whole number from 0 to %d", MaxIndex), &index); err != nil {
 		return err
 	}
 	if _, ok := lookup(fields, "index"); ok {
-		switch {
-		case index < 0:
-			return errorf("field index: %d is negative", index)
-		case index > MaxIndex:
-			return errorf("field index: %d is more than the limit of %d", index, MaxIndex)
-		}
-		n := int(index)
+		n := int(index) // check() bounds it
 		j.Index = &n
 	}
 	if raw, ok := lookup(fields, "output"); ok {
@@ -238,18 +230,57 @@ func (j *Job) decodeRest(fields map[string]json.RawMessage) error {
 		if err := field(obj, "output.s3_prefix", "a string", &j.Output.S3Prefix); err != nil {
 			return err
 		}
-		if err := validS3Prefix(j.Output.S3Prefix); err != nil {
-			return errorf("field output.s3_prefix: %v", err)
-		}
 	}
 	if err := field(fields, "submitted_at", "an RFC 3339 time such as 2026-01-02T03:04:05Z", &j.SubmittedAt); err != nil {
 		return err
 	}
+	return field(fields, "retention_ms", fmt.Sprintf("a whole number of milliseconds from 0 to %d", MaxRetention), &j.Retention)
+}
+
+// check checks every field but id and batch_id against its bounds.
+func (j *Job) check() error {
+	switch {
+	case j.V < 0:
+		return errorf("field v: %d is not a contract version; use %d", j.V, Version)
+	case j.V > Version:
+		return errorf("job message version %d is newer than this server's %d", j.V, Version)
+	}
+	if j.Webhook != "" {
+		if err := ValidWebhook(j.Webhook); err != nil {
+			return errorf("field webhook: %v", err)
+		}
+	}
+	if err := ValidPolicy(j.Policy); err != nil {
+		return errorf("field %v", err)
+	}
+	if j.Pool != "" {
+		if err := ValidID(j.Pool); err != nil {
+			return errorf("field pool: %v", err)
+		}
+	}
+	if j.Lane != "" && !j.Lane.Valid() {
+		return errorf("field lane: %q is not a lane; use %q or %q", Shorten(string(j.Lane)), LaneInteractive, LaneBatch)
+	}
+	if j.Source != "" {
+		if err := ValidID(j.Source); err != nil {
+			return errorf("field source: %v", err)
+		}
+	}
+	if j.Index != nil {
+		switch {
+		case *j.Index < 0:
+			return errorf("field index: %d is negative", *j.Index)
+		case *j.Index > MaxIndex:
+			return errorf("field index: %d is more than the limit of %d", *j.Index, MaxIndex)
+		}
+	}
+	if j.Output != nil {
+		if err := validS3Prefix(j.Output.S3Prefix); err != nil {
+			return errorf("field output.s3_prefix: %v", err)
+		}
+	}
 	if !j.SubmittedAt.IsZero() && j.SubmittedAt.Before(MinSubmittedAt) {
 		return errorf("field submitted_at: %s is before %s", j.SubmittedAt.UTC().Format(time.RFC3339), MinSubmittedAt.Format(time.RFC3339))
-	}
-	if err := field(fields, "retention_ms", fmt.Sprintf("a whole number of milliseconds from 0 to %d", MaxRetention), &j.Retention); err != nil {
-		return err
 	}
 	if err := ValidRetention(j.Retention); err != nil {
 		return errorf("field %v", err)
@@ -257,7 +288,7 @@ func (j *Job) decodeRest(fields map[string]json.RawMessage) error {
 	return nil
 }
 
-// decodePolicy decodes and checks a job's policy.
+// decodePolicy decodes a job's policy; check() bounds it.
 func decodePolicy(raw json.RawMessage) (Policy, error) {
 	var p Policy
 	obj, err := object(raw, "policy", "an object with executionTimeout, ttl and lowPriority")
@@ -275,9 +306,6 @@ func decodePolicy(raw json.RawMessage) (Policy, error) {
 	}
 	if err := field(obj, "policy.lowPriority", "true or false", &p.LowPriority); err != nil {
 		return p, err
-	}
-	if err := ValidPolicy(p); err != nil {
-		return p, errorf("field %v", err)
 	}
 	return p, nil
 }
