@@ -45,8 +45,10 @@
 // [Input]). Numbers in the workflow are carried as written: a seed of
 // 18446744073709551615 reaches ComfyUI unchanged, so never round-trip the
 // workflow through a float type on the producer side either. Messages are at
-// most 1 MB (NATS's default): put large input files in the blob store
-// ([BlobBucket]) and send their keys as images[].blob.
+// most 1 MB (NATS's default max_payload): put large input files in the blob
+// store ([BlobBucket]) and send their keys as images[].blob. A message that
+// fits but no longer does once admission adds its placement fails with its
+// size and the limit.
 //
 // Jobs from cf.submit.batch go to the batch lane unless "lane" says
 // "interactive"; workers take every waiting interactive job (the RunPod API's)
@@ -88,10 +90,24 @@
 // # Malformed messages
 //
 // A message that cannot be decoded, or whose input is invalid, never
-// disappears: its status becomes FAILED with the reason in "error", and a
-// status event is published. A message without a usable id is republished on
+// disappears. [DecodeJob] reads the id first and then every other field on
+// its own, so any message with a usable id, whatever else is wrong with it
+// (a field of the wrong type, a number out of its bounds, a webhook that is
+// not http(s), an image name with control or format characters), gets the
+// status FAILED with the reason, naming the field, in "error", and a status
+// event is published. A message without a usable id is republished on
 // [RejectSubject] ("cf.rejects.<tenant>", the submitter's) with the reason in
 // the "Cf-Reject-Reason" header, as is one whose id another tenant's job
 // holds; subscribe there to catch a producer's bugs. Input images given by
 // blob key must lie in the tenant's namespace, [InputBlobPrefix].
+//
+// # Bounds
+//
+// Every number of a [Job] has a bound, named in limits.go:
+// policy.executionTimeout and policy.ttl up to [MaxExecutionTimeout] and
+// [MaxTTL] (RunPod's 7 days), retention_ms up to [MaxRetention] (30 days),
+// index up to [MaxIndex], v up to [Version], submitted_at from
+// [MinSubmittedAt] to [MaxClockSkew] ahead of the dispatcher's clock; a
+// webhook is at most [MaxWebhookLen] bytes. Convert contract milliseconds
+// with [Millis], which never overflows.
 package proto

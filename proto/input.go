@@ -132,7 +132,10 @@ func DecodeInput(raw json.RawMessage) (*Input, error) {
 	return in, nil
 }
 
-// validImageName keeps input names inside ComfyUI's input folder.
+// validImageName keeps input names inside ComfyUI's input folder, and
+// refuses the names that do not show as what they are: control characters
+// and Unicode format characters (a right-to-left override turns
+// "x\u202egnp.exe" into what reads as "xexe.png").
 func validImageName(name string) error {
 	switch {
 	case name == "":
@@ -143,6 +146,9 @@ func validImageName(name string) error {
 		return errorf("%q contains a path separator or NUL; give a bare file name", name)
 	case len(name) > 255:
 		return errorf("is %d bytes long, the limit is 255", len(name))
+	}
+	if i, r := findBadNameRune(name); i >= 0 {
+		return errorf("%q has the control or format character %U at byte %d (invisible, or it makes the name read as another); give a plain file name", name, r, i)
 	}
 	return nil
 }

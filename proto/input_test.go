@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/stretchr/testify/require"
 
@@ -31,6 +32,15 @@ func TestDecodeInput(t *testing.T) {
 		{name: "image element a string", raw: `{"workflow":` + wf + `,"images":["nameimage"]}`, wantErr: proto.ErrMsgImagesInvalid},
 		{name: "image name with slash", raw: `{"workflow":` + wf + `,"images":[{"name":"../a.png","image":"AA=="}]}`, wantErr: "images[0].name: \"../a.png\" contains a path separator"},
 		{name: "image name repeated", raw: `{"workflow":` + wf + `,"images":[{"name":"a.png","image":"AA=="},{"name":"a.png","image":"AA=="}]}`, wantErr: `images[1].name "a.png" repeats images[0].name`},
+		{name: "image name with RLO", raw: `{"workflow":` + wf + `,"images":[{"name":"a.png","image":"AA=="},{"name":"x\u202egnp.exe","image":"AA=="}]}`, wantErr: `images[1].name: "x\u202egnp.exe" has the control or format character U+202E at byte 1`},
+		{name: "image name with LRI", raw: `{"workflow":` + wf + `,"images":[{"name":"a\u2066b.png","image":"AA=="}]}`, wantErr: `images[0].name: "a\u2066b.png" has the control or format character U+2066 at byte 1`},
+		{name: "image name with RLM", raw: `{"workflow":` + wf + `,"images":[{"name":"a\u200fb.png","image":"AA=="}]}`, wantErr: "images[0].name: \"a\\u200fb.png\" has the control or format character U+200F"},
+		{name: "image name with LRM", raw: `{"workflow":` + wf + `,"images":[{"name":"a\u200eb.png","image":"AA=="}]}`, wantErr: "images[0].name: \"a\\u200eb.png\" has the control or format character U+200E"},
+		{name: "image name with zero width space", raw: `{"workflow":` + wf + `,"images":[{"name":"a\u200bb.png","image":"AA=="}]}`, wantErr: "images[0].name: \"a\\u200bb.png\" has the control or format character U+200B"},
+		{name: "image name with BOM", raw: `{"workflow":` + wf + `,"images":[{"name":"\ufeffa.png","image":"AA=="}]}`, wantErr: "images[0].name: \"\\ufeffa.png\" has the control or format character U+FEFF at byte 0"},
+		{name: "image name with newline", raw: `{"workflow":` + wf + `,"images":[{"name":"a\nb.png","image":"AA=="}]}`, wantErr: `images[0].name: "a\nb.png" has the control or format character U+000A at byte 1`},
+		{name: "image name with DEL", raw: `{"workflow":` + wf + `,"images":[{"name":"a\u007f.png","image":"AA=="}]}`, wantErr: "images[0].name: \"a\\x7f.png\" has the control or format character U+007F"},
+		{name: "image name with C1 control", raw: `{"workflow":` + wf + `,"images":[{"name":"a\u0085.png","image":"AA=="}]}`, wantErr: "images[0].name: \"a\\u0085.png\" has the control or format character U+0085"},
 		{name: "image name not a string", raw: `{"workflow":` + wf + `,"images":[{"name":1,"image":"AA=="}]}`, wantErr: "images[0].name must be a string"},
 		{
 			name: "valid with everything",
@@ -48,6 +58,7 @@ func TestDecodeInput(t *testing.T) {
 				require.JSONEq(t, `{"1":{}}`, string(in.Workflow))
 			},
 		},
+		{name: "unicode letters are fine", raw: `{"workflow":` + wf + `,"images":[{"name":"日本 ü ñ.png","image":"AA=="}]}`, check: func(t *testing.T, in *proto.Input) { require.Equal(t, "日本 ü ñ.png", in.Images[0].Name) }},
 		{name: "empty images list", raw: `{"workflow":` + wf + `,"images":[]}`, check: func(t *testing.T, in *proto.Input) { require.Empty(t, in.Images) }},
 	}
 	for _, tt := range tests {
@@ -114,6 +125,7 @@ func FuzzDecodeInput(f *testing.F) {
 	f.Add([]byte(`"{\"workflow\":{}}"`))
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{"images":[1]}`))
+	f.Add([]byte(`{"workflow":{},"images":[{"name":"x\u202egnp.exe","image":"AA=="}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in, err := proto.DecodeInput(data)
 		if err != nil {
@@ -128,7 +140,8 @@ func FuzzDecodeInput(f *testing.F) {
 		}
 		seen := map[string]bool{}
 		for _, img := range in.Images {
-			if img.Name == "" || strings.ContainsAny(img.Name, "/\\") || seen[img.Name] {
+			if img.Name == "" || strings.ContainsAny(img.Name, "/\\") || seen[img.Name] ||
+				strings.ContainsFunc(img.Name, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }) {
 				t.Fatalf("accepted bad image name %q", img.Name)
 			}
 			seen[img.Name] = true

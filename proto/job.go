@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,8 +91,11 @@ func validS3Prefix(p string) error {
 		return errorf("is %d bytes long, the limit is %d", len(p), maxS3PrefixLen)
 	case strings.HasPrefix(p, "/"):
 		return errorf("%q starts with '/'; give a relative key prefix", p)
-	case strings.ContainsFunc(p, func(r rune) bool { return r == '\\' || r < 0x20 || r == 0x7f }):
-		return errorf("%q contains a backslash or a control character", p)
+	case strings.ContainsRune(p, '\\'):
+		return errorf("%q contains a backslash", Shorten(p))
+	}
+	if i, r := findBadNameRune(p); i >= 0 {
+		return errorf("%q has the control or format character %U at byte %d", Shorten(p), r, i)
 	}
 	for _, part := range strings.Split(p, "/") {
 		if part == ".." {
@@ -131,55 +135,279 @@ func redactURL(raw string) string {
 	return s
 }
 
-// DecodeJob decodes and checks a Job message. Errors are *InputError and say
-// which field is wrong. The input itself is checked by [DecodeInput].
+// DecodeJob decodes and checks a Job message. Errors are *InputError and
+// name the field and what is wrong with it. The input itself is checked by
+// [DecodeInput].
+//
+// Without a usable id the job is nil. With one, the job comes back with
+// any error too, holding at least its ID and, when valid, its BatchID, so
+// that the caller can fail the job under its id with the reason instead of
+// losing it: a message whose fields do not all have their types is read
+// again field by field, the id first, each field on its own, so that the
+// id is known whatever else is wrong and the error names the field. Then
+// every field is checked against its bounds (limits.go). As encoding/json
+// does, field names match exactly or else without regard to case, unknown
+// fields are ignored and null means absent.
 func DecodeJob(data []byte) (*Job, error) {
-	var j Job
-	if err := json.Unmarshal(data, &j); err != nil {
-		return nil, errorf("decode job message: %s", DescribeJSONError(err))
-	}
-	if j.V > Version {
-		return &j, errorf("job message version %d is newer than this server's %d", j.V, Version)
+	j := &Job{}
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' || json.Unmarshal(data, j) != nil {
+		// The common case costs one decode; only a malformed message pays
+		// for the second, slower one that says where.
+		j = &Job{}
+		if err := j.decodeFields(data); err != nil {
+			if j.ID == "" {
+				return nil, err
+			}
+			return j, err
+		}
 	}
 	if err := ValidID(j.ID); err != nil {
-		return &j, errorf("field id: %v", err)
+		return nil, errorf("field id: %v", err)
+	}
+	if j.BatchID != "" {
+		if err := ValidID(j.BatchID); err != nil {
+			j.BatchID = ""
+			return j, errorf("field batch_id: %v", err)
+		}
+	}
+	if err := j.check(); err != nil {
+		return j, err
+	}
+	return j, nil
+}
+
+// decodeFields decodes a message that encoding/json cannot decode as a
+// whole, field by field, to say which field is wrong. The id comes first:
+// an error with j.ID still empty means the message has no usable id.
+func (j *Job) decodeFields(data []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		return errorf("decode job message: %s", DescribeJSONError(err))
+	}
+	if fields == nil {
+		return errorf("decode job message: got JSON null, want an object")
+	}
+	var id string
+	if err := field(fields, "id", "a string", &id); err != nil {
+		return err
+	}
+	if err := ValidID(id); err != nil {
+		return errorf("field id: %v", err)
+	}
+	j.ID = id
+	// The batch next, so that a job failed for another field is still
+	// found with its batch.
+	if err := field(fields, "batch_id", "a string", &j.BatchID); err != nil {
+		j.BatchID = ""
+		return err
+	}
+	if j.BatchID != "" && ValidID(j.BatchID) != nil {
+		return nil // DecodeJob says so
+	}
+	if err := field(fields, "v", "a whole number", &j.V); err != nil {
+		return err
+	}
+	if raw, ok := lookup(fields, "input"); ok {
+		j.Input = raw
+	}
+	if err := field(fields, "webhook", "a string (an http or https URL)", &j.Webhook); err != nil {
+		return err
+	}
+	if raw, ok := lookup(fields, "policy"); ok {
+		p, err := decodePolicy(raw)
+		if err != nil {
+			return err
+		}
+		j.Policy = p
+	}
+	if raw, ok := lookup(fields, "s3Config"); ok {
+		c, err := decodeS3Config(raw)
+		if err != nil {
+			return err
+		}
+		j.S3Config = c
+	}
+	for _, f := range []struct {
+		name string
+		dst  any
+	}{{"pool", &j.Pool}, {"lane", &j.Lane}, {"source", &j.Source}, {"tenant", &j.Tenant}} {
+		if err := field(fields, f.name, "a string", f.dst); err != nil {
+			return err
+		}
+	}
+	var index int64
+	if err := field(fields, "index", fmt.Sprintf("a whole number from 0 to %d", MaxIndex), &index); err != nil {
+		return err
+	}
+	if _, ok := lookup(fields, "index"); ok {
+		n := int(index) // check() bounds it
+		j.Index = &n
+	}
+	if raw, ok := lookup(fields, "output"); ok {
+		obj, err := object(raw, "output", "an object with s3_prefix")
+		if err != nil {
+			return err
+		}
+		j.Output = &OutputSettings{}
+		if err := field(obj, "output.s3_prefix", "a string", &j.Output.S3Prefix); err != nil {
+			return err
+		}
+	}
+	if err := field(fields, "submitted_at", "an RFC 3339 time such as 2026-01-02T03:04:05Z", &j.SubmittedAt); err != nil {
+		return err
+	}
+	return field(fields, "retention_ms", fmt.Sprintf("a whole number of milliseconds from 0 to %d", MaxRetention), &j.Retention)
+}
+
+// check checks every field but id and batch_id against its bounds.
+func (j *Job) check() error {
+	switch {
+	case j.V < 0:
+		return errorf("field v: %d is not a contract version; use %d", j.V, Version)
+	case j.V > Version:
+		return errorf("job message version %d is newer than this server's %d", j.V, Version)
+	}
+	if j.Webhook != "" {
+		if err := ValidWebhook(j.Webhook); err != nil {
+			return errorf("field webhook: %v", err)
+		}
+	}
+	if err := ValidPolicy(j.Policy); err != nil {
+		return errorf("field %v", err)
 	}
 	if j.Pool != "" {
 		if err := ValidID(j.Pool); err != nil {
-			return &j, errorf("field pool: %v", err)
+			return errorf("field pool: %v", err)
 		}
 	}
 	if j.Tenant != "" {
 		if err := ValidID(j.Tenant); err != nil {
-			return &j, errorf("field tenant: %v", err)
+			return errorf("field tenant: %v", err)
 		}
 	}
 	if j.Lane != "" && !j.Lane.Valid() {
-		return &j, errorf("field lane: %q is not a lane; use %q or %q", j.Lane, LaneInteractive, LaneBatch)
+		return errorf("field lane: %q is not a lane; use %q or %q", Shorten(string(j.Lane)), LaneInteractive, LaneBatch)
 	}
-	if j.Policy.ExecutionTimeout < 0 {
-		return &j, errorf("field policy.executionTimeout: %d is negative", j.Policy.ExecutionTimeout)
-	}
-	if j.Policy.TTL < 0 {
-		return &j, errorf("field policy.ttl: %d is negative", j.Policy.TTL)
-	}
-	if j.Retention < 0 {
-		return &j, errorf("field retention_ms: %d is negative", j.Retention)
-	}
-	if j.BatchID != "" {
-		if err := ValidID(j.BatchID); err != nil {
-			return &j, errorf("field batch_id: %v", err)
+	if j.Source != "" {
+		if err := ValidID(j.Source); err != nil {
+			return errorf("field source: %v", err)
 		}
 	}
-	if j.Index != nil && *j.Index < 0 {
-		return &j, errorf("field index: %d is negative", *j.Index)
+	if j.Index != nil {
+		switch {
+		case *j.Index < 0:
+			return errorf("field index: %d is negative", *j.Index)
+		case *j.Index > MaxIndex:
+			return errorf("field index: %d is more than the limit of %d", *j.Index, MaxIndex)
+		}
 	}
 	if j.Output != nil {
 		if err := validS3Prefix(j.Output.S3Prefix); err != nil {
-			return &j, errorf("field output.s3_prefix: %v", err)
+			return errorf("field output.s3_prefix: %v", err)
 		}
 	}
-	return &j, nil
+	if !j.SubmittedAt.IsZero() && j.SubmittedAt.Before(MinSubmittedAt) {
+		return errorf("field submitted_at: %s is before %s", j.SubmittedAt.UTC().Format(time.RFC3339), MinSubmittedAt.Format(time.RFC3339))
+	}
+	if err := ValidRetention(j.Retention); err != nil {
+		return errorf("field %v", err)
+	}
+	return nil
+}
+
+// decodePolicy decodes a job's policy; check() bounds it.
+func decodePolicy(raw json.RawMessage) (Policy, error) {
+	var p Policy
+	obj, err := object(raw, "policy", "an object with executionTimeout, ttl and lowPriority")
+	if err != nil {
+		return p, err
+	}
+	ms := func(hi int64) string {
+		return fmt.Sprintf("a whole number of milliseconds from 0 to %d (%s)", hi, humanMillis(hi))
+	}
+	if err := field(obj, "policy.executionTimeout", ms(MaxExecutionTimeout), &p.ExecutionTimeout); err != nil {
+		return p, err
+	}
+	if err := field(obj, "policy.ttl", ms(MaxTTL), &p.TTL); err != nil {
+		return p, err
+	}
+	if err := field(obj, "policy.lowPriority", "true or false", &p.LowPriority); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// decodeS3Config decodes a job's s3Config. Its values are secret: no
+// message repeats them.
+func decodeS3Config(raw json.RawMessage) (*S3Config, error) {
+	obj, err := object(raw, "s3Config", "an object with accessId, accessSecret, bucketName and endpointUrl")
+	if err != nil {
+		return nil, err
+	}
+	c := &S3Config{}
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{{"accessId", &c.AccessID}, {"accessSecret", &c.AccessSecret}, {"bucketName", &c.BucketName},
+		{"endpointUrl", &c.EndpointURL}, {"objectPath", &c.ObjectPath}} {
+		if err := field(obj, "s3Config."+f.name, "a string", f.dst); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// lookup finds a field by its JSON name, exactly or else regardless of
+// case (as encoding/json does); absent and null are not found.
+func lookup(fields map[string]json.RawMessage, name string) (json.RawMessage, bool) {
+	raw, ok := fields[name]
+	if !ok {
+		for k, v := range fields {
+			if strings.EqualFold(k, name) {
+				raw, ok = v, true
+				break
+			}
+		}
+	}
+	if !ok || bytes.Equal(raw, []byte("null")) {
+		return nil, false
+	}
+	return raw, true
+}
+
+// field decodes the field at path (its last dotted part is the name in
+// fields) into dst, leaving dst as it is when the field is absent or
+// null. want says what the field takes, for the message. Only a number
+// meant for a number is repeated in it: a string may be a secret.
+func field(fields map[string]json.RawMessage, path, want string, dst any) error {
+	raw, ok := lookup(fields, path[strings.LastIndexByte(path, '.')+1:])
+	if !ok {
+		return nil
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		kind := JSONKind(raw)
+		switch dst.(type) {
+		case *int, *int64:
+			if kind == "a number" {
+				return errorf("field %s: %s is not %s", path, Shorten(string(raw)), want)
+			}
+		case *time.Time:
+			if kind == "a string" {
+				return errorf("field %s: %s is not %s", path, Shorten(string(raw)), want)
+			}
+		}
+		return errorf("field %s: got %s, want %s", path, kind, want)
+	}
+	return nil
+}
+
+// object decodes a field that must be a JSON object.
+func object(raw json.RawMessage, path, want string) (map[string]json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil, errorf("field %s: got %s, want %s", path, JSONKind(raw), want)
+	}
+	return obj, nil
 }
 
 // DescribeJSONError turns encoding/json's errors into text that names the

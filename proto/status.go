@@ -67,7 +67,8 @@ func (r *Record) DelayTime() time.Duration {
 	if r.StartedAt.IsZero() || r.SubmittedAt.IsZero() {
 		return 0
 	}
-	return r.StartedAt.Sub(r.SubmittedAt)
+	// Never negative, even when the submission's clock was ahead.
+	return max(r.StartedAt.Sub(r.SubmittedAt), 0)
 }
 
 // ExecutionTime is the time from pickup to the end (RunPod's executionTime).
@@ -75,5 +76,5 @@ func (r *Record) ExecutionTime() time.Duration {
 	if r.FinishedAt.IsZero() || r.StartedAt.IsZero() {
 		return 0
 	}
-	return r.FinishedAt.Sub(r.StartedAt)
+	return max(r.FinishedAt.Sub(r.StartedAt), 0)
 }

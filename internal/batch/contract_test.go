@@ -65,6 +65,10 @@ func TestRawJSONProducer(t *testing.T) {
 		{id: "raw-4", body: `{"id":"raw-4","lane":"fast","input":{"workflow":{}}}`, wantStatus: proto.StatusFailed, wantErr: `field lane: "fast" is not a lane`},
 		{id: "raw-5", body: `{"id":"raw-5","batch_id":"a/b","input":{"workflow":{}}}`, wantStatus: proto.StatusFailed, wantErr: "field batch_id"},
 		{id: "raw-6", body: `{"id":"raw-6","index":-3,"input":{"workflow":{}}}`, wantStatus: proto.StatusFailed, wantErr: "field index: -3 is negative"},
+		{id: "raw-7", body: `{"id":"raw-7","batch_id":"rawb","index":"x","input":{"workflow":` + wf + `}}`, wantStatus: proto.StatusFailed, wantErr: "field index: got a string, want a whole number"},
+		{id: "raw-8", body: `{"id":"raw-8","policy":"fast","input":{"workflow":` + wf + `}}`, wantStatus: proto.StatusFailed, wantErr: "field policy: got a string, want an object"},
+		{id: "raw-10", body: `{"id":"raw-10","webhook":"file:///etc/passwd","input":{"workflow":` + wf + `}}`, wantStatus: proto.StatusFailed, wantErr: `field webhook: has the scheme "file"`},
+		{id: "raw-11", body: `{"id":"raw-11","policy":{"executionTimeout":9223372036854775807},"input":{"workflow":` + wf + `}}`, wantStatus: proto.StatusFailed, wantErr: "field policy.executionTimeout: 9223372036854775807 ms is more than the limit"},
 		{id: "no-id", body: `{"input":{"workflow":{}}}`, wantErr: "field id: id is empty"},
 		{id: "bad-id", body: `{"id":"a.b","input":{"workflow":{}}}`, wantErr: `field id: id "a.b" has the character '.'`},
 		{id: "not-json", body: `{"id":"raw-9","input":`, wantErr: "invalid JSON"},
@@ -166,12 +170,13 @@ func TestRawJSONProducer(t *testing.T) {
 	// The CLI finds a batch it did not submit by the records' batch_id.
 	var buf bytes.Buffer
 	require.NoError(t, f.runner.Status(ctx, "rawb", &buf, false))
-	require.Contains(t, buf.String(), "batch rawb: 3 item(s): COMPLETED 2, FAILED 1")
+	require.Contains(t, buf.String(), "batch rawb: 4 item(s): COMPLETED 2, FAILED 2")
 	require.Contains(t, buf.String(), "raw-3")
+	require.Contains(t, buf.String(), "raw-7", "a job failed for a malformed field is still in its batch")
 	dir := t.TempDir()
 	sum, err := f.runner.Watch(ctx, batch.Options{BatchID: "rawb", Out: dir, Output: io.Discard})
 	require.NoError(t, err)
-	require.Equal(t, batch.Counts{Total: 3, Done: 2, Failed: 1}, sum.Counts)
+	require.Equal(t, batch.Counts{Total: 4, Done: 2, Failed: 2}, sum.Counts)
 	require.Zero(t, sum.DownloadErrors)
 	require.FileExists(t, dir+"/raw-1/"+out.Images[0].Filename)
 }

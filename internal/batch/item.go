@@ -189,11 +189,19 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 			if err := json.Unmarshal(raw, &it.Webhook); err != nil {
 				return Item{}, fmt.Errorf("%s: webhook must be a string", origin)
 			}
+			if it.Webhook != "" {
+				if err := proto.ValidWebhook(it.Webhook); err != nil {
+					return Item{}, fmt.Errorf("%s: webhook %w", origin, err)
+				}
+			}
 		}
 		if raw := fields["policy"]; raw != nil && string(raw) != "null" {
 			it.Policy = &proto.Policy{}
 			if err := json.Unmarshal(raw, it.Policy); err != nil {
 				return Item{}, fmt.Errorf("%s: policy: %v", origin, err)
+			}
+			if err := proto.ValidPolicy(*it.Policy); err != nil {
+				return Item{}, fmt.Errorf("%s: %w", origin, err)
 			}
 		}
 		if raw := fields["s3Config"]; raw != nil && string(raw) != "null" {

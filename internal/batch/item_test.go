@@ -42,6 +42,8 @@ func TestDecodeItem(t *testing.T) {
 		{name: "input as a string", data: `{"input":"{\"workflow\":{\"1\":{}}}"}`, check: func(t *testing.T, it batch.Item) {
 			require.Equal(t, `{"workflow":{"1":{}}}`, string(it.Input))
 		}},
+		{name: "request with a file webhook", data: `{"input":{"workflow":` + apiWorkflow + `},"webhook":"file:///etc/passwd"}`, wantErr: `x.json: webhook has the scheme "file"`},
+		{name: "request with a far ttl", data: `{"input":{"workflow":` + apiWorkflow + `},"policy":{"ttl":9000000000000000}}`, wantErr: "x.json: policy.ttl: 9000000000000000 ms is more than the limit of 604800000 ms (7 days)"},
 		{name: "UI format", data: `{"nodes":[],"links":[]}`, wantErr: "UI format; export it in API format"},
 		{name: "not an object", data: `[1]`, wantErr: "x.json: not a JSON object"},
 		{name: "null", data: `null`, wantErr: "not a JSON object"},

@@ -106,6 +106,18 @@ func (o Options) Validate() error {
 	if o.Retention < 0 || o.Policy.TTL < 0 || o.Policy.ExecutionTimeout < 0 || o.Parallel < 0 {
 		return errors.New("retention, ttl, timeout and parallel must not be negative")
 	}
+	// The dispatcher's bounds, checked before anything is sent.
+	if err := proto.ValidPolicy(o.Policy); err != nil {
+		return err
+	}
+	if o.Retention > proto.Millis(proto.MaxRetention) {
+		return fmt.Errorf("retention %s is more than the limit of %s", o.Retention, proto.Millis(proto.MaxRetention))
+	}
+	if o.Webhook != "" {
+		if err := proto.ValidWebhook(o.Webhook); err != nil {
+			return fmt.Errorf("webhook %w", err)
+		}
+	}
 	return nil
 }
 
@@ -133,7 +145,7 @@ func (o Options) withDefaults() Options {
 func (o Options) indexTTL() time.Duration {
 	ttl := rdb.DefaultTTL
 	if o.Policy.TTL > 0 {
-		ttl = time.Duration(o.Policy.TTL) * time.Millisecond
+		ttl = proto.Millis(o.Policy.TTL)
 	}
 	return ttl + o.Retention + time.Hour
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -143,6 +144,19 @@ func TestSubmitRefusesBadOptions(t *testing.T) {
 	} {
 		_, err := r.Submit(t.Context(), sweep(t, 1), o)
 		require.Error(t, err, "%+v", o)
+	}
+	// The contract's bounds, refused before anything is sent.
+	for _, tt := range []struct {
+		o       batch.Options
+		wantErr string
+	}{
+		{batch.Options{BatchID: "a", Out: "x", Policy: proto.Policy{ExecutionTimeout: math.MaxInt64}}, "policy.executionTimeout: 9223372036854775807 ms is more than the limit of 604800000 ms (7 days)"},
+		{batch.Options{BatchID: "a", Out: "x", Policy: proto.Policy{TTL: 8 * 24 * 3600 * 1000}}, "policy.ttl: 691200000 ms is more than the limit"},
+		{batch.Options{BatchID: "a", Out: "x", Retention: 31 * 24 * time.Hour}, "retention 744h0m0s is more than the limit of 720h0m0s"},
+		{batch.Options{BatchID: "a", Out: "x", Webhook: "file:///etc/passwd"}, `webhook has the scheme "file"`},
+	} {
+		_, err := r.Submit(t.Context(), sweep(t, 1), tt.o)
+		require.ErrorContains(t, err, tt.wantErr)
 	}
 }
 

@@ -107,7 +107,7 @@ func retryWithin(ctx context.Context, per time.Duration, f func(context.Context)
 // permanent reports errors that another try cannot change.
 func permanent(err error) bool {
 	for _, e := range []error{rdb.ErrNotFound, rdb.ErrStale, rdb.ErrTerminal, rdb.ErrIllegal, rdb.ErrCorrupt,
-		rdb.ErrExpired, rdb.ErrHeld, rdb.ErrLeaseLost, rdb.ErrExhausted, rdb.ErrNotDue, queue.ErrDuplicate} {
+		rdb.ErrExpired, rdb.ErrHeld, rdb.ErrLeaseLost, rdb.ErrExhausted, rdb.ErrNotDue, queue.ErrDuplicate, queue.ErrTooLarge} {
 		if errors.Is(err, e) {
 			return true
 		}

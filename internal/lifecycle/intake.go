@@ -22,6 +22,8 @@ import (
 // record. A failure to record is logged, not returned: the job is queued
 // durably and the dispatcher records it. queue.ErrDuplicate (wrapped)
 // means the id was submitted within the dedupe window; nothing changed.
+// A *queue.TooLargeError (queue.ErrTooLarge) means the message is larger
+// than the NATS server takes; nothing was queued, and no try will be.
 func (c *Core) Submit(ctx context.Context, source string, job *proto.Job, record bool) error {
 	seq, err := c.q.Submit(ctx, source, job)
 	if err != nil {
@@ -67,7 +69,10 @@ type AdmitOptions struct {
 // decode reads an intake message: the job, placed and owned by the
 // tenant its subject names, and the reason to fail it when it does not
 // decode (a job is nil when the message names no usable id).
-func decode(msg *queue.Message, defaultPool string) (job *proto.Job, input *proto.Input, reject string) {
+// proto.DecodeJob reads the id before anything else, so every message
+// with a usable id, however malformed the rest, is failed under it with
+// the reason naming the field.
+func decode(msg *queue.Message, defaultPool string, now time.Time) (job *proto.Job, input *proto.Input, reject string) {
 	source, tenant, err := proto.ParseSubmitSubject(msg.Subject())
 	if err != nil {
 		// The stream takes only cf.submit.>, whose tokens NATS checked;
@@ -82,16 +87,18 @@ func decode(msg *queue.Message, defaultPool string) (job *proto.Job, input *prot
 	if err == nil {
 		err = job.CheckTenant(tenant)
 	}
+	if err == nil {
+		// Only here, at intake, by this dispatcher's clock: an admitted
+		// job message is never refused for it later.
+		err = proto.CheckSubmittedAt(job.SubmittedAt, now)
+	}
 	job.Source, job.Tenant = source, tenant
 	if err != nil {
-		// Recorded under the id, with nothing of the rest.
-		batch := job.BatchID
-		if proto.ValidID(batch) != nil {
-			batch = ""
-		}
-		return &proto.Job{ID: job.ID, Source: source, Tenant: tenant, Pool: defaultPool, BatchID: batch}, nil, err.Error()
+		// Recorded under the id (and its batch, which DecodeJob keeps only
+		// when valid), with nothing of the rest.
+		return &proto.Job{ID: job.ID, Source: source, Tenant: tenant, Pool: defaultPool, BatchID: job.BatchID}, nil, err.Error()
 	}
-	job.Place(defaultPool, time.Now())
+	job.Place(defaultPool, now)
 	input, err = proto.DecodeInput(job.Input)
 	if err == nil {
 		err = input.CheckBlobs(tenant)
@@ -123,7 +130,7 @@ func (c *Core) Admit(ctx context.Context, msg *queue.Message, opts AdmitOptions)
 }
 
 func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions) (Admitted, *proto.Job, error) {
-	job, input, reject := decode(msg, opts.DefaultPool)
+	job, input, reject := decode(msg, opts.DefaultPool, time.Now())
 	if job == nil {
 		_, tenant, _ := proto.ParseSubmitSubject(msg.Subject())
 		if err := c.q.Reject(tenant, msg.Data(), reject); err != nil {
@@ -180,11 +187,31 @@ func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions)
 		return 0, job, wrap("admit", job.ID, err)
 	}
 	job.SubmittedAt = rec.SubmittedAt // the record's, by Redis's clock
-	if err := c.q.PublishJob(ctx, job, job.ID); err != nil && !errors.Is(err, queue.ErrDuplicate) {
+	err = c.q.PublishJob(ctx, job, job.ID)
+	if errors.Is(err, queue.ErrTooLarge) {
+		// What admission adds (pool, lane, source, submitted_at) took a
+		// submission that just fitted over the limit: no later try fits.
+		return c.failQueued(ctx, msg, job, rec, err.Error()+"; send large inputs as images or by URL, which go to the blob store, or raise the NATS server's max_payload")
+	}
+	if err != nil && !errors.Is(err, queue.ErrDuplicate) {
 		return 0, job, wrap("admit", job.ID, err)
 	}
 	log.Debug("admitted", zap.String("pool", job.Pool), zap.String("lane", string(job.Lane)))
 	return Queued, job, msg.Ack(ctx)
+}
+
+// failQueued fails an admitted job that cannot be put on its lane, then
+// acks its submission.
+func (c *Core) failQueued(ctx context.Context, msg *queue.Message, job *proto.Job, rec *proto.Record, reason string) (Admitted, *proto.Job, error) {
+	rec, err := c.db.Fail(ctx, job.ID, rec.Attempt, reason)
+	if err != nil && !errors.Is(err, rdb.ErrTerminal) {
+		return 0, job, wrap("admit", job.ID, err)
+	}
+	if err == nil {
+		c.status(ctx, &proto.Event{JobID: job.ID, Status: proto.StatusFailed, Error: rec.Error})
+		c.log.Info("job failed admission", zap.String("job_id", job.ID), zap.String("reason", reason))
+	}
+	return Failed, job, msg.Ack(ctx)
 }
 
 func (c *Core) rejected(ctx context.Context, msg *queue.Message, job *proto.Job, rec *proto.Record) (Admitted, *proto.Job, error) {

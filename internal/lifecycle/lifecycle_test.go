@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,6 +136,123 @@ func TestAdmissionFailures(t *testing.T) {
 		t.Fatal("no reject")
 	}
 	b.noDelivery(t)
+}
+
+// TestEveryMalformedFieldFailsTheJob replays what went to cf.rejects
+// before (the whole decode failed before the id was known) and the values
+// that overflowed later: each message with a usable id ends as a FAILED
+// record whose error names the field, with its batch, and a FAILED event;
+// nothing is delivered to a worker and nothing is rejected.
+func TestEveryMalformedFieldFailsTheJob(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	rejects := make(chan string, 16)
+	stop, err := b.q.SubscribeRejects(proto.DefaultTenant, func(_ []byte, reason string) { rejects <- reason })
+	require.NoError(t, err)
+	defer stop()
+	const wf = `"input":{"workflow":{"9":{"class_type":"SaveImage","inputs":{}}}}`
+	tests := []struct {
+		id, fields, wantErr string
+	}{
+		{"index-type", `"index":"x"`, "field index: got a string, want a whole number"},
+		{"policy-type", `"policy":"fast"`, "field policy: got a string, want an object"},
+		{"exec-max", `"policy":{"executionTimeout":9223372036854775807}`, "field policy.executionTimeout: 9223372036854775807 ms is more than the limit of 604800000 ms (7 days)"},
+		{"ttl-far", `"policy":{"ttl":9000000000000000}`, "field policy.ttl: 9000000000000000 ms is more than the limit"},
+		{"retention-far", `"retention_ms":9223372036854775807`, "field retention_ms: 9223372036854775807 ms is more than the limit"},
+		{"webhook-file", `"webhook":"file:///etc/passwd"`, `field webhook: has the scheme "file"`},
+		{"future", `"submitted_at":"2999-01-01T00:00:00Z"`, "field submitted_at: 2999-01-01T00:00:00Z is"},
+		{"lane-type", `"lane":7`, "field lane: got a number, want a string"},
+		{"s3-type", `"s3Config":{"accessSecret":{"x":1}}`, "field s3Config.accessSecret: got an object, want a string"},
+		{"v-type", `"v":"one"`, "field v: got a string, want a whole number"},
+	}
+	for _, tt := range tests {
+		body := `{"id":"` + tt.id + `","batch_id":"bad-batch",` + tt.fields + `,` + wf + `}`
+		_, err := b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch, ""), []byte(body))
+		require.NoError(t, err)
+		require.Equal(t, lifecycle.Failed, b.admitNext(t), tt.id)
+		rec := b.record(t, tt.id)
+		require.Equal(t, proto.StatusFailed, rec.Status, tt.id)
+		require.Contains(t, rec.Error, tt.wantErr, tt.id)
+		require.Equal(t, "bad-batch", rec.BatchID, "%s is found with its batch", tt.id)
+		b.waitStatuses(t, tt.id, proto.StatusFailed)
+	}
+	// An image name that reorders its text is the input's: FAILED too.
+	_, err = b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch, ""),
+		[]byte(`{"id":"rlo","input":{"workflow":{},"images":[{"name":"a.png","image":"AA=="},{"name":"x\u202egnp.exe","image":"AA=="}]}}`))
+	require.NoError(t, err)
+	require.Equal(t, lifecycle.Failed, b.admitNext(t))
+	require.Contains(t, b.record(t, "rlo").Error, `images[1].name: "x\u202egnp.exe" has the control or format character U+202E`)
+
+	// Within the clock skew a submission time ahead is taken, and the
+	// record's delayTime cannot go negative: its submitted_at is Redis's.
+	ahead := time.Now().Add(proto.MaxClockSkew / 2).UTC().Format(time.RFC3339)
+	_, err = b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch, ""), []byte(`{"id":"skewed","submitted_at":"`+ahead+`",`+wf+`}`))
+	require.NoError(t, err)
+	require.Equal(t, lifecycle.Queued, b.admitNext(t))
+	cl := b.claim(t, "w1", time.Minute)
+	require.GreaterOrEqual(t, cl.Record.DelayTime(), time.Duration(0))
+	require.False(t, cl.Record.SubmittedAt.After(time.Now().Add(time.Second)), "the record's submitted_at is the fleet's")
+
+	select {
+	case reason := <-rejects:
+		t.Fatalf("a message with a usable id was rejected: %s", reason)
+	default:
+	}
+}
+
+// TestAdmittedMessageTooLargeFailsTheJob: a submission that fits NATS's
+// max payload but no longer does once admission adds pool, lane, source
+// and submitted_at is failed with the sizes and what to do, instead of
+// being NAKed for ever.
+func TestAdmittedMessageTooLargeFailsTheJob(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	limit := b.q.MaxJobMessage()
+	require.Positive(t, limit)
+	head := `{"id":"big","input":{"workflow":{"9":{"class_type":"SaveImage","inputs":{"pad":"`
+	tail := `"}}}}}`
+	body := head + strings.Repeat("x", limit-len(head)-len(tail)) + tail
+	require.Len(t, body, limit)
+	_, err := b.nats.JS.Publish(b.ctx, proto.SubmitSubject(proto.SourceBatch, ""), []byte(body))
+	require.NoError(t, err)
+	require.Equal(t, lifecycle.Failed, b.admitNext(t))
+	rec := b.record(t, "big")
+	require.Equal(t, proto.StatusFailed, rec.Status)
+	require.Contains(t, rec.Error, "the job message of big is ")
+	require.Contains(t, rec.Error, fmt.Sprintf("more than the %d bytes a NATS message may carry here", limit))
+	require.Contains(t, rec.Error, "send large inputs as images or by URL")
+	b.waitStatuses(t, "big", proto.StatusInQueue, proto.StatusFailed)
+	b.noDelivery(t)
+
+	// Submitting a message over the limit says so, with no try that
+	// could ever fit.
+	over := &proto.Job{ID: "bigger", Input: json.RawMessage(`{"workflow":{"pad":"` + strings.Repeat("x", limit) + `"}}`)}
+	err = b.core.Submit(b.ctx, proto.SourceBatch, over, false)
+	var tl *queue.TooLargeError
+	require.ErrorAs(t, err, &tl)
+	require.ErrorIs(t, err, queue.ErrTooLarge)
+	require.Equal(t, limit, tl.Limit)
+	require.Greater(t, tl.Size, limit)
+}
+
+// TestRetryTooLargeFailsAtOnce: a retried job whose message no longer
+// fits (the server's max_payload was lowered) fails again with the reason
+// at once, without the retries that a passing fault gets.
+func TestRetryTooLargeFailsAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.submit(t, job("r"))
+	cl := b.claim(t, "w1", time.Minute)
+	require.NoError(t, b.core.Finish(b.ctx, cl, lifecycle.Result{Status: proto.StatusFailed, Error: "boom"}))
+	j := *cl.Job
+	j.Input = json.RawMessage(`{"workflow":{"pad":"` + strings.Repeat("x", b.q.MaxJobMessage()) + `"}}`)
+	start := time.Now()
+	_, err := b.core.Retry(b.ctx, &j)
+	require.ErrorIs(t, err, queue.ErrTooLarge)
+	require.Less(t, time.Since(start), 5*time.Second, "not retried as a passing fault")
+	rec := b.record(t, "r")
+	require.Equal(t, proto.StatusFailed, rec.Status)
+	require.Contains(t, rec.Error, proto.MsgRetryNotQueued+"the job message of r is")
 }
 
 // TestClaimHeldGivesBack: a duplicate delivery of a job whose worker is

@@ -93,6 +93,37 @@ func (c Config) withDefaults() Config {
 // the dedupe window; the message is on its stream once.
 var ErrDuplicate = errors.New("duplicate message id")
 
+// ErrTooLarge is returned (inside a *TooLargeError) for a job message
+// larger than the NATS server takes; trying again cannot change that.
+var ErrTooLarge = errors.New("job message too large")
+
+// TooLargeError is a job message over the server's max_payload.
+type TooLargeError struct {
+	JobID string
+	// Size is the encoded message and Limit the largest one the server
+	// takes (MaxJobMessage), in bytes.
+	Size, Limit int
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("the job message of %s is %d bytes, more than the %d bytes a NATS message may carry here (the server's max_payload, less room for headers)", e.JobID, e.Size, e.Limit)
+}
+
+func (e *TooLargeError) Unwrap() error { return ErrTooLarge }
+
+// jobHeaderRoom is what a job message leaves of the server's max_payload
+// for its headers: the message id (a job id of at most 128 characters and
+// a suffix such as ".retry.12") and NATS's header framing, with room to
+// spare.
+const jobHeaderRoom = 512
+
+// MaxJobMessage is the size of the largest encoded job message (its JSON)
+// that can be published: the server's max_payload (1 MB by default) less
+// room for headers. 0 when the server has not said yet.
+func (c *Client) MaxJobMessage() int {
+	return max(int(c.nc.MaxPayload())-jobHeaderRoom, 0)
+}
+
 // Client publishes and consumes comfyfleet's streams and buckets. Open it
 // with Ensure (a role process) or Attach (a tool).
 type Client struct {
@@ -249,11 +280,17 @@ func (c *Client) publishJob(ctx context.Context, subject string, job *proto.Job,
 	if err != nil {
 		return 0, fmt.Errorf("encode job %s: %w", job.ID, err)
 	}
+	if limit := c.MaxJobMessage(); limit > 0 && len(data) > limit {
+		return 0, &TooLargeError{JobID: job.ID, Size: len(data), Limit: limit}
+	}
 	ack, err := c.js.PublishMsg(ctx, &nats.Msg{
 		Subject: subject,
 		Data:    data,
 		Header:  nats.Header{proto.MsgIDHeader: []string{msgID}},
 	})
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return 0, &TooLargeError{JobID: job.ID, Size: len(data), Limit: c.MaxJobMessage()}
+	}
 	if err != nil {
 		return 0, fmt.Errorf("publish job %s on %s: %w", job.ID, subject, err)
 	}

@@ -47,8 +47,8 @@ func ParamsFor(j *proto.Job) CreateParams {
 		Source:    j.Source,
 		Tenant:    j.Tenant,
 		BatchID:   j.BatchID,
-		Retention: time.Duration(j.Retention) * time.Millisecond,
-		TTL:       time.Duration(j.Policy.TTL) * time.Millisecond,
+		Retention: proto.Millis(j.Retention),
+		TTL:       proto.Millis(j.Policy.TTL),
 	}
 }
 

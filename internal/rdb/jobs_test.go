@@ -629,6 +629,14 @@ func TestCreateRecreated(t *testing.T) {
 		counts, err := b.db.Counts(b.ctx)
 		require.NoError(t, err)
 		require.Equal(t, int64(1), counts[rdb.CountRecreated])
+
+		// A submission time ahead of Redis's clock is taken as now, so the
+		// job's delayTime is never negative.
+		now := b.now(t)
+		rec, _, err = b.db.Create(b.ctx, rdb.CreateParams{ID: "ahead"}, now.Add(time.Hour), true)
+		require.NoError(t, err)
+		require.False(t, rec.SubmittedAt.After(b.now(t)), "submitted_at %s is not in the future", rec.SubmittedAt)
+		require.False(t, rec.SubmittedAt.Before(now.Add(-time.Second)))
 	})
 }
 

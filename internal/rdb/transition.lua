@@ -128,7 +128,9 @@ if op == 'admit' or op == 'create' then
   local intake, reject = ARGV[4], ARGV[11]
   if redis.call('EXISTS', key) == 0 then
     local submitted = nows
-    if op == 'create' and ARGV[12] ~= '0' then submitted = ARGV[12] end
+    -- a submission time from the message, never later than now (a
+    -- producer's clock ahead of Redis's would give a negative delayTime)
+    if op == 'create' and ARGV[12] ~= '0' and tonumber(ARGV[12]) < now then submitted = ARGV[12] end
     create(intake, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], submitted, ARGV[14])
     if op == 'create' and ARGV[13] == '1' then redis.call('HINCRBY', stats, 'RECREATED', 1) end
     if op == 'admit' and reject ~= '' then

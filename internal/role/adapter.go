@@ -50,8 +50,8 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 	c.Keys.bindAPI(fs)
 	c.Keys.bindAdmin(fs)
 	c.Keys.bindOrigins(fs)
-	fs.Duration(&c.API.RunRetention, "run-retention", "RUN_RETENTION", 30*time.Minute, "how long /run results are kept")
-	fs.Duration(&c.API.SyncRetention, "sync-retention", "SYNC_RETENTION", time.Minute, "how long /runsync results are kept")
+	fs.Duration(&c.API.RunRetention, "run-retention", "RUN_RETENTION", 30*time.Minute, "how long /run results are kept (at most 30 days)")
+	fs.Duration(&c.API.SyncRetention, "sync-retention", "SYNC_RETENTION", time.Minute, "how long /runsync results are kept (at most 30 days)")
 
 	// api mode
 	fs.String(&c.API.Pool, "pool", "POOL", "default", "pool that receives the API's jobs, that RunPod workers take from (--job-take), and that serverless mode submits to")

@@ -74,6 +74,11 @@ func (c Config) Validate() error {
 	if _, err := auth.NewGuard(nil, c.AllowedOrigins); err != nil {
 		return err
 	}
+	for name, d := range map[string]time.Duration{"run retention": c.RunRetention, "sync retention": c.SyncRetention} {
+		if d > proto.Millis(proto.MaxRetention) {
+			return fmt.Errorf("%s %s is more than the job contract's limit of %s (retention_ms)", name, d, proto.Millis(proto.MaxRetention))
+		}
+	}
 	if c.MaxRunBody < 0 || c.MaxRunSyncBody < 0 || c.InlineBlobMax < 0 || c.MaxQueued < 0 || c.MaxQueuedPerLane < 0 {
 		return fmt.Errorf("body limits, inline blob size and max queued must not be negative")
 	}

@@ -228,6 +228,68 @@ func TestLargeImagesGoToTheBlobStore(t *testing.T) {
 	require.Contains(t, out["error"], "Error decoding base64 for x.png")
 }
 
+// TestOversizeJobMessageIs413: a job whose message cannot fit in a NATS
+// message (its workflow alone is larger) is refused with 413 and a message
+// that gives the size, the limit and what to do, so a client does not
+// retry it for ever as it did the old 503 "backend unavailable"; nothing
+// is queued.
+func TestOversizeJobMessageIs413(t *testing.T) {
+	t.Parallel()
+	b := setup(t, runpod.Config{})
+	big := `{"9":{"class_type":"SaveImage","inputs":{"pad":"` + strings.Repeat("x", 1200<<10) + `"}}}`
+	for _, path := range []string{"/run", "/v2/ep/runsync?wait=2000"} {
+		code, out := b.do(t, "POST", path, `{"input":{"workflow":`+big+`}}`)
+		require.Equal(t, http.StatusRequestEntityTooLarge, code, "%s: %v", path, out)
+		msg := out["error"].(string)
+		require.Regexp(t, `^the job message is \d+ bytes, more than the \d+ bytes a NATS message may carry`, msg)
+		require.Contains(t, msg, "max_payload, 1 MB by default")
+		require.Contains(t, msg, "make them smaller, pass large data as input images or by URL, or raise max_payload on the NATS server")
+	}
+	s, err := b.nats.JS.Stream(context.Background(), proto.SubmitStream)
+	require.NoError(t, err)
+	info, err := s.Info(context.Background())
+	require.NoError(t, err)
+	require.Zero(t, info.State.Msgs, "nothing was queued")
+}
+
+// TestManySmallImagesFitTheMessage: images each under the inline size but
+// together over NATS's 1 MB go to the blob store, the largest first, until
+// the message fits; the job is accepted.
+func TestManySmallImagesFitTheMessage(t *testing.T) {
+	t.Parallel()
+	b := setup(t, runpod.Config{})
+	var imgs []string
+	var want [][]byte
+	for i := range 6 { // 6 × ~240 KB of base64, each under the 256 KB inline size
+		data := bytes.Repeat([]byte{byte('a' + i)}, 180<<10+i)
+		want = append(want, data)
+		imgs = append(imgs, `{"name":"i`+string(rune('0'+i))+`.png","image":"`+base64.StdEncoding.EncodeToString(data)+`"}`)
+	}
+	code, out := b.do(t, "POST", "/run", `{"input":{"workflow":`+workflow+`,"images":[`+strings.Join(imgs, ",")+`]}}`)
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	job := b.submitted(t, out["id"].(string))
+	in, err := proto.DecodeInput(job.Input)
+	require.NoError(t, err)
+	require.Len(t, in.Images, 6)
+	moved := 0
+	for i, img := range in.Images {
+		if img.Blob == "" {
+			require.Equal(t, base64.StdEncoding.EncodeToString(want[i]), img.Image)
+			continue
+		}
+		moved++
+		r, _, err := b.blobs.Get(context.Background(), img.Blob)
+		require.NoError(t, err)
+		got, err := io.ReadAll(r)
+		r.Close()
+		require.NoError(t, err)
+		require.Equal(t, want[i], got)
+	}
+	require.Equal(t, 2, moved, "the two largest moved, which is enough to fit")
+	require.Empty(t, in.Images[5].Image, "the largest moved first")
+	require.Contains(t, string(in.Workflow), "18446744073709551615")
+}
+
 func TestRunSyncAnswersInFlightViewAfterWait(t *testing.T) {
 	t.Parallel()
 	b := setup(t, runpod.Config{})

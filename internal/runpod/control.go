@@ -77,7 +77,13 @@ func (a *API) handleRetry(w http.ResponseWriter, r *http.Request) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalWriteTimeout)
 	defer cancel()
 	rec, err = a.core.Retry(fctx, job)
+	var tl *queue.TooLargeError
 	switch {
+	case errors.As(err, &tl):
+		// The server's max_payload was lowered since: the job failed
+		// again with the reason, and no retry can fit.
+		WriteError(w, http.StatusRequestEntityTooLarge, TooLargeMessage(tl))
+		return
 	case errors.Is(err, rdb.ErrNotFound):
 		notFound(w, id)
 		return

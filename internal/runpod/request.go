@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"time"
 
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -37,13 +36,6 @@ func badRequest(format string, args ...any) error {
 	return &RequestError{Msg: fmt.Sprintf(format, args...)}
 }
 
-// RunPod's documented policy ranges, in milliseconds.
-const (
-	minExecutionTimeout = int64(5 * time.Second / time.Millisecond)
-	minTTL              = int64(10 * time.Second / time.Millisecond)
-	maxPolicyMillis     = int64(7 * 24 * time.Hour / time.Millisecond)
-)
-
 // DecodeRunRequest decodes and checks a /run or /runsync body: a JSON
 // object with "input" (checked by proto.DecodeInput, whose errors it
 // returns as they are, *proto.InputError), and optional "webhook",
@@ -71,9 +63,8 @@ func DecodeRunRequest(body []byte) (*RunRequest, *proto.Input, error) {
 			return nil, nil, badRequest("webhook must be a string (an http or https URL), got %s", proto.JSONKind(raw))
 		}
 		if req.Webhook != "" {
-			u, err := url.Parse(req.Webhook)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return nil, nil, badRequest("webhook %q is not an http or https URL", req.Webhook)
+			if err := proto.ValidWebhook(req.Webhook); err != nil {
+				return nil, nil, badRequest("webhook %v", err)
 			}
 		}
 	}
@@ -110,30 +101,31 @@ func decodePolicy(raw json.RawMessage) (proto.Policy, error) {
 		return proto.Policy{}, badRequest("policy must be an object with executionTimeout, ttl and lowPriority, got %s", proto.JSONKind(raw))
 	}
 	var p proto.Policy
-	millis := func(name string, lo int64, dst *int64) error {
+	// RunPod's ranges (runpod-protocol.md §C.3), named in proto.
+	millis := func(name string, lo, hi int64, dst *int64) error {
 		v, ok := present(fields, name)
 		if !ok {
 			return nil
 		}
 		var n int64
 		if err := json.Unmarshal(v, &n); err != nil {
-			return badRequest("policy.%s must be a whole number of milliseconds, got %s", name, v)
+			return badRequest("policy.%s must be a whole number of milliseconds from %d to %d, got %s", name, lo, hi, proto.Shorten(string(v)))
 		}
 		switch {
 		case n < 0:
 			return badRequest("policy.%s must not be negative, got %d", name, n)
 		case n == 0:
 			// RunPod's default.
-		case n < lo || n > maxPolicyMillis:
-			return badRequest("policy.%s is %d ms, outside RunPod's range of %d ms to %d ms (7 days)", name, n, lo, maxPolicyMillis)
+		case n < lo || n > hi:
+			return badRequest("policy.%s is %d ms, outside RunPod's range of %d ms to %d ms (7 days)", name, n, lo, hi)
 		}
 		*dst = n
 		return nil
 	}
-	if err := millis("executionTimeout", minExecutionTimeout, &p.ExecutionTimeout); err != nil {
+	if err := millis("executionTimeout", proto.RunPodMinExecutionTimeout, proto.MaxExecutionTimeout, &p.ExecutionTimeout); err != nil {
 		return p, err
 	}
-	if err := millis("ttl", minTTL, &p.TTL); err != nil {
+	if err := millis("ttl", proto.RunPodMinTTL, proto.MaxTTL, &p.TTL); err != nil {
 		return p, err
 	}
 	if v, ok := present(fields, "lowPriority"); ok {

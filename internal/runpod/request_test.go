@@ -46,6 +46,8 @@ func FuzzDecodeRunRequest(f *testing.F) {
 		`{"input":"{\"workflow\":{}}","s3Config":{"accessId":"a","accessSecret":"s","bucketName":"b","endpointUrl":"https://e"}}`,
 		`{"input":{"workflow":{},"images":[{"name":"a.png","image":"AA=="}]},"policy":{"ttl":1}}`,
 		`[]`, `null`, ``, `{"input":`, `{"input":{}}`,
+		`{"input":{"workflow":{}},"webhook":"file:///etc/passwd","policy":{"executionTimeout":9223372036854775807}}`,
+		`{"input":{"workflow":{}},"webhook":"https://u:p@h/x","policy":{"ttl":9223372036854775808}}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -66,7 +68,7 @@ func FuzzDecodeRunRequest(f *testing.F) {
 			t.Fatalf("accepted an input DecodeInput refuses: %v", err)
 		}
 		for _, v := range []int64{req.Policy.TTL, req.Policy.ExecutionTimeout} {
-			if v < 0 || v > 7*24*3600*1000 {
+			if v < 0 || v > proto.MaxTTL || v > proto.MaxExecutionTimeout {
 				t.Fatalf("accepted a policy value out of range: %d", v)
 			}
 		}
@@ -75,7 +77,7 @@ func FuzzDecodeRunRequest(f *testing.F) {
 		}
 		if req.Webhook != "" {
 			u, err := url.Parse(req.Webhook)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.User != nil || u.Hostname() == "" || len(req.Webhook) > proto.MaxWebhookLen {
 				t.Fatalf("accepted webhook %q", req.Webhook)
 			}
 		}

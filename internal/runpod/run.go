@@ -2,7 +2,6 @@ package runpod
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/jobview"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -31,20 +31,20 @@ func (a *API) handleRunSync(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	// Subscribe before submitting so the terminal event cannot be missed.
+	// Subscribe before submitting so the terminal event cannot be missed:
+	// the submission follows on the same connection.
 	id := "sync-" + uuid.NewString()
-	waiter := newTerminalWaiter()
-	stop, err := a.q.SubscribeFinal(id, waiter.observe)
+	wake, err := a.q.WakeOnFinalOfNew(id)
 	if err != nil {
 		a.unavailable(w, "subscribe to job events", err)
 		return
 	}
-	defer stop()
+	defer wake.Stop()
 	job, ok := a.accept(w, r, a.cfg.MaxRunSyncBody, a.cfg.SyncRetention, id)
 	if !ok {
 		return
 	}
-	a.writeWhenDone(w, r, job.ID, waiter, wait)
+	a.writeWhenDone(w, r, job.ID, wake, wait)
 }
 
 // accept decodes, validates and submits a job; on failure it has already
@@ -95,21 +95,25 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		WriteError(w, http.StatusTooManyRequests, fmt.Sprintf("the %s lane of pool %s is full: %d jobs are waiting, the limit is %d per lane; try again shortly", job.Lane, job.Pool, n, a.cfg.MaxQueuedPerLane))
 		return nil, false
 	}
-	if job.Input, err = OffloadImages(ctx, a.blobs, job.Tenant, id, req.Input, in, a.cfg.InlineBlobMax); err != nil {
-		var ie *proto.InputError
-		if errors.As(err, &ie) {
-			WriteError(w, http.StatusBadRequest, err.Error())
-		} else {
-			a.unavailable(w, "store input images", err)
-		}
+	job.Input, err = OffloadImages(ctx, a.blobs, job.Tenant, id, req.Input, in, a.cfg.InlineBlobMax)
+	var msg []byte
+	if err == nil {
+		msg, err = FitMessage(ctx, a.blobs, job, in, a.q.MaxJobMessage())
+	}
+	var ie *proto.InputError
+	var tl *queue.TooLargeError
+	switch {
+	case errors.As(err, &ie):
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return nil, false
+	case errors.As(err, &tl):
+		WriteError(w, http.StatusRequestEntityTooLarge, TooLargeMessage(tl))
+		return nil, false
+	case err != nil:
+		a.unavailable(w, "store input images", err)
 		return nil, false
 	}
 	// Keep the message for /retry while the submission is on its way.
-	msg, err := json.Marshal(job)
-	if err != nil {
-		a.unavailable(w, "encode job", err)
-		return nil, false
-	}
 	kept := make(chan error, 1)
 	go func() { kept <- a.q.KeepRequest(context.WithoutCancel(ctx), id, msg) }()
 	// Recorded at once, so /status finds the job before a dispatcher
@@ -118,6 +122,10 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 	if kerr := <-kept; kerr != nil {
 		// The job runs anyway; only /retry of it will say it cannot.
 		a.log.Warn("keep job message for retry", zap.String("job_id", id), zap.Error(kerr))
+	}
+	if errors.As(err, &tl) { // the server's limit changed under us
+		WriteError(w, http.StatusRequestEntityTooLarge, TooLargeMessage(tl))
+		return nil, false
 	}
 	if err != nil {
 		a.unavailable(w, "queue job", err)
@@ -146,59 +154,32 @@ func (a *API) overloaded(ctx context.Context) (uint64, bool) {
 }
 
 // writeWhenDone waits for the job's terminal state up to wait, then
-// answers with the job view (the in-flight view when it is not done).
-func (a *API) writeWhenDone(w http.ResponseWriter, r *http.Request, id string, waiter *terminalWaiter, wait time.Duration) {
+// answers with the job view (the in-flight view when it is not done). It
+// reads the record when it starts, at each wake-up (the final event, or a
+// reconnection to NATS) and once at the end; in between a held request
+// costs nothing. The terminal record is written before the final event is
+// published, so a wake-up finds it.
+func (a *API) writeWhenDone(w http.ResponseWriter, r *http.Request, id string, wake *queue.Wake, wait time.Duration) {
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
-	poll := time.NewTicker(time.Second)
-	defer poll.Stop()
 	for {
 		rec, err := a.core.Get(context.WithoutCancel(ctx), id)
-		if err == nil && rec.Status.Terminal() {
+		if err == nil && (rec.Status.Terminal() || ctx.Err() != nil) {
 			a.writeView(w, r.Context(), rec)
 			return
 		}
-		select {
-		case <-waiter.done:
-		case <-poll.C: // a safety net should an event be lost
-		case <-ctx.Done():
-			if r.Context().Err() != nil {
-				return // the client left
-			}
-			if err != nil {
-				if errors.Is(err, rdb.ErrNotFound) {
-					WriteJSON(w, http.StatusOK, jobview.JobView{ID: id, Status: proto.StatusInQueue})
-					return
-				}
+		if ctx.Err() != nil {
+			switch {
+			case r.Context().Err() != nil:
+				// The client left.
+			case errors.Is(err, rdb.ErrNotFound):
+				WriteJSON(w, http.StatusOK, jobview.JobView{ID: id, Status: proto.StatusInQueue})
+			default:
 				a.unavailable(w, "read job status", err)
-				return
 			}
-			a.writeView(w, r.Context(), rec)
 			return
 		}
-	}
-}
-
-// terminalWaiter closes done at the first terminal status event.
-type terminalWaiter struct {
-	done chan struct{}
-	once chan struct{}
-}
-
-func newTerminalWaiter() *terminalWaiter {
-	t := &terminalWaiter{done: make(chan struct{}), once: make(chan struct{}, 1)}
-	t.once <- struct{}{}
-	return t
-}
-
-func (t *terminalWaiter) observe(ev *proto.Event) {
-	if ev.Type != proto.EventStatus || !ev.Status.Terminal() {
-		return
-	}
-	select {
-	case <-t.once:
-		close(t.done)
-	default:
+		_ = wake.Wait(ctx) // at its end, read once more and answer
 	}
 }
 

@@ -23,11 +23,11 @@ func (a *API) handleStatus(w http.ResponseWriter, r *http.Request) {
 	var keep time.Duration
 	if s := r.URL.Query().Get("ttl"); s != "" {
 		ms, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || ms <= 0 {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("query parameter ttl=%q is not a positive whole number of milliseconds", s))
+		if err != nil || ms <= 0 || ms > proto.MaxRetention {
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("query parameter ttl=%q is not a whole number of milliseconds from 1 to %d (30 days)", proto.Shorten(s), proto.MaxRetention))
 			return
 		}
-		keep = time.Duration(ms) * time.Millisecond
+		keep = proto.Millis(ms)
 	}
 	rec, ok := a.record(w, r, id)
 	if !ok {
@@ -53,17 +53,18 @@ func (a *API) handleStatusSync(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	waiter := newTerminalWaiter()
-	stop, err := a.q.SubscribeFinal(id, waiter.observe)
+	// The wake is in place before the record is read, so a job that
+	// ends after the read wakes this request.
+	wake, err := a.q.WakeOnFinal(id)
 	if err != nil {
 		a.unavailable(w, "subscribe to job events", err)
 		return
 	}
-	defer stop()
+	defer wake.Stop()
 	if _, ok := a.record(w, r, id); !ok {
 		return
 	}
-	a.writeWhenDone(w, r, id, waiter, wait)
+	a.writeWhenDone(w, r, id, wake, wait)
 }
 
 // record reads a job's record; on failure it has answered: 404 for an

@@ -36,7 +36,9 @@ type StreamChunk struct {
 // earlier call returned, with the job's status; the last call returns what
 // is left together with the terminal status. The position lives in Redis,
 // so calls spread over replicas still drain one stream. Without anything
-// new the call is held up to ?wait= ms (default StreamWait).
+// new the call is held up to ?wait= ms (default StreamWait), waking on the
+// job's events (queue.Wake): a held call reads nothing while nothing
+// happens.
 func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 	id, ok := jobID(w, r)
 	if !ok {
@@ -47,30 +49,23 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	wake := make(chan struct{}, 1)
-	stop, err := a.q.SubscribeEvents(id, func(*proto.Event) {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	})
+	// In place before the first read, so that whatever happens after it
+	// wakes this call.
+	wake, err := a.q.WakeOnEvents(id)
 	if err != nil {
 		a.unavailable(w, "subscribe to job events", err)
 		return
 	}
-	defer stop()
+	defer wake.Stop()
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
-	// The stored event may trail its live copy by a moment: look again
-	// shortly after a wake-up, and now and then in any case.
-	poll := time.NewTicker(100 * time.Millisecond)
-	defer poll.Stop()
+	woke, lag := false, 0
 	for {
 		rec, ok := a.record(w, r, id)
 		if !ok {
 			return
 		}
-		chunks, more, err := a.drain(context.WithoutCancel(ctx), id)
+		chunks, more, read, err := a.drain(context.WithoutCancel(ctx), id)
 		if err != nil {
 			a.unavailable(w, "read job stream", err)
 			return
@@ -88,32 +83,46 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 			WriteJSON(w, http.StatusOK, StreamView{ID: id, Status: st, Stream: chunks})
 			return
 		}
-		select {
-		case <-wake:
-		case <-poll.C:
-		case <-ctx.Done():
+		if woke && !read && lag < maxLagReads {
+			// Woken, but the stream does not hold the event yet: its live
+			// copy can come a moment before the stored one. Look again
+			// shortly, a few times (1 ms, 2 ms, … 128 ms).
+			t := time.NewTimer(time.Millisecond << lag)
+			lag++
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+			continue
 		}
+		woke, lag = wake.Wait(ctx) == nil, 0
 	}
 }
 
+// maxLagReads bounds the reads after a wake-up that found the event not
+// stored yet: about a quarter of a second in all.
+const maxLagReads = 8
+
 // drain hands out the job's chunks past its stream cursor and moves the
-// cursor over them. more says the call stopped at maxChunksPerCall.
-func (a *API) drain(ctx context.Context, id string) (chunks []StreamChunk, more bool, err error) {
+// cursor over them. more says the call stopped at maxChunksPerCall; read
+// says it found any event past the cursor (a chunk or not).
+func (a *API) drain(ctx context.Context, id string) (chunks []StreamChunk, more, read bool, err error) {
 	for range 10 {
 		cur, err := a.db.StreamCursor(ctx, id)
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		evs, last, err := a.q.ReadEvents(ctx, id, cur, maxChunksPerCall)
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		if last == cur {
-			return []StreamChunk{}, false, nil
+			return []StreamChunk{}, false, false, nil
 		}
 		moved, err := a.db.AdvanceStreamCursor(ctx, id, cur, last, streamCursorKeep)
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		if !moved {
 			continue // another call handed these out; read on from where it stopped
@@ -124,7 +133,7 @@ func (a *API) drain(ctx context.Context, id string) (chunks []StreamChunk, more 
 				chunks = append(chunks, StreamChunk{Output: c})
 			}
 		}
-		return chunks, len(evs) == maxChunksPerCall, nil
+		return chunks, len(evs) == maxChunksPerCall, true, nil
 	}
-	return nil, false, fmt.Errorf("drain stream of %s: the cursor keeps moving under concurrent calls", id)
+	return nil, false, false, fmt.Errorf("drain stream of %s: the cursor keeps moving under concurrent calls", id)
 }

@@ -357,7 +357,7 @@ func (w *Worker) refresh(ctx context.Context, log *zap.Logger) {
 // timeout is the job's execution timeout.
 func (w *Worker) timeout(job *proto.Job) time.Duration {
 	if p := job.Policy.ExecutionTimeout; p > 0 {
-		return time.Duration(p) * time.Millisecond
+		return proto.Millis(p)
 	}
 	return w.cfg.ExecutionTimeout
 }

@@ -91,16 +91,28 @@ func (w *Worker) execute(ctx context.Context, log *zap.Logger, h *heldJob) (body
 	if last, err := w.d.Queue.LastEvent(ctx, h.fleetID); err == nil && last != nil {
 		cursor = last.Seq
 	}
-	for {
+	for first := true; ; first = false {
+		if !first {
+			// The images a try moved are marked in in; start again from
+			// the input as it came.
+			in, _ = proto.DecodeInput(h.job.Input)
+		}
 		if fj.Input, err = runpod.OffloadImages(ctx, w.d.Blobs, w.cfg.Tenant, h.fleetID, h.job.Input, in, w.cfg.InlineBlobMax); err == nil {
-			// Recorded at once, so the job's status is there to poll.
-			err = w.d.Core.Submit(ctx, proto.SourceRunPod, fj, true)
+			if _, err = runpod.FitMessage(ctx, w.d.Blobs, fj, in, w.d.Queue.MaxJobMessage()); err == nil {
+				// Recorded at once, so the job's status is there to poll.
+				err = w.d.Core.Submit(ctx, proto.SourceRunPod, fj, true)
+			}
 		}
 		var ie *proto.InputError
+		var tl *queue.TooLargeError
 		switch {
 		case err == nil, errors.Is(err, queue.ErrDuplicate):
 		case errors.As(err, &ie):
 			return errorBody(ie.Error()), true
+		case errors.As(err, &tl):
+			// No try can fit it: the RunPod job ends FAILED with the
+			// reason instead of being tried again for ever.
+			return errorBody(runpod.TooLargeMessage(tl)), true
 		default:
 			log.Warn("submit job to the fleet", zap.Error(err))
 			if !w.pause(ctx, h, bo) {

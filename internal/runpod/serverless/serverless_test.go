@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/serverless"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -155,6 +156,28 @@ func TestFailuresAreReportedAsErrors(t *testing.T) {
 	for _, r := range runpodtest.Of(b.platform.Requests(), "job-done") {
 		require.NotContains(t, r.URI, "job-bad")
 	}
+}
+
+// TestJobTooLargeForTheFleetFails: a RunPod job whose message cannot fit
+// in a NATS message ends FAILED with the reason (its size, the limit, what
+// to do), once, instead of being submitted again and again; the next job
+// runs.
+func TestJobTooLargeForTheFleetFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1, nil)
+	big := map[string]any{"workflow": map[string]any{"9": map[string]any{"class_type": "SaveImage", "inputs": map[string]any{"pad": strings.Repeat("x", 1200<<10)}}}}
+	b.platform.AddJob(map[string]any{"id": "job-big", "input": big})
+	b.platform.AddJob(rpJob("job-next", runpodtest.Mock{}))
+	var body struct {
+		Error string `json:"error"`
+	}
+	require.NoError(t, json.Unmarshal(b.done(t, "job-big", 1)[0].Body, &body))
+	require.Regexp(t, `^the job message is \d+ bytes, more than the \d+ bytes a NATS message may carry`, body.Error)
+	require.Contains(t, body.Error, "raise max_payload on the NATS server")
+	require.JSONEq(t, `{"output":{"images":[]}}`, string(b.done(t, "job-next", 1)[0].Body))
+	require.Len(t, b.done(t, "job-big", 1), 1, "reported once")
+	_, err := b.fleet.DB.Get(context.Background(), serverless.FleetID("job-big"))
+	require.ErrorIs(t, err, rdb.ErrNotFound, "nothing reached the fleet")
 }
 
 func TestProgressIsStreamedBeforeTheResult(t *testing.T) {
