@@ -22,8 +22,27 @@ import (
 // record. A failure to record is logged, not returned: the job is queued
 // durably and the dispatcher records it. queue.ErrDuplicate (wrapped)
 // means the id was submitted within the dedupe window; nothing changed.
+//
+// A job that is kept for /retry ([proto.Job.KeptForRetry]: the endpoint
+// API's) has its message kept too, beside the publish, for as long as the
+// job may live (keepRequest); a copy that cannot be kept is logged, and
+// the job runs all the same: only its /retry will say it cannot.
 func (c *Core) Submit(ctx context.Context, source string, job *proto.Job, record bool) error {
+	var kept chan error
+	if job.KeptForRetry() {
+		msg, ttl, err := c.requestCopy(job)
+		if err != nil {
+			return err
+		}
+		kept = make(chan error, 1)
+		go func() { kept <- c.q.KeepRequest(context.WithoutCancel(ctx), job.ID, msg, ttl) }()
+	}
 	seq, err := c.q.Submit(ctx, source, job)
+	if kept != nil {
+		if kerr := <-kept; kerr != nil {
+			c.log.Warn("keep job message for retry", zap.String("job_id", job.ID), zap.Error(kerr))
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -41,7 +41,9 @@ func TestEveryEndIndexesAKeptJob(t *testing.T) {
 			return err
 		},
 		"timed out on a silent worker": func(t *testing.T, b *bundle, id string) error {
-			_, err := b.db.Claim(b.ctx, rdb.ClaimParams{ID: id, WorkerID: "w", Reply: "r", LeaseTTL: time.Millisecond, ExecTimeout: time.Millisecond})
+			// The lease lapses after the deadline passed (a lapse at the very
+			// millisecond of the deadline is not past it): the job is over.
+			_, err := b.db.Claim(b.ctx, rdb.ClaimParams{ID: id, WorkerID: "w", Reply: "r", LeaseTTL: 2 * time.Millisecond, ExecTimeout: time.Millisecond})
 			require.NoError(t, err)
 			b.waitLapsed(t, id)
 			r, err := b.db.Reclaim(b.ctx, id, 0)

@@ -2,7 +2,6 @@ package runpod
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,22 +103,10 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		}
 		return nil, false
 	}
-	// Keep the message for /retry while the submission is on its way.
-	msg, err := json.Marshal(job)
-	if err != nil {
-		a.unavailable(w, "encode job", err)
-		return nil, false
-	}
-	kept := make(chan error, 1)
-	go func() { kept <- a.q.KeepRequest(context.WithoutCancel(ctx), id, msg) }()
 	// Recorded at once, so /status finds the job before a dispatcher
-	// reads it.
-	err = a.core.Submit(ctx, proto.SourceAPI, job, true)
-	if kerr := <-kept; kerr != nil {
-		// The job runs anyway; only /retry of it will say it cannot.
-		a.log.Warn("keep job message for retry", zap.String("job_id", id), zap.Error(kerr))
-	}
-	if err != nil {
+	// reads it; the core keeps its message for /retry as long as the job
+	// lives.
+	if err := a.core.Submit(ctx, proto.SourceAPI, job, true); err != nil {
 		a.unavailable(w, "queue job", err)
 		return nil, false
 	}
