@@ -455,3 +455,7 @@ func (j *Job) Place(defaultPool string, now time.Time) {
 		j.SubmittedAt = now
 	}
 }
+
+// KeptForRetry reports whether a copy of the job's message is kept in
+// [RequestBucket] for RunPod's /retry: the endpoint API's jobs are.
+func (j *Job) KeptForRetry() bool { return j.Source == SourceAPI }

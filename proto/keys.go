@@ -28,6 +28,11 @@ const (
 	// TTLKey is a sorted set of queued job ids by the Unix millisecond at
 	// which their policy.ttl runs out.
 	TTLKey = "cf:ttl"
+	// KeptKey is a sorted set of the ids of ended jobs whose request is
+	// kept in [RequestBucket], by the Unix millisecond (Redis's clock) at
+	// which their record's retention ends: then the copy, with the job's
+	// secrets, is removed by a sweeper.
+	KeptKey = "cf:kept"
 	// SweepKey is a hash of the sweepers' shared state (the last sweep,
 	// and until when lease reclaims wait after an outage).
 	SweepKey = "cf:sweep"

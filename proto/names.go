@@ -24,7 +24,11 @@ const (
 	BlobBucket = "cf-blobs"
 	// RequestBucket is the JetStream key-value bucket in which the
 	// runpod-adapter keeps each accepted job message, by job id, so that
-	// /retry can queue the same input again.
+	// /retry can queue the same input again ([Job.KeptForRetry]). A copy
+	// holds the job's secrets and lives only as long as the job can be
+	// retried: each key has a TTL of its own (the job's policy.ttl, its
+	// execution timeout and its retention), and the sweepers remove it
+	// once the job's record has outlived its retention ([KeptKey]).
 	RequestBucket = "cf-runpod-requests"
 
 	// IntakeConsumer is the dispatchers' shared durable consumer of
@@ -47,6 +51,12 @@ const (
 	// DLQAttemptsHeader carries every failed attempt's error of a dead
 	// letter, a JSON array of strings, oldest first.
 	DLQAttemptsHeader = "Cf-Dlq-Attempts"
+	// DLQSecretsRemovedHeader names, comma-separated, the secrets that
+	// were taken out of a dead letter's job message ([StripSecrets]):
+	// [SecretComfyOrgAPIKey], [SecretS3AccessID], [SecretS3AccessSecret].
+	// A replay gives them again or runs with the worker's own settings
+	// ([Job.RestoreSecrets]).
+	DLQSecretsRemovedHeader = "Cf-Dlq-Secrets-Removed"
 
 	submitPrefix   = "cf.submit."
 	jobsPrefix     = "cf.jobs."
@@ -121,6 +131,11 @@ func ParseSubmitSubject(subject string) (source, tenant string, err error) {
 	}
 	return source, tenant, nil
 }
+
+// RequestSubject is the subject of a job's kept request in
+// [RequestBucket]: "$KV.cf-runpod-requests.<id>", JetStream's subject of a
+// key, on which a put may carry a per-key TTL (the Nats-TTL header).
+func RequestSubject(jobID string) string { return "$KV." + RequestBucket + "." + jobID }
 
 // JobSubject is the subject of an admitted job in a pool and lane, e.g.
 // "cf.jobs.default.interactive".

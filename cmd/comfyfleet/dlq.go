@@ -6,27 +6,37 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
+
+// stdin is where --secrets - reads from.
+var stdin io.Reader = os.Stdin
 
 // dlqConfig are the settings of `comfyfleet dlq`.
 type dlqConfig struct {
-	Conn  connConfig
-	Pool  string
-	Limit int
-	JSON  bool
+	Conn    connConfig
+	Pool    string
+	Limit   int
+	JSON    bool
+	Secrets string
 }
 
 func dlqSettings(c *dlqConfig) *flagenv.Set {
 	fs := flagenv.New("comfyfleet dlq", "comfyfleet dlq list shows the dead letters (jobs that used up their attempts) with\n"+
-		"every attempt's error; comfyfleet dlq replay SEQ… queues them again under their id.")
+		"every attempt's error; comfyfleet dlq replay SEQ… queues them again under their id.\n"+
+		"A dead letter keeps its job without the job's secrets: --secrets gives them back,\n"+
+		"else the replay runs with the worker's own COMFY_ORG_API_KEY and BUCKET_* settings.")
 	bindConn(fs, &c.Conn)
 	fs.String(&c.Pool, "pool", "", "", "only this pool's dead letters (list)")
 	fs.Int(&c.Limit, "limit", "", 100, "most dead letters listed")
 	fs.Bool(&c.JSON, "json", "", false, "print JSON instead of text (list)")
+	fs.String(&c.Secrets, "secrets", "", "", `file (- for stdin) with the secrets to replay with, {"comfy_org_api_key": "…", "s3Config": {"accessId": "…", "accessSecret": "…"}} (replay)`)
 	return fs
 }
 
@@ -77,6 +87,27 @@ func deadLetters(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			seqs = append(seqs, n)
 		}
 	}
+	var secrets *proto.Secrets
+	if c.Secrets != "" {
+		if action != "replay" {
+			fmt.Fprintf(stderr, "%s list: --secrets is for replay\n", name)
+			return exitUsage
+		}
+		var data []byte
+		var err error
+		if c.Secrets == "-" {
+			data, err = io.ReadAll(io.LimitReader(stdin, 1<<20))
+		} else {
+			data, err = os.ReadFile(c.Secrets)
+		}
+		if err == nil {
+			secrets, err = proto.DecodeSecrets(data)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "%s replay: --secrets: %v\n", name, err)
+			return exitUsage
+		}
+	}
 	s, code, ok := open(ctx, name, c.Conn, dirGiven(c.Conn), nil, stderr)
 	if !ok {
 		return code
@@ -107,13 +138,34 @@ func deadLetters(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	}
 	code = exitOK
 	for _, seq := range seqs {
-		rec, err := s.b.Core.Replay(ctx, seq)
+		rep, err := s.b.Core.Replay(ctx, seq, secrets)
 		if err != nil {
 			fmt.Fprintf(stderr, "%s replay: %v\n", name, err)
 			code = exitNotAllDone
 			continue
 		}
-		fmt.Fprintf(stdout, "%d: job %s is %s again\n", seq, rec.ID, rec.Status)
+		fmt.Fprintf(stdout, "%d: job %s is %s again%s\n", seq, rep.Record.ID, rep.Record.Status, describeSecrets(rep.Secrets))
 	}
 	return code
+}
+
+// describeSecrets says where a replayed job's secrets come from.
+func describeSecrets(from map[string]proto.SecretSource) string {
+	var parts []string
+	for _, name := range []string{"comfy_org_api_key", "s3Config"} {
+		switch from[name] {
+		case proto.SecretSupplied:
+			parts = append(parts, name+" from --secrets")
+		case proto.SecretWorker:
+			setting := "COMFY_ORG_API_KEY"
+			if name == "s3Config" {
+				setting = "BUCKET_*, the s3Config dropped"
+			}
+			parts = append(parts, name+": the worker's own ("+setting+")")
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(parts, "; ")
 }

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 
@@ -12,12 +13,21 @@ import (
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
+// maxReplayBody bounds a replay's body: a job's secrets.
+const maxReplayBody = 64 << 10
+
 // DeadLetterRoutes are the dead letters' HTTP API:
 //
 //	GET  /dlq?pool=P&limit=N   {"dead_letters": [queue.DeadLetter…]}
-//	POST /dlq/{seq}/replay     {"id": …, "status": "IN_QUEUE", "retries": n}
+//	POST /dlq/{seq}/replay     {"id": …, "status": "IN_QUEUE", "retries": n, "secrets": {…}}
 //
-// Listing reads CF_DLQ; a replay is the lifecycle core's.
+// Listing reads CF_DLQ; a replay is the lifecycle core's. A dead letter
+// keeps its job without the job's secrets (its secrets_removed names
+// them): a replay's body may give them again, as proto.Secrets
+// ({"comfy_org_api_key": "…", "s3Config": {"accessId": "…",
+// "accessSecret": "…"}}); those it does not give come from the worker's
+// own settings. The answer's secrets says which, per secret: "supplied"
+// or "worker".
 func DeadLetterRoutes(q *queue.Client, core *lifecycle.Core) []Route {
 	list := func(w http.ResponseWriter, r *http.Request) {
 		pool := r.URL.Query().Get("pool")
@@ -49,16 +59,30 @@ func DeadLetterRoutes(q *queue.Client, core *lifecycle.Core) []Route {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a dead letter's sequence number", r.PathValue("seq")))
 			return
 		}
-		rec, err := core.Replay(r.Context(), seq)
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxReplayBody))
+		if err != nil {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("a replay's body (its secrets) is at most %d bytes", maxReplayBody))
+			return
+		}
+		secrets, err := proto.DecodeSecrets(body)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		rep, err := core.Replay(r.Context(), seq, secrets)
+		var ie *proto.InputError
 		switch {
 		case errors.Is(err, queue.ErrNoDeadLetter):
 			writeError(w, http.StatusNotFound, err.Error())
+		case errors.As(err, &ie):
+			writeError(w, http.StatusBadRequest, err.Error())
 		case errors.Is(err, rdb.ErrIllegal), errors.Is(err, rdb.ErrTerminal):
 			writeError(w, http.StatusConflict, err.Error())
 		case err != nil:
 			writeError(w, http.StatusServiceUnavailable, err.Error())
 		default:
-			writeJSON(w, http.StatusOK, map[string]any{"id": rec.ID, "status": rec.Status, "retries": rec.Retries})
+			writeJSON(w, http.StatusOK, map[string]any{"id": rep.Record.ID, "status": rep.Record.Status, "retries": rep.Record.Retries,
+				"secrets": rep.Secrets})
 		}
 	}
 	return []Route{

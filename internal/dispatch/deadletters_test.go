@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,20 +50,24 @@ func (b *bundle) deadLetter(t *testing.T, id string, reasons ...string) []string
 }
 
 // dlqServer serves the dispatcher's routes.
-func (b *bundle) dlqServer(t *testing.T) func(method, path string) (int, string) {
+func (b *bundle) dlqServer(t *testing.T) func(method, path string, body ...string) (int, string) {
 	t.Helper()
 	srv := httptest.NewServer(dispatch.NewMux(dispatch.DeadLetterRoutes(b.q, b.core)))
 	t.Cleanup(srv.Close)
-	return func(method, path string) (int, string) {
+	return func(method, path string, body ...string) (int, string) {
 		t.Helper()
-		req, err := http.NewRequestWithContext(context.Background(), method, srv.URL+path, nil)
+		var rd io.Reader
+		if len(body) > 0 {
+			rd = strings.NewReader(body[0])
+		}
+		req, err := http.NewRequestWithContext(context.Background(), method, srv.URL+path, rd)
 		require.NoError(t, err)
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
+		data, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
-		return resp.StatusCode, string(body)
+		return resp.StatusCode, string(data)
 	}
 }
 
@@ -150,4 +155,52 @@ func TestDeadLettersHTTP(t *testing.T) {
 		require.Equal(t, tt.code, code, "%s: %s", tt.name, body)
 		require.Contains(t, body, tt.contains, tt.name)
 	}
+}
+
+// TestReplayTakesTheSecretsAgain: a dead letter lists the secrets its job
+// lost; its replay takes them in its body, or runs with the worker's own
+// settings, and says which, never echoing a secret.
+func TestReplayTakesTheSecretsAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 0)
+	ctx := testenv.Context(t, 30*time.Second)
+	d := b.sweeper(t, dispatch.Config{})
+	job := &proto.Job{ID: "secret-job", Input: json.RawMessage(fmt.Sprintf(`{"workflow":%s,"comfy_org_api_key":"ck-old-secret"}`, workflow)),
+		S3Config: &proto.S3Config{AccessID: "id-old", AccessSecret: "s3-old-secret", BucketName: "b", EndpointURL: "https://s3.example.com"}}
+	_, err := b.q.Submit(ctx, proto.SourceAPI, job)
+	require.NoError(t, err)
+	cons, err := b.q.IntakeConsumer(ctx, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	msg, err := cons.Next(ctx, 5*time.Second)
+	require.NoError(t, err)
+	require.NoError(t, d.Admit(ctx, msg))
+	b.deadLetter(t, "secret-job", "boom")
+	call := b.dlqServer(t)
+
+	code, body := call("GET", "/dlq")
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, `"secrets_removed":["input.comfy_org_api_key","s3Config.accessId","s3Config.accessSecret"]`)
+	var l dlqList
+	require.NoError(t, json.Unmarshal([]byte(body), &l))
+	path := fmt.Sprintf("/dlq/%d/replay", l.DeadLetters[0].Seq)
+
+	for _, bad := range []string{`{"s3Config":{"accessId":"a"}}`, `{"comfy_org_api_key":12}`, `[]`, `{"s3Config":{"accessId":"a","accessSecret":"s","endpointUrl":"http://127.0.0.1"}}`} {
+		code, body := call("POST", path, bad)
+		require.Equal(t, http.StatusBadRequest, code, "%s: %s", bad, body)
+	}
+	code, body = call("POST", path, `{"comfy_org_api_key":"ck-new-secret"}`)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, `"secrets":{"comfy_org_api_key":"supplied","s3Config":"worker"}`)
+	require.NotContains(t, body, "secret\"", "no secret in the answer")
+	for _, s := range []string{"ck-new-secret", "ck-old-secret", "s3-old-secret"} {
+		require.NotContains(t, body, s)
+	}
+	rec, err := b.db.Get(ctx, "secret-job")
+	require.NoError(t, err)
+	lanes, err := b.q.LaneConsumer(ctx, rec.Pool, rec.Lane, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	m, err := lanes.Next(ctx, 5*time.Second)
+	require.NoError(t, err)
+	require.Contains(t, string(m.Data()), `"comfy_org_api_key":"ck-new-secret"`, "the replay runs with the key given")
+	require.NotContains(t, string(m.Data()), "s3Config", "and the worker's own bucket")
 }

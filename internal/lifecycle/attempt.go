@@ -304,10 +304,16 @@ func (c *Core) Finish(ctx context.Context, cl *Claim, res Result) error {
 }
 
 // deadLetter writes the dead letter owed by attempt's ending of the job:
-// the job message with its last error and every attempt's, then clears
-// the debt. Published under an id of the job and the attempt, a repeat
-// stores it once.
+// the job message without its secrets (they live as long as the job, and
+// a dead letter outlives it: a replay gives them again or runs with the
+// worker's own settings), with its last error, every attempt's and the
+// names of the secrets removed; then clears the debt. Published under an
+// id of the job and the attempt, a repeat stores it once.
 func (c *Core) deadLetter(ctx context.Context, job *proto.Job, data []byte, attempt int) error {
+	data, removed, err := stripSecrets(job, data)
+	if err != nil {
+		return wrap("dead-letter", job.ID, err)
+	}
 	rec, err := c.db.Get(ctx, job.ID)
 	if err != nil {
 		return wrap("dead-letter", job.ID, err)
@@ -324,7 +330,7 @@ func (c *Core) deadLetter(ctx context.Context, job *proto.Job, data []byte, atte
 		pool = proto.DefaultPool
 	}
 	err = retry(ctx, tryTimeout, func(ctx context.Context) error {
-		return c.q.PublishDeadLetter(ctx, pool, job.ID, attempt, data, rec.Error, attempts)
+		return c.q.PublishDeadLetter(ctx, pool, job.ID, attempt, data, rec.Error, attempts, removed)
 	})
 	if err != nil {
 		return wrap("dead-letter", job.ID, err)
@@ -333,8 +339,24 @@ func (c *Core) deadLetter(ctx context.Context, job *proto.Job, data []byte, atte
 		// A repeat publishes under the same id, which JetStream drops.
 		c.log.Warn("clear the dead letter's debt", zap.String("job_id", job.ID), zap.Error(err))
 	}
-	c.log.Info("job dead-lettered", zap.String("job_id", job.ID), zap.String("pool", pool), zap.String("reason", rec.Error))
+	c.log.Info("job dead-lettered", zap.String("job_id", job.ID), zap.String("pool", pool), zap.String("reason", rec.Error),
+		zap.Strings("secrets_removed", removed))
 	return nil
+}
+
+// stripSecrets is the job message data without its secrets. data is the
+// message job was decoded from, which is a JSON object; should it not be
+// one, the job re-encoded is stripped instead (its input kept as raw
+// bytes).
+func stripSecrets(job *proto.Job, data []byte) ([]byte, []string, error) {
+	out, removed, err := proto.StripSecrets(data)
+	if err == nil {
+		return out, removed, nil
+	}
+	if data, err = json.Marshal(job); err != nil {
+		return nil, nil, fmt.Errorf("encode job without its secrets: %w", err)
+	}
+	return proto.StripSecrets(data)
 }
 
 // Progress publishes an attempt's progress, without waiting.

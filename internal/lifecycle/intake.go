@@ -24,8 +24,32 @@ import (
 // means the id was submitted within the dedupe window; nothing changed.
 // A *queue.TooLargeError (queue.ErrTooLarge) means the message is larger
 // than the NATS server takes; nothing was queued, and no try will be.
+//
+// A job that is kept for /retry ([proto.Job.KeptForRetry]: the endpoint
+// API's) has its message kept too, beside the publish, for as long as the
+// job may live (keepRequest); a copy that cannot be kept is logged, and
+// the job runs all the same: only its /retry will say it cannot.
 func (c *Core) Submit(ctx context.Context, source string, job *proto.Job, record bool) error {
+	var kept chan error
+	if job.KeptForRetry() {
+		msg, ttl, err := c.requestCopy(job)
+		if err != nil {
+			return err
+		}
+		kept = make(chan error, 1)
+		go func() { kept <- c.q.KeepRequest(context.WithoutCancel(ctx), job.ID, msg, ttl) }()
+	}
 	seq, err := c.q.Submit(ctx, source, job)
+	if kept != nil {
+		if kerr := <-kept; kerr != nil {
+			c.log.Warn("keep job message for retry", zap.String("job_id", job.ID), zap.Error(kerr))
+		} else if err != nil && !errors.Is(err, queue.ErrDuplicate) {
+			// Nothing was queued: its secrets go with it.
+			if _, derr := c.q.DropRequests(context.WithoutCancel(ctx), []string{job.ID}); derr != nil {
+				c.log.Warn("remove the copy of a job not queued", zap.String("job_id", job.ID), zap.Error(derr))
+			}
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -59,29 +59,51 @@ func (c *Core) CancelUnadmitted(ctx context.Context, p rdb.CreateParams) (rec *p
 
 // Retry queues a FAILED or TIMED_OUT job again under its id, as RunPod's
 // /retry does, from the job message it was submitted with: its record
-// back to IN_QUEUE with a fresh attempt log and TTL, the IN_QUEUE event,
-// the message on its pool's lane. A message that cannot be published
-// fails the job again with the reason. rdb.ErrIllegal for a job in
-// another state, rdb.ErrNotFound for one without a record.
+// back to IN_QUEUE with a fresh attempt log and TTL, its message kept for
+// /retry again for the new run's life, the IN_QUEUE event, the message on
+// its pool's lane. A message that cannot be published fails the job again
+// with the reason. rdb.ErrIllegal for a job in another state,
+// rdb.ErrNotFound for one without a record.
 func (c *Core) Retry(ctx context.Context, job *proto.Job) (*proto.Record, error) {
 	rec, err := c.db.Retry(ctx, job.ID)
 	if err != nil {
 		return rec, err
 	}
+	job.Tenant = rec.Tenant
+	c.keepRequest(ctx, job)
 	return rec, c.requeued(ctx, job, rec, job.ID+".retry."+strconv.Itoa(rec.Retries))
 }
 
-// Replay queues dead letter seq again: its job's record back to IN_QUEUE
-// (or made anew when it expired) with a fresh attempt log, the job
-// published on its pool's lane under the message id <id>.replay.<seq>,
-// which JetStream's dedupe window has never seen, and the dead letter
-// removed. queue.ErrNoDeadLetter when there is none.
-func (c *Core) Replay(ctx context.Context, seq uint64) (*proto.Record, error) {
-	_, data, err := c.q.DeadLetterJob(ctx, seq)
+// Replayed is what Replay did.
+type Replayed struct {
+	// Record is the job's record, IN_QUEUE again.
+	Record *proto.Record
+	// Secrets says, per secret the dead letter lost or the replay gave
+	// ("comfy_org_api_key", "s3Config"), where the replayed job takes it
+	// from: proto.SecretSupplied, or proto.SecretWorker (the worker's own
+	// settings).
+	Secrets map[string]proto.SecretSource
+}
+
+// Replay queues dead letter seq again: its secrets, which the dead letter
+// lost, from secrets (nil: none) or else the worker's own settings
+// (proto.Job.RestoreSecrets), its job's record back to IN_QUEUE (or made
+// anew when it expired) with a fresh attempt log, the message kept for
+// /retry when its job is the endpoint API's, the job published on its
+// pool's lane under the message id <id>.replay.<seq>, which JetStream's
+// dedupe window has never seen, and the dead letter removed.
+// queue.ErrNoDeadLetter when there is none; a *proto.InputError when the
+// secrets do not fit the job.
+func (c *Core) Replay(ctx context.Context, seq uint64, secrets *proto.Secrets) (*Replayed, error) {
+	dl, data, err := c.q.DeadLetterJob(ctx, seq)
 	if err != nil {
 		return nil, err
 	}
 	job, err := proto.DecodeJob(data)
+	if err != nil {
+		return nil, fmt.Errorf("replay dead letter %d: %w", seq, err)
+	}
+	from, err := job.RestoreSecrets(dl.SecretsRemoved, secrets)
 	if err != nil {
 		return nil, fmt.Errorf("replay dead letter %d: %w", seq, err)
 	}
@@ -95,15 +117,18 @@ func (c *Core) Replay(ctx context.Context, seq uint64) (*proto.Record, error) {
 		}
 	}
 	if err != nil {
-		return rec, fmt.Errorf("replay dead letter %d: %w", seq, err)
+		return &Replayed{Record: rec}, fmt.Errorf("replay dead letter %d: %w", seq, err)
 	}
+	job.Tenant = rec.Tenant
+	c.keepRequest(ctx, job)
 	if err := c.requeued(ctx, job, rec, fmt.Sprintf("%s.replay.%d", job.ID, seq)); err != nil {
-		return rec, fmt.Errorf("replay dead letter %d: %w", seq, err)
+		return &Replayed{Record: rec}, fmt.Errorf("replay dead letter %d: %w", seq, err)
 	}
 	if err := c.q.DeleteDeadLetter(ctx, seq); err != nil {
-		return rec, fmt.Errorf("replay dead letter %d: %w", seq, err)
+		return &Replayed{Record: rec}, fmt.Errorf("replay dead letter %d: %w", seq, err)
 	}
-	return rec, nil
+	c.log.Info("dead letter replayed", zap.Uint64("seq", seq), zap.String("job_id", job.ID), zap.Any("secrets", from))
+	return &Replayed{Record: rec, Secrets: from}, nil
 }
 
 // requeued publishes a job whose record went back to IN_QUEUE, or fails

@@ -60,7 +60,8 @@ func (c SweeperConfig) withDefaults() SweeperConfig {
 // their policy.ttl end TIMED_OUT, and the job of a worker whose lease
 // lapsed (it died, or lost Redis for longer than its lease) is handed back
 // at once by NAKing its delivery, or ends TIMED_OUT past its execution
-// deadline plus a grace. Every dispatcher replica runs one; each step is
+// deadline plus a grace. It also removes the request copies (with their
+// secrets) of jobs whose retention ended. Every dispatcher replica runs one; each step is
 // atomic in Redis, so two sweepers never act twice on one job. It serves
 // gpuworkers and the job-take host's RunPod workers alike: one lease
 // system.
@@ -108,7 +109,37 @@ func (s *Sweeper) loop(ctx context.Context) {
 
 // RunOnce is one sweep.
 func (s *Sweeper) RunOnce(ctx context.Context) error {
-	return errors.Join(s.sweepTTL(ctx), s.sweepLeases(ctx))
+	return errors.Join(s.sweepTTL(ctx), s.sweepLeases(ctx), s.sweepKept(ctx))
+}
+
+// keptRounds bounds the batches of kept requests one sweep removes, so
+// that a backlog (after an outage) is worked off over a few sweeps
+// without holding up the others.
+const keptRounds = 10
+
+// sweepKept removes the kept requests, with their secrets, of the jobs
+// whose record outlived its retention: from then on the job can no longer
+// be retried. Of several sweepers one takes each job (rdb.DueKept); a
+// copy that could not be removed is taken again by a later sweep.
+func (s *Sweeper) sweepKept(ctx context.Context) error {
+	for range keptRounds {
+		ids, claim, err := s.c.db.DueKept(ctx, s.cfg.Batch)
+		if err != nil || len(ids) == 0 {
+			return err
+		}
+		dropped, derr := s.c.q.DropRequests(ctx, ids)
+		if err := s.c.db.ForgetKept(ctx, claim, dropped); err != nil {
+			return errors.Join(derr, err)
+		}
+		if derr != nil {
+			return derr
+		}
+		s.log.Debug("removed the kept requests of jobs past their retention", zap.Int("jobs", len(dropped)))
+		if len(ids) < s.cfg.Batch {
+			return nil
+		}
+	}
+	return nil
 }
 
 func (s *Sweeper) sweepTTL(ctx context.Context) error {

@@ -28,21 +28,29 @@ type DeadLetter struct {
 	// Reason is the last attempt's error.
 	Reason string `json:"reason"`
 	// Attempts is every failed attempt's error, oldest first.
-	Attempts []string  `json:"attempts,omitempty"`
-	Time     time.Time `json:"time"`
+	Attempts []string `json:"attempts,omitempty"`
+	// SecretsRemoved names the secrets taken out of the job message
+	// (proto.StripSecrets): a replay gives them again or runs with the
+	// worker's own settings.
+	SecretsRemoved []string  `json:"secrets_removed,omitempty"`
+	Time           time.Time `json:"time"`
 }
 
 // PublishDeadLetter puts a job message that used up its attempts on its
-// pool's dead-letter subject with its last error and every attempt's, and
+// pool's dead-letter subject with its last error, every attempt's and the
+// names of the secrets taken out of it (the caller strips them), and
 // waits for the stream to store it. The message id names the job and the
 // attempt that ended it, so publishing it again (a retry after a lost
 // reply) stores it once.
-func (c *Client) PublishDeadLetter(ctx context.Context, pool, jobID string, attempt int, job []byte, reason string, attempts []string) error {
+func (c *Client) PublishDeadLetter(ctx context.Context, pool, jobID string, attempt int, job []byte, reason string, attempts, secretsRemoved []string) error {
 	m := &nats.Msg{Subject: proto.DLQSubject(pool), Data: job, Header: nats.Header{}}
 	m.Header.Set(proto.MsgIDHeader, jobID+".dlq."+strconv.Itoa(attempt))
 	m.Header.Set(proto.DLQReasonHeader, reason)
 	if data, err := json.Marshal(attempts); err == nil {
 		m.Header.Set(proto.DLQAttemptsHeader, string(data))
+	}
+	if len(secretsRemoved) > 0 {
+		m.Header.Set(proto.DLQSecretsRemovedHeader, strings.Join(secretsRemoved, ","))
 	}
 	if _, err := c.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish dead letter of %s: %w", jobID, err)
@@ -128,6 +136,9 @@ func decodeDeadLetter(raw *jetstream.RawStreamMsg) DeadLetter {
 	if raw.Header != nil {
 		dl.Reason = raw.Header.Get(proto.DLQReasonHeader)
 		_ = json.Unmarshal([]byte(raw.Header.Get(proto.DLQAttemptsHeader)), &dl.Attempts)
+		if v := raw.Header.Get(proto.DLQSecretsRemovedHeader); v != "" {
+			dl.SecretsRemoved = strings.Split(v, ",")
+		}
 	}
 	return dl
 }

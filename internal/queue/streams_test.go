@@ -140,13 +140,17 @@ func TestDeadLettersAgeOut(t *testing.T) {
 	require.NoError(t, err)
 	ctx := testenv.Context(t, 30*time.Second)
 	require.NoError(t, q.Ensure(ctx, queue.Config{DLQMaxAge: time.Second}))
-	require.NoError(t, q.PublishDeadLetter(ctx, "p", "j", 1, []byte(`{"id":"j"}`), "boom", []string{"attempt 1: boom"}))
+	require.NoError(t, q.PublishDeadLetter(ctx, "p", "j", 1, []byte(`{"id":"j"}`), "boom", []string{"attempt 1: boom"}, []string{proto.SecretComfyOrgAPIKey, proto.SecretS3AccessSecret}))
 	dls, err := q.DeadLetters(ctx, "p", 0)
 	require.NoError(t, err)
 	require.Len(t, dls, 1)
 	require.Equal(t, "j", dls[0].JobID)
 	require.Equal(t, "boom", dls[0].Reason)
 	require.Equal(t, []string{"attempt 1: boom"}, dls[0].Attempts)
+	require.Equal(t, []string{proto.SecretComfyOrgAPIKey, proto.SecretS3AccessSecret}, dls[0].SecretsRemoved)
+	dl, _, err := q.DeadLetterJob(ctx, dls[0].Seq)
+	require.NoError(t, err)
+	require.Equal(t, dls[0].SecretsRemoved, dl.SecretsRemoved)
 	require.Eventually(t, func() bool {
 		dls, err := q.DeadLetters(ctx, "p", 0)
 		return err == nil && len(dls) == 0

@@ -36,6 +36,11 @@ type CreateParams struct {
 	// TTL is the job's policy.ttl, its whole lifespan from submission;
 	// zero means the DB's default.
 	TTL time.Duration
+	// Kept says that a copy of the job message is kept for /retry
+	// (proto.RequestBucket): when the record ends, the job goes into the
+	// kept index (proto.KeptKey) for when its retention ends, and a
+	// sweeper then removes the copy (DueKept).
+	Kept bool
 }
 
 // ParamsFor gives the CreateParams of a job.
@@ -49,7 +54,21 @@ func ParamsFor(j *proto.Job) CreateParams {
 		BatchID:   j.BatchID,
 		Retention: proto.Millis(j.Retention),
 		TTL:       proto.Millis(j.Policy.TTL),
+		Kept:      j.KeptForRetry(),
 	}
+}
+
+// Lifespan is how long a job of p may live, by this DB's defaults: its
+// policy.ttl (from submission) and the retention of its terminal record.
+func (db *DB) Lifespan(p CreateParams) (ttl, retention time.Duration) {
+	ttl, retention = p.TTL, p.Retention
+	if ttl <= 0 {
+		ttl = db.ttl
+	}
+	if retention <= 0 {
+		retention = db.retention
+	}
+	return ttl, retention
 }
 
 func (db *DB) createArgs(p CreateParams) ([]any, error) {
@@ -64,13 +83,7 @@ func (db *DB) createArgs(p CreateParams) ([]any, error) {
 			return nil, fmt.Errorf("job %s: tenant: %w", p.ID, err)
 		}
 	}
-	retention, ttl := p.Retention, p.TTL
-	if retention <= 0 {
-		retention = db.retention
-	}
-	if ttl <= 0 {
-		ttl = db.ttl
-	}
+	ttl, retention := db.Lifespan(p)
 	return []any{p.Pool, string(p.Lane), p.Source, p.BatchID, millis(retention), millis(ttl)}, nil
 }
 
@@ -110,7 +123,7 @@ func (db *DB) Admit(ctx context.Context, intake string, p CreateParams, reject s
 	if err != nil {
 		return 0, nil, fmt.Errorf("admit job: %w", err)
 	}
-	r, err := db.run(ctx, "admit", p.ID, append(append([]any{intake}, args...), reject, 0, 0, tenantArg(p.Tenant))...)
+	r, err := db.run(ctx, "admit", p.ID, append(append([]any{intake}, args...), reject, 0, 0, tenantArg(p.Tenant), boolArg(p.Kept))...)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -141,7 +154,7 @@ func (db *DB) Create(ctx context.Context, p CreateParams, submitted time.Time, r
 	if !submitted.IsZero() {
 		sub = submitted.UnixMilli()
 	}
-	r, err := db.run(ctx, "create", p.ID, append(append([]any{""}, args...), "", sub, boolArg(recreated), tenantArg(p.Tenant))...)
+	r, err := db.run(ctx, "create", p.ID, append(append([]any{""}, args...), "", sub, boolArg(recreated), tenantArg(p.Tenant), boolArg(p.Kept))...)
 	if err != nil {
 		return nil, false, err
 	}
@@ -482,6 +495,7 @@ func (db *DB) run(ctx context.Context, op, id string, args ...any) (*result, err
 	keys := []string{
 		db.key(proto.JobKey(id)), db.key(proto.StatsKey), db.key(proto.LeaseKey(id)),
 		db.key(proto.LeasesKey), db.key(proto.TTLKey), db.key(proto.AttemptsKey(id)),
+		db.key(proto.KeptKey),
 	}
 	argv := append([]any{op, id, db.key(proto.HeldKey(""))}, args...)
 	vals, err := transition.Run(ctx, db.rdb, keys, argv...).Slice()

@@ -37,6 +37,84 @@ func (db *DB) LapsedLeases(ctx context.Context, limit int) ([]string, error) {
 	return ids, nil
 }
 
+// dueKept takes up to ARGV[1] jobs of the kept index (KEYS[1]) whose
+// retention ended by Redis's clock: each whose record is gone is claimed
+// for ARGV[3] ms (its score moves on, so no other sweeper takes it
+// meanwhile) and returned. A record still there is either ending this
+// very millisecond (Redis expires a key only once its time is past) and
+// is looked at again when it is gone, or lives again (a replay made it
+// anew) and leaves the index, which its own end fills again (so does one
+// that never expires, which no sweep waits for). ARGV[2] is
+// the records' key prefix. Reply: {claimed score, id…}.
+var dueKept = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local claim = string.format('%d', now + tonumber(ARGV[3]))
+local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true}
+local out = {claim}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now), 'LIMIT', 0, tonumber(ARGV[1]))) do
+  local key = ARGV[2] .. id
+  local status = redis.call('HGET', key, 'status')
+  if not status then
+    redis.call('ZADD', KEYS[1], claim, id)
+    table.insert(out, id)
+  elseif terminal[status] and redis.call('PTTL', key) >= 0 then
+    redis.call('ZADD', KEYS[1], string.format('%d', now + redis.call('PTTL', key) + 1), id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+`)
+
+// forgetKept removes from the kept index (KEYS[1]) the ids of ARGV[2…]
+// still claimed with the score ARGV[1]: an id indexed anew meanwhile
+// stays.
+var forgetKept = redis.NewScript(`
+local claim = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) == claim then redis.call('ZREM', KEYS[1], ARGV[i]) end
+end
+return 0
+`)
+
+// keptClaim is how long a sweeper holds the kept requests it took before
+// another may take them: the time to remove them.
+const keptClaim = time.Minute
+
+// DueKept takes up to limit jobs whose request copy must go: their record
+// outlived its retention. They are held for a minute, in which the caller
+// removes each copy and then calls ForgetKept with the claim; a caller
+// that dies meanwhile leaves them to the next sweeper after the minute.
+func (db *DB) DueKept(ctx context.Context, limit int) (ids []string, claim string, err error) {
+	out, err := dueKept.Run(ctx, db.rdb, []string{db.key(proto.KeptKey)}, limit, db.key(proto.JobKey("")), keptClaim.Milliseconds()).StringSlice()
+	if err != nil {
+		return nil, "", fmt.Errorf("list kept requests to remove: %w", err)
+	}
+	if len(out) == 0 {
+		return nil, "", fmt.Errorf("list kept requests to remove: empty script reply")
+	}
+	return out[1:], out[0], nil
+}
+
+// ForgetKept takes the jobs DueKept gave under claim out of the kept
+// index, once their copies are gone.
+func (db *DB) ForgetKept(ctx context.Context, claim string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := make([]any, 0, len(ids)+1)
+	args = append(args, claim)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	if err := forgetKept.Run(ctx, db.rdb, []string{db.key(proto.KeptKey)}, args...).Err(); err != nil {
+		return fmt.Errorf("forget removed requests: %w", err)
+	}
+	return nil
+}
+
 // sweepClock records a sweep in KEYS[1] and says whether lease reclaims
 // must wait: when the previous sweep is older than ARGV[1] ms (Redis was
 // down, or no sweeper ran), nobody could renew a lease meanwhile, so

@@ -11,6 +11,7 @@
 -- KEYS[4]  the leases by expiry         (proto.LeasesKey)
 -- KEYS[5]  the TTL index                (proto.TTLKey)
 -- KEYS[6]  the job's attempt log        (proto.AttemptsKey)
+-- KEYS[7]  the kept requests' index     (proto.KeptKey)
 -- ARGV[1]  operation
 -- ARGV[2]  the job id (the record's id field must match it)
 -- ARGV[3]  the name of a worker's held set (proto.HeldKey) without the
@@ -28,7 +29,7 @@
 -- attempts are used up), notdue, skip, corrupt (a field the reader checks
 -- cannot be read; nothing was changed).
 
-local key, stats, leasekey, leases, ttlidx, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local key, stats, leasekey, leases, ttlidx, attempts, keptidx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local op, id, heldPrefix = ARGV[1], ARGV[2], ARGV[3]
 
 local t = redis.call('TIME')
@@ -75,13 +76,19 @@ local function fmt(n) return string.format('%d', n) end
 local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT = true}
 
 -- final moves the record to a terminal state, starts its retention and
--- takes it out of the TTL index.
+-- takes it out of the TTL index. A job whose request is kept for /retry
+-- (it holds the job's secrets) goes into the kept index for when the
+-- retention ends: a sweeper then removes the copy. Every terminal
+-- transition goes through here, so none forgets it.
 local function final(to, err, retention)
   redis.call('HSET', key, 'status', to, 'finished_at', nows)
   redis.call('HINCRBY', stats, to, 1)
   setopt('error', err)
   redis.call('PEXPIRE', key, retention)
   redis.call('ZREM', ttlidx, id)
+  if redis.call('HGET', key, 'kept') == '1' then
+    redis.call('ZADD', keptidx, fmt(now + tonumber(retention)), id)
+  end
 end
 
 -- dropLease removes the job's lease if it belongs to attempt a (any
@@ -108,7 +115,7 @@ local function logAttempt(entry, keep)
 end
 
 -- create writes a new IN_QUEUE record.
-local function create(intake, pool, lane, source, batch, retention, ttl, submitted, tenant)
+local function create(intake, pool, lane, source, batch, retention, ttl, submitted, tenant, kept)
   redis.call('HSET', key, 'id', id, 'status', 'IN_QUEUE', 'attempt', '0', 'retries', '0',
     'submitted_at', submitted, 'retention_ms', retention, 'ttl_ms', ttl,
     'expires_at', fmt(tonumber(submitted) + tonumber(ttl)))
@@ -118,20 +125,22 @@ local function create(intake, pool, lane, source, batch, retention, ttl, submitt
   setopt('source', source)
   setopt('tenant', tenant)
   setopt('batch_id', batch)
+  if kept == '1' then redis.call('HSET', key, 'kept', '1') end
   redis.call('PEXPIRE', key, tonumber(ttl) + slack)
 end
 
 if op == 'admit' or op == 'create' then
   -- admit and create: intake, pool, lane, source, batch_id, retention_ms,
   -- ttl_ms, reject (admit only), submitted_at (create only; 0: now),
-  -- recreated (create only; 1: count it), tenant
+  -- recreated (create only; 1: count it), tenant, kept (1: the request
+  -- is kept for /retry)
   local intake, reject = ARGV[4], ARGV[11]
   if redis.call('EXISTS', key) == 0 then
     local submitted = nows
     -- a submission time from the message, never later than now (a
     -- producer's clock ahead of Redis's would give a negative delayTime)
     if op == 'create' and ARGV[12] ~= '0' and tonumber(ARGV[12]) < now then submitted = ARGV[12] end
-    create(intake, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], submitted, ARGV[14])
+    create(intake, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], submitted, ARGV[14], ARGV[15])
     if op == 'create' and ARGV[13] == '1' then redis.call('HINCRBY', stats, 'RECREATED', 1) end
     if op == 'admit' and reject ~= '' then
       final('FAILED', reject, ARGV[9])
@@ -360,6 +369,9 @@ if op == 'retry' then
     'finished_attempt', 'dlq', 'requeue_reason')
   redis.call('PEXPIRE', key, ttl + slack)
   redis.call('ZADD', ttlidx, now + ttl, id)
+  -- The retry keeps its request again, for as long as it lives; its end
+  -- indexes it anew.
+  redis.call('ZREM', keptidx, id)
   redis.call('DEL', attempts)
   dropLease(nil)
   return reply('ok')

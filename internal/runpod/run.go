@@ -96,9 +96,8 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		return nil, false
 	}
 	job.Input, err = OffloadImages(ctx, a.blobs, job.Tenant, id, req.Input, in, a.cfg.InlineBlobMax)
-	var msg []byte
 	if err == nil {
-		msg, err = FitMessage(ctx, a.blobs, job, in, a.q.MaxJobMessage())
+		_, err = FitMessage(ctx, a.blobs, job, in, a.q.MaxJobMessage())
 	}
 	var ie *proto.InputError
 	var tl *queue.TooLargeError
@@ -113,16 +112,10 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		a.unavailable(w, "store input images", err)
 		return nil, false
 	}
-	// Keep the message for /retry while the submission is on its way.
-	kept := make(chan error, 1)
-	go func() { kept <- a.q.KeepRequest(context.WithoutCancel(ctx), id, msg) }()
 	// Recorded at once, so /status finds the job before a dispatcher
-	// reads it.
+	// reads it; the core keeps its message for /retry as long as the job
+	// lives.
 	err = a.core.Submit(ctx, proto.SourceAPI, job, true)
-	if kerr := <-kept; kerr != nil {
-		// The job runs anyway; only /retry of it will say it cannot.
-		a.log.Warn("keep job message for retry", zap.String("job_id", id), zap.Error(kerr))
-	}
 	if errors.As(err, &tl) { // the server's limit changed under us
 		WriteError(w, http.StatusRequestEntityTooLarge, TooLargeMessage(tl))
 		return nil, false
