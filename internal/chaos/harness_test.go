@@ -454,6 +454,13 @@ func (f *fleet) await(ids []string, within time.Duration) tally {
 		st, ok := final[id]
 		if !ok {
 			tl.stuck = append(tl.stuck, id)
+			// Where it stuck, for whoever reads the failure.
+			rec, err := f.b.DB.Get(context.Background(), id)
+			if err != nil {
+				f.t.Logf("stuck job %s: %v", id, err)
+			} else {
+				f.t.Logf("stuck job %s: %s, attempt %d, worker %q, submitted %s, started %s", id, rec.Status, rec.Attempt, rec.WorkerID, rec.SubmittedAt.Format(time.StampMilli), rec.StartedAt.Format(time.StampMilli))
+			}
 			continue
 		}
 		tl.byStatus[st]++
