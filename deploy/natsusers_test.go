@@ -48,16 +48,6 @@ func composeNATSOptions(t *testing.T) *server.Options {
 	return opts
 }
 
-// composeNATSURL is the URL of the NATS user of a compose service, with
-// the server's address in place of compose's name for it.
-func composeNATSURL(t *testing.T, service, addr string) string {
-	t.Helper()
-	svc := allProfiles(t).Services[service]
-	u := deref(svc.Environment["NATS_URL"])
-	require.Contains(t, u, "@nats:4222", "%s names its NATS user", service)
-	return strings.Replace(u, "@nats:4222", "@"+addr, 1)
-}
-
 // natsUser connects as one of nats.conf's users; violations come on the
 // returned channel.
 func natsUser(t *testing.T, addr, user string, opts ...nats.Option) (*nats.Conn, <-chan error) {
