@@ -85,15 +85,12 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 // Finish completes and checks the settings; on failure it names the
 // setting.
 func (c *AdapterConfig) Finish() (setting string, err error) {
-	rings, setting, err := c.Keys.keyrings(auth.Tenant | auth.Admin | auth.Worker)
+	rings, setting, err := c.Keys.finish(auth.Tenant | auth.Admin | auth.Worker)
 	if err != nil {
 		return setting, err
 	}
 	c.API.Keys, c.API.AllowedOrigins = rings.API, c.Keys.AllowedOrigins
 	c.Take.Keys, c.Take.AllowedOrigins = rings.Worker, c.Keys.AllowedOrigins
-	if _, setting, err := c.Keys.guard(nil); err != nil {
-		return setting, err
-	}
 	c.Take.Pool, c.Serverless.Pool = c.API.Pool, c.API.Pool
 	if c.JobTake && rings.Worker.Empty() {
 		return "WORKER_KEYS", errors.New("required with JOB_TAKE: the job-take routes hand out jobs with their secrets, and API keys never work there")

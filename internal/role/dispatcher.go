@@ -55,11 +55,8 @@ func (c *DispatcherConfig) Finish() (setting string, err error) {
 	if err := c.Webhooks.Validate(); err != nil {
 		return "WEBHOOK_SECRET, WEBHOOK_ALLOW or WEBHOOK_*", err
 	}
-	rings, setting, err := c.Keys.keyrings(auth.Admin)
+	rings, setting, err := c.Keys.finish(auth.Admin)
 	if err != nil {
-		return setting, err
-	}
-	if _, setting, err := c.Keys.guard(nil); err != nil {
 		return setting, err
 	}
 	c.admins = rings.Admin

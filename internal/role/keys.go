@@ -99,6 +99,19 @@ func (k *Keys) keyrings(roles auth.Role) (Keyrings, string, error) {
 	return r, "", nil
 }
 
+// finish reads the keys of the given roles (keyrings) and checks the
+// browser origins, naming the setting at fault.
+func (k *Keys) finish(roles auth.Role) (Keyrings, string, error) {
+	rings, setting, err := k.keyrings(roles)
+	if err != nil {
+		return Keyrings{}, setting, err
+	}
+	if _, setting, err := k.guard(nil); err != nil {
+		return Keyrings{}, setting, err
+	}
+	return rings, "", nil
+}
+
 // guard builds the guard of a server with keys; on failure it names the
 // setting.
 func (k *Keys) guard(keys *auth.Keyring) (*auth.Guard, string, error) {

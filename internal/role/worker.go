@@ -131,11 +131,8 @@ func (c *WorkerConfig) Finish() (setting string, err error) {
 	if err := c.Worker.Validate(); err != nil {
 		return "worker settings", err
 	}
-	rings, setting, err := c.Keys.keyrings(auth.Admin)
+	rings, setting, err := c.Keys.finish(auth.Admin)
 	if err != nil {
-		return setting, err
-	}
-	if _, setting, err := c.Keys.guard(nil); err != nil {
 		return setting, err
 	}
 	c.admins = rings.Admin
