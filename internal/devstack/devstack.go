@@ -360,9 +360,16 @@ func s3Origins(urls ...string) []string {
 // StackFile is where the stack's addresses are written inside Dir.
 const StackFile = "stack.json"
 
+// writeInfo writes stack.json for its owner alone: the URLs in it may
+// carry credentials (a NATS_URL or REDIS_URL given with a password).
 func (s *Stack) writeInfo() error {
 	data, _ := json.MarshalIndent(s.Info, "", "  ")
-	if err := os.WriteFile(filepath.Join(s.dir, StackFile), data, 0o644); err != nil {
+	path := filepath.Join(s.dir, StackFile)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("dev stack: write %s: %w", StackFile, err)
+	}
+	// One left by a stack that crashed keeps its mode through WriteFile.
+	if err := os.Chmod(path, 0o600); err != nil {
 		return fmt.Errorf("dev stack: write %s: %w", StackFile, err)
 	}
 	return nil

@@ -73,6 +73,9 @@ func setup(t *testing.T, more ...string) *bundle {
 	info, err := os.ReadFile(filepath.Join(dir, devstack.StackFile))
 	require.NoError(t, err)
 	require.Contains(t, string(info), stack.Info.APIURL, "the CLI finds the stack")
+	st, err := os.Stat(filepath.Join(dir, devstack.StackFile))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "stack.json is its owner's alone: its URLs may carry passwords")
 
 	nc, err := nats.Connect(stack.Info.NATSURL)
 	require.NoError(t, err)
