@@ -360,16 +360,23 @@ func s3Origins(urls ...string) []string {
 // StackFile is where the stack's addresses are written inside Dir.
 const StackFile = "stack.json"
 
-// writeInfo writes stack.json for its owner alone: the URLs in it may
-// carry credentials (a NATS_URL or REDIS_URL given with a password).
+// writeInfo writes stack.json for its owner alone, as the URLs in it may
+// carry credentials (a NATS_URL or REDIS_URL given with a password), and
+// at once: a reader (the CLI) finds it whole or not at all.
 func (s *Stack) writeInfo() error {
 	data, _ := json.MarshalIndent(s.Info, "", "  ")
 	path := filepath.Join(s.dir, StackFile)
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return fmt.Errorf("dev stack: write %s: %w", StackFile, err)
 	}
-	// One left by a stack that crashed keeps its mode through WriteFile.
-	if err := os.Chmod(path, 0o600); err != nil {
+	// A temporary file left by a stack that crashed keeps its mode.
+	err := os.Chmod(tmp, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
 		return fmt.Errorf("dev stack: write %s: %w", StackFile, err)
 	}
 	return nil
