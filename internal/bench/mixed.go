@@ -109,7 +109,7 @@ func runMixed(ctx context.Context, r *runner) error {
 		env           map[string]string
 		out           *MixedRun
 	}{
-		{"aware", "WARM_DEFER=25ms (the default)", nil, &res.Aware},
+		{"aware", "WARM_DEFER=25ms, the default", nil, &res.Aware},
 		{"blind", blindSetting, map[string]string{"WARM_DEFER": "-1ms"}, &res.Blind},
 	} {
 		run, err := r.mixedRun(ctx, v.name, v.env, ckpts, order)
