@@ -27,6 +27,7 @@ type config struct {
 	Dir         string
 	Checkpoints []string
 	StepDelay   time.Duration
+	LoadDelay   time.Duration
 	LogLevel    zapcore.Level
 }
 
@@ -41,6 +42,7 @@ var settings = []setting{
 	{"dir", "COMFYSIM_DIR", "", "root folder holding input/, output/ and temp/; empty = a temporary folder removed at exit"},
 	{"checkpoints", "COMFYSIM_CHECKPOINTS", comfysim.DefaultCheckpoint, "comma-separated ckpt_name options of CheckpointLoaderSimple"},
 	{"step-delay", "COMFYSIM_STEP_DELAY", comfysim.DefaultStepDelay.String(), "sleep per KSampler step (Go duration); 0 or negative = none"},
+	{"model-load-delay", "COMFYSIM_MODEL_LOAD_DELAY", "0s", "time a prompt takes to load models other than the ones in VRAM, which holds one prompt's models at a time (Go duration); 0 = loads take no time"},
 	{"log-level", "COMFYSIM_LOG_LEVEL", "info", "log level: debug, info, warn, error"},
 }
 
@@ -93,6 +95,9 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		d = -1 // an explicit 0 means no sleep; comfysim.Config reads 0 as the default
 	}
 	cfg.StepDelay = d
+	if cfg.LoadDelay, err = time.ParseDuration(*vals["model-load-delay"]); err != nil || cfg.LoadDelay < 0 {
+		return config{}, fmt.Errorf("model-load-delay (COMFYSIM_MODEL_LOAD_DELAY): %q is not a duration of 0 or more", *vals["model-load-delay"])
+	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(*vals["log-level"])); err != nil {
 		return config{}, fmt.Errorf("log-level (COMFYSIM_LOG_LEVEL): %q is not a level", *vals["log-level"])
 	}
@@ -140,7 +145,7 @@ func run(ctx context.Context, cfg config, ready func(api, control string)) error
 	}
 	defer func() { _ = log.Sync() }()
 
-	sim, err := comfysim.New(comfysim.Config{Dir: cfg.Dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay, Logger: log})
+	sim, err := comfysim.New(comfysim.Config{Dir: cfg.Dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay, ModelLoadDelay: cfg.LoadDelay, Logger: log})
 	if err != nil {
 		return fmt.Errorf("start emulator: %w", err)
 	}

@@ -26,6 +26,7 @@ func tiny(t *testing.T, scenario string) bench.Config {
 		RedisURL: testenv.RedisURL(), KeyPrefix: prefix,
 		Pairs: 3, Workers: 2, Jobs: 3, Clients: 2, GapJobs: 3, StepDelay: time.Millisecond,
 		Backlog: 5, Interactive: 3, Rate: 50, InteractiveWorkers: 2,
+		MixedWorkers: 2, MixedJobs: 8, Models: 2, LoadDelay: 20 * time.Millisecond, MixedSeed: 7,
 		Timeout: 2 * time.Minute, Logger: zaptest.NewLogger(t), Out: &bytes.Buffer{},
 	}
 }
@@ -45,7 +46,7 @@ func run(t *testing.T, cfg bench.Config) *bench.Report {
 	require.Positive(t, rep.GOMAXPROCS)
 	require.Positive(t, rep.NumCPU)
 	require.Equal(t, cfg.Scenarios, rep.Settings.Scenarios)
-	require.Contains(t, rep.NotBuilt, "mixed-models")
+	require.NotContains(t, rep.NotBuilt, "mixed-models")
 	require.Contains(t, rep.NotBuilt, "memory")
 	return &rep
 }
@@ -146,6 +147,40 @@ func TestInteractive(t *testing.T) {
 	require.LessOrEqual(t, res.BacklogDoneAtEnd, res.Backlog)
 }
 
+// TestMixedModels runs the jobs model-aware and model-blind: every job
+// ends, the loads the emulators counted are the loads the jobs' placement
+// implies, and no run loads fewer models than there are.
+func TestMixedModels(t *testing.T) {
+	t.Parallel()
+	res := run(t, tiny(t, "mixed-models")).Mixed
+	require.NotNil(t, res)
+	require.Equal(t, 8, res.Jobs)
+	require.Len(t, res.JobsPerModel, 2)
+	require.Equal(t, 8, res.JobsPerModel[0]+res.JobsPerModel[1])
+	require.Equal(t, 2, res.Oracle.MinLoads, "seed 7 gives both checkpoints jobs")
+	require.Equal(t, 2, res.Oracle.Loads)
+	require.InDelta(t, 20.0, res.LoadDelayMS, 0)
+	require.Positive(t, res.Oracle.MakespanBoundSeconds)
+	require.LessOrEqual(t, res.Oracle.MakespanBoundSeconds, res.Oracle.MakespanSeconds)
+	for name, r := range map[string]bench.MixedRun{"aware": res.Aware, "blind": res.Blind} {
+		require.Equal(t, 8, r.Completed, name)
+		require.Zero(t, r.Failed, name)
+		require.Len(t, r.LoadsPerWorker, 2, name)
+		require.Equal(t, r.Loads, r.LoadsPerWorker[0]+r.LoadsPerWorker[1], name)
+		require.GreaterOrEqual(t, r.Loads, int64(res.Oracle.MinLoads), name)
+		require.LessOrEqual(t, r.Loads, int64(8), name)
+		require.EqualValues(t, r.Loads, r.ReplayedLoads, "%s: the emulators' count is the placement's", name)
+		sum := 0
+		for _, n := range r.JobsPerWorker {
+			sum += n
+		}
+		require.Equal(t, 8, sum, name)
+		require.Positive(t, r.MakespanSeconds, name)
+	}
+	require.Equal(t, "WARM_DEFER=-1ms", res.Blind.Setting)
+	require.InDelta(t, float64(res.Aware.Loads)/2, res.AwareRatio, 0.001)
+}
+
 // TestRunningStack: pointed at a running stack, the bench starts none and
 // runs what the URLs allow; the other scenarios say what they lack.
 func TestRunningStack(t *testing.T) {
@@ -191,6 +226,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "unknown scenario", cfg: bench.Config{Scenarios: []string{"speed"}}, wantErr: `scenario "speed" is unknown`},
 		{name: "not built", cfg: bench.Config{Scenarios: []string{"memory"}}, wantErr: "scenario memory is not built yet"},
 		{name: "negative", cfg: bench.Config{Jobs: -1}, wantErr: "jobs: -1 is negative"},
+		{name: "negative models", cfg: bench.Config{Models: -2}, wantErr: "models: -2 is negative"},
 		{name: "odd size", cfg: bench.Config{Size: 60}, wantErr: "size: 60 is not a multiple of 8"},
 		{name: "redis with a running stack", cfg: bench.Config{APIURL: "http://127.0.0.1:8000", RedisURL: "redis://x"}, wantErr: "redis url"},
 	}

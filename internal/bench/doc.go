@@ -12,7 +12,10 @@
 // events on cf.events.<id>.*), and ComfyUI's own HTTP and WebSocket API
 // (through internal/comfy) for the floor and for the executor's
 // timestamps in /history. It never reads Redis and never reaches into a
-// running component, so the internals can change under it.
+// running component, so the internals can change under it; the one
+// exception is mixed-models, which reads the model loads of the emulators
+// it started (the counters of their control surface, through
+// devstack.Stack.EmulatorStats), because ComfyUI reports none.
 //
 // The scenarios are in [Scenarios]; [NotBuilt] names the ones of issue 11
 // that need changes to the emulator first.

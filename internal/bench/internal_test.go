@@ -2,6 +2,7 @@ package bench
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -52,4 +53,48 @@ func TestDecodeSpans(t *testing.T) {
 
 	_, err = decodeSpans([]byte(`[]`))
 	require.Error(t, err)
+}
+
+func TestMixedOracle(t *testing.T) {
+	t.Parallel()
+	const ms = time.Millisecond
+	tests := []struct {
+		name      string
+		perModel  []int
+		workers   int
+		job, load time.Duration
+		want      MixedOracle
+	}{
+		{name: "even, a spare worker that would not help", perModel: []int{20, 20, 20}, workers: 4, job: 100 * ms, load: 2 * time.Second,
+			want: MixedOracle{MinLoads: 3, Loads: 3, WorkersPerModel: []int{1, 1, 1}, MakespanSeconds: 4, MakespanBoundSeconds: 3}},
+		{name: "the big model split", perModel: []int{30, 10, 10}, workers: 4, job: 500 * ms, load: 2 * time.Second,
+			want: MixedOracle{MinLoads: 3, Loads: 4, WorkersPerModel: []int{2, 1, 1}, MakespanSeconds: 9.5, MakespanBoundSeconds: 7.75}},
+		{name: "one model, split as far as it shortens", perModel: []int{0, 3}, workers: 4, job: time.Second, load: time.Second,
+			want: MixedOracle{MinLoads: 1, Loads: 3, WorkersPerModel: []int{0, 3}, MakespanSeconds: 2, MakespanBoundSeconds: 2}},
+		{name: "fewer workers than models", perModel: []int{5, 5, 5, 5}, workers: 2, job: time.Second, load: time.Second,
+			want: MixedOracle{MinLoads: 4, Loads: 4, WorkersPerModel: []int{1, 1, 1, 1}, MakespanSeconds: 12, MakespanBoundSeconds: 12}},
+		{name: "no jobs", perModel: []int{0, 0}, workers: 2, job: time.Second, load: time.Second,
+			want: MixedOracle{WorkersPerModel: []int{0, 0}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			require.Equal(t, tt.want, mixedOracle(tt.perModel, tt.workers, tt.job, tt.load))
+		})
+	}
+}
+
+func TestReplayLoads(t *testing.T) {
+	t.Parallel()
+	t0 := time.Now()
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Millisecond) }
+	jobs := map[string]jobTrack{
+		"a1": {WorkerID: "w1", Started: at(1)}, "b1": {WorkerID: "w1", Started: at(2)}, "a2": {WorkerID: "w1", Started: at(3)},
+		"a3": {WorkerID: "w2", Started: at(1)}, "a4": {WorkerID: "w2", Started: at(2)},
+		"b2": {}, // never started
+	}
+	model := map[string]int{"a1": 0, "a2": 0, "a3": 0, "a4": 0, "b1": 1, "b2": 1}
+	loads, perWorker := replayLoads(jobs, model)
+	require.Equal(t, 4, loads) // w1: a, b, a; w2: a
+	require.Equal(t, []int{3, 2}, perWorker)
 }

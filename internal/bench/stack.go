@@ -27,6 +27,10 @@ type stackSpec struct {
 	// StepDelay is the emulators' time per sampler step; negative means
 	// none (devstack's and comfysim's convention).
 	StepDelay time.Duration
+	// ModelLoadDelay and Checkpoints are the emulators' (devstack's
+	// defaults when zero).
+	ModelLoadDelay time.Duration
+	Checkpoints    []string
 	// Env are settings of the roles, by variable, as `comfyfleet dev`
 	// takes them (e.g. PREFETCH).
 	Env map[string]string
@@ -50,6 +54,10 @@ func (r *runner) startStack(ctx context.Context, name string, spec stackSpec) (*
 	}
 	cfg.Dir, cfg.Listen, cfg.NATSPort = filepath.Join(r.dir, name), "127.0.0.1:0", -1
 	cfg.Workers, cfg.StepDelay, cfg.RedisURL = spec.Workers, spec.StepDelay, r.cfg.RedisURL
+	cfg.ModelLoadDelay = spec.ModelLoadDelay
+	if spec.Checkpoints != nil {
+		cfg.Checkpoints = spec.Checkpoints
+	}
 	cfg.Common.KeyPrefix = r.cfg.KeyPrefix
 	cfg.Worker.Worker.Grace, cfg.Adapter.ShutdownGrace = 5*time.Second, 5*time.Second
 	cfg.Common.LogLevel = "error"

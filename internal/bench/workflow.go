@@ -22,8 +22,17 @@ func steps(delayMS float64) string {
 // the seed as parameters. Every job of a run gets its own seed, so no
 // prompt is served from ComfyUI's cache.
 func workflow(size int, seed uint64) []byte {
+	return workflowOn(defaultCheckpoint, size, seed)
+}
+
+// defaultCheckpoint is the checkpoint of examples/txt2img.json, the one
+// the emulators offer by default.
+const defaultCheckpoint = "v1-5-pruned-emaonly.safetensors"
+
+// workflowOn is workflow on the checkpoint ckpt.
+func workflowOn(ckpt string, size int, seed uint64) []byte {
 	return fmt.Appendf(nil, `{`+
-		`"4":{"class_type":"CheckpointLoaderSimple","inputs":{"ckpt_name":"v1-5-pruned-emaonly.safetensors"}},`+
+		`"4":{"class_type":"CheckpointLoaderSimple","inputs":{"ckpt_name":%q}},`+
 		`"5":{"class_type":"EmptyLatentImage","inputs":{"width":%d,"height":%d,"batch_size":1}},`+
 		`"6":{"class_type":"CLIPTextEncode","inputs":{"text":"a lighthouse on a cliff at dawn, oil painting","clip":["4",1]}},`+
 		`"7":{"class_type":"CLIPTextEncode","inputs":{"text":"blurry, low quality","clip":["4",1]}},`+
@@ -31,7 +40,7 @@ func workflow(size int, seed uint64) []byte {
 		`"model":["4",0],"positive":["6",0],"negative":["7",0],"latent_image":["5",0]}},`+
 		`"8":{"class_type":"VAEDecode","inputs":{"samples":["3",0],"vae":["4",2]}},`+
 		`"9":{"class_type":"SaveImage","inputs":{"filename_prefix":"ComfyUI","images":["8",0]}}}`,
-		size, size, strconv.FormatUint(seed, 10), workflowSteps)
+		ckpt, size, size, strconv.FormatUint(seed, 10), workflowSteps)
 }
 
 // runInput is RunPod's input object of a workflow.

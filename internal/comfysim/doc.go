@@ -8,6 +8,8 @@
 // refused uploads and prompts, answers without a prompt_id, lost history
 // entries, missing /view files, huge outputs) that real ComfyUI does not
 // have, plus a record of what clients sent (Uploads, Prompts) for tests.
+// Its VRAM holds one prompt's models at a time: other models cost
+// Config.ModelLoadDelay to load, and Stats counts the loads (vram.go).
 //
 // Besides the core txt2img nodes it knows the split loaders of flux-style
 // workflows (UNETLoader, DualCLIPLoader, VAELoader), LoraLoader, LoadImage,

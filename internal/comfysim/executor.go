@@ -36,6 +36,7 @@ type execution struct {
 	uiOutputs     *pyvalue.Dict // node id -> {"meta":..., "output":...}
 	sig           *signer
 	faultStepDone map[string]bool
+	modelsLoaded  bool // loadModels ran (vram.go)
 }
 
 type progressState struct {
@@ -58,6 +59,10 @@ func (s *Server) executorLoop() {
 			if s.freeMemory {
 				s.freeMemory = false
 				s.resetCachesLocked()
+			}
+			if s.unload {
+				s.unload = false
+				s.loaded = nil
 			}
 			if len(s.queue) > 0 && !s.holdQueue {
 				break
@@ -549,6 +554,12 @@ func (ex *execution) executeNode(id string, list *execList) error {
 	}
 	if ferr := ex.injectedFault(def, 0); ferr != nil {
 		return &execFailure{err: ferr, inputs: formatted}
+	}
+	if err := ex.loadModels(); err != nil {
+		if errors.Is(err, errInterrupted) {
+			return &execFailure{err: err}
+		}
+		return err
 	}
 
 	outputs, ui, err := def.Func(run)

@@ -123,6 +123,8 @@ func (s *Server) Restart() {
 	s.history = newHistoryStore()
 	s.number = 0
 	s.freeMemory = false
+	s.unload = false
+	s.loaded = nil // a new process starts with empty VRAM
 	s.interrupted = false
 	s.clientID = nil
 	s.lastNodeID = nil
@@ -171,6 +173,7 @@ func parseDuration(v any) (time.Duration, error) {
 //	POST /control/down    {"down": bool}
 //	POST /control/restart
 //	POST /control/step-delay {"step_delay": "10ms"}
+//	POST /control/model-load-delay {"model_load_delay": "2s"}
 //	GET  /control/uploads                the UploadRecords
 //	GET  /control/prompts                the PromptRecords
 func (s *Server) ControlHandler() http.Handler {
@@ -240,6 +243,22 @@ func (s *Server) ControlHandler() http.Handler {
 		}
 		s.SetStepDelay(d)
 		writeControl(w, http.StatusOK, map[string]string{"step_delay": s.currentStepDelay().String()})
+	})
+	mux.HandleFunc("POST /control/model-load-delay", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			ModelLoadDelay any `json:"model_load_delay"`
+		}
+		if err := decodeControl(r, &body); err != nil {
+			writeControl(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		d, err := parseDuration(body.ModelLoadDelay)
+		if err != nil {
+			writeControl(w, http.StatusBadRequest, map[string]string{"error": "model_load_delay: " + err.Error()})
+			return
+		}
+		s.SetModelLoadDelay(d)
+		writeControl(w, http.StatusOK, map[string]string{"model_load_delay": s.currentLoadDelay().String()})
 	})
 	return mux
 }

@@ -765,10 +765,15 @@ func (s *Server) handleFree(w http.ResponseWriter, r *http.Request, _ string) {
 		writeServerError(w)
 		return
 	}
+	// Each flag is set only when true; prompt_worker unloads the models
+	// on unload_models, or on free_memory alone (flags.get("unload_models",
+	// free_memory)).
 	fm, _ := d.Get("free_memory")
-	if pyvalue.Truth(fm) {
+	um, _ := d.Get("unload_models")
+	if pyvalue.Truth(fm) || pyvalue.Truth(um) {
 		s.mu.Lock()
-		s.freeMemory = true
+		s.freeMemory = s.freeMemory || pyvalue.Truth(fm)
+		s.unload = true
 		s.cond.Broadcast()
 		s.mu.Unlock()
 	}

@@ -58,6 +58,11 @@ type Config struct {
 	// StepDelay is the sleep per KSampler step: 0 means DefaultStepDelay,
 	// negative means no sleep.
 	StepDelay time.Duration
+	// ModelLoadDelay is the time a prompt takes to load models other than
+	// the ones in VRAM, which holds one prompt's models at a time
+	// (vram.go); 0 or negative means loads take no time (they are still
+	// counted).
+	ModelLoadDelay time.Duration
 	// Logger receives the emulator's logs; nil means zap.NewNop().
 	Logger *zap.Logger
 }
@@ -104,7 +109,9 @@ type Server struct {
 	seq         uint64 // tie-break for equal (number, prompt_id)
 	running     *queueItem
 	history     *historyStore
-	freeMemory  bool // POST /free flag, consumed by the executor
+	freeMemory  bool     // POST /free flag, consumed by the executor
+	unload      bool     // POST /free unload_models flag, consumed by the executor
+	loaded      []string // the model files in VRAM (vram.go), sorted; nil: none
 	closed      bool
 	epoch       uint64 // bumped by Restart; a prompt of an older epoch is abandoned
 	interrupted bool   // nodes.interrupt_processing flag
@@ -121,6 +128,7 @@ type Server struct {
 	interruptCh chan struct{} // wakes a sampler sleeping between steps
 	down        atomic.Bool
 	stepDelay   atomic.Int64
+	loadDelay   atomic.Int64
 	stats       statCounters
 
 	executorDone chan struct{}
@@ -130,6 +138,7 @@ type Server struct {
 type statCounters struct {
 	queued, executed, succeeded, failed, interrupted, aborted, restarts atomic.Int64
 	interruptRequests, freeRequests, uploads, socketDrops               atomic.Int64
+	modelLoads                                                          atomic.Int64
 }
 
 // Stats is a snapshot of the emulator's counters.
@@ -150,6 +159,11 @@ type Stats struct {
 	SocketsOpen        int    `json:"sockets_open"`       // open WebSocket connections
 	CacheEntries       int    `json:"cache_entries"`
 	Down               bool   `json:"down"`
+	// ModelLoads counts the loads of a prompt's models into VRAM, which
+	// holds one prompt's models at a time (vram.go); LoadedModels names
+	// the files in it now (empty: none).
+	ModelLoads   int64    `json:"model_loads"`
+	LoadedModels []string `json:"loaded_models"`
 }
 
 // New creates the folders and starts the executor goroutine.
@@ -186,6 +200,7 @@ func New(cfg Config) (*Server, error) {
 	s.cond = sync.NewCond(&s.mu)
 	s.hub = newHub(s.log)
 	s.SetStepDelay(cfg.StepDelay)
+	s.SetModelLoadDelay(cfg.ModelLoadDelay)
 
 	s.root = cfg.Dir
 	if s.root == "" {
@@ -297,6 +312,7 @@ func (s *Server) Stats() Stats {
 	if s.running != nil {
 		st.Running = s.running.id
 	}
+	st.LoadedModels = append([]string{}, s.loaded...)
 	s.mu.Unlock()
 	st.PromptsQueued = s.stats.queued.Load()
 	st.PromptsExecuted = s.stats.executed.Load()
@@ -311,6 +327,7 @@ func (s *Server) Stats() Stats {
 	st.SocketDrops = s.stats.socketDrops.Load()
 	st.SocketsOpen = s.hub.openCount()
 	st.Down = s.down.Load()
+	st.ModelLoads = s.stats.modelLoads.Load()
 	return st
 }
 

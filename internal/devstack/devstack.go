@@ -58,6 +58,11 @@ type Config struct {
 	NATSPort int
 	// StepDelay is the emulators' time per sampler step; 0 is their default.
 	StepDelay time.Duration
+	// ModelLoadDelay is the emulators' time to load a prompt's models
+	// other than the ones in their VRAM; 0 means none.
+	ModelLoadDelay time.Duration
+	// Checkpoints are the emulators' checkpoint files; nil means theirs.
+	Checkpoints []string
 	// RedisServer is the redis-server binary to run; "" looks one up on
 	// PATH, "-" never runs one (the embedded server is used).
 	RedisServer string
@@ -84,6 +89,8 @@ func (c *Config) Bind(fs *flagenv.Set) {
 	fs.String(&c.Dir, "dir", "COMFYFLEET_DIR", ".comfyfleet", "folder for the embedded NATS and Redis data, emulator files and stack.json; one stack per folder")
 	fs.Int(&c.NATSPort, "nats-port", "COMFYFLEET_NATS_PORT", 4222, "port of the embedded NATS server; a random one when it is taken (said at start); -1: random")
 	fs.Duration(&c.StepDelay, "step-delay", "COMFYSIM_STEP_DELAY", 0, "emulator time per sampler step (0 = its default, 5ms)")
+	fs.Duration(&c.ModelLoadDelay, "model-load-delay", "COMFYSIM_MODEL_LOAD_DELAY", 0, "emulator time to load a prompt's models when they are not the ones in its VRAM, which holds one prompt's models at a time (0 = none)")
+	fs.List(&c.Checkpoints, "checkpoints", "COMFYSIM_CHECKPOINTS", []string{comfysim.DefaultCheckpoint}, "checkpoint names the emulators offer (repeatable or comma-separated)")
 	fs.String(&c.RedisServer, "redis-server", "COMFYFLEET_REDIS_SERVER", "", "redis-server binary to run under --dir when REDIS_URL is unset (empty: look it up on PATH; -: never, use the embedded server)")
 	fs.String(&c.NATSURL, "nats-url", "NATS_URL", "", "use this NATS server instead of embedding one")
 	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", "", "use this Redis server instead of starting one under --dir")
@@ -115,6 +122,9 @@ func ConfigFrom(getenv func(string) string) (Config, error) {
 func (c *Config) Finish() (setting string, err error) {
 	if c.Workers < 0 {
 		return "COMFYFLEET_WORKERS", fmt.Errorf("%d is negative", c.Workers)
+	}
+	if c.ModelLoadDelay < 0 {
+		return "COMFYSIM_MODEL_LOAD_DELAY", fmt.Errorf("%v is negative", c.ModelLoadDelay)
 	}
 	if c.NATSPort < -1 || c.NATSPort > 65535 {
 		return "COMFYFLEET_NATS_PORT", fmt.Errorf("%d is out of range", c.NATSPort)
@@ -213,7 +223,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	var inputDirs []string
 	if len(urls) == 0 {
 		for i := range cfg.Workers {
-			u, inputDir, err := s.startSim(filepath.Join(cfg.Dir, fmt.Sprintf("comfysim-%d", i+1)), cfg.StepDelay)
+			u, inputDir, err := s.startSim(filepath.Join(cfg.Dir, fmt.Sprintf("comfysim-%d", i+1)), cfg)
 			if err != nil {
 				return nil, fmt.Errorf("dev stack: %w", err)
 			}
@@ -328,8 +338,9 @@ func (s *Stack) startServers(cfg *Config) error {
 
 // startSim runs one emulator on a random loopback port and returns its
 // URL and its input folder.
-func (s *Stack) startSim(dir string, stepDelay time.Duration) (url, inputDir string, err error) {
-	sim, err := comfysim.New(comfysim.Config{Dir: dir, StepDelay: stepDelay, Logger: s.log})
+func (s *Stack) startSim(dir string, cfg Config) (url, inputDir string, err error) {
+	sim, err := comfysim.New(comfysim.Config{Dir: dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay,
+		ModelLoadDelay: cfg.ModelLoadDelay, Logger: s.log})
 	if err != nil {
 		return "", "", err
 	}
@@ -342,6 +353,17 @@ func (s *Stack) startSim(dir string, stepDelay time.Duration) (url, inputDir str
 	s.sims = append(s.sims, srv)
 	go func() { _ = srv.Serve(ln) }()
 	return "http://" + ln.Addr().String(), sim.InputDir(), nil
+}
+
+// EmulatorStats returns the counters of the stack's emulators, one per
+// worker in the order of Info.ComfyUIURLs; none when the workers run on
+// ComfyUI URLs given.
+func (s *Stack) EmulatorStats() []comfysim.Stats {
+	out := make([]comfysim.Stats, 0, len(s.simCores))
+	for _, sim := range s.simCores {
+		out = append(out, sim.Stats())
+	}
+	return out
 }
 
 // s3Origins keeps the scheme and host of each URL given, nothing else.

@@ -245,7 +245,8 @@ func table(t *testing.T, dir string) []setting {
 }
 
 // devOwnSettings are the settings of `comfyfleet dev` that no binary has.
-var devOwnSettings = []string{"COMFYFLEET_WORKERS", "COMFYFLEET_DIR", "COMFYFLEET_NATS_PORT", "COMFYSIM_STEP_DELAY", "COMFYFLEET_REDIS_SERVER"}
+var devOwnSettings = []string{"COMFYFLEET_WORKERS", "COMFYFLEET_DIR", "COMFYFLEET_NATS_PORT", "COMFYSIM_STEP_DELAY",
+	"COMFYSIM_MODEL_LOAD_DELAY", "COMFYSIM_CHECKPOINTS", "COMFYFLEET_REDIS_SERVER"}
 
 // parseDev parses dev's settings as `comfyfleet dev` does.
 func parseDev(t *testing.T, getenv func(string) string) (*flagenv.Set, devstack.Config) {
@@ -363,6 +364,7 @@ func TestDevSettingErrors(t *testing.T) {
 		wantErr string
 	}{
 		{env: map[string]string{"COMFYFLEET_WORKERS": "-1"}, setting: "COMFYFLEET_WORKERS", wantErr: "negative"},
+		{env: map[string]string{"COMFYSIM_MODEL_LOAD_DELAY": "-1s"}, setting: "COMFYSIM_MODEL_LOAD_DELAY", wantErr: "negative"},
 		{env: map[string]string{"COMFYFLEET_NATS_PORT": "70000"}, setting: "COMFYFLEET_NATS_PORT", wantErr: "out of range"},
 		{env: map[string]string{"MAX_INPUT_MB": "-1"}, setting: "MAX_INPUT_MB", wantErr: "negative"},
 		{env: map[string]string{"EVENTS_MAX_BYTES": "-1"}, setting: "EVENTS_*/DLQ_*", wantErr: "negative"},

@@ -351,7 +351,9 @@ func (w *Worker) refresh(ctx context.Context, log *zap.Logger) {
 	defer cancel()
 	if err := w.comfy.Free(fctx, true, true); err != nil {
 		log.Warn("free comfyui memory after the job", zap.Error(err))
+		return
 	}
+	w.forgetWarm() // ComfyUI unloads its models before the next prompt
 }
 
 // timeout is the job's execution timeout.

@@ -115,11 +115,20 @@ func (w *Worker) refreshModels(ctx context.Context) {
 }
 
 // forgetModels makes the next probe re-read the model lists (ComfyUI
-// restarted, or went down).
+// restarted, or went down), and forgets the warm set: a ComfyUI that
+// comes back starts with empty VRAM.
 func (w *Worker) forgetModels() {
 	w.routing.mu.Lock()
 	w.routing.modelsAt = time.Time{}
 	w.routing.mu.Unlock()
+	w.forgetWarm()
+}
+
+// forgetWarm empties the warm set: ComfyUI holds no model of ours.
+func (w *Worker) forgetWarm() {
+	w.mu.Lock()
+	w.self.Warm = nil
+	w.mu.Unlock()
 }
 
 // jobModels lists the models a job's workflow names.

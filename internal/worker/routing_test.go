@@ -86,3 +86,19 @@ func TestHandBackIsBounded(t *testing.T) {
 	b.enqueueJob(ckptJob("next", "a.safetensors"))
 	require.Equal(t, "cold", b.wait("next", proto.StatusCompleted).WorkerID)
 }
+
+// The warm set is what ComfyUI holds: a worker that frees ComfyUI's models
+// after each job (REFRESH_WORKER) reports none warm after it, and the
+// emulator, which keeps one job's models in VRAM, holds none either.
+func TestRefreshForgetsWarm(t *testing.T) {
+	t.Parallel()
+	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
+	b.startWorker("fresh", worker.Config{RefreshWorker: true})
+	b.enqueueJob(ckptJob("freed", "a.safetensors"))
+	b.wait("freed", proto.StatusCompleted)
+	done := time.Now()
+	hb := b.heartbeat("fresh", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle && w.UpdatedAt.After(done) })
+	require.Empty(t, hb.Warm)
+	require.Eventually(t, func() bool { return len(b.sim.Stats().LoadedModels) == 0 }, 10*time.Second, time.Millisecond)
+	require.EqualValues(t, 1, b.sim.Stats().ModelLoads)
+}
