@@ -41,6 +41,7 @@ type Report struct {
 	Throughput  *ThroughputResult  `json:"throughput,omitempty"`
 	IdleGap     *IdleGapResult     `json:"idle_gap,omitempty"`
 	Interactive *InteractiveResult `json:"interactive,omitempty"`
+	Memory      *MemoryResult      `json:"memory,omitempty"`
 
 	// Skipped and Errors say, by scenario, why one did not run.
 	Skipped map[string]string `json:"skipped,omitempty"`
