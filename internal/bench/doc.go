@@ -14,6 +14,14 @@
 // timestamps in /history. It never reads Redis and never reaches into a
 // running component, so the internals can change under it.
 //
+// The memory scenario is the exception that measures processes: it runs
+// the role it measures in a process of its own (this binary re-executed,
+// see [Child]) against a stack in the bench's process without that role,
+// reads the process's resident memory from /proc, and stands in for a
+// fleet of workers by writing their heartbeats through package rdb, as a
+// gpuworker does. Its S3 store, and that of overhead's S3 variant, is a
+// versitygw the bench starts (package s3test finds and runs it).
+//
 // The scenarios are in [Scenarios]; [NotBuilt] names the ones of issue 11
 // that need changes to the emulator first.
 package bench

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -94,7 +95,7 @@ func runMemory(ctx context.Context, r *runner) error {
 	if r.cfg.External() {
 		return skipped("the memory scenario measures processes it starts; it does not run against a running stack")
 	}
-	if _, _, err := procMemory(1); errors.Is(err, errNoProc) {
+	if _, err := readStatus(os.Getpid()); errors.Is(err, errNoProc) {
 		return skipped("no /proc on this system: resident memory cannot be read")
 	}
 	res := &MemoryResult{Method: memoryMethod, NotRun: map[string]string{}}
@@ -452,11 +453,13 @@ func startEmulator(dir string, f comfysim.Fault, log *zap.Logger) (url string, s
 }
 
 func (res *MemoryResult) print(w io.Writer) {
-	fmt.Fprintln(w, "resident memory of the measured role's own process (MiB): idle when ready, peak sampled under the load, VmHWM, at the end")
+	fmt.Fprintln(w, "resident memory of the measured role's own process (MiB): idle when ready, peak sampled under the load, VmHWM, at the end;")
+	fmt.Fprintln(w, "anon: its anonymous part (heap, stacks) idle → peak, the rest being the binary's pages")
 	tw := newTable(w)
-	fmt.Fprintln(tw, "role\tload\tidle\tpeak\tVmHWM\tend\tgoal")
+	fmt.Fprintln(tw, "role\tload\tidle\tpeak\tVmHWM\tend\tanon\tgoal")
 	row := func(name, load string, m RSS, goal string) {
-		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%s\n", name, load, m.Idle, m.Peak, m.HWM, m.End, goal)
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f → %.1f\t%s\n", name, load, m.Idle, m.Peak, m.HWM, m.End,
+			m.AnonIdle, m.AnonPeak, goal)
 	}
 	if m := res.Worker; m != nil {
 		row("gpuworker", fmt.Sprintf("%d MiB output to S3 in %.1f s (%.0f MiB/s, %s)", m.OutputBytes>>20, m.Seconds, m.MiBPerSec, m.Status),
