@@ -38,7 +38,14 @@ const (
 	// childReady starts the line a child writes on its stdout once its
 	// role started; the adapter adds its address.
 	childReady = "ready"
+	// childRuntimePrefix before a variable of childRuntimeEnv sets it in
+	// the measured role's process only.
+	childRuntimePrefix = "COMFYFLEET_BENCH_ROLE_"
 )
+
+// childRuntimeEnv are the Go runtime's variables a measured role can be
+// given (COMFYFLEET_BENCH_ROLE_GOGC, …).
+var childRuntimeEnv = []string{"GOGC", "GOMEMLIMIT", "GODEBUG", "GOMAXPROCS"}
 
 // Child runs the role this process was started for, when it is a child
 // of the memory scenario (ChildEnv set), and returns true with the exit
@@ -173,9 +180,18 @@ func startChild(ctx context.Context, name, dir string, env map[string]string) (_
 	}
 	defer logFile.Close()
 	c.cmd = exec.Command(exe)
-	// Only what the bench sets: none of the caller's settings leak in.
+	// Only what the bench sets: none of the caller's role settings leak in.
 	c.cmd.Env = []string{ChildEnv + "=" + name, "PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
 		"TMPDIR=" + os.TempDir()}
+	// COMFYFLEET_BENCH_ROLE_GOGC and the like set the Go runtime's
+	// settings of the measured role alone (the bench's own process, with
+	// its embedded NATS, keeps its own), to try the role under another
+	// GOGC or GOMEMLIMIT.
+	for _, k := range childRuntimeEnv {
+		if v, ok := os.LookupEnv(childRuntimePrefix + k); ok {
+			c.cmd.Env = append(c.cmd.Env, k+"="+v)
+		}
+	}
 	for k, v := range env {
 		c.cmd.Env = append(c.cmd.Env, k+"="+v)
 	}
