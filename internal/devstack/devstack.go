@@ -380,7 +380,12 @@ const StackFile = "stack.json"
 
 func (s *Stack) writeInfo() error {
 	data, _ := json.MarshalIndent(s.Info, "", "  ")
-	if err := os.WriteFile(filepath.Join(s.dir, StackFile), data, 0o644); err != nil {
+	// Written whole, then renamed: a CLI that finds the file reads all of it.
+	path := filepath.Join(s.dir, StackFile)
+	if err := os.WriteFile(path+".tmp", data, 0o644); err != nil {
+		return fmt.Errorf("dev stack: write %s: %w", StackFile, err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
 		return fmt.Errorf("dev stack: write %s: %w", StackFile, err)
 	}
 	return nil
