@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strings"
 
 	"github.com/comfyfleet/comfyfleet/internal/bench"
@@ -27,7 +25,7 @@ func benchSettings(c *bench.Config, logLevel *string) *flagenv.Set {
 	fs.String(&c.RedisURL, "redis-url", "", "", "Redis for the stacks the bench starts, under a key prefix of the run's own; empty: embedded")
 	fs.Int(&c.Pairs, "pairs", "", 200, "overhead: measured pairs of sequential jobs (floor, then stack)")
 	fs.Int(&c.Size, "size", "", 64, "every job's image: width and height, a multiple of 8")
-	fs.Bool(&c.S3, "s3", "", false, "overhead: ask for the variant with outputs on S3 (not run yet: needs the dev stack to honour BUCKET_*)")
+	fs.Bool(&c.S3, "s3", "", false, "overhead: run it again with the workers' outputs on S3 (a versitygw the bench starts: $VERSITYGW, PATH or GOPATH/bin)")
 	fs.Int(&c.Workers, "workers", "", 32, "throughput: workers, each on a zero-time emulator")
 	fs.Int(&c.Jobs, "jobs", "", 10000, "throughput: jobs through each path")
 	fs.Int(&c.Clients, "clients", "", 64, "throughput: concurrent HTTP clients posting to /run")
@@ -43,6 +41,10 @@ func benchSettings(c *bench.Config, logLevel *string) *flagenv.Set {
 	fs.Int(&c.Models, "models", "", 3, "mixed-models: checkpoints the jobs are spread over")
 	fs.Duration(&c.LoadDelay, "load-delay", "", bench.DefaultLoadDelay, "mixed-models: emulator time to load a checkpoint not in VRAM (0: 2s; negative: none)")
 	fs.Int64(&c.MixedSeed, "mixed-seed", "", 1, "mixed-models: seed of the jobs' order of checkpoints")
+	fs.Int(&c.OutputMB, "output-mb", "", 1024, "memory: MiB of the output the worker streams to S3")
+	fs.Int(&c.Queued, "queued", "", 100000, "memory: jobs queued in the dispatcher")
+	fs.Int(&c.FleetWorkers, "fleet-workers", "", 100, "memory: simulated workers heartbeating while the jobs queue")
+	fs.Int(&c.Waiters, "waiters", "", 1000, "memory: concurrent /runsync requests the adapter holds")
 	fs.Duration(&c.Timeout, "timeout", "", bench.DefaultTimeout, "longest run of one scenario")
 	fs.String(logLevel, "log-level", "LOG_LEVEL", "error", "log level of the stacks (logs go to stderr)")
 	return fs
@@ -58,10 +60,6 @@ func benchSummary() string {
 		"instead, where a scenario can use one. Scenarios (default: all):\n\n")
 	for _, s := range bench.Scenarios {
 		fmt.Fprintf(&b, "  %-12s %s\n  %-12s (a running stack: %s)\n", s.Name, s.About, "", s.Needs)
-	}
-	b.WriteString("\nNot built yet:\n")
-	for _, name := range slices.Sorted(maps.Keys(bench.NotBuilt)) {
-		fmt.Fprintf(&b, "  %-12s %s\n", name, bench.NotBuilt[name])
 	}
 	return strings.TrimRight(b.String(), "\n")
 }

@@ -320,7 +320,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{args: []string{"bogus"}, code: exitUsage, want: `unknown command "bogus"`},
 		{args: []string{"--help"}, code: exitOK, want: "comfyfleet bench [SCENARIO…]"},
 		{args: []string{"bench", "--help"}, code: exitOK, want: "a running stack: --nats-url and --api-url"},
-		{args: []string{"bench", "memory"}, code: exitUsage, want: "scenario memory is not built yet"},
+		{args: []string{"bench", "--queued", "-1"}, code: exitUsage, want: "queued: -1 is negative"},
 		{args: []string{"bench", "overhead", "speed"}, code: exitUsage, want: `scenario "speed" is unknown`},
 		{args: []string{"bench", "--size", "60"}, code: exitUsage, want: "multiple of 8"},
 		{args: []string{"bench", "--jobs", "many"}, code: exitUsage, want: "invalid value"},

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/comfyfleet/comfyfleet/internal/bench"
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 )
@@ -44,6 +45,10 @@ Run "comfyfleet <command> --help" for a command's settings.
 `
 
 func main() {
+	// A role's process of the bench's memory scenario.
+	if ok, code := bench.Child(); ok {
+		os.Exit(code)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))

@@ -47,24 +47,54 @@ type jobView struct {
 	} `json:"output"`
 }
 
-// imageBytes decodes the inline images of a finished job and returns how
-// many bytes they hold, as a client that saves them would.
-func (v *jobView) imageBytes() (int, error) {
+// imageBytes reads the images of a finished job as a client that saves
+// them would: it decodes the inline (base64) ones and downloads the
+// s3_url ones, and returns how many bytes they hold.
+func (a *apiClient) imageBytes(ctx context.Context, v *jobView) (int, error) {
 	if v.Output == nil || len(v.Output.Images) == 0 {
 		return 0, fmt.Errorf("job %s: no image in the output", v.ID)
 	}
 	n := 0
 	for _, im := range v.Output.Images {
-		if im.Type != "base64" {
-			return 0, fmt.Errorf("job %s: image %s is of type %q, not base64", v.ID, im.Filename, im.Type)
+		switch im.Type {
+		case "base64":
+			data, err := base64.StdEncoding.DecodeString(im.Data)
+			if err != nil {
+				return 0, fmt.Errorf("job %s: image %s: %w", v.ID, im.Filename, err)
+			}
+			n += len(data)
+		case "s3_url":
+			k, err := a.download(ctx, im.Data)
+			if err != nil {
+				return 0, fmt.Errorf("job %s: image %s: %w", v.ID, im.Filename, err)
+			}
+			n += k
+		default:
+			return 0, fmt.Errorf("job %s: image %s is of type %q, neither base64 nor s3_url", v.ID, im.Filename, im.Type)
 		}
-		data, err := base64.StdEncoding.DecodeString(im.Data)
-		if err != nil {
-			return 0, fmt.Errorf("job %s: image %s: %w", v.ID, im.Filename, err)
-		}
-		n += len(data)
 	}
 	return n, nil
+}
+
+// download reads an output's URL and returns its length.
+func (a *apiClient) download(ctx context.Context, u string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET its URL: HTTP %d", resp.StatusCode)
+	}
+	k, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("read its URL: %w", err)
+	}
+	return int(k), nil
 }
 
 func (a *apiClient) call(ctx context.Context, method, path string, body []byte) (*jobView, error) {

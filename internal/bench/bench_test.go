@@ -46,8 +46,7 @@ func run(t *testing.T, cfg bench.Config) *bench.Report {
 	require.Positive(t, rep.GOMAXPROCS)
 	require.Positive(t, rep.NumCPU)
 	require.Equal(t, cfg.Scenarios, rep.Settings.Scenarios)
-	require.NotContains(t, rep.NotBuilt, "mixed-models")
-	require.Contains(t, rep.NotBuilt, "memory")
+
 	return &rep
 }
 
@@ -82,10 +81,85 @@ func TestOverhead(t *testing.T) {
 		"floor prompt": res.Steps.FloorPrompt, "floor client": res.Steps.FloorClient} {
 		requireDist(t, name, d, 3)
 	}
+	require.Equal(t, "base64", res.ItemType, "without S3 the answer inlines the image")
+
+	// --s3: the same pairs again, the workers' outputs on versitygw.
+	require.NotNil(t, res.S3)
+	require.True(t, res.S3.Run, res.S3.Note)
+	require.Contains(t, res.S3.Note, "versitygw")
+	s3res := res.S3.Result
+	require.NotNil(t, s3res)
+	requireDist(t, "s3 floor", s3res.Floor, 3)
+	requireDist(t, "s3 stack", s3res.Stack, 3)
+	require.Equal(t, "s3_url", s3res.ItemType, "with S3 the answer holds the object's URL")
+	require.Positive(t, s3res.StackBytes, "the bench downloaded the image from S3")
+	require.Nil(t, s3res.S3)
+	out := cfg.Out.(*bytes.Buffer).String()
+	require.Contains(t, out, "difference per pair")
+	require.Contains(t, out, "with S3: the workers upload to a versitygw")
+}
+
+// TestOverheadWithoutVersitygw: --s3 without the binary says why in the
+// table and the JSON, and runs the rest.
+func TestOverheadWithoutVersitygw(t *testing.T) {
+	t.Setenv("VERSITYGW", filepath.Join(t.TempDir(), "no-versitygw"))
+	cfg := tiny(t, "overhead")
+	cfg.S3, cfg.Pairs = true, 1
+	res := run(t, cfg).Overhead
+	require.NotNil(t, res)
 	require.NotNil(t, res.S3)
 	require.False(t, res.S3.Run)
-	require.Contains(t, res.S3.Note, "not built yet")
-	require.Contains(t, cfg.Out.(*bytes.Buffer).String(), "difference per pair")
+	require.Nil(t, res.S3.Result)
+	require.Contains(t, res.S3.Note, "versitygw not found")
+	require.Contains(t, cfg.Out.(*bytes.Buffer).String(), "with S3: not run: versitygw not found")
+}
+
+// TestMemory runs the memory scenario tiny: each measured role runs in a
+// process of its own (this test binary, re-executed) and its resident
+// memory is read; the worker's output lands whole in S3.
+func TestMemory(t *testing.T) {
+	t.Parallel()
+	cfg := tiny(t, "memory")
+	cfg.OutputMB, cfg.Queued, cfg.FleetWorkers, cfg.Waiters = 20, 40, 3, 5
+	res := run(t, cfg).Memory
+	require.NotNil(t, res)
+	require.Empty(t, res.NotRun)
+	require.Contains(t, res.Method, "process of its own")
+	requireRSS := func(name string, m bench.RSS) {
+		t.Helper()
+		require.Positive(t, m.Idle, name)
+		require.GreaterOrEqual(t, m.Peak, m.Idle, name)
+		require.GreaterOrEqual(t, m.HWM, m.Peak, name)
+		require.Positive(t, m.End, name)
+		require.Greater(t, m.Samples, 1, name)
+	}
+
+	w := res.Worker
+	require.NotNil(t, w)
+	require.Equal(t, "COMPLETED", w.Status)
+	require.Equal(t, int64(20<<20), w.OutputBytes)
+	require.Equal(t, w.OutputBytes, w.StoredBytes, "the whole output is in the bucket")
+	require.Positive(t, w.Seconds)
+	requireRSS("worker", w.RSS)
+
+	d := res.Dispatcher
+	require.NotNil(t, d)
+	require.Equal(t, 40, d.Queued)
+	require.Equal(t, 3, d.Workers)
+	require.Equal(t, 40, d.Admitted)
+	require.Len(t, d.AtQuarter, 4)
+	requireRSS("dispatcher", d.RSS)
+
+	a := res.Adapter
+	require.NotNil(t, a)
+	require.Equal(t, 5, a.Waiters)
+	require.Equal(t, 5, a.Admitted)
+	require.Zero(t, a.AnsweredEarly, "the waiters' jobs never end while measured")
+	requireRSS("adapter", a.RSS)
+
+	out := cfg.Out.(*bytes.Buffer).String()
+	require.Contains(t, out, "gpuworker")
+	require.Contains(t, out, "runpod-adapter")
 }
 
 func TestThroughput(t *testing.T) {
@@ -224,7 +298,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "defaults", cfg: bench.Config{}},
 		{name: "some scenarios", cfg: bench.Config{Scenarios: []string{"idle-gap", "overhead"}}},
 		{name: "unknown scenario", cfg: bench.Config{Scenarios: []string{"speed"}}, wantErr: `scenario "speed" is unknown`},
-		{name: "not built", cfg: bench.Config{Scenarios: []string{"memory"}}, wantErr: "scenario memory is not built yet"},
+		{name: "negative waiters", cfg: bench.Config{Waiters: -1}, wantErr: "waiters: -1 is negative"},
 		{name: "negative", cfg: bench.Config{Jobs: -1}, wantErr: "jobs: -1 is negative"},
 		{name: "negative models", cfg: bench.Config{Models: -2}, wantErr: "models: -2 is negative"},
 		{name: "odd size", cfg: bench.Config{Size: 60}, wantErr: "size: 60 is not a multiple of 8"},

@@ -17,6 +17,13 @@
 // it started (the counters of their control surface, through
 // devstack.Stack.EmulatorStats), because ComfyUI reports none.
 //
-// The scenarios are in [Scenarios]; [NotBuilt] names the ones of issue 11
-// that need changes to the emulator first.
+// The memory scenario is the exception that measures processes: it runs
+// the role it measures in a process of its own (this binary re-executed,
+// see [Child]) against a stack in the bench's process without that role,
+// reads the process's resident memory from /proc, and stands in for a
+// fleet of workers by writing their heartbeats through package rdb, as a
+// gpuworker does. Its S3 store, and that of overhead's S3 variant, is a
+// versitygw the bench starts (package s3test finds and runs it).
+//
+// The scenarios are in [Scenarios].
 package bench

@@ -98,3 +98,35 @@ func TestReplayLoads(t *testing.T) {
 	require.Equal(t, 4, loads) // w1: a, b, a; w2: a
 	require.Equal(t, []int{3, 2}, perWorker)
 }
+
+func TestParseStatus(t *testing.T) {
+	t.Parallel()
+	ok := "Name:\tgpuworker\nVmHWM:\t   57344 kB\nVmRSS:\t   40960 kB\nRssAnon:\t   30720 kB\nRssFile:\t   10240 kB\n"
+	m, err := parseStatus(7, []byte(ok))
+	require.NoError(t, err)
+	require.Equal(t, status{rss: 40 << 20, hwm: 56 << 20, anon: 30 << 20}, m)
+
+	for name, in := range map[string]string{
+		"no RssAnon": "VmHWM:\t1 kB\nVmRSS:\t1 kB\n",
+		"not kB":     "VmHWM:\t1 MB\nVmRSS:\t1 kB\nRssAnon:\t1 kB\n",
+		"not a size": "VmHWM:\tx kB\nVmRSS:\t1 kB\nRssAnon:\t1 kB\n",
+		"negative":   "VmHWM:\t-1 kB\nVmRSS:\t1 kB\nRssAnon:\t1 kB\n",
+	} {
+		_, err := parseStatus(7, []byte(in))
+		require.ErrorContains(t, err, "/proc/7/status", name)
+	}
+}
+
+func FuzzParseStatus(f *testing.F) {
+	f.Add([]byte("VmHWM:\t57344 kB\nVmRSS:\t40960 kB\nRssAnon:\t30720 kB\n"))
+	f.Add([]byte("VmRSS: 1 kB\n"))
+	f.Add([]byte("VmRSS:\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := parseStatus(1, data)
+		if err != nil {
+			require.Contains(t, err.Error(), "/proc/1/status")
+			return
+		}
+		require.True(t, m.rss >= 0 && m.hwm >= 0 && m.anon >= 0, "%+v", m)
+	})
+}

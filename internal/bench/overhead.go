@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -35,6 +36,9 @@ type OverheadResult struct {
 	// FloorBytes and StackBytes are the image bytes each path got per job.
 	FloorBytes int `json:"floor_bytes"`
 	StackBytes int `json:"stack_bytes"`
+	// ItemType is the type of the answers' image items: "base64" (inline)
+	// or, with the workers' outputs on S3, "s3_url" (downloaded).
+	ItemType string `json:"item_type"`
 	// Steps splits both paths' time by step, when the stack's NATS is
 	// known (its events) and ComfyUI's history names the prompts.
 	Steps *OverheadSteps `json:"steps,omitempty"`
@@ -74,43 +78,82 @@ type timedJob struct {
 	t0, t1      time.Time
 	bytes       int
 	delay, exec int64
+	itemType    string
 }
 
 func (j timedJob) took() time.Duration { return j.t1.Sub(j.t0) }
 
-// Variant is a variant of a scenario that could not run, and why.
+// Variant is a variant of overhead: whether it ran, what it ran on or
+// why not, and its figures.
 type Variant struct {
-	Run  bool   `json:"run"`
-	Note string `json:"note"`
+	Run    bool            `json:"run"`
+	Note   string          `json:"note"`
+	Result *OverheadResult `json:"result,omitempty"`
 }
 
 // overheadWarmup pairs run before the measured ones: the first jobs
 // create consumers, connections and caches.
 const overheadWarmup = 5
 
-// s3Note is why the S3 variant does not run yet.
-const s3Note = "not built yet: the bench starts no S3 store (versitygw) for the stack's workers to upload to " +
-	"(the dev stack takes BUCKET_* now), so their outputs go to the NATS object store"
-
 func runOverhead(ctx context.Context, r *runner) error {
 	if err := r.needs(true, false, true); err != nil {
 		return err
 	}
-	s, err := r.open(ctx, "overhead", stackSpec{Workers: 1, StepDelay: -1}, 2)
+	res, st, err := r.overhead(ctx, "overhead", nil)
 	if err != nil {
 		return err
+	}
+	r.report.Overhead = res
+	res.print(r.out, st)
+	if !r.cfg.S3 {
+		return nil
+	}
+	res.S3 = &Variant{}
+	if r.cfg.External() {
+		res.S3.Note = "not run: against a running stack, whose workers' store is its own"
+		fmt.Fprintf(r.out, "\nwith S3: %s\n", res.S3.Note)
+		return nil
+	}
+	store, err := startS3(ctx)
+	var n noS3
+	switch {
+	case errors.As(err, &n):
+		res.S3.Note = n.Error()
+		fmt.Fprintf(r.out, "\nwith S3: %s\n", res.S3.Note)
+		return nil
+	case err != nil:
+		return fmt.Errorf("with S3: %w", err)
+	}
+	defer store.stop()
+	s3res, st, err := r.overhead(ctx, "overhead-s3", store.env())
+	if err != nil {
+		return fmt.Errorf("with S3: %w", err)
+	}
+	res.S3 = &Variant{Run: true, Note: "the workers upload to a versitygw the bench started (" + store.srv.Endpoint +
+		"); /runsync answers s3_url items, which the bench downloads", Result: s3res}
+	fmt.Fprintf(r.out, "\nwith S3: %s\n", res.S3.Note)
+	s3res.print(r.out, st)
+	return nil
+}
+
+// overhead runs the interleaved pairs on a stack of its own whose roles
+// get env (BUCKET_* for the S3 variant).
+func (r *runner) overhead(ctx context.Context, name string, env map[string]string) (*OverheadResult, *stack, error) {
+	s, err := r.open(ctx, name, stackSpec{Workers: 1, StepDelay: -1, Env: env}, 2)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer s.close()
 	st, api, w := s.st, s.api, s.w // w is nil without the stack's NATS: no steps then
 	if len(st.ComfyUIURLs) == 0 {
-		return fmt.Errorf("the stack names no ComfyUI for the floor")
+		return nil, nil, fmt.Errorf("the stack names no ComfyUI for the floor")
 	}
 	cc, err := comfy.New(comfy.Config{BaseURL: st.ComfyUIURLs[0]})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := cc.Start(ctx); err != nil {
-		return fmt.Errorf("connect to ComfyUI for the floor: %w", err)
+		return nil, nil, fmt.Errorf("connect to ComfyUI for the floor: %w", err)
 	}
 	defer cc.Close()
 
@@ -124,11 +167,11 @@ func runOverhead(ctx context.Context, r *runner) error {
 		}
 		f, err := floorJob(ctx, cc, cfg.Size, seed)
 		if err != nil {
-			return fmt.Errorf("floor job %d: %w", i+overheadWarmup+1, err)
+			return nil, nil, fmt.Errorf("floor job %d: %w", i+overheadWarmup+1, err)
 		}
 		sj, err := stackJob(ctx, api, cfg.Size, seed+1)
 		if err != nil {
-			return fmt.Errorf("stack job %d: %w", i+overheadWarmup+1, err)
+			return nil, nil, fmt.Errorf("stack job %d: %w", i+overheadWarmup+1, err)
 		}
 		seed += 2
 		if i >= 0 {
@@ -144,6 +187,7 @@ func runOverhead(ctx context.Context, r *runner) error {
 		delay, exec = append(delay, float64(stack[i].delay)), append(exec, float64(stack[i].exec))
 		res.FloorBytes += floor[i].bytes
 		res.StackBytes += stack[i].bytes
+		res.ItemType = stack[i].itemType
 	}
 	res.Floor, res.Stack, res.Diff = distOf(fd), distOf(sd), distOf(diff)
 	res.StackDelay, res.StackExecution = distOf(delay), distOf(exec)
@@ -152,15 +196,10 @@ func runOverhead(ctx context.Context, r *runner) error {
 	}
 	if w != nil && len(stack) > 0 && eventsArrived(ctx, w, stack) {
 		if res.Steps, err = overheadSteps(ctx, st.ComfyUIURLs[0], since, w, floor, stack); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
-	if cfg.S3 {
-		res.S3 = &Variant{Note: s3Note}
-	}
-	r.report.Overhead = res
-	res.print(r.out, st)
-	return nil
+	return res, st, nil
 }
 
 // floorJob runs one prompt on ComfyUI directly and reads its images
@@ -200,7 +239,10 @@ func stackJob(ctx context.Context, api *apiClient, size int, seed uint64) (timed
 	if err != nil {
 		return j, err
 	}
-	j.bytes, err = v.imageBytes()
+	j.bytes, err = api.imageBytes(ctx, v)
+	if v.Output != nil && len(v.Output.Images) > 0 {
+		j.itemType = v.Output.Images[0].Type
+	}
 	j.t1 = time.Now()
 	j.id, j.delay, j.exec = v.ID, v.DelayTime, v.ExecutionTime
 	return j, err
@@ -282,9 +324,6 @@ func (res *OverheadResult) print(w io.Writer, st *stack) {
 		fmt.Fprintln(tw, distRow("  stack: end event → answer", s.Answer))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "image bytes per job: floor %d, stack %d\n", res.FloorBytes, res.StackBytes)
+	fmt.Fprintf(w, "image bytes per job: floor %d, stack %d (%s)\n", res.FloorBytes, res.StackBytes, res.ItemType)
 	fmt.Fprintln(w, "goal: difference p50 ≤ 2 ms, p99 ≤ 5 ms")
-	if res.S3 != nil {
-		fmt.Fprintf(w, "S3 variant: not run: %s\n", res.S3.Note)
-	}
 }

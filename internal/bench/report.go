@@ -42,12 +42,11 @@ type Report struct {
 	IdleGap     *IdleGapResult     `json:"idle_gap,omitempty"`
 	Interactive *InteractiveResult `json:"interactive,omitempty"`
 	Mixed       *MixedResult       `json:"mixed_models,omitempty"`
+	Memory      *MemoryResult      `json:"memory,omitempty"`
 
 	// Skipped and Errors say, by scenario, why one did not run.
 	Skipped map[string]string `json:"skipped,omitempty"`
 	Errors  map[string]string `json:"errors,omitempty"`
-	// NotBuilt is the scenarios of issue 11 not built yet, with why.
-	NotBuilt map[string]string `json:"not_built"`
 }
 
 func newReport(cfg Config) *Report {
@@ -55,7 +54,7 @@ func newReport(cfg Config) *Report {
 		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(),
 		Started: time.Now().UTC(), Stack: "in-process", Settings: cfg,
-		Skipped: map[string]string{}, Errors: map[string]string{}, NotBuilt: NotBuilt,
+		Skipped: map[string]string{}, Errors: map[string]string{},
 	}
 	if cfg.External() {
 		r.Stack = "external"

@@ -14,6 +14,7 @@ import (
 type stack struct {
 	APIURL      string
 	NATSURL     string
+	RedisURL    string   // of a stack the bench started
 	ComfyUIURLs []string // one per worker, when known
 	InProcess   bool
 
@@ -34,6 +35,9 @@ type stackSpec struct {
 	// Env are settings of the roles, by variable, as `comfyfleet dev`
 	// takes them (e.g. PREFETCH).
 	Env map[string]string
+	// NoDispatcher, NoAdapter and NoWorkers leave that role out: the
+	// memory scenario runs the one it measures in a process of its own.
+	NoDispatcher, NoAdapter, NoWorkers bool
 }
 
 // startStack starts the stack of scenario name, or returns the running
@@ -61,6 +65,7 @@ func (r *runner) startStack(ctx context.Context, name string, spec stackSpec) (*
 	cfg.Common.KeyPrefix = r.cfg.KeyPrefix
 	cfg.Worker.Worker.Grace, cfg.Adapter.ShutdownGrace = 5*time.Second, 5*time.Second
 	cfg.Common.LogLevel = "error"
+	cfg.NoDispatcher, cfg.NoAdapter, cfg.NoWorkers = spec.NoDispatcher, spec.NoAdapter, spec.NoWorkers
 	if setting, err := cfg.Finish(); err != nil {
 		return nil, fmt.Errorf("stack settings: %s: %w", setting, err)
 	}
@@ -71,7 +76,7 @@ func (r *runner) startStack(ctx context.Context, name string, spec stackSpec) (*
 	if err != nil {
 		return nil, fmt.Errorf("start the stack: %w", err)
 	}
-	return &stack{APIURL: dev.Info.APIURL, NATSURL: dev.Info.NATSURL, ComfyUIURLs: dev.Info.ComfyUIURLs,
+	return &stack{APIURL: dev.Info.APIURL, NATSURL: dev.Info.NATSURL, RedisURL: dev.Info.RedisURL, ComfyUIURLs: dev.Info.ComfyUIURLs,
 		InProcess: true, dev: dev}, nil
 }
 

@@ -166,6 +166,19 @@ func (w *watcher) counts(group string) counts {
 	return counts{}
 }
 
+// queuedSeen is how many jobs, tracked or not, had an IN_QUEUE event.
+func (w *watcher) queuedSeen() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, t := range w.jobs {
+		if !t.Queued.IsZero() {
+			n++
+		}
+	}
+	return n
+}
+
 // members returns what was seen of a group's jobs, by id.
 func (w *watcher) members(group string) map[string]jobTrack {
 	w.mu.Lock()

@@ -76,6 +76,14 @@ type Config struct {
 	Worker     role.WorkerConfig
 	Adapter    role.AdapterConfig
 
+	// NoDispatcher, NoAdapter and NoWorkers leave that role out of the
+	// process, for a caller that runs it elsewhere against the stack's
+	// NATS and Redis (the bench's memory scenario measures a role in a
+	// process of its own). They are not settings of `comfyfleet dev`.
+	// Without the adapter there is no API and no listener (Info.APIURL is
+	// empty), so the dispatcher's routes are not served either.
+	NoDispatcher, NoAdapter, NoWorkers bool
+
 	Logger *zap.Logger
 }
 
@@ -221,7 +229,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	// after it for real.
 	urls := cfg.ComfyUIURLs
 	var inputDirs []string
-	if len(urls) == 0 {
+	if cfg.NoWorkers {
+		urls = nil
+	} else if len(urls) == 0 {
 		for i := range cfg.Workers {
 			u, inputDir, err := s.startSim(filepath.Join(cfg.Dir, fmt.Sprintf("comfysim-%d", i+1)), cfg)
 			if err != nil {
@@ -243,15 +253,17 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	reg := metrics.NewRegistry()
 
 	// Control plane: its routes are served on the API's listener.
-	db, err := open("comfyfleet-dev-dispatcher")
-	if err != nil {
-		return nil, err
-	}
-	if s.disp, err = role.NewDispatcher(cfg.Dispatcher, db, reg, log); err != nil {
-		return nil, fmt.Errorf("dev stack: %w", err)
-	}
-	if err := s.disp.Start(ctx); err != nil {
-		return nil, fmt.Errorf("dev stack: %w", err)
+	if !cfg.NoDispatcher {
+		db, err := open("comfyfleet-dev-dispatcher")
+		if err != nil {
+			return nil, err
+		}
+		if s.disp, err = role.NewDispatcher(cfg.Dispatcher, db, reg, log); err != nil {
+			return nil, fmt.Errorf("dev stack: %w", err)
+		}
+		if err := s.disp.Start(ctx); err != nil {
+			return nil, fmt.Errorf("dev stack: %w", err)
+		}
 	}
 
 	// Workers, one connection set each, as separate processes would have.
@@ -278,17 +290,23 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 
 	// The endpoint API, with the dispatcher's routes beside it.
-	ab, err := open("comfyfleet-dev-adapter")
-	if err != nil {
-		return nil, err
+	if !cfg.NoAdapter {
+		ab, err := open("comfyfleet-dev-adapter")
+		if err != nil {
+			return nil, err
+		}
+		opts := role.AdapterOptions{API: true}
+		if s.disp != nil {
+			opts.Routes = s.disp.Routes()
+		}
+		if s.adapter, err = role.NewAdapter(cfg.Adapter, ab, reg, opts, log); err != nil {
+			return nil, fmt.Errorf("dev stack: %w", err)
+		}
+		if err := s.adapter.Start(ctx); err != nil {
+			return nil, fmt.Errorf("dev stack: %w", err)
+		}
+		s.Info.APIURL = "http://" + s.adapter.Addr()
 	}
-	if s.adapter, err = role.NewAdapter(cfg.Adapter, ab, reg, role.AdapterOptions{API: true, Routes: s.disp.Routes()}, log); err != nil {
-		return nil, fmt.Errorf("dev stack: %w", err)
-	}
-	if err := s.adapter.Start(ctx); err != nil {
-		return nil, fmt.Errorf("dev stack: %w", err)
-	}
-	s.Info.APIURL = "http://" + s.adapter.Addr()
 	s.Info.S3Origins = s3Origins(cfg.Worker.S3.Endpoint, cfg.Worker.S3.PublicBaseURL)
 	s.Info.PID = os.Getpid()
 	if err := s.writeInfo(); err != nil {
@@ -404,8 +422,14 @@ func (s *Stack) writeInfo() error {
 	return nil
 }
 
-// Done is closed when the API's listener fails.
-func (s *Stack) Done() <-chan struct{} { return s.adapter.Done() }
+// Done is closed when the API's listener fails; without the adapter
+// (NoAdapter) it never is.
+func (s *Stack) Done() <-chan struct{} {
+	if s.adapter == nil {
+		return nil
+	}
+	return s.adapter.Done()
+}
 
 // Stop shuts the stack down in order: the API stops taking requests, the
 // workers drain (their jobs finish or go back on the queue), the

@@ -251,3 +251,31 @@ func TestDevRemovesInputs(t *testing.T) {
 		require.NoError(t, err)
 	}
 }
+
+// TestDevWithoutRoles: a stack without the dispatcher, the adapter and the
+// workers is NATS and Redis alone, for a caller that runs those roles
+// elsewhere: it serves no API, announces no worker and admits nothing.
+func TestDevWithoutRoles(t *testing.T) {
+	t.Parallel()
+	rc, prefix := testenv.Redis(t)
+	dir := t.TempDir()
+	cfg := config(t, map[string]string{"COMFYFLEET_DIR": dir, "LISTEN_ADDR": "127.0.0.1:0", "COMFYFLEET_NATS_PORT": "-1",
+		"REDIS_URL": testenv.RedisURL()})
+	cfg.Common.KeyPrefix, cfg.Logger = prefix, zaptest.NewLogger(t)
+	cfg.NoDispatcher, cfg.NoAdapter, cfg.NoWorkers = true, true, true
+	stack, err := devstack.Start(testenv.Context(t, time.Minute), cfg)
+	require.NoError(t, err)
+	t.Cleanup(stack.Stop)
+	require.Empty(t, stack.Info.APIURL, "no adapter, no API")
+	require.Empty(t, stack.Info.ComfyUIURLs, "no workers, no emulators")
+	require.NotEmpty(t, stack.Info.NATSURL)
+	require.Nil(t, stack.Done(), "without the API there is no listener to fail")
+
+	nc, err := nats.Connect(stack.Info.NATSURL)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	require.NoError(t, nc.Flush(), "NATS serves")
+	ws, err := rdb.New(rc, rdb.Options{Prefix: prefix}).Workers(context.Background())
+	require.NoError(t, err)
+	require.Empty(t, ws, "no worker announced itself")
+}

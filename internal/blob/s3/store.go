@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -194,7 +195,41 @@ type Store struct {
 	given   Config // as given to New
 	client  *awss3.Client
 	presign *awss3.PresignClient
-	bufs    sync.Pool
+	bufs    *parts
+}
+
+// parts are a store's part buffers. Concurrency+1 of them (one upload's
+// worth) are kept for the next upload; uploads that overlap make more,
+// dropped when they return. Unlike a sync.Pool, a garbage collection never
+// empties it: a long upload under frequent collections would otherwise
+// make its buffers again (PartSize each) while the dropped ones wait to be
+// freed, doubling the worker's memory at the worst moment.
+type parts struct {
+	size int64
+	free chan *[]byte
+	made atomic.Int64 // buffers made, for tests
+}
+
+func newParts(size int64, keep int) *parts {
+	return &parts{size: size, free: make(chan *[]byte, keep)}
+}
+
+func (p *parts) get() *[]byte {
+	select {
+	case b := <-p.free:
+		return b
+	default:
+		p.made.Add(1)
+		b := make([]byte, p.size)
+		return &b
+	}
+}
+
+func (p *parts) put(b *[]byte) {
+	select {
+	case p.free <- b:
+	default:
+	}
 }
 
 var _ blob.Store = (*Store)(nil)
@@ -233,8 +268,7 @@ func New(cfg Config) (*Store, error) {
 	}
 	client := awss3.New(opts)
 	s := &Store{cfg: cfg, given: given, client: client, presign: awss3.NewPresignClient(client)}
-	size := cfg.PartSize
-	s.bufs.New = func() any { b := make([]byte, size); return &b }
+	s.bufs = newParts(cfg.PartSize, cfg.Concurrency+1)
 	return s, nil
 }
 
@@ -254,11 +288,11 @@ func (s *Store) Key(key string) string {
 // upload, aborted if anything fails. The SDK retries each request.
 func (s *Store) Put(ctx context.Context, key, mime string, r io.Reader) (blob.Info, error) {
 	full := s.Key(key)
-	first := s.bufs.Get().(*[]byte)
+	first := s.bufs.get()
 	n, err := fill(r, *first)
 	switch {
 	case errors.Is(err, io.EOF):
-		defer s.bufs.Put(first)
+		defer s.bufs.put(first)
 		in := &awss3.PutObjectInput{Bucket: aws.String(s.cfg.Bucket), Key: aws.String(full),
 			Body: bytes.NewReader((*first)[:n]), ContentLength: aws.Int64(int64(n))}
 		if mime != "" {
@@ -269,7 +303,7 @@ func (s *Store) Put(ctx context.Context, key, mime string, r io.Reader) (blob.In
 		}
 		return blob.Info{Key: full, Size: int64(n), Mime: mime}, nil
 	case err != nil:
-		s.bufs.Put(first)
+		s.bufs.put(first)
 		return blob.Info{}, fmt.Errorf("put %s: read body: %w", full, err)
 	}
 	size, err := s.multipart(ctx, full, mime, first, r)
@@ -288,7 +322,7 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 	}
 	out, err := s.client.CreateMultipartUpload(ctx, create)
 	if err != nil {
-		s.bufs.Put(first)
+		s.bufs.put(first)
 		return 0, s.translate("start multipart upload of", key, err)
 	}
 	uploadID := out.UploadId
@@ -304,7 +338,7 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 	send := func(num int32, buf *[]byte, n int) {
 		defer wg.Done()
 		defer func() { <-slots }()
-		defer s.bufs.Put(buf)
+		defer s.bufs.put(buf)
 		res, err := s.client.UploadPart(uctx, &awss3.UploadPartInput{
 			Bucket: aws.String(s.cfg.Bucket), Key: aws.String(key), UploadId: uploadID,
 			PartNumber: aws.Int32(num), Body: bytes.NewReader((*buf)[:n]), ContentLength: aws.Int64(int64(n)),
@@ -323,7 +357,7 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 	buf, n, last := first, len(*first), false
 	for num := int32(1); ; num++ {
 		if num > maxParts {
-			s.bufs.Put(buf)
+			s.bufs.put(buf)
 			readErr = fmt.Errorf("more than %d parts of %d bytes", maxParts, s.cfg.PartSize)
 			break
 		}
@@ -334,7 +368,7 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 		case <-uctx.Done():
 		}
 		if !acquired || uctx.Err() != nil {
-			s.bufs.Put(buf)
+			s.bufs.put(buf)
 			break
 		}
 		total += int64(n)
@@ -343,18 +377,18 @@ func (s *Store) multipart(ctx context.Context, key, mime string, first *[]byte, 
 		if last {
 			break
 		}
-		buf = s.bufs.Get().(*[]byte)
+		buf = s.bufs.get()
 		n, readErr = fill(r, *buf)
 		if errors.Is(readErr, io.EOF) {
 			readErr, last = nil, true
 			if n == 0 {
-				s.bufs.Put(buf)
+				s.bufs.put(buf)
 				break
 			}
 			continue
 		}
 		if readErr != nil {
-			s.bufs.Put(buf)
+			s.bufs.put(buf)
 			break
 		}
 	}

@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -211,3 +213,25 @@ func TestConfig(t *testing.T) {
 	require.True(t, strings.HasPrefix(u, "https://my-bucket.s3.eu-west-1.amazonaws.com/k.png?"), u)
 	require.Contains(t, u, "eu-west-1")
 }
+
+// TestPartBuffersOutliveCollections: a store makes one upload's worth of
+// part buffers (Concurrency+1) and reuses them across uploads, however
+// often the garbage collector runs, so a worker streaming large outputs
+// holds that much and no more.
+func TestPartBuffersOutliveCollections(t *testing.T) {
+	t.Parallel()
+	st, _ := newStore(t, func(c *s3.Config) { c.PartSize = s3.MinPartSize; c.Concurrency = 2 })
+	for i := range 4 {
+		runtime.GC()
+		runtime.GC() // twice: a sync.Pool is empty after two
+		info, err := st.Put(ctx(t), fmt.Sprintf("big-%d.bin", i), "", io.LimitReader(zeros{}, 4*s3.MinPartSize+1))
+		require.NoError(t, err)
+		require.EqualValues(t, 4*s3.MinPartSize+1, info.Size)
+	}
+	require.LessOrEqual(t, st.PartsMade(), int64(3), "one upload's buffers, reused")
+}
+
+// zeros reads as endless zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

@@ -30,6 +30,9 @@ const InstallHint = "go install github.com/versity/versitygw/cmd/versitygw@" + V
 // and $(go env GOPATH)/bin.
 func Binary() (string, error) {
 	if p := os.Getenv("VERSITYGW"); p != "" {
+		if st, err := os.Stat(p); err != nil || st.IsDir() {
+			return "", fmt.Errorf("versitygw not found at VERSITYGW=%s; install it with %s", p, InstallHint)
+		}
 		return p, nil
 	}
 	if p, err := exec.LookPath("versitygw"); err == nil {
