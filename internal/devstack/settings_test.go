@@ -165,6 +165,7 @@ func table(t *testing.T, dir string) []setting {
 
 		// dispatcher
 		{env: "INTAKE_ACK_WAIT", sample: "11s"},
+		{env: "INTAKE_CONCURRENCY", sample: "16"},
 		{env: "SWEEP_INTERVAL", sample: "250ms"},
 		{env: "EXECUTION_GRACE", sample: "45s"},
 		{env: "LEASE_GRACE", sample: "40s"},

@@ -50,11 +50,17 @@ func setup(t *testing.T, replicas int) *bundle {
 // cleanup stops it.
 func (b *bundle) start(t *testing.T, adm dispatch.Admission) *dispatch.Dispatcher {
 	t.Helper()
+	return b.startWith(t, dispatch.Config{FetchWait: 200 * time.Millisecond}, adm)
+}
+
+// startWith is start with a configuration of the test's.
+func (b *bundle) startWith(t *testing.T, cfg dispatch.Config, adm dispatch.Admission) *dispatch.Dispatcher {
+	t.Helper()
 	nc, _ := b.nats.Connect(t)
 	rq, err := queue.New(nc)
 	require.NoError(t, err)
 	log := zaptest.NewLogger(t)
-	d, err := dispatch.New(dispatch.Config{FetchWait: 200 * time.Millisecond}, rq, lifecycle.New(b.db, rq, log), adm, log)
+	d, err := dispatch.New(cfg, rq, lifecycle.New(b.db, rq, log), adm, log)
 	require.NoError(t, err)
 	require.NoError(t, d.Start(testenv.Context(t, 30*time.Second)))
 	t.Cleanup(d.Stop)

@@ -3,7 +3,8 @@
 // hands each message to the lifecycle core's Admit (decode, place, record,
 // publish on the pool's lane; a submission that cannot run is recorded
 // FAILED with the reason, or parked on cf.rejects when it has no usable
-// id), and the lifecycle core's Sweeper, which every replica runs.
+// id), up to Config.Concurrency at once, those of one job id in intake
+// order; and the lifecycle core's Sweeper, which every replica runs.
 //
 // Around admission (each in its own file):
 //   - admission.go and routing.go: the optional checks of a new job; a job

@@ -148,13 +148,47 @@ func decode(msg *queue.Message, defaultPool string, now time.Time) (job *proto.J
 // of the very message that made the record.
 //
 // It returns the job as admitted (nil without a usable id).
+//
+// Admit is Decode then AdmitIntake. It is safe to call concurrently, for
+// many messages at once: the record's script decides atomically between
+// two submissions of one id, and a redelivery of a message still being
+// admitted finds the record that message made (Same). Callers that want
+// the submissions of one id admitted in intake order, as one at a time
+// gives, keep those apart themselves (Intake.JobID).
 func (c *Core) Admit(ctx context.Context, msg *queue.Message, opts AdmitOptions) (Admitted, *proto.Job, error) {
-	out, job, err := c.admit(ctx, msg, opts)
-	return out, job, err
+	return c.AdmitIntake(ctx, Decode(msg, opts.DefaultPool), opts)
 }
 
-func (c *Core) admit(ctx context.Context, msg *queue.Message, opts AdmitOptions) (Admitted, *proto.Job, error) {
-	job, input, reject := decode(msg, opts.DefaultPool, time.Now())
+// Intake is one intake message, decoded by Decode, for AdmitIntake.
+type Intake struct {
+	msg    *queue.Message
+	job    *proto.Job // nil: no usable id
+	input  *proto.Input
+	reject string
+}
+
+// JobID is the id the submission names, "" when it names no usable one.
+func (in *Intake) JobID() string {
+	if in.job == nil {
+		return ""
+	}
+	return in.job.ID
+}
+
+// Message is the intake message.
+func (in *Intake) Message() *queue.Message { return in.msg }
+
+// Decode reads an intake message without any I/O: the job, placed in
+// defaultPool when it names none, or the reason to fail it (see decode).
+// Its clock is the one that checks submitted_at.
+func Decode(msg *queue.Message, defaultPool string) *Intake {
+	job, input, reject := decode(msg, defaultPool, time.Now())
+	return &Intake{msg: msg, job: job, input: input, reject: reject}
+}
+
+// AdmitIntake is Admit of a decoded message.
+func (c *Core) AdmitIntake(ctx context.Context, in *Intake, opts AdmitOptions) (Admitted, *proto.Job, error) {
+	msg, job, input, reject := in.msg, in.job, in.input, in.reject
 	if job == nil {
 		_, tenant, _ := proto.ParseSubmitSubject(msg.Subject())
 		if err := c.q.Reject(tenant, msg.Data(), reject); err != nil {

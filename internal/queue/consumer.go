@@ -148,6 +148,39 @@ func (c *Consumer) Next(ctx context.Context, wait time.Duration) (*Message, erro
 	return nil, fmt.Errorf("fetch: %w", err)
 }
 
+// Fetch asks for up to max messages, waiting up to wait for them, and
+// hands each to fn as it arrives (fn must not block for long: the pull
+// stays open behind it). It returns how many came; none in time is not an
+// error. Like Next, it reads until the server ends the pull, whatever ctx
+// does meanwhile, and gives back (NAKs) a message that came after ctx
+// ended rather than handing it to fn; then it returns ctx.Err().
+func (c *Consumer) Fetch(ctx context.Context, max int, wait time.Duration, fn func(*Message)) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	batch, err := c.c.Fetch(max, jetstream.FetchMaxWait(wait))
+	if err != nil {
+		return 0, fmt.Errorf("fetch: %w", err)
+	}
+	n := 0
+	for msg := range batch.Messages() {
+		if ctx.Err() != nil {
+			_ = msg.Nak()
+			continue
+		}
+		n++
+		fn(&Message{msg: msg})
+	}
+	if err := ctx.Err(); err != nil {
+		return n, err
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) &&
+		!errors.Is(err, context.DeadlineExceeded) {
+		return n, fmt.Errorf("fetch: %w", err)
+	}
+	return n, nil
+}
+
 // TryNext returns a message that is waiting now, or ErrNoMessage at once.
 func (c *Consumer) TryNext(ctx context.Context) (*Message, error) {
 	batch, err := c.c.FetchNoWait(1)

@@ -34,6 +34,7 @@ func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.Dispatch.DefaultPool, "pool", "POOL", "default", "pool of jobs that name none")
 	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of the HTTP API, e.g. :8080 (fleet view: GET /fleet; Prometheus: GET /metrics; dead letters: GET /dlq, POST /dlq/{seq}/replay); empty: none")
 	fs.Duration(&c.Dispatch.AckWait, "intake-ack-wait", "INTAKE_ACK_WAIT", 30*time.Second, "a submission a replica took but did not admit (it died) goes to another replica after this long")
+	fs.Int(&c.Dispatch.Concurrency, "intake-concurrency", "INTAKE_CONCURRENCY", dispatch.DefaultConcurrency, "submissions one replica admits at once (those of one job id one after the other, in intake order); 1: one at a time")
 	fs.Duration(&c.Dispatch.Sweeper.Every, "sweep-interval", "SWEEP_INTERVAL", time.Second, "how often queued jobs past their TTL are timed out and the jobs of silent workers handed back")
 	fs.Duration(&c.Dispatch.Sweeper.ExecutionGrace, "execution-grace", "EXECUTION_GRACE", 30*time.Second, "a silent worker's job this long past its execution timeout ends TIMED_OUT instead of being retried")
 	fs.Duration(&c.Dispatch.Sweeper.LeaseGrace, "lease-grace", "LEASE_GRACE", 30*time.Second, "after a gap in the sweeps (Redis or every dispatcher was down), how long lease reclaims wait for the workers to renew; keep it above the workers' LEASE_TTL")
@@ -50,7 +51,7 @@ func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
 // Finish checks the settings, naming the one at fault.
 func (c *DispatcherConfig) Finish() (setting string, err error) {
 	if err := c.Dispatch.Validate(); err != nil {
-		return "POOL, INTAKE_ACK_WAIT or SWEEP_*", err
+		return "POOL, INTAKE_ACK_WAIT, INTAKE_CONCURRENCY or SWEEP_*", err
 	}
 	if err := c.Webhooks.Validate(); err != nil {
 		return "WEBHOOK_SECRET, WEBHOOK_ALLOW or WEBHOOK_*", err
