@@ -30,7 +30,7 @@ func benchSettings(c *bench.Config, logLevel *string) *flagenv.Set {
 	fs.Int(&c.Jobs, "jobs", "", 10000, "throughput: jobs through each path")
 	fs.Int(&c.Clients, "clients", "", 64, "throughput: concurrent HTTP clients posting to /run")
 	fs.Int(&c.GapJobs, "gap-jobs", "", 50, "idle-gap: jobs queued on the one worker")
-	fs.Int(&c.Prefetch, "prefetch", "", 0, "idle-gap: the worker's PREFETCH (jobs taken and queued in ComfyUI beyond the running one)")
+	fs.Int(&c.Prefetch, "prefetch", "", -1, "idle-gap, interactive: the workers' PREFETCH (jobs taken and queued in ComfyUI beyond the running one); negative: the worker's default (1); 0: none")
 	fs.Duration(&c.StepDelay, "step-delay", "", bench.DefaultStepDelay, "idle-gap, interactive, mixed-models: emulator time per sampler step, 20 steps a job (0: 5ms; negative: none)")
 	fs.Int(&c.Backlog, "backlog", "", 10000, "interactive: batch jobs queued first")
 	fs.Int(&c.Interactive, "interactive", "", 100, "interactive: /run jobs sent while the backlog runs")

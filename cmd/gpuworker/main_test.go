@@ -28,7 +28,7 @@ func TestSettings(t *testing.T) {
 	cfg, _, err := parse(t, map[string]string{
 		"WORKER_ID": "gpu-1", "BUCKET_ENDPOINT_URL": "https://s3.example.com", "BUCKET_ACCESS_KEY_ID": "id",
 		"BUCKET_SECRET_ACCESS_KEY": "secret", "BUCKET_NAME": "out", "BUCKET_PREFIX": "runs", "REFRESH_WORKER": "true",
-		"EXECUTION_TIMEOUT": "90s", "STALL_TIMEOUT": "-1s", "MAX_ATTEMPTS": "5", "PREFETCH": "1", "MAX_INPUT_MB": "20",
+		"EXECUTION_TIMEOUT": "90s", "STALL_TIMEOUT": "-1s", "MAX_ATTEMPTS": "5", "PREFETCH": "2", "MAX_INPUT_MB": "20",
 		"INPUT_URL_ALLOW": "10.0.0.0/8:9000, assets.internal", "WEBSOCKET_RECONNECT_DELAY_S": "0.5", "BUCKET_URL_EXPIRY": "24h",
 		"S3_CONFIG_ALLOW": "minio.internal:9000", "S3_CONFIG_ALLOW_HTTP": "true",
 	})
@@ -41,7 +41,7 @@ func TestSettings(t *testing.T) {
 	require.Equal(t, "1m30s", w.ExecutionTimeout.String())
 	require.Negative(t, w.StallTimeout)
 	require.Equal(t, 5, w.MaxAttempts)
-	require.Equal(t, 1, w.Prefetch)
+	require.Equal(t, 2, w.Prefetch)
 	require.EqualValues(t, 20<<20, w.MaxInputBytes)
 	require.Equal(t, []string{"10.0.0.0/8:9000", "assets.internal"}, w.InputURLAllow)
 	require.Equal(t, []string{"minio.internal:9000"}, w.S3ConfigAllow)
@@ -54,6 +54,11 @@ func TestSettings(t *testing.T) {
 	cfg, _, err = parse(t, map[string]string{"WARMUP_WORKFLOW": warm})
 	require.NoError(t, err)
 	require.Contains(t, string(cfg.role.Worker.WarmupWorkflow), "PreviewAny")
+	require.Equal(t, 1, cfg.role.Worker.Prefetch, "PREFETCH defaults to one job queued behind the running one")
+
+	cfg, _, err = parse(t, map[string]string{"PREFETCH": "0"})
+	require.NoError(t, err)
+	require.Zero(t, cfg.role.Worker.Prefetch, "PREFETCH=0 turns prefetching off")
 }
 
 func TestBucketNameAloneLeavesS3Off(t *testing.T) {

@@ -65,8 +65,9 @@ type Config struct {
 
 	// GapJobs is the number of queued jobs of idle-gap; 0 means 50.
 	GapJobs int `json:"gap_jobs"`
-	// Prefetch is the worker's PREFETCH in idle-gap (the stack's default
-	// when zero).
+	// Prefetch is the workers' PREFETCH in idle-gap and interactive;
+	// negative leaves it unset, at the worker's default
+	// (worker.DefaultPrefetch, 1). Zero is none, the default before.
 	Prefetch int `json:"prefetch"`
 	// StepDelay is the emulator's time per sampler step in idle-gap and
 	// interactive (the jobs have 20 steps); 0 means 5 ms (jobs of about

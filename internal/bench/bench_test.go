@@ -14,6 +14,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/bench"
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
+	"github.com/comfyfleet/comfyfleet/internal/worker"
 )
 
 // tiny is a configuration of the smallest sizes that still measure
@@ -201,15 +202,19 @@ func TestIdleGap(t *testing.T) {
 	requireDist(t, "take", *res.Take, 2)
 	requireDist(t, "start", *res.Start, 2)
 	require.GreaterOrEqual(t, res.Gap.Min, 0.0)
-	require.Zero(t, res.Prefetch)
-	require.Contains(t, res.PrefetchNote, "--prefetch")
+	require.Zero(t, res.Prefetch, "as --prefetch 0 asks")
+	require.Contains(t, res.PrefetchNote, "set by --prefetch")
 	require.True(t, res.BusyShare > 0 && res.BusyShare <= 1, "busy share %v", res.BusyShare)
 }
 
 func TestInteractive(t *testing.T) {
 	t.Parallel()
-	res := run(t, tiny(t, "interactive")).Interactive
+	cfg := tiny(t, "interactive")
+	cfg.Prefetch = -1 // the worker's default
+	res := run(t, cfg).Interactive
 	require.NotNil(t, res)
+	require.Equal(t, worker.DefaultPrefetch, res.Prefetch)
+	require.Contains(t, res.PrefetchNote, "default")
 	require.Equal(t, 5, res.Backlog)
 	require.Equal(t, 3, res.Completed)
 	require.Zero(t, res.Failed+res.Refused)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strconv"
 	"time"
+
+	"github.com/comfyfleet/comfyfleet/internal/worker"
 )
 
 // IdleGapResult is what the idle-gap scenario measured: one worker, a
@@ -17,7 +19,7 @@ type IdleGapResult struct {
 	// for a running stack's, unknown to the bench.
 	StepDelayMS float64 `json:"step_delay_ms"`
 	// Prefetch is the worker's PREFETCH (-1: a running stack's, unknown);
-	// PrefetchNote says how to compare.
+	// PrefetchNote says whether it is the default and how to compare.
 	Prefetch     int    `json:"prefetch"`
 	PrefetchNote string `json:"prefetch_note"`
 	// Prompts is the prompts found in ComfyUI's history; JobLength their
@@ -43,15 +45,23 @@ type IdleGapResult struct {
 	BusyShare       float64 `json:"busy_share"`
 }
 
-const prefetchNote = "run again with --prefetch 1 (or more) to compare"
+// prefetchSetting is the PREFETCH of a scenario's workers and what to
+// say about it: the setting to pass (nil: the default) and its value.
+func prefetchSetting(cfg Config) (env map[string]string, prefetch int, note string) {
+	if cfg.Prefetch < 0 {
+		return nil, worker.DefaultPrefetch, "the worker's default; --prefetch 0 (none, the default before) to compare"
+	}
+	return map[string]string{"PREFETCH": strconv.Itoa(cfg.Prefetch)}, cfg.Prefetch,
+		fmt.Sprintf("set by --prefetch; the worker's default is %d", worker.DefaultPrefetch)
+}
 
 func runIdleGap(ctx context.Context, r *runner) error {
 	if err := r.needs(false, true, true); err != nil {
 		return err
 	}
 	cfg := r.cfg
-	s, err := r.open(ctx, "idle-gap", stackSpec{Workers: 1, StepDelay: cfg.StepDelay,
-		Env: map[string]string{"PREFETCH": strconv.Itoa(cfg.Prefetch)}}, 2)
+	env, prefetch, note := prefetchSetting(cfg)
+	s, err := r.open(ctx, "idle-gap", stackSpec{Workers: 1, StepDelay: cfg.StepDelay, Env: env}, 2)
 	if err != nil {
 		return err
 	}
@@ -82,7 +92,7 @@ func runIdleGap(ctx context.Context, r *runner) error {
 		return err
 	}
 
-	res := &IdleGapResult{Jobs: cfg.GapJobs, StepDelayMS: ms(max(cfg.StepDelay, 0)), Prefetch: cfg.Prefetch, PrefetchNote: prefetchNote,
+	res := &IdleGapResult{Jobs: cfg.GapJobs, StepDelayMS: ms(max(cfg.StepDelay, 0)), Prefetch: prefetch, PrefetchNote: note,
 		Prompts: len(spans), ResolutionMS: 1}
 	var lengths, gaps []float64
 	var busy int64

@@ -19,7 +19,11 @@ type InteractiveResult struct {
 	StepDelayMS float64 `json:"step_delay_ms"`
 	Backlog     int     `json:"backlog"`
 	Interactive int     `json:"interactive"`
-	Rate        int     `json:"rate"`
+	// Prefetch is the workers' PREFETCH (-1: a running stack's, unknown);
+	// PrefetchNote says whether it is the default and how to compare.
+	Prefetch     int    `json:"prefetch"`
+	PrefetchNote string `json:"prefetch_note"`
+	Rate         int    `json:"rate"`
 	// AdmitSeconds is how long the backlog took from the first publish
 	// until every job of it was admitted (had a status event).
 	AdmitSeconds float64 `json:"admit_seconds"`
@@ -50,7 +54,8 @@ func runInteractive(ctx context.Context, r *runner) error {
 		return err
 	}
 	cfg := r.cfg
-	s, err := r.open(ctx, "interactive", stackSpec{Workers: cfg.InteractiveWorkers, StepDelay: cfg.StepDelay}, 16)
+	env, prefetch, note := prefetchSetting(cfg)
+	s, err := r.open(ctx, "interactive", stackSpec{Workers: cfg.InteractiveWorkers, StepDelay: cfg.StepDelay, Env: env}, 16)
 	if err != nil {
 		return err
 	}
@@ -58,9 +63,10 @@ func runInteractive(ctx context.Context, r *runner) error {
 	st, b, w, api := s.st, s.bus, s.w, s.api
 
 	res := &InteractiveResult{Workers: cfg.InteractiveWorkers, Backlog: cfg.Backlog, Interactive: cfg.Interactive,
-		Rate: cfg.Rate, StepDelayMS: ms(max(cfg.StepDelay, 0))}
+		Rate: cfg.Rate, StepDelayMS: ms(max(cfg.StepDelay, 0)), Prefetch: prefetch, PrefetchNote: note}
 	if !st.InProcess {
 		res.Workers, res.StepDelayMS = 0, -1 // the running stack's, unknown
+		res.Prefetch, res.PrefetchNote = -1, "the running stack's workers' PREFETCH, unknown to the bench"
 	}
 	seed := randomSeed()
 	backlog, err := r.batchJobs("q", cfg.Backlog, &seed)
@@ -228,6 +234,7 @@ func (res *InteractiveResult) print(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintf(w, "interactive: %d completed, %d failed, %d refused; backlog finished: %d when the first was sent, %d when the last ended\n",
 		res.Completed, res.Failed, res.Refused, res.BacklogDoneAtStart, res.BacklogDoneAtEnd)
+	fmt.Fprintf(w, "PREFETCH=%d; %s\n", res.Prefetch, res.PrefetchNote)
 	if res.BacklogDoneAtEnd >= res.Backlog {
 		fmt.Fprintln(w, "the backlog ran out before the last interactive job ended: those jobs did not wait behind it")
 	}

@@ -194,7 +194,7 @@ func table(t *testing.T, dir string) []setting {
 		{env: "MAX_ATTEMPTS", sample: "5"},
 		{env: "RETRY_DELAY", sample: "1s"},
 		{env: "LEASE_TTL", sample: "9s"},
-		{env: "PREFETCH", sample: "1"},
+		{env: "PREFETCH", sample: "2"},
 		{env: "WARMUP_WORKFLOW", sample: warm},
 		{env: "COMFYUI_PROBE_INTERVAL", sample: "1s"},
 		{env: "MAX_INPUT_MB", sample: "20"},

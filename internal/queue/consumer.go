@@ -19,7 +19,15 @@ var ErrNoMessage = errors.New("no message")
 // Term must be called, or the message is redelivered after AckWait.
 type Message struct {
 	msg jetstream.Msg
+	// batchTurn: Lanes.Next took it from a batch lane on a turn that gave
+	// the batch lanes the first look (BatchEvery).
+	batchTurn bool
 }
+
+// BatchTurn reports whether Lanes.Next took the message from a batch lane
+// on a BatchEvery turn, when the batch lanes had the first look: the one
+// batch job in BatchEvery that moves whatever interactive work waits.
+func (m *Message) BatchTurn() bool { return m.batchTurn }
 
 // Data is the message body.
 func (m *Message) Data() []byte { return m.msg.Data() }
@@ -67,7 +75,8 @@ func (m *Message) Term() error { return m.msg.Term() }
 // Consumer is a durable pull consumer shared by every process that opens it
 // with the same name.
 type Consumer struct {
-	c jetstream.Consumer
+	c     jetstream.Consumer
+	batch bool // a batch lane's, in Lanes
 }
 
 // ConsumerConfig names a durable consumer and its timing.

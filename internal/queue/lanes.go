@@ -45,6 +45,7 @@ func (c *Client) OpenLanes(ctx context.Context, pool string, cfg LanesConfig) (*
 		if err != nil {
 			return nil, err
 		}
+		batch.batch = true
 		l.interactive = append(l.interactive, inter)
 		l.batch = append(l.batch, batch)
 	}
@@ -59,12 +60,43 @@ func (l *Lanes) Next(ctx context.Context, wait time.Duration) (*Message, error) 
 	const lanePoll = 100 * time.Millisecond
 	l.takes++
 	order := append(append([]*Consumer(nil), l.interactive...), l.batch...)
-	if l.batchEvery > 0 && l.takes%l.batchEvery == 0 {
+	batchFirst := l.batchEvery > 0 && l.takes%l.batchEvery == 0
+	if batchFirst {
 		order = append(append([]*Consumer(nil), l.batch...), l.interactive...)
 	}
 	deadline := time.Now().Add(wait)
 	for {
 		for _, c := range order {
+			msg, err := c.TryNext(ctx)
+			if err == nil && batchFirst && c.batch {
+				msg.batchTurn = true
+			}
+			if err == nil || !errors.Is(err, ErrNoMessage) {
+				return msg, err
+			}
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, ErrNoMessage
+		}
+		msg, err := l.interactive[0].Next(ctx, min(left, lanePoll))
+		if !errors.Is(err, ErrNoMessage) {
+			if err != nil {
+				return nil, fmt.Errorf("interactive lane: %w", err)
+			}
+			return msg, nil
+		}
+	}
+}
+
+// NextInteractive returns the next job of the interactive lanes only,
+// waiting up to wait for one; the batch lanes are left alone. It is safe to
+// call while another goroutine is in Next.
+func (l *Lanes) NextInteractive(ctx context.Context, wait time.Duration) (*Message, error) {
+	const lanePoll = 100 * time.Millisecond
+	deadline := time.Now().Add(wait)
+	for {
+		for _, c := range l.interactive {
 			msg, err := c.TryNext(ctx)
 			if err == nil || !errors.Is(err, ErrNoMessage) {
 				return msg, err

@@ -59,7 +59,7 @@ func (c *WorkerConfig) Bind(fs *flagenv.Set) {
 	fs.Int(&c.Worker.MaxAttempts, "max-attempts", "MAX_ATTEMPTS", worker.DefaultMaxAttempts, "attempts of a job that hits out-of-memory or loses its ComfyUI before it fails (and goes to the dead-letter stream)")
 	fs.Duration(&c.Worker.RetryDelay, "retry-delay", "RETRY_DELAY", worker.DefaultRetryDelay, "base delay before a job that hit out-of-memory or a transient error is redelivered; it doubles with each failed attempt (at most 16×), with jitter")
 	fs.Duration(&c.Worker.LeaseTTL, "lease-ttl", "LEASE_TTL", 0, "lease on a running job, renewed every third of it; once a dead worker's lease lapses the dispatcher hands its job to another worker, and a worker that lost its lease stops the prompt (0: 15s)")
-	fs.Int(&c.Worker.Prefetch, "prefetch", "PREFETCH", 0, "jobs taken and queued in ComfyUI beyond the running one, so the GPU never waits for the next prompt")
+	fs.Int(&c.Worker.Prefetch, "prefetch", "PREFETCH", worker.DefaultPrefetch, "jobs taken and queued in ComfyUI beyond the running one, so the GPU never waits for the next prompt; a queued batch job gives way to an interactive one (0: none)")
 	fs.Bool(&c.Worker.RefreshWorker, "refresh-worker", "REFRESH_WORKER", false, "free ComfyUI's models and caches (POST /free) after every job")
 	fs.String(&c.WarmupFile, "warmup-workflow", "WARMUP_WORKFLOW", "", "JSON file with a workflow (API format, or a job input) run before the first job and whenever ComfyUI comes back")
 	fs.Duration(&c.Worker.ReadyPoll, "comfyui-probe-interval", "COMFYUI_PROBE_INTERVAL", 250*time.Millisecond, "how often ComfyUI's liveness is probed; two failures in a row give the jobs in hand back")

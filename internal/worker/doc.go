@@ -56,6 +56,12 @@
 // worker takes it (routing.go). Metrics (metrics.go) count jobs by status,
 // queue wait, execution time, retries and ComfyUI errors by class.
 //
+// With Prefetch (PREFETCH, 1 by default) the next job is taken and its
+// prompt queued in ComfyUI behind the running one, so the GPU never waits
+// between jobs; a batch job waiting there gives way to an interactive job
+// (deleted from ComfyUI's queue, given back without counting an attempt),
+// so interactive work waits for the running job only (giveway.go).
+//
 // Shutdown is two-phase: Stop stops pulling, lets the jobs in hand finish
 // within the grace period, then cancels them and puts them back on the
 // queue so another GPU takes them at once.

@@ -37,6 +37,10 @@ type execution struct {
 
 	last    atomic.Int64 // last sign of progress, Unix nanoseconds
 	waiting atomic.Bool  // the prompt is in ComfyUI's hands
+	// started: ComfyUI sent progress of the prompt, so it left the queue;
+	// yielding: its prompt was deleted from ComfyUI's queue to give way to
+	// an interactive job (giveway.go).
+	started, yielding atomic.Bool
 
 	progressMu   sync.Mutex
 	lastProgress time.Time
@@ -164,6 +168,9 @@ func (ex *execution) execute(ctx context.Context) (*proto.Output, error) {
 	ex.mu.Unlock()
 	ex.touch()
 	ex.waiting.Store(true)
+	if ex.job.Lane == proto.LaneInteractive {
+		ex.w.giveWay(ctx, ex.log)
+	}
 	sub, err := ex.w.comfy.Submit(ctx, workflow, ro)
 	if err != nil {
 		ex.waiting.Store(false)
@@ -172,6 +179,7 @@ func (ex *execution) execute(ctx context.Context) (*proto.Output, error) {
 	ex.mu.Lock()
 	ex.pid, ex.queued = sub.PromptID, true
 	ex.mu.Unlock()
+	ex.w.queuedInComfy(ex)
 	res, err := ex.w.comfy.Wait(ctx, sub.PromptID)
 	ex.waiting.Store(false)
 	ex.touch()
@@ -241,6 +249,7 @@ func (ex *execution) watchStall(ctx context.Context, stall context.CancelCauseFu
 // always the last (value = max).
 func (ex *execution) onProgress(p comfy.Progress) {
 	ex.touch()
+	ex.started.Store(true)
 	if p.State != "" {
 		return // a node started or finished; the ticks carry the numbers
 	}
@@ -266,6 +275,7 @@ const maxPreviewBytes = 640 << 10
 // onPreview publishes a throttled preview event.
 func (ex *execution) onPreview(p comfy.Preview) {
 	ex.touch()
+	ex.started.Store(true)
 	if len(p.Data) > maxPreviewBytes || len(p.Data) == 0 {
 		return // e.g. SaveImageWebsocket's full-size PNGs
 	}

@@ -65,7 +65,8 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 	defer cancelJob(nil)
 	// Tracked before the claim: a cancel that lands after the claim finds
 	// the job; one before it made the record terminal, which Claim sees.
-	untrack := w.track(&jobRef{id: job.ID, cancel: cancelJob})
+	ref := &jobRef{id: job.ID, cancel: cancelJob, yields: job.Lane == proto.LaneBatch && !msg.BatchTurn()}
+	untrack := w.track(ref)
 	defer untrack()
 
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
@@ -91,6 +92,9 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 
 	stopRenew := w.renew(jctx, cl, cancelJob, log)
 	ex := newExecution(w, log, job, cl)
+	w.mu.Lock()
+	ref.ex = ex
+	w.mu.Unlock()
 	began := time.Now()
 	out := w.run(jctx, ex)
 	stopRenew()
@@ -207,6 +211,9 @@ func (w *Worker) run(ctx context.Context, ex *execution) (out outcome) {
 	output, err := ex.execute(sctx)
 	if err == nil {
 		return outcome{status: proto.StatusCompleted, output: output}
+	}
+	if ex.gaveWay(err) {
+		return outcome{reason: reasonGaveWay}
 	}
 	var cause error
 	if sctx.Err() != nil {

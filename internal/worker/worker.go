@@ -36,6 +36,10 @@ const (
 	DefaultConcurrency      = 4
 	DefaultWarmupTimeout    = 10 * time.Minute
 	DefaultProbeTimeout     = 3 * time.Second
+	// DefaultPrefetch is the gpuworker's PREFETCH: one job queued in
+	// ComfyUI behind the running one, so the GPU does not wait between
+	// jobs (Config.Prefetch's zero value is none).
+	DefaultPrefetch = 1
 )
 
 // downAfter is how many failed probes in a row mean ComfyUI is gone.
@@ -84,9 +88,17 @@ type Config struct {
 
 	// Prefetch is how many jobs beyond the running one the worker takes
 	// and queues in ComfyUI, so the GPU never waits for the next prompt;
-	// 0 means none. A prefetched job is IN_PROGRESS from the moment it is
-	// taken, and its execution timeout counts its wait in ComfyUI's queue
-	// (RunPod's clock also starts at pickup).
+	// 0 means none (the gpuworker's PREFETCH defaults to DefaultPrefetch).
+	// A prefetched job is IN_PROGRESS from the moment it is taken, and its
+	// execution timeout counts its wait in ComfyUI's queue (RunPod's clock
+	// also starts at pickup). A prefetched batch job never delays
+	// interactive work: while one waits in ComfyUI's queue the worker also
+	// waits on the interactive lanes, and an interactive job it takes
+	// (beyond Prefetch) first deletes the waiting batch prompts from
+	// ComfyUI's queue and gives their jobs back without counting an
+	// attempt, so it runs right after the running prompt (giveway.go). The
+	// one batch job of every BatchEvery taken on the batch lanes' turn is
+	// not given back.
 	Prefetch int
 	// ExecutionTimeout bounds a job from pickup to its end when its
 	// policy.executionTimeout is unset; 0 means 10 minutes. A job past it
@@ -277,6 +289,9 @@ type ComfyUI interface {
 	View(ctx context.Context, ref comfy.FileRef) (io.ReadCloser, error)
 	// Cancel stops a prompt whether it runs or waits in ComfyUI's queue.
 	Cancel(ctx context.Context, promptID string) error
+	// DeleteFromQueue removes prompts still waiting in ComfyUI's queue; a
+	// running one is left alone (its Wait goes on).
+	DeleteFromQueue(ctx context.Context, promptIDs ...string) error
 	Free(ctx context.Context, unloadModels, freeMemory bool) error
 }
 
@@ -345,15 +360,23 @@ type Worker struct {
 	aliveCh  chan struct{}      // closed and replaced when alive changes
 	everUp   bool
 	warmNeed bool // run the warm-up before the next pull
+	// batchWaiting is signalled when a batch job's prompt is queued in
+	// ComfyUI: the interactive watch looks again (giveway.go).
+	batchWaiting chan struct{}
 
 	owed           owedInputs  // inputs to empty once ComfyUI is back (isolation.go)
 	inputDirWarned atomic.Bool // InputDir was found not to hold the inputs
 }
 
-// jobRef is a job in hand, for cancels and ComfyUI's death.
+// jobRef is a job in hand, for cancels, ComfyUI's death and giving way to
+// interactive work.
 type jobRef struct {
 	id     string
 	cancel context.CancelCauseFunc
+	// yields: a batch job that gives way to interactive work (not one of
+	// the BatchEvery turn's).
+	yields bool
+	ex     *execution // set once claimed, under Worker.mu
 }
 
 // New builds a worker.
@@ -371,13 +394,14 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	cfg = cfg.withDefaults()
 	w := &Worker{
 		cfg: cfg, q: d.Queue, core: d.Core, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet, s3: d.S3,
-		metrics:  d.Metrics,
-		log:      log.Named("worker").With(zap.String("worker_id", cfg.ID)),
-		self:     proto.Heartbeat{ID: cfg.ID, Pool: cfg.Pool, State: proto.WorkerInitializing},
-		beatNow:  make(chan struct{}, 1),
-		active:   map[string]*jobRef{},
-		aliveCh:  make(chan struct{}),
-		comfyURL: d.ComfyUI.BaseURL(),
+		metrics:      d.Metrics,
+		log:          log.Named("worker").With(zap.String("worker_id", cfg.ID)),
+		self:         proto.Heartbeat{ID: cfg.ID, Pool: cfg.Pool, State: proto.WorkerInitializing},
+		beatNow:      make(chan struct{}, 1),
+		batchWaiting: make(chan struct{}, 1),
+		active:       map[string]*jobRef{},
+		aliveCh:      make(chan struct{}),
+		comfyURL:     d.ComfyUI.BaseURL(),
 	}
 	w.inputs, _ = inputGuard(cfg, d.InputTLS)
 	w.s3Guard, _ = s3ConfigGuard(cfg, d.S3ConfigTLS)
@@ -484,8 +508,16 @@ func (w *Worker) loop(pullCtx, jobCtx, connCtx context.Context, cons *queue.Lane
 	bo := backoff.New(100*time.Millisecond, 5*time.Second)
 	connected := false
 	slots := make(chan struct{}, 1+w.cfg.Prefetch)
-	var jobs sync.WaitGroup
+	var jobs, watch sync.WaitGroup
+	defer watch.Wait()
 	defer jobs.Wait()
+	if w.cfg.Prefetch > 0 {
+		watch.Add(1)
+		go func() {
+			defer watch.Done()
+			w.watchInteractive(pullCtx, jobCtx, cons)
+		}()
+	}
 	for pullCtx.Err() == nil {
 		select {
 		case slots <- struct{}{}:
