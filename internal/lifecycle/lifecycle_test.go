@@ -490,6 +490,32 @@ func TestSweeperWaitsAfterAnOutage(t *testing.T) {
 	require.Zero(t, rec.Retries, "the outage cost no attempt")
 }
 
+// TestSweeperWaitsAfterItsOwnOutage: a sweeper that could not record a
+// sweep for longer than the outage threshold waits too, also when Redis
+// came back without its record of the last sweep: the workers could not
+// renew meanwhile either.
+func TestSweeperWaitsAfterItsOwnOutage(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.submit(t, job("j"))
+	cl := b.claim(t, "w1", 30*time.Millisecond)
+	sw, err := b.core.NewSweeper(lifecycle.SweeperConfig{LeaseGrace: time.Minute})
+	require.NoError(t, err)
+	require.NoError(t, sw.RunOnce(b.ctx)) // the first sweep
+	start := time.Now()
+	// Redis goes away for longer than the threshold (3 s) and comes back
+	// without the sweepers' record.
+	require.NoError(t, b.db.Client().Del(b.ctx, b.db.Prefix()+proto.SweepKey).Err())
+	require.Eventually(t, func() bool {
+		ids, err := b.db.LapsedLeases(b.ctx, 10)
+		return err == nil && len(ids) == 1 && time.Since(start) > 3100*time.Millisecond
+	}, 10*time.Second, 20*time.Millisecond)
+	require.NoError(t, sw.RunOnce(b.ctx))
+	require.Equal(t, proto.StatusInProgress, b.record(t, "j").Status, "not reclaimed")
+	require.NoError(t, b.core.Renew(b.ctx, cl), "the worker comes back and renews")
+	require.Equal(t, 1, b.record(t, "j").Attempt, "the outage cost no attempt")
+}
+
 // TestSweeperExpiresQueuedJobs: a job still queued past its TTL ends
 // TIMED_OUT with its event.
 func TestSweeperExpiresQueuedJobs(t *testing.T) {

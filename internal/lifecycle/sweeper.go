@@ -73,6 +73,10 @@ type Sweeper struct {
 
 	mu     sync.Mutex
 	paused bool
+	// clocked is when this sweeper last recorded a sweep in Redis, by its
+	// own monotonic clock, and resume when its own view of an outage
+	// lets reclaims go on (sweepLeases).
+	clocked, resume time.Time
 }
 
 // NewSweeper returns a sweeper on the core.
@@ -166,11 +170,22 @@ func (s *Sweeper) sweepTTL(ctx context.Context) error {
 }
 
 func (s *Sweeper) sweepLeases(ctx context.Context) error {
-	wait, err := s.c.db.SweepClock(ctx, max(3*s.cfg.Every, 3*time.Second), s.cfg.LeaseGrace)
+	outage := max(3*s.cfg.Every, 3*time.Second)
+	wait, err := s.c.db.SweepClock(ctx, outage, s.cfg.LeaseGrace)
 	if err != nil {
 		return err
 	}
+	now := time.Now()
 	s.mu.Lock()
+	// Redis's record of the last sweep sees a gap of every sweeper; this
+	// sweeper's own clock sees its own, also where Redis's record does
+	// not (a Redis that came back without it): a sweeper that could not
+	// reach Redis for that long knows that the workers could not either.
+	if !s.clocked.IsZero() && now.Sub(s.clocked) > outage {
+		s.resume = now.Add(s.cfg.LeaseGrace)
+	}
+	s.clocked = now
+	wait = max(wait, s.resume.Sub(now))
 	was := s.paused
 	s.paused = wait > 0
 	s.mu.Unlock()
