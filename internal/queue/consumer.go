@@ -45,6 +45,16 @@ func (m *Message) Seq() uint64 {
 	return md.Sequence.Stream
 }
 
+// Age is how long ago the stream stored the message (its first
+// delivery's wait included); 0 when its metadata does not say.
+func (m *Message) Age() time.Duration {
+	md, err := m.msg.Metadata()
+	if err != nil {
+		return 0
+	}
+	return max(time.Since(md.Timestamp), 0)
+}
+
 // Delivered is how many times this message has been delivered, 1 first.
 func (m *Message) Delivered() int {
 	md, err := m.msg.Metadata()

@@ -206,3 +206,28 @@ func TestPrefetchedJobOfADeadWorkerIsHandedBack(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 2, counts[proto.StatusCompleted], "each completed once")
 }
+
+// TestPrefetchLeavesNewJobsToIdleWorkers replays what the default
+// PREFETCH did to RunPod's SDK test: a worker busy with a long job took
+// the next job for its prefetch slot while another worker sat idle, so
+// that job waited for the long one. A busy worker now prefetches only a
+// job that already waits; a new job goes to the worker waiting for work.
+func TestPrefetchLeavesNewJobsToIdleWorkers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sim.SetFault(comfysim.Fault{HangAtStep: 2}) // w1's job runs until the test ends
+	cfg := worker.Config{Prefetch: worker.DefaultPrefetch}
+	b.startWorker("w1", cfg)
+	b.enqueueJob(&proto.Job{ID: "long", Source: proto.SourceAPI, Input: json.RawMessage(input(sampler("1", 4) + save("9", "long")))})
+	require.Equal(t, "w1", b.wait("long", proto.StatusInProgress).WorkerID)
+	idle := simtest.Start(t, comfysim.Config{StepDelay: time.Millisecond})
+	b.startWorker("w2", cfg, workerOpts{sim: idle})
+	for i := range 4 {
+		b.heartbeat("w2", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle })
+		id := "next-" + string(rune('a'+i))
+		b.enqueueJob(&proto.Job{ID: id, Source: proto.SourceAPI, Input: json.RawMessage(input(sampler("2", 2) + save("9", id)))})
+		require.Equal(t, "w2", b.wait(id, proto.StatusInProgress).WorkerID, "job %s went to the busy worker", id)
+		b.wait(id, proto.StatusCompleted)
+	}
+	require.Equal(t, proto.StatusInProgress, b.wait("long", proto.StatusInProgress).Status)
+}

@@ -89,7 +89,9 @@ type Config struct {
 	// Prefetch is how many jobs beyond the running one the worker takes
 	// and queues in ComfyUI, so the GPU never waits for the next prompt;
 	// 0 means none (the gpuworker's PREFETCH defaults to DefaultPrefetch).
-	// A prefetched job is IN_PROGRESS from the moment it is taken, and its
+	// A busy worker prefetches only a job that has waited prefetchMinAge,
+	// looking every prefetchPoll, and never waits on the lanes: a new job
+	// goes to a worker waiting for work. A prefetched job is IN_PROGRESS from the moment it is taken, and its
 	// execution timeout counts its wait in ComfyUI's queue (RunPod's clock
 	// also starts at pickup). A prefetched batch job never delays
 	// interactive work: while one waits in ComfyUI's queue the worker also
@@ -508,6 +510,7 @@ func (w *Worker) loop(pullCtx, jobCtx, connCtx context.Context, cons *queue.Lane
 	bo := backoff.New(100*time.Millisecond, 5*time.Second)
 	connected := false
 	slots := make(chan struct{}, 1+w.cfg.Prefetch)
+	freed := make(chan struct{}, 1) // a slot was given back
 	var jobs, watch sync.WaitGroup
 	defer watch.Wait()
 	defer jobs.Wait()
@@ -524,7 +527,18 @@ func (w *Worker) loop(pullCtx, jobCtx, connCtx context.Context, cons *queue.Lane
 		case <-pullCtx.Done():
 			return
 		}
-		release := func() { <-slots }
+		release := func() {
+			<-slots
+			select {
+			case freed <- struct{}{}:
+			default:
+			}
+		}
+		// A take beyond the running job (a prefetch) only takes a job
+		// that already waits, and never waits on the lanes itself: a
+		// worker that waits for work would get a new job as often as
+		// this busy one, which would run it only after its own.
+		prefetch := len(slots) > 1
 		if err := w.waitReady(pullCtx); err != nil {
 			release()
 			return
@@ -543,10 +557,17 @@ func (w *Worker) loop(pullCtx, jobCtx, connCtx context.Context, cons *queue.Lane
 			w.runWarmup(pullCtx)
 		}
 		w.emptyOwed(pullCtx)
-		msg, err := cons.Next(pullCtx, w.cfg.FetchWait)
+		wait := w.cfg.FetchWait
+		if prefetch {
+			wait = 0
+		}
+		msg, err := cons.Next(pullCtx, wait)
 		switch {
 		case errors.Is(err, queue.ErrNoMessage), pullCtx.Err() != nil:
 			release()
+			if prefetch && len(slots) > 0 { // a job is still in hand
+				w.pausePrefetch(pullCtx, freed)
+			}
 			continue
 		case err != nil:
 			release()
@@ -555,12 +576,42 @@ func (w *Worker) loop(pullCtx, jobCtx, connCtx context.Context, cons *queue.Lane
 			continue
 		}
 		bo.Reset()
+		if prefetch && msg.Age() < prefetchMinAge {
+			// New: a worker waiting for work takes it at once, and
+			// starts it sooner than this one would.
+			_ = msg.Nak(0)
+			release()
+			w.pausePrefetch(pullCtx, freed)
+			continue
+		}
 		jobs.Add(1)
 		go func() {
 			defer jobs.Done()
 			defer release()
 			w.handle(jobCtx, msg)
 		}()
+	}
+}
+
+// prefetchPoll is how often a busy worker looks for a job to prefetch
+// (and, holding a batch job that gives way, for an interactive one).
+const prefetchPoll = 100 * time.Millisecond
+
+// prefetchMinAge is how long a job waits before a busy worker prefetches
+// it: long enough for an idle worker, which looks at every lane at least
+// every 100 ms, to have taken it.
+const prefetchMinAge = 2 * prefetchPoll
+
+// pausePrefetch waits before the next look for a job to prefetch: for
+// prefetchPoll, or until a job in hand ends (freed), when the worker may
+// wait on the lanes again.
+func (w *Worker) pausePrefetch(ctx context.Context, freed <-chan struct{}) {
+	t := time.NewTimer(prefetchPoll)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-freed:
+	case <-t.C:
 	}
 }
 
