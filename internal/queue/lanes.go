@@ -57,47 +57,34 @@ func (c *Client) OpenLanes(ctx context.Context, pool string, cfg LanesConfig) (*
 // other lanes between waits, so an idle worker takes any other job within
 // lanePoll.
 func (l *Lanes) Next(ctx context.Context, wait time.Duration) (*Message, error) {
-	const lanePoll = 100 * time.Millisecond
 	l.takes++
 	order := append(append([]*Consumer(nil), l.interactive...), l.batch...)
 	batchFirst := l.batchEvery > 0 && l.takes%l.batchEvery == 0
 	if batchFirst {
 		order = append(append([]*Consumer(nil), l.batch...), l.interactive...)
 	}
-	deadline := time.Now().Add(wait)
-	for {
-		for _, c := range order {
-			msg, err := c.TryNext(ctx)
-			if err == nil && batchFirst && c.batch {
-				msg.batchTurn = true
-			}
-			if err == nil || !errors.Is(err, ErrNoMessage) {
-				return msg, err
-			}
-		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, ErrNoMessage
-		}
-		msg, err := l.interactive[0].Next(ctx, min(left, lanePoll))
-		if !errors.Is(err, ErrNoMessage) {
-			if err != nil {
-				return nil, fmt.Errorf("interactive lane: %w", err)
-			}
-			return msg, nil
-		}
-	}
+	return l.next(ctx, order, batchFirst, wait)
 }
 
 // NextInteractive returns the next job of the interactive lanes only,
 // waiting up to wait for one; the batch lanes are left alone. It is safe to
 // call while another goroutine is in Next.
 func (l *Lanes) NextInteractive(ctx context.Context, wait time.Duration) (*Message, error) {
+	return l.next(ctx, l.interactive, false, wait)
+}
+
+// next looks at the lanes of order, first to last, and waits on the first
+// pool's interactive lane between looks until wait is over. batchTurn marks
+// a batch job taken as the batch lanes' turn.
+func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wait time.Duration) (*Message, error) {
 	const lanePoll = 100 * time.Millisecond
 	deadline := time.Now().Add(wait)
 	for {
-		for _, c := range l.interactive {
+		for _, c := range order {
 			msg, err := c.TryNext(ctx)
+			if err == nil && batchTurn && c.batch {
+				msg.batchTurn = true
+			}
 			if err == nil || !errors.Is(err, ErrNoMessage) {
 				return msg, err
 			}
