@@ -83,12 +83,23 @@ func AttachObjectStore(ctx context.Context, js jetstream.JetStream, bucket strin
 }
 
 // Put streams r into the bucket in chunks; memory stays flat whatever the size.
+//
+// The chunks are published asynchronously. nats.go bounds each one's
+// acknowledgement only when ctx has no deadline, and otherwise waits for
+// them until ctx ends: a chunk whose acknowledgement a NATS restart lost
+// held a job's upload until its execution timeout. So the put runs under
+// a context that ends with ctx but has no deadline of its own, and a lost
+// acknowledgement fails the put after JetStream's default timeout, which
+// the caller retries.
 func (s *ObjectStore) Put(ctx context.Context, key, mime string, r io.Reader) (blob.Info, error) {
 	meta := jetstream.ObjectMeta{Name: key}
 	if mime != "" {
 		meta.Headers = map[string][]string{"Content-Type": {mime}}
 	}
-	info, err := s.os.Put(ctx, meta, r)
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	defer context.AfterFunc(ctx, cancel)()
+	info, err := s.os.Put(pctx, meta, r)
 	if err != nil {
 		return blob.Info{}, fmt.Errorf("put blob %s: %w", key, err)
 	}
