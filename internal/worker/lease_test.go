@@ -269,10 +269,11 @@ func TestRedisOutageShorterThanTheJobCostsNoAttempt(t *testing.T) {
 	t.Parallel()
 	const (
 		leaseTTL = 900 * time.Millisecond
-		// outage is past the lease and the sweeper's gap threshold
-		// (max(3 sweeps, 3 s)), which is what makes it an outage for the
-		// sweeper.
-		outage = 3500 * time.Millisecond
+		// outage is past the lease and well past the sweeper's gap
+		// threshold (max(3 sweeps, 3 s)), which is what makes it an
+		// outage for the sweeper (3.5 s left too little margin on a
+		// loaded machine).
+		outage = 5 * time.Second
 		// ackWait is shorter than the outage.
 		ackWait = 2 * time.Second
 	)
