@@ -42,15 +42,19 @@ func devSettings(t *testing.T, env map[string]string) devstack.Config {
 	return cfg
 }
 
-func setupFleet(t *testing.T, stepDelay time.Duration) *fleet {
+func setupFleet(t *testing.T, stepDelay time.Duration, more ...string) *fleet {
 	t.Helper()
 	_, prefix := testenv.Redis(t)
 	ctx := testenv.Context(t, time.Minute)
-	cfg := devSettings(t, map[string]string{
+	env := map[string]string{
 		"COMFYFLEET_DIR": t.TempDir(), "LISTEN_ADDR": "127.0.0.1:0", "COMFYFLEET_NATS_PORT": "-1",
 		"COMFYFLEET_WORKERS": "2", "COMFYSIM_STEP_DELAY": stepDelay.String(), "REDIS_URL": testenv.RedisURL(),
 		"SHUTDOWN_GRACE": "5s",
-	})
+	}
+	for i := 0; i+1 < len(more); i += 2 { // more settings, name and value
+		env[more[i]] = more[i+1]
+	}
+	cfg := devSettings(t, env)
 	cfg.Common.KeyPrefix = prefix
 	setting, err := cfg.Finish()
 	require.NoError(t, err, setting)

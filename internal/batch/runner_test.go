@@ -162,7 +162,10 @@ func TestSubmitRefusesBadOptions(t *testing.T) {
 
 func TestCancelBatch(t *testing.T) {
 	t.Parallel()
-	f := setupFleet(t, 40*time.Millisecond) // about 0.8 s a job
+	// Without prefetching, so that jobs wait in the queue (a prefetched job
+	// is IN_PROGRESS from its pickup) and their cancel is seen to keep them
+	// from starting.
+	f := setupFleet(t, 40*time.Millisecond, "PREFETCH", "0") // about 0.8 s a job
 	ctx := testenv.Context(t, time.Minute)
 	items := sweep(t, 6)
 	sum, err := f.runner.Submit(ctx, items, batch.Options{BatchID: "cancel-1", Out: t.TempDir(), Detach: true})
