@@ -182,32 +182,7 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 func TestWorkerDockerfileModelTypes(t *testing.T) {
 	t.Parallel()
 	dl := parseDockerfile(t, "Dockerfile.worker").stage(t, "downloader")
-	got := map[string][]model{}
-	var validated string
-	for _, n := range dl.find("run") {
-		run := runText(n)
-		if strings.Contains(run, `case "$MODEL_TYPE" in`) {
-			validated = run
-		}
-		m := branchRe.FindStringSubmatch(run)
-		if m == nil {
-			continue
-		}
-		typ := m[1]
-		require.NotContains(t, got, typ, "one branch per MODEL_TYPE")
-		require.Equal(t, []string{"--mount=type=secret,id=hf_token,required=false"}, n.Flags, "%s reads the HF token as a build secret", typ)
-		for _, f := range fetchRe.FindAllStringSubmatch(run, -1) {
-			require.Equal(t, "--hf ", f[1], "%s: Hugging Face downloads send the hf_token secret", typ)
-			mm := model{path: f[2]}
-			if u := hfURLRe.FindStringSubmatch(f[3]); u != nil {
-				mm.repo = u[1]
-			} else {
-				require.Equal(t, `"$JAWI_VISION_LORA_URL"`, f[3], "%s: %s comes from an unexpected URL", typ, f[2])
-			}
-			got[typ] = append(got[typ], mm)
-		}
-	}
-	got["base"] = nil
+	got, validated := variantModels(t, dl)
 	require.ElementsMatch(t, slices.Collect(maps.Keys(wantModels)), slices.Collect(maps.Keys(got)), "MODEL_TYPE branches")
 	for typ, want := range wantModels {
 		require.Equal(t, want, got[typ], "MODEL_TYPE=%s", typ)
@@ -383,4 +358,36 @@ func TestBuildContext(t *testing.T) {
 	for _, p := range []string{"go.mod", "internal/status/transition.lua", "deploy/worker/entrypoint.sh", "cmd/gpuworker/main.go"} {
 		require.False(t, dockerignored(t, p), p)
 	}
+}
+
+// variantModels reads the downloader stage's MODEL_TYPE branches: the files
+// each bakes in ("base" bakes none) and the RUN that validates MODEL_TYPE.
+func variantModels(t *testing.T, dl stage) (got map[string][]model, validated string) {
+	t.Helper()
+	got = map[string][]model{}
+	for _, n := range dl.find("run") {
+		run := runText(n)
+		if strings.Contains(run, `case "$MODEL_TYPE" in`) {
+			validated = run
+		}
+		m := branchRe.FindStringSubmatch(run)
+		if m == nil {
+			continue
+		}
+		typ := m[1]
+		require.NotContains(t, got, typ, "one branch per MODEL_TYPE")
+		require.Equal(t, []string{"--mount=type=secret,id=hf_token,required=false"}, n.Flags, "%s reads the HF token as a build secret", typ)
+		for _, f := range fetchRe.FindAllStringSubmatch(run, -1) {
+			require.Equal(t, "--hf ", f[1], "%s: Hugging Face downloads send the hf_token secret", typ)
+			mm := model{path: f[2]}
+			if u := hfURLRe.FindStringSubmatch(f[3]); u != nil {
+				mm.repo = u[1]
+			} else {
+				require.Equal(t, `"$JAWI_VISION_LORA_URL"`, f[3], "%s: %s comes from an unexpected URL", typ, f[2])
+			}
+			got[typ] = append(got[typ], mm)
+		}
+	}
+	got["base"] = nil
+	return got, validated
 }

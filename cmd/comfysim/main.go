@@ -40,7 +40,7 @@ var settings = []setting{
 	{"listen", "COMFYSIM_LISTEN", "127.0.0.1:8188", "address of the ComfyUI API (HTTP and WebSocket)"},
 	{"control-addr", "COMFYSIM_CONTROL_ADDR", "", "address of the fault-injection API; empty = off"},
 	{"dir", "COMFYSIM_DIR", "", "root folder holding input/, output/ and temp/; empty = a temporary folder removed at exit"},
-	{"checkpoints", "COMFYSIM_CHECKPOINTS", comfysim.DefaultCheckpoint, "comma-separated ckpt_name options of CheckpointLoaderSimple"},
+	{"checkpoints", "COMFYSIM_CHECKPOINTS", strings.Join(comfysim.StackCheckpoints(), ","), "comma-separated ckpt_name options of CheckpointLoaderSimple; the other model folders hold the files of every worker image variant"},
 	{"step-delay", "COMFYSIM_STEP_DELAY", comfysim.DefaultStepDelay.String(), "sleep per KSampler step (Go duration); 0 or negative = none"},
 	{"model-load-delay", "COMFYSIM_MODEL_LOAD_DELAY", "0s", "time a prompt takes to load models other than the ones in VRAM, which holds one prompt's models at a time (Go duration); 0 = loads take no time"},
 	{"log-level", "COMFYSIM_LOG_LEVEL", "info", "log level: debug, info, warn, error"},
@@ -145,7 +145,7 @@ func run(ctx context.Context, cfg config, ready func(api, control string)) error
 	}
 	defer func() { _ = log.Sync() }()
 
-	sim, err := comfysim.New(comfysim.Config{Dir: cfg.Dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay, ModelLoadDelay: cfg.LoadDelay, Logger: log})
+	sim, err := comfysim.New(comfysim.Config{Dir: cfg.Dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay, ModelLoadDelay: cfg.LoadDelay, Logger: log}.WithVariantModels())
 	if err != nil {
 		return fmt.Errorf("start emulator: %w", err)
 	}

@@ -36,7 +36,7 @@ func TestLoadConfig(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: config{Listen: "127.0.0.1:8188", Checkpoints: []string{comfysim.DefaultCheckpoint}, StepDelay: comfysim.DefaultStepDelay, LogLevel: zapcore.InfoLevel},
+			want: config{Listen: "127.0.0.1:8188", Checkpoints: comfysim.StackCheckpoints(), StepDelay: comfysim.DefaultStepDelay, LogLevel: zapcore.InfoLevel},
 		},
 		{
 			name: "env over default",
@@ -47,7 +47,7 @@ func TestLoadConfig(t *testing.T) {
 			name: "flag over env",
 			args: []string{"--listen", "127.0.0.1:7000", "--step-delay", "20ms", "--dir", "/tmp/x", "--log-level", "debug", "--model-load-delay", "2s"},
 			env:  map[string]string{"COMFYSIM_LISTEN": ":9000", "COMFYSIM_STEP_DELAY": "1s", "COMFYSIM_MODEL_LOAD_DELAY": "1s"},
-			want: config{Listen: "127.0.0.1:7000", Dir: "/tmp/x", Checkpoints: []string{comfysim.DefaultCheckpoint}, StepDelay: 20 * time.Millisecond,
+			want: config{Listen: "127.0.0.1:7000", Dir: "/tmp/x", Checkpoints: comfysim.StackCheckpoints(), StepDelay: 20 * time.Millisecond,
 				LoadDelay: 2 * time.Second, LogLevel: zapcore.DebugLevel},
 		},
 		{name: "bad load delay", env: map[string]string{"COMFYSIM_MODEL_LOAD_DELAY": "-1s"}, wantErr: `model-load-delay (COMFYSIM_MODEL_LOAD_DELAY): "-1s" is not a duration of 0 or more`},

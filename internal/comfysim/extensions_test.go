@@ -215,3 +215,64 @@ func TestFaultsForClients(t *testing.T) {
 	require.EqualValues(t, 1, h.sim.Stats().InterruptRequests)
 	require.EqualValues(t, 1, h.sim.Stats().FreeRequests)
 }
+
+// TestVariantNodes: the nodes of the worker image variants' examples
+// (EmptySD3LatentImage, FluxGuidance, CLIPLoader, ModelSamplingAuraFlow,
+// ConditioningZeroOut) are in /object_info with ComfyUI's schemas, run, and
+// change the picture as they change what the sampler is given.
+func TestVariantNodes(t *testing.T) {
+	t.Parallel()
+	h := setup(t, comfysim.Config{}.WithVariantModels())
+
+	_, b := h.get("/object_info/EmptySD3LatentImage")
+	sd3 := obj(t, decode(t, b), "EmptySD3LatentImage")
+	require.Equal(t, "latent/sd3", sd3["category"])
+	width := obj(t, sd3, "input", "required")["width"].([]any)
+	require.Equal(t, "INT", width[0])
+	require.Equal(t, json.Number("1024"), width[1].(map[string]any)["default"])
+	require.Equal(t, json.Number("16"), width[1].(map[string]any)["step"])
+	_, b = h.get("/object_info/CLIPLoader")
+	cl := obj(t, decode(t, b), "CLIPLoader")
+	require.Contains(t, obj(t, cl, "input", "required")["clip_name"].([]any)[0], "qwen_3_4b.safetensors")
+	require.Contains(t, obj(t, cl, "input", "required")["type"].([]any)[0], "lumina2")
+	_, b = h.get("/object_info/FluxGuidance")
+	fg := obj(t, decode(t, b), "FluxGuidance")
+	require.Equal(t, json.Number("3.5"), obj(t, fg, "input", "required")["guidance"].([]any)[1].(map[string]any)["default"])
+	_, b = h.get("/models/checkpoints")
+	require.Contains(t, string(b), "flux1-dev-fp8.safetensors")
+	require.Contains(t, string(b), comfysim.DefaultCheckpoint, "the defaults stay")
+
+	zimage := func(guidance, shift, negative string) string {
+		return `{
+  "4": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},
+  "10": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}},
+  "11": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+  "13": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["4", 0], "shift": ` + shift + `}},
+  "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+  "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["10", 0]}},
+  "12": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["6", 0], "guidance": ` + guidance + `}},
+  "7": ` + negative + `,
+  "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 1, "sampler_name": "res_multistep", "scheduler": "simple", "denoise": 1,
+        "model": ["13", 0], "positive": ["12", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+  "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["11", 0]}},
+  "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "z", "images": ["8", 0]}}
+}`
+	}
+	zero := `{"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["6", 0]}}`
+	plain := `{"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["10", 0]}}`
+	read := func(prompt string) []byte {
+		pid := newID()
+		h.submit(body(prompt, "c", pid))
+		e := h.history(pid)
+		require.Equal(t, "success", obj(t, e, "status")["status_str"], "%v", e["status"])
+		ref := obj(t, e, "outputs", "9")["images"].([]any)[0].(map[string]any)
+		st, data, _ := h.do(http.MethodGet, viewPath(ref), "", nil)
+		require.Equal(t, http.StatusOK, st)
+		return data
+	}
+	base := read(zimage("3.5", "3", zero))
+	require.NotEqual(t, base, read(zimage("4.5", "3", zero)), "FluxGuidance's guidance changes the picture")
+	require.NotEqual(t, base, read(zimage("3.5", "2", zero)), "ModelSamplingAuraFlow's shift changes it")
+	require.NotEqual(t, base, read(zimage("3.5", "3", plain)), "a zeroed negative is not the encoded one")
+	require.Equal(t, base, read(zimage("3.5", "3", zero)), "the same prompt makes the same picture")
+}

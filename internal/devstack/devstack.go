@@ -98,7 +98,7 @@ func (c *Config) Bind(fs *flagenv.Set) {
 	fs.Int(&c.NATSPort, "nats-port", "COMFYFLEET_NATS_PORT", 4222, "port of the embedded NATS server; a random one when it is taken (said at start); -1: random")
 	fs.Duration(&c.StepDelay, "step-delay", "COMFYSIM_STEP_DELAY", 0, "emulator time per sampler step (0 = its default, 5ms)")
 	fs.Duration(&c.ModelLoadDelay, "model-load-delay", "COMFYSIM_MODEL_LOAD_DELAY", 0, "emulator time to load a prompt's models when they are not the ones in its VRAM, which holds one prompt's models at a time (0 = none)")
-	fs.List(&c.Checkpoints, "checkpoints", "COMFYSIM_CHECKPOINTS", []string{comfysim.DefaultCheckpoint}, "checkpoint names the emulators offer (repeatable or comma-separated)")
+	fs.List(&c.Checkpoints, "checkpoints", "COMFYSIM_CHECKPOINTS", comfysim.StackCheckpoints(), "checkpoint names the emulators offer (repeatable or comma-separated); their other model folders hold the files of every worker image variant")
 	fs.String(&c.RedisServer, "redis-server", "COMFYFLEET_REDIS_SERVER", "", "redis-server binary to run under --dir when REDIS_URL is unset (empty: look it up on PATH; -: never, use the embedded server)")
 	fs.String(&c.NATSURL, "nats-url", "NATS_URL", "", "use this NATS server instead of embedding one")
 	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", "", "use this Redis server instead of starting one under --dir")
@@ -358,7 +358,7 @@ func (s *Stack) startServers(cfg *Config) error {
 // URL and its input folder.
 func (s *Stack) startSim(dir string, cfg Config) (url, inputDir string, err error) {
 	sim, err := comfysim.New(comfysim.Config{Dir: dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay,
-		ModelLoadDelay: cfg.ModelLoadDelay, Logger: s.log})
+		ModelLoadDelay: cfg.ModelLoadDelay, Logger: s.log}.WithVariantModels())
 	if err != nil {
 		return "", "", err
 	}

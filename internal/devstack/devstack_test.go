@@ -279,3 +279,46 @@ func TestDevWithoutRoles(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, ws, "no worker announced itself")
 }
+
+// TestEveryExampleRunsInDev: each request in examples/ (one per model
+// variant of the worker image, and txt2img.json) runs on the dev stack as
+// shipped: its emulators offer every variant's model files and node
+// classes.
+func TestEveryExampleRunsInDev(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	files, err := filepath.Glob("../../examples/*.json")
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(files), 7, "txt2img.json and one per model variant")
+	for _, f := range files {
+		body, err := os.ReadFile(f)
+		require.NoError(t, err)
+		// Smaller pictures than shipped: rendering seven megapixel PNGs
+		// under the race detector takes most of a minute.
+		body = bytes.ReplaceAll(body, []byte(`"width": 1024, "height": 1024`), []byte(`"width": 256, "height": 256`))
+		var req struct {
+			Input struct {
+				Workflow map[string]struct {
+					ClassType string         `json:"class_type"`
+					Inputs    map[string]any `json:"inputs"`
+				} `json:"workflow"`
+			} `json:"input"`
+		}
+		require.NoError(t, json.Unmarshal(body, &req), f)
+		prefix := req.Input.Workflow["9"].Inputs["filename_prefix"].(string)
+		width := int(req.Input.Workflow["5"].Inputs["width"].(float64))
+
+		code, out := b.post(t, "/runsync", string(body))
+		require.Equal(t, http.StatusOK, code, "%s: %v", f, out)
+		require.Equal(t, "COMPLETED", out["status"], "%s: %v", f, out)
+		images := out["output"].(map[string]any)["images"].([]any)
+		require.Len(t, images, 1, f)
+		item := images[0].(map[string]any)
+		require.Equal(t, prefix+"_00001_.png", item["filename"], f)
+		data, err := base64.StdEncoding.DecodeString(item["data"].(string))
+		require.NoError(t, err)
+		img, err := png.Decode(bytes.NewReader(data))
+		require.NoError(t, err, f)
+		require.Equal(t, width, img.Bounds().Dx(), f)
+	}
+}

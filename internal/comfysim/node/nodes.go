@@ -55,6 +55,30 @@ func runEmptyLatentImage(x *Run) ([]any, *pyvalue.Dict, error) {
 	return []any{latentVal{w: x.intSmall("width"), h: x.intSmall("height"), batch: x.intSmall("batch_size")}}, nil, nil
 }
 
+// runEmptySD3LatentImage is EmptyLatentImage with SD3's and Flux's 16
+// latent channels.
+func runEmptySD3LatentImage(x *Run) ([]any, *pyvalue.Dict, error) {
+	return []any{latentVal{w: x.intSmall("width"), h: x.intSmall("height"), batch: x.intSmall("batch_size"), channels: 16}}, nil, nil
+}
+
+func runFluxGuidance(x *Run) ([]any, *pyvalue.Dict, error) {
+	c, ok := x.Inputs["conditioning"].(condVal)
+	if !ok {
+		return nil, nil, Raise("TypeError", "'NoneType' object is not iterable", x.Class.FuncName())
+	}
+	c.mods += fmt.Sprintf("+guidance:%g", x.float("guidance"))
+	return []any{c}, nil, nil
+}
+
+func runConditioningZeroOut(x *Run) ([]any, *pyvalue.Dict, error) {
+	c, ok := x.Inputs["conditioning"].(condVal)
+	if !ok {
+		return nil, nil, Raise("TypeError", "'NoneType' object is not iterable", x.Class.FuncName())
+	}
+	c.mods += "+zero"
+	return []any{c}, nil, nil
+}
+
 func runEmptyLatentAudio(x *Run) ([]any, *pyvalue.Dict, error) {
 	return []any{latentVal{audio: true, seconds: x.float("seconds"), batch: x.intSmall("batch_size")}}, nil, nil
 }
@@ -91,7 +115,7 @@ func runKSampler(x *Run) ([]any, *pyvalue.Dict, error) {
 	neg, _ := x.Inputs["negative"].(condVal)
 	seed := x.int("seed")
 	steps := x.intSmall("steps")
-	key := mix("ksampler", lat.key, lat.w, lat.h, lat.batch, model.ckpt, pos.text, neg.text, seed,
+	key := mix("ksampler", lat.key, lat.w, lat.h, lat.batch, model.ckpt, pos.content(), neg.content(), seed,
 		steps, x.float("cfg"), x.str("sampler_name"), x.str("scheduler"), x.float("denoise"))
 	out := lat
 	out.key = key

@@ -90,3 +90,25 @@ func runLoraLoader(x *Run) ([]any, *pyvalue.Dict, error) {
 	c := clipVal{fmt.Sprintf("%s+lora:%s:%g", clip.ckpt, name, sc), pyObjectRepr("comfy.sd.CLIP")}
 	return []any{m, c}, nil, nil
 }
+
+// clipTypes is CLIPLoader's type combo.
+var clipTypes = []string{"stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+	"lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis"}
+
+func runCLIPLoader(x *Run) ([]any, *pyvalue.Dict, error) {
+	name, err := x.modelFile("text_encoders", "clip_name")
+	if err != nil {
+		return nil, nil, err
+	}
+	return []any{clipVal{"clip:" + name + ":" + x.str("type"), pyObjectRepr("comfy.sd.CLIP")}}, nil, nil
+}
+
+// runModelSamplingAuraFlow patches the model's sampling shift: a different
+// model to the sampler, so a different picture.
+func runModelSamplingAuraFlow(x *Run) ([]any, *pyvalue.Dict, error) {
+	model, ok := x.Inputs["model"].(modelVal)
+	if !ok {
+		return nil, nil, x.noneInput("model", "clone")
+	}
+	return []any{modelVal{fmt.Sprintf("%s+auraflow:%g", model.ckpt, x.float("shift")), pyObjectRepr("comfy.model_patcher.ModelPatcher")}}, nil, nil
+}

@@ -303,6 +303,53 @@ func NewRegistry() *Registry {
 			Func:           runLoraLoader,
 		},
 		{
+			Name: "CLIPLoader", DisplayName: "Load CLIP", PythonModule: "nodes", Category: "advanced/loaders",
+			Description: "[Recipes]\n\nstable_diffusion: clip-l\nstable_cascade: clip-g\nsd3: t5 xxl/ clip-g / clip-l\nstable_audio: t5 base\nmochi: t5 xxl\ncosmos: old t5 xxl\nlumina2: gemma 2 2B\nwan: umt5 xxl\n hidream: llama-3.1 (Recommend) or t5\nomnigen2: qwen vl 2.5 3B",
+			Inputs: []Input{
+				{Name: "clip_name", Combo: func(h Host) []string { return h.ModelFiles("text_encoders") }},
+				{Name: "type", Combo: func(Host) []string { return clipTypes }},
+				{Name: "device", Combo: func(Host) []string { return []string{"default", "cpu"} }, Options: pyvalue.NewDict("advanced", true), Optional: true},
+			},
+			ReturnTypes: []string{"CLIP"},
+			Func:        runCLIPLoader,
+		},
+		{
+			Name: "EmptySD3LatentImage", DisplayName: "EmptySD3LatentImage", PythonModule: "comfy_extras.nodes_sd3", Category: "latent/sd3", V3: true,
+			Inputs: []Input{
+				{Name: "width", Type: "INT", Options: pyvalue.NewDict("default", i(1024), "min", i(16), "max", i(maxResolution), "step", i(16))},
+				{Name: "height", Type: "INT", Options: pyvalue.NewDict("default", i(1024), "min", i(16), "max", i(maxResolution), "step", i(16))},
+				{Name: "batch_size", Type: "INT", Options: pyvalue.NewDict("default", i(1), "min", i(1), "max", i(4096))},
+			},
+			ReturnTypes: []string{"LATENT"},
+			ReturnNames: []string{"LATENT"},
+			Func:        runEmptySD3LatentImage,
+		},
+		{
+			Name: "FluxGuidance", DisplayName: "FluxGuidance", PythonModule: "comfy_extras.nodes_flux", Category: "advanced/conditioning/flux", V3: true,
+			Inputs: []Input{
+				{Name: "conditioning", Type: "CONDITIONING", Options: pyvalue.NewDict()},
+				{Name: "guidance", Type: "FLOAT", Options: pyvalue.NewDict("default", 3.5, "min", 0.0, "max", 100.0, "step", 0.1)},
+			},
+			ReturnTypes: []string{"CONDITIONING"},
+			ReturnNames: []string{"CONDITIONING"},
+			Func:        runFluxGuidance,
+		},
+		{
+			Name: "ConditioningZeroOut", DisplayName: "ConditioningZeroOut", PythonModule: "nodes", Category: "advanced/conditioning",
+			Inputs:      []Input{{Name: "conditioning", Type: "CONDITIONING"}},
+			ReturnTypes: []string{"CONDITIONING"},
+			Func:        runConditioningZeroOut,
+		},
+		{
+			Name: "ModelSamplingAuraFlow", DisplayName: "ModelSamplingAuraFlow", PythonModule: "comfy_extras.nodes_model_advanced", Category: "advanced/model",
+			Inputs: []Input{
+				{Name: "model", Type: "MODEL"},
+				{Name: "shift", Type: "FLOAT", Options: pyvalue.NewDict("default", 1.73, "min", 0.0, "max", 100.0, "step", 0.01)},
+			},
+			ReturnTypes: []string{"MODEL"},
+			Func:        runModelSamplingAuraFlow,
+		},
+		{
 			Name: "SaveWEBM", DisplayName: "SaveWEBM", PythonModule: "comfy_extras.nodes_video", Category: "image/video", V3: true, Experimental: true,
 			Inputs: []Input{
 				{Name: "images", Type: "IMAGE", Options: pyvalue.NewDict()},

@@ -35,7 +35,13 @@ type vaeVal struct{ ckpt, repr string }
 
 func (v vaeVal) String() string { return v.repr }
 
-type condVal struct{ text, ckpt string }
+// condVal is a CONDITIONING: the encoded text, the CLIP that encoded it and
+// what later nodes did to it (FluxGuidance, ConditioningZeroOut), which
+// changes what a sampler makes of it.
+type condVal struct{ text, ckpt, mods string }
+
+// content is what a sampler's result depends on.
+func (c condVal) content() string { return c.text + c.mods }
 
 func (c condVal) String() string {
 	return "[[tensor([[[-0.3885,  0.0230, -0.0521,  ..., -0.4901, -0.3066,  0.0674]]]), {'pooled_output': tensor([[-0.0312,  0.4125,  0.1190,  ...,  0.0912, -0.2263,  0.2051]])}]]"
@@ -44,6 +50,7 @@ func (c condVal) String() string {
 // latentVal is a LATENT dict; key identifies its content (0 = empty latent).
 type latentVal struct {
 	w, h, batch int
+	channels    int // 0 means 4, EmptyLatentImage's
 	key         uint64
 	audio       bool
 	seconds     float64
@@ -53,7 +60,11 @@ func (l latentVal) String() string {
 	if l.audio {
 		return fmt.Sprintf("{'samples': tensor([[[0., 0., 0.,  ..., 0., 0., 0.]]]), 'type': 'audio', 'downscale_ratio_temporal': 2048}  # shape [%d, 64, %d]", l.batch, latentAudioLength(l.seconds))
 	}
-	return fmt.Sprintf("{'samples': tensor([[[[0., 0., 0.,  ..., 0., 0., 0.]]]])}  # shape [%d, 4, %d, %d]", l.batch, l.h/8, l.w/8)
+	ch := l.channels
+	if ch == 0 {
+		ch = 4
+	}
+	return fmt.Sprintf("{'samples': tensor([[[[0., 0., 0.,  ..., 0., 0., 0.]]]])}  # shape [%d, %d, %d, %d]", l.batch, ch, l.h/8, l.w/8)
 }
 
 // frame is one image of a batch: generated from a key, or decoded from a file.
