@@ -20,6 +20,7 @@ var wantServices = map[string]string{
 	"nats": "", "redis": "", "s3": "", "dispatcher": "", "runpod-adapter": "",
 	"comfysim-1": "sim", "gpuworker-sim1": "sim", "comfysim-2": "sim", "gpuworker-sim2": "sim",
 	"comfyui-gpu0": "gpu", "gpuworker-gpu0": "gpu", "comfyui-gpu1": "gpu", "gpuworker-gpu1": "gpu",
+	"prometheus": "observability", "grafana": "observability",
 }
 
 // pendingSettings are worker settings compose passes before the binaries
@@ -31,7 +32,7 @@ var pendingSettings = map[string]bool{
 
 func allProfiles(t *testing.T) *types.Project {
 	t.Helper()
-	return loadCompose(t, composeFile(), "gpu", "sim")
+	return loadCompose(t, composeFile(), "gpu", "sim", "observability")
 }
 
 func TestComposeServicesAndProfiles(t *testing.T) {
@@ -51,7 +52,7 @@ func TestComposeServicesAndProfiles(t *testing.T) {
 
 	// Without a .env every variable has its default.
 	opts, err := cli.NewProjectOptions([]string{composeFile()}, cli.WithWorkingDirectory(filepath.Dir(composeFile())),
-		cli.WithEnv(nil), cli.WithProfiles([]string{"gpu", "sim"}), cli.WithName("comfyfleet"))
+		cli.WithEnv(nil), cli.WithProfiles([]string{"gpu", "sim", "observability"}), cli.WithName("comfyfleet"))
 	require.NoError(t, err)
 	bare, err := opts.LoadProject(context.Background())
 	require.NoError(t, err, "compose.yaml loads without a .env")
@@ -238,7 +239,7 @@ func deref(p *string) string {
 func TestComposeVolumesAndNATSConfig(t *testing.T) {
 	t.Parallel()
 	p := allProfiles(t)
-	require.ElementsMatch(t, []string{"nats-data", "redis-data", "s3-data"}, slices.Collect(maps.Keys(p.Volumes)))
+	require.ElementsMatch(t, []string{"nats-data", "redis-data", "s3-data", "prometheus-data", "grafana-data"}, slices.Collect(maps.Keys(p.Volumes)))
 	mounts := func(name string) map[string]types.ServiceVolumeConfig {
 		out := map[string]types.ServiceVolumeConfig{}
 		for _, v := range p.Services[name].Volumes {
@@ -374,8 +375,9 @@ func TestDotEnvExampleHasEverySetting(t *testing.T) {
 		}
 		used[name] = def
 	}
-	// Variables of build secrets are read by compose at build time.
-	used["HUGGINGFACE_ACCESS_TOKEN"], used["CIVITAI_ACCESS_TOKEN"] = "", ""
+	// Variables of secrets are read by compose (the build secrets at build
+	// time).
+	used["HUGGINGFACE_ACCESS_TOKEN"], used["CIVITAI_ACCESS_TOKEN"], used["PROMETHEUS_ADMIN_KEY"] = "", "", ""
 	env := dotEnv(t)
 	require.ElementsMatch(t, slices.Collect(maps.Keys(used)), slices.Collect(maps.Keys(env)))
 	for name, def := range used {
@@ -453,21 +455,17 @@ var notInCompose = map[string]map[string]string{
 		"RUNPOD_PING_INTERVAL":       "serverless mode",
 		"SERVERLESS_CONCURRENCY":     "serverless mode",
 		"REFRESH_WORKER":             "serverless mode",
-		"METRICS_ADDR":               "off by default; set it (e.g. :9101) and publish it in an override file",
 	},
 	"gpuworker": {
 		"WARMUP_WORKFLOW": "a file in the container: mount one in an override file and set it there",
 		"LEASE_TTL":       "the default (the heartbeat TTL) fits; tests shorten it",
-		"LISTEN_ADDR":     "/metrics is off by default; set it (e.g. :9100) in an override file",
 		"WARM_DEFER":      "the default fits",
-		"ADMIN_KEYS":      "they guard /metrics (LISTEN_ADDR), which is off by default: set both in an override file",
-		"ADMIN_KEYS_FILE": "/metrics is off by default",
-		"ALLOWED_ORIGINS": "/metrics is off by default",
+		"ADMIN_KEYS_FILE": "a file in the container: use ADMIN_KEYS",
+		"ALLOWED_ORIGINS": "/metrics is scraped by Prometheus, not called from browsers",
 		"COMFYUI_INPUT_DIR": "the gpuworker has its own container, without ComfyUI's input folder: a job's inputs are emptied over HTTP; " +
 			"share the folder as a volume in an override file and set it there to have them deleted",
 	},
 	"dispatcher": {
-		"LISTEN_ADDR":        "off by default; set it (e.g. :8080) and publish it in an override file",
 		"SWEEP_INTERVAL":     "the default fits; tests shorten it",
 		"INTAKE_ACK_WAIT":    "the default fits; tests shorten it",
 		"INTAKE_CONCURRENCY": "the default fits",

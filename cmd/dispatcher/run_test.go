@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/metrics/metricstest"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
@@ -45,21 +47,19 @@ func TestRunServesFleetAndMetrics(t *testing.T) {
 		return resp.StatusCode, string(body)
 	}
 	require.Eventually(t, func() bool { code, _ := get("/healthz"); return code == http.StatusOK }, 20*time.Second, 20*time.Millisecond)
-	code, body := get("/metrics")
-	require.Equal(t, http.StatusOK, code)
-	for _, want := range []string{
-		"# TYPE comfyfleet_jobs_total counter",
-		"# TYPE comfyfleet_queue_depth gauge",
-		"# TYPE comfyfleet_queue_oldest_age_seconds gauge",
-		"comfyfleet_dlq_size 0",
-		"# TYPE comfyfleet_workers gauge",
-		"# TYPE comfyfleet_webhook_deliveries_total counter",
-		"# TYPE comfyfleet_jobs_admitted_total counter",
-	} {
-		require.Contains(t, body, want)
+	fams := metricstest.Scrape(t, "http://"+cfg.role.Listen+"/metrics")
+	for _, status := range []string{"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"} {
+		require.Zero(t, fams.Value(t, "comfyfleet_jobs_total", "status", status), "a fresh fleet has ended no job")
 	}
-	require.NotContains(t, body, "not read")
-	code, body = get("/fleet")
+	require.Equal(t, dto.MetricType_COUNTER, fams.Type(t, "comfyfleet_jobs_total"))
+	// (Queue depth and age have series once a pool has a queue: see
+	// internal/dispatch's TestFleetAndMetricsRoutes.)
+	require.Zero(t, fams.Value(t, "comfyfleet_dlq_size"))
+	require.Zero(t, fams.Value(t, "comfyfleet_intake_depth"))
+	require.Zero(t, fams.Value(t, "comfyfleet_submissions_duplicate_total"))
+	require.Positive(t, fams.Value(t, "go_goroutines"), "the Go collector")
+	require.Positive(t, fams.Value(t, "process_resident_memory_bytes"), "the process collector")
+	code, body := get("/fleet")
 	require.Equal(t, http.StatusOK, code, body)
 	var v fleet.View
 	require.NoError(t, json.Unmarshal([]byte(body), &v))

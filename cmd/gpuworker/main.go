@@ -66,8 +66,18 @@ func run(ctx context.Context, cfg config, log *zap.Logger) error {
 	log.Info("draining")
 	forced := make(chan os.Signal, 1)
 	signal.Notify(forced, os.Interrupt, syscall.SIGTERM)
-	go func() { <-forced; log.Warn("second signal, exiting now"); os.Exit(1) }()
+	drained := make(chan struct{})
+	go func() {
+		select {
+		case <-forced:
+			log.Warn("second signal, exiting now")
+			os.Exit(1)
+		case <-drained:
+		}
+	}()
 	w.Stop()
+	signal.Stop(forced)
+	close(drained)
 	return nil
 }
 

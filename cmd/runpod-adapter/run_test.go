@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/comfyfleet/comfyfleet/internal/metrics/metricstest"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
@@ -42,10 +43,11 @@ func TestRunServesMetrics(t *testing.T) {
 		return resp.StatusCode, string(body)
 	}
 	require.Eventually(t, func() bool { code, _ := get(cfg.role.Listen, "/health"); return code == http.StatusOK }, 20*time.Second, 20*time.Millisecond)
-	code, body := get(cfg.role.MetricsAddr, "/metrics")
-	require.Equal(t, http.StatusOK, code)
-	require.Contains(t, body, `comfyfleet_api_requests_total{method="GET",code="200"}`)
-	require.Contains(t, body, `comfyfleet_api_request_seconds_bucket{method="GET",le="+Inf"}`)
-	code, _ = get(cfg.role.Listen, "/metrics")
+	fams := metricstest.Scrape(t, "http://"+cfg.role.MetricsAddr+"/metrics")
+	require.Positive(t, fams.Value(t, "comfyfleet_api_requests_total", "method", "GET", "code", "200"), "the health checks above")
+	require.Positive(t, fams.Value(t, "comfyfleet_api_request_seconds", "method", "GET"))
+	require.Positive(t, fams.Value(t, "go_goroutines"))
+	require.Positive(t, fams.Value(t, "process_resident_memory_bytes"))
+	code, _ := get(cfg.role.Listen, "/metrics")
 	require.Equal(t, http.StatusNotFound, code, "not on the public port")
 }

@@ -179,6 +179,9 @@ type Info struct {
 // Stack is a running local fleet.
 type Stack struct {
 	Info Info
+	// Metrics is the registry every role of the stack registers its series
+	// on, served on the API address's /metrics.
+	Metrics *metrics.Registry
 
 	log      *zap.Logger
 	dir      string
@@ -251,6 +254,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return b, nil
 	}
 	reg := metrics.NewRegistry()
+	s.Metrics = reg
 
 	// Control plane: its routes are served on the API's listener.
 	if !cfg.NoDispatcher {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
+	"github.com/comfyfleet/comfyfleet/internal/metrics/metricstest"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -320,5 +321,33 @@ func TestEveryExampleRunsInDev(t *testing.T) {
 		img, err := png.Decode(bytes.NewReader(data))
 		require.NoError(t, err, f)
 		require.Equal(t, width, img.Bounds().Dx(), f)
+	}
+}
+
+// TestDevServesMetrics: dev's API address serves every role's series on
+// /metrics, in a format Prometheus parses: after a job, the fleet-wide
+// totals, the worker's and the API's counters and the Go and process
+// collectors are there, and the families without labels are served.
+func TestDevServesMetrics(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	code, out := b.post(t, "/runsync", example(t))
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	require.Equal(t, "COMPLETED", out["status"])
+
+	fams := metricstest.Scrape(t, b.stack.Info.APIURL+"/metrics")
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_worker_jobs_total", "status", "COMPLETED"))
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_jobs_admitted_total", "pool", "default", "lane", "interactive"))
+	require.Eventually(t, func() bool {
+		return metricstest.Scrape(t, b.stack.Info.APIURL+"/metrics").Series("comfyfleet_jobs_total", "status", "COMPLETED").GetCounter().GetValue() == 1
+	}, 10*time.Second, 50*time.Millisecond, "the fleet-wide total, read from Redis at scrape time (cached 1 s)")
+	require.Positive(t, fams.Value(t, "comfyfleet_api_requests_total", "method", "POST", "code", "200"))
+	require.Positive(t, fams.Value(t, "comfyfleet_worker_gpu_idle_seconds_total"))
+	require.Positive(t, fams.Value(t, "go_goroutines"))
+	require.Positive(t, fams.Value(t, "process_resident_memory_bytes"))
+	for _, name := range []string{"comfyfleet_dlq_size", "comfyfleet_intake_depth", "comfyfleet_submissions_duplicate_total",
+		"comfyfleet_worker_retries_total", "comfyfleet_worker_gpu_idle_seconds_total"} {
+		require.Contains(t, b.stack.Metrics.Names(), name)
+		require.Contains(t, fams, name, "a family without labels is served from the start")
 	}
 }

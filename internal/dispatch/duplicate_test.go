@@ -151,5 +151,5 @@ func TestHostileResubmissionChangesNothing(t *testing.T) {
 	var buf bytes.Buffer
 	require.NoError(t, reg.Write(context.Background(), &buf))
 	require.Contains(t, buf.String(), fmt.Sprintf("comfyfleet_submissions_duplicate_total %d", 3*len(hostile)))
-	require.Contains(t, buf.String(), `comfyfleet_jobs_admitted_total{pool="default",lane="interactive"} 1`)
+	require.Contains(t, buf.String(), `comfyfleet_jobs_admitted_total{lane="interactive",pool="default"} 1`)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // Metrics are the dispatcher's Prometheus series. The fleet-wide ones
@@ -58,6 +59,13 @@ func NewMetrics(reg *metrics.Registry, view ViewReader) *Metrics {
 	}
 	reg.CounterFunc("comfyfleet_jobs_total", "Jobs that reached each terminal status, and RETRIED, fleet-wide.", []string{"status"},
 		each(func(v *fleet.View) (out []metrics.Sample) {
+			// Every terminal status from 0, so that rates and dashboards
+			// see a series before its first job.
+			for _, s := range []proto.Status{proto.StatusCompleted, proto.StatusFailed, proto.StatusCancelled, proto.StatusTimedOut} {
+				if _, ok := v.Totals[s]; !ok {
+					out = append(out, metrics.Sample{Labels: []string{string(s)}})
+				}
+			}
 			for s, n := range v.Totals {
 				out = append(out, metrics.Sample{Labels: []string{string(s)}, Value: float64(n)})
 			}

@@ -266,7 +266,7 @@ func TestWebhookDeliversCompletedJobThroughAdmission(t *testing.T) {
 	require.Equal(t, 1, rc.count(), "one delivery")
 	m := b.scrape(t)
 	require.Contains(t, m, `comfyfleet_webhook_deliveries_total{result="delivered"} 1`)
-	require.Contains(t, m, `comfyfleet_jobs_admitted_total{pool="default",lane="interactive"} 1`)
+	require.Contains(t, m, `comfyfleet_jobs_admitted_total{lane="interactive",pool="default"} 1`)
 }
 
 func TestWebhookDeliversFailureUnsigned(t *testing.T) {
@@ -368,15 +368,21 @@ func (b *hookBundle) startLogged(t *testing.T, cfg dispatch.WebhookConfig) *obse
 	return logs
 }
 
-// webhookError is the error of the one warning about job id.
+// webhookError is the error of the one warning about job id. The
+// deliverer acks an event before it logs the outcome, so the warning may
+// come just after the events settled: it is waited for.
 func webhookError(t *testing.T, logs *observer.ObservedLogs, id string) string {
 	t.Helper()
 	var found []string
-	for _, e := range logs.All() {
-		if e.ContextMap()["job_id"] == id {
-			found = append(found, e.Message+": "+fmt.Sprint(e.ContextMap()["error"]))
+	require.Eventually(t, func() bool {
+		found = found[:0]
+		for _, e := range logs.All() {
+			if e.ContextMap()["job_id"] == id {
+				found = append(found, e.Message+": "+fmt.Sprint(e.ContextMap()["error"]))
+			}
 		}
-	}
+		return len(found) > 0
+	}, 10*time.Second, 5*time.Millisecond)
 	require.Len(t, found, 1, "%v", found)
 	return found[0]
 }

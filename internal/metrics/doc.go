@@ -1,9 +1,8 @@
-// Package metrics is a small Prometheus text-format (version 0.0.4)
-// exposition: counters, gauges and histograms with labels, plus gauges read
-// at scrape time, served on /metrics by every binary.
-//
-// It is hand-written rather than github.com/prometheus/client_golang
-// because the binaries need a dozen series and nothing of the client's
-// process collectors, push gateway or protobuf format; the client would
-// add several modules (and their go.sum churn) for what fits in one file.
+// Package metrics holds each binary's Prometheus series: a registry with
+// the Go and process collectors of github.com/prometheus/client_golang,
+// counters, gauges and histograms with labels, families read at scrape time
+// (fleet-wide values kept in Redis and JetStream), the instrumentation of
+// an HTTP API, and a /metrics server for binaries without an HTTP server of
+// their own. The names of the families are part of the project's
+// interface (docs/metrics.md, the Grafana dashboard under deploy/observability).
 package metrics

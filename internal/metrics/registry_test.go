@@ -5,15 +5,52 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
 )
+
+// parse reads the text exposition as Prometheus does.
+func parse(t *testing.T, r io.Reader) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(r)
+	require.NoError(t, err)
+	return fams
+}
+
+// value is the value of the series of fam whose labels are labels.
+func value(t *testing.T, fam *dto.MetricFamily, labels map[string]string) *dto.Metric {
+	t.Helper()
+	require.NotNil(t, fam)
+	for _, m := range fam.GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		if len(got) == len(labels) {
+			match := true
+			for k, v := range labels {
+				match = match && got[k] == v
+			}
+			if match {
+				return m
+			}
+		}
+	}
+	require.Failf(t, "no series", "%s%v", fam.GetName(), labels)
+	return nil
+}
 
 func TestExposition(t *testing.T) {
 	t.Parallel()
@@ -32,45 +69,58 @@ func TestExposition(t *testing.T) {
 		return []metrics.Sample{{Labels: []string{"interactive"}, Value: 3}, {Labels: []string{"wrong", "arity"}}}, nil
 	})
 	r.CounterFunc("broken_total", "Fails.", nil, func(context.Context) ([]metrics.Sample, error) {
-		return nil, errors.New("redis down\nnow")
+		return nil, errors.New("redis down")
 	})
+	require.Equal(t, []string{"jobs_total", "temp", "wait_seconds", "depth", "broken_total"}, r.Names())
+
 	var buf bytes.Buffer
 	require.NoError(t, r.Write(context.Background(), &buf))
-	require.Equal(t, `# HELP jobs_total Jobs by status.
-# TYPE jobs_total counter
-jobs_total{status="COMPLETED"} 2
-jobs_total{status="FAILED"} 2
-# HELP temp A "gauge"\nwith two lines.
-# TYPE temp gauge
-temp{where="a\"b\\c"} 1.5
-# HELP wait_seconds Waits.
-# TYPE wait_seconds histogram
-wait_seconds_bucket{lane="batch",le="0.1"} 1
-wait_seconds_bucket{lane="batch",le="1"} 2
-wait_seconds_bucket{lane="batch",le="+Inf"} 3
-wait_seconds_sum{lane="batch"} 7.55
-wait_seconds_count{lane="batch"} 3
-# HELP depth Depth.
-# TYPE depth gauge
-depth{lane="interactive"} 3
-# broken_total not read: redis down now
-`, buf.String())
+	fams := parse(t, &buf)
+
+	require.Equal(t, dto.MetricType_COUNTER, fams["jobs_total"].GetType())
+	require.Equal(t, "Jobs by status.", fams["jobs_total"].GetHelp())
+	require.Equal(t, 2.0, value(t, fams["jobs_total"], map[string]string{"status": "COMPLETED"}).GetCounter().GetValue())
+	require.Equal(t, 2.0, value(t, fams["jobs_total"], map[string]string{"status": "FAILED"}).GetCounter().GetValue())
+	require.Equal(t, "A \"gauge\"\nwith two lines.", fams["temp"].GetHelp(), "help survives escaping")
+	require.Equal(t, 1.5, value(t, fams["temp"], map[string]string{"where": `a"b\c`}).GetGauge().GetValue(), "label values survive escaping")
+
+	hist := value(t, fams["wait_seconds"], map[string]string{"lane": "batch"}).GetHistogram()
+	require.Equal(t, uint64(3), hist.GetSampleCount())
+	require.InDelta(t, 7.55, hist.GetSampleSum(), 1e-9)
+	var bounds []float64
+	var cum []uint64
+	for _, b := range hist.GetBucket() {
+		bounds, cum = append(bounds, b.GetUpperBound()), append(cum, b.GetCumulativeCount())
+	}
+	require.Equal(t, []float64{0.1, 1, math.Inf(1)}, bounds, "buckets sorted")
+	require.Equal(t, []uint64{1, 2, 3}, cum, "cumulative")
+
+	require.Equal(t, dto.MetricType_GAUGE, fams["depth"].GetType())
+	require.Len(t, fams["depth"].GetMetric(), 1, "the sample of the wrong arity is left out")
+	require.Equal(t, 3.0, value(t, fams["depth"], map[string]string{"lane": "interactive"}).GetGauge().GetValue())
+	require.NotContains(t, fams, "broken_total", "a family whose read fails is left out")
+
+	require.Contains(t, fams, "go_goroutines", "the Go collector")
+	require.Contains(t, fams, "process_resident_memory_bytes", "the process collector")
 }
 
 func TestHandlerAndDuplicate(t *testing.T) {
 	t.Parallel()
 	r := metrics.NewRegistry()
 	r.Counter("x_total", "X.").Inc()
+	r.GaugeFunc("broken", "Fails.", nil, func(context.Context) ([]metrics.Sample, error) { return nil, errors.New("redis down") })
 	require.Panics(t, func() { r.Gauge("x_total", "again") })
-	require.Panics(t, func() { r.Counter("y_total", "Y.", "a").Inc() })
+	require.Panics(t, func() { r.Counter("y_total", "Y.", "a").Inc() }, "label values of the wrong arity")
 	srv := httptest.NewServer(r.Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	require.Equal(t, "text/plain; version=0.0.4; charset=utf-8", resp.Header.Get("Content-Type"))
-	require.Contains(t, string(body), "x_total 1\n")
+	require.Equal(t, http.StatusOK, resp.StatusCode, "a failed read serves the rest")
+	require.True(t, strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain; version=0.0.4"), resp.Header.Get("Content-Type"))
+	fams := parse(t, resp.Body)
+	require.Equal(t, 1.0, value(t, fams["x_total"], map[string]string{}).GetCounter().GetValue())
+	require.NotContains(t, fams, "broken")
 }
 
 func TestInstrumentAndServer(t *testing.T) {
@@ -96,11 +146,11 @@ func TestInstrumentAndServer(t *testing.T) {
 	defer s.Stop()
 	resp, err := http.Get("http://" + s.Addr() + "/metrics")
 	require.NoError(t, err)
-	body, _ := io.ReadAll(resp.Body)
+	fams := parse(t, resp.Body)
 	resp.Body.Close()
-	require.Contains(t, string(body), `api_requests_total{method="POST",code="200"} 1`)
-	require.Contains(t, string(body), `api_requests_total{method="POST",code="429"} 2`)
-	require.Contains(t, string(body), `api_request_seconds_count{method="POST"} 3`)
+	require.Equal(t, 1.0, value(t, fams["api_requests_total"], map[string]string{"method": "POST", "code": "200"}).GetCounter().GetValue())
+	require.Equal(t, 2.0, value(t, fams["api_requests_total"], map[string]string{"method": "POST", "code": "429"}).GetCounter().GetValue())
+	require.Equal(t, uint64(3), value(t, fams["api_request_seconds"], map[string]string{"method": "POST"}).GetHistogram().GetSampleCount())
 	s.Stop()
 	s.Stop()
 }

@@ -49,13 +49,14 @@ var sameLayer = map[string]bool{
 // deployment tools), with the highest layer each may import; only tests,
 // the dev stack and the mains import them.
 var apart = map[string]string{
-	"internal/comfysim":          "base",
-	"internal/testenv":           "base",
-	"internal/blob/blobtest":     "base",
-	"internal/blob/s3/s3test":    "adapters",
-	"internal/runpod/runpodtest": "read models", // fakes around the RunPod role, on what is below it
-	"internal/chaos":             "contract",
-	"deploy":                     "base",
+	"internal/comfysim":            "base",
+	"internal/testenv":             "base",
+	"internal/blob/blobtest":       "base",
+	"internal/metrics/metricstest": "base",
+	"internal/blob/s3/s3test":      "adapters",
+	"internal/runpod/runpodtest":   "read models", // fakes around the RunPod role, on what is below it
+	"internal/chaos":               "contract",
+	"deploy":                       "base",
 }
 
 // TestLayers: no import runs back up the house, and no role imports

@@ -1,7 +1,9 @@
 package worker
 
 import (
+	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
@@ -17,21 +19,68 @@ type Metrics struct {
 	execution   *metrics.Histogram
 	retries     *metrics.Counter
 	comfyErrors *metrics.Counter
+	idle        idleClock
+}
+
+// idleClock adds up the time the worker runs no job: its GPU's idle time.
+type idleClock struct {
+	mu      sync.Mutex
+	running int
+	since   time.Time     // when running last became 0
+	total   time.Duration // idle time before since
+}
+
+func (c *idleClock) start(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running == 0 {
+		c.total += now.Sub(c.since)
+	}
+	c.running++
+}
+
+func (c *idleClock) stop(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running--; c.running == 0 {
+		c.since = now
+	}
+}
+
+func (c *idleClock) seconds(now time.Time) float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.total
+	if c.running == 0 {
+		d += now.Sub(c.since)
+	}
+	return d.Seconds()
 }
 
 // NewMetrics registers the worker's series on reg.
 func NewMetrics(reg *metrics.Registry) *Metrics {
-	return &Metrics{
+	m := &Metrics{
 		jobs:        reg.Counter("comfyfleet_worker_jobs_total", "Jobs this worker ended, by terminal status.", "status"),
 		queueWait:   reg.Histogram("comfyfleet_worker_queue_wait_seconds", "Time from submission to pickup of the jobs this worker claimed (RunPod's delayTime), by lane.", metrics.DurationBuckets, "lane"),
 		execution:   reg.Histogram("comfyfleet_worker_execution_seconds", "Execution time of the attempts this worker ran, by outcome (a terminal status, or RETRIED).", metrics.DurationBuckets, "status"),
 		retries:     reg.Counter("comfyfleet_worker_retries_total", "Attempts this worker put back on the queue to be retried."),
 		comfyErrors: reg.Counter("comfyfleet_worker_comfyui_errors_total", "Failed attempts by ComfyUI error class.", "class"),
 	}
+	m.idle.since = time.Now()
+	reg.CounterFunc("comfyfleet_worker_gpu_idle_seconds_total", "Seconds this worker ran no job since it started: its GPU's idle time.", nil,
+		func(context.Context) ([]metrics.Sample, error) {
+			return []metrics.Sample{{Value: m.idle.seconds(time.Now())}}, nil
+		})
+	return m
 }
 
+// claimed records the start of an attempt, which ran ends.
 func (m *Metrics) claimed(rec *proto.Record) {
-	if m == nil || rec == nil || rec.SubmittedAt.IsZero() || rec.StartedAt.IsZero() {
+	if m == nil {
+		return
+	}
+	m.idle.start(time.Now())
+	if rec == nil || rec.SubmittedAt.IsZero() || rec.StartedAt.IsZero() {
 		return
 	}
 	m.queueWait.ObserveDuration(rec.DelayTime(), string(rec.Lane))
@@ -42,6 +91,7 @@ func (m *Metrics) ran(status proto.Status, took time.Duration) {
 	if m == nil {
 		return
 	}
+	m.idle.stop(time.Now())
 	label := string(status)
 	if status == "" {
 		label = "RETRIED"

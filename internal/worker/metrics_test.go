@@ -10,6 +10,7 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/metrics/metricstest"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -18,6 +19,7 @@ func TestWorkerMetrics(t *testing.T) {
 	t.Parallel()
 	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
 	reg := metrics.NewRegistry()
+	began := time.Now()
 	m := worker.NewMetrics(reg)
 	b.startWorker("w1", worker.Config{}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = m }})
 	b.enqueueJob(ckptJob("ok", "a.safetensors"))
@@ -25,17 +27,30 @@ func TestWorkerMetrics(t *testing.T) {
 	b.enqueueJob(ckptJob("bad", "missing.safetensors"))
 	b.wait("bad", proto.StatusFailed)
 
-	var buf bytes.Buffer
-	require.NoError(t, reg.Write(context.Background(), &buf))
-	out := buf.String()
-	for _, want := range []string{
-		`comfyfleet_worker_jobs_total{status="COMPLETED"} 1`,
-		`comfyfleet_worker_jobs_total{status="FAILED"} 1`,
-		`comfyfleet_worker_comfyui_errors_total{class="validation"} 1`,
-		`comfyfleet_worker_queue_wait_seconds_count{lane="interactive"} 2`,
-		`comfyfleet_worker_execution_seconds_count{status="COMPLETED"} 1`,
-		"# TYPE comfyfleet_worker_retries_total counter",
-	} {
-		require.Contains(t, out, want)
+	scrape := func() metricstest.Families {
+		var buf bytes.Buffer
+		require.NoError(t, reg.Write(context.Background(), &buf))
+		return metricstest.Parse(t, &buf)
 	}
+	fams := scrape()
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_worker_jobs_total", "status", "COMPLETED"))
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_worker_jobs_total", "status", "FAILED"))
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_worker_comfyui_errors_total", "class", "validation"))
+	require.Equal(t, 2.0, fams.Value(t, "comfyfleet_worker_queue_wait_seconds", "lane", "interactive"))
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_worker_execution_seconds", "status", "COMPLETED"))
+	require.Zero(t, fams.Value(t, "comfyfleet_worker_retries_total"), "served from 0")
+
+	// GPU idle time: the wall time the worker ran no job, so idle and
+	// execution add up to at most the time since the worker started.
+	wall := time.Since(began).Seconds()
+	idle := fams.Value(t, "comfyfleet_worker_gpu_idle_seconds_total")
+	var busy float64
+	for _, s := range fams["comfyfleet_worker_execution_seconds"].GetMetric() {
+		busy += s.GetHistogram().GetSampleSum()
+	}
+	require.Positive(t, idle)
+	require.Positive(t, busy)
+	require.LessOrEqual(t, idle+busy, wall, "idle time is not counted while a job runs")
+	later := scrape().Value(t, "comfyfleet_worker_gpu_idle_seconds_total")
+	require.Greater(t, later, idle, "an idle worker's idle time grows")
 }
