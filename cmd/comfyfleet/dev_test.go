@@ -359,5 +359,75 @@ func TestDevHonoursAPIKeysAndBuckets(t *testing.T) {
 	require.NoError(t, err)
 	_, err = png.Decode(bytes.NewReader(got))
 	require.NoError(t, err, "the downloaded picture")
+
+	// One API job's files: the file route sends its owner to the S3 URL,
+	// and is 404 for another tenant; `comfyfleet get` fetches it from S3.
+	req, err := http.NewRequest(http.MethodGet, info.APIURL+"/v2/dev/files/"+st.ID+"/"+item.Filename, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer k-dev-2")
+	noFollow := &http.Client{Timeout: time.Minute, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err = noFollow.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusTemporaryRedirect, resp.StatusCode)
+	require.Equal(t, item.Data, resp.Header.Get("Location"), "to the output's own (presigned) URL")
+	code, body = api{url: info.APIURL, key: "k-dev-1"}.do(t, http.MethodGet, "/v2/dev/files/"+st.ID+"/"+item.Filename, nil)
+	require.Equal(t, http.StatusNotFound, code, "another tenant's job: %s", body)
+	g := start(t, work, "get", st.ID, "--out", "got")
+	require.Equal(t, exitOK, g.wait(t, time.Minute), g.out.String())
+	require.Contains(t, g.out.String(), filepath.Join("got", item.Filename))
+	fetched, err := os.ReadFile(filepath.Join(work, "got", item.Filename))
+	require.NoError(t, err)
+	require.Equal(t, stored, fetched, "the bytes in the bucket")
+	devDown(t, work, dev)
+}
+
+// TestGetAndFileRouteOnTheBlobStore: without S3, a finished job's files
+// are in the blob store (NATS object store): the file route serves them
+// with their type and a policy that runs nothing, names the files it has
+// when asked for another, and `comfyfleet get` downloads them with their
+// names; an unknown or unfinished job is an error that says so.
+func TestGetAndFileRouteOnTheBlobStore(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	dev := start(t, work, slices.Concat(devArgs, []string{"--workers", "1", "--redis-server", "-", "--step-delay", "1ms"})...)
+	info := devUp(t, work, dev)
+	a := api{url: info.APIURL}
+	code, body := a.do(t, http.MethodPost, "/runsync", []byte(withSeed(t, 11)))
+	require.Equal(t, http.StatusOK, code, "%s", body)
+	var st status
+	require.NoError(t, json.Unmarshal(body, &st))
+	require.Equal(t, proto.StatusCompleted, st.Status, "%s", body)
+	item := st.Output.Images[0]
+	require.Equal(t, proto.ItemBase64, item.Type)
+	inline, err := base64.StdEncoding.DecodeString(item.Data)
+	require.NoError(t, err)
+
+	resp, err := http.Get(info.APIURL + "/v2/dev/files/" + st.ID + "/" + item.Filename)
+	require.NoError(t, err)
+	served, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", served)
+	require.Equal(t, inline, served, "the file is the image /status inlines")
+	require.Equal(t, "image/png", resp.Header.Get("Content-Type"))
+	require.Equal(t, "nosniff", resp.Header.Get("X-Content-Type-Options"))
+	require.Contains(t, resp.Header.Get("Content-Security-Policy"), "sandbox", "an output never runs script on the API's origin")
+	require.Equal(t, `inline; filename=`+item.Filename, resp.Header.Get("Content-Disposition"))
+
+	code, body = a.do(t, http.MethodGet, "/files/"+st.ID+"/other.png", nil)
+	require.Equal(t, http.StatusNotFound, code)
+	require.JSONEq(t, `{"error":"job `+st.ID+` has no file named other.png; its files: `+item.Filename+`"}`, string(body))
+	code, body = a.do(t, http.MethodGet, "/files/no-such-job/x.png", nil)
+	require.Equal(t, http.StatusNotFound, code, "%s", body)
+
+	g := start(t, work, "get", st.ID)
+	require.Equal(t, exitOK, g.wait(t, time.Minute), g.out.String())
+	got, err := os.ReadFile(filepath.Join(work, st.ID, item.Filename))
+	require.NoError(t, err, "the default folder is ./<job id>: %s", g.out)
+	require.Equal(t, inline, got)
+	g = start(t, work, "get", "no-such-job")
+	require.Equal(t, exitNotAllDone, g.wait(t, time.Minute))
+	require.Contains(t, g.out.String(), "comfyfleet get: job no-such-job not found")
 	devDown(t, work, dev)
 }

@@ -32,6 +32,7 @@ Usage:
   comfyfleet watch BATCH [settings]     follow a batch again and download results
   comfyfleet status ID|BATCH            show a job or a batch
   comfyfleet cancel ID|BATCH            cancel a job or every unfinished job of a batch
+  comfyfleet get JOB [--out DIR]        download one finished job's files
   comfyfleet fleet                      show the workers, lanes and queue depths
   comfyfleet dlq list|replay SEQ…       list the dead letters, or queue them again
   comfyfleet bench [SCENARIO…]          measure the fleet (overhead, throughput,
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return showStatus(ctx, args[1:], stdout, stderr)
 	case "cancel":
 		return cancel(ctx, args[1:], stdout, stderr)
+	case "get":
+		return get(ctx, args[1:], stdout, stderr)
 	case "fleet":
 		return showFleet(ctx, args[1:], stdout, stderr)
 	case "dlq":

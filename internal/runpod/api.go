@@ -165,6 +165,7 @@ func NewAPI(cfg Config, d Deps) *API {
 		a.mux.HandleFunc("POST "+prefix+"/retry/{id}", a.handleRetry)
 		a.mux.HandleFunc("POST "+prefix+"/purge-queue", a.handlePurge)
 		a.mux.HandleFunc("GET "+prefix+"/health", a.handleHealth)
+		a.mux.HandleFunc("GET "+prefix+"/files/{id}/{name...}", a.handleFile)
 	}
 	g, err := auth.NewGuard(a.cfg.Keys, a.cfg.AllowedOrigins)
 	if err != nil {
