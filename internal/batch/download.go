@@ -26,15 +26,18 @@ type downloader struct {
 	out   string
 }
 
-// fetch downloads every file of r and sets its Path. A file that is
-// already there with the right size is not fetched again. The first
-// failure is kept in r.DownloadError; the other files are still fetched.
+// fetch downloads every file of r into <out>/<item>/<item>_<name> and
+// sets its Path. A file that is already there with the right size is not
+// fetched again. The first failure is kept in r.DownloadError; the other
+// files are still fetched.
 func (d *downloader) fetch(ctx context.Context, r *Result) {
 	r.DownloadError = ""
 	used := map[string]bool{}
 	for i := range r.Files {
 		f := &r.Files[i]
-		name := fileName(f, used)
+		// The item's name in front: a file says what made it wherever it
+		// is copied (ComfyUI's own names repeat across items).
+		name := r.Item + "_" + fileName(f, used)
 		rel := r.Item + "/" + name
 		dst := filepath.Join(d.out, r.Item, name)
 		if fi, err := os.Stat(dst); err == nil && (f.Size == 0 || fi.Size() == f.Size) && f.Kind != "text" {
@@ -51,9 +54,9 @@ func (d *downloader) fetch(ctx context.Context, r *Result) {
 	}
 }
 
-// fileName picks the file's name inside the item's folder: ComfyUI's file
-// name, made safe; a text output becomes text-<node>.txt; a name used
-// twice gets its node id in front.
+// fileName picks the file's name inside the item's folder, after the
+// item's name: ComfyUI's file name, made safe; a text output becomes
+// text-<node>.txt; a name used twice gets its node id in front.
 func fileName(f *File, used map[string]bool) string {
 	name := SafeName(filepath.Base(strings.ReplaceAll(f.Filename, "\\", "/")))
 	if f.Kind == "text" && f.Filename == "" {

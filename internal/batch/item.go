@@ -120,8 +120,12 @@ func loadFolder(dir string) ([]Item, error) {
 	return items, nil
 }
 
+// lineWidth is the least number of digits of a JSONL line's name.
+const lineWidth = 4
+
 // ReadJSONL reads one item per non-empty line; origin names the file in
-// messages.
+// messages. A line is named by its "name" field or else line-<n>, n its
+// line number (line-0007).
 func ReadJSONL(r io.Reader, origin string) ([]Item, error) {
 	br := bufio.NewReader(r)
 	var items []Item
@@ -151,8 +155,10 @@ func ReadJSONL(r io.Reader, origin string) ([]Item, error) {
 			return nil, fmt.Errorf("read %s: %w", origin, err)
 		}
 	}
-	// Pad line numbers so that names sort in file order.
-	width := len(strconv.Itoa(lineNo))
+	// Pad line numbers so that names sort in file order, to a width that
+	// stays the same as the file grows (up to 9,999 lines), so that lines
+	// added at the end leave the others' names, and so their jobs, alone.
+	width := max(lineWidth, len(strconv.Itoa(lineNo)))
 	for i := range items {
 		if n, ok := strings.CutPrefix(items[i].Name, "line-"); ok && !strings.HasPrefix(n, "0") {
 			if _, err := strconv.Atoi(n); err == nil {
@@ -179,11 +185,8 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 	switch {
 	case fields["input"] != nil:
 		it.Input = fields["input"]
-		if raw := fields["name"]; raw != nil {
-			if err := json.Unmarshal(raw, &it.Name); err != nil {
-				return Item{}, fmt.Errorf("%s: name must be a string", origin)
-			}
-			it.Name = SafeName(it.Name)
+		if err := it.readName(fields, origin); err != nil {
+			return Item{}, err
 		}
 		if raw := fields["webhook"]; raw != nil {
 			if err := json.Unmarshal(raw, &it.Webhook); err != nil {
@@ -212,6 +215,19 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 		}
 	case fields["workflow"] != nil:
 		it.Input = json.RawMessage(data)
+		if fields["name"] != nil {
+			// The name is the batch's, not the job's: the input goes
+			// without it.
+			if err := it.readName(fields, origin); err != nil {
+				return Item{}, err
+			}
+			delete(fields, "name")
+			in, err := json.Marshal(fields)
+			if err != nil {
+				return Item{}, fmt.Errorf("%s: %v", origin, err)
+			}
+			it.Input = in
+		}
 	case fields["nodes"] != nil && fields["links"] != nil:
 		return Item{}, fmt.Errorf("%s: this is a workflow in ComfyUI's UI format; export it in API format (Workflow > Export (API))", origin)
 	default:
@@ -230,6 +246,23 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 	}
 	it.Input = compact(it.Input)
 	return it, nil
+}
+
+// readName sets the item's name from the "name" field of a request or an
+// input, made safe as a folder name; an empty name is no name.
+func (it *Item) readName(fields map[string]json.RawMessage, origin string) error {
+	raw := fields["name"]
+	if raw == nil || string(raw) == "null" {
+		return nil
+	}
+	var name string
+	if err := json.Unmarshal(raw, &name); err != nil {
+		return fmt.Errorf("%s: name must be a string", origin)
+	}
+	if strings.TrimSpace(name) != "" {
+		it.Name = SafeName(strings.TrimSpace(name))
+	}
+	return nil
 }
 
 // compact removes insignificant white space; numbers keep their digits.

@@ -39,6 +39,18 @@ func TestDecodeItem(t *testing.T) {
 				require.Equal(t, "b", it.S3Config.BucketName)
 				require.Equal(t, "my_item", it.Name)
 			}},
+		{name: "RunPod input with a name", data: `{"name":"owl","workflow":` + apiWorkflow + `,"images":[{"name":"a.png","image":"AA=="}]}`,
+			check: func(t *testing.T, it batch.Item) {
+				require.Equal(t, "owl", it.Name)
+				require.Equal(t, `{"images":[{"name":"a.png","image":"AA=="}],"workflow":`+apiWorkflow+`}`, string(it.Input),
+					"the name is not sent with the job; the workflow keeps its digits")
+			}},
+		{name: "empty name", data: `{"name":" ","workflow":{}}`, check: func(t *testing.T, it batch.Item) {
+			require.Empty(t, it.Name)
+			require.Equal(t, `{"workflow":{}}`, string(it.Input))
+		}},
+		{name: "name not a string", data: `{"name":7,"workflow":{}}`, wantErr: "x.json: name must be a string"},
+		{name: "request name not a string", data: `{"name":["a"],"input":{"workflow":{}}}`, wantErr: "x.json: name must be a string"},
 		{name: "input as a string", data: `{"input":"{\"workflow\":{\"1\":{}}}"}`, check: func(t *testing.T, it batch.Item) {
 			require.Equal(t, `{"workflow":{"1":{}}}`, string(it.Input))
 		}},
@@ -75,14 +87,22 @@ func TestReadJSONL(t *testing.T) {
 		}
 		lines = append(lines, `{"input":{"workflow":`+apiWorkflow+`}}`)
 	}
-	lines = append(lines, `{"name":"last","input":{"workflow":{}}}`)
+	lines = append(lines, `{"name":"last","input":{"workflow":{}}}`, `{"name":"owl","workflow":{}}`)
 	items, err := batch.ReadJSONL(strings.NewReader(strings.Join(lines, "\n")), "in.jsonl")
 	require.NoError(t, err)
-	require.Len(t, items, 11)
-	require.Equal(t, "line-01", items[0].Name)
-	require.Equal(t, "line-05", items[3].Name)
+	require.Len(t, items, 12)
+	require.Equal(t, "line-0001", items[0].Name)
+	require.Equal(t, "line-0005", items[3].Name)
 	require.Equal(t, "in.jsonl:5", items[3].Origin)
 	require.Equal(t, "last", items[10].Name)
+	require.Equal(t, "owl", items[11].Name, "a RunPod input's name")
+	require.Equal(t, `{"workflow":{}}`, string(items[11].Input))
+
+	// Lines added at the end leave the names of the others alone.
+	more, err := batch.ReadJSONL(strings.NewReader(strings.Join(append(lines, make([]string, 90)...), "\n")+"\n"+apiWorkflow), "in.jsonl")
+	require.NoError(t, err)
+	require.Equal(t, "line-0001", more[0].Name)
+	require.Equal(t, "line-0104", more[12].Name)
 
 	_, err = batch.ReadJSONL(strings.NewReader("{\"workflow\":{}}\n{\"input\":{}}\n"), "in.jsonl")
 	require.ErrorContains(t, err, "in.jsonl:2: "+proto.ErrMsgNoWorkflow)
@@ -174,6 +194,8 @@ func FuzzDecodeItem(f *testing.F) {
 	f.Add([]byte(`{"input":{"workflow":{}},"webhook":"x","policy":{"ttl":1},"name":"n"}`))
 	f.Add([]byte(`{"workflow":{},"images":[{"name":"a.png","image":"AA=="}]}`))
 	f.Add([]byte(`{"input":"{\"workflow\":{}}"}`))
+	f.Add([]byte(`{"name":"owl","workflow":{"3":{"inputs":{"seed":18446744073709551615}}}}`))
+	f.Add([]byte(`{"name":null,"workflow":{}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		it, err := batch.DecodeItem(data, "f")
 		if err != nil {
