@@ -89,7 +89,7 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 		"the SSRF guard: https only, no private or loopback address but a running comfyfleet dev's\n"+
 		"own S3, unless --download-allow says so.")
 	bindConn(fs, &c.Conn)
-	fs.String(&c.Batch, "batch", "", "", "batch id (default: derived from INPUT's path and the --set specs, so the same command names the same batch)")
+	fs.String(&c.Batch, "batch", "", "", "batch id (default: derived from INPUT's path, so every run on INPUT is the same batch and a grown sweep only adds its new items)")
 	fs.Repeated(&c.Sets, "set", "", "sweep NODE.inputs.NAME=VALUES (repeatable; the batch is the cartesian product)")
 	fs.String(&c.Out, "out", "", "", "folder for the results (<out>/<item>/<file>) and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")
@@ -275,7 +275,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if c.Batch == "" {
-		c.Batch = batch.DefaultBatchID(pos[0], c.Sets)
+		c.Batch = batch.DefaultBatchID(pos[0])
 	}
 	if c.Out == "" {
 		c.Out = c.Batch

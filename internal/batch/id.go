@@ -25,28 +25,23 @@ func ValidBatchID(id string) error {
 	return nil
 }
 
-// DefaultBatchID derives a batch id from what the command names: the
-// input's absolute path and the --set specs as written (not the values
-// they expand to), so running the same command again in the same place
-// gives the same batch, even after an @file or a workflow was edited.
-// It reads like "<input name>-<8 hex digits>".
-func DefaultBatchID(path string, specs []string) string {
+// DefaultBatchID derives a batch id from the input's absolute path alone,
+// so that every run on the same file or folder is the same batch, with the
+// same output folder, whatever its --set specs: a sweep that grows only
+// adds items to it (an item's name and job id come from its content; see
+// [Expand] and [JobID]). It reads like "<input name>-<8 hex digits>".
+func DefaultBatchID(path string) string {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		abs = path
 	}
-	h := sha256.New()
-	h.Write([]byte(abs))
-	for _, s := range specs {
-		h.Write([]byte{0})
-		h.Write([]byte(s))
-	}
+	h := sha256.Sum256([]byte(abs))
 	base := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
 	base = strings.ReplaceAll(SafeName(base), ".", "_")
 	if len(base) > 24 {
 		base = base[:24]
 	}
-	return base + "-" + hex.EncodeToString(h.Sum(nil))[:8]
+	return base + "-" + hex.EncodeToString(h[:])[:8]
 }
 
 // JobID is the id of an item's job: the batch id, the item's name and a

@@ -126,20 +126,29 @@ func TestLoad(t *testing.T) {
 	require.NoError(t, err)
 	items, err = batch.Load(folder, []batch.Set{seeds})
 	require.NoError(t, err)
-	require.Equal(t, "a-001 a-002 b-001 b-002", items[0].Name+" "+items[1].Name+" "+items[2].Name+" "+items[3].Name)
+	require.Equal(t, "a_seed-7 a_seed-8 b_seed-7 b_seed-8", items[0].Name+" "+items[1].Name+" "+items[2].Name+" "+items[3].Name)
 
 	one := filepath.Join(dir, "wf.json")
 	require.NoError(t, os.WriteFile(one, []byte(`{"input":{"workflow":`+apiWorkflow+`}}`), 0o644))
 	items, err = batch.Load(one, []batch.Set{seeds})
 	require.NoError(t, err)
-	require.Equal(t, "001", items[0].Name)
+	require.Equal(t, "seed-7", items[0].Name)
 	require.Equal(t, json.RawMessage("8"), items[1].Params["3.inputs.seed"])
+	items, err = batch.Load(one, nil)
+	require.NoError(t, err)
+	require.Equal(t, "001", items[0].Name)
 
 	jsonl := filepath.Join(dir, "in.jsonl")
 	require.NoError(t, os.WriteFile(jsonl, []byte(apiWorkflow+"\n"+apiWorkflow+"\n"), 0o644))
 	items, err = batch.Load(jsonl, nil)
 	require.NoError(t, err)
 	require.Len(t, items, 2)
+	// A one-line JSONL file's items carry the line: a second line later
+	// renames nothing.
+	require.NoError(t, os.WriteFile(jsonl, []byte(`{"name":"owl","workflow":`+apiWorkflow+"}\n"), 0o644))
+	items, err = batch.Load(jsonl, []batch.Set{seeds})
+	require.NoError(t, err)
+	require.Equal(t, "owl_seed-7", items[0].Name)
 
 	_, err = batch.Load(filepath.Join(dir, "missing.json"), nil)
 	require.ErrorContains(t, err, "no such file")
@@ -180,10 +189,10 @@ func TestJobIDs(t *testing.T) {
 	long := batch.Item{Name: strings.Repeat("n", 80), Input: it.Input}
 	require.NoError(t, proto.ValidID(batch.JobID(strings.Repeat("b", batch.MaxBatchIDLen), long)))
 
-	b := batch.DefaultBatchID("examples/txt2img.json", []string{"3.inputs.seed=1..5"})
+	b := batch.DefaultBatchID("examples/txt2img.json")
 	require.NoError(t, batch.ValidBatchID(b))
-	require.Equal(t, b, batch.DefaultBatchID("examples/txt2img.json", []string{"3.inputs.seed=1..5"}))
-	require.NotEqual(t, b, batch.DefaultBatchID("examples/txt2img.json", []string{"3.inputs.seed=1..6"}))
+	require.Equal(t, b, batch.DefaultBatchID("./examples/../examples/txt2img.json"), "the same file, the same batch")
+	require.NotEqual(t, b, batch.DefaultBatchID("examples/other/txt2img.json"))
 	require.True(t, strings.HasPrefix(b, "txt2img-"), b)
 	require.Error(t, batch.ValidBatchID("a.b"))
 	require.Error(t, batch.ValidBatchID(strings.Repeat("b", batch.MaxBatchIDLen+1)))
