@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -44,10 +45,11 @@ func DefaultBatchID(path string) string {
 	return base + "-" + hex.EncodeToString(h[:])[:8]
 }
 
-// JobID is the id of an item's job: the batch id, the item's name and a
-// hash of the batch, the name and the input. The same item of the same
-// batch always gets the same id, which is what makes a second run resume
-// the first; an item whose input changed gets a new id, and so a new job.
+// JobID is the id of an item's (first) job: the batch id, the item's name
+// and a hash of the batch, the name and the input. The same item of the
+// same batch always gets the same id, which is what makes a second run
+// resume the first; an item whose input changed gets a new id, and so a
+// new job. A retry of the item runs as AttemptID(JobID(…), try).
 func JobID(batchID string, it Item) string {
 	h := sha256.New()
 	h.Write([]byte(batchID))
@@ -60,4 +62,31 @@ func JobID(batchID string, it Item) string {
 		name = name[:40]
 	}
 	return batchID + "-" + name + "-" + hex.EncodeToString(h.Sum(nil))[:10]
+}
+
+// AttemptID is the job id of an item's try: the first (try 1) is the
+// item's JobID, a later one that id with -r<try>, e.g. …-3b9f6c0e1d-r2.
+// A JobID ends in hex digits, so no first try's id looks like a retry's.
+func AttemptID(jobID string, try int) string {
+	if try <= 1 {
+		return jobID
+	}
+	return jobID + "-r" + strconv.Itoa(try)
+}
+
+// tryOf gives the try of id among the tries of the item whose first job is
+// jobID; ok is false when id is none of them.
+func tryOf(jobID, id string) (try int, ok bool) {
+	if id == jobID {
+		return 1, true
+	}
+	rest, found := strings.CutPrefix(id, jobID+"-r")
+	if !found {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n < 2 || strconv.Itoa(n) != rest {
+		return 0, false
+	}
+	return n, true
 }

@@ -452,10 +452,11 @@ func valueName(text string) (part string, exact bool) {
 			exact = false
 		}
 	}
-	part = strings.Trim(string(b), "_")
+	part = string(b)
 	if len(part) > maxValueName/2 && !exact {
 		part = part[:maxValueName/2]
 	}
+	part = strings.Trim(part, "_")
 	if part == "" {
 		part = "x"
 	}

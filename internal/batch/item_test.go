@@ -189,6 +189,12 @@ func TestJobIDs(t *testing.T) {
 	long := batch.Item{Name: strings.Repeat("n", 80), Input: it.Input}
 	require.NoError(t, proto.ValidID(batch.JobID(strings.Repeat("b", batch.MaxBatchIDLen), long)))
 
+	retry := batch.AttemptID(id, 2)
+	require.Equal(t, id+"-r2", retry)
+	require.Equal(t, id, batch.AttemptID(id, 1), "the first try is the item's job")
+	require.NoError(t, proto.ValidID(batch.AttemptID(batch.JobID(strings.Repeat("b", batch.MaxBatchIDLen), long), 99999)),
+		"the longest id with a retry stays a valid id")
+
 	b := batch.DefaultBatchID("examples/txt2img.json")
 	require.NoError(t, batch.ValidBatchID(b))
 	require.Equal(t, b, batch.DefaultBatchID("./examples/../examples/txt2img.json"), "the same file, the same batch")
