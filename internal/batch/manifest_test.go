@@ -92,3 +92,34 @@ func FuzzDecodeResult(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadHistory: whatever a manifest holds, every item read has one
+// result per job, and its last is what ReadManifest gives.
+func FuzzReadHistory(f *testing.F) {
+	f.Add([]byte(`{"item":"a","job_id":"j","try":1,"status":"FAILED","files":[]}` + "\n" +
+		`{"item":"a","job_id":"j-r2","try":2,"status":"COMPLETED","files":[]}` + "\n" +
+		`{"item":"a","job_id":"j","try":1,"status":"FAILED","files":[]}`))
+	f.Add([]byte("junk\n{\"item\":\"b\""))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, _, err := batch.ReadHistory(strings.NewReader(string(data)))
+		if err != nil {
+			return
+		}
+		latest, _, err := batch.ReadManifest(strings.NewReader(string(data)))
+		if err != nil || len(latest) != len(h) {
+			t.Fatalf("ReadManifest disagrees: %v, %d items for %d", err, len(latest), len(h))
+		}
+		for item, results := range h {
+			seen := map[string]bool{}
+			for _, r := range results {
+				if seen[r.JobID] || r.Item != item || r.Try < 1 {
+					t.Fatalf("item %s: %+v", item, results)
+				}
+				seen[r.JobID] = true
+			}
+			if latest[item].JobID != results[len(results)-1].JobID {
+				t.Fatalf("item %s: the latest is not last", item)
+			}
+		}
+	})
+}
