@@ -73,6 +73,10 @@ type submitConfig struct {
 	S3Prefix   string
 	Parallel   int
 	Detach     bool
+	// RetryFailed and RetryCancelled resubmit the items whose latest job
+	// failed (or timed out) or was cancelled.
+	RetryFailed    bool
+	RetryCancelled bool
 }
 
 // submitSettings binds the settings of `comfyfleet submit`.
@@ -84,12 +88,14 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 		"  comfyfleet submit wf.json --set 3.inputs.seed=1..100 --set 6.inputs.text=@prompts.txt\n\n"+
 		"Values: A..B (integers), @FILE (one per line), [JSON array], or one literal value.\n"+
 		"Running the same command again resumes the batch: finished items are skipped, running\n"+
-		"ones followed, missing ones submitted. Ctrl-C stops following; the jobs keep running\n"+
+		"ones followed, missing ones submitted; items are named by their content, so a grown sweep\n"+
+		"submits only its new items. --retry-failed (--retry-cancelled) gives the items that failed\n"+
+		"(were cancelled) a new job. Ctrl-C stops following; the jobs keep running\n"+
 		"(comfyfleet watch BATCH reattaches). Outputs given as URLs (s3_url) are downloaded through\n"+
 		"the SSRF guard: https only, no private or loopback address but a running comfyfleet dev's\n"+
 		"own S3, unless --download-allow says so.")
 	bindConn(fs, &c.Conn)
-	fs.String(&c.Batch, "batch", "", "", "batch id (default: derived from INPUT's path and the --set specs, so the same command names the same batch)")
+	fs.String(&c.Batch, "batch", "", "", "batch id (default: derived from INPUT's path, so every run on INPUT is the same batch and a grown sweep only adds its new items)")
 	fs.Repeated(&c.Sets, "set", "", "sweep NODE.inputs.NAME=VALUES (repeatable; the batch is the cartesian product)")
 	fs.String(&c.Out, "out", "", "", "folder for the results (<out>/<item>/<file>) and results.jsonl (default: ./<batch id>)")
 	fs.Bool(&c.NoDownload, "no-download", "", false, "leave outputs in the blob store or S3; results.jsonl still lists them")
@@ -104,6 +110,8 @@ func submitSettings(c *submitConfig) *flagenv.Set {
 	fs.String(&c.S3Prefix, "s3-prefix", "", "", "S3 key prefix for the outputs of these jobs (output.s3_prefix), when workers upload to S3")
 	fs.Int(&c.Parallel, "parallel", "", 8, "status reads, submissions and downloads in flight")
 	fs.Bool(&c.Detach, "detach", "", false, "return once every item is submitted, without following the batch")
+	fs.Bool(&c.RetryFailed, "retry-failed", "", false, "submit a new job (id ending in -r2, -r3, …) for every item whose latest job failed or timed out; results.jsonl keeps every try")
+	fs.Bool(&c.RetryCancelled, "retry-cancelled", "", false, "submit a new job for every item whose latest job was cancelled")
 	return fs
 }
 
@@ -275,7 +283,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	if c.Batch == "" {
-		c.Batch = batch.DefaultBatchID(pos[0], c.Sets)
+		c.Batch = batch.DefaultBatchID(pos[0])
 	}
 	if c.Out == "" {
 		c.Out = c.Batch
@@ -284,7 +292,8 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		BatchID: c.Batch, Tenant: c.Tenant, Pool: c.Pool, Lane: proto.Lane(c.Lane), Webhook: c.Webhook,
 		Policy:    proto.Policy{ExecutionTimeout: c.Timeout.Milliseconds(), TTL: c.TTL.Milliseconds()},
 		Retention: c.Retention, S3Prefix: c.S3Prefix, Out: c.Out, NoDownload: c.NoDownload,
-		Parallel: c.Parallel, Detach: c.Detach, Output: stdout, Terminal: isTerminal(stdout),
+		Parallel: c.Parallel, Detach: c.Detach, RetryFailed: c.RetryFailed, RetryCancelled: c.RetryCancelled,
+		Output: stdout, Terminal: isTerminal(stdout),
 	}
 	if err := opts.Validate(); err != nil {
 		fmt.Fprintf(stderr, "comfyfleet submit: %v\n", err)

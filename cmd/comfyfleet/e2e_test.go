@@ -269,7 +269,7 @@ func TestSubmitResumesAfterKill(t *testing.T) {
 		for i, img := range o.Images {
 			fl := r.Files[i]
 			require.Equal(t, img.Blob, fl.Blob, name)
-			require.Equal(t, name+"/"+img.Filename, fl.Path, name)
+			require.Equal(t, name+"/"+name+"_"+img.Filename, fl.Path, name, "the file carries its item")
 			fi, err := os.Stat(filepath.Join(out, fl.Path))
 			require.NoError(t, err, name)
 			require.Equal(t, img.Size, fi.Size(), name)

@@ -178,7 +178,7 @@ func TestRawJSONProducer(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, batch.Counts{Total: 4, Done: 2, Failed: 2}, sum.Counts)
 	require.Zero(t, sum.DownloadErrors)
-	require.FileExists(t, dir+"/raw-1/"+out.Images[0].Filename)
+	require.FileExists(t, dir+"/raw-1/raw-1_"+out.Images[0].Filename)
 }
 
 func compileSchema(t *testing.T) *jsonschema.Schema {

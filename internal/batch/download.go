@@ -26,16 +26,25 @@ type downloader struct {
 	out   string
 }
 
-// fetch downloads every file of r and sets its Path. A file that is
-// already there with the right size is not fetched again. The first
-// failure is kept in r.DownloadError; the other files are still fetched.
+// fetch downloads every file of r into <out>/<item>/<item>_<name> (into
+// <out>/<name> for a result without an item) and sets its Path. A file that is already there with the right size is not
+// fetched again. The first failure is kept in r.DownloadError; the other
+// files are still fetched.
 func (d *downloader) fetch(ctx context.Context, r *Result) {
 	r.DownloadError = ""
 	used := map[string]bool{}
 	for i := range r.Files {
 		f := &r.Files[i]
-		name := fileName(f, used)
-		rel := r.Item + "/" + name
+		// The item's name in front: a file says what made it wherever it
+		// is copied (ComfyUI's own names repeat across items).
+		// A job fetched alone (comfyfleet get) has no item: its files go
+		// straight into out with their own names.
+		name, rel := fileName(f, used), ""
+		if r.Item != "" {
+			name = r.Item + "_" + name
+			rel = r.Item + "/"
+		}
+		rel += name
 		dst := filepath.Join(d.out, r.Item, name)
 		if fi, err := os.Stat(dst); err == nil && (f.Size == 0 || fi.Size() == f.Size) && f.Kind != "text" {
 			f.Path = rel
@@ -51,9 +60,9 @@ func (d *downloader) fetch(ctx context.Context, r *Result) {
 	}
 }
 
-// fileName picks the file's name inside the item's folder: ComfyUI's file
-// name, made safe; a text output becomes text-<node>.txt; a name used
-// twice gets its node id in front.
+// fileName picks the file's name inside the item's folder, after the
+// item's name: ComfyUI's file name, made safe; a text output becomes
+// text-<node>.txt; a name used twice gets its node id in front.
 func fileName(f *File, used map[string]bool) string {
 	name := SafeName(filepath.Base(strings.ReplaceAll(f.Filename, "\\", "/")))
 	if f.Kind == "text" && f.Filename == "" {

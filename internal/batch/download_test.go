@@ -52,8 +52,8 @@ func TestDownloadEveryKind(t *testing.T) {
 	d.fetch(ctx, &r)
 	require.Empty(t, r.DownloadError)
 	want := map[string]string{
-		"001/a.png": "PNGDATA", "001/12_a.png": "PNGDATA", "001/v.mp4": "MP4",
-		"001/text-11.txt": "hello", "001/inline.png": "INLINE", "001/escape.png": "PNGDATA",
+		"001/001_a.png": "PNGDATA", "001/001_12_a.png": "PNGDATA", "001/001_v.mp4": "MP4",
+		"001/001_text-11.txt": "hello", "001/001_inline.png": "INLINE", "001/001_escape.png": "PNGDATA",
 	}
 	for _, f := range r.Files {
 		data, err := os.ReadFile(filepath.Join(out, filepath.FromSlash(f.Path)))
@@ -75,7 +75,7 @@ func TestDownloadEveryKind(t *testing.T) {
 	require.Contains(t, r2.DownloadError, "the blob is gone")
 	require.Empty(t, r2.Files[0].Path)
 	require.Empty(t, r2.Files[1].Path)
-	require.Equal(t, "002/a.png", r2.Files[2].Path)
+	require.Equal(t, "002/002_a.png", r2.Files[2].Path)
 	entries, err := os.ReadDir(filepath.Join(out, "002"))
 	require.NoError(t, err)
 	require.Len(t, entries, 1, "only the whole file")

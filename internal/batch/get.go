@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -45,8 +44,5 @@ func (r *Runner) Get(ctx context.Context, jobID, dir string) (*Result, error) {
 	}
 	d := downloader{blobs: r.d.Blobs, guard: r.d.Downloads, out: dir}
 	d.fetch(ctx, &res)
-	for i := range res.Files {
-		res.Files[i].Path = strings.TrimPrefix(res.Files[i].Path, "/")
-	}
 	return &res, nil
 }

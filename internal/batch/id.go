@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -25,34 +26,30 @@ func ValidBatchID(id string) error {
 	return nil
 }
 
-// DefaultBatchID derives a batch id from what the command names: the
-// input's absolute path and the --set specs as written (not the values
-// they expand to), so running the same command again in the same place
-// gives the same batch, even after an @file or a workflow was edited.
-// It reads like "<input name>-<8 hex digits>".
-func DefaultBatchID(path string, specs []string) string {
+// DefaultBatchID derives a batch id from the input's absolute path alone,
+// so that every run on the same file or folder is the same batch, with the
+// same output folder, whatever its --set specs: a sweep that grows only
+// adds items to it (an item's name and job id come from its content; see
+// [Expand] and [JobID]). It reads like "<input name>-<8 hex digits>".
+func DefaultBatchID(path string) string {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		abs = path
 	}
-	h := sha256.New()
-	h.Write([]byte(abs))
-	for _, s := range specs {
-		h.Write([]byte{0})
-		h.Write([]byte(s))
-	}
+	h := sha256.Sum256([]byte(abs))
 	base := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
 	base = strings.ReplaceAll(SafeName(base), ".", "_")
 	if len(base) > 24 {
 		base = base[:24]
 	}
-	return base + "-" + hex.EncodeToString(h.Sum(nil))[:8]
+	return base + "-" + hex.EncodeToString(h[:])[:8]
 }
 
-// JobID is the id of an item's job: the batch id, the item's name and a
-// hash of the batch, the name and the input. The same item of the same
-// batch always gets the same id, which is what makes a second run resume
-// the first; an item whose input changed gets a new id, and so a new job.
+// JobID is the id of an item's (first) job: the batch id, the item's name
+// and a hash of the batch, the name and the input. The same item of the
+// same batch always gets the same id, which is what makes a second run
+// resume the first; an item whose input changed gets a new id, and so a
+// new job. A retry of the item runs as AttemptID(JobID(…), try).
 func JobID(batchID string, it Item) string {
 	h := sha256.New()
 	h.Write([]byte(batchID))
@@ -65,4 +62,31 @@ func JobID(batchID string, it Item) string {
 		name = name[:40]
 	}
 	return batchID + "-" + name + "-" + hex.EncodeToString(h.Sum(nil))[:10]
+}
+
+// AttemptID is the job id of an item's try: the first (try 1) is the
+// item's JobID, a later one that id with -r<try>, e.g. …-3b9f6c0e1d-r2.
+// A JobID ends in hex digits, so no first try's id looks like a retry's.
+func AttemptID(jobID string, try int) string {
+	if try <= 1 {
+		return jobID
+	}
+	return jobID + "-r" + strconv.Itoa(try)
+}
+
+// tryOf gives the try of id among the tries of the item whose first job is
+// jobID; ok is false when id is none of them.
+func tryOf(jobID, id string) (try int, ok bool) {
+	if id == jobID {
+		return 1, true
+	}
+	rest, found := strings.CutPrefix(id, jobID+"-r")
+	if !found {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n < 2 || strconv.Itoa(n) != rest {
+		return 0, false
+	}
+	return n, true
 }

@@ -3,6 +3,8 @@ package batch
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,23 +46,23 @@ type Item struct {
 //     one item each, named after the file;
 //   - a .jsonl (or .ndjson) file: one item per non-empty line, named
 //     line-<n> or by the line's "name" field;
-//   - any other file: one item, named after its sweep values' position.
+//   - any other file: one item (001 without a sweep).
 //
 // Each file or line is a ComfyUI workflow in API format, a RunPod input
 // ({"workflow": …, "images": …}) or a RunPod request ({"input": …,
 // "webhook": …, "policy": …, "s3Config": …}). With sets, every item is
 // repeated for every combination of their values (the cartesian product,
-// the first set varying slowest).
+// the first set varying slowest), named after its values (see [Expand]).
 func Load(path string, sets []Set) ([]Item, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("read batch input: %w", err)
 	}
 	var base []Item
-	switch ext := strings.ToLower(filepath.Ext(path)); {
+	switch {
 	case fi.IsDir():
 		base, err = loadFolder(path)
-	case ext == ".jsonl" || ext == ".ndjson":
+	case isJSONL(path):
 		var f *os.File
 		if f, err = os.Open(path); err == nil {
 			base, err = ReadJSONL(f, filepath.Base(path))
@@ -80,12 +82,21 @@ func Load(path string, sets []Set) ([]Item, error) {
 	if len(base) == 0 {
 		return nil, fmt.Errorf("%s holds no item", path)
 	}
-	single := !fi.IsDir() && len(base) == 1
+	// One workflow's sweep items are named by their values alone; a JSONL
+	// file's by their line too, even when it has one line, so that a line
+	// added later does not rename the first.
+	single := !fi.IsDir() && !isJSONL(path)
 	items, err := Expand(base, sets, single)
 	if err != nil {
 		return nil, err
 	}
 	return items, nil
+}
+
+// isJSONL reports whether path names a JSONL file, by its extension.
+func isJSONL(path string) bool {
+	ext := strings.ToLower(filepath.Ext(path))
+	return ext == ".jsonl" || ext == ".ndjson"
 }
 
 func loadFolder(dir string) ([]Item, error) {
@@ -120,8 +131,12 @@ func loadFolder(dir string) ([]Item, error) {
 	return items, nil
 }
 
+// lineWidth is the least number of digits of a JSONL line's name.
+const lineWidth = 4
+
 // ReadJSONL reads one item per non-empty line; origin names the file in
-// messages.
+// messages. A line is named by its "name" field or else line-<n>, n its
+// line number (line-0007).
 func ReadJSONL(r io.Reader, origin string) ([]Item, error) {
 	br := bufio.NewReader(r)
 	var items []Item
@@ -151,8 +166,10 @@ func ReadJSONL(r io.Reader, origin string) ([]Item, error) {
 			return nil, fmt.Errorf("read %s: %w", origin, err)
 		}
 	}
-	// Pad line numbers so that names sort in file order.
-	width := len(strconv.Itoa(lineNo))
+	// Pad line numbers so that names sort in file order, to a width that
+	// stays the same as the file grows (up to 9,999 lines), so that lines
+	// added at the end leave the others' names, and so their jobs, alone.
+	width := max(lineWidth, len(strconv.Itoa(lineNo)))
 	for i := range items {
 		if n, ok := strings.CutPrefix(items[i].Name, "line-"); ok && !strings.HasPrefix(n, "0") {
 			if _, err := strconv.Atoi(n); err == nil {
@@ -179,11 +196,8 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 	switch {
 	case fields["input"] != nil:
 		it.Input = fields["input"]
-		if raw := fields["name"]; raw != nil {
-			if err := json.Unmarshal(raw, &it.Name); err != nil {
-				return Item{}, fmt.Errorf("%s: name must be a string", origin)
-			}
-			it.Name = SafeName(it.Name)
+		if err := it.readName(fields, origin); err != nil {
+			return Item{}, err
 		}
 		if raw := fields["webhook"]; raw != nil {
 			if err := json.Unmarshal(raw, &it.Webhook); err != nil {
@@ -212,6 +226,19 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 		}
 	case fields["workflow"] != nil:
 		it.Input = json.RawMessage(data)
+		if fields["name"] != nil {
+			// The name is the batch's, not the job's: the input goes
+			// without it.
+			if err := it.readName(fields, origin); err != nil {
+				return Item{}, err
+			}
+			delete(fields, "name")
+			in, err := json.Marshal(fields)
+			if err != nil {
+				return Item{}, fmt.Errorf("%s: %v", origin, err)
+			}
+			it.Input = in
+		}
 	case fields["nodes"] != nil && fields["links"] != nil:
 		return Item{}, fmt.Errorf("%s: this is a workflow in ComfyUI's UI format; export it in API format (Workflow > Export (API))", origin)
 	default:
@@ -232,6 +259,23 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 	return it, nil
 }
 
+// readName sets the item's name from the "name" field of a request or an
+// input, made safe as a folder name; an empty name is no name.
+func (it *Item) readName(fields map[string]json.RawMessage, origin string) error {
+	raw := fields["name"]
+	if raw == nil || string(raw) == "null" {
+		return nil
+	}
+	var name string
+	if err := json.Unmarshal(raw, &name); err != nil {
+		return fmt.Errorf("%s: name must be a string", origin)
+	}
+	if strings.TrimSpace(name) != "" {
+		it.Name = SafeName(strings.TrimSpace(name))
+	}
+	return nil
+}
+
 // compact removes insignificant white space; numbers keep their digits.
 func compact(raw json.RawMessage) json.RawMessage {
 	var b bytes.Buffer
@@ -241,10 +285,13 @@ func compact(raw json.RawMessage) json.RawMessage {
 	return b.Bytes()
 }
 
-// Expand repeats every item for every combination of the sets' values and
-// numbers the result. When single is set (one workflow), an item is named
-// by its combination's position alone (001, 002, …); otherwise by its own
-// name and the position (a-001).
+// Expand repeats every item for every combination of the sets' values.
+// An item of a sweep is named after its values (see sweepName): seed-7, or
+// with single unset (a folder's or a JSONL file's items) after its own
+// name and its values, a_seed-7. A name so depends on the item's content
+// and not on its position, so a sweep that grows (a longer range, another
+// value in a list) keeps the names, and so the jobs, of the items it had.
+// Without sets, items keep their names; a nameless one is named 001.
 func Expand(base []Item, sets []Set, single bool) ([]Item, error) {
 	combos := 1
 	for _, s := range sets {
@@ -253,7 +300,7 @@ func Expand(base []Item, sets []Set, single bool) ([]Item, error) {
 			return nil, fmt.Errorf("the sweep makes more than %d items", MaxItems)
 		}
 	}
-	width := max(3, len(strconv.Itoa(combos)))
+	keys := setKeys(sets)
 	out := make([]Item, 0, len(base)*combos)
 	for _, b := range base {
 		if len(sets) == 0 {
@@ -261,6 +308,7 @@ func Expand(base []Item, sets []Set, single bool) ([]Item, error) {
 			continue
 		}
 		pos := make([]int, len(sets))
+		written := make([]json.RawMessage, len(sets))
 		for c := 0; c < combos; c++ {
 			// pos counts in a mixed radix, the last set fastest.
 			rem := c
@@ -278,19 +326,19 @@ func Expand(base []Item, sets []Set, single bool) ([]Item, error) {
 					return nil, fmt.Errorf("%s: %w", b.Origin, err)
 				}
 				// Record the value as written into the workflow.
-				written, _ := readPath(in, append([]string{"workflow"}, s.Path...))
-				it.Params[strings.Join(s.Path, ".")] = written
+				written[i], _ = readPath(in, append([]string{"workflow"}, s.Path...))
+				it.Params[strings.Join(s.Path, ".")] = written[i]
 			}
 			it.Input = in
-			n := fmt.Sprintf("%0*d", width, c+1)
-			if single || b.Name == "" {
-				it.Name = n
-			} else {
-				it.Name = b.Name + "-" + n
+			prefix := b.Name
+			if single {
+				prefix = ""
 			}
+			it.Name = sweepName(prefix, keys, written)
 			out = append(out, it)
 		}
 	}
+	width := max(3, len(strconv.Itoa(len(out))))
 	seen := make(map[string]string, len(out))
 	for i := range out {
 		out[i].Index = i
@@ -303,6 +351,116 @@ func Expand(base []Item, sets []Set, single bool) ([]Item, error) {
 		seen[out[i].Name] = out[i].Origin
 	}
 	return out, nil
+}
+
+// Bounds of a sweep item's name: a value longer than maxValueName, or a
+// name longer than maxSweepName, is cut and the name gets a hash.
+const (
+	maxValueName = 40
+	maxSweepName = 96
+)
+
+// setKeys are the names of the sets in item names: the last part of each
+// path (seed, text), or node.last when two sets share a last part
+// (3.seed, 5.seed).
+func setKeys(sets []Set) []string {
+	count := map[string]int{}
+	for _, s := range sets {
+		count[s.Path[len(s.Path)-1]]++
+	}
+	keys := make([]string, len(sets))
+	for i, s := range sets {
+		k := s.Path[len(s.Path)-1]
+		if count[k] > 1 {
+			k = s.Path[0] + "." + k
+		}
+		keys[i] = strings.TrimLeft(SafeName(k), ".")
+	}
+	return keys
+}
+
+// sweepName names an item of a sweep by the values written into it, as
+// key-value parts joined by '_' after the base item's name (when given):
+// seed-7, seed-7_text-a_red_fox, owl_seed-7. A value is spelled as it
+// is, a string's spaces as '_'; when that would not tell two values apart
+// (a value with a character a name cannot hold, an '_' of its own, the
+// text of a later part's key, or too long), the value is made safe and
+// cut, and the name ends in a hash of every value (seed-7_text-a_b-5c1f09a2),
+// so that two items of one sweep never share a name. The name depends on
+// the values and keys alone, never on the item's position.
+func sweepName(base string, keys []string, written []json.RawMessage) string {
+	var b strings.Builder
+	if base != "" {
+		b.WriteString(base)
+		b.WriteByte('_')
+	}
+	lossy := false
+	for i, raw := range written {
+		if i > 0 {
+			b.WriteByte('_')
+		}
+		b.WriteString(keys[i])
+		b.WriteByte('-')
+		text := string(raw)
+		var s string
+		if json.Unmarshal(raw, &s) == nil {
+			text = s
+		}
+		part, exact := valueName(text)
+		for _, k := range keys[i+1:] {
+			if strings.Contains(part, "_"+k+"-") {
+				exact = false
+			}
+		}
+		if !exact {
+			lossy = true
+		}
+		b.WriteString(part)
+	}
+	name := b.String()
+	if !lossy && len(name) <= maxSweepName {
+		return name
+	}
+	h := sha256.New()
+	h.Write([]byte(base))
+	for _, raw := range written {
+		h.Write([]byte{0})
+		h.Write(raw)
+	}
+	if len(name) > maxSweepName-9 {
+		name = name[:maxSweepName-9]
+	}
+	return name + "-" + hex.EncodeToString(h.Sum(nil))[:8]
+}
+
+// valueName spells a value for a name: letters, digits, '.' and '-' as
+// they are, a space as '_'. exact is false when the spelling could also be
+// another value's: the value holds any other character or an '_', starts
+// or ends with a space, has two in a row, is empty or is longer than
+// maxValueName.
+func valueName(text string) (part string, exact bool) {
+	exact = text != "" && len(text) <= maxValueName &&
+		!strings.HasPrefix(text, " ") && !strings.HasSuffix(text, " ") && !strings.Contains(text, "  ")
+	b := []byte(text)
+	for i, c := range b {
+		switch {
+		case c == '-' || c == '.' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+		case c == ' ':
+			b[i] = '_'
+		default:
+			b[i] = '_'
+			exact = false
+		}
+	}
+	part = string(b)
+	if len(part) > maxValueName/2 && !exact {
+		part = part[:maxValueName/2]
+	}
+	part = strings.Trim(part, "_")
+	if part == "" {
+		part = "x"
+	}
+	return part, exact
 }
 
 // readPath returns the value at path inside doc.

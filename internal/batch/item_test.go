@@ -39,6 +39,18 @@ func TestDecodeItem(t *testing.T) {
 				require.Equal(t, "b", it.S3Config.BucketName)
 				require.Equal(t, "my_item", it.Name)
 			}},
+		{name: "RunPod input with a name", data: `{"name":"owl","workflow":` + apiWorkflow + `,"images":[{"name":"a.png","image":"AA=="}]}`,
+			check: func(t *testing.T, it batch.Item) {
+				require.Equal(t, "owl", it.Name)
+				require.Equal(t, `{"images":[{"name":"a.png","image":"AA=="}],"workflow":`+apiWorkflow+`}`, string(it.Input),
+					"the name is not sent with the job; the workflow keeps its digits")
+			}},
+		{name: "empty name", data: `{"name":" ","workflow":{}}`, check: func(t *testing.T, it batch.Item) {
+			require.Empty(t, it.Name)
+			require.Equal(t, `{"workflow":{}}`, string(it.Input))
+		}},
+		{name: "name not a string", data: `{"name":7,"workflow":{}}`, wantErr: "x.json: name must be a string"},
+		{name: "request name not a string", data: `{"name":["a"],"input":{"workflow":{}}}`, wantErr: "x.json: name must be a string"},
 		{name: "input as a string", data: `{"input":"{\"workflow\":{\"1\":{}}}"}`, check: func(t *testing.T, it batch.Item) {
 			require.Equal(t, `{"workflow":{"1":{}}}`, string(it.Input))
 		}},
@@ -75,14 +87,22 @@ func TestReadJSONL(t *testing.T) {
 		}
 		lines = append(lines, `{"input":{"workflow":`+apiWorkflow+`}}`)
 	}
-	lines = append(lines, `{"name":"last","input":{"workflow":{}}}`)
+	lines = append(lines, `{"name":"last","input":{"workflow":{}}}`, `{"name":"owl","workflow":{}}`)
 	items, err := batch.ReadJSONL(strings.NewReader(strings.Join(lines, "\n")), "in.jsonl")
 	require.NoError(t, err)
-	require.Len(t, items, 11)
-	require.Equal(t, "line-01", items[0].Name)
-	require.Equal(t, "line-05", items[3].Name)
+	require.Len(t, items, 12)
+	require.Equal(t, "line-0001", items[0].Name)
+	require.Equal(t, "line-0005", items[3].Name)
 	require.Equal(t, "in.jsonl:5", items[3].Origin)
 	require.Equal(t, "last", items[10].Name)
+	require.Equal(t, "owl", items[11].Name, "a RunPod input's name")
+	require.Equal(t, `{"workflow":{}}`, string(items[11].Input))
+
+	// Lines added at the end leave the names of the others alone.
+	more, err := batch.ReadJSONL(strings.NewReader(strings.Join(append(lines, make([]string, 90)...), "\n")+"\n"+apiWorkflow), "in.jsonl")
+	require.NoError(t, err)
+	require.Equal(t, "line-0001", more[0].Name)
+	require.Equal(t, "line-0104", more[12].Name)
 
 	_, err = batch.ReadJSONL(strings.NewReader("{\"workflow\":{}}\n{\"input\":{}}\n"), "in.jsonl")
 	require.ErrorContains(t, err, "in.jsonl:2: "+proto.ErrMsgNoWorkflow)
@@ -106,20 +126,29 @@ func TestLoad(t *testing.T) {
 	require.NoError(t, err)
 	items, err = batch.Load(folder, []batch.Set{seeds})
 	require.NoError(t, err)
-	require.Equal(t, "a-001 a-002 b-001 b-002", items[0].Name+" "+items[1].Name+" "+items[2].Name+" "+items[3].Name)
+	require.Equal(t, "a_seed-7 a_seed-8 b_seed-7 b_seed-8", items[0].Name+" "+items[1].Name+" "+items[2].Name+" "+items[3].Name)
 
 	one := filepath.Join(dir, "wf.json")
 	require.NoError(t, os.WriteFile(one, []byte(`{"input":{"workflow":`+apiWorkflow+`}}`), 0o644))
 	items, err = batch.Load(one, []batch.Set{seeds})
 	require.NoError(t, err)
-	require.Equal(t, "001", items[0].Name)
+	require.Equal(t, "seed-7", items[0].Name)
 	require.Equal(t, json.RawMessage("8"), items[1].Params["3.inputs.seed"])
+	items, err = batch.Load(one, nil)
+	require.NoError(t, err)
+	require.Equal(t, "001", items[0].Name)
 
 	jsonl := filepath.Join(dir, "in.jsonl")
 	require.NoError(t, os.WriteFile(jsonl, []byte(apiWorkflow+"\n"+apiWorkflow+"\n"), 0o644))
 	items, err = batch.Load(jsonl, nil)
 	require.NoError(t, err)
 	require.Len(t, items, 2)
+	// A one-line JSONL file's items carry the line: a second line later
+	// renames nothing.
+	require.NoError(t, os.WriteFile(jsonl, []byte(`{"name":"owl","workflow":`+apiWorkflow+"}\n"), 0o644))
+	items, err = batch.Load(jsonl, []batch.Set{seeds})
+	require.NoError(t, err)
+	require.Equal(t, "owl_seed-7", items[0].Name)
 
 	_, err = batch.Load(filepath.Join(dir, "missing.json"), nil)
 	require.ErrorContains(t, err, "no such file")
@@ -160,10 +189,16 @@ func TestJobIDs(t *testing.T) {
 	long := batch.Item{Name: strings.Repeat("n", 80), Input: it.Input}
 	require.NoError(t, proto.ValidID(batch.JobID(strings.Repeat("b", batch.MaxBatchIDLen), long)))
 
-	b := batch.DefaultBatchID("examples/txt2img.json", []string{"3.inputs.seed=1..5"})
+	retry := batch.AttemptID(id, 2)
+	require.Equal(t, id+"-r2", retry)
+	require.Equal(t, id, batch.AttemptID(id, 1), "the first try is the item's job")
+	require.NoError(t, proto.ValidID(batch.AttemptID(batch.JobID(strings.Repeat("b", batch.MaxBatchIDLen), long), 99999)),
+		"the longest id with a retry stays a valid id")
+
+	b := batch.DefaultBatchID("examples/txt2img.json")
 	require.NoError(t, batch.ValidBatchID(b))
-	require.Equal(t, b, batch.DefaultBatchID("examples/txt2img.json", []string{"3.inputs.seed=1..5"}))
-	require.NotEqual(t, b, batch.DefaultBatchID("examples/txt2img.json", []string{"3.inputs.seed=1..6"}))
+	require.Equal(t, b, batch.DefaultBatchID("./examples/../examples/txt2img.json"), "the same file, the same batch")
+	require.NotEqual(t, b, batch.DefaultBatchID("examples/other/txt2img.json"))
 	require.True(t, strings.HasPrefix(b, "txt2img-"), b)
 	require.Error(t, batch.ValidBatchID("a.b"))
 	require.Error(t, batch.ValidBatchID(strings.Repeat("b", batch.MaxBatchIDLen+1)))
@@ -174,6 +209,8 @@ func FuzzDecodeItem(f *testing.F) {
 	f.Add([]byte(`{"input":{"workflow":{}},"webhook":"x","policy":{"ttl":1},"name":"n"}`))
 	f.Add([]byte(`{"workflow":{},"images":[{"name":"a.png","image":"AA=="}]}`))
 	f.Add([]byte(`{"input":"{\"workflow\":{}}"}`))
+	f.Add([]byte(`{"name":"owl","workflow":{"3":{"inputs":{"seed":18446744073709551615}}}}`))
+	f.Add([]byte(`{"name":null,"workflow":{}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		it, err := batch.DecodeItem(data, "f")
 		if err != nil {

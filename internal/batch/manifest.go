@@ -20,9 +20,14 @@ const ManifestFile = "results.jsonl"
 
 // Result is one line of results.jsonl: what became of one item.
 type Result struct {
-	Item    string       `json:"item"`
-	Index   int          `json:"index"`
-	JobID   string       `json:"job_id"`
+	Item  string `json:"item"`
+	Index int    `json:"index"`
+	JobID string `json:"job_id"`
+	// Try counts the item's jobs: 1 for its first, 2 for the job that
+	// --retry-failed or --retry-cancelled sent after it (its id ends in
+	// -r2), and so on. 0 in a line written before tries were counted
+	// means 1.
+	Try     int          `json:"try"`
 	BatchID string       `json:"batch_id,omitempty"`
 	Status  proto.Status `json:"status"`
 	// Error is the job's failure message.
@@ -69,10 +74,10 @@ type File struct {
 }
 
 // ResultOf turns a terminal status record into an item's result, without
-// downloads.
+// downloads, as its first try (the caller sets Try of a later one).
 func ResultOf(rec *proto.Record, item string, index int, params map[string]json.RawMessage) Result {
 	r := Result{
-		Item: item, Index: index, JobID: rec.ID, BatchID: rec.BatchID, Status: rec.Status, Error: rec.Error,
+		Item: item, Index: index, JobID: rec.ID, Try: 1, BatchID: rec.BatchID, Status: rec.Status, Error: rec.Error,
 		Params: params, WorkerID: rec.WorkerID, Attempt: rec.Attempt, Retries: rec.Retries,
 		SubmittedAt: rec.SubmittedAt, StartedAt: rec.StartedAt, FinishedAt: rec.FinishedAt,
 		DelayMS: rec.DelayTime().Milliseconds(), ExecutionMS: rec.ExecutionTime().Milliseconds(),
@@ -121,14 +126,34 @@ func DecodeResult(line []byte) (Result, error) {
 	if !r.Status.Valid() {
 		return Result{}, fmt.Errorf("decode manifest line: %q is not a status", r.Status)
 	}
+	if r.Try < 0 {
+		return Result{}, fmt.Errorf("decode manifest line: try %d is negative", r.Try)
+	}
+	r.Try = max(r.Try, 1)
 	return r, nil
 }
 
-// ReadManifest reads a manifest: the last line of each item wins. Lines
-// that cannot be read (a line cut short when a run was killed) are
-// skipped and counted.
+// ReadManifest reads a manifest: the last line of each item wins, which
+// is the result of its latest job. Lines that cannot be read (a line cut
+// short when a run was killed) are skipped and counted.
 func ReadManifest(r io.Reader) (map[string]Result, int, error) {
-	out := map[string]Result{}
+	h, bad, err := ReadHistory(r)
+	if err != nil {
+		return nil, bad, err
+	}
+	out := make(map[string]Result, len(h))
+	for item, results := range h {
+		out[item] = results[len(results)-1]
+	}
+	return out, bad, nil
+}
+
+// ReadHistory reads a manifest with every job of each item: one result
+// per job, the last line of a job winning, in the order of their last
+// lines, so that the last is the item's latest job (what ReadManifest
+// gives). Lines that cannot be read are skipped and counted.
+func ReadHistory(r io.Reader) (map[string][]Result, int, error) {
+	h := history{}
 	bad := 0
 	br := bufio.NewReader(r)
 	for {
@@ -138,11 +163,11 @@ func ReadManifest(r io.Reader) (map[string]Result, int, error) {
 			if derr != nil {
 				bad++
 			} else {
-				out[res.Item] = res
+				h.add(res)
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			return out, bad, nil
+			return h, bad, nil
 		}
 		if err != nil {
 			return nil, bad, fmt.Errorf("read manifest: %w", err)
@@ -150,24 +175,59 @@ func ReadManifest(r io.Reader) (map[string]Result, int, error) {
 	}
 }
 
+// history is every job of each item, the latest last.
+type history map[string][]Result
+
+// add makes r its item's latest result, replacing an earlier one of the
+// same job.
+func (h history) add(r Result) {
+	list := h[r.Item]
+	for i := range list {
+		if list[i].JobID == r.JobID {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	h[r.Item] = append(list, r)
+}
+
+// latest is the result of the item's latest job.
+func (h history) latest(item string) (Result, bool) {
+	list := h[item]
+	if len(list) == 0 {
+		return Result{}, false
+	}
+	return list[len(list)-1], true
+}
+
+// job is the item's result of one job.
+func (h history) job(item, jobID string) (Result, bool) {
+	for _, r := range h[item] {
+		if r.JobID == jobID {
+			return r, true
+		}
+	}
+	return Result{}, false
+}
+
 // manifest is the output folder's results.jsonl, appended to as items
-// finish and rewritten with one line per item, in batch order, at the end
-// of a run.
+// finish and rewritten at the end of a run with one line per job of each
+// item, the items in batch order and each item's latest job last.
 type manifest struct {
 	dir     string
 	f       *os.File
-	results map[string]Result
+	results history
 }
 
 func openManifest(dir string) (*manifest, int, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, 0, fmt.Errorf("create output folder: %w", err)
 	}
-	m := &manifest{dir: dir, results: map[string]Result{}}
+	m := &manifest{dir: dir, results: history{}}
 	path := filepath.Join(dir, ManifestFile)
 	bad := 0
 	if f, err := os.Open(path); err == nil {
-		m.results, bad, err = ReadManifest(f)
+		m.results, bad, err = ReadHistory(f)
 		f.Close()
 		if err != nil {
 			return nil, 0, err
@@ -183,6 +243,14 @@ func openManifest(dir string) (*manifest, int, error) {
 	return m, bad, nil
 }
 
+// reindex gives every line of the item its position in this run's batch
+// (a sweep that grew in front moves its items), for the rewrite's order.
+func (m *manifest) reindex(item string, index int) {
+	for i := range m.results[item] {
+		m.results[item][i].Index = index
+	}
+}
+
 // add appends r as one line, in one write.
 func (m *manifest) add(r Result) error {
 	line, err := json.Marshal(r)
@@ -192,12 +260,13 @@ func (m *manifest) add(r Result) error {
 	if _, err := m.f.Write(append(line, '\n')); err != nil {
 		return fmt.Errorf("write manifest: %w", err)
 	}
-	m.results[r.Item] = r
+	m.results.add(r)
 	return nil
 }
 
-// close rewrites the manifest with one line per item, in index order
-// (lines of items the batch no longer has are kept).
+// close rewrites the manifest with one line per job of each item, the
+// items in index order (those the batch no longer has are kept) and each
+// item's jobs in the order of their results, the latest last.
 func (m *manifest) close() error {
 	if m.f == nil {
 		return nil
@@ -207,24 +276,29 @@ func (m *manifest) close() error {
 	if err != nil {
 		return fmt.Errorf("close manifest: %w", err)
 	}
-	all := make([]Result, 0, len(m.results))
-	for _, r := range m.results {
-		all = append(all, r)
+	items := make([]string, 0, len(m.results))
+	index := make(map[string]int, len(m.results))
+	for item := range m.results {
+		items = append(items, item)
+		r, _ := m.results.latest(item)
+		index[item] = r.Index
 	}
-	sort.Slice(all, func(i, j int) bool {
-		if all[i].Index != all[j].Index {
-			return all[i].Index < all[j].Index
+	sort.Slice(items, func(i, j int) bool {
+		if index[items[i]] != index[items[j]] {
+			return index[items[i]] < index[items[j]]
 		}
-		return all[i].Item < all[j].Item
+		return items[i] < items[j]
 	})
 	var b bytes.Buffer
-	for _, r := range all {
-		line, err := json.Marshal(r)
-		if err != nil {
-			return fmt.Errorf("encode result of %s: %w", r.Item, err)
+	for _, item := range items {
+		for _, r := range m.results[item] {
+			line, err := json.Marshal(r)
+			if err != nil {
+				return fmt.Errorf("encode result of %s: %w", r.Item, err)
+			}
+			b.Write(line)
+			b.WriteByte('\n')
 		}
-		b.Write(line)
-		b.WriteByte('\n')
 	}
 	path := filepath.Join(m.dir, ManifestFile)
 	tmp := path + ".tmp"

@@ -81,6 +81,7 @@ func (r *Runner) Status(ctx context.Context, id string, w io.Writer, asJSON bool
 			default:
 				res = ResultOf(it.rec, it.Name, it.Index, it.Params)
 			}
+			res.Try = max(it.Try, 1)
 			if err := writeJSONLine(w, res); err != nil {
 				return err
 			}

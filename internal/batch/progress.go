@@ -114,6 +114,9 @@ func (p *progress) item(n, total int, r *Result) {
 		}
 	case r.DownloadError != "":
 		p.line("[%d/%d] %s %s: download failed: %s", n, total, r.Status, r.Item, r.DownloadError)
+	case r.Error == "":
+		// A cancelled job usually says nothing more.
+		p.line("[%d/%d] %s %s", n, total, r.Status, r.Item)
 	default:
 		p.line("[%d/%d] %s %s: %s", n, total, r.Status, r.Item, r.Error)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,11 @@ type Options struct {
 	Parallel int
 	// Detach returns once every item is submitted (Submit only).
 	Detach bool
+	// RetryFailed sends a new job (a new try, see [AttemptID]) for every
+	// item whose latest job FAILED or TIMED_OUT, RetryCancelled for every
+	// one whose latest job was CANCELLED (Submit only). Without them such
+	// items keep their result, and the batch does not complete.
+	RetryFailed, RetryCancelled bool
 	// Reconcile is how often every unfinished item's record is read, in
 	// case an event was missed; 0 means 3 s.
 	Reconcile time.Duration
@@ -157,7 +163,9 @@ type Summary struct {
 	Counts  Counts
 	// Submitted counts the jobs this run submitted, Skipped the items
 	// finished before it started, Resumed those it found on the fleet.
-	Submitted, Skipped, Resumed int
+	// Retried counts the items given a new try, whose jobs are among the
+	// submitted.
+	Submitted, Skipped, Resumed, Retried int
 	// DownloadErrors counts finished items with a file not downloaded.
 	DownloadErrors int
 	// Interrupted is set when ctx ended before every item finished.
@@ -190,8 +198,10 @@ func New(d Deps) *Runner {
 // finished (or, with Detach, until every item is submitted), downloading
 // results as they come. Run again with the same items, it resumes: items
 // in the manifest are skipped, jobs on the fleet are followed, and only
-// the missing ones are submitted. When ctx ends, Submit returns with
-// Summary.Interrupted set and the jobs keep running on the fleet.
+// the missing ones are submitted; with RetryFailed or RetryCancelled, the
+// items whose latest job failed or was cancelled get a new one. When ctx
+// ends, Submit returns with Summary.Interrupted set and the jobs keep
+// running on the fleet.
 func (r *Runner) Submit(ctx context.Context, items []Item, opts Options) (*Summary, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
@@ -200,20 +210,144 @@ func (r *Runner) Submit(ctx context.Context, items []Item, opts Options) (*Summa
 	if len(items) == 0 {
 		return nil, errors.New("submit batch: no items")
 	}
-	meta := rdb.BatchMeta{ID: opts.BatchID, Items: len(items), Pool: opts.Pool, Lane: opts.Lane,
-		Source: proto.SourceBatch, Tenant: opts.Tenant, CreatedAt: time.Now().UTC()}
-	idx := make([]rdb.IndexItem, len(items))
+	man, bad, err := openManifest(opts.Out)
+	if err != nil {
+		return nil, err
+	}
+	defer r.closeManifest(man)
+	// The index knows the latest try of each item sent before, also one
+	// the manifest has no result of yet.
+	_, known, err := r.d.DB.LoadBatch(ctx, opts.BatchID)
+	if err != nil && !errors.Is(err, rdb.ErrBatchNotFound) {
+		return nil, fmt.Errorf("submit batch: %w", err)
+	}
+	knownTry := make(map[string]rdb.IndexItem, len(known))
+	for _, k := range known {
+		knownTry[k.Name] = k
+	}
 	states := make([]*itemState, len(items))
 	for i := range items {
 		it := &items[i]
-		id := JobID(opts.BatchID, *it)
-		idx[i] = rdb.IndexItem{Name: it.Name, JobID: id, Index: it.Index, Params: it.Params}
-		states[i] = &itemState{IndexItem: idx[i], item: it}
+		first := JobID(opts.BatchID, *it)
+		try := 1
+		for _, res := range man.results[it.Name] {
+			if n, ok := tryOf(first, res.JobID); ok {
+				try = max(try, n)
+			}
+		}
+		if n, ok := tryOf(first, knownTry[it.Name].JobID); ok {
+			try = max(try, n)
+		}
+		states[i] = &itemState{item: it, first: first,
+			IndexItem: rdb.IndexItem{Name: it.Name, JobID: AttemptID(first, try), Index: it.Index, Try: try, Params: it.Params}}
+	}
+	if opts.RetryFailed || opts.RetryCancelled {
+		if err := r.planRetries(ctx, opts, man, states); err != nil {
+			return nil, err
+		}
+	}
+	meta := rdb.BatchMeta{ID: opts.BatchID, Items: len(items), Pool: opts.Pool, Lane: opts.Lane,
+		Source: proto.SourceBatch, Tenant: opts.Tenant, CreatedAt: time.Now().UTC()}
+	idx := make([]rdb.IndexItem, len(states))
+	for i, st := range states {
+		idx[i] = st.IndexItem
 	}
 	if err := r.d.DB.PutBatch(ctx, meta, idx, opts.indexTTL()); err != nil {
 		return nil, fmt.Errorf("submit batch: %w", err)
 	}
-	return r.follow(ctx, opts, states, true)
+	return r.follow(ctx, opts, states, true, man, bad)
+}
+
+// retryable reports whether an item whose latest job ended with st gets a
+// new try.
+func (o Options) retryable(st proto.Status) bool {
+	switch st {
+	case proto.StatusFailed, proto.StatusTimedOut:
+		return o.RetryFailed
+	case proto.StatusCancelled:
+		return o.RetryCancelled
+	}
+	return false
+}
+
+// planRetries gives a new try to every item whose latest job ended in a
+// status that opts retries: its state then names the new job, which the
+// run submits. The latest job's status comes from the manifest or, when
+// the manifest has no result of it (a run that detached or was stopped),
+// from its record, and that result goes into the manifest, so that it
+// keeps every try. Items still on the fleet, or never sent, are left as
+// they are.
+func (r *Runner) planRetries(ctx context.Context, opts Options, man *manifest, states []*itemState) error {
+	type read struct {
+		st  *itemState
+		rec *proto.Record
+		err error
+	}
+	var toRead []*itemState
+	for _, st := range states {
+		if res, ok := man.results.job(st.Name, st.JobID); ok && res.Status.Terminal() {
+			if opts.retryable(res.Status) {
+				st.retry = true
+			}
+			continue
+		}
+		toRead = append(toRead, st)
+	}
+	reads := make(chan read)
+	sem := make(chan struct{}, opts.Parallel)
+	go func() {
+		var wg sync.WaitGroup
+		for _, st := range toRead {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				rec, err := r.d.Core.Get(ctx, st.JobID)
+				if errors.Is(err, rdb.ErrNotFound) {
+					rec, err = nil, nil
+				}
+				reads <- read{st: st, rec: rec, err: err}
+			})
+		}
+		wg.Wait()
+		close(reads)
+	}()
+	var firstErr error
+	for rd := range reads {
+		switch {
+		case rd.err != nil:
+			if firstErr == nil {
+				firstErr = fmt.Errorf("read item %s (job %s): %w", rd.st.Name, rd.st.JobID, rd.err)
+			}
+		case rd.rec != nil && rd.rec.Status.Terminal() && opts.retryable(rd.rec.Status):
+			res := ResultOf(rd.rec, rd.st.Name, rd.st.Index, rd.st.Params)
+			res.Try = rd.st.Try
+			if err := man.add(res); err != nil && firstErr == nil {
+				firstErr = err
+			}
+			rd.st.retry = true
+		}
+	}
+	if firstErr != nil {
+		return fmt.Errorf("submit batch: %w", firstErr)
+	}
+	for _, st := range states {
+		if !st.retry {
+			continue
+		}
+		st.Try++
+		st.JobID = AttemptID(st.first, st.Try)
+		if err := proto.ValidID(st.JobID); err != nil {
+			return fmt.Errorf("retry item %s: %w", st.Name, err)
+		}
+	}
+	return nil
+}
+
+// closeManifest rewrites the manifest at the end of a run.
+func (r *Runner) closeManifest(man *manifest) {
+	if err := man.close(); err != nil {
+		r.log.Warn("rewrite manifest", zap.Error(err))
+	}
 }
 
 // Watch follows a batch that was submitted before, by its id alone, as
@@ -229,30 +363,39 @@ func (r *Runner) Watch(ctx context.Context, opts Options) (*Summary, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watch batch: %w", err)
 	}
+	man, bad, err := openManifest(opts.Out)
+	if err != nil {
+		return nil, err
+	}
+	defer r.closeManifest(man)
 	states := make([]*itemState, len(idx))
 	for i := range idx {
 		states[i] = &itemState{IndexItem: idx[i]}
+		states[i].Try = max(states[i].Try, 1)
 	}
-	return r.follow(ctx, opts, states, false)
+	return r.follow(ctx, opts, states, false, man, bad)
 }
 
 // itemState is the run's view of one item. Only the run's loop touches it.
 type itemState struct {
-	rdb.IndexItem
-	item    *Item        // nil when watching
-	status  proto.Status // last known; "" before any record was seen
-	sent    bool         // its submission was acknowledged
-	unsent  bool         // watching: never submitted
-	checked bool         // read at least once in this run
-	final   bool         // its result is in the manifest
-	busy    bool         // a task for it is in flight
-	dirty   bool         // a terminal event came while busy
+	rdb.IndexItem              // JobID is the job of this run, Try its try
+	first         string       // the item's first job (Submit only)
+	retry         bool         // this run gives the item a new try
+	item          *Item        // nil when watching
+	status        proto.Status // last known; "" before any record was seen
+	sent          bool         // its submission was acknowledged
+	unsent        bool         // watching: never submitted
+	checked       bool         // read at least once in this run
+	final         bool         // its result is in the manifest
+	busy          bool         // a task for it is in flight
+	dirty         bool         // a terminal event came while busy
 }
 
 type task struct {
 	id     string
 	name   string
 	index  int
+	try    int
 	params map[string]json.RawMessage
 	item   *Item // set when the task may submit
 	sent   bool
@@ -266,18 +409,10 @@ type taskResult struct {
 	err       error
 }
 
-// follow runs the loop of a Submit (submit set) or a Watch.
-func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, submit bool) (*Summary, error) {
+// follow runs the loop of a Submit (submit set) or a Watch, writing to
+// man, the output folder's manifest, of which bad lines were skipped.
+func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, submit bool, man *manifest, bad int) (*Summary, error) {
 	sum := &Summary{BatchID: opts.BatchID, Out: opts.Out}
-	man, bad, err := openManifest(opts.Out)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if cerr := man.close(); cerr != nil {
-			r.log.Warn("rewrite manifest", zap.Error(cerr))
-		}
-	}()
 	if bad > 0 {
 		r.log.Warn("manifest lines skipped", zap.Int("lines", bad), zap.String("path", opts.Out))
 	}
@@ -292,10 +427,16 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 	for _, st := range states {
 		byID[st.JobID] = st
 		st.sent = sent[st.JobID] || allSent
-		if res, ok := man.results[st.Name]; ok && res.JobID == st.JobID && res.Status.Terminal() &&
+		if st.retry {
+			sum.Retried++
+		}
+		if res, ok := man.results.latest(st.Name); ok && res.JobID == st.JobID && res.Status.Terminal() &&
 			res.DownloadError == "" && (opts.NoDownload || filesPresent(opts.Out, res)) {
 			st.final, st.checked, st.status = true, true, res.Status
 			sum.Skipped++
+			if res.Index != st.Index {
+				man.reindex(st.Name, st.Index)
+			}
 		}
 	}
 
@@ -407,7 +548,7 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 	defer ticker.Stop()
 
 	taskOf := func(st *itemState) task {
-		t := task{id: st.JobID, name: st.Name, index: st.Index, params: st.Params, sent: st.sent}
+		t := task{id: st.JobID, name: st.Name, index: st.Index, try: st.Try, params: st.Params, sent: st.sent}
 		if submit {
 			t.item = st.item
 		}
@@ -427,8 +568,12 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 			reportedFirstPass = true
 			c := counts()
 			if submit {
-				prog.line("submitted %d new job(s); %d item(s) were in the results already, %d found on the fleet",
-					sum.Submitted, sum.Skipped, sum.Resumed)
+				retries := ""
+				if sum.Retried > 0 {
+					retries = fmt.Sprintf(" (%d of them new tries of failed or cancelled items)", sum.Retried)
+				}
+				prog.line("submitted %d new job(s)%s; %d item(s) were in the results already, %d found on the fleet",
+					sum.Submitted, retries, sum.Skipped, sum.Resumed)
 			} else {
 				prog.line("%d item(s) finished, %d on the fleet, %d never submitted", c.Finished(), c.Running+c.Queued, c.Unsent)
 			}
@@ -535,7 +680,7 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 	sum.Counts = counts()
 	notSent := 0
 	for _, st := range states {
-		if res, ok := man.results[st.Name]; ok && st.final && res.DownloadError != "" {
+		if res, ok := man.results.latest(st.Name); ok && st.final && res.DownloadError != "" {
 			sum.DownloadErrors++
 		}
 		if submit && !st.sent && !st.final && st.status == "" {
@@ -558,11 +703,36 @@ func (r *Runner) follow(ctx context.Context, opts Options, states []*itemState, 
 		if c.Unsent > 0 {
 			prog.line("%d item(s) were never submitted: run the submit command again to send them.", c.Unsent)
 		}
+		if hint := retryHint(c, submit); hint != "" {
+			prog.line("%s", hint)
+		}
 	}
 	if notSent > 0 {
 		prog.line("%d item(s) were not submitted yet: run the same submit command again to send them.", notSent)
 	}
 	return sum, nil
+}
+
+// retryHint says how to run the items that failed or were cancelled
+// again, or "" when there are none.
+func retryHint(c Counts, submit bool) string {
+	var what, flags []string
+	if c.Failed > 0 {
+		what = append(what, fmt.Sprintf("%d failed", c.Failed))
+		flags = append(flags, "--retry-failed")
+	}
+	if c.Cancelled > 0 {
+		what = append(what, fmt.Sprintf("%d cancelled", c.Cancelled))
+		flags = append(flags, "--retry-cancelled")
+	}
+	if len(what) == 0 {
+		return ""
+	}
+	how := "run the same submit command with " + strings.Join(flags, " ")
+	if !submit {
+		how = "run the submit command of the batch with " + strings.Join(flags, " ")
+	}
+	return fmt.Sprintf("not complete: %s item(s); %s to run them again.", strings.Join(what, ", "), how)
 }
 
 // filesPresent reports whether every file of r was downloaded and is
@@ -588,6 +758,7 @@ func (r *Runner) do(ctx context.Context, opts Options, dl *downloader, t task) t
 	switch {
 	case err == nil && rec.Status.Terminal():
 		res := ResultOf(rec, t.name, t.index, t.params)
+		res.Try = t.try
 		if !opts.NoDownload && res.DownloadError == "" {
 			dl.fetch(ctx, &res)
 			if ctx.Err() != nil {

@@ -70,7 +70,7 @@ func TestSubmitWatchAndResume(t *testing.T) {
 	require.NoError(t, err)
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	require.Len(t, lines, 6)
-	require.True(t, strings.HasPrefix(lines[0], `{"item":"001"`))
+	require.True(t, strings.HasPrefix(lines[0], `{"item":"seed-1"`))
 
 	// Again: everything is in the manifest, nothing is submitted.
 	sum, err = f.runner.Submit(ctx, items, opts)
@@ -80,11 +80,11 @@ func TestSubmitWatchAndResume(t *testing.T) {
 
 	// A result folder removed: the job is found finished on the fleet and
 	// downloaded again, not run again.
-	require.NoError(t, os.RemoveAll(filepath.Join(out, "004")))
+	require.NoError(t, os.RemoveAll(filepath.Join(out, "seed-4")))
 	sum, err = f.runner.Submit(ctx, items, opts)
 	require.NoError(t, err)
 	require.Equal(t, [3]int{0, 5, 1}, [3]int{sum.Submitted, sum.Skipped, sum.Resumed})
-	require.DirExists(t, filepath.Join(out, "004"))
+	require.DirExists(t, filepath.Join(out, "seed-4"))
 
 	// Watch by batch id alone, elsewhere, without downloads.
 	other := t.TempDir()
@@ -115,7 +115,7 @@ func TestSubmitWatchAndResume(t *testing.T) {
 	require.Equal(t, "batch resume-1: 7 item(s): COMPLETED 6, NOT_FOUND 1\n"+
 		"  NOT_FOUND   999  resume-1-999-never  no status record (not submitted, still in the intake, or expired)\n", st.String())
 	st.Reset()
-	require.NoError(t, f.runner.Status(ctx, results["002"].JobID, &st, false))
+	require.NoError(t, f.runner.Status(ctx, results["seed-2"].JobID, &st, false))
 	require.Contains(t, st.String(), "status     COMPLETED")
 	st.Reset()
 	require.NoError(t, f.runner.Status(ctx, "resume-1", &st, true))

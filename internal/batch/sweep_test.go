@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/batch"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 const wf = `{"workflow":{"3":{"class_type":"KSampler","inputs":{"seed":18446744073709551615,"cfg":7.50,"steps":20,"model":["4",0]}},` +
@@ -136,12 +137,79 @@ func TestExpandIsACartesianProduct(t *testing.T) {
 		require.Equal(t, i, it.Index)
 		got = append(got, it.Name+":"+string(it.Params["3.inputs.seed"])+string(it.Params["6.inputs.text"]))
 	}
-	require.Equal(t, []string{`001:1"a"`, `002:1"b"`, `003:2"a"`, `004:2"b"`, `005:3"a"`, `006:3"b"`}, got, "the first set varies slowest")
+	require.Equal(t, []string{`seed-1_text-a:1"a"`, `seed-1_text-b:1"b"`, `seed-2_text-a:2"a"`, `seed-2_text-b:2"b"`,
+		`seed-3_text-a:3"a"`, `seed-3_text-b:3"b"`}, got, "the first set varies slowest")
 
 	// Several base items: each is repeated, named after itself.
 	items, err = batch.Expand([]batch.Item{{Name: "x", Input: json.RawMessage(wf)}, {Name: "y", Input: json.RawMessage(wf)}}, []batch.Set{texts}, false)
 	require.NoError(t, err)
-	require.Equal(t, []string{"x-001", "x-002", "y-001", "y-002"}, []string{items[0].Name, items[1].Name, items[2].Name, items[3].Name})
+	require.Equal(t, []string{"x_text-a", "x_text-b", "y_text-a", "y_text-b"}, []string{items[0].Name, items[1].Name, items[2].Name, items[3].Name})
+}
+
+// TestSweepNamesComeFromValues: an item of a sweep is named after what it
+// runs, so a sweep that grows (a longer range, a value added to a list,
+// even in front) keeps the names of the items it had, and names that
+// could be mistaken carry a hash so that no two items share one.
+func TestSweepNamesComeFromValues(t *testing.T) {
+	t.Parallel()
+	names := func(specs ...string) map[string]string {
+		t.Helper()
+		var sets []batch.Set
+		for _, spec := range specs {
+			s, err := batch.ParseSet(spec, nil)
+			require.NoError(t, err)
+			sets = append(sets, s)
+		}
+		items, err := batch.Expand([]batch.Item{{Input: json.RawMessage(wf), Origin: "wf"}}, sets, true)
+		require.NoError(t, err)
+		out := map[string]string{}
+		for _, it := range items {
+			require.NoError(t, proto.ValidID(batch.JobID("b", it)), it.Name)
+			require.Equal(t, batch.SafeName(it.Name), it.Name, "safe as a folder name")
+			out[it.Name] = string(it.Input)
+		}
+		return out
+	}
+	small := names("3.inputs.seed=1..20", `6.inputs.text=["a fox","b"]`)
+	grown := names("3.inputs.seed=0..22", `6.inputs.text=["c","a fox","b"]`)
+	require.Len(t, small, 40)
+	require.Len(t, grown, 69)
+	for name, in := range small {
+		require.Equal(t, in, grown[name], "%s keeps its name and content", name)
+	}
+	require.Contains(t, small, "seed-20_text-a_fox")
+	require.Contains(t, names("3.inputs.cfg=[-1.5, 7.50]"), "cfg--1.5")
+	require.Contains(t, names("3.inputs.cfg=[-1.5, 7.50]"), "cfg-7.50", "digits as written")
+
+	// Values a name cannot spell exactly get a hash of every value.
+	tricky := names(`6.inputs.text=["a/b","a?b","a_b","a b"," a b","a  b","` + strings.Repeat("long ", 20) + `"]`)
+	require.Len(t, tricky, 7, "no two share a name")
+	require.Contains(t, tricky, "text-a_b", "a space is an underscore")
+	for name := range tricky {
+		require.LessOrEqual(t, len(name), 96)
+		if name != "text-a_b" {
+			require.Regexp(t, `^text-[A-Za-z0-9._-]+-[0-9a-f]{8}$`, name)
+		}
+	}
+	// The text of a later key inside a value cannot join two values
+	// into one name.
+	joined := names(`6.inputs.text=["x","x seed-1"]`, "3.inputs.seed=1..2")
+	require.Len(t, joined, 4)
+	require.Contains(t, joined, "text-x_seed-1")
+	for name := range joined {
+		if strings.HasPrefix(name, "text-x_seed-1_") {
+			require.Regexp(t, `-[0-9a-f]{8}$`, name)
+		}
+	}
+	// Two sets with the same last key are told apart by their node.
+	a, err := batch.ParseSet("3.inputs.seed=1..1", nil)
+	require.NoError(t, err)
+	b, err := batch.ParseSet("5.inputs.seed=2..2", nil)
+	require.NoError(t, err)
+	two := `{"workflow":{"3":{"inputs":{"seed":0}},"5":{"inputs":{"seed":0}}}}`
+	items, err := batch.Expand([]batch.Item{{Input: json.RawMessage(two)}}, []batch.Set{a, b}, true)
+	require.NoError(t, err)
+	require.Equal(t, "3.seed-1_5.seed-2", items[0].Name)
 }
 
 func TestExpandRefusesTooMany(t *testing.T) {

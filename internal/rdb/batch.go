@@ -40,11 +40,13 @@ type BatchMeta struct {
 	CreatedAt time.Time  `json:"created_at"`
 }
 
-// IndexItem is one item in the index.
+// IndexItem is one item in the index, with its latest job.
 type IndexItem struct {
-	Name   string                     `json:"name"`
-	JobID  string                     `json:"id"`
-	Index  int                        `json:"i"`
+	Name  string `json:"name"`
+	JobID string `json:"id"`
+	Index int    `json:"i"`
+	// Try counts the item's jobs, JobID's being the latest; 0 means 1.
+	Try    int                        `json:"try,omitempty"`
 	Params map[string]json.RawMessage `json:"params,omitempty"`
 }
 
