@@ -13,13 +13,16 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/role"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
 	s3Server.Stop()
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		// The tests that write to the object store in process meet the
+		// nats.go bug testenv.LeakOptions names.
+		if err := goleak.Find(testenv.LeakOptions()...); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 			code = 1
 		}
