@@ -14,6 +14,7 @@ const (
 	webhookKeyPrefix  = "cf:webhook:"
 	batchKeyPrefix    = "cf:batch:"
 	streamKeyPrefix   = "cf:stream:"
+	previewKeyPrefix  = "cf:streampv:"
 
 	// StatsKey is a hash of fleet-wide counters: jobs that reached each
 	// terminal status (by status name), RETRIED, DUPLICATE (submissions
@@ -68,3 +69,7 @@ func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
 // StreamCursorKey is the Redis key of a job's /stream cursor: the sequence
 // of the last event RunPod's /stream handed out for it.
 func StreamCursorKey(jobID string) string { return streamKeyPrefix + jobID }
+
+// PreviewCursorKey is the Redis key of a job's /stream preview cursor: the
+// sequence, in the preview stream, of the last preview /stream handed out.
+func PreviewCursorKey(jobID string) string { return previewKeyPrefix + jobID }

@@ -198,6 +198,10 @@ func PreviewSubject(jobID, tenant string) string {
 	return previewsPrefix + jobID + "." + orDefaultTenant(tenant)
 }
 
+// JobPreviewSubjects matches one job's preview subject, whatever its
+// tenant: "cf.previews.<id>.*".
+func JobPreviewSubjects(jobID string) string { return previewsPrefix + jobID + ".*" }
+
 // PreviewSubjects is the filter of the preview stream.
 const PreviewSubjects = previewsPrefix + "*.*"
 

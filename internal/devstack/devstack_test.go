@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"image"
+	_ "image/jpeg" // image.DecodeConfig reads previews
 	"image/png"
 	"io"
 	"net/http"
@@ -350,4 +351,67 @@ func TestDevServesMetrics(t *testing.T) {
 		require.Contains(t, b.stack.Metrics.Names(), name)
 		require.Contains(t, fams, name, "a family without labels is served from the start")
 	}
+}
+
+// TestStreamCarriesPreviews: a job that asks for previews ("previews":
+// true) gets its preview pictures on RunPod's /stream as chunks
+// {"type":"preview","node","mime","data"} beside its progress, each once,
+// while it runs; a job that does not ask gets none.
+func TestStreamCarriesPreviews(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "COMFYSIM_STEP_DELAY", "40ms")
+	// 30 steps of 40 ms: previews throttled to one a second reach /stream.
+	job := func(previews bool) string {
+		body := strings.Replace(strings.Replace(example(t), `"width": 512`, `"width": 128`, 1), `"steps": 20`, `"steps": 30`, 1)
+		if previews {
+			body = strings.Replace(body, `"input": {`, `"input": {"previews": true,`, 1)
+		} else {
+			body = strings.Replace(body, `"seed": 18446744073709551615`, `"seed": 7`, 1) // not ComfyUI's cached run
+		}
+		code, out := b.post(t, "/run", body)
+		require.Equal(t, http.StatusOK, code, "%v", out)
+		return out["id"].(string)
+	}
+	drain := func(id string) (previews []map[string]any, progress int) {
+		deadline := time.Now().Add(time.Minute)
+		for time.Now().Before(deadline) {
+			code, out := b.post(t, "/stream/"+id+"?wait=2000", "")
+			require.Equal(t, http.StatusOK, code, "%v", out)
+			for _, c := range out["stream"].([]any) {
+				chunk, _ := c.(map[string]any)["output"].(map[string]any)
+				switch chunk["type"] {
+				case "preview":
+					previews = append(previews, chunk)
+				case "progress":
+					progress++
+				}
+			}
+			if out["status"] == "COMPLETED" {
+				return previews, progress
+			}
+			require.NotContains(t, []any{"FAILED", "CANCELLED", "TIMED_OUT"}, out["status"], "%v", out)
+		}
+		require.Fail(t, "job did not finish", id)
+		return nil, 0
+	}
+
+	previews, progress := drain(job(true))
+	require.Positive(t, progress)
+	require.NotEmpty(t, previews, "the job's previews reach /stream")
+	seen := map[string]bool{}
+	for _, p := range previews {
+		require.Equal(t, "image/jpeg", p["mime"])
+		require.Equal(t, "3", p["node"], "the sampler's")
+		data, err := base64.StdEncoding.DecodeString(p["data"].(string))
+		require.NoError(t, err)
+		_, format, err := image.DecodeConfig(bytes.NewReader(data))
+		require.NoError(t, err, "a picture")
+		require.Equal(t, "jpeg", format)
+		require.False(t, seen[p["data"].(string)], "each preview is handed out once")
+		seen[p["data"].(string)] = true
+	}
+
+	previews, progress = drain(job(false))
+	require.Positive(t, progress)
+	require.Empty(t, previews, "a job that did not ask for previews gets none")
 }

@@ -126,8 +126,9 @@ func readBlob(ctx context.Context, blobs blob.Store, key string) (string, error)
 // Chunk is what the event contributes to RunPod's /stream and to the
 // output of an IN_PROGRESS job: a worker's chunk or progress value as
 // posted, or for a gpuworker's progress event worker-comfyui's progress
-// shape {"type":"progress","node","value","max","percent"}. ok is false
-// for events that carry none (status transitions).
+// shape {"type":"progress","node","value","max","percent"}, and for a
+// preview {"type":"preview","node","mime","data"} (the picture, base64).
+// ok is false for events that carry none (status transitions).
 func Chunk(e *proto.Event) (chunk json.RawMessage, ok bool) {
 	switch e.Type {
 	case proto.EventStream, proto.EventProgressUpdate:
@@ -135,6 +136,18 @@ func Chunk(e *proto.Event) (chunk json.RawMessage, ok bool) {
 			return json.RawMessage("null"), true
 		}
 		return e.Output, true
+	case proto.EventPreview:
+		if e.Preview == nil {
+			return nil, false
+		}
+		data, err := json.Marshal(struct {
+			Type string `json:"type"`
+			*proto.Preview
+		}{"preview", e.Preview})
+		if err != nil {
+			return nil, false
+		}
+		return data, true
 	case proto.EventProgress:
 		if e.Progress == nil {
 			return nil, false

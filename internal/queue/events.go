@@ -121,23 +121,23 @@ func (c *Client) SubscribeStatuses(fn func(*proto.Event)) (stop func(), err erro
 // its long-polls.
 type Wake struct {
 	nc     *nats.Conn
-	sub    *nats.Subscription
+	subs   []*nats.Subscription
 	c      chan struct{}
 	status chan nats.Status
 }
 
 // WakeOnEvents wakes on every event of the job (status, final, progress
-// and stream chunks). When it returns, the server has the subscription: a
+// and stream chunks) and on its previews. When it returns, the server has the subscription: a
 // read of the job made after it sees every change whose event it would
 // not get, so no wake-up is lost.
 func (c *Client) WakeOnEvents(jobID string) (*Wake, error) {
-	return c.wake(proto.JobEventSubjects(jobID), true)
+	return c.wake(true, proto.JobEventSubjects(jobID), proto.JobPreviewSubjects(jobID))
 }
 
 // WakeOnFinal wakes on the job's final event (its terminal status), for a
 // job that exists already; see WakeOnEvents.
 func (c *Client) WakeOnFinal(jobID string) (*Wake, error) {
-	return c.wake(proto.JobClassSubjects(jobID, proto.EventClassFinal), true)
+	return c.wake(true, proto.JobClassSubjects(jobID, proto.EventClassFinal))
 }
 
 // WakeOnFinalOfNew is WakeOnFinal for a job that this client is about to
@@ -145,24 +145,26 @@ func (c *Client) WakeOnFinal(jobID string) (*Wake, error) {
 // same connection after the subscription, so the server has the
 // subscription before the job can have an event.
 func (c *Client) WakeOnFinalOfNew(jobID string) (*Wake, error) {
-	return c.wake(proto.JobClassSubjects(jobID, proto.EventClassFinal), false)
+	return c.wake(false, proto.JobClassSubjects(jobID, proto.EventClassFinal))
 }
 
 // wakeSyncTimeout bounds the round trip that makes sure the server has a
 // wake's subscription.
 const wakeSyncTimeout = 5 * time.Second
 
-func (c *Client) wake(subject string, sync bool) (*Wake, error) {
+func (c *Client) wake(sync bool, subjects ...string) (*Wake, error) {
 	w := &Wake{nc: c.nc, c: make(chan struct{}, 1)}
 	// Listening for reconnections first: a drop from here on wakes the
 	// waiter once the connection is back.
 	w.status = c.nc.StatusChanged(nats.CONNECTED)
-	sub, err := c.nc.Subscribe(subject, func(*nats.Msg) { w.signal() })
-	if err != nil {
-		c.nc.RemoveStatusListener(w.status)
-		return nil, fmt.Errorf("subscribe to %s: %w", subject, err)
+	for _, subject := range subjects {
+		sub, err := c.nc.Subscribe(subject, func(*nats.Msg) { w.signal() })
+		if err != nil {
+			w.Stop()
+			return nil, fmt.Errorf("subscribe to %s: %w", subject, err)
+		}
+		w.subs = append(w.subs, sub)
 	}
-	w.sub = sub
 	if sync {
 		if err := c.nc.FlushTimeout(wakeSyncTimeout); err != nil {
 			// Disconnected, or the server is slow: the subscription is
@@ -196,7 +198,9 @@ func (w *Wake) Wait(ctx context.Context) error {
 
 // Stop ends the wake; it is idempotent.
 func (w *Wake) Stop() {
-	_ = w.sub.Unsubscribe()
+	for _, sub := range w.subs {
+		_ = sub.Unsubscribe()
+	}
 	w.nc.RemoveStatusListener(w.status)
 }
 
@@ -210,7 +214,8 @@ type LoggedEvent struct {
 // stream's direct get, so it needs no consumer and keeps no state: any
 // replica reads the same log.
 type eventLog struct {
-	js jetstream.JetStream
+	js   jetstream.JetStream
+	name string // CF_EVENTS or CF_PREVIEWS
 
 	mu     sync.Mutex
 	stream jetstream.Stream
@@ -222,9 +227,9 @@ func (l *eventLog) open(ctx context.Context) (jetstream.Stream, error) {
 	if l.stream != nil {
 		return l.stream, nil
 	}
-	s, err := l.js.Stream(ctx, proto.EventsStream)
+	s, err := l.js.Stream(ctx, l.name)
 	if err != nil {
-		return nil, fmt.Errorf("open stream %s: %w", proto.EventsStream, err)
+		return nil, fmt.Errorf("open stream %s: %w", l.name, err)
 	}
 	l.stream = s
 	return s, nil
@@ -277,6 +282,28 @@ func (c *Client) LastEvent(ctx context.Context, jobID string) (*LoggedEvent, err
 		return nil, nil
 	}
 	return &LoggedEvent{Seq: m.Sequence, Event: ev}, nil
+}
+
+// LatestPreview returns the latest preview picture of a job with its
+// sequence in CF_PREVIEWS (which keeps each job's latest for ten minutes),
+// or nil when it has none.
+func (c *Client) LatestPreview(ctx context.Context, jobID string) (*LoggedEvent, error) {
+	s, err := c.previews.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.GetLastMsgForSubject(ctx, proto.JobPreviewSubjects(jobID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read latest preview of %s: %w", jobID, err)
+	}
+	ev, err := proto.DecodeEvent(m.Data)
+	if err != nil || ev.Type != proto.EventPreview || ev.Preview == nil {
+		return nil, nil // not a preview this reader can hand out
+	}
+	return &LoggedEvent{Seq: m.Sequence, Event: *ev}, nil
 }
 
 // FinalFeed is a durable consumer of every job's final event, shared by

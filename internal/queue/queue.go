@@ -133,6 +133,7 @@ type Client struct {
 	blobs    *ObjectStore
 	requests *requestStore
 	events   *eventLog
+	previews *eventLog
 }
 
 // New wraps a NATS connection. Call Ensure or Attach before using the
@@ -144,7 +145,8 @@ func New(nc *nats.Conn) (*Client, error) {
 	}
 	c := &Client{nc: nc, js: js}
 	c.requests = &requestStore{js: js}
-	c.events = &eventLog{js: js}
+	c.events = &eventLog{js: js, name: proto.EventsStream}
+	c.previews = &eventLog{js: js, name: proto.PreviewStream}
 	return c, nil
 }
 

@@ -301,3 +301,32 @@ func TestEnsureMovesAFleetToTenantSubjects(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, proto.FinalEventSubjects, c.CachedInfo().Config.FilterSubject)
 }
+
+// TestLatestPreviewAndItsWake: LatestPreview reads a job's latest preview
+// with its sequence (nil for a job with none), and WakeOnEvents wakes on a
+// preview, so a held /stream call hands it out.
+func TestLatestPreviewAndItsWake(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 10*time.Second)
+	none, err := q.LatestPreview(ctx, "pv-1")
+	require.NoError(t, err)
+	require.Nil(t, none)
+
+	wake, err := q.WakeOnEvents("pv-1")
+	require.NoError(t, err)
+	defer wake.Stop()
+	for _, node := range []string{"a", "b"} {
+		require.NoError(t, q.PublishEvent(ctx, &proto.Event{JobID: "pv-1", Tenant: "acme", Type: proto.EventPreview,
+			Preview: &proto.Preview{Node: node, Mime: "image/jpeg", Data: "AAAA"}}))
+	}
+	require.NoError(t, wake.Wait(ctx), "a preview wakes the job's waiters")
+	got, err := q.LatestPreview(ctx, "pv-1")
+	require.NoError(t, err)
+	require.NotNil(t, got)
+	require.Equal(t, "b", got.Preview.Node, "the latest")
+	require.Positive(t, got.Seq)
+	other, err := q.LatestPreview(ctx, "pv-2")
+	require.NoError(t, err)
+	require.Nil(t, other, "another job's previews are not this one's")
+}

@@ -10,34 +10,61 @@ import (
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
+// TestStreamCursor: a job's /stream cursor and its preview cursor start
+// at 0, move only from where their mover read them, expire, and a
+// corrupt value is an error.
 func TestStreamCursor(t *testing.T) {
-	conformance(t, rdb.Options{}, func(t *testing.T, b *bundle) {
-		c, err := b.db.StreamCursor(b.ctx, "j1")
-		require.NoError(t, err)
-		require.Zero(t, c, "a job never streamed starts at 0")
+	for name, c := range map[string]struct {
+		read    func(b *bundle, id string) (uint64, error)
+		advance func(b *bundle, id string, from, to uint64) (bool, error)
+		key     func(id string) string
+	}{
+		"stream": {
+			read: func(b *bundle, id string) (uint64, error) { return b.db.StreamCursor(b.ctx, id) },
+			advance: func(b *bundle, id string, from, to uint64) (bool, error) {
+				return b.db.AdvanceStreamCursor(b.ctx, id, from, to, time.Minute)
+			},
+			key: proto.StreamCursorKey,
+		},
+		"preview": {
+			read: func(b *bundle, id string) (uint64, error) { return b.db.PreviewCursor(b.ctx, id) },
+			advance: func(b *bundle, id string, from, to uint64) (bool, error) {
+				return b.db.AdvancePreviewCursor(b.ctx, id, from, to, time.Minute)
+			},
+			key: proto.PreviewCursorKey,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			conformance(t, rdb.Options{}, func(t *testing.T, b *bundle) {
+				v, err := c.read(b, "j1")
+				require.NoError(t, err)
+				require.Zero(t, v, "a job never streamed starts at 0")
 
-		ok, err := b.db.AdvanceStreamCursor(b.ctx, "j1", 0, 17, time.Minute)
-		require.NoError(t, err)
-		require.True(t, ok)
-		c, err = b.db.StreamCursor(b.ctx, "j1")
-		require.NoError(t, err)
-		require.Equal(t, uint64(17), c)
+				ok, err := c.advance(b, "j1", 0, 17)
+				require.NoError(t, err)
+				require.True(t, ok)
+				v, err = c.read(b, "j1")
+				require.NoError(t, err)
+				require.Equal(t, uint64(17), v)
 
-		ok, err = b.db.AdvanceStreamCursor(b.ctx, "j1", 0, 20, time.Minute)
-		require.NoError(t, err)
-		require.False(t, ok, "another reader moved it from 0 already")
-		c, err = b.db.StreamCursor(b.ctx, "j1")
-		require.NoError(t, err)
-		require.Equal(t, uint64(17), c, "a lost race changes nothing")
+				ok, err = c.advance(b, "j1", 0, 20)
+				require.NoError(t, err)
+				require.False(t, ok, "another reader moved it from 0 already")
+				v, err = c.read(b, "j1")
+				require.NoError(t, err)
+				require.Equal(t, uint64(17), v, "a lost race changes nothing")
 
-		d, err := b.rdb.PTTL(b.ctx, b.prefix+proto.StreamCursorKey("j1")).Result()
-		require.NoError(t, err)
-		require.Greater(t, d, 50*time.Second)
+				d, err := b.rdb.PTTL(b.ctx, b.prefix+c.key("j1")).Result()
+				require.NoError(t, err)
+				require.Greater(t, d, 50*time.Second)
 
-		require.NoError(t, b.rdb.Set(b.ctx, b.prefix+proto.StreamCursorKey("bad"), "x", 0).Err())
-		_, err = b.db.StreamCursor(b.ctx, "bad")
-		require.ErrorIs(t, err, rdb.ErrCorrupt)
-	})
+				require.NoError(t, b.rdb.Set(b.ctx, b.prefix+c.key("bad"), "x", 0).Err())
+				_, err = c.read(b, "bad")
+				require.ErrorIs(t, err, rdb.ErrCorrupt)
+			})
+		})
+	}
+	require.NotEqual(t, proto.StreamCursorKey("j"), proto.PreviewCursorKey("j"))
 }
 
 func TestShortenRetention(t *testing.T) {

@@ -32,8 +32,9 @@ type StreamChunk struct {
 }
 
 // handleStream answers /stream/{id} with drain semantics: each call returns
-// only the chunks (progress events, a RunPod worker's stream posts) that no
-// earlier call returned, with the job's status; the last call returns what
+// only the chunks (progress events, a RunPod worker's stream posts, and the
+// latest preview picture of a job that asked for previews) that no earlier
+// call returned, with the job's status; the last call returns what
 // is left together with the terminal status. The position lives in Redis,
 // so calls spread over replicas still drain one stream. Without anything
 // new the call is held up to ?wait= ms (default StreamWait), waking on the
@@ -70,6 +71,19 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 			a.unavailable(w, "read job stream", err)
 			return
 		}
+		if !rec.Status.Terminal() {
+			// A running job's latest preview, when it asked for previews
+			// and no call handed this one out: a finished job's output
+			// says the rest.
+			c, ok, err := a.latestPreview(context.WithoutCancel(ctx), id)
+			if err != nil {
+				a.unavailable(w, "read job preview", err)
+				return
+			}
+			if ok {
+				chunks, read = append(chunks, c), true
+			}
+		}
 		st := rec.Status
 		if st.Terminal() && more {
 			st = proto.StatusInProgress // keep the client reading
@@ -98,6 +112,28 @@ func (a *API) handleStream(w http.ResponseWriter, r *http.Request) {
 		}
 		woke, lag = wake.Wait(ctx) == nil, 0
 	}
+}
+
+// latestPreview hands out the job's latest preview picture as a chunk
+// once: its sequence in the preview stream moves the job's preview cursor
+// in Redis, so calls spread over replicas hand out each picture once. A
+// picture superseded before a call came is never handed out: previews are
+// throttled by what the client reads, at most one per call.
+func (a *API) latestPreview(ctx context.Context, id string) (StreamChunk, bool, error) {
+	ev, err := a.q.LatestPreview(ctx, id)
+	if err != nil || ev == nil {
+		return StreamChunk{}, false, err
+	}
+	cur, err := a.db.PreviewCursor(ctx, id)
+	if err != nil || ev.Seq <= cur {
+		return StreamChunk{}, false, err
+	}
+	moved, err := a.db.AdvancePreviewCursor(ctx, id, cur, ev.Seq, streamCursorKeep)
+	if err != nil || !moved {
+		return StreamChunk{}, false, err
+	}
+	c, ok := jobview.Chunk(&ev.Event)
+	return StreamChunk{Output: c}, ok, nil
 }
 
 // maxLagReads bounds the reads after a wake-up that found the event not
