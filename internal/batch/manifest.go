@@ -266,7 +266,8 @@ func (m *manifest) add(r Result) error {
 
 // close rewrites the manifest with one line per job of each item, the
 // items in index order (those the batch no longer has are kept) and each
-// item's jobs in the order of their results, the latest last.
+// item's jobs in the order of their results, the latest last; then the
+// contact sheet and the CSV of the items' latest jobs beside it.
 func (m *manifest) close() error {
 	if m.f == nil {
 		return nil
@@ -308,5 +309,21 @@ func (m *manifest) close() error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rewrite manifest: %w", err)
 	}
-	return nil
+	latest := make([]Result, 0, len(items))
+	for _, item := range items {
+		r, _ := m.results.latest(item)
+		latest = append(latest, r)
+	}
+	return writeSheets(m.dir, m.batchID(latest), latest)
+}
+
+// batchID is the batch the results belong to, for the contact sheet's
+// title: their batch id, or the folder's name.
+func (m *manifest) batchID(rs []Result) string {
+	for _, r := range rs {
+		if r.BatchID != "" {
+			return r.BatchID
+		}
+	}
+	return filepath.Base(m.dir)
 }

@@ -2,6 +2,7 @@ package batch_test
 
 import (
 	"bytes"
+	"encoding/csv"
 	"encoding/json"
 	"io"
 	"math"
@@ -31,6 +32,17 @@ func readManifest(t *testing.T, dir string) map[string]batch.Result {
 	require.NoError(t, err)
 	require.Zero(t, bad)
 	return got
+}
+
+// readCSV reads the output folder's results.csv.
+func readCSV(t *testing.T, dir string) [][]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, batch.CSVFile))
+	require.NoError(t, err)
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	require.NoError(t, err)
+	return rows
 }
 
 func TestSubmitWatchAndResume(t *testing.T) {
@@ -72,6 +84,29 @@ func TestSubmitWatchAndResume(t *testing.T) {
 	require.Len(t, lines, 6)
 	require.True(t, strings.HasPrefix(lines[0], `{"item":"seed-1"`))
 
+	// Beside it, a table and a contact sheet of the same items.
+	rows := readCSV(t, out)
+	require.Len(t, rows, 7, "a header and a row per item")
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	sheet, err := os.ReadFile(filepath.Join(out, batch.SheetFile))
+	require.NoError(t, err)
+	for i, it := range items {
+		row, r := rows[i+1], results[it.Name]
+		require.Equal(t, it.Name, row[col["item"]], "in item order")
+		require.Equal(t, "COMPLETED", row[col["status"]])
+		require.Equal(t, r.JobID, row[col["job_id"]])
+		require.Equal(t, r.Files[0].Path, row[col["files"]])
+		for name, raw := range it.Params {
+			require.Equal(t, string(raw), row[col[name]], "the swept value of %s", name)
+		}
+		require.Contains(t, string(sheet), `<img src="`+r.Files[0].Path+`"`, "a thumbnail per item")
+		require.Contains(t, string(sheet), `<span class="item">`+it.Name+`</span>`)
+	}
+	require.Contains(t, string(sheet), "6 COMPLETED")
+
 	// Again: everything is in the manifest, nothing is submitted.
 	sum, err = f.runner.Submit(ctx, items, opts)
 	require.NoError(t, err)
@@ -97,7 +132,11 @@ func TestSubmitWatchAndResume(t *testing.T) {
 	}
 	entries, err := os.ReadDir(other)
 	require.NoError(t, err)
-	require.Len(t, entries, 1, "only results.jsonl")
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.ElementsMatch(t, []string{batch.ManifestFile, batch.CSVFile, batch.SheetFile}, names, "no item folders")
 
 	// An item in the index whose submission never got a PubAck: watch
 	// reports it and does not wait for it.
