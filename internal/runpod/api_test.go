@@ -135,6 +135,8 @@ func TestRejectsBadRequests(t *testing.T) {
 		{name: "no input", method: "POST", path: "/runsync", body: `{}`, wantCode: 400, wantErr: "Please provide input"},
 		{name: "input string not json", method: "POST", path: "/run", body: `{"input":"nope"}`, wantCode: 400, wantErr: "Invalid JSON format in input"},
 		{name: "bad images", method: "POST", path: "/run", body: `{"input":{"workflow":{},"images":[{"name":"a.png"}]}}`, wantCode: 400, wantErr: "'images' must be a list of objects with 'name' and 'image' keys"},
+		{name: "UI-format workflow", method: "POST", path: "/run", body: `{"input":{"workflow":{"last_node_id":9,"nodes":[{"id":9,"type":"SaveImage"}],"links":[]}}}`, wantCode: 400, wantErr: "'workflow': " + proto.ErrMsgUIWorkflow},
+		{name: "UI-format workflow to runsync", method: "POST", path: "/v2/ep/runsync", body: `{"input":{"workflow":{"nodes":[],"links":[]}}}`, wantCode: 400, wantErr: "export it in API format (Workflow > Export (API))"},
 		{name: "body not json", method: "POST", path: "/run", body: `{"input":`, wantCode: 400, wantErr: "request body is not a JSON object: invalid JSON at byte"},
 		{name: "body an array", method: "POST", path: "/run", body: `[]`, wantCode: 400, wantErr: "request body is not a JSON object: got JSON array, want an object"},
 		{name: "too large", method: "POST", path: "/run", body: `{"input":{"workflow":{"x":"` + strings.Repeat("a", 2000) + `"}}}`, wantCode: 413, wantErr: "request body is larger than the 1024-byte limit"},
