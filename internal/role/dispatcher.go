@@ -97,7 +97,7 @@ func NewDispatcher(cfg DispatcherConfig, b *backend.Backend, reg *metrics.Regist
 		return nil, err
 	}
 	d := &Dispatcher{cfg: cfg, disp: disp, hooks: hooks, log: log}
-	d.routes = append(d.routes, dispatch.DeadLetterRoutes(b.Queue, b.Core)...)
+	d.routes = append(d.routes, dispatch.DeadLetterRoutes(b.Queue, b.Core, log)...)
 	d.routes = append(d.routes, dispatch.FleetRoutes(view, reg, log)...)
 	if cfg.Listen != "" {
 		g, _, err := cfg.Keys.guard(cfg.admins)
