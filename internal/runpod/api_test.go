@@ -309,3 +309,30 @@ func TestDoubleSlashesAreForgiven(t *testing.T) {
 	code, out := b.do(t, "POST", "/v2/ep//run", `{"input":{"workflow":{}}}`)
 	require.Equal(t, 200, code, "%v", out)
 }
+
+// /status answers how the job's webhook delivery ended as an extra
+// field, once it ended; RunPod's fields are as they were, and a job
+// without one has none.
+func TestStatusShowsWebhookOutcome(t *testing.T) {
+	t.Parallel()
+	b := setup(t, runpod.Config{})
+	ctx := testenv.Context(t, 30*time.Second)
+	code, out := b.do(t, "POST", "/run", `{"input":{"workflow":`+workflow+`},"webhook":"https://hooks.example/done"}`)
+	require.Equal(t, http.StatusOK, code)
+	id := out["id"].(string)
+	c, err := b.db.Claim(ctx, rdb.ClaimParams{ID: id, WorkerID: "w1", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	rec, err := b.db.Finish(ctx, id, c.Lease.Attempt, proto.StatusFailed, nil, "boom", false)
+	require.NoError(t, err)
+	_, out = b.do(t, "GET", "/status/"+id, "")
+	require.NotContains(t, out, "webhook", "not while the delivery runs")
+
+	ok, err := b.db.PutWebhookOutcome(ctx, id, rec.FinishedAt, proto.WebhookOutcome{Attempts: 3, LastStatus: 503, Error: "answered 503 Service Unavailable"})
+	require.NoError(t, err)
+	require.True(t, ok)
+	code, out = b.do(t, "GET", "/status/"+id, "")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "FAILED", out["status"])
+	require.Equal(t, "boom", out["error"])
+	require.Equal(t, map[string]any{"delivered": false, "attempts": float64(3), "lastStatus": float64(503), "error": "answered 503 Service Unavailable"}, out["webhook"])
+}

@@ -199,7 +199,7 @@ func TestIssue3Behaviours(t *testing.T) {
 				m, err = s.GetLastMsgForSubject(ctxT(t), proto.DLQSubject(proto.DefaultPool))
 				return err == nil
 			}, "no dead letter")
-			require.Equal(t, "Job processing failed", m.Header.Get(proto.DLQReasonHeader))
+			require.Equal(t, "Job processing failed: "+strings.Join(strings.Fields(f.Details[0]), " "), m.Header.Get(proto.DLQReasonHeader), "the cause, on one line")
 			require.Contains(t, string(m.Data), rec.ID)
 		},
 	}, {
