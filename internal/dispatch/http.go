@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -99,7 +98,7 @@ func (s *HTTPServer) Start() error {
 	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.addr, err)
+		return err // "listen tcp <addr>: bind: address already in use"
 	}
 	s.ln, s.done = ln, make(chan struct{})
 	go func() {

@@ -2,7 +2,7 @@ package role
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -142,7 +142,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		if err := d.srv.Start(); err != nil {
 			d.disp.Stop()
 			d.hooks.Stop()
-			return errors.Join(errors.New("LISTEN_ADDR"), err)
+			return fmt.Errorf("LISTEN_ADDR: %w", err)
 		}
 	}
 	d.log.Info("dispatcher running", zap.String("listen", d.cfg.Listen))
