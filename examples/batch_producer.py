@@ -21,11 +21,12 @@ credentials in the URL, its tenant with --tenant, and its API key with
 --api-key: the user may publish on its tenant's subject and read its
 tenant's events alone, and replies come to its own inbox prefix.
 
-With `comfyfleet dev` running (its NATS address is printed at start, and is in
-.comfyfleet/stack.json):
+With `comfyfleet dev` running, run it from the same folder (or one below):
+it reads the stack's NATS and API addresses from .comfyfleet/stack.json, as
+the comfyfleet CLI does, so a NATS port dev had to change (4222 taken) is
+followed. --nats and --api (or NATS_URL) name another fleet:
 
-  python3 examples/batch_producer.py examples/txt2img.json --seeds 1-8 \\
-      --nats nats://127.0.0.1:4222 --api http://127.0.0.1:8000 --out results
+  python3 examples/batch_producer.py examples/txt2img.json --seeds 1-8 --out results
 
 Ctrl-C stops waiting; the jobs keep running, and running the same command
 again picks up their results.
@@ -42,8 +43,6 @@ import sys
 import urllib.error
 import urllib.request
 
-import nats
-
 DEFAULT_TENANT = "default"  # proto.DefaultTenant: the tenant of cf.submit.batch
 
 
@@ -54,6 +53,26 @@ def subjects(tenant):
     submit = f"cf.submit.batch.{tenant}" if tenant else "cf.submit.batch"
     tenant = tenant or DEFAULT_TENANT
     return submit, f"cf.events.*.final.{tenant}", f"cf.rejects.{tenant}"
+
+def dev_stack(start="."):
+    """The addresses of the running `comfyfleet dev` whose
+    .comfyfleet/stack.json is in start or a folder above it, as
+    (nats_url, api_url); (None, None) when there is none."""
+    d = os.path.abspath(start)
+    while True:
+        path = os.path.join(d, ".comfyfleet", "stack.json")
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    info = json.load(f)
+                return info.get("nats_url") or None, info.get("api_url") or None
+            except (OSError, ValueError):
+                return None, None
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None, None
+        d = parent
+
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 MAX_MESSAGE = 1024 * 1024  # NATS's default max payload
@@ -160,14 +179,18 @@ async def main():
     ap.add_argument("--seed-node", default="", help="node id of the sampler (default: the first with a seed)")
     ap.add_argument("--batch", default="", help="batch id (default: from the workflow file and the seeds)")
     ap.add_argument("--lane", default="batch", choices=["batch", "interactive"])
-    ap.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
-    ap.add_argument("--api", default="http://127.0.0.1:8000", help="RunPod-compatible API, for the results")
+    stack_nats, stack_api = dev_stack()
+    ap.add_argument("--nats", default=os.environ.get("NATS_URL") or stack_nats or "nats://127.0.0.1:4222",
+                    help="NATS server (default: NATS_URL, else the running comfyfleet dev's, else nats://127.0.0.1:4222)")
+    ap.add_argument("--api", default=stack_api or "http://127.0.0.1:8000",
+                    help="RunPod-compatible API, for the results (default: the running comfyfleet dev's, else http://127.0.0.1:8000)")
     ap.add_argument("--tenant", default=os.environ.get("CF_TENANT", ""),
                     help="tenant to submit as (its NATS user must be allowed cf.submit.batch.<tenant>); default: none")
     ap.add_argument("--api-key", default=os.environ.get("RUNPOD_API_KEY", ""), help="the tenant's API key, for GET /status")
     ap.add_argument("--out", default="results")
     ap.add_argument("--poll", type=float, default=5.0, help="seconds between status reads of unfinished jobs")
     args = ap.parse_args()
+    import nats  # nats-py; here, so that --help and the helpers above work without it
 
     workflow = load_workflow(args.workflow)
     seeds = parse_seeds(args.seeds)

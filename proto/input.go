@@ -44,7 +44,26 @@ const (
 	ErrMsgInvalidJSON   = "Invalid JSON format in input"
 	ErrMsgNoWorkflow    = "Missing 'workflow' parameter"
 	ErrMsgImagesInvalid = "'images' must be a list of objects with 'name' and 'image' keys"
+	// ErrMsgUIWorkflow is ours: the workflow is the one ComfyUI saves for
+	// its editor, which /prompt cannot run.
+	ErrMsgUIWorkflow = "this is a workflow in ComfyUI's UI format; export it in API format (Workflow > Export (API))"
 )
+
+// IsUIWorkflow reports whether raw is a workflow in ComfyUI's UI format
+// (what Workflow > Save writes: an object with "nodes" and "links" lists)
+// rather than the API format /prompt runs (node id -> {class_type,
+// inputs}). An API workflow whose node ids are "nodes" and "links" has
+// objects there, not lists, so it is never mistaken for one.
+func IsUIWorkflow(raw json.RawMessage) bool {
+	if !bytes.Contains(raw, []byte(`"nodes"`)) || !bytes.Contains(raw, []byte(`"links"`)) {
+		return false // the cheap test first: DecodeInput runs on every job
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(raw, &fields) != nil {
+		return false
+	}
+	return JSONKind(fields["nodes"]) == "an array" && JSONKind(fields["links"]) == "an array"
+}
 
 // DecodeInput checks a raw RunPod input the way worker-comfyui's
 // validate_input does, with the same messages, and decodes it. Beyond
@@ -85,6 +104,9 @@ func DecodeInput(raw json.RawMessage) (*Input, error) {
 	}
 	if k := JSONKind(wf); k != "an object" {
 		return nil, errorf("'workflow' must be a JSON object in ComfyUI API format, got %s", k)
+	}
+	if IsUIWorkflow(wf) {
+		return nil, errorf("'workflow': %s", ErrMsgUIWorkflow)
 	}
 	in.Workflow = wf
 	if imgs, ok := fields["images"]; ok && !bytes.Equal(bytes.TrimSpace(imgs), []byte("null")) {

@@ -27,6 +27,9 @@ func TestDecodeInput(t *testing.T) {
 		{name: "workflow null", raw: `{"workflow":null}`, wantErr: proto.ErrMsgNoWorkflow},
 		{name: "not an object", raw: `[1,2]`, wantErr: "Input must be a JSON object, got an array"},
 		{name: "workflow not an object", raw: `{"workflow":"x"}`, wantErr: "'workflow' must be a JSON object in ComfyUI API format, got a string"},
+		{name: "workflow in UI format", raw: `{"workflow":{"last_node_id":9,"nodes":[{"id":9,"type":"SaveImage"}],"links":[]}}`, wantErr: "'workflow': " + proto.ErrMsgUIWorkflow},
+		{name: "API workflow with nodes named nodes and links", raw: `{"workflow":{"nodes":{"class_type":"SaveImage","inputs":{}},"links":{"class_type":"X","inputs":{}}}}`,
+			check: func(t *testing.T, in *proto.Input) { require.Contains(t, string(in.Workflow), `"nodes"`) }},
 		{name: "images not a list", raw: `{"workflow":` + wf + `,"images":"a"}`, wantErr: proto.ErrMsgImagesInvalid},
 		{name: "image without image", raw: `{"workflow":` + wf + `,"images":[{"name":"a.png"}]}`, wantErr: proto.ErrMsgImagesInvalid},
 		{name: "image element a string", raw: `{"workflow":` + wf + `,"images":["nameimage"]}`, wantErr: proto.ErrMsgImagesInvalid},
@@ -126,6 +129,7 @@ func FuzzDecodeInput(f *testing.F) {
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{"images":[1]}`))
 	f.Add([]byte(`{"workflow":{},"images":[{"name":"x\u202egnp.exe","image":"AA=="}]}`))
+	f.Add([]byte(`{"workflow":{"nodes":[],"links":[]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in, err := proto.DecodeInput(data)
 		if err != nil {

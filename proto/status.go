@@ -2,6 +2,7 @@ package proto
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -60,6 +61,52 @@ type Record struct {
 	Output json.RawMessage `redis:"output"`
 	// Error is the failure message of a FAILED or TIMED_OUT job.
 	Error string `redis:"error"`
+	// Webhook is how the delivery of the job's webhook ended, once it
+	// ended; nil while it runs or when the job has none. Redis holds it
+	// as JSON.
+	Webhook *WebhookOutcome `redis:"webhook"`
+}
+
+// WebhookOutcome is how the delivery of a job's terminal status to its
+// webhook ended: what /status answers as its "webhook" field.
+type WebhookOutcome struct {
+	// Delivered is true when the receiver answered 2xx.
+	Delivered bool `json:"delivered"`
+	// Attempts is how many POSTs were made (1 for a delivery that worked
+	// at once).
+	Attempts int `json:"attempts"`
+	// LastStatus is the HTTP status of the last answer; 0 when the last
+	// try got none (timed out, refused connection, refused by the SSRF
+	// guard).
+	LastStatus int `json:"lastStatus,omitempty"`
+	// Error says why the last try failed; empty when delivered. It never
+	// holds what the receiver sent.
+	Error string `json:"error,omitempty"`
+}
+
+// String reads like "delivered (1 attempt, HTTP 200)" or "failed after 3
+// attempts: answered 503 Service Unavailable", for a person.
+func (o *WebhookOutcome) String() string {
+	if o == nil {
+		return ""
+	}
+	tries := fmt.Sprintf("%d attempts", o.Attempts)
+	if o.Attempts == 1 {
+		tries = "1 attempt"
+	}
+	if o.Delivered {
+		if o.LastStatus != 0 {
+			return fmt.Sprintf("delivered (%s, HTTP %d)", tries, o.LastStatus)
+		}
+		return fmt.Sprintf("delivered (%s)", tries)
+	}
+	msg := "failed after " + tries
+	if o.Error != "" {
+		msg += ": " + o.Error
+	} else if o.LastStatus != 0 {
+		msg += fmt.Sprintf(": HTTP %d", o.LastStatus)
+	}
+	return msg
 }
 
 // DelayTime is the time from submission to pickup (RunPod's delayTime).

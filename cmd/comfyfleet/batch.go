@@ -172,8 +172,8 @@ func fleetSettings(c *showConfig) *flagenv.Set {
 // parse reads args, flags and positional arguments in any order, and
 // checks the number of positional arguments (any number when nargs is
 // negative). ok false means the command is over with code.
-func parse(name string, fs *flagenv.Set, args []string, nargs int, stderr io.Writer) (pos []string, code int, ok bool) {
-	fs.SetOutput(stderr)
+func parse(name string, fs *flagenv.Set, args []string, nargs int, stdout, stderr io.Writer) (pos []string, code int, ok bool) {
+	fs.SetOutput(stdout, stderr)
 	for {
 		if err := fs.Parse(args, nil); err != nil {
 			if errors.Is(err, flagenv.ErrHelp) {
@@ -264,7 +264,7 @@ func isTerminal(w io.Writer) bool {
 func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c submitConfig
 	fs := submitSettings(&c)
-	pos, code, ok := parse("comfyfleet submit", fs, args, 1, stderr)
+	pos, code, ok := parse("comfyfleet submit", fs, args, 1, stdout, stderr)
 	if !ok {
 		return code
 	}
@@ -319,7 +319,7 @@ func submit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func watch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c watchConfig
 	fs := watchSettings(&c)
-	pos, code, ok := parse("comfyfleet watch", fs, args, 1, stderr)
+	pos, code, ok := parse("comfyfleet watch", fs, args, 1, stdout, stderr)
 	if !ok {
 		return code
 	}
@@ -358,7 +358,7 @@ func summaryCode(name string, sum *batch.Summary, err error, detach bool, stderr
 func showStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c showConfig
 	fs := statusSettings(&c)
-	pos, code, ok := parse("comfyfleet status", fs, args, 1, stderr)
+	pos, code, ok := parse("comfyfleet status", fs, args, 1, stdout, stderr)
 	if !ok {
 		return code
 	}
@@ -377,7 +377,7 @@ func showStatus(ctx context.Context, args []string, stdout, stderr io.Writer) in
 func cancel(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c connConfig
 	fs := cancelSettings(&c)
-	pos, code, ok := parse("comfyfleet cancel", fs, args, 1, stderr)
+	pos, code, ok := parse("comfyfleet cancel", fs, args, 1, stdout, stderr)
 	if !ok {
 		return code
 	}
@@ -396,7 +396,7 @@ func cancel(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func showFleet(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c showConfig
 	fs := fleetSettings(&c)
-	if _, code, ok := parse("comfyfleet fleet", fs, args, 0, stderr); !ok {
+	if _, code, ok := parse("comfyfleet fleet", fs, args, 0, stdout, stderr); !ok {
 		return code
 	}
 	s, code, ok := open(ctx, "comfyfleet fleet", c.Conn, dirGiven(c.Conn), nil, stderr)

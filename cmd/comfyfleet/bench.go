@@ -69,7 +69,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var c bench.Config
 	var logLevel string
 	fs := benchSettings(&c, &logLevel)
-	pos, code, ok := parse(name, fs, args, -1, stderr)
+	pos, code, ok := parse(name, fs, args, -1, stdout, stderr)
 	if !ok {
 		return code
 	}

@@ -45,7 +45,7 @@ func deadLetters(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	const name = "comfyfleet dlq"
 	var c dlqConfig
 	fs := dlqSettings(&c)
-	fs.SetOutput(stderr)
+	fs.SetOutput(stdout, stderr)
 	// Flags and arguments in any order, as parse reads them.
 	var pos []string
 	for {

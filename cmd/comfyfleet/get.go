@@ -29,7 +29,7 @@ func getSettings(c *getConfig) *flagenv.Set {
 func get(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c getConfig
 	fs := getSettings(&c)
-	pos, code, ok := parse("comfyfleet get", fs, args, 1, stderr)
+	pos, code, ok := parse("comfyfleet get", fs, args, 1, stdout, stderr)
 	if !ok {
 		return code
 	}

@@ -90,7 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var cfg devstack.Config
 	fs := devSettings(&cfg)
-	fs.SetOutput(stdout)
+	fs.SetOutput(stdout, stderr)
 	if err := fs.Parse(args, nil); err != nil {
 		if errors.Is(err, flagenv.ErrHelp) {
 			return 0
@@ -110,7 +110,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	stack, err := devstack.Start(startCtx, cfg)
 	cancel()
 	if err != nil {
-		fmt.Fprintf(stderr, "comfyfleet dev: %v\n", err)
+		fmt.Fprintf(stderr, "comfyfleet dev: %s\n", flagenv.Explain(err))
 		return 1
 	}
 	if stack.Info.NATSFallback {

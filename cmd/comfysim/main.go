@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 )
 
 // config is the command's settings; flag beats env beats default.
@@ -50,7 +51,7 @@ var settings = []setting{
 // names the setting and the bad value.
 func loadConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
 	fs := flag.NewFlagSet("comfysim", flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs.SetOutput(io.Discard) // the caller prints an error once; the help goes to out
 	vals := map[string]*string{}
 	for _, s := range settings {
 		def := s.def
@@ -59,13 +60,17 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		}
 		vals[s.flag] = fs.String(s.flag, def, s.usage)
 	}
-	fs.Usage = func() {
+	fs.Usage = func() {}
+	usage := func() {
 		fmt.Fprintf(out, "Usage: comfysim [flags]\n\nRuns a ComfyUI %s API emulator. Each flag can also be set through its environment variable;\na flag beats the environment, which beats the default.\n\nFlags:\n", comfysim.ComfyUIVersion)
 		for _, s := range settings {
 			fmt.Fprintf(out, "  --%s (env %s, default %q)\n      %s\n", s.flag, s.env, s.def, s.usage)
 		}
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage()
+		}
 		return config{}, err
 	}
 	if fs.NArg() > 0 {
@@ -105,7 +110,7 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 }
 
 func main() {
-	cfg, err := loadConfig(os.Args[1:], os.Getenv, os.Stderr)
+	cfg, err := loadConfig(os.Args[1:], os.Getenv, os.Stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	}
@@ -126,7 +131,7 @@ func main() {
 	err = run(ctx, cfg, nil)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "comfysim:", err)
+		fmt.Fprintln(os.Stderr, "comfysim:", flagenv.Explain(err))
 		os.Exit(1)
 	}
 }

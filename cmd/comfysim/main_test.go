@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
+	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 )
 
 func TestMain(m *testing.M) {
@@ -78,6 +80,31 @@ func TestHelpListsEnvNames(t *testing.T) {
 		require.Contains(t, out.String(), "-"+s.flag)
 		require.Contains(t, out.String(), s.env)
 	}
+}
+
+// A bad flag prints nothing of the help (main prints the error, once).
+func TestBadFlagPrintsNoHelp(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	_, err := loadConfig([]string{"--no-such"}, env(nil), &out)
+	require.ErrorContains(t, err, "flag provided but not defined: -no-such")
+	require.Empty(t, out.String())
+}
+
+// A listen address in use is one line that says so.
+func TestListenInUseIsOneLine(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	cfg, err := loadConfig([]string{"--listen", ln.Addr().String()}, env(nil), io.Discard)
+	require.NoError(t, err)
+	err = run(context.Background(), cfg, nil)
+	require.Error(t, err)
+	msg := flagenv.Explain(err)
+	require.NotContains(t, msg, "\n")
+	require.Contains(t, msg, ln.Addr().String())
+	require.Contains(t, msg, "address already in use (another process listens there")
 }
 
 func TestRunServesAndStops(t *testing.T) {

@@ -34,8 +34,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
-		log.Error("dispatcher failed", zap.Error(err))
-		os.Exit(1)
+		_ = log.Sync()
+		fs.Fail(err) // one line on stderr, no log record with a stack
 	}
 }
 

@@ -239,8 +239,8 @@ func DecodeItem(data []byte, origin string) (Item, error) {
 			}
 			it.Input = in
 		}
-	case fields["nodes"] != nil && fields["links"] != nil:
-		return Item{}, fmt.Errorf("%s: this is a workflow in ComfyUI's UI format; export it in API format (Workflow > Export (API))", origin)
+	case proto.IsUIWorkflow(data):
+		return Item{}, fmt.Errorf("%s: %s", origin, proto.ErrMsgUIWorkflow)
 	default:
 		it.Input = json.RawMessage(`{"workflow":` + string(bytes.TrimSpace(data)) + `}`)
 	}

@@ -165,6 +165,7 @@ func writeRecord(w io.Writer, rec *proto.Record) {
 		row("ran", d.String())
 	}
 	row("error", rec.Error)
+	row("webhook", rec.Webhook.String())
 	res := ResultOf(rec, rec.ID, 0, nil)
 	for _, f := range res.Files {
 		where := f.Blob

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,7 +59,9 @@ func TestRetriesDeadLetterAndReplay(t *testing.T) {
 	for i, a := range dl.Attempts {
 		require.Contains(t, a, fmt.Sprintf("attempt %d: ComfyUI ran out of memory", i+1))
 	}
-	require.Equal(t, rec.Error, dl.Reason)
+	// The record's error and the failure's cause, on one line.
+	require.True(t, strings.HasPrefix(dl.Reason, rec.Error+": Workflow execution error: Node Type: KSampler, Node ID: 3, Message: CUDA out of memory."), dl.Reason)
+	require.NotContains(t, dl.Reason, "\n")
 
 	f.sims[0].SetFault(comfysim.Fault{})
 	var replayed map[string]any

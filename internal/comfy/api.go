@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 )
 
 // SystemStats is GET /system_stats (protocol §9).
@@ -143,7 +145,7 @@ func (c *Client) UploadImage(ctx context.Context, name, subfolder string, r io.R
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxErrBody))
 	if err != nil {
-		return nil, fmt.Errorf("upload %s: read answer: %w", name, err)
+		return nil, fmt.Errorf("upload %s: read answer: %w", name, ssrf.WithoutAddresses(err))
 	}
 	var up Upload
 	if err := unmarshalLenient(body, &up); err != nil || up.Name == "" {

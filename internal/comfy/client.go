@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/uuid"
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 )
 
 // Config configures a Client. The zero value of every field means its
@@ -364,7 +366,7 @@ func (c *Client) do(ctx context.Context, req *http.Request) (*http.Response, err
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, &transportError{method: req.Method, path: req.URL.Path, err: err})
 	}
 	if resp.StatusCode/100 != 2 {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrBody))
@@ -404,7 +406,7 @@ func (c *Client) call(ctx context.Context, method, path string, query url.Values
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("read answer: %w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("read answer: %w: %w", ErrUnavailable, ssrf.WithoutAddresses(err))
 	}
 	return data, nil
 }

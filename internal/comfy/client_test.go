@@ -11,6 +11,7 @@ import (
 	"image/png"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -227,7 +228,7 @@ func TestServerErrorIsNotUnavailable(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	require.Equal(t, http.StatusInternalServerError, se.StatusCode)
 	require.NotErrorIs(t, err, ErrUnavailable)
-	require.Equal(t, "500 Server Error: Internal Server Error for url: "+env.sim.URL+"/prompt", se.Error())
+	require.Equal(t, "500 Server Error: Internal Server Error for url: /prompt", se.Error(), "the path, never ComfyUI's address")
 
 	_, err = env.c.Run(ctx, []byte(`[1, 2]`), RunOptions{})
 	require.ErrorContains(t, err, "not a JSON object")
@@ -611,6 +612,32 @@ func TestIntrospection(t *testing.T) {
 	require.NoError(t, env.c.Free(ctx, true, true))
 	require.NoError(t, env.c.Interrupt(ctx, ""), "a global interrupt while idle does nothing")
 	require.NoError(t, env.c.DeleteFromQueue(ctx, uuid.NewString()))
+}
+
+// An error of a request that got no answer names the request, never
+// ComfyUI's address: such texts reach the job's submitter.
+func TestTransportErrorsHideTheAddress(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	for _, base := range []string{"http://" + addr, "http://comfy-internal.invalid:" + port} {
+		c, err := New(Config{BaseURL: base, RequestTimeout: 5 * time.Second, DialTimeout: time.Second})
+		require.NoError(t, err)
+		_, err = c.SystemStats(testCtx(t))
+		require.ErrorIs(t, err, ErrUnavailable)
+		require.Contains(t, err.Error(), "GET /system_stats: ")
+		require.NotContains(t, err.Error(), port, base)
+		require.NotContains(t, err.Error(), "127.0.0.1", base)
+		require.NotContains(t, err.Error(), "comfy-internal", base)
+		werr := c.Start(testCtx(t))
+		require.Error(t, werr)
+		require.NotContains(t, werr.Error(), port, base)
+		require.NoError(t, c.Close())
+	}
 }
 
 func TestCloseIsIdempotent(t *testing.T) {

@@ -29,10 +29,11 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		terr := &transportError{method: "GET", path: "/ws", err: err}
 		if resp != nil {
-			return nil, fmt.Errorf("dial websocket: %w: %w (HTTP %d)", ErrUnavailable, err, resp.StatusCode)
+			return nil, fmt.Errorf("dial websocket: %w: %w (HTTP %d)", ErrUnavailable, terr, resp.StatusCode)
 		}
-		return nil, fmt.Errorf("dial websocket: %w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("dial websocket: %w: %w", ErrUnavailable, terr)
 	}
 	conn.SetReadLimit(wsReadLimit)
 	// Unblock the reads below if ctx ends. stop runs before the deferred

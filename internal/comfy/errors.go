@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"strings"
+
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 )
 
 var (
@@ -44,16 +47,44 @@ type StatusError struct {
 	Body       []byte // the start of the body (ComfyUI's 5xx bodies are plain text)
 }
 
-// Error renders the status the way Python's requests does
-// ("500 Server Error: Internal Server Error for url: http://…/prompt"), so a
-// caller can rebuild worker-comfyui's "Error queuing workflow: …" text.
+// Error renders the status the way Python's requests does, so a caller
+// can rebuild worker-comfyui's "Error queuing workflow: …" text, except
+// that the URL is its path alone ("500 Server Error: Internal Server Error
+// for url: /prompt"): these texts reach the job's submitter, who must not
+// learn where the fleet's ComfyUI listens.
 func (e *StatusError) Error() string {
 	kind := "Client"
 	if e.StatusCode >= 500 {
 		kind = "Server"
 	}
-	return fmt.Sprintf("%d %s Error: %s for url: %s", e.StatusCode, kind, http.StatusText(e.StatusCode), e.URL)
+	return fmt.Sprintf("%d %s Error: %s for url: %s", e.StatusCode, kind, http.StatusText(e.StatusCode), pathOf(e.URL))
 }
+
+// pathOf is the path and query of a URL, without scheme, user and host.
+func pathOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return raw
+	}
+	return u.RequestURI()
+}
+
+// transportError is a request to ComfyUI that got no answer. Its text
+// names the request by method and path and says what went wrong without
+// the addresses Go's errors carry ("Post \"http://10.0.0.7:8188/prompt\":
+// dial tcp 10.0.0.7:8188: connect: connection refused" becomes "POST
+// /prompt: dial: connect: connection refused"), because it may end up in
+// a job's error; the cause is kept for errors.Is and errors.As.
+type transportError struct {
+	method, path string
+	err          error
+}
+
+func (e *transportError) Error() string {
+	return e.method + " " + e.path + ": " + ssrf.AddressFree(e.err)
+}
+
+func (e *transportError) Unwrap() error { return e.err }
 
 // Is reports a 404 as fs.ErrNotExist and 502/503/504 as ErrUnavailable.
 func (e *StatusError) Is(target error) bool {
@@ -136,7 +167,7 @@ func unavailable(op string, err error) error {
 	if errors.Is(err, ErrUnavailable) {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, ssrf.WithoutAddresses(err))
 }
 
 // MissingPromptIDError is a 200 answer to POST /prompt without a prompt_id.

@@ -110,7 +110,7 @@ func TestErrorsMatch(t *testing.T) {
 	require.ErrorIs(t, &StatusError{StatusCode: 503}, ErrUnavailable)
 	require.NotErrorIs(t, &StatusError{StatusCode: 500}, ErrUnavailable)
 	se := &StatusError{Method: "POST", URL: "http://127.0.0.1:8188/prompt", StatusCode: 500}
-	require.Equal(t, "500 Server Error: Internal Server Error for url: http://127.0.0.1:8188/prompt", se.Error())
+	require.Equal(t, "500 Server Error: Internal Server Error for url: /prompt", se.Error())
 	require.True(t, errors.Is(unavailable("x", errors.New("refused")), ErrUnavailable))
 	require.False(t, (&ExecutionError{ExceptionType: "RuntimeError", ExceptionMessage: "boom"}).IsOOM())
 	require.True(t, (&ExecutionError{ExceptionMessage: "CUDA out of memory. Tried to allocate"}).IsOOM())

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strconv"
 
+	"go.uber.org/zap"
+
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
@@ -28,7 +30,10 @@ const maxReplayBody = 64 << 10
 // "accessSecret": "…"}}); those it does not give come from the worker's
 // own settings. The answer's secrets says which, per secret: "supplied"
 // or "worker".
-func DeadLetterRoutes(q *queue.Client, core *lifecycle.Core) []Route {
+func DeadLetterRoutes(q *queue.Client, core *lifecycle.Core, log *zap.Logger) []Route {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	list := func(w http.ResponseWriter, r *http.Request) {
 		pool := r.URL.Query().Get("pool")
 		if pool != "" {
@@ -48,7 +53,7 @@ func DeadLetterRoutes(q *queue.Client, core *lifecycle.Core) []Route {
 		}
 		dls, err := q.DeadLetters(r.Context(), pool, limit)
 		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, err.Error())
+			unavailable(w, log, "read dead letters", err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"dead_letters": dls})
@@ -79,7 +84,7 @@ func DeadLetterRoutes(q *queue.Client, core *lifecycle.Core) []Route {
 		case errors.Is(err, rdb.ErrIllegal), errors.Is(err, rdb.ErrTerminal):
 			writeError(w, http.StatusConflict, err.Error())
 		case err != nil:
-			writeError(w, http.StatusServiceUnavailable, err.Error())
+			unavailable(w, log, "replay dead letter", err)
 		default:
 			writeJSON(w, http.StatusOK, map[string]any{"id": rep.Record.ID, "status": rep.Record.Status, "retries": rep.Record.Retries,
 				"secrets": rep.Secrets})

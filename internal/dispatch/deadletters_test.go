@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
@@ -52,7 +53,7 @@ func (b *bundle) deadLetter(t *testing.T, id string, reasons ...string) []string
 // dlqServer serves the dispatcher's routes.
 func (b *bundle) dlqServer(t *testing.T) func(method, path string, body ...string) (int, string) {
 	t.Helper()
-	srv := httptest.NewServer(dispatch.NewMux(dispatch.DeadLetterRoutes(b.q, b.core)))
+	srv := httptest.NewServer(dispatch.NewMux(dispatch.DeadLetterRoutes(b.q, b.core, zaptest.NewLogger(t))))
 	t.Cleanup(srv.Close)
 	return func(method, path string, body ...string) (int, string) {
 		t.Helper()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -43,8 +42,7 @@ func FleetRoutes(view ViewReader, reg *metrics.Registry, log *zap.Logger) []Rout
 		routes = append(routes, Route{Pattern: "GET /fleet", Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			v, err := view(r.Context())
 			if err != nil {
-				log.Warn("read fleet view", zap.Error(err))
-				writeError(w, http.StatusServiceUnavailable, "read fleet view: "+err.Error())
+				unavailable(w, log, "read fleet view", err)
 				return
 			}
 			writeJSON(w, http.StatusOK, v)
@@ -100,7 +98,7 @@ func (s *HTTPServer) Start() error {
 	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.addr, err)
+		return err // "listen tcp <addr>: bind: address already in use"
 	}
 	s.ln, s.done = ln, make(chan struct{})
 	go func() {
@@ -145,6 +143,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // writeError answers {"error": msg}, the shape of RunPod's errors.
+// unavailable answers 503 for a failure of NATS or Redis: the log has the
+// error, the answer a fixed text, as the errors of their clients name
+// their addresses.
+func unavailable(w http.ResponseWriter, log *zap.Logger, what string, err error) {
+	log.Warn(what, zap.Error(err))
+	writeError(w, http.StatusServiceUnavailable, what+": the fleet's backend is unavailable, try again")
+}
+
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }

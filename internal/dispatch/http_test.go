@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/internal/metrics/metricstest"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -103,3 +106,25 @@ func TestHTTPServerStopIsIdempotentAndSafeWithoutStart(t *testing.T) {
 }
 
 func newRegistry() *metrics.Registry { return metrics.NewRegistry() }
+
+// With Redis away, the fleet view answers 503 with a fixed text: the
+// client's error names Redis's address, which stays in the log.
+func TestUnavailableBackendIsNotNamed(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	rc := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = rc.Close() })
+	db := rdb.New(rc, rdb.Options{Prefix: "unavailable:"})
+	b := setup(t, 1)
+	view := func(ctx context.Context) (*fleet.View, error) { return fleet.ReadView(ctx, db, b.q) }
+	srv := dispatch.NewHTTPServer("127.0.0.1:0", dispatch.FleetRoutes(view, nil, zaptest.NewLogger(t)), zaptest.NewLogger(t))
+	require.NoError(t, srv.Start())
+	t.Cleanup(srv.Stop)
+	code, body := get(t, "http://"+srv.Addr()+"/fleet")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.JSONEq(t, `{"error":"read fleet view: the fleet's backend is unavailable, try again"}`, body)
+	require.NotContains(t, body, addr)
+}

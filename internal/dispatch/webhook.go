@@ -250,7 +250,7 @@ func (w *Webhooks) handle(ctx context.Context, msg *queue.FeedMessage) {
 		_ = msg.Ack()
 		return
 	}
-	body, mark, err := w.body(ctx, ev, seq)
+	body, mark, finished, err := w.body(ctx, ev, seq)
 	switch {
 	case err != nil:
 		w.retryLater(ctx, msg, time.Second)
@@ -264,11 +264,15 @@ func (w *Webhooks) handle(ctx context.Context, msg *queue.FeedMessage) {
 	// The id is the same for every try of one delivery, as Standard
 	// Webhooks asks, so a receiver can drop duplicates.
 	id := ev.JobID + "." + mark
-	err = w.post(ctx, target, id, body)
+	status, err := w.post(ctx, target, id, body)
+	outcome := proto.WebhookOutcome{Delivered: err == nil, Attempts: attempt, LastStatus: status}
+	if err != nil {
+		outcome.Error = webhookReason(err, target)
+	}
 	switch {
 	case err == nil:
 		w.count("delivered")
-		w.markSent(ctx, ev.JobID, mark)
+		w.ended(ctx, ev.JobID, mark, finished, outcome)
 		_ = msg.Ack()
 		w.log.Debug("delivered", zap.String("job_id", ev.JobID), zap.Int("attempt", attempt))
 	case ctx.Err() != nil:
@@ -276,12 +280,12 @@ func (w *Webhooks) handle(ctx context.Context, msg *queue.FeedMessage) {
 		_ = msg.Nak(0)
 	case errors.Is(err, errPermanent):
 		w.count("refused")
-		w.markSent(ctx, ev.JobID, mark)
+		w.ended(ctx, ev.JobID, mark, finished, outcome)
 		_ = msg.Ack()
 		w.log.Warn("webhook refused", zap.String("job_id", ev.JobID), zap.Error(err))
 	case attempt > w.cfg.Retries:
 		w.count("failed")
-		w.markSent(ctx, ev.JobID, mark)
+		w.ended(ctx, ev.JobID, mark, finished, outcome)
 		_ = msg.Ack()
 		w.log.Warn("webhook failed", zap.String("job_id", ev.JobID), zap.Int("attempts", attempt), zap.Error(err))
 	default:
@@ -306,54 +310,77 @@ func (w *Webhooks) count(result string) {
 	}
 }
 
-func (w *Webhooks) markSent(ctx context.Context, jobID, mark string) {
+// ended records that a delivery ended: its outcome on the job's record
+// (when the record still ends at finished; an expired one has none), and
+// its mark, so that a duplicate of its event is not delivered again.
+func (w *Webhooks) ended(ctx context.Context, jobID, mark string, finished time.Time, o proto.WebhookOutcome) {
+	if !finished.IsZero() {
+		if _, err := w.deps.DB.PutWebhookOutcome(ctx, jobID, finished, o); err != nil {
+			w.log.Warn("record webhook outcome", zap.String("job_id", jobID), zap.Error(err))
+		}
+	}
 	if err := w.deps.DB.MarkWebhookSent(ctx, jobID, mark); err != nil {
 		w.log.Warn("mark webhook sent", zap.String("job_id", jobID), zap.Error(err))
 	}
 }
 
-// body is the job's RunPod status view, as /status answers it, and the
+// body is the job's RunPod status view, as /status answers it, the
 // delivery's mark: the end time of the job's record, so that duplicate
-// events of one ending make one delivery. A record that moved on (another
-// terminal status won, or /retry requeued the job) gives mark "": nothing
-// to deliver for this event. A record that expired gives the event's own
-// view, marked by the event's sequence.
-func (w *Webhooks) body(ctx context.Context, ev *proto.Event, seq uint64) (body []byte, mark string, err error) {
+// events of one ending make one delivery, and that end time. A record
+// that moved on (another terminal status won, or /retry requeued the job)
+// gives mark "": nothing to deliver for this event. A record that expired
+// gives the event's own view, marked by the event's sequence, and no end
+// time.
+func (w *Webhooks) body(ctx context.Context, ev *proto.Event, seq uint64) (body []byte, mark string, finished time.Time, err error) {
 	rec, err := w.deps.DB.Get(ctx, ev.JobID)
 	switch {
 	case errors.Is(err, rdb.ErrNotFound):
 		view := &jobview.JobView{ID: ev.JobID, Status: ev.Status, Error: ev.Error, WorkerID: ev.WorkerID}
 		body, err := json.Marshal(view)
-		return body, "seq" + strconv.FormatUint(seq, 10), err
+		return body, "seq" + strconv.FormatUint(seq, 10), time.Time{}, err
 	case err != nil:
-		return nil, "", err
+		return nil, "", time.Time{}, err
 	case rec.Status != ev.Status:
-		return nil, "", nil
+		return nil, "", time.Time{}, nil
 	}
 	view, err := jobview.Build(ctx, w.deps.Blobs, rec)
 	if err != nil {
-		return nil, "", err
+		return nil, "", time.Time{}, err
 	}
+	view.Webhook = nil // the outcome of this very delivery is not known yet
 	body, err = json.Marshal(view)
-	return body, strconv.FormatInt(rec.FinishedAt.UnixMilli(), 10), err
+	return body, strconv.FormatInt(rec.FinishedAt.UnixMilli(), 10), rec.FinishedAt, err
 }
 
 var errPermanent = errors.New("will not retry")
 
-// post delivers one body. Its errors never carry the URL's query or user
-// info, nor anything the receiver sent: an answer is named by its status,
-// a failure by its class.
-func (w *Webhooks) post(ctx context.Context, target, id string, body []byte) error {
+// webhookReason is a delivery's error without the words the job's view
+// does not need: the marker and the URL, which is the job's own.
+func webhookReason(err error, target string) string {
+	s := strings.TrimPrefix(err.Error(), errPermanent.Error()+": ")
+	if u, perr := url.Parse(target); perr == nil {
+		r := ssrf.RedactString(u.String())
+		s = strings.TrimPrefix(s, "post webhook "+r+": ")
+		s = strings.TrimPrefix(s, "webhook "+r+": ")
+	}
+	return s
+}
+
+// post delivers one body and returns the status of the answer (0 for
+// none). Its errors never carry the URL's query or user info, nor anything
+// the receiver sent: an answer is named by its status, a failure by its
+// class.
+func (w *Webhooks) post(ctx context.Context, target, id string, body []byte) (int, error) {
 	u, err := url.Parse(target)
 	if err != nil {
-		return fmt.Errorf("%w: webhook URL does not parse", errPermanent)
+		return 0, fmt.Errorf("%w: webhook URL does not parse", errPermanent)
 	}
 	if err := w.guard.Check(u); err != nil {
-		return fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), err)
+		return 0, fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("%w: webhook %s: invalid URL", errPermanent, ssrf.Redact(u))
+		return 0, fmt.Errorf("%w: webhook %s: invalid URL", errPermanent, ssrf.Redact(u))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "comfyfleet-webhook")
@@ -367,20 +394,20 @@ func (w *Webhooks) post(ctx context.Context, target, id string, body []byte) err
 	if err != nil {
 		var refusal *ssrf.Refusal
 		if errors.As(err, &refusal) {
-			return fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), refusal)
+			return 0, fmt.Errorf("%w: webhook %s: %v", errPermanent, ssrf.Redact(u), refusal)
 		}
-		return fmt.Errorf("post webhook %s: %s", ssrf.Redact(u), ssrf.Describe(err))
+		return 0, fmt.Errorf("post webhook %s: %s", ssrf.Redact(u), ssrf.Describe(err))
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	switch {
 	case resp.StatusCode >= 300 && resp.StatusCode <= 399:
-		return fmt.Errorf("post webhook %s: answered %d; webhooks do not follow redirects", ssrf.Redact(u), resp.StatusCode)
+		return resp.StatusCode, fmt.Errorf("post webhook %s: answered %d; webhooks do not follow redirects", ssrf.Redact(u), resp.StatusCode)
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		// Go's reason phrase, not the receiver's.
-		return fmt.Errorf("post webhook %s: answered %s", ssrf.Redact(u), strings.TrimPrefix(ssrf.Status(resp.StatusCode), "HTTP "))
+		return resp.StatusCode, fmt.Errorf("post webhook %s: answered %s", ssrf.Redact(u), strings.TrimPrefix(ssrf.Status(resp.StatusCode), "HTTP "))
 	}
-	return nil
+	return resp.StatusCode, nil
 }
 
 // noBlobs is the blob store of a deliverer given none.

@@ -160,6 +160,19 @@ func (b *hookBundle) finish(t *testing.T, id, webhook string, to proto.Status, o
 	require.NoError(t, b.q.PublishEvent(ctx, &proto.Event{JobID: id, Type: proto.EventStatus, Status: to, Error: errMsg, WorkerID: "w1", Attempt: attempt}))
 }
 
+// requireOutcome waits for the job's record to say how its webhook
+// delivery ended (it is written just before the event is acked).
+func (b *hookBundle) requireOutcome(t *testing.T, id string, want proto.WebhookOutcome) {
+	t.Helper()
+	var rec *proto.Record
+	require.Eventually(t, func() bool {
+		var err error
+		rec, err = b.db.Get(context.Background(), id)
+		return err == nil && rec.Webhook != nil
+	}, 10*time.Second, 10*time.Millisecond, "the record has the webhook's outcome")
+	require.Equal(t, want, *rec.Webhook)
+}
+
 // claim gives the job to worker w1 and returns its attempt.
 func (b *hookBundle) claim(t *testing.T, id string) int {
 	t.Helper()
@@ -302,6 +315,7 @@ func TestWebhookRetriesThenGivesUp(t *testing.T) {
 	}
 	b.settled(t)
 	require.Equal(t, 3, rc.count(), "one try and two retries, then no more")
+	b.requireOutcome(t, "hook-down", proto.WebhookOutcome{Delivered: false, Attempts: 3, LastStatus: 502, Error: "answered 502 Bad Gateway"})
 	m := b.scrape(t)
 	require.Contains(t, m, `comfyfleet_webhook_deliveries_total{result="retried"} 2`)
 	require.Contains(t, m, `comfyfleet_webhook_deliveries_total{result="failed"} 1`)
@@ -323,6 +337,7 @@ func TestWebhookRetrySucceeds(t *testing.T) {
 	require.Equal(t, first.header.Get("webhook-id"), second.header.Get("webhook-id"), "one delivery, one id")
 	b.settled(t)
 	require.Equal(t, 2, rc.count())
+	b.requireOutcome(t, "hook-flaky", proto.WebhookOutcome{Delivered: true, Attempts: 2, LastStatus: 200})
 }
 
 func TestWebhookSSRFGuardRefusesLoopback(t *testing.T) {
@@ -334,6 +349,13 @@ func TestWebhookSSRFGuardRefusesLoopback(t *testing.T) {
 	b.settled(t)
 	require.Equal(t, 0, rc.count())
 	require.Contains(t, b.scrape(t), `comfyfleet_webhook_deliveries_total{result="refused"} 1`)
+	rec, err := b.db.Get(context.Background(), "hook-ssrf")
+	require.NoError(t, err)
+	require.NotNil(t, rec.Webhook)
+	require.False(t, rec.Webhook.Delivered)
+	require.Equal(t, 1, rec.Webhook.Attempts)
+	require.Zero(t, rec.Webhook.LastStatus, "no answer")
+	require.Contains(t, rec.Webhook.Error, "loopback", "the guard's reason")
 }
 
 // TestWebhookAllowIsPerPort: an entry without a port allows only the

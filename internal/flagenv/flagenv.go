@@ -1,7 +1,8 @@
 // Package flagenv binds each setting of a binary to a command-line flag and
 // an environment variable: the flag beats the environment, which beats the
 // default, and a bad value fails at start naming the flag and the variable.
-// --help lists every setting with its variable and default.
+// --help lists every setting with its variable and default, on standard
+// output; errors are one line, on standard error.
 package flagenv
 
 import (
@@ -9,9 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -21,18 +24,27 @@ type Set struct {
 	env     map[string]string // flag name -> env name
 	order   []string
 	summary string
+	stdout  io.Writer // the help
+	stderr  io.Writer // ParseOrExit's and Exit's errors
 }
 
 // New returns an empty set for the named command; summary is the first
 // paragraph of its help.
 func New(name, summary string) *Set {
-	s := &Set{fs: flag.NewFlagSet(name, flag.ContinueOnError), env: map[string]string{}, summary: summary}
-	s.fs.Usage = func() { s.PrintUsage(s.fs.Output()) }
+	s := &Set{fs: flag.NewFlagSet(name, flag.ContinueOnError), env: map[string]string{}, summary: summary,
+		stdout: os.Stdout, stderr: os.Stderr}
+	// The flag package would print its error and then the whole help to
+	// one writer; Parse returns the error alone and prints the help, when
+	// asked for, itself.
+	s.fs.SetOutput(io.Discard)
+	s.fs.Usage = func() {}
 	return s
 }
 
-// SetOutput sets where help and errors are written.
-func (s *Set) SetOutput(w io.Writer) { s.fs.SetOutput(w) }
+// SetOutput sets where the help (--help, asked for: standard output, so
+// that it pages and greps) and the errors of ParseOrExit and Exit are
+// written; by default os.Stdout and os.Stderr.
+func (s *Set) SetOutput(stdout, stderr io.Writer) { s.stdout, s.stderr = stdout, stderr }
 
 // bind registers v under name and env. Binding a name again (with the same
 // variable) adds v as another target of the same setting: a value given
@@ -113,17 +125,23 @@ func (s *Set) Repeated(p *[]string, name, env, usage string) {
 }
 
 // ErrHelp is returned by Parse when -h or --help was asked for; the help
-// has been printed.
+// has been printed to the standard output given to SetOutput.
 var ErrHelp = flag.ErrHelp
 
 // Parse reads args, then fills every setting not given as a flag from its
-// environment variable (looked up with getenv; nil means os.Getenv).
+// environment variable (looked up with getenv; nil means os.Getenv). A
+// bad flag is an error of one line that names it and points to --help;
+// nothing is printed.
 func (s *Set) Parse(args []string, getenv func(string) string) error {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
 	if err := s.fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			s.PrintUsage(s.stdout)
+			return ErrHelp
+		}
+		return fmt.Errorf("%w (see --help)", err)
 	}
 	given := map[string]bool{}
 	s.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -148,7 +166,9 @@ func (s *Set) Parse(args []string, getenv func(string) string) error {
 func (s *Set) Args() []string { return s.fs.Args() }
 
 // PrintUsage writes the help: summary, then every setting with its flag,
-// variable, default and meaning.
+// variable, default and meaning. A default is shown once: an empty one is
+// not shown (the meaning says what empty does, "default: …" or "empty:
+// …", where it matters).
 func (s *Set) PrintUsage(w io.Writer) {
 	fmt.Fprintf(w, "%s\n\nSettings (flag beats environment beats default):\n", s.summary)
 	for _, name := range s.order {
@@ -158,11 +178,11 @@ func (s *Set) PrintUsage(w io.Writer) {
 			line += "  (env " + env + ")"
 		}
 		fmt.Fprintln(w, line)
-		def := f.DefValue
-		if def == "" {
-			def = `""`
+		if f.DefValue == "" {
+			fmt.Fprintf(w, "        %s\n", f.Usage)
+			continue
 		}
-		fmt.Fprintf(w, "        %s (default %s)\n", f.Usage, def)
+		fmt.Fprintf(w, "        %s (default %s)\n", f.Usage, f.DefValue)
 	}
 }
 
@@ -332,7 +352,7 @@ func (s *Set) ParseOrExit(args []string) {
 		if errors.Is(err, ErrHelp) {
 			os.Exit(0)
 		}
-		fmt.Fprintf(s.fs.Output(), "%s: %v\n", s.fs.Name(), err)
+		fmt.Fprintf(s.stderr, "%s: %v\n", s.fs.Name(), err)
 		os.Exit(2)
 	}
 }
@@ -340,8 +360,27 @@ func (s *Set) ParseOrExit(args []string) {
 // Exit reports a setting that passed parsing but failed validation, the
 // way ParseOrExit does, and exits 2.
 func (s *Set) Exit(setting string, err error) {
-	fmt.Fprintf(s.fs.Output(), "%s: %s: %v\n", s.fs.Name(), setting, err)
+	fmt.Fprintf(s.stderr, "%s: %s: %v\n", s.fs.Name(), setting, err)
 	os.Exit(2)
+}
+
+// Fail reports an error that ended the command after its settings were
+// read, as one line "<command>: <error>" on standard error (Explain's),
+// never a log record with a stack, and exits 1.
+func (s *Set) Fail(err error) {
+	fmt.Fprintf(s.stderr, "%s: %s\n", s.fs.Name(), Explain(err))
+	os.Exit(1)
+}
+
+// Explain is err's text on one line, with what to do about the failures
+// a person meets at start: an address in use.
+func Explain(err error) string {
+	msg := strings.Join(strings.Fields(err.Error()), " ")
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "listen" && errors.Is(err, syscall.EADDRINUSE) {
+		msg += " (another process listens there, perhaps another comfyfleet: stop it or choose another address)"
+	}
+	return msg
 }
 
 // Setting describes one setting, for documentation and its tests.

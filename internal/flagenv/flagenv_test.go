@@ -19,13 +19,15 @@ type settings struct {
 	delay   time.Duration
 	keys    []string
 	noEnv   string
+	out     string
 	fs      *flagenv.Set
 	helpOut *bytes.Buffer
+	errOut  *bytes.Buffer
 }
 
 func newSet() *settings {
-	s := &settings{fs: flagenv.New("tool", "tool does things."), helpOut: &bytes.Buffer{}}
-	s.fs.SetOutput(s.helpOut)
+	s := &settings{fs: flagenv.New("tool", "tool does things."), helpOut: &bytes.Buffer{}, errOut: &bytes.Buffer{}}
+	s.fs.SetOutput(s.helpOut, s.errOut)
 	s.fs.String(&s.url, "nats-url", "NATS_URL", "nats://127.0.0.1:4222", "NATS server")
 	s.fs.Int(&s.n, "workers", "WORKERS", 2, "how many")
 	s.fs.Bool(&s.on, "refresh", "REFRESH_WORKER", false, "free after each job")
@@ -33,6 +35,7 @@ func newSet() *settings {
 	s.fs.Seconds(&s.delay, "reconnect-delay", "WEBSOCKET_RECONNECT_DELAY_S", 3*time.Second, "delay")
 	s.fs.List(&s.keys, "api-keys", "API_KEYS", nil, "keys")
 	s.fs.String(&s.noEnv, "plain", "", "x", "no variable")
+	s.fs.String(&s.out, "out", "", "", "results folder (default: ./<batch id>)")
 	return s
 }
 
@@ -88,7 +91,9 @@ func TestBadValuesNameTheSetting(t *testing.T) {
 		{name: "env int", env: map[string]string{"WORKERS": "many"}, wantErr: `setting WORKERS (--workers): invalid value "many"`},
 		{name: "env seconds", env: map[string]string{"WEBSOCKET_RECONNECT_DELAY_S": "3s"}, wantErr: "WEBSOCKET_RECONNECT_DELAY_S (--reconnect-delay)"},
 		{name: "env bool", env: map[string]string{"REFRESH_WORKER": "yes"}, wantErr: "want true or false"},
-		{name: "flag", args: []string{"--grace", "soon"}, wantErr: `invalid value "soon" for flag -grace`},
+		{name: "flag", args: []string{"--grace", "soon"}, wantErr: `invalid value "soon" for flag -grace: want a duration such as 30s or 1m30s (see --help)`},
+		{name: "unknown flag", args: []string{"--gracee", "1s"}, wantErr: "flag provided but not defined: -gracee (see --help)"},
+		{name: "missing value", args: []string{"--grace"}, wantErr: "flag needs an argument: -grace (see --help)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,6 +105,9 @@ func TestBadValuesNameTheSetting(t *testing.T) {
 				return
 			}
 			require.ErrorContains(t, err, tt.wantErr)
+			require.NotContains(t, err.Error(), "\n", "one line")
+			require.Empty(t, s.helpOut.String(), "no help after a bad flag")
+			require.Empty(t, s.errOut.String(), "the caller prints the error, once")
 		})
 	}
 }
@@ -113,6 +121,15 @@ func TestHelpListsEveryVariable(t *testing.T) {
 	require.True(t, strings.HasPrefix(help, "tool does things."))
 	for _, want := range []string{"--nats-url  (env NATS_URL)", "(default nats://127.0.0.1:4222)", "--reconnect-delay  (env WEBSOCKET_RECONNECT_DELAY_S)", "(default 3)", "--plain\n"} {
 		require.Contains(t, help, want)
+	}
+	require.Empty(t, s.errOut.String(), "the help goes to standard output alone")
+	// Each default once: an empty one is not printed after the text that
+	// says what empty means.
+	require.Contains(t, help, "        results folder (default: ./<batch id>)\n")
+	require.NotContains(t, help, `(default "")`)
+	require.Equal(t, 1, strings.Count(help, "(default nats://127.0.0.1:4222)"))
+	for _, line := range strings.Split(help, "\n") {
+		require.LessOrEqual(t, strings.Count(line, "(default"), 1, line)
 	}
 }
 

@@ -23,6 +23,10 @@ type JobView struct {
 	Error         string          `json:"error,omitempty"`
 	WorkerID      string          `json:"workerId,omitempty"`
 	Retries       int             `json:"retries,omitempty"`
+	// Webhook is ours, beyond RunPod's view: how the delivery of the
+	// job's webhook ended, once it ended (absent while it runs, and for
+	// a job without one).
+	Webhook *proto.WebhookOutcome `json:"webhook,omitempty"`
 }
 
 // MaxInlineOutput keeps an answer within RunPod's 20 MB result limit.
@@ -43,6 +47,7 @@ func Build(ctx context.Context, blobs blob.Store, rec *proto.Record) (*JobView, 
 		Error:         rec.Error,
 		WorkerID:      rec.WorkerID,
 		Retries:       rec.Retries,
+		Webhook:       rec.Webhook,
 	}
 	if len(rec.Output) > 0 {
 		v.Output = inlineOutput(ctx, blobs, rec.Output)

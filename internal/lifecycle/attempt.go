@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -303,6 +304,17 @@ func (c *Core) Finish(ctx context.Context, cl *Claim, res Result) error {
 	return nil
 }
 
+// deadLetterReason is a dead letter's last error: the record's, with the
+// details of its failure when it has any, since worker-comfyui's
+// "Job processing failed" says nothing of the cause alone.
+func deadLetterReason(rec *proto.Record) string {
+	var f proto.Failure
+	if len(rec.Output) == 0 || json.Unmarshal(rec.Output, &f) != nil || len(f.Details) == 0 {
+		return rec.Error
+	}
+	return rec.Error + ": " + strings.Join(f.Details, "; ")
+}
+
 // deadLetter writes the dead letter owed by attempt's ending of the job:
 // the job message without its secrets (they live as long as the job, and
 // a dead letter outlives it: a replay gives them again or runs with the
@@ -330,7 +342,7 @@ func (c *Core) deadLetter(ctx context.Context, job *proto.Job, data []byte, atte
 		pool = proto.DefaultPool
 	}
 	err = retry(ctx, tryTimeout, func(ctx context.Context) error {
-		return c.q.PublishDeadLetter(ctx, pool, job.ID, attempt, data, rec.Error, attempts, removed)
+		return c.q.PublishDeadLetter(ctx, pool, job.ID, attempt, data, deadLetterReason(rec), attempts, removed)
 	})
 	if err != nil {
 		return wrap("dead-letter", job.ID, err)
@@ -339,7 +351,7 @@ func (c *Core) deadLetter(ctx context.Context, job *proto.Job, data []byte, atte
 		// A repeat publishes under the same id, which JetStream drops.
 		c.log.Warn("clear the dead letter's debt", zap.String("job_id", job.ID), zap.Error(err))
 	}
-	c.log.Info("job dead-lettered", zap.String("job_id", job.ID), zap.String("pool", pool), zap.String("reason", rec.Error),
+	c.log.Info("job dead-lettered", zap.String("job_id", job.ID), zap.String("pool", pool), zap.String("reason", deadLetterReason(rec)),
 		zap.Strings("secrets_removed", removed))
 	return nil
 }

@@ -320,7 +320,7 @@ func TestAttemptsUsedUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.submit(t, job("oom"))
-	final := lifecycle.Result{Status: proto.StatusFailed, Error: "Job processing failed", Output: json.RawMessage(`{"error":"Job processing failed","details":["OOM"]}`)}
+	final := lifecycle.Result{Status: proto.StatusFailed, Error: "Job processing failed", Output: json.RawMessage(`{"error":"Job processing failed","details":["OOM\nTIPS: smaller"]}`)}
 	for attempt := 1; attempt <= 3; attempt++ {
 		cl := b.claim(t, "w1", time.Minute)
 		require.Equal(t, attempt, cl.Attempt)
@@ -333,7 +333,7 @@ func TestAttemptsUsedUp(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, dls, 1)
 	require.Equal(t, "oom", dls[0].JobID)
-	require.Equal(t, "Job processing failed", dls[0].Reason)
+	require.Equal(t, "Job processing failed: OOM TIPS: smaller", dls[0].Reason, "the cause, not worker-comfyui's words alone")
 	require.Len(t, dls[0].Attempts, 3)
 	require.Zero(t, b.jobsWaiting(t), "acked once the dead letter was durable")
 	b.waitStatuses(t, "oom", proto.StatusInQueue, proto.StatusInProgress, proto.StatusInQueue,

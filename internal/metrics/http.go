@@ -3,7 +3,6 @@ package metrics
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -86,7 +85,7 @@ func (s *Server) Start() error {
 	}
 	ln, err := net.Listen("tcp", s.srv.Addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.srv.Addr, err)
+		return err // "listen tcp <addr>: bind: address already in use"
 	}
 	s.ln, s.res = ln, make(chan error, 1)
 	go func() { s.res <- s.srv.Serve(ln) }()

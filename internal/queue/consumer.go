@@ -148,9 +148,16 @@ func (c *Client) consumer(ctx context.Context, stream, filter string, cfg Consum
 // as it ended, and that message then waits out AckWait before anyone gets
 // it. So ctx is looked at once the fetch is over, and a message that came
 // as it ended is given back.
+//
+// A wait of 0 or less looks once, without waiting (nats.go refuses such a
+// wait as an invalid option, which a caller whose time ran out would log
+// as a failure on every turn of its loop).
 func (c *Consumer) Next(ctx context.Context, wait time.Duration) (*Message, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if wait <= 0 {
+		return c.TryNext(ctx)
 	}
 	msg, err := c.c.Next(jetstream.FetchMaxWait(wait))
 	switch {
@@ -173,11 +180,19 @@ func (c *Consumer) Next(ctx context.Context, wait time.Duration) (*Message, erro
 // error. Like Next, it reads until the server ends the pull, whatever ctx
 // does meanwhile, and gives back (NAKs) a message that came after ctx
 // ended rather than handing it to fn; then it returns ctx.Err().
+//
+// A wait of 0 or less takes only what waits now.
 func (c *Consumer) Fetch(ctx context.Context, max int, wait time.Duration, fn func(*Message)) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	batch, err := c.c.Fetch(max, jetstream.FetchMaxWait(wait))
+	var batch jetstream.MessageBatch
+	var err error
+	if wait <= 0 {
+		batch, err = c.c.FetchNoWait(max)
+	} else {
+		batch, err = c.c.Fetch(max, jetstream.FetchMaxWait(wait))
+	}
 	if err != nil {
 		return 0, fmt.Errorf("fetch: %w", err)
 	}

@@ -45,7 +45,7 @@ type DeadLetter struct {
 func (c *Client) PublishDeadLetter(ctx context.Context, pool, jobID string, attempt int, job []byte, reason string, attempts, secretsRemoved []string) error {
 	m := &nats.Msg{Subject: proto.DLQSubject(pool), Data: job, Header: nats.Header{}}
 	m.Header.Set(proto.MsgIDHeader, jobID+".dlq."+strconv.Itoa(attempt))
-	m.Header.Set(proto.DLQReasonHeader, reason)
+	m.Header.Set(proto.DLQReasonHeader, oneLine(reason))
 	if data, err := json.Marshal(attempts); err == nil {
 		m.Header.Set(proto.DLQAttemptsHeader, string(data))
 	}
@@ -141,4 +141,13 @@ func decodeDeadLetter(raw *jetstream.RawStreamMsg) DeadLetter {
 		}
 	}
 	return dl
+}
+
+// oneLine is s as a header value can hold it: ComfyUI's messages run over
+// several lines, and a line break would end the header.
+func oneLine(s string) string {
+	if !strings.ContainsAny(s, "\r\n") {
+		return s
+	}
+	return strings.Join(strings.Fields(s), " ")
 }

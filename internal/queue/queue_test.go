@@ -273,3 +273,32 @@ func TestLanesServeSeveralPools(t *testing.T) {
 	}
 	require.ElementsMatch(t, []string{"p-batch", "xl-inter", "p-inter"}, got, "jobs of both pools are served")
 }
+
+// A pull whose time is up (wait 0 or less, as a loop's deadline leaves
+// it) looks once and says there is nothing, or hands what waits: never
+// nats.go's "invalid jetstream option", which its caller would log as a
+// failure in normal operation.
+func TestPullWithNoTimeLeftIsNoError(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	c, err := q.LaneConsumer(ctx, "p", proto.LaneBatch, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	for _, wait := range []time.Duration{0, -time.Second} {
+		_, err = c.Next(ctx, wait)
+		require.ErrorIs(t, err, queue.ErrNoMessage, "wait %v", wait)
+		n, err := c.Fetch(ctx, 4, wait, func(*queue.Message) {})
+		require.NoError(t, err, "wait %v", wait)
+		require.Zero(t, n)
+	}
+	require.NoError(t, publishJob(ctx, q, job("a", proto.LaneBatch)))
+	require.NoError(t, publishJob(ctx, q, job("b", proto.LaneBatch)))
+	m, err := c.Next(ctx, 0)
+	require.NoError(t, err, "a job that waits is taken without waiting")
+	require.NoError(t, m.Ack(ctx))
+	var got []*queue.Message
+	n, err := c.Fetch(ctx, 4, 0, func(m *queue.Message) { got = append(got, m) })
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.NoError(t, got[0].Ack(ctx))
+}

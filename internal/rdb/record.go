@@ -88,6 +88,13 @@ func decodeRecord(key string, h map[string]string) (*proto.Record, error) {
 		}
 		r.Output = json.RawMessage(v)
 	}
+	if v, ok := h["webhook"]; ok && v != "" {
+		o, err := decodeWebhookOutcome(v)
+		if err != nil {
+			return nil, bad("webhook", err.Error())
+		}
+		r.Webhook = o
+	}
 	return r, nil
 }
 

@@ -43,6 +43,8 @@ func TestDecodeRecord(t *testing.T) {
 		{name: "bad attempt", hash: map[string]string{"id": "j", "status": "IN_QUEUE", "attempt": "-1"}, wantErr: `field attempt: "-1" is not a non-negative integer`},
 		{name: "bad time", hash: map[string]string{"id": "j", "status": "IN_QUEUE", "started_at": "2026-01-01"}, wantErr: `field started_at: "2026-01-01" is not a time in Unix milliseconds`},
 		{name: "bad output", hash: map[string]string{"id": "j", "status": "FAILED", "output": "{"}, wantErr: `field output: "{" is not valid JSON`},
+		{name: "bad webhook", hash: map[string]string{"id": "j", "status": "FAILED", "webhook": `{"delivered":1}`}, wantErr: `field webhook: "{\"delivered\":1}" is not a webhook outcome`},
+		{name: "webhook without attempts", hash: map[string]string{"id": "j", "status": "FAILED", "webhook": `{"delivered":true}`}, wantErr: `field webhook: "{\"delivered\":true}" has attempts below 1`},
 		{name: "long value shortened", hash: map[string]string{"id": "j", "status": strings.Repeat("X", 100)}, wantErr: `field status: "` + strings.Repeat("X", 64) + `…" is not a status`},
 	}
 	for _, tt := range tests {
@@ -59,6 +61,32 @@ func TestDecodeRecord(t *testing.T) {
 			require.Equal(t, tt.want, got)
 		})
 	}
+}
+
+// FuzzDecodeWebhookOutcome: the record's webhook field, as any writer
+// could leave it, is read or refused with a reason, never half read.
+func FuzzDecodeWebhookOutcome(f *testing.F) {
+	f.Add(`{"delivered":true,"attempts":1,"lastStatus":200}`)
+	f.Add(`{"delivered":false,"attempts":3,"error":"timed out"}`)
+	f.Add(`{"delivered":false,"attempts":0}`)
+	f.Add(`{"attempts":2,"lastStatus":99}`)
+	f.Add(`{"attempts":2} {}`)
+	f.Add(`null`)
+	f.Fuzz(func(t *testing.T, v string) {
+		o, err := decodeWebhookOutcome(v)
+		if err != nil {
+			require.Nil(t, o)
+			require.NotEmpty(t, err.Error())
+			return
+		}
+		require.GreaterOrEqual(t, o.Attempts, 1)
+		require.True(t, o.LastStatus == 0 || o.LastStatus >= 100 && o.LastStatus <= 599)
+		again, err := json.Marshal(o)
+		require.NoError(t, err)
+		back, err := decodeWebhookOutcome(string(again))
+		require.NoError(t, err)
+		require.Equal(t, o, back)
+	})
 }
 
 // encodeRecord writes a record the way the script does.

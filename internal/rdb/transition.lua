@@ -366,7 +366,7 @@ if op == 'retry' then
     'expires_at', fmt(now + ttl))
   redis.call('HINCRBY', stats, 'RETRIED', 1)
   redis.call('HDEL', key, 'output', 'error', 'worker_id', 'started_at', 'finished_at',
-    'finished_attempt', 'dlq', 'requeue_reason')
+    'finished_attempt', 'dlq', 'requeue_reason', 'webhook')
   redis.call('PEXPIRE', key, ttl + slack)
   redis.call('ZADD', ttlidx, now + ttl, id)
   -- The retry keeps its request again, for as long as it lives; its end

@@ -2,7 +2,7 @@ package role
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -97,7 +97,7 @@ func NewDispatcher(cfg DispatcherConfig, b *backend.Backend, reg *metrics.Regist
 		return nil, err
 	}
 	d := &Dispatcher{cfg: cfg, disp: disp, hooks: hooks, log: log}
-	d.routes = append(d.routes, dispatch.DeadLetterRoutes(b.Queue, b.Core)...)
+	d.routes = append(d.routes, dispatch.DeadLetterRoutes(b.Queue, b.Core, log)...)
 	d.routes = append(d.routes, dispatch.FleetRoutes(view, reg, log)...)
 	if cfg.Listen != "" {
 		g, _, err := cfg.Keys.guard(cfg.admins)
@@ -142,7 +142,7 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		if err := d.srv.Start(); err != nil {
 			d.disp.Stop()
 			d.hooks.Stop()
-			return errors.Join(errors.New("LISTEN_ADDR"), err)
+			return fmt.Errorf("LISTEN_ADDR: %w", err)
 		}
 	}
 	d.log.Info("dispatcher running", zap.String("listen", d.cfg.Listen))

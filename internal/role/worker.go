@@ -153,6 +153,7 @@ type Worker struct {
 // dev stack's workers; nil records nothing); reg, when Listen is set, is
 // served on it.
 func NewWorker(cfg WorkerConfig, b *backend.Backend, m *worker.Metrics, reg *metrics.Registry, log *zap.Logger) (*Worker, error) {
+	base := log // the worker names itself in its records
 	log = log.With(zap.String("worker_id", cfg.Worker.ID))
 	cc := cfg.Comfy
 	cc.Logger = log
@@ -168,7 +169,7 @@ func NewWorker(cfg WorkerConfig, b *backend.Backend, m *worker.Metrics, reg *met
 		}
 	}
 	w, err := worker.New(cfg.Worker, worker.Deps{Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, S3: out,
-		ComfyUI: client, Fleet: b.DB, Logger: log, Metrics: m})
+		ComfyUI: client, Fleet: b.DB, Logger: base, Metrics: m})
 	if err != nil {
 		_ = client.Close()
 		return nil, err

@@ -135,6 +135,8 @@ func TestRejectsBadRequests(t *testing.T) {
 		{name: "no input", method: "POST", path: "/runsync", body: `{}`, wantCode: 400, wantErr: "Please provide input"},
 		{name: "input string not json", method: "POST", path: "/run", body: `{"input":"nope"}`, wantCode: 400, wantErr: "Invalid JSON format in input"},
 		{name: "bad images", method: "POST", path: "/run", body: `{"input":{"workflow":{},"images":[{"name":"a.png"}]}}`, wantCode: 400, wantErr: "'images' must be a list of objects with 'name' and 'image' keys"},
+		{name: "UI-format workflow", method: "POST", path: "/run", body: `{"input":{"workflow":{"last_node_id":9,"nodes":[{"id":9,"type":"SaveImage"}],"links":[]}}}`, wantCode: 400, wantErr: "'workflow': " + proto.ErrMsgUIWorkflow},
+		{name: "UI-format workflow to runsync", method: "POST", path: "/v2/ep/runsync", body: `{"input":{"workflow":{"nodes":[],"links":[]}}}`, wantCode: 400, wantErr: "export it in API format (Workflow > Export (API))"},
 		{name: "body not json", method: "POST", path: "/run", body: `{"input":`, wantCode: 400, wantErr: "request body is not a JSON object: invalid JSON at byte"},
 		{name: "body an array", method: "POST", path: "/run", body: `[]`, wantCode: 400, wantErr: "request body is not a JSON object: got JSON array, want an object"},
 		{name: "too large", method: "POST", path: "/run", body: `{"input":{"workflow":{"x":"` + strings.Repeat("a", 2000) + `"}}}`, wantCode: 413, wantErr: "request body is larger than the 1024-byte limit"},
@@ -306,4 +308,31 @@ func TestDoubleSlashesAreForgiven(t *testing.T) {
 	b := setup(t, runpod.Config{})
 	code, out := b.do(t, "POST", "/v2/ep//run", `{"input":{"workflow":{}}}`)
 	require.Equal(t, 200, code, "%v", out)
+}
+
+// /status answers how the job's webhook delivery ended as an extra
+// field, once it ended; RunPod's fields are as they were, and a job
+// without one has none.
+func TestStatusShowsWebhookOutcome(t *testing.T) {
+	t.Parallel()
+	b := setup(t, runpod.Config{})
+	ctx := testenv.Context(t, 30*time.Second)
+	code, out := b.do(t, "POST", "/run", `{"input":{"workflow":`+workflow+`},"webhook":"https://hooks.example/done"}`)
+	require.Equal(t, http.StatusOK, code)
+	id := out["id"].(string)
+	c, err := b.db.Claim(ctx, rdb.ClaimParams{ID: id, WorkerID: "w1", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	rec, err := b.db.Finish(ctx, id, c.Lease.Attempt, proto.StatusFailed, nil, "boom", false)
+	require.NoError(t, err)
+	_, out = b.do(t, "GET", "/status/"+id, "")
+	require.NotContains(t, out, "webhook", "not while the delivery runs")
+
+	ok, err := b.db.PutWebhookOutcome(ctx, id, rec.FinishedAt, proto.WebhookOutcome{Attempts: 3, LastStatus: 503, Error: "answered 503 Service Unavailable"})
+	require.NoError(t, err)
+	require.True(t, ok)
+	code, out = b.do(t, "GET", "/status/"+id, "")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "FAILED", out["status"])
+	require.Equal(t, "boom", out["error"])
+	require.Equal(t, map[string]any{"delivered": false, "attempts": float64(3), "lastStatus": float64(503), "error": "answered 503 Service Unavailable"}, out["webhook"])
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"syscall"
 )
@@ -54,6 +55,50 @@ func Describe(err error) string {
 		return "connection closed by the server"
 	}
 	return "request failed"
+}
+
+// WithoutAddresses is err with AddressFree's text: the cause stays
+// reachable with errors.Is and errors.As. For the errors of a system of
+// the fleet's own (ComfyUI, the operator's S3 store), whose text may reach
+// a job's submitter, who has no business knowing where they listen.
+func WithoutAddresses(err error) error {
+	if err == nil {
+		return nil
+	}
+	return addressless{err}
+}
+
+type addressless struct{ err error }
+
+func (e addressless) Error() string { return AddressFree(e.err) }
+func (e addressless) Unwrap() error { return e.err }
+
+// AddressFree describes a failed request without the host names,
+// addresses and URLs Go's errors carry: `Post "http://10.0.0.7:8188/prompt":
+// dial tcp 10.0.0.7:8188: connect: connection refused` becomes `dial:
+// connect: connection refused`. Unlike Describe it keeps the rest of the
+// text, for errors of servers the operator runs.
+func AddressFree(err error) string {
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
+	var urlErr *url.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &dnsErr):
+		if dnsErr.IsNotFound {
+			return "lookup: host not found"
+		}
+		if dnsErr.IsTimeout {
+			return "lookup: timed out"
+		}
+		return "lookup: could not resolve the host"
+	case errors.As(err, &opErr) && opErr.Err != nil:
+		return opErr.Op + ": " + opErr.Err.Error()
+	case errors.As(err, &urlErr) && urlErr.Err != nil:
+		return urlErr.Err.Error()
+	}
+	return err.Error()
 }
 
 // Status says in a fixed text what an answer's status was: "HTTP 404 Not

@@ -154,7 +154,7 @@ func TestIssue3Behaviours(t *testing.T) {
 		job:   inputJob(input(loadAndSave("a.png", "out"), `"images":[{"name":"a.png","image":"`+b64(red)+`"}]`)), want: proto.StatusFailed,
 		check: func(t *testing.T, b *bundle, rec *proto.Record) {
 			wantFailure("Failed to upload one or more input images",
-				"Error uploading a.png: 500 Server Error: Internal Server Error for url: "+b.sim.URL+"/upload/image")(t, b, rec)
+				"Error uploading a.png: 500 Server Error: Internal Server Error for url: /upload/image")(t, b, rec)
 		},
 	}, {
 		name: "missing node class",
@@ -199,7 +199,7 @@ func TestIssue3Behaviours(t *testing.T) {
 				m, err = s.GetLastMsgForSubject(ctxT(t), proto.DLQSubject(proto.DefaultPool))
 				return err == nil
 			}, "no dead letter")
-			require.Equal(t, "Job processing failed", m.Header.Get(proto.DLQReasonHeader))
+			require.Equal(t, "Job processing failed: "+strings.Join(strings.Fields(f.Details[0]), " "), m.Header.Get(proto.DLQReasonHeader), "the cause, on one line")
 			require.Contains(t, string(m.Data), rec.ID)
 		},
 	}, {

@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"context"
 	"encoding/json"
 	"image/color"
 	"net/http"
@@ -177,12 +178,25 @@ func TestWorkerComfyUITable(t *testing.T) {
 			require.True(t, strings.HasSuffix(rec.Error, "\n\nNo checkpoint models appear to be available. Please check your model installation."), rec.Error)
 		},
 	}, {
-		name: "prompt 500",
-		// A UI-format workflow is what makes ComfyUI answer 500.
-		job: inputJob(`{"workflow":{"last_node_id":9,"nodes":[],"links":[]}}`), want: proto.StatusFailed,
+		name:  "prompt 500",
+		fault: comfysim.Fault{PromptStatus: http.StatusInternalServerError},
+		job:   inputJob(input(sampler("1", 2) + save("9", "x"))), want: proto.StatusFailed,
 		check: func(t *testing.T, b *bundle, rec *proto.Record) {
-			require.Equal(t, "Error queuing workflow: 500 Server Error: Internal Server Error for url: "+b.sim.URL+"/prompt", rec.Error)
+			// worker-comfyui's text up to "for url:", then the path alone:
+			// ComfyUI's address is not the submitter's business.
+			require.Equal(t, "Error queuing workflow: 500 Server Error: Internal Server Error for url: /prompt", rec.Error)
+			require.NotContains(t, string(rec.Output), strings.TrimPrefix(b.sim.URL, "http://"))
 			require.Equal(t, 1, rec.Attempt, "not retried")
+		},
+	}, {
+		// A UI-format workflow (which makes ComfyUI ≥ v0.14 answer 500) is
+		// refused before it reaches ComfyUI, with the message the API and
+		// the CLI give.
+		name: "workflow in UI format",
+		job:  inputJob(`{"workflow":{"last_node_id":9,"nodes":[],"links":[]}}`), want: proto.StatusFailed,
+		check: func(t *testing.T, b *bundle, rec *proto.Record) {
+			require.Equal(t, "'workflow': "+proto.ErrMsgUIWorkflow, rec.Error)
+			require.Empty(t, b.sim.Prompts(), "never queued in ComfyUI")
 		},
 	}, {
 		name:  "prompt 200 without prompt_id",
@@ -281,9 +295,16 @@ func TestWorkerComfyUITable(t *testing.T) {
 		job:   inputJob(input(sampler("1", 2) + save("9", "x"))), want: proto.StatusFailed,
 		check: func(t *testing.T, b *bundle, rec *proto.Record) {
 			host := strings.TrimPrefix(b.sim.URL, "http://")
-			wantFailure("ComfyUI server ("+host+") not reachable after multiple retries.")(t, b, rec)
+			// worker-comfyui names the host here; we do not.
+			wantFailure("ComfyUI server not reachable after multiple retries.")(t, b, rec)
 			require.Equal(t, 2, rec.Attempt, "retried before giving up")
 			require.Equal(t, 1, rec.Retries)
+			errs, err := b.db.AttemptErrors(context.Background(), rec.ID)
+			require.NoError(t, err)
+			require.NotEmpty(t, errs)
+			for _, e := range errs {
+				require.NotContains(t, e, host, "the attempt log names no address")
+			}
 		},
 	}})
 }

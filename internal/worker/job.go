@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"runtime/debug"
 	"time"
 
@@ -317,11 +316,11 @@ func (w *Worker) answers() bool {
 // "not reachable", after it the WebSocket could not be re-established.
 func (w *Worker) unreachableMessage(ex *execution) outcome {
 	if !ex.accepted() {
-		host := w.comfyURL
-		if u, err := url.Parse(w.comfyURL); err == nil && u.Host != "" {
-			host = u.Host
-		}
-		return failed(fmt.Sprintf("ComfyUI server (%s) not reachable after multiple retries.", host))
+		// worker-comfyui names the host here ("ComfyUI server
+		// (127.0.0.1:8188) not …"); the job's submitter must not learn
+		// where the fleet's ComfyUI listens, so the worker's log alone
+		// says it.
+		return failed("ComfyUI server not reachable after multiple retries.")
 	}
 	return failed("WebSocket communication error: ComfyUI HTTP unreachable during websocket reconnect")
 }

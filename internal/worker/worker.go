@@ -281,8 +281,6 @@ func (c Config) withDefaults() Config {
 type ComfyUI interface {
 	// Start opens the WebSocket; the worker calls it once ComfyUI answers.
 	Start(ctx context.Context) error
-	// BaseURL is ComfyUI's address, for messages.
-	BaseURL() string
 	SystemStats(ctx context.Context) (*comfy.SystemStats, error)
 	Submit(ctx context.Context, workflow []byte, opts comfy.RunOptions) (*comfy.Submitted, error)
 	Wait(ctx context.Context, promptID string) (*comfy.Result, error)
@@ -336,18 +334,17 @@ type Deps struct {
 
 // Worker runs jobs on one ComfyUI.
 type Worker struct {
-	cfg      Config
-	q        *queue.Client
-	core     *lifecycle.Core
-	blobs    blob.Store
-	comfy    ComfyUI
-	fleet    Heartbeats
-	log      *zap.Logger
-	s3       *s3.Store   // the configured S3 store, nil without one
-	inputs   *ssrf.Guard // input URLs
-	s3Guard  *ssrf.Guard // the endpoints of jobs' s3Config
-	warmup   []byte
-	comfyURL string
+	cfg     Config
+	q       *queue.Client
+	core    *lifecycle.Core
+	blobs   blob.Store
+	comfy   ComfyUI
+	fleet   Heartbeats
+	log     *zap.Logger
+	s3      *s3.Store   // the configured S3 store, nil without one
+	inputs  *ssrf.Guard // input URLs
+	s3Guard *ssrf.Guard // the endpoints of jobs' s3Config
+	warmup  []byte
 
 	mu       sync.Mutex
 	stopping context.CancelFunc // stops pulling
@@ -403,7 +400,6 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		batchWaiting: make(chan struct{}, 1),
 		active:       map[string]*jobRef{},
 		aliveCh:      make(chan struct{}),
-		comfyURL:     d.ComfyUI.BaseURL(),
 	}
 	w.inputs, _ = inputGuard(cfg, d.InputTLS)
 	w.s3Guard, _ = s3ConfigGuard(cfg, d.S3ConfigTLS)

@@ -540,7 +540,9 @@ func sentinelOf(code string) error {
 }
 
 // translate is the operator's store's: the sentinel and the service's
-// message.
+// message. A request that got no answer is said by its class alone
+// (ssrf.AddressFree): the SDK's text names the endpoint's URL, and these
+// errors reach a job's submitter.
 func translate(op, key string, err error) error {
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
@@ -551,6 +553,10 @@ func translate(op, key string, err error) error {
 			}
 			return fmt.Errorf("%s %s: %w: %s", op, key, sentinel, msg)
 		}
+	}
+	var re interface{ HTTPStatusCode() int }
+	if !errors.As(err, &re) || re.HTTPStatusCode() == 0 {
+		return fmt.Errorf("%s %s: %w", op, key, ssrf.WithoutAddresses(err))
 	}
 	return fmt.Errorf("%s %s: %w", op, key, err)
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -159,6 +160,24 @@ func TestErrorsAreTranslated(t *testing.T) {
 	_, err = st.Put(ctx(t), "x", "", strings.NewReader("x"))
 	require.ErrorIs(t, err, blob.ErrDenied)
 	require.NotContains(t, err.Error(), "wrong-secret")
+}
+
+// An endpoint that does not answer is named in no error: they reach a
+// job's submitter.
+func TestUnreachableEndpointIsNotNamed(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	st, err := s3.New(s3.Config{Endpoint: "http://" + addr, Bucket: "b", AccessKeyID: "a", SecretAccessKey: "s", MaxAttempts: 1})
+	require.NoError(t, err)
+	_, err = st.Put(ctx(t), "out/x", "", strings.NewReader("x"))
+	require.ErrorContains(t, err, "connection refused")
+	require.NotContains(t, err.Error(), addr)
+	_, _, err = st.Get(ctx(t), "out/x")
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), addr)
 }
 
 func TestPublicBaseURL(t *testing.T) {
