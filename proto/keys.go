@@ -14,6 +14,7 @@ const (
 	webhookKeyPrefix  = "cf:webhook:"
 	batchKeyPrefix    = "cf:batch:"
 	streamKeyPrefix   = "cf:stream:"
+	rpAliveKeyPrefix  = "cf:rpalive:"
 
 	// StatsKey is a hash of fleet-wide counters: jobs that reached each
 	// terminal status (by status name), RETRIED, DUPLICATE (submissions
@@ -68,3 +69,10 @@ func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
 // StreamCursorKey is the Redis key of a job's /stream cursor: the sequence
 // of the last event RunPod's /stream handed out for it.
 func StreamCursorKey(jobID string) string { return streamKeyPrefix + jobID }
+
+// RunPodAliveKey is the Redis key of the last time (Unix milliseconds) the
+// main process of a RunPod worker (the runpod-adapter's job-take host)
+// showed life: a job-stop poll held open, a take, a post. Made by the
+// worker's first job-stop poll; a worker that never polls job-stop has
+// none.
+func RunPodAliveKey(workerID string) string { return rpAliveKeyPrefix + workerID }

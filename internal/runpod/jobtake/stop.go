@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 )
@@ -18,66 +20,135 @@ const stopPoll = time.Second
 
 // handleStop serves the worker's job-stop long-poll (§A.11): it answers
 // {"jobsToStop": [...]} with the jobs leased to the worker that ended in
-// the fleet meanwhile (cancelled, timed out), or 204 after StopHold. A
-// stopped job posts nothing more, so the host settles it here.
+// the fleet meanwhile (cancelled) or ran past their execution timeout
+// (then ended TIMED_OUT here), or 204 after StopHold. A poll under a
+// shared name (see literal) hears every stop of the jobs taken under it.
+//
+// The poll is the SDK's main process asking, so while it is open the
+// worker's main process is alive: the poll marks it so (see
+// Config.LivenessTimeout), and while the worker holds jobs it is held
+// past StopHold, until a stop, or until the worker gives it up (the SDK
+// at 90 s, or at once when its process dies). A synchronous handler
+// blocks the SDK's event loop, so that no new poll could come while it
+// runs; the open one stands for it.
 func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 	raw, _ := params(r, r.PathValue("worker"))
 	wid := workerID(raw)
+	shared := literal(raw)
+	if shared {
+		h.warnLiteral(raw)
+	}
 	ctx := r.Context()
-	deadline := time.NewTimer(h.cfg.StopHold)
-	defer deadline.Stop()
-	poll := time.NewTicker(stopPoll)
+	h.markAlive(ctx, wid, true)
+	marked := time.Now()
+	hold := time.NewTimer(h.cfg.StopHold)
+	defer hold.Stop()
+	held := false // StopHold ran out
+	poll := time.NewTicker(min(stopPoll, h.cfg.LivenessTimeout/3))
 	defer poll.Stop()
+	_, seen := h.cancelSignal()
 	for {
-		signal := h.cancelSignal()
-		ids, err := h.ended(ctx, wid)
+		signal, _ := h.cancelSignal()
+		ids, holding, err := h.ended(ctx, wid)
 		if err != nil {
 			h.unavailable(w, "read held jobs", err)
 			return
+		}
+		if shared {
+			var recent []string
+			recent, seen = h.cancelsSince(seen)
+			ids = h.sharedStops(ctx, wid, ids, recent)
 		}
 		if len(ids) > 0 {
 			runpod.WriteJSON(w, http.StatusOK, map[string][]string{"jobsToStop": ids})
 			return
 		}
+		if held && holding == 0 {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if time.Since(marked) >= h.cfg.LivenessTimeout/3 {
+			h.markAlive(ctx, wid, true)
+			marked = time.Now()
+		}
 		select {
 		case <-signal:
 		case <-poll.C:
-		case <-deadline.C:
-			w.WriteHeader(http.StatusNoContent)
-			return
+		case <-hold.C:
+			held = true
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
+// sharedStops adds to ids the jobs of the fleet cancels heard during the
+// poll of a shared name (a template's unreplaced variable: every worker
+// of that template polls under it) that were taken under that name:
+// another poll under the name may have settled them first, and every
+// worker under it must hear the stop, so that the one that runs the job
+// stops it (the SDK ignores the ids it does not run).
+func (h *Host) sharedStops(ctx context.Context, wid string, ids, recent []string) []string {
+	for _, id := range recent {
+		if slices.Contains(ids, id) {
+			continue
+		}
+		rec, err := h.core.Get(ctx, id)
+		if err == nil && rec.WorkerID == wid && rec.Status.Terminal() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // ended lists the jobs leased to a worker whose records went terminal
-// (cancelled while it ran them), and settles them: their deliveries acked,
-// their leases released.
-func (h *Host) ended(ctx context.Context, wid string) ([]string, error) {
+// (cancelled while it ran them) or that ran past their execution timeout
+// (those end TIMED_OUT here), and settles them: their deliveries acked,
+// their leases released. holding is how many jobs the worker still holds.
+func (h *Host) ended(ctx context.Context, wid string) (ids []string, holding int, err error) {
 	held, err := h.core.Held(ctx, wid)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	ids := []string{}
+	ids = []string{}
 	for _, id := range held {
 		cl, err := h.core.Resume(ctx, id)
 		if errors.Is(err, rdb.ErrLeaseLost) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if cl.WorkerID != wid {
 			continue
 		}
 		rec, err := h.core.Get(ctx, id)
-		if err != nil || !rec.Status.Terminal() || rec.Attempt != cl.Attempt {
+		if err != nil || rec.Attempt != cl.Attempt {
 			continue
 		}
-		h.core.Cancelled(ctx, cl)
-		h.log.Info("stopping job on its RunPod worker", zap.String("job_id", id), zap.String("worker_id", wid), zap.String("status", string(rec.Status)))
-		ids = append(ids, id)
+		log := h.log.With(zap.String("job_id", id), zap.String("worker_id", wid), zap.Int("attempt", cl.Attempt))
+		switch {
+		case rec.Status.Terminal():
+			h.core.Cancelled(ctx, cl)
+			log.Info("stopping job on its RunPod worker", zap.String("status", string(rec.Status)))
+			ids = append(ids, id)
+		case overdue(cl):
+			err := h.timeOut(context.WithoutCancel(ctx), cl)
+			if err != nil && !errors.Is(err, lifecycle.ErrEnded) {
+				log.Warn("time out job", zap.Error(err))
+				holding++
+				continue
+			}
+			if literal(cl.Taker) {
+				// Every poll under the shared name hears it as a cancel.
+				if err := h.q.PublishCancel(id); err != nil {
+					log.Warn("tell the stop of a timed-out job", zap.Error(err))
+				}
+			}
+			ids = append(ids, id)
+		default:
+			holding++
+		}
 	}
-	return ids, nil
+	return ids, holding, nil
 }
