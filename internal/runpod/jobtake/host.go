@@ -166,7 +166,7 @@ type Host struct {
 	mu          sync.Mutex
 	lanes       *queue.Lanes
 	cancelled   chan struct{} // closed and replaced at every fleet cancel
-	cancels     []string      // the last fleet cancels' job ids, newest last
+	cancels     []heardCancel // the last fleet cancels, newest last
 	cancelSeq   uint64        // how many fleet cancels this host heard
 	stopCancels func()
 
@@ -285,9 +285,15 @@ func (h *Host) Stop() {
 // the job-stop polls of shared names.
 const keptCancels = 256
 
+// heardCancel is a fleet cancel as a host heard it.
+type heardCancel struct {
+	jobID string
+	at    time.Time
+}
+
 func (h *Host) broadcastCancel(jobID string) {
 	h.mu.Lock()
-	h.cancels = append(h.cancels, jobID)
+	h.cancels = append(h.cancels, heardCancel{jobID, time.Now()})
 	if len(h.cancels) > keptCancels {
 		h.cancels = h.cancels[len(h.cancels)-keptCancels:]
 	}
@@ -305,13 +311,24 @@ func (h *Host) cancelSignal() (signal <-chan struct{}, seq uint64) {
 	return h.cancelled, h.cancelSeq
 }
 
-// cancelsSince lists the job ids of the fleet cancels heard after the
-// first seq ones (as many as are kept), and the count now.
-func (h *Host) cancelsSince(seq uint64) ([]string, uint64) {
+// cancelsSince lists the fleet cancels heard after the first seq ones
+// (as many as are kept), and the count now.
+func (h *Host) cancelsSince(seq uint64) ([]heardCancel, uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n := min(h.cancelSeq-seq, uint64(len(h.cancels)))
-	return append([]string(nil), h.cancels[uint64(len(h.cancels))-n:]...), h.cancelSeq
+	return append([]heardCancel(nil), h.cancels[uint64(len(h.cancels))-n:]...), h.cancelSeq
+}
+
+// cancelsFrom is the count of fleet cancels heard before since.
+func (h *Host) cancelsFrom(since time.Time) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := uint64(0)
+	for i := len(h.cancels) - 1; i >= 0 && !h.cancels[i].at.Before(since); i-- {
+		n++
+	}
+	return h.cancelSeq - n
 }
 
 // params reads a request's parameters from its query and, for a template

@@ -18,6 +18,13 @@ import (
 // waking on every fleet cancel.
 const stopPoll = time.Second
 
+// A job-stop poll under a shared name hears the fleet cancels of the
+// sharedLookback before it, after it has been open for sharedRetell.
+const (
+	sharedLookback = 3 * time.Second
+	sharedRetell   = 500 * time.Millisecond
+)
+
 // handleStop serves the worker's job-stop long-poll (§A.11): it answers
 // {"jobsToStop": [...]} with the jobs leased to the worker that ended in
 // the fleet meanwhile (cancelled) or ran past their execution timeout
@@ -44,9 +51,14 @@ func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 	hold := time.NewTimer(h.cfg.StopHold)
 	defer hold.Stop()
 	held := false // StopHold ran out
-	poll := time.NewTicker(min(stopPoll, h.cfg.LivenessTimeout/3))
+	poll := time.NewTicker(min(stopPoll, h.cfg.LivenessTimeout/3, sharedRetell))
 	defer poll.Stop()
-	_, seen := h.cancelSignal()
+	start := time.Now()
+	// A poll under a shared name also hears the cancels of the moments
+	// before it began: the worker that runs the job may be between polls
+	// when it is cancelled, and another poll may settle the job first.
+	seen := h.cancelsFrom(start.Add(-sharedLookback))
+	var early []heardCancel
 	for {
 		signal, _ := h.cancelSignal()
 		ids, holding, err := h.ended(ctx, wid)
@@ -55,8 +67,24 @@ func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if shared {
-			var recent []string
+			var recent []heardCancel
 			recent, seen = h.cancelsSince(seen)
+			recent = append(early, recent...)
+			early = nil
+			if time.Since(start) < sharedRetell {
+				// Heard before this poll: told after a pause, so that a
+				// worker told already, which polls again at once, is not
+				// told again and again.
+				var now []heardCancel
+				for _, c := range recent {
+					if c.at.Before(start) {
+						early = append(early, c)
+					} else {
+						now = append(now, c)
+					}
+				}
+				recent = now
+			}
 			ids = h.sharedStops(ctx, wid, ids, recent)
 		}
 		if len(ids) > 0 {
@@ -88,8 +116,9 @@ func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 // another poll under the name may have settled them first, and every
 // worker under it must hear the stop, so that the one that runs the job
 // stops it (the SDK ignores the ids it does not run).
-func (h *Host) sharedStops(ctx context.Context, wid string, ids, recent []string) []string {
-	for _, id := range recent {
+func (h *Host) sharedStops(ctx context.Context, wid string, ids []string, recent []heardCancel) []string {
+	for _, c := range recent {
+		id := c.jobID
 		if slices.Contains(ids, id) {
 			continue
 		}
