@@ -70,9 +70,9 @@ func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
 // of the last event RunPod's /stream handed out for it.
 func StreamCursorKey(jobID string) string { return streamKeyPrefix + jobID }
 
-// RunPodAliveKey is the Redis key of the last time (Unix milliseconds) the
-// main process of a RunPod worker (the runpod-adapter's job-take host)
-// showed life: a job-stop poll held open, a take, a post. Made by the
-// worker's first job-stop poll; a worker that never polls job-stop has
-// none.
+// RunPodAliveKey is the Redis key of the time (Unix milliseconds) from
+// which a RunPod worker's pings alone count down JOB_TAKE_LIVENESS (the
+// runpod-adapter's job-take host): now while its job-stop poll is open,
+// ahead of now after the host answered one. Made by the worker's first
+// job-stop poll; a worker that never polls job-stop has none.
 func RunPodAliveKey(workerID string) string { return rpAliveKeyPrefix + workerID }

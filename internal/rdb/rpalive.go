@@ -16,9 +16,9 @@ import (
 // renewal: a day, far past any lease.
 const aliveKeep = 24 * time.Hour
 
-// MarkAlive records that the main process of RunPod worker id showed life
-// at the time at. With create false only an existing mark is moved on (a
-// worker that never polled job-stop keeps having none).
+// MarkAlive sets the mark of RunPod worker id (proto.RunPodAliveKey) to
+// at. With create false only an existing mark is moved (a worker that
+// never polled job-stop keeps having none).
 func (db *DB) MarkAlive(ctx context.Context, id string, at time.Time, create bool) error {
 	key := db.key(proto.RunPodAliveKey(id))
 	v := strconv.FormatInt(at.UnixMilli(), 10)

@@ -333,6 +333,13 @@ func TestSDKOrphanedPingProcess(t *testing.T) {
 
 	id := s.run(t, `{"sleep":120,"sleep_on":"pod-1","output":"second time"}`, "")
 	s.Fleet.WaitStatus(t, id, proto.StatusInProgress)
+	// Killed while its job-stop poll is open, as it is nearly always (it
+	// is between polls for a second after an answer that names no job).
+	require.Eventually(t, func() bool {
+		at, ok, err := s.Fleet.DB.LastAlive(context.Background(), "pod-1")
+		require.NoError(t, err)
+		return ok && !at.After(time.Now())
+	}, 20*time.Second, 10*time.Millisecond, "pod-1 polls job-stop")
 	w.killMain()
 	killed := time.Now()
 	rec = s.Fleet.WaitStatus(t, id, proto.StatusInQueue)

@@ -51,10 +51,11 @@ type Config struct {
 	// to stop it on job-stop; a result posted later is dropped.
 	ExecutionTimeout time.Duration
 	// LivenessTimeout is how long a RunPod worker's pings alone keep its
-	// jobs once its main process stopped showing life (no job-stop poll
-	// held open, no take, no post). The ping comes from a child process of
-	// the SDK that outlives a killed main process; a worker that never
-	// polled job-stop (an older SDK) is exempt. 0 means LeaseTimeout.
+	// jobs once it gave its job-stop poll up (its main process died: the
+	// connection closed) without polling again; see handleStop. The ping
+	// comes from a child process of the SDK that outlives a killed main
+	// process; a worker that never polled job-stop (an older SDK) is
+	// exempt. 0 means LeaseTimeout.
 	LivenessTimeout time.Duration
 	// RefusalDelay is how long the answer to a request with a wrong or
 	// missing worker key is held before its 401: the SDK's take loop asks
@@ -169,8 +170,10 @@ type Host struct {
 	cancels     []heardCancel // the last fleet cancels, newest last
 	cancelSeq   uint64        // how many fleet cancels this host heard
 	stopCancels func()
+	draining    chan struct{} // closed by Drain
 
 	literalOnce sync.Once
+	drainOnce   sync.Once
 }
 
 // New builds a host.
@@ -187,7 +190,7 @@ func New(cfg Config, d Deps) (*Host, error) {
 	}
 	h := &Host{
 		cfg: cfg.withDefaults(), q: d.Queue, core: d.Core, blobs: d.Blobs,
-		fleet: d.Fleet, log: log.Named("jobtake"), cancelled: make(chan struct{}),
+		fleet: d.Fleet, log: log.Named("jobtake"), cancelled: make(chan struct{}), draining: make(chan struct{}),
 	}
 	h.guard, _ = auth.NewGuard(cfg.Keys, cfg.AllowedOrigins) // checked by Validate
 	h.mux = http.NewServeMux()
@@ -290,6 +293,15 @@ type heardCancel struct {
 	jobID string
 	at    time.Time
 }
+
+// Drain answers the held job-stop polls at once (204), and every later
+// one without holding it: call it when the server starts shutting down
+// (http.Server.RegisterOnShutdown), so that the polls of workers that
+// hold jobs, held for as long as the jobs run, do not hold the shutdown.
+// Their workers keep their jobs and poll another replica. Idempotent.
+func (h *Host) Drain() { h.drainOnce.Do(func() { close(h.draining) }) }
+
+func (h *Host) drainSignal() <-chan struct{} { return h.draining }
 
 func (h *Host) broadcastCancel(jobID string) {
 	h.mu.Lock()

@@ -226,3 +226,61 @@ func TestWrongKeyIsRefusedSlowly(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainAnswersHeldStops: a job-stop poll held because its worker
+// holds a job is answered 204 at once when the host drains (shutdown),
+// and the worker keeps its job.
+func TestDrainAnswersHeldStops(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1, func(c *jobtake.Config) { c.StopHold = 300 * time.Millisecond })
+	id := b.run(t, `"mock_return":1`)
+	b.fleet.WaitStatus(t, id, proto.StatusInQueue)
+	require.Equal(t, id, b.takeAs(t, "w1"))
+	answered := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", b.url+"/v2/ep1/job-stop/w1?gpu=TEST", nil)
+		req.Header.Set("Authorization", workerKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	b.pinger(t, "w1", id, 200*time.Millisecond)
+	select {
+	case code := <-answered:
+		t.Fatalf("a stop poll of a worker that holds a job was answered %d before the drain", code)
+	case <-time.After(time.Second):
+	}
+	b.hosts[0].Drain()
+	require.Equal(t, http.StatusNoContent, <-answered)
+	rec, err := b.fleet.DB.Get(context.Background(), id)
+	require.NoError(t, err)
+	require.Equal(t, proto.StatusInProgress, rec.Status, "the worker keeps its job")
+}
+
+// TestBlockedLoopKeepsItsJob: a synchronous handler blocks the SDK's
+// event loop, so that its job-stop loop cannot poll again while the job
+// runs. A worker whose poll was answered (204, no job held) and that took
+// a job before polling again keeps that job by its pings alone.
+func TestBlockedLoopKeepsItsJob(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 1, func(c *jobtake.Config) { c.LeaseTimeout = time.Second; c.StopHold = 200 * time.Millisecond })
+	ctx := context.Background()
+	code, _, _ := b.raw(t, "GET", "/v2/ep1/job-stop/w1?gpu=TEST", "")
+	require.Equal(t, http.StatusNoContent, code, "nothing held: answered after the hold")
+	id := b.run(t, `"mock_return":1`)
+	b.fleet.WaitStatus(t, id, proto.StatusInQueue)
+	require.Equal(t, id, b.takeAs(t, "w1"), "taken in the second between two polls")
+	b.pinger(t, "w1", id, 200*time.Millisecond)
+	until := time.Now().Add(5 * time.Second) // past the second after the poll, a liveness timeout and a lease
+	for time.Now().Before(until) {
+		rec := b.fleet.WaitStatus(t, id, proto.StatusInProgress)
+		require.Equal(t, 1, rec.Attempt, "kept by its pings")
+	}
+	rec, err := b.fleet.DB.Get(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, [2]any{proto.StatusInProgress, 0}, [2]any{rec.Status, rec.Retries})
+}

@@ -101,11 +101,6 @@ func (h *Host) holder(w http.ResponseWriter, r *http.Request, progress bool) (*l
 		runpod.WriteError(w, http.StatusBadRequest, "job id: "+err.Error())
 		return nil, false
 	}
-	if !literal(name) {
-		// A post is the main process's doing (or its progress thread's):
-		// a sign of life.
-		h.markAlive(r.Context(), workerID(name), false)
-	}
 	cl, err := h.core.Resume(r.Context(), id)
 	if err != nil && !errors.Is(err, rdb.ErrLeaseLost) {
 		h.unavailable(w, "read lease", err)

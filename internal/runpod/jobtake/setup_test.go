@@ -22,6 +22,7 @@ type bundle struct {
 	fleet *runpodtest.Fleet
 	url   string
 	rec   *runpodtest.Recorder
+	hosts []*jobtake.Host
 }
 
 const workerKey = runpodtest.WorkerKey
@@ -34,7 +35,7 @@ func setup(t *testing.T, replicas int, edit func(*jobtake.Config)) *bundle {
 		edit(&cfg)
 	}
 	a := runpodtest.StartAdapter(t, replicas, cfg)
-	return &bundle{fleet: a.Fleet, url: a.URL, rec: a.Rec}
+	return &bundle{fleet: a.Fleet, url: a.URL, rec: a.Rec, hosts: a.Hosts}
 }
 
 // worker starts a mock RunPod worker against the bundle, with the

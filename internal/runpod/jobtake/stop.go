@@ -32,12 +32,17 @@ const (
 // shared name (see literal) hears every stop of the jobs taken under it.
 //
 // The poll is the SDK's main process asking, so while it is open the
-// worker's main process is alive: the poll marks it so (see
-// Config.LivenessTimeout), and while the worker holds jobs it is held
-// past StopHold, until a stop, or until the worker gives it up (the SDK
-// at 90 s, or at once when its process dies). A synchronous handler
-// blocks the SDK's event loop, so that no new poll could come while it
-// runs; the open one stands for it.
+// worker's main process is alive, and the poll marks it so (see
+// Config.LivenessTimeout); while the worker holds jobs it is held past
+// StopHold, until a stop, the host's Drain, or until the worker gives it
+// up (the SDK at 90 s, then it polls again at once; or when its process
+// dies: the connection closes). A synchronous handler blocks the SDK's
+// event loop, so that no new poll can come while it runs: a poll the
+// host answered keeps the worker alive until its next one when the
+// worker still holds jobs (or takes one before it polls again), else for
+// the SDK's second between polls. A poll the worker gave up starts
+// LivenessTimeout: without a new poll, the worker's pings keep nothing
+// after it.
 func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 	raw, _ := params(r, r.PathValue("worker"))
 	wid := workerID(raw)
@@ -46,8 +51,19 @@ func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 		h.warnLiteral(raw)
 	}
 	ctx := r.Context()
-	h.markAlive(ctx, wid, true)
 	marked := time.Now()
+	h.markAlive(ctx, wid, marked)
+	// trust is how long the worker counts as alive after the host
+	// answered; 0 while unanswered.
+	var trust time.Duration
+	defer func() {
+		if trust > 0 {
+			h.markAlive(ctx, wid, time.Now().Add(trust))
+		} else {
+			h.markAlive(ctx, wid, time.Now()) // given up by the worker
+		}
+	}()
+	drain := h.drainSignal()
 	hold := time.NewTimer(h.cfg.StopHold)
 	defer hold.Stop()
 	held := false // StopHold ran out
@@ -88,22 +104,31 @@ func (h *Host) handleStop(w http.ResponseWriter, r *http.Request) {
 			ids = h.sharedStops(ctx, wid, ids, recent)
 		}
 		if len(ids) > 0 {
+			trust = repollGrace
+			if holding > 0 {
+				trust = blockedTrust
+			}
 			runpod.WriteJSON(w, http.StatusOK, map[string][]string{"jobsToStop": ids})
 			return
 		}
 		if held && holding == 0 {
+			trust = repollGrace
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
 		if time.Since(marked) >= h.cfg.LivenessTimeout/3 {
-			h.markAlive(ctx, wid, true)
 			marked = time.Now()
+			h.markAlive(ctx, wid, marked)
 		}
 		select {
 		case <-signal:
 		case <-poll.C:
 		case <-hold.C:
 			held = true
+		case <-drain:
+			trust = blockedTrust
+			w.WriteHeader(http.StatusNoContent)
+			return
 		case <-ctx.Done():
 			return
 		}

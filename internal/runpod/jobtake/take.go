@@ -70,9 +70,10 @@ func (h *Host) handleTake(w http.ResponseWriter, r *http.Request) {
 	if literal(raw) {
 		h.warnLiteral(raw)
 	} else {
-		// A take is the main process's doing: a sign of life.
-		h.markAlive(ctx, wid, false)
 		h.beat(ctx, wid, len(jobs) > 0 || q.Get("job_in_progress") == "1", "")
+		if len(jobs) > 0 {
+			h.trustRepoll(ctx, wid)
+		}
 	}
 	if len(jobs) == 0 {
 		w.WriteHeader(http.StatusNoContent)
@@ -145,20 +146,47 @@ func (h *Host) timeOut(ctx context.Context, cl *lifecycle.Claim) error {
 	return err
 }
 
-// markAlive records a sign of life of a worker's main process (create:
-// the first job-stop poll makes the mark; other signs only move it on).
-func (h *Host) markAlive(ctx context.Context, wid string, create bool) {
+// After the host answers a worker's job-stop poll, the SDK polls again
+// at once, or after a second when the answer named no job. repollGrace
+// covers that; blockedTrust is how far ahead the mark is put when the
+// worker's next poll may be held back for as long as a synchronous
+// handler blocks the SDK's event loop: a job taken in that second, or
+// jobs still held after a stop.
+const (
+	repollGrace  = 2 * time.Second
+	blockedTrust = 12 * time.Hour
+)
+
+// markAlive records the state of a worker's job-stop poll (see
+// handleStop): at is the time from which its pings count down
+// LivenessTimeout.
+func (h *Host) markAlive(ctx context.Context, wid string, at time.Time) {
 	if h.fleet == nil {
 		return
 	}
-	if err := h.fleet.MarkAlive(context.WithoutCancel(ctx), wid, time.Now(), create); err != nil {
+	if err := h.fleet.MarkAlive(context.WithoutCancel(ctx), wid, at, true); err != nil {
 		h.log.Debug("mark RunPod worker alive", zap.String("worker_id", wid), zap.Error(err))
 	}
 }
 
-// liveness reports whether a worker's main process showed life within
-// LivenessTimeout (live), and whether it polls job-stop at all (polls).
-// A worker that never polled job-stop (an older SDK, whose pings are all
+// trustRepoll keeps a worker alive until its next job-stop poll when the
+// SDK is between polls (the host answered the last one): a job it just
+// took may block its event loop at once.
+func (h *Host) trustRepoll(ctx context.Context, wid string) {
+	if h.fleet == nil {
+		return
+	}
+	at, ok, err := h.fleet.LastAlive(ctx, wid)
+	if err == nil && ok && at.After(time.Now()) {
+		h.markAlive(ctx, wid, time.Now().Add(blockedTrust))
+	}
+}
+
+// liveness reports whether a worker's main process is taken to be alive
+// (live): its job-stop poll is open, or was answered by the host and not
+// followed by another yet, or was given up by the worker less than
+// LivenessTimeout ago; and whether it polls job-stop at all (polls). A
+// worker that never polled job-stop (an older SDK, whose pings are all
 // there is) counts as live. On a Redis error it answers live: a lease is
 // kept rather than lost to an outage.
 func (h *Host) liveness(ctx context.Context, wid string) (live, polls bool) {

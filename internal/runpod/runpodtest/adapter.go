@@ -31,6 +31,8 @@ type Adapter struct {
 	URL string
 	// Rec records every request through the front.
 	Rec *Recorder
+	// Hosts are the replicas' job-take hosts.
+	Hosts []*jobtake.Host
 }
 
 // StartAdapter starts a fleet and replicas adapters on it with the
@@ -47,6 +49,7 @@ func StartAdapter(t testing.TB, replicas int, cfg jobtake.Config) *Adapter {
 	}
 	f.StartSweeper(t, lifecycle.SweeperConfig{Every: 100 * time.Millisecond})
 	var backends []string
+	var hosts []*jobtake.Host
 	for range replicas {
 		q, core := f.ReplicaCore(t)
 		log := zaptest.NewLogger(t)
@@ -63,9 +66,9 @@ func StartAdapter(t testing.TB, replicas int, cfg jobtake.Config) *Adapter {
 		host.Register(mux)
 		srv := httptest.NewServer(mux)
 		t.Cleanup(func() { srv.Close(); host.Stop() })
-		backends = append(backends, srv.URL)
+		backends, hosts = append(backends, srv.URL), append(hosts, host)
 	}
-	a := &Adapter{Fleet: f, Rec: NewRecorder(balancer(backends))}
+	a := &Adapter{Fleet: f, Rec: NewRecorder(balancer(backends)), Hosts: hosts}
 	srv := httptest.NewServer(a.Rec)
 	t.Cleanup(srv.Close)
 	a.URL = srv.URL
