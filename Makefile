@@ -5,11 +5,12 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: test dev vet lint fuzz build chaos bench
 
-## test: start a Redis when none answers, install versitygw (S3 tests) when missing, vet and staticcheck, then run every test with the race detector
+## test: start a Redis when none answers, install versitygw (S3 tests) when missing, make the pinned Python venv of test/python when missing or stale, vet and staticcheck, then run every test with the race detector (the Python peers' tests included)
 test: lint
 	./scripts/ensure-redis.sh
 	GO=$(GO) ./scripts/ensure-versitygw.sh
-	$(GO) test -race -count=1 -timeout 15m ./...
+	./scripts/ensure-pyenv.sh
+	COMFYFLEET_PYTHON=$(CURDIR)/test/python/.venv/bin/python $(GO) test -race -count=1 -timeout 15m ./...
 	cd test/node && npm ci --no-audit --no-fund && npm test
 
 ## chaos: the fault-injection suite alone, verbose, with the jobs counted in and out in its log (make test runs it too)

@@ -15,6 +15,7 @@ const (
 	batchKeyPrefix    = "cf:batch:"
 	streamKeyPrefix   = "cf:stream:"
 	previewKeyPrefix  = "cf:streampv:"
+	rpAliveKeyPrefix  = "cf:rpalive:"
 
 	// StatsKey is a hash of fleet-wide counters: jobs that reached each
 	// terminal status (by status name), RETRIED, DUPLICATE (submissions
@@ -73,3 +74,10 @@ func StreamCursorKey(jobID string) string { return streamKeyPrefix + jobID }
 // PreviewCursorKey is the Redis key of a job's /stream preview cursor: the
 // sequence, in the preview stream, of the last preview /stream handed out.
 func PreviewCursorKey(jobID string) string { return previewKeyPrefix + jobID }
+
+// RunPodAliveKey is the Redis key of the time (Unix milliseconds) from
+// which a RunPod worker's pings alone count down JOB_TAKE_LIVENESS (the
+// runpod-adapter's job-take host): now while its job-stop poll is open,
+// ahead of now after the host answered one. Made by the worker's first
+// job-stop poll; a worker that never polls job-stop has none.
+func RunPodAliveKey(workerID string) string { return rpAliveKeyPrefix + workerID }

@@ -68,6 +68,9 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 	fs.Duration(&c.Take.TakeHold, "job-take-hold", "JOB_TAKE_HOLD", 20*time.Second, "how long an empty job-take is held before 204 (under 90s)")
 	fs.Duration(&c.Take.StopHold, "job-stop-hold", "JOB_STOP_HOLD", 20*time.Second, "how long an empty job-stop poll is held (under 90s)")
 	fs.Duration(&c.Take.LeaseTimeout, "job-take-lease", "JOB_TAKE_LEASE", 30*time.Second, "a job its RunPod worker has not named in a ping for this long goes back on the queue")
+	fs.Duration(&c.Take.ExecutionTimeout, "job-take-execution-timeout", "JOB_TAKE_EXECUTION_TIMEOUT", 10*time.Minute, "how long a RunPod worker's job may run when its policy.executionTimeout is unset; then it ends TIMED_OUT and the worker is told on job-stop")
+	fs.Duration(&c.Take.LivenessTimeout, "job-take-liveness", "JOB_TAKE_LIVENESS", 0, "how long a RunPod worker's pings alone keep its jobs once it gave its job-stop poll up (its main process died) without polling again; 0: JOB_TAKE_LEASE")
+	fs.Duration(&c.Take.RefusalDelay, "job-take-refusal-delay", "JOB_TAKE_REFUSAL_DELAY", 5*time.Second, "how long a job-take route holds its 401 to a wrong worker key, so that the SDK's loops back off")
 
 	// serverless mode: the variables RunPod sets in a worker container
 	fs.String(&c.Serverless.GetJobURL, "runpod-webhook-get-job", "RUNPOD_WEBHOOK_GET_JOB", "", "RunPod's job-take URL template; set = serverless mode")
@@ -209,6 +212,11 @@ func (a *Adapter) Start(ctx context.Context) error {
 		}
 		a.addr = ln.Addr().String()
 		a.srv = &http.Server{Handler: a.mux, ReadHeaderTimeout: 10 * time.Second}
+		if a.host != nil {
+			// The job-stop polls of workers that hold jobs are held as
+			// long as the jobs run: they end when the shutdown begins.
+			a.srv.RegisterOnShutdown(a.host.Drain)
+		}
 		a.served = make(chan error, 1)
 		go func() { a.served <- a.srv.Serve(ln) }()
 		a.log.Info("runpod-adapter listening", zap.String("addr", a.addr),

@@ -54,7 +54,8 @@ var apart = map[string]string{
 	"internal/blob/blobtest":       "base",
 	"internal/metrics/metricstest": "base",
 	"internal/blob/s3/s3test":      "adapters",
-	"internal/runpod/runpodtest":   "read models", // fakes around the RunPod role, on what is below it
+	"internal/runpod/runpodtest":   "roles", // fakes around the RunPod role, and the role's adapter assembled for tests
+	"test/python":                  "dev",   // the real Python peers, driven from Go tests
 	"internal/chaos":               "contract",
 	"deploy":                       "base",
 }

@@ -8,9 +8,12 @@
 // as a gpuworker's: the host takes the job message from the pool's lanes
 // (interactive first), Claims it in Redis for the worker (a new attempt),
 // keeps the message's lease alive with InProgress while the worker's pings
-// name the job, Finishes it fenced by that attempt when the worker posts
-// job-done, and gives it back (Requeue and NAK) when the worker stops
-// naming it for LeaseTimeout. Cancels reach the worker on job-stop.
+// name the job and its main process shows life (its job-stop poll, held
+// open while it holds jobs, a take, a post: the SDK's ping process
+// outlives a killed main process), Finishes it fenced by that attempt
+// when the worker posts job-done, ends it TIMED_OUT past its execution
+// timeout, and gives it back (Requeue and NAK) when its lease lapses.
+// Cancels and timeouts reach the worker on job-stop.
 //
 // The host keeps no state in its process: the lease of every taken job
 // (its attempt and the message's ack subject) lives in Redis, and acks,

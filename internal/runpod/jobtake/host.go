@@ -45,6 +45,23 @@ type Config struct {
 	// sweeper gives it back to the queue; 0 means 30 s (three of RunPod's
 	// default 10 s pings).
 	LeaseTimeout time.Duration
+	// ExecutionTimeout bounds a job whose policy.executionTimeout is unset,
+	// as RunPod's endpoint setting does; 0 means 10 minutes (RunPod's
+	// default). Past its bound a job ends TIMED_OUT and its worker is told
+	// to stop it on job-stop; a result posted later is dropped.
+	ExecutionTimeout time.Duration
+	// LivenessTimeout is how long a RunPod worker's pings alone keep its
+	// jobs once it gave its job-stop poll up (its main process died: the
+	// connection closed) without polling again; see handleStop. The ping
+	// comes from a child process of the SDK that outlives a killed main
+	// process; a worker that never polled job-stop (an older SDK) is
+	// exempt. 0 means LeaseTimeout.
+	LivenessTimeout time.Duration
+	// RefusalDelay is how long the answer to a request with a wrong or
+	// missing worker key is held before its 401: the SDK's take loop asks
+	// again at once after an error, and this makes it back off. 0 means
+	// 5 s.
+	RefusalDelay time.Duration
 	// MaxBatch caps job-take-batch's batch_size; 0 means 16.
 	MaxBatch int
 	// MaxResult caps a job-done body; 0 means 64 MB.
@@ -64,7 +81,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("pool: %w", err)
 		}
 	}
-	for name, d := range map[string]time.Duration{"take hold": c.TakeHold, "stop hold": c.StopHold, "ack wait": c.AckWait, "lease timeout": c.LeaseTimeout} {
+	for name, d := range map[string]time.Duration{"take hold": c.TakeHold, "stop hold": c.StopHold, "ack wait": c.AckWait, "lease timeout": c.LeaseTimeout,
+		"execution timeout": c.ExecutionTimeout, "liveness timeout": c.LivenessTimeout, "refusal delay": c.RefusalDelay} {
 		if d < 0 {
 			return fmt.Errorf("%s %s is negative", name, d)
 		}
@@ -94,6 +112,15 @@ func (c Config) withDefaults() Config {
 	if c.LeaseTimeout == 0 {
 		c.LeaseTimeout = 30 * time.Second
 	}
+	if c.ExecutionTimeout == 0 {
+		c.ExecutionTimeout = 10 * time.Minute
+	}
+	if c.LivenessTimeout == 0 {
+		c.LivenessTimeout = c.LeaseTimeout
+	}
+	if c.RefusalDelay == 0 {
+		c.RefusalDelay = 5 * time.Second
+	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 16
 	}
@@ -104,9 +131,12 @@ func (c Config) withDefaults() Config {
 }
 
 // Heartbeats is where RunPod workers are announced (rdb.DB), so /health
-// counts them.
+// counts them, and where the marks of life of their main processes are
+// kept (see Config.LivenessTimeout).
 type Heartbeats interface {
 	Beat(ctx context.Context, w proto.Heartbeat) error
+	MarkAlive(ctx context.Context, id string, at time.Time, create bool) error
+	LastAlive(ctx context.Context, id string) (time.Time, bool, error)
 }
 
 // Deps are the host's collaborators.
@@ -137,7 +167,13 @@ type Host struct {
 	mu          sync.Mutex
 	lanes       *queue.Lanes
 	cancelled   chan struct{} // closed and replaced at every fleet cancel
+	cancels     []heardCancel // the last fleet cancels, newest last
+	cancelSeq   uint64        // how many fleet cancels this host heard
 	stopCancels func()
+	draining    chan struct{} // closed by Drain
+
+	literalOnce sync.Once
+	drainOnce   sync.Once
 }
 
 // New builds a host.
@@ -154,7 +190,7 @@ func New(cfg Config, d Deps) (*Host, error) {
 	}
 	h := &Host{
 		cfg: cfg.withDefaults(), q: d.Queue, core: d.Core, blobs: d.Blobs,
-		fleet: d.Fleet, log: log.Named("jobtake"), cancelled: make(chan struct{}),
+		fleet: d.Fleet, log: log.Named("jobtake"), cancelled: make(chan struct{}), draining: make(chan struct{}),
 	}
 	h.guard, _ = auth.NewGuard(cfg.Keys, cfg.AllowedOrigins) // checked by Validate
 	h.mux = http.NewServeMux()
@@ -178,9 +214,39 @@ var routes = []string{
 func (h *Host) Register(mux *http.ServeMux) {
 	handlers := []http.HandlerFunc{h.handleTake, h.handleTake, h.handleStop, h.handleDone, h.handleStream, h.handlePing}
 	for i, pattern := range routes {
-		mux.Handle(pattern, h.guard.Require(auth.Worker, handlers[i]))
+		mux.Handle(pattern, h.slowRefusal(h.guard.Require(auth.Worker, handlers[i])))
 	}
 }
+
+// slowRefusal holds a 401 or 403 for RefusalDelay (or until the client
+// leaves): the SDK's take loop asks again at once after any error but a
+// 429, and an immediate refusal of a wrong key made thousands of requests
+// a minute. A 401 still says what is wrong, in the worker's log.
+func (h *Host) slowRefusal(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(&refusalWriter{ResponseWriter: w, r: r, delay: h.cfg.RefusalDelay}, r)
+	})
+}
+
+type refusalWriter struct {
+	http.ResponseWriter
+	r     *http.Request
+	delay time.Duration
+}
+
+func (w *refusalWriter) WriteHeader(code int) {
+	if code == http.StatusUnauthorized || code == http.StatusForbidden {
+		t := time.NewTimer(w.delay)
+		select {
+		case <-t.C:
+		case <-w.r.Context().Done():
+		}
+		t.Stop()
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *refusalWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // ServeHTTP serves the host's routes alone.
 func (h *Host) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
@@ -198,7 +264,7 @@ func (h *Host) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start job-take host: %w", err)
 	}
-	stop, err := h.q.SubscribeCancels(func(string) { h.broadcastCancel() })
+	stop, err := h.q.SubscribeCancels(h.broadcastCancel)
 	if err != nil {
 		return fmt.Errorf("start job-take host: %w", err)
 	}
@@ -218,17 +284,63 @@ func (h *Host) Stop() {
 	}
 }
 
-func (h *Host) broadcastCancel() {
+// keptCancels is how many of the last fleet cancels a host remembers for
+// the job-stop polls of shared names.
+const keptCancels = 256
+
+// heardCancel is a fleet cancel as a host heard it.
+type heardCancel struct {
+	jobID string
+	at    time.Time
+}
+
+// Drain answers the held job-stop polls at once (204), and every later
+// one without holding it: call it when the server starts shutting down
+// (http.Server.RegisterOnShutdown), so that the polls of workers that
+// hold jobs, held for as long as the jobs run, do not hold the shutdown.
+// Their workers keep their jobs and poll another replica. Idempotent.
+func (h *Host) Drain() { h.drainOnce.Do(func() { close(h.draining) }) }
+
+func (h *Host) drainSignal() <-chan struct{} { return h.draining }
+
+func (h *Host) broadcastCancel(jobID string) {
 	h.mu.Lock()
+	h.cancels = append(h.cancels, heardCancel{jobID, time.Now()})
+	if len(h.cancels) > keptCancels {
+		h.cancels = h.cancels[len(h.cancels)-keptCancels:]
+	}
+	h.cancelSeq++
 	close(h.cancelled)
 	h.cancelled = make(chan struct{})
 	h.mu.Unlock()
 }
 
-func (h *Host) cancelSignal() <-chan struct{} {
+// cancelSignal is closed at the next fleet cancel; seq counts the
+// cancels heard before it.
+func (h *Host) cancelSignal() (signal <-chan struct{}, seq uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.cancelled
+	return h.cancelled, h.cancelSeq
+}
+
+// cancelsSince lists the fleet cancels heard after the first seq ones
+// (as many as are kept), and the count now.
+func (h *Host) cancelsSince(seq uint64) ([]heardCancel, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := min(h.cancelSeq-seq, uint64(len(h.cancels)))
+	return append([]heardCancel(nil), h.cancels[uint64(len(h.cancels))-n:]...), h.cancelSeq
+}
+
+// cancelsFrom is the count of fleet cancels heard before since.
+func (h *Host) cancelsFrom(since time.Time) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := uint64(0)
+	for i := len(h.cancels) - 1; i >= 0 && !h.cancels[i].at.Before(since); i-- {
+		n++
+	}
+	return h.cancelSeq - n
 }
 
 // params reads a request's parameters from its query and, for a template
@@ -245,6 +357,24 @@ func params(r *http.Request, segment string) (string, url.Values) {
 		}
 	}
 	return head, q
+}
+
+// literal reports whether a worker name in a job-take or job-stop URL is a
+// template's unreplaced variable: the SDK replaces only $ID in
+// RUNPOD_WEBHOOK_GET_JOB, so a template with "$RUNPOD_POD_ID" there (as
+// RunPod's local test server writes it) names no worker, and every worker
+// of that template takes and polls under the same name. Such a name is
+// never announced in the fleet registry (its pings, which name the real
+// worker, are), and a job-stop poll under it hears every stop of the jobs
+// taken under it: the SDK ignores the ids it does not run.
+func literal(raw string) bool { return strings.Contains(raw, "$") }
+
+// warnLiteral says once per process that a worker's template is wrong.
+func (h *Host) warnLiteral(raw string) {
+	h.literalOnce.Do(func() {
+		h.log.Warn("a RunPod worker's job-take URL names no worker: the SDK replaces only $ID in RUNPOD_WEBHOOK_GET_JOB; put $ID there instead of "+raw,
+			zap.String("worker", raw))
+	})
 }
 
 // workerID is the fleet's id of a RunPod worker: its own id when that is

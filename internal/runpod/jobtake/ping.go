@@ -1,6 +1,7 @@
 package jobtake
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -14,8 +15,10 @@ import (
 
 // handlePing takes a worker's heartbeat (§A.12): job_id is one
 // comma-joined value (repeated values are accepted too). Every named job
-// still leased keeps its lease and its message; a job the worker stops
-// naming runs out of lease and goes back on the queue. A fitness report
+// still leased keeps its lease and its message, as long as the worker's
+// main process shows life (Config.LivenessTimeout) and the job is within
+// its execution timeout; a job the worker stops naming runs out of lease
+// and goes back on the queue. A fitness report
 // (status=unhealthy) marks the worker unhealthy in the fleet registry.
 func (h *Host) handlePing(w http.ResponseWriter, r *http.Request) {
 	raw, q := params(r, r.PathValue("worker"))
@@ -38,10 +41,27 @@ func (h *Host) handlePing(w http.ResponseWriter, r *http.Request) {
 			h.log.Warn("read lease", zap.String("job_id", id), zap.Error(err))
 			continue
 		}
-		if heldBy(cl, raw) {
-			// A worker that lost the job keeps nothing alive.
+		if !heldBy(cl, raw) {
+			continue // a worker that lost the job keeps nothing alive
+		}
+		log := h.log.With(zap.String("job_id", id), zap.String("worker_id", cl.WorkerID))
+		live, polls := h.liveness(ctx, cl.WorkerID)
+		switch {
+		case overdue(cl) && live && polls:
+			// Past its execution timeout: not renewed; the worker's
+			// job-stop poll ends it and tells the worker.
+		case overdue(cl):
+			if err := h.timeOut(context.WithoutCancel(ctx), cl); err != nil {
+				log.Debug("time out job", zap.Error(err))
+			}
+		case !live:
+			// The pings come from the SDK's ping process, which outlives
+			// a killed main process: without a sign of life of the main
+			// process they keep nothing, and the lease runs out.
+			log.Info("ping for a job whose RunPod worker shows no other sign of life; the lease is not renewed")
+		default:
 			if err := h.core.Renew(ctx, cl); err != nil {
-				h.log.Debug("renew lease", zap.String("job_id", id), zap.Error(err))
+				log.Debug("renew lease", zap.Error(err))
 			}
 		}
 	}

@@ -92,8 +92,9 @@ func (h *Host) readBody(w http.ResponseWriter, r *http.Request) (*Result, bool) 
 
 // holder finds the claim of the job named in the path (cut at "&") and
 // checks that the posting worker holds it; ok is false when it does not,
-// in which case it answered with a 4xx, which makes the SDK drop the post.
-func (h *Host) holder(w http.ResponseWriter, r *http.Request) (*lifecycle.Claim, bool) {
+// in which case it answered with a 4xx, which makes the SDK drop the post
+// (a progress update is answered 200 instead: see handleDone).
+func (h *Host) holder(w http.ResponseWriter, r *http.Request, progress bool) (*lifecycle.Claim, bool) {
 	id, _ := params(r, r.PathValue("job"))
 	name, _ := params(r, r.PathValue("worker"))
 	if err := proto.ValidID(id); err != nil {
@@ -101,26 +102,35 @@ func (h *Host) holder(w http.ResponseWriter, r *http.Request) (*lifecycle.Claim,
 		return nil, false
 	}
 	cl, err := h.core.Resume(r.Context(), id)
-	if errors.Is(err, rdb.ErrLeaseLost) {
-		// Given back (the worker went quiet too long), finished through
-		// another path, or never taken here: a 4xx makes the SDK drop
-		// it, which is right, since another attempt owns the job now.
-		h.log.Info("post for a job this worker no longer holds", zap.String("job_id", id), zap.String("worker", r.PathValue("worker")))
-		runpod.WriteError(w, http.StatusNotFound, fmt.Sprintf("job %s is not held by a worker here (its lease ended)", id))
-		return nil, false
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, rdb.ErrLeaseLost) {
 		h.unavailable(w, "read lease", err)
 		return nil, false
 	}
-	if !heldBy(cl, name) {
+	code, msg := 0, ""
+	switch {
+	case err != nil:
+		// Given back (the worker went quiet too long), finished through
+		// another path, or never taken here: a 4xx makes the SDK drop
+		// it, which is right, since another attempt owns the job now.
+		code, msg = http.StatusNotFound, fmt.Sprintf("job %s is not held by a worker here (its lease ended)", id)
+	case !heldBy(cl, name):
 		// The worker lost the job (it went quiet too long) and another
 		// attempt holds it now: this post is fenced out.
-		h.log.Info("post from a worker that lost the job", zap.String("job_id", id), zap.String("worker", name), zap.Int("attempt", cl.Attempt))
-		runpod.WriteError(w, http.StatusConflict, fmt.Sprintf("job %s is held by another worker now (attempt %d); this result is dropped", id, cl.Attempt))
+		code, msg = http.StatusConflict, fmt.Sprintf("job %s is held by another worker now (attempt %d); this result is dropped", id, cl.Attempt)
+	default:
+		return cl, true
+	}
+	if progress {
+		// The SDK's progress_update posts from a thread of its own, which
+		// may land after the job's result (§A.9): it is accepted and
+		// ignored, so that the worker logs no failure for it.
+		h.log.Debug("progress update of a job this worker no longer holds, ignored", zap.String("job_id", id), zap.String("worker", name))
+		runpod.WriteJSON(w, http.StatusOK, struct{}{})
 		return nil, false
 	}
-	return cl, true
+	h.log.Info("post for a job this worker does not hold", zap.String("job_id", id), zap.String("worker", name), zap.Int("status", code))
+	runpod.WriteError(w, code, msg)
+	return nil, false
 }
 
 // heldBy reports whether a worker that names itself name in a URL holds
@@ -143,7 +153,7 @@ func (h *Host) handleDone(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	cl, ok := h.holder(w, r)
+	cl, ok := h.holder(w, r, res.Progress)
 	if !ok {
 		return
 	}
@@ -152,6 +162,19 @@ func (h *Host) handleDone(w http.ResponseWriter, r *http.Request) {
 	log := h.log.With(zap.String("job_id", cl.JobID), zap.String("worker_id", cl.WorkerID), zap.Int("attempt", cl.Attempt))
 	if res.Progress {
 		h.progress(ctx, log, cl, proto.EventProgressUpdate, res.Output)
+		runpod.WriteJSON(w, http.StatusOK, struct{}{})
+		return
+	}
+	if overdue(cl) {
+		// The result came after the job's execution timeout: RunPod has
+		// failed the job by then, and so does the host; the result is
+		// dropped.
+		log.Info("result after the job's execution timeout, dropped")
+		if err := h.timeOut(ctx, cl); err != nil && !errors.Is(err, lifecycle.ErrEnded) && !errors.Is(err, lifecycle.ErrLeaseLost) {
+			h.unavailable(w, "write job status", err)
+			return
+		}
+		h.beatPoster(ctx, r)
 		runpod.WriteJSON(w, http.StatusOK, struct{}{})
 		return
 	}
@@ -186,8 +209,18 @@ func (h *Host) handleDone(w http.ResponseWriter, r *http.Request) {
 	if res.StopPod {
 		log.Info("the worker asked to be recycled after this job (refresh_worker); restart it to honour that")
 	}
-	h.beat(ctx, cl.WorkerID, false, "")
+	h.beatPoster(ctx, r)
 	runpod.WriteJSON(w, http.StatusOK, struct{}{})
+}
+
+// beatPoster announces the worker that posted a job's result as idle,
+// under the name its post URL gives (for a template whose take URL named
+// no worker, the lease's holder is not that worker's id).
+func (h *Host) beatPoster(ctx context.Context, r *http.Request) {
+	name, _ := params(r, r.PathValue("worker"))
+	if !literal(name) {
+		h.beat(ctx, workerID(name), false, "")
+	}
 }
 
 // handleStream takes one chunk of a generator handler.
@@ -196,7 +229,7 @@ func (h *Host) handleStream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	cl, ok := h.holder(w, r)
+	cl, ok := h.holder(w, r, false)
 	if !ok {
 		return
 	}
@@ -212,8 +245,13 @@ func (h *Host) handleStream(w http.ResponseWriter, r *http.Request) {
 
 // progress publishes a worker's chunk or progress value as an event,
 // unless the job already ended (the SDK's progress thread may post after
-// the result, §A.9), and counts it as a sign of life.
+// the result, §A.9), and counts it as a sign of life, unless the job ran
+// past its execution timeout (its worker is being told to stop it).
 func (h *Host) progress(ctx context.Context, log *zap.Logger, cl *lifecycle.Claim, typ proto.EventType, output json.RawMessage) {
+	if overdue(cl) {
+		log.Debug("progress after the job's execution timeout, ignored")
+		return
+	}
 	if err := h.core.Chunk(ctx, cl, typ, output); err != nil {
 		log.Warn("publish progress", zap.Error(err))
 	}

@@ -4,18 +4,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zaptest"
 
-	"github.com/comfyfleet/comfyfleet/internal/auth"
-	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
-	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -28,69 +22,20 @@ type bundle struct {
 	fleet *runpodtest.Fleet
 	url   string
 	rec   *runpodtest.Recorder
+	hosts []*jobtake.Host
 }
 
-const workerKey = "secret-key"
+const workerKey = runpodtest.WorkerKey
 
 func setup(t *testing.T, replicas int, edit func(*jobtake.Config)) *bundle {
 	t.Helper()
-	f := runpodtest.StartFleet(t)
-	keys, err := auth.ParseKeyring(map[auth.Role][]string{auth.Worker: {workerKey}})
-	require.NoError(t, err)
-	cfg := jobtake.Config{Keys: keys, TakeHold: 400 * time.Millisecond, StopHold: 400 * time.Millisecond, LeaseTimeout: 1500 * time.Millisecond}
+	cfg := jobtake.Config{TakeHold: 400 * time.Millisecond, StopHold: 400 * time.Millisecond, LeaseTimeout: 1500 * time.Millisecond,
+		RefusalDelay: 300 * time.Millisecond}
 	if edit != nil {
 		edit(&cfg)
 	}
-	// The dispatcher's sweeper gives back the job of a RunPod worker that
-	// stopped pinging, as it does a gpuworker's.
-	f.StartSweeper(t, lifecycle.SweeperConfig{Every: 100 * time.Millisecond})
-	var backends []string
-	for range replicas {
-		q, core := f.ReplicaCore(t)
-		log := zaptest.NewLogger(t)
-		api := runpod.NewAPI(runpod.Config{}, runpod.Deps{Queue: q, Core: core, DB: f.DB, Blobs: q.Blobs(), Logger: log})
-		host, err := jobtake.New(cfg, jobtake.Deps{Queue: q, Core: core, Blobs: q.Blobs(), Fleet: f.DB, Logger: log})
-		require.NoError(t, err)
-		require.NoError(t, host.Start(t.Context()))
-		mux := http.NewServeMux()
-		mux.Handle("/", api)
-		host.Register(mux)
-		srv := httptest.NewServer(mux)
-		t.Cleanup(func() { srv.Close(); host.Stop() })
-		backends = append(backends, srv.URL)
-	}
-	b := &bundle{fleet: f, rec: runpodtest.NewRecorder(balancer(backends))}
-	srv := httptest.NewServer(b.rec)
-	t.Cleanup(srv.Close)
-	b.url = srv.URL
-	return b
-}
-
-// balancer forwards each request to the next backend in turn, keeping
-// its request target byte for byte.
-func balancer(backends []string) http.Handler {
-	var n atomic.Uint64
-	client := &http.Client{}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		target := backends[int(n.Add(1))%len(backends)] + r.RequestURI
-		req, err := http.NewRequestWithContext(r.Context(), r.Method, target, r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		req.Header = r.Header.Clone()
-		resp, err := client.Do(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(resp.StatusCode)
-		_, _ = io.Copy(w, resp.Body)
-	})
+	a := runpodtest.StartAdapter(t, replicas, cfg)
+	return &bundle{fleet: a.Fleet, url: a.URL, rec: a.Rec, hosts: a.Hosts}
 }
 
 // worker starts a mock RunPod worker against the bundle, with the

@@ -148,6 +148,13 @@ func (m *MockWorker) Reported() []string {
 	return append([]string(nil), m.reported...)
 }
 
+// Held lists the jobs the worker runs now (what its pings name).
+func (m *MockWorker) Held() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.order...)
+}
+
 // Crash is os._exit(1): everything stops at once, mid-request; held jobs
 // are never reported and pings stop.
 func (m *MockWorker) Crash() { m.crash() }
