@@ -3,7 +3,6 @@ package pythontest
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -103,36 +102,13 @@ func (s *sdk) run(t *testing.T, input string, policy string) string {
 
 func (s *sdk) call(t *testing.T, method, path, body string) (int, map[string]any) {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, s.URL+path, rd)
-	require.NoError(t, err)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	var out map[string]any
-	require.NoError(t, json.Unmarshal(data, &out), "%s", data)
-	return resp.StatusCode, out
+	return s.Adapter.Call(t, method, path, body)
 }
 
 // final waits for a job's terminal /status view.
 func (s *sdk) final(t *testing.T, id string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		code, out := s.call(t, "GET", "/v2/ep1/status-sync/"+id+"?wait=5000", "")
-		require.Equal(t, http.StatusOK, code, "%v", out)
-		if proto.Status(out["status"].(string)).Terminal() {
-			return out
-		}
-	}
-	t.Fatalf("job %s never finished", id)
-	return nil
+	return s.Adapter.Final(t, id, time.Minute)
 }
 
 // stream reads /stream until the job ends and returns every chunk.

@@ -1,10 +1,7 @@
 package jobtake_test
 
 import (
-	"encoding/json"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,13 +9,13 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
-	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // bundle is a fleet whose adapter replicas serve the endpoint API and the
 // job-take host on one listener each, behind one front (a recorder, and a
 // round-robin balancer when there are several replicas).
 type bundle struct {
+	api   *runpodtest.Adapter
 	fleet *runpodtest.Fleet
 	url   string
 	rec   *runpodtest.Recorder
@@ -35,7 +32,7 @@ func setup(t *testing.T, replicas int, edit func(*jobtake.Config)) *bundle {
 		edit(&cfg)
 	}
 	a := runpodtest.StartAdapter(t, replicas, cfg)
-	return &bundle{fleet: a.Fleet, url: a.URL, rec: a.Rec, hosts: a.Hosts}
+	return &bundle{api: a, fleet: a.Fleet, url: a.URL, rec: a.Rec, hosts: a.Hosts}
 }
 
 // worker starts a mock RunPod worker against the bundle, with the
@@ -71,34 +68,11 @@ func (b *bundle) run(t *testing.T, fields string) string {
 
 func (b *bundle) call(t *testing.T, method, path, body string) (int, map[string]any) {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, b.url+path, rd)
-	require.NoError(t, err)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	var out map[string]any
-	require.NoError(t, json.Unmarshal(data, &out), "%s", data)
-	return resp.StatusCode, out
+	return b.api.Call(t, method, path, body)
 }
 
 // final waits for a job's terminal view through /status-sync.
 func (b *bundle) final(t *testing.T, id string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		code, out := b.call(t, "GET", "/v2/ep1/status-sync/"+id+"?wait=5000", "")
-		require.Equal(t, http.StatusOK, code, "%v", out)
-		if proto.Status(out["status"].(string)).Terminal() {
-			return out
-		}
-	}
-	t.Fatalf("job %s never finished", id)
-	return nil
+	return b.api.Final(t, id, 30*time.Second)
 }

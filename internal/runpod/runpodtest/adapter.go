@@ -1,19 +1,23 @@
 package runpodtest
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // WorkerKey is the worker key of an Adapter whose Config names none.
@@ -100,4 +104,40 @@ func balancer(backends []string) http.Handler {
 		w.WriteHeader(resp.StatusCode)
 		_, _ = io.Copy(w, resp.Body)
 	})
+}
+
+// Call sends an endpoint-API request (a JSON body, or none) to the front
+// and decodes its JSON answer.
+func (a *Adapter) Call(t testing.TB, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, a.URL+path, rd)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var out map[string]any
+	require.NoError(t, json.Unmarshal(data, &out), "%s", data)
+	return resp.StatusCode, out
+}
+
+// Final waits up to d for a job's terminal view through /status-sync.
+func (a *Adapter) Final(t testing.TB, id string, d time.Duration) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		code, out := a.Call(t, "GET", "/v2/ep1/status-sync/"+id+"?wait=5000", "")
+		require.Equal(t, http.StatusOK, code, "%v", out)
+		if proto.Status(out["status"].(string)).Terminal() {
+			return out
+		}
+	}
+	t.Fatalf("job %s never finished", id)
+	return nil
 }
