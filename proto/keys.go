@@ -36,7 +36,24 @@ const (
 	// SweepKey is a hash of the sweepers' shared state (the last sweep,
 	// and until when lease reclaims wait after an outage).
 	SweepKey = "cf:sweep"
+	// RecentKey is a sorted set of the most recently made job records'
+	// ids by the Unix millisecond (Redis's clock) of their making, capped
+	// at [RecentJobsCap]: the console's list of recent jobs. An id whose
+	// record expired stays until it is pushed out or read.
+	RecentKey = "cf:recent"
+	// PausedKey is the set of paused lanes, each "<pool>/<lane>": workers
+	// pull no job from them (the jobs stay queued) until they are resumed.
+	PausedKey = "cf:paused"
+	// DrainKey is the set of the ids of workers told to drain: each
+	// finishes the jobs in hand and pulls no more until it is undrained.
+	DrainKey = "cf:drain"
 )
+
+// RecentJobsCap bounds [RecentKey].
+const RecentJobsCap = 10000
+
+// PausedLane is a lane's member of [PausedKey]: "<pool>/<lane>".
+func PausedLane(pool string, lane Lane) string { return pool + "/" + string(lane) }
 
 // JobKey is the Redis key of a job's status record, a hash with the fields
 // of [Record].
