@@ -14,6 +14,7 @@ const (
 	webhookKeyPrefix  = "cf:webhook:"
 	batchKeyPrefix    = "cf:batch:"
 	streamKeyPrefix   = "cf:stream:"
+	rateKeyPrefix     = "cf:rate:"
 
 	// StatsKey is a hash of fleet-wide counters: jobs that reached each
 	// terminal status (by status name), RETRIED, DUPLICATE (submissions
@@ -85,3 +86,8 @@ func BatchKey(batchID string) string { return batchKeyPrefix + batchID }
 // StreamCursorKey is the Redis key of a job's /stream cursor: the sequence
 // of the last event RunPod's /stream handed out for it.
 func StreamCursorKey(jobID string) string { return streamKeyPrefix + jobID }
+
+// RateKey is the Redis key of the count of jobs that ended in one minute
+// (Unix minutes, Redis's clock), a hash by lane ([PausedLane]'s form,
+// "<pool>/<lane>"), kept 3 minutes: the fleet's jobs per minute.
+func RateKey(minute string) string { return rateKeyPrefix + minute }

@@ -275,6 +275,27 @@ func (c *Client) ReadEvents(ctx context.Context, jobID string, after uint64, max
 	return evs, last, nil
 }
 
+// LastPreview returns the job's latest preview, or nil when it has none
+// (CF_PREVIEWS keeps each job's latest only, for a short while).
+func (c *Client) LastPreview(ctx context.Context, jobID string) (*proto.Preview, error) {
+	s, err := c.stream(ctx, proto.PreviewStream)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.GetLastMsgForSubject(ctx, proto.PreviewSubject(jobID, "*"))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read preview of %s: %w", jobID, err)
+	}
+	ev, err := proto.DecodeEvent(m.Data)
+	if err != nil || ev.Preview == nil || ev.JobID != jobID {
+		return nil, nil // not a preview of this job: as if none
+	}
+	return ev.Preview, nil
+}
+
 // LastEvent returns the job's latest event, or nil when it has none.
 func (c *Client) LastEvent(ctx context.Context, jobID string) (*LoggedEvent, error) {
 	s, err := c.events.open(ctx)

@@ -362,3 +362,20 @@ func TestSubscribeAllAndControl(t *testing.T) {
 		t.Fatal("no control change")
 	}
 }
+
+// TestLastPreview: a job's latest preview is read back; a job without
+// one has none.
+func TestLastPreview(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	p, err := q.LastPreview(ctx, "none")
+	require.NoError(t, err)
+	require.Nil(t, p)
+	for _, data := range []string{"AA==", "AQ=="} {
+		require.NoError(t, q.PublishEvent(ctx, &proto.Event{JobID: "pv", Tenant: "acme", Type: proto.EventPreview, Preview: &proto.Preview{Mime: "image/jpeg", Data: data}}))
+	}
+	p, err = q.LastPreview(ctx, "pv")
+	require.NoError(t, err)
+	require.Equal(t, &proto.Preview{Mime: "image/jpeg", Data: "AQ=="}, p)
+}

@@ -2,9 +2,11 @@ package rdb
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 
@@ -73,6 +75,37 @@ func (db *DB) SetDraining(ctx context.Context, workerID string, draining bool) e
 	return nil
 }
 
+// LaneRates returns the jobs per minute that ended on each lane
+// ("<pool>/<lane>"): the last full minute's count, weighted by the part
+// of it that is still within the last 60 s, plus this minute's.
+func (db *DB) LaneRates(ctx context.Context) (map[string]float64, error) {
+	now, err := db.Time(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ms := now.UnixMilli()
+	minute := ms / 60000
+	var cur, prev *redis.MapStringStringCmd
+	if _, err := db.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cur = p.HGetAll(ctx, db.key(proto.RateKey(strconv.FormatInt(minute, 10))))
+		prev = p.HGetAll(ctx, db.key(proto.RateKey(strconv.FormatInt(minute-1, 10))))
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read lane rates: %w", err)
+	}
+	weight := 1 - float64(ms%60000)/60000
+	out := map[string]float64{}
+	for k, v := range cur.Val() {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		out[k] += float64(n)
+	}
+	for k, v := range prev.Val() {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		out[k] += float64(n) * weight
+	}
+	return out, nil
+}
+
 // RecentJobs returns the records of the most recently made jobs, newest
 // first, up to limit (at most proto.RecentJobsCap); ids whose record
 // expired are dropped from the index as they are met. keep, when not nil,
@@ -131,4 +164,21 @@ func (db *DB) RecentJobs(ctx context.Context, limit int, keep func(*proto.Record
 		}
 	}
 	return out, nil
+}
+
+// BatchSize is the number of items of a batch whose index exists (one
+// `comfyfleet submit` wrote); ok is false without an index.
+func (db *DB) BatchSize(ctx context.Context, batch string) (n int, ok bool, err error) {
+	raw, err := db.rdb.HGet(ctx, db.batchKey(batch), "meta").Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read batch %s: %w", batch, err)
+	}
+	var meta BatchMeta
+	if err := json.Unmarshal([]byte(raw), &meta); err != nil {
+		return 0, false, fmt.Errorf("read batch %s: %w", batch, err)
+	}
+	return meta.Items, true, nil
 }

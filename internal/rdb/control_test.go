@@ -69,3 +69,27 @@ func TestRecentJobs(t *testing.T) {
 		require.EqualValues(t, 4, n)
 	})
 }
+
+// TestLaneRates: every job that ends counts for its lane's jobs/min.
+func TestLaneRates(t *testing.T) {
+	conformance(t, rdb.Options{}, func(t *testing.T, b *bundle) {
+		for i := range 3 {
+			lane := proto.LaneBatch
+			if i == 0 {
+				lane = proto.LaneInteractive
+			}
+			job := &proto.Job{ID: fmt.Sprintf("e%d", i), Pool: "p", Lane: lane}
+			_, _, err := b.db.Create(b.ctx, rdb.ParamsFor(job), time.Time{}, false)
+			require.NoError(t, err)
+			_, err = b.db.CancelQueued(b.ctx, job.ID)
+			require.NoError(t, err)
+		}
+		rates, err := b.db.LaneRates(b.ctx)
+		require.NoError(t, err)
+		// A minute's turn between the ends and the read weighs the
+		// earlier minute by almost 1.
+		require.Len(t, rates, 2)
+		require.InDelta(t, 1, rates["p/interactive"], 0.05)
+		require.InDelta(t, 2, rates["p/batch"], 0.05)
+	})
+}
