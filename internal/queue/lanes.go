@@ -31,8 +31,10 @@ type LanesConfig struct {
 	MorePools []string
 	// Skip, when set, is asked before every look at a lane: a lane it
 	// skips is not pulled (a paused lane, or every lane of a draining
-	// worker), and its jobs stay queued. It is called often: keep it to a
-	// memory read.
+	// worker), and its jobs stay queued. A job that a pull already
+	// waiting on the server gets after the lane became skipped is given
+	// back at once (NAK, no delay; deliveries are not counted). It is
+	// called often: keep it to a memory read.
 	Skip func(pool string, lane proto.Lane) bool
 }
 
@@ -108,6 +110,10 @@ func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wai
 				continue
 			}
 			msg, err := c.TryNext(ctx)
+			if err == nil && l.skipped(c) {
+				_ = msg.Nak(0) // skipped while it was fetched: it stays queued
+				continue
+			}
 			if err == nil && batchTurn && c.batch {
 				msg.batchTurn = true
 			}
@@ -127,6 +133,12 @@ func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wai
 			continue
 		}
 		msg, err := l.interactive[0].Next(ctx, min(left, lanePoll))
+		if err == nil && l.skipped(l.interactive[0]) {
+			// The lane was paused (or the worker told to drain) while
+			// the pull waited on the server: the job stays queued.
+			_ = msg.Nak(0)
+			continue
+		}
 		if !errors.Is(err, ErrNoMessage) {
 			if err != nil {
 				return nil, fmt.Errorf("interactive lane: %w", err)

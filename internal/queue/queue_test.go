@@ -379,3 +379,27 @@ func TestLastPreview(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, &proto.Preview{Mime: "image/jpeg", Data: "AQ=="}, p)
 }
+
+// TestLanesGiveBackWhatAWaitingPullGetsAfterAPause: a take that waits
+// while its lane is paused does not return the job a pull already waiting
+// on the server brings; the job stays queued.
+func TestLanesGiveBackWhatAWaitingPullGetsAfterAPause(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	var paused atomic.Bool
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1, Skip: func(string, proto.Lane) bool { return paused.Load() }})
+	require.NoError(t, err)
+	got := make(chan error, 1)
+	started := make(chan struct{})
+	go func() {
+		close(started)
+		_, err := lanes.Next(ctx, 2*time.Second)
+		got <- err
+	}()
+	<-started
+	paused.Store(true)
+	require.NoError(t, publishJob(ctx, q, job("late", proto.LaneInteractive)))
+	require.ErrorIs(t, <-got, queue.ErrNoMessage, "a paused take returns nothing")
+	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 1})
+}

@@ -26,7 +26,7 @@ function el(tag, attrs, ...kids) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : v);
   }
-  for (const k of kids.flat()) {
+  for (const k of kids.flat(Infinity)) {
     if (k === undefined || k === null || k === false) continue;
     e.append(k instanceof Node ? k : document.createTextNode(String(k)));
   }
@@ -109,7 +109,7 @@ function action(label, fn, cls) {
 
 function render(...nodes) {
   const m = document.getElementById("main");
-  m.replaceChildren(...nodes.flat());
+  m.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 // ---- login -----------------------------------------------------------
