@@ -77,9 +77,9 @@ type Dispatcher struct {
 	disp    *dispatch.Dispatcher
 	hooks   *dispatch.Webhooks
 	console *console.Console
-	srv    *dispatch.HTTPServer
-	routes []dispatch.Route
-	log    *zap.Logger
+	srv     *dispatch.HTTPServer
+	routes  []dispatch.Route
+	log     *zap.Logger
 }
 
 // NewDispatcher builds the control plane on b; its metrics go to reg.
