@@ -3,15 +3,22 @@ GO ?= go
 FUZZTIME ?= 10s
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test dev vet lint fuzz build chaos bench
+.PHONY: test dev vet lint fuzz build chaos bench console-test
 
-## test: start a Redis when none answers, install versitygw (S3 tests) when missing, make the pinned Python venv of test/python when missing or stale, vet and staticcheck, then run every test with the race detector (the Python peers' tests included)
+## test: start a Redis when none answers, install versitygw (S3 tests) and Debian's chromium (the console's browser test) when missing, make the pinned Python venv of test/python when missing or stale, vet and staticcheck, then run every test with the race detector (the Python peers' tests included), the RunPod SDK test and the console's browser test
 test: lint
 	./scripts/ensure-redis.sh
 	GO=$(GO) ./scripts/ensure-versitygw.sh
 	./scripts/ensure-pyenv.sh
+	./scripts/ensure-chromium.sh
 	COMFYFLEET_PYTHON=$(CURDIR)/test/python/.venv/bin/python $(GO) test -race -count=1 -timeout 15m ./...
 	cd test/node && npm ci --no-audit --no-fund && npm test
+	cd test/console && npm ci --no-audit --no-fund && npm test
+
+## console-test: the console's browser test alone (headless Chromium; screenshots in test/console/artifacts)
+console-test:
+	./scripts/ensure-chromium.sh
+	cd test/console && npm ci --no-audit --no-fund && npm test
 
 ## chaos: the fault-injection suite alone, verbose, with the jobs counted in and out in its log (make test runs it too)
 chaos:

@@ -8,6 +8,7 @@ const (
 	WorkerIdle         = "idle"         // pulling, no job in hand
 	WorkerRunning      = "running"      // running a job
 	WorkerUnhealthy    = "unhealthy"    // its ComfyUI stopped answering
+	WorkerDraining     = "draining"     // told to drain: finishes its jobs in hand, pulls no more
 )
 
 // Heartbeat is what a worker says of itself in the Redis hash at
@@ -30,7 +31,13 @@ type Heartbeat struct {
 	Models map[string][]string `json:"models,omitempty"`
 	// Warm are the model files of the last workflow it ran: the ones its
 	// ComfyUI most likely still holds in memory.
-	Warm      []string  `json:"warm,omitempty"`
+	Warm []string `json:"warm,omitempty"`
+	// LastError is the error of the last job that failed on it (or was
+	// given back with a reason).
+	LastError string `json:"last_error,omitempty"`
+	// Paused are the lanes ([PausedLane]) of its pools it skips because
+	// they are paused, as it last read them.
+	Paused    []string  `json:"paused,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 

@@ -16,6 +16,7 @@ const (
 	streamKeyPrefix   = "cf:stream:"
 	previewKeyPrefix  = "cf:streampv:"
 	rpAliveKeyPrefix  = "cf:rpalive:"
+	rateKeyPrefix     = "cf:rate:"
 
 	// StatsKey is a hash of fleet-wide counters: jobs that reached each
 	// terminal status (by status name), RETRIED, DUPLICATE (submissions
@@ -38,7 +39,24 @@ const (
 	// SweepKey is a hash of the sweepers' shared state (the last sweep,
 	// and until when lease reclaims wait after an outage).
 	SweepKey = "cf:sweep"
+	// RecentKey is a sorted set of the most recently made job records'
+	// ids by the Unix millisecond (Redis's clock) of their making, capped
+	// at [RecentJobsCap]: the console's list of recent jobs. An id whose
+	// record expired stays until it is pushed out or read.
+	RecentKey = "cf:recent"
+	// PausedKey is the set of paused lanes, each "<pool>/<lane>": workers
+	// pull no job from them (the jobs stay queued) until they are resumed.
+	PausedKey = "cf:paused"
+	// DrainKey is the set of the ids of workers told to drain: each
+	// finishes the jobs in hand and pulls no more until it is undrained.
+	DrainKey = "cf:drain"
 )
+
+// RecentJobsCap bounds [RecentKey].
+const RecentJobsCap = 10000
+
+// PausedLane is a lane's member of [PausedKey]: "<pool>/<lane>".
+func PausedLane(pool string, lane Lane) string { return pool + "/" + string(lane) }
 
 // JobKey is the Redis key of a job's status record, a hash with the fields
 // of [Record].
@@ -81,3 +99,8 @@ func PreviewCursorKey(jobID string) string { return previewKeyPrefix + jobID }
 // ahead of now after the host answered one. Made by the worker's first
 // job-stop poll; a worker that never polls job-stop has none.
 func RunPodAliveKey(workerID string) string { return rpAliveKeyPrefix + workerID }
+
+// RateKey is the Redis key of the count of jobs that ended in one minute
+// (Unix minutes, Redis's clock), a hash by lane ([PausedLane]'s form,
+// "<pool>/<lane>"), kept 3 minutes: the fleet's jobs per minute.
+func RateKey(minute string) string { return rateKeyPrefix + minute }

@@ -41,6 +41,11 @@ const (
 	// CancelSubject is the core-NATS subject on which cancels fan out to
 	// workers; the payload is a [Cancel].
 	CancelSubject = "cf.ctl.cancel"
+	// ControlSubject is the core-NATS subject that tells workers the
+	// operator's controls (paused lanes, draining workers; Redis's
+	// [PausedKey] and [DrainKey]) changed, so that they read them at once;
+	// it has no payload.
+	ControlSubject = "cf.ctl.control"
 
 	// MsgIDHeader is JetStream's de-duplication header; set it to the job id.
 	MsgIDHeader = "Nats-Msg-Id"

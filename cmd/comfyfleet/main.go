@@ -121,6 +121,9 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"Fleet view: %s/fleet, dead letters: %s/dlq, metrics: %s/metrics. Ctrl-C stops it.\n",
 		stack.Info.APIURL, stack.Info.NATSURL, stack.Info.RedisURL, stack.Info.Redis, len(stack.Info.ComfyUIURLs),
 		stack.Info.APIURL, stack.Info.APIURL, stack.Info.APIURL, stack.Info.APIURL)
+	if stack.Info.ConsoleURL != "" {
+		fmt.Fprintf(stdout, "Web console: %s\n", stack.Info.ConsoleURL)
+	}
 	select {
 	case <-ctx.Done():
 	case <-stack.Done():

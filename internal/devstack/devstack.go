@@ -7,7 +7,8 @@
 // ComfyUI URLs are given. Every role is built by package role from the
 // same settings as its binary; the stack only decides where the servers
 // come from and serves every role's HTTP routes (the endpoint API, the
-// dispatcher's /fleet, /dlq and /metrics) on one listener.
+// dispatcher's /fleet, /dlq and /metrics, and the web console at
+// /console/) on one listener.
 //
 // The stack's folder is its own: a second stack on the same folder
 // refuses to start and names the process that holds it. What JetStream
@@ -30,6 +31,7 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
+	"github.com/comfyfleet/comfyfleet/internal/console"
 	"github.com/comfyfleet/comfyfleet/internal/dirlock"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
@@ -160,7 +162,9 @@ func (c *Config) Finish() (setting string, err error) {
 // Info says where the stack's parts listen; it is also written to
 // <Dir>/stack.json for the CLI.
 type Info struct {
-	APIURL      string   `json:"api_url"`
+	APIURL string `json:"api_url"`
+	// ConsoleURL is the web console's page; empty without the dispatcher.
+	ConsoleURL  string   `json:"console_url,omitempty"`
 	NATSURL     string   `json:"nats_url"`
 	RedisURL    string   `json:"redis_url"`
 	ComfyUIURLs []string `json:"comfyui_urls"`
@@ -302,6 +306,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		opts := role.AdapterOptions{API: true}
 		if s.disp != nil {
 			opts.Routes = s.disp.Routes()
+			opts.OnShutdown = []func(){s.disp.CloseStreams}
 		}
 		if s.adapter, err = role.NewAdapter(cfg.Adapter, ab, reg, opts, log); err != nil {
 			return nil, fmt.Errorf("dev stack: %w", err)
@@ -310,6 +315,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, fmt.Errorf("dev stack: %w", err)
 		}
 		s.Info.APIURL = "http://" + s.adapter.Addr()
+		if s.disp != nil {
+			s.Info.ConsoleURL = s.Info.APIURL + console.Path
+		}
 	}
 	s.Info.S3Origins = s3Origins(cfg.Worker.S3.Endpoint, cfg.Worker.S3.PublicBaseURL)
 	s.Info.PID = os.Getpid()

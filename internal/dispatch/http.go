@@ -22,10 +22,14 @@ import (
 //	GET /metrics  Prometheus text format (FleetRoutes)
 //	GET /healthz  200 "ok" while the process runs (always)
 //	GET /dlq…     dead letters (DeadLetterRoutes)
+//	/console/…    the web console (package console, mounted by package role)
 type Route struct {
 	// Pattern is an http.ServeMux pattern, e.g. "GET /dlq".
 	Pattern string
 	Handler http.Handler
+	// Public routes are served without a key: pages and assets that hold
+	// no data (the console's). Every other route is an operator route.
+	Public bool
 }
 
 // FleetRoutes serves the fleet view on GET /fleet and the metrics on GET
@@ -110,6 +114,10 @@ func (s *HTTPServer) Start() error {
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()))
 	return nil
 }
+
+// OnShutdown registers fn to run when Stop begins: for handlers that
+// hold a request open (event streams), which Stop would wait for.
+func (s *HTTPServer) OnShutdown(fn func()) { s.srv.RegisterOnShutdown(fn) }
 
 // Addr is the address the server listens on, "" before Start.
 func (s *HTTPServer) Addr() string {

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"sort"
+	"strings"
 
 	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
@@ -23,6 +24,15 @@ type View struct {
 	// other counters (RETRIED, DUPLICATE, RECREATED), since the counters
 	// began.
 	Totals map[proto.Status]int64 `json:"totals"`
+	// Paused are the paused lanes, "<pool>/<lane>" (proto.PausedLane):
+	// their jobs stay queued. A worker confirms that it skips one in its
+	// heartbeat's paused.
+	Paused []string `json:"paused"`
+	// Draining are the ids of the workers told to drain.
+	Draining []string `json:"draining"`
+	// JobsPerMin are the jobs that ended per minute, by lane
+	// ("<pool>/<lane>"), over about the last minute.
+	JobsPerMin map[string]float64 `json:"jobs_per_min"`
 }
 
 // ReadView reads the fleet's state: the workers and totals from Redis,
@@ -37,9 +47,23 @@ func ReadView(ctx context.Context, db *rdb.DB, q *queue.Client) (*View, error) {
 	if v.Totals, err = db.Counts(ctx); err != nil {
 		return nil, err
 	}
-	pools := make([]string, 0, len(v.Workers))
+	ctl, err := db.ReadControls(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v.Paused, v.Draining = ctl.Paused, ctl.Draining
+	if v.JobsPerMin, err = db.LaneRates(ctx); err != nil {
+		return nil, err
+	}
+	pools := make([]string, 0, len(v.Workers)+len(v.Paused))
 	for _, w := range v.Workers {
 		pools = append(pools, w.Pool)
+	}
+	// A paused lane shows although no worker of its pool is up.
+	for _, pl := range v.Paused {
+		if pool, _, ok := strings.Cut(pl, "/"); ok {
+			pools = append(pools, pool)
+		}
 	}
 	o, err := q.ReadOverview(ctx, pools)
 	if err != nil {

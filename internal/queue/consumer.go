@@ -87,6 +87,9 @@ func (m *Message) Term() error { return m.msg.Term() }
 type Consumer struct {
 	c     jetstream.Consumer
 	batch bool // a batch lane's, in Lanes
+	// pool and lane are a lane consumer's, in Lanes.
+	pool string
+	lane proto.Lane
 }
 
 // ConsumerConfig names a durable consumer and its timing.

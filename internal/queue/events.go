@@ -107,6 +107,22 @@ func (c *Client) SubscribeStatuses(fn func(*proto.Event)) (stop func(), err erro
 	}, nil
 }
 
+// SubscribeAll delivers every event of every job, progress and previews
+// included, until stop: one subscription for a process that shows the
+// whole fleet live (the console), which fans them out itself.
+func (c *Client) SubscribeAll(fn func(*proto.Event)) (stop func(), err error) {
+	events, err := c.subscribe(proto.EventSubjects, fn)
+	if err != nil {
+		return nil, err
+	}
+	previews, err := c.subscribe(proto.PreviewSubjects, fn)
+	if err != nil {
+		events()
+		return nil, err
+	}
+	return func() { events(); previews() }, nil
+}
+
 // Wake tells a waiter (a held /stream, /runsync or /status-sync) that a
 // job may have changed, without delivering what changed: one of the job's
 // events was published, or the connection to NATS came back after a drop,

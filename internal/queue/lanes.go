@@ -18,6 +18,7 @@ type Lanes struct {
 	interactive, batch []*Consumer
 	batchEvery         int
 	takes              int
+	skip               func(pool string, lane proto.Lane) bool
 }
 
 // LanesConfig configures Lanes.
@@ -28,6 +29,13 @@ type LanesConfig struct {
 	BatchEvery int
 	// MorePools are pools served after the first one, in order.
 	MorePools []string
+	// Skip, when set, is asked before every look at a lane: a lane it
+	// skips is not pulled (a paused lane, or every lane of a draining
+	// worker), and its jobs stay queued. A job that a pull already
+	// waiting on the server gets after the lane became skipped is given
+	// back at once (NAK, no delay; deliveries are not counted). It is
+	// called often: keep it to a memory read.
+	Skip func(pool string, lane proto.Lane) bool
 }
 
 // OpenLanes opens the lane consumers of pool and of cfg.MorePools.
@@ -35,7 +43,7 @@ func (c *Client) OpenLanes(ctx context.Context, pool string, cfg LanesConfig) (*
 	if cfg.BatchEvery == 0 {
 		cfg.BatchEvery = 10
 	}
-	l := &Lanes{batchEvery: cfg.BatchEvery}
+	l := &Lanes{batchEvery: cfg.BatchEvery, skip: cfg.Skip}
 	for _, p := range append([]string{pool}, cfg.MorePools...) {
 		inter, err := c.LaneConsumer(ctx, p, proto.LaneInteractive, cfg.Consumer)
 		if err != nil {
@@ -45,6 +53,8 @@ func (c *Client) OpenLanes(ctx context.Context, pool string, cfg LanesConfig) (*
 		if err != nil {
 			return nil, err
 		}
+		inter.pool, inter.lane = p, proto.LaneInteractive
+		batch.pool, batch.lane = p, proto.LaneBatch
 		batch.batch = true
 		l.interactive = append(l.interactive, inter)
 		l.batch = append(l.batch, batch)
@@ -73,15 +83,37 @@ func (l *Lanes) NextInteractive(ctx context.Context, wait time.Duration) (*Messa
 	return l.next(ctx, l.interactive, false, wait)
 }
 
+// skipped reports whether the lane of c is not to be pulled now.
+func (l *Lanes) skipped(c *Consumer) bool { return l.skip != nil && l.skip(c.pool, c.lane) }
+
+// pause waits d, or until ctx ends: the wait between looks when the lane
+// waited on is skipped.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 // next looks at the lanes of order, first to last, and waits on the first
-// pool's interactive lane between looks until wait is over. batchTurn marks
-// a batch job taken as the batch lanes' turn.
+// pool's interactive lane between looks until wait is over (on a timer
+// while that lane is skipped). batchTurn marks a batch job taken as the
+// batch lanes' turn.
 func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wait time.Duration) (*Message, error) {
 	const lanePoll = 100 * time.Millisecond
 	deadline := time.Now().Add(wait)
 	for {
 		for _, c := range order {
+			if l.skipped(c) {
+				continue
+			}
 			msg, err := c.TryNext(ctx)
+			if err == nil && l.skipped(c) {
+				_ = msg.Nak(0) // skipped while it was fetched: it stays queued
+				continue
+			}
 			if err == nil && batchTurn && c.batch {
 				msg.batchTurn = true
 			}
@@ -93,7 +125,20 @@ func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wai
 		if left <= 0 {
 			return nil, ErrNoMessage
 		}
+		if l.skipped(l.interactive[0]) {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			pause(ctx, min(left, lanePoll))
+			continue
+		}
 		msg, err := l.interactive[0].Next(ctx, min(left, lanePoll))
+		if err == nil && l.skipped(l.interactive[0]) {
+			// The lane was paused (or the worker told to drain) while
+			// the pull waited on the server: the job stays queued.
+			_ = msg.Nak(0)
+			continue
+		}
 		if !errors.Is(err, ErrNoMessage) {
 			if err != nil {
 				return nil, fmt.Errorf("interactive lane: %w", err)

@@ -381,6 +381,24 @@ func (c *Client) SubscribeCancels(fn func(jobID string)) (stop func(), err error
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
+// PublishControl tells every worker that the operator's controls (paused
+// lanes, draining workers) changed.
+func (c *Client) PublishControl() error {
+	if err := c.nc.Publish(proto.ControlSubject, nil); err != nil {
+		return fmt.Errorf("publish control change: %w", err)
+	}
+	return nil
+}
+
+// SubscribeControl calls fn on every control change until stop is called.
+func (c *Client) SubscribeControl(fn func()) (stop func(), err error) {
+	sub, err := c.nc.Subscribe(proto.ControlSubject, func(*nats.Msg) { fn() })
+	if err != nil {
+		return nil, fmt.Errorf("subscribe controls: %w", err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
 // SubscribeRejects delivers every rejected submission of tenant ("*":
 // of every tenant), its data and the reason, until stop is called.
 func (c *Client) SubscribeRejects(tenant string, fn func(data []byte, reason string)) (stop func(), err error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,4 +302,116 @@ func TestPullWithNoTimeLeftIsNoError(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	require.NoError(t, got[0].Ack(ctx))
+}
+
+// TestLanesSkipPausedLanes: a skipped lane is not pulled, its jobs stay
+// queued, and once it is no longer skipped they are taken; with every
+// lane skipped (a draining worker) nothing is taken.
+func TestLanesSkipPausedLanes(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	var paused atomic.Value
+	paused.Store(map[string]bool{"p/interactive": true})
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1, Skip: func(pool string, lane proto.Lane) bool {
+		return paused.Load().(map[string]bool)[proto.PausedLane(pool, lane)]
+	}})
+	require.NoError(t, err)
+	require.NoError(t, publishJob(ctx, q, job("i0", proto.LaneInteractive)))
+	require.NoError(t, publishJob(ctx, q, job("b0", proto.LaneBatch)))
+	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 1, proto.LaneBatch: 1})
+
+	m, err := lanes.Next(ctx, time.Second)
+	require.NoError(t, err)
+	j, _ := proto.DecodeJob(m.Data())
+	require.Equal(t, "b0", j.ID, "the paused interactive lane is passed over")
+	require.NoError(t, m.Ack(ctx))
+	_, err = lanes.Next(ctx, 300*time.Millisecond)
+	require.ErrorIs(t, err, queue.ErrNoMessage, "the paused lane's job is not taken")
+	_, err = lanes.NextInteractive(ctx, 200*time.Millisecond)
+	require.ErrorIs(t, err, queue.ErrNoMessage)
+	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 1})
+
+	paused.Store(map[string]bool{"p/interactive": true, "p/batch": true})
+	require.NoError(t, publishJob(ctx, q, job("b1", proto.LaneBatch)))
+	waitPending(t, n, map[proto.Lane]uint64{proto.LaneBatch: 1})
+	_, err = lanes.Next(ctx, 300*time.Millisecond)
+	require.ErrorIs(t, err, queue.ErrNoMessage, "every lane skipped: nothing is taken")
+
+	// Resumed while a take waits: the waiting take gets the job.
+	got := make(chan string, 1)
+	go func() {
+		m, err := lanes.Next(ctx, 10*time.Second)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		j, _ := proto.DecodeJob(m.Data())
+		_ = m.Ack(ctx)
+		got <- j.ID
+	}()
+	paused.Store(map[string]bool{"p/batch": true})
+	require.Equal(t, "i0", <-got)
+}
+
+// TestSubscribeAllAndControl: the console's subscription gets every
+// class of event and the previews; a control change reaches its
+// subscribers.
+func TestSubscribeAllAndControl(t *testing.T) {
+	t.Parallel()
+	q, _ := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	got := make(chan proto.EventType, 8)
+	stop, err := q.SubscribeAll(func(ev *proto.Event) { got <- ev.Type })
+	require.NoError(t, err)
+	defer stop()
+	changed := make(chan struct{}, 1)
+	stopc, err := q.SubscribeControl(func() { changed <- struct{}{} })
+	require.NoError(t, err)
+	defer stopc()
+	require.NoError(t, q.Flush(ctx))
+	require.NoError(t, q.PublishEvent(ctx, &proto.Event{JobID: "j", Type: proto.EventStatus, Status: proto.StatusInProgress}))
+	require.NoError(t, q.PublishEventNoWait(&proto.Event{JobID: "j", Type: proto.EventProgress, Progress: &proto.Progress{Value: 1, Max: 2}}))
+	require.NoError(t, q.PublishEventNoWait(&proto.Event{JobID: "j", Type: proto.EventPreview, Preview: &proto.Preview{Mime: "image/png", Data: "AA=="}}))
+	require.NoError(t, q.PublishEvent(ctx, &proto.Event{JobID: "j", Type: proto.EventStatus, Status: proto.StatusCompleted}))
+	seen := map[proto.EventType]int{}
+	for range 4 {
+		select {
+		case typ := <-got:
+			seen[typ]++
+		case <-ctx.Done():
+			t.Fatal("events missing", seen)
+		}
+	}
+	require.Equal(t, map[proto.EventType]int{proto.EventStatus: 2, proto.EventProgress: 1, proto.EventPreview: 1}, seen)
+	require.NoError(t, q.PublishControl())
+	select {
+	case <-changed:
+	case <-ctx.Done():
+		t.Fatal("no control change")
+	}
+}
+
+// TestLanesGiveBackWhatAWaitingPullGetsAfterAPause: a take that waits
+// while its lane is paused does not return the job a pull already waiting
+// on the server brings; the job stays queued.
+func TestLanesGiveBackWhatAWaitingPullGetsAfterAPause(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	var paused atomic.Bool
+	lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1, Skip: func(string, proto.Lane) bool { return paused.Load() }})
+	require.NoError(t, err)
+	got := make(chan error, 1)
+	started := make(chan struct{})
+	go func() {
+		close(started)
+		_, err := lanes.Next(ctx, 2*time.Second)
+		got <- err
+	}()
+	<-started
+	paused.Store(true)
+	require.NoError(t, publishJob(ctx, q, job("late", proto.LaneInteractive)))
+	require.ErrorIs(t, <-got, queue.ErrNoMessage, "a paused take returns nothing")
+	waitPending(t, n, map[proto.Lane]uint64{proto.LaneInteractive: 1})
 }

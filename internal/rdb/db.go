@@ -55,7 +55,8 @@ func (o Options) Validate() error {
 
 // DB is comfyfleet's Redis: the job records and their leases, TTL index and
 // attempt logs (jobs.go, sweep.go), the fleet's heartbeats (fleet.go),
-// webhook targets (webhook.go), batch indexes (batch.go) and /stream
+// webhook targets (webhook.go), batch indexes (batch.go), the recent
+// jobs, lane rates and the operator's controls (control.go) and /stream
 // cursors (cursor.go). It is safe for concurrent use.
 type DB struct {
 	rdb        redis.UniversalClient

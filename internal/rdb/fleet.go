@@ -27,6 +27,7 @@ func (db *DB) Beat(ctx context.Context, w proto.Heartbeat) error {
 			"vram_total", w.VRAMTotal, "vram_free", w.VRAMFree,
 			"progress", strconv.FormatFloat(w.Progress, 'f', -1, 64),
 			"models", jsonField(w.Models), "warm", jsonField(w.Warm),
+			"last_error", w.LastError, "paused", jsonField(w.Paused),
 			"updated_at", w.UpdatedAt.UnixMilli())
 		p.PExpire(ctx, key, db.workerTTL)
 		p.SAdd(ctx, db.key(proto.WorkersKey), w.ID)
@@ -85,7 +86,7 @@ func decodeWorker(h map[string]string) proto.Heartbeat {
 	num := func(k string) int64 { n, _ := strconv.ParseInt(h[k], 10, 64); return n }
 	w := proto.Heartbeat{
 		ID: h["id"], Pool: h["pool"], State: h["state"], JobID: h["job_id"],
-		ComfyUIVersion: h["comfyui_version"], Device: h["device"],
+		ComfyUIVersion: h["comfyui_version"], Device: h["device"], LastError: h["last_error"],
 		VRAMTotal: num("vram_total"), VRAMFree: num("vram_free"),
 		UpdatedAt: time.UnixMilli(num("updated_at")),
 	}
@@ -95,6 +96,9 @@ func decodeWorker(h map[string]string) proto.Heartbeat {
 	}
 	if s := h["warm"]; s != "" {
 		_ = json.Unmarshal([]byte(s), &w.Warm)
+	}
+	if s := h["paused"]; s != "" {
+		_ = json.Unmarshal([]byte(s), &w.Paused)
 	}
 	return w
 }

@@ -12,6 +12,9 @@
 -- KEYS[5]  the TTL index                (proto.TTLKey)
 -- KEYS[6]  the job's attempt log        (proto.AttemptsKey)
 -- KEYS[7]  the kept requests' index     (proto.KeptKey)
+-- KEYS[8]  the recent jobs' index        (proto.RecentKey)
+-- KEYS[9]  the prefix of the per-minute end counters (proto.RateKey
+--          without the minute): not a key itself
 -- ARGV[1]  operation
 -- ARGV[2]  the job id (the record's id field must match it)
 -- ARGV[3]  the name of a worker's held set (proto.HeldKey) without the
@@ -29,7 +32,7 @@
 -- attempts are used up), notdue, skip, corrupt (a field the reader checks
 -- cannot be read; nothing was changed).
 
-local key, stats, leasekey, leases, ttlidx, attempts, keptidx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local key, stats, leasekey, leases, ttlidx, attempts, keptidx, recent, ratePrefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local op, id, heldPrefix = ARGV[1], ARGV[2], ARGV[3]
 
 local t = redis.call('TIME')
@@ -41,6 +44,7 @@ local nows = string.format('%d', now)
 -- process died still leaves no key forever; the sweeper finds it first.
 local slack = 3600000
 local leaseKeep = 86400000
+local recentCap = 10000 -- proto.RecentJobsCap
 
 local function reply(code, n, extra)
   local r = redis.call('HGETALL', key)
@@ -83,6 +87,11 @@ local terminal = {COMPLETED = true, FAILED = true, CANCELLED = true, TIMED_OUT =
 local function final(to, err, retention)
   redis.call('HSET', key, 'status', to, 'finished_at', nows)
   redis.call('HINCRBY', stats, to, 1)
+  -- jobs ended per lane and minute (Redis's), for the fleet's jobs/min
+  local where = redis.call('HMGET', key, 'pool', 'lane')
+  local rate = ratePrefix .. fmt(math.floor(now / 60000))
+  redis.call('HINCRBY', rate, (where[1] or '') .. '/' .. (where[2] or ''), 1)
+  redis.call('PEXPIRE', rate, 180000)
   setopt('error', err)
   redis.call('PEXPIRE', key, retention)
   redis.call('ZREM', ttlidx, id)
@@ -127,6 +136,10 @@ local function create(intake, pool, lane, source, batch, retention, ttl, submitt
   setopt('batch_id', batch)
   if kept == '1' then redis.call('HSET', key, 'kept', '1') end
   redis.call('PEXPIRE', key, tonumber(ttl) + slack)
+  -- The recent jobs' index, capped (proto.RecentJobsCap): the console's
+  -- list. Capping costs O(log n) per job.
+  redis.call('ZADD', recent, nows, id)
+  redis.call('ZREMRANGEBYRANK', recent, 0, -(recentCap + 1))
 end
 
 if op == 'admit' or op == 'create' then

@@ -129,9 +129,10 @@ type Adapter struct {
 	sl   *serverless.Worker
 	ms   *metrics.Server
 
-	srv    *http.Server
-	served chan error
-	addr   string
+	srv        *http.Server
+	served     chan error
+	addr       string
+	onShutdown []func()
 }
 
 // AdapterOptions are what a caller may add to the adapter's process.
@@ -143,12 +144,15 @@ type AdapterOptions struct {
 	// dev stack's dispatcher routes), behind the admin keys: they are
 	// operator routes on the API's public listener.
 	Routes []dispatch.Route
+	// OnShutdown run when the listener's shutdown begins: Routes' event
+	// streams end there, which the shutdown would otherwise wait for.
+	OnShutdown []func()
 }
 
 // NewAdapter builds the adapter on b; reg gets its metrics and is served
 // on MetricsAddr, or on Listen's /metrics when opts.Routes carry one.
 func NewAdapter(cfg AdapterConfig, b *backend.Backend, reg *metrics.Registry, opts AdapterOptions, log *zap.Logger) (*Adapter, error) {
-	a := &Adapter{cfg: cfg, log: log}
+	a := &Adapter{cfg: cfg, log: log, onShutdown: opts.OnShutdown}
 	if cfg.ServerlessMode() {
 		sl, err := serverless.New(cfg.Serverless, serverless.Deps{Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, Logger: log})
 		if err != nil {
@@ -216,6 +220,9 @@ func (a *Adapter) Start(ctx context.Context) error {
 			// The job-stop polls of workers that hold jobs are held as
 			// long as the jobs run: they end when the shutdown begins.
 			a.srv.RegisterOnShutdown(a.host.Drain)
+		}
+		for _, fn := range a.onShutdown {
+			a.srv.RegisterOnShutdown(fn)
 		}
 		a.served = make(chan error, 1)
 		go func() { a.served <- a.srv.Serve(ln) }()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/auth"
 	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/console"
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
@@ -32,7 +33,7 @@ type DispatcherConfig struct {
 // Bind binds the dispatcher's settings.
 func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.Dispatch.DefaultPool, "pool", "POOL", "default", "pool of jobs that name none")
-	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of the HTTP API, e.g. :8080 (fleet view: GET /fleet; Prometheus: GET /metrics; dead letters: GET /dlq, POST /dlq/{seq}/replay); empty: none")
+	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of the HTTP API, e.g. :8080 (fleet view: GET /fleet; Prometheus: GET /metrics; dead letters: GET /dlq, POST /dlq/{seq}/replay; web console: /console/); empty: none")
 	fs.Duration(&c.Dispatch.AckWait, "intake-ack-wait", "INTAKE_ACK_WAIT", 30*time.Second, "a submission a replica took but did not admit (it died) goes to another replica after this long")
 	fs.Int(&c.Dispatch.Concurrency, "intake-concurrency", "INTAKE_CONCURRENCY", dispatch.DefaultConcurrency, "submissions one replica admits at once (those of one job id one after the other, in intake order); 1: one at a time")
 	fs.Duration(&c.Dispatch.Sweeper.Every, "sweep-interval", "SWEEP_INTERVAL", time.Second, "how often queued jobs past their TTL are timed out and the jobs of silent workers handed back")
@@ -72,12 +73,13 @@ func (c *DispatcherConfig) Finish() (setting string, err error) {
 // Dispatcher is the control plane's process: admission and sweeps, webhook
 // delivery, and its HTTP routes.
 type Dispatcher struct {
-	cfg    DispatcherConfig
-	disp   *dispatch.Dispatcher
-	hooks  *dispatch.Webhooks
-	srv    *dispatch.HTTPServer
-	routes []dispatch.Route
-	log    *zap.Logger
+	cfg     DispatcherConfig
+	disp    *dispatch.Dispatcher
+	hooks   *dispatch.Webhooks
+	console *console.Console
+	srv     *dispatch.HTTPServer
+	routes  []dispatch.Route
+	log     *zap.Logger
 }
 
 // NewDispatcher builds the control plane on b; its metrics go to reg.
@@ -96,18 +98,30 @@ func NewDispatcher(cfg DispatcherConfig, b *backend.Backend, reg *metrics.Regist
 	if err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{cfg: cfg, disp: disp, hooks: hooks, log: log}
+	con, err := console.New(console.Config{}, console.Deps{DB: b.DB, Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, View: view, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	d := &Dispatcher{cfg: cfg, disp: disp, hooks: hooks, console: con, log: log}
 	d.routes = append(d.routes, dispatch.DeadLetterRoutes(b.Queue, b.Core, log)...)
 	d.routes = append(d.routes, dispatch.FleetRoutes(view, reg, log)...)
+	for _, r := range con.Routes() {
+		d.routes = append(d.routes, dispatch.Route{Pattern: r.Pattern, Handler: r.Handler, Public: r.Public})
+	}
 	if cfg.Listen != "" {
 		g, _, err := cfg.Keys.guard(cfg.admins)
 		if err != nil {
 			return nil, err
 		}
 		d.srv = dispatch.NewHTTPServer(cfg.Listen, adminRoutes(g, d.routes), log)
+		d.srv.OnShutdown(con.CloseStreams)
 	}
 	return d, nil
 }
+
+// CloseStreams ends the console's event streams, for the shutdown of a
+// server of the caller's that serves Routes: it would wait for them.
+func (d *Dispatcher) CloseStreams() { d.console.CloseStreams() }
 
 // Routes are the control plane's HTTP routes, for a server of the
 // caller's when Listen is empty; that server must put them behind its
@@ -138,8 +152,14 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		d.hooks.Stop()
 		return err
 	}
+	if err := d.console.Start(sctx); err != nil {
+		d.disp.Stop()
+		d.hooks.Stop()
+		return err
+	}
 	if d.srv != nil {
 		if err := d.srv.Start(); err != nil {
+			d.console.Stop()
 			d.disp.Stop()
 			d.hooks.Stop()
 			return fmt.Errorf("LISTEN_ADDR: %w", err)
@@ -149,13 +169,15 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop shuts down in order: the HTTP API first (no new replays), then
-// admission and the sweeper, then webhook delivery (deliveries in flight
-// are handed to another replica).
+// Stop shuts down in order: the HTTP API first (no new replays; the
+// console's event streams end), then the console, admission and the
+// sweeper, then webhook delivery (deliveries in flight are handed to
+// another replica).
 func (d *Dispatcher) Stop() {
 	if d.srv != nil {
 		d.srv.Stop()
 	}
+	d.console.Stop()
 	d.disp.Stop()
 	d.hooks.Stop()
 }

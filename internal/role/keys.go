@@ -126,6 +126,10 @@ func (k *Keys) guard(keys *auth.Keyring) (*auth.Guard, string, error) {
 func adminRoutes(g *auth.Guard, routes []dispatch.Route) []dispatch.Route {
 	out := make([]dispatch.Route, len(routes))
 	for i, r := range routes {
+		if r.Public {
+			out[i] = r // a page without data: its API routes are guarded
+			continue
+		}
 		out[i] = dispatch.Route{Pattern: r.Pattern, Handler: g.Require(auth.Admin, r.Handler)}
 	}
 	return out

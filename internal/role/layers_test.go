@@ -30,7 +30,7 @@ var layers = []struct {
 	{"core", []string{"internal/lifecycle"}},
 	{"read models", []string{"internal/fleet", "internal/jobview"}},
 	{"roles", []string{"internal/dispatch", "internal/worker", "internal/runpod", "internal/runpod/serverless",
-		"internal/runpod/jobtake", "internal/batch"}},
+		"internal/runpod/jobtake", "internal/batch", "internal/console"}},
 	{"wiring", []string{"internal/backend", "internal/role"}},
 	{"dev", []string{"internal/devstack"}},
 	{"tools", []string{"internal/bench"}},

@@ -195,7 +195,8 @@ func TestOperatorRoutesWantAnAdminKey(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	for _, r := range []struct{ method, path string }{{"GET", "/fleet"}, {"GET", "/dlq"}, {"GET", "/metrics"}, {"POST", "/dlq/1/replay"}} {
+	for _, r := range []struct{ method, path string }{{"GET", "/fleet"}, {"GET", "/dlq"}, {"GET", "/metrics"}, {"POST", "/dlq/1/replay"},
+		{"GET", "/console/api/jobs"}, {"GET", "/console/api/events"}, {"POST", "/console/api/pause"}, {"POST", "/console/api/workers/w1/drain"}} {
 		require.Equal(t, http.StatusUnauthorized, call(r.method, r.path), "%s %s without a key", r.method, r.path)
 		require.Equal(t, http.StatusUnauthorized, call(r.method, r.path, "Authorization", "Bearer api-key"), "%s %s: an API key is no key here", r.method, r.path)
 		require.Equal(t, http.StatusForbidden, call(r.method, r.path, "Authorization", "Bearer admin-key", "Origin", "https://evil.example", "Content-Type", "text/plain"),
@@ -205,6 +206,11 @@ func TestOperatorRoutesWantAnAdminKey(t *testing.T) {
 	require.Equal(t, http.StatusOK, call("GET", "/metrics", "Authorization", "admin-key"))
 	require.Equal(t, http.StatusNotFound, call("POST", "/dlq/1/replay", "Authorization", "Bearer admin-key"), "no such dead letter")
 	require.Equal(t, http.StatusOK, call("GET", "/healthz"), "liveness probes need no key")
+	// The console's page holds no data: it is served to anyone; its API
+	// is behind the admin keys.
+	require.Equal(t, http.StatusOK, call("GET", "/console/"), "the console's page")
+	require.Equal(t, http.StatusOK, call("GET", "/console/assets/app.js"))
+	require.Equal(t, http.StatusOK, call("GET", "/console/api/session", "Authorization", "Bearer admin-key"))
 }
 
 // TestAPIKeysNeverTakeJobs replays the finding "any API key is a worker

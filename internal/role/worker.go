@@ -169,7 +169,7 @@ func NewWorker(cfg WorkerConfig, b *backend.Backend, m *worker.Metrics, reg *met
 		}
 	}
 	w, err := worker.New(cfg.Worker, worker.Deps{Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, S3: out,
-		ComfyUI: client, Fleet: b.DB, Logger: base, Metrics: m})
+		ComfyUI: client, Fleet: b.DB, Controls: b.DB, Logger: base, Metrics: m})
 	if err != nil {
 		_ = client.Close()
 		return nil, err

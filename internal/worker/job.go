@@ -115,6 +115,7 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 		log.Info("job cancelled; its prompt was stopped in ComfyUI")
 		return
 	}
+	w.noteError(out)
 	if out.status == "" {
 		r := lifecycle.Requeue{Reason: out.reason, Delay: out.requeueDelay, Counted: out.retryable}
 		if out.final != nil {

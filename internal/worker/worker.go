@@ -322,6 +322,9 @@ type Deps struct {
 	ComfyUI ComfyUI
 	// Fleet is optional; without it the worker does not announce itself.
 	Fleet Heartbeats
+	// Controls is optional; without it no lane is paused and the worker
+	// never drains (control.go).
+	Controls Controls
 	// InputTLS is the TLS configuration for input URLs (a private CA);
 	// nil means the system's roots.
 	InputTLS *tls.Config
@@ -334,17 +337,19 @@ type Deps struct {
 
 // Worker runs jobs on one ComfyUI.
 type Worker struct {
-	cfg     Config
-	q       *queue.Client
-	core    *lifecycle.Core
-	blobs   blob.Store
-	comfy   ComfyUI
-	fleet   Heartbeats
-	log     *zap.Logger
-	s3      *s3.Store   // the configured S3 store, nil without one
-	inputs  *ssrf.Guard // input URLs
-	s3Guard *ssrf.Guard // the endpoints of jobs' s3Config
-	warmup  []byte
+	cfg      Config
+	q        *queue.Client
+	core     *lifecycle.Core
+	blobs    blob.Store
+	comfy    ComfyUI
+	fleet    Heartbeats
+	controls Controls
+	ctl      atomic.Pointer[controlState] // what it skips (control.go)
+	log      *zap.Logger
+	s3       *s3.Store   // the configured S3 store, nil without one
+	inputs   *ssrf.Guard // input URLs
+	s3Guard  *ssrf.Guard // the endpoints of jobs' s3Config
+	warmup   []byte
 
 	mu       sync.Mutex
 	stopping context.CancelFunc // stops pulling
@@ -392,7 +397,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 	}
 	cfg = cfg.withDefaults()
 	w := &Worker{
-		cfg: cfg, q: d.Queue, core: d.Core, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet, s3: d.S3,
+		cfg: cfg, q: d.Queue, core: d.Core, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet, s3: d.S3, controls: d.Controls,
 		metrics:      d.Metrics,
 		log:          log.Named("worker").With(zap.String("worker_id", cfg.ID)),
 		self:         proto.Heartbeat{ID: cfg.ID, Pool: cfg.Pool, State: proto.WorkerInitializing},
@@ -439,17 +444,39 @@ func (w *Worker) Start(ctx context.Context) error {
 		Consumer:   queue.ConsumerConfig{AckWait: w.cfg.AckWait},
 		BatchEvery: w.cfg.BatchEvery,
 		MorePools:  w.cfg.MorePools,
+		Skip:       w.skip,
 	})
 	if err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
+	// The controls are read before the first pull, so that a paused lane
+	// is never pulled at start.
+	ctlChanged := make(chan struct{}, 1)
+	var unsubscribeControl func()
+	if w.controls != nil {
+		if unsubscribeControl, err = w.q.SubscribeControl(func() {
+			select {
+			case ctlChanged <- struct{}{}:
+			default:
+			}
+		}); err != nil {
+			return fmt.Errorf("start worker: %w", err)
+		}
+		w.readControls(ctx)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done != nil {
+		if unsubscribeControl != nil {
+			unsubscribeControl()
+		}
 		return errors.New("start worker: already started")
 	}
 	unsubscribe, err := w.q.SubscribeCancels(w.onCancel)
 	if err != nil {
+		if unsubscribeControl != nil {
+			unsubscribeControl()
+		}
 		return fmt.Errorf("start worker: %w", err)
 	}
 	base := context.WithoutCancel(ctx)
@@ -460,12 +487,22 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.stopping, w.abort, w.done = stopping, abort, make(chan struct{})
 	beatDone := make(chan struct{})
 	monDone := make(chan struct{})
+	ctlDone := make(chan struct{})
 	go w.beat(pullCtx, beatDone)
 	go w.monitor(monCtx, monDone)
+	if w.controls != nil {
+		go w.watchControls(pullCtx, ctlChanged, ctlDone)
+	} else {
+		close(ctlDone)
+	}
 	go func() {
 		w.loop(pullCtx, jobCtx, connCtx, cons)
 		stopMonitor()
 		<-monDone
+		<-ctlDone
+		if unsubscribeControl != nil {
+			unsubscribeControl()
+		}
 		unsubscribe()
 		abort()
 		closeConn() // ends the ComfyUI connection's loop, now no job needs it
@@ -821,6 +858,7 @@ func (w *Worker) beat(ctx context.Context, done chan<- struct{}) {
 		w.mu.Lock()
 		self := w.self
 		w.mu.Unlock()
+		self.State = w.shownState(self.State)
 		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := w.fleet.Beat(bctx, self); err != nil && ctx.Err() == nil {
 			w.log.Warn("heartbeat", zap.Error(err))
