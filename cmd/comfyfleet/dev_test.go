@@ -429,5 +429,9 @@ func TestGetAndFileRouteOnTheBlobStore(t *testing.T) {
 	g = start(t, work, "get", "no-such-job")
 	require.Equal(t, exitNotAllDone, g.wait(t, time.Minute))
 	require.Contains(t, g.out.String(), "comfyfleet get: job no-such-job not found")
+	// watch is for batches: given a job's id it says what to use instead.
+	w := start(t, work, "watch", st.ID)
+	require.Equal(t, exitNotAllDone, w.wait(t, time.Minute))
+	require.Contains(t, w.out.String(), st.ID+" is a job, not a batch: show it with comfyfleet status "+st.ID)
 	devDown(t, work, dev)
 }

@@ -360,6 +360,12 @@ func (r *Runner) Watch(ctx context.Context, opts Options) (*Summary, error) {
 	}
 	opts = opts.withDefaults()
 	_, idx, err := r.d.DB.BatchMembers(ctx, opts.BatchID)
+	if errors.Is(err, rdb.ErrBatchNotFound) {
+		if _, jerr := r.d.Core.Get(ctx, opts.BatchID); jerr == nil {
+			return nil, fmt.Errorf("%s is a job, not a batch: show it with comfyfleet status %s, fetch its files with comfyfleet get %s",
+				opts.BatchID, opts.BatchID, opts.BatchID)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("watch batch: %w", err)
 	}
