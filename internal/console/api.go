@@ -37,6 +37,14 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
+// unavailable answers 503 for a failure of NATS or Redis: the log has the
+// error, the answer a fixed text, as their clients' errors name their
+// addresses (which no answer names).
+func (c *Console) unavailable(w http.ResponseWriter, what string, err error) {
+	c.log.Warn(what, zap.Error(err))
+	writeError(w, http.StatusServiceUnavailable, what+": the fleet's backend is unavailable, try again")
+}
+
 // jobID reads and checks the {id} of a route.
 func jobID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
@@ -122,7 +130,7 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 func (c *Console) fleetView(w http.ResponseWriter, r *http.Request) {
 	v, err := c.d.View(r.Context())
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "read fleet view: "+err.Error())
+		c.unavailable(w, "read fleet view", err)
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
@@ -162,7 +170,7 @@ func (c *Console) jobs(w http.ResponseWriter, r *http.Request) {
 	}
 	recs, err := c.d.DB.RecentJobs(r.Context(), q.Limit, q.match)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read recent jobs", err)
 		return
 	}
 	out := make([]jobSummary, 0, len(recs))
@@ -212,7 +220,7 @@ func (c *Console) batches(w http.ResponseWriter, r *http.Request) {
 		return false
 	})
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read batches", err)
 		return
 	}
 	out := make([]*batchView, 0, len(by))
@@ -272,12 +280,12 @@ func (c *Console) job(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read job", err)
 		return
 	}
 	d := jobDetail{Job: summarize(rec), Output: rec.Output, Attempts: []string{}, Timeline: []timelineEntry{}}
 	if d.Attempts, err = c.d.DB.AttemptErrors(ctx, id); err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read job attempts", err)
 		return
 	}
 	if d.Attempts == nil {
@@ -285,7 +293,7 @@ func (c *Console) job(w http.ResponseWriter, r *http.Request) {
 	}
 	evs, _, err := c.d.Queue.ReadEvents(ctx, id, 0, maxTimeline)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read job events", err)
 		return
 	}
 	for _, ev := range evs {
@@ -370,7 +378,7 @@ func (c *Console) blob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read job", err)
 		return
 	}
 	item, ok := outputItem(rec.Output, key)
@@ -453,7 +461,7 @@ func (c *Console) cancel(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, rdb.ErrTerminal):
 		writeError(w, http.StatusConflict, fmt.Sprintf("job %s has ended already: %s", id, rec.Status))
 	case err != nil:
-		writeError(w, http.StatusServiceUnavailable, "cancel job: "+err.Error())
+		c.unavailable(w, "cancel job", err)
 	default:
 		c.log.Info("job cancelled from the console", zap.String("job_id", id), zap.String("by", principal(r)))
 		writeJSON(w, http.StatusOK, map[string]any{"id": id, "status": proto.StatusCancelled})
@@ -475,7 +483,7 @@ func (c *Console) retry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read job", err)
 		return
 	}
 	if rec.Status != proto.StatusFailed && rec.Status != proto.StatusTimedOut {
@@ -488,7 +496,7 @@ func (c *Console) retry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		c.unavailable(w, "read job", err)
 		return
 	}
 	job, err := proto.DecodeJob(data)
@@ -525,7 +533,7 @@ func (c *Console) pause(paused bool) http.Handler {
 		ctx, done := context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
 		defer done()
 		if err := c.d.DB.SetPaused(ctx, p.Pool, p.lanes(), paused); err != nil {
-			writeError(w, http.StatusServiceUnavailable, err.Error())
+			c.unavailable(w, "pause lanes", err)
 			return
 		}
 		c.announce()
@@ -549,7 +557,7 @@ func (c *Console) drain(draining bool) http.Handler {
 		ctx, done := context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
 		defer done()
 		if err := c.d.DB.SetDraining(ctx, id, draining); err != nil {
-			writeError(w, http.StatusServiceUnavailable, err.Error())
+			c.unavailable(w, "drain worker", err)
 			return
 		}
 		c.announce()

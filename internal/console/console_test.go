@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -460,4 +462,38 @@ func TestEventStream(t *testing.T) {
 	}
 	code, body, _ = b.do(t, http.MethodGet, "/console/api/events", "")
 	require.Equal(t, http.StatusServiceUnavailable, code, body)
+}
+
+// TestUnavailableBackendIsNotNamed: when Redis is gone the console
+// answers 503 with a fixed text; the log has the cause, the answer never
+// names the backend's address.
+func TestUnavailableBackendIsNotNamed(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	rc := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = rc.Close() })
+	b := setup(t)
+	db := rdb.New(rc, rdb.Options{Prefix: "unavailable:"})
+	log := zaptest.NewLogger(t)
+	con, err := console.New(console.Config{}, console.Deps{DB: db, Queue: b.q, Core: lifecycle.New(db, b.q, log), Blobs: b.q.Blobs(), Logger: log})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	for _, r := range con.Routes() {
+		mux.Handle(r.Pattern, r.Handler)
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	for path, what := range map[string]string{"/console/api/fleet": "read fleet view", "/console/api/jobs": "read recent jobs",
+		"/console/api/jobs/j-1": "read job", "/console/api/batches": "read batches"} {
+		resp, err := http.Get(srv.URL + path)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%s: %s", path, body)
+		require.JSONEq(t, `{"error":"`+what+`: the fleet's backend is unavailable, try again"}`, string(body), path)
+		require.NotContains(t, string(body), addr, path)
+	}
 }
