@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/blob"
@@ -52,8 +51,7 @@ type Backend struct {
 	// Blobs is the object store, the blob store of a fleet without S3.
 	Blobs blob.Store
 
-	nc  *nats.Conn
-	rdb *redis.Client
+	nc *nats.Conn
 }
 
 // Open connects to NATS and Redis, ensures the streams and buckets (or
@@ -70,8 +68,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.RedisURL == "" {
 		cfg.RedisURL = DefaultRedisURL
 	}
-	ropts, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
+	if err := rdb.CheckURL(cfg.RedisURL); err != nil {
 		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
 	nlog := log.Named("nats")
@@ -104,20 +101,18 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b.Blobs = b.Queue.Blobs()
-	b.rdb = redis.NewClient(ropts)
-	if err := b.rdb.Ping(ctx).Err(); err != nil {
+	if b.DB, err = rdb.Dial(ctx, cfg.RedisURL, cfg.DB); err != nil {
 		b.Close()
-		return nil, fmt.Errorf("connect to Redis at %s: %w", ropts.Addr, err)
+		return nil, err
 	}
-	b.DB = rdb.New(b.rdb, cfg.DB)
 	b.Core = lifecycle.New(b.DB, b.Queue, log)
 	return b, nil
 }
 
 // Close closes every connection; safe on a partly opened Backend.
 func (b *Backend) Close() {
-	if b.rdb != nil {
-		_ = b.rdb.Close()
+	if b.DB != nil {
+		_ = b.DB.Close()
 	}
 	if b.nc != nil {
 		b.nc.Close()

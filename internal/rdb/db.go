@@ -1,6 +1,7 @@
 package rdb
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -101,3 +102,27 @@ func (db *DB) key(k string) string { return db.prefix + k }
 func millis(d time.Duration) int64 {
 	return max(1, d.Milliseconds())
 }
+
+// CheckURL reports what is wrong with a Redis URL (redis:// or rediss://).
+func CheckURL(url string) error {
+	_, err := redis.ParseURL(url)
+	return err
+}
+
+// Dial connects to the Redis at url, makes sure it answers, and returns a
+// DB on it; Close closes the connection.
+func Dial(ctx context.Context, url string, opts Options) (*DB, error) {
+	ropts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	c := redis.NewClient(ropts)
+	if err := c.Ping(ctx).Err(); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("connect to Redis at %s: %w", ropts.Addr, err)
+	}
+	return New(c, opts), nil
+}
+
+// Close closes the DB's Redis connection.
+func (db *DB) Close() error { return db.rdb.Close() }
