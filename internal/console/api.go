@@ -37,6 +37,21 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
+// record reads a job's record; on failure it has answered: 404 for a job
+// without one, 503 when Redis fails.
+func (c *Console) record(ctx context.Context, w http.ResponseWriter, id string) (*proto.Record, bool) {
+	rec, err := c.d.DB.Get(ctx, id)
+	if errors.Is(err, rdb.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s does not exist (or its record's retention ended)", id))
+		return nil, false
+	}
+	if err != nil {
+		c.unavailable(w, "read job", err)
+		return nil, false
+	}
+	return rec, true
+}
+
 // unavailable answers 503 for a failure of NATS or Redis: the log has the
 // error, the answer a fixed text, as their clients' errors name their
 // addresses (which no answer names).
@@ -274,16 +289,12 @@ func (c *Console) job(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	rec, err := c.d.DB.Get(ctx, id)
-	if errors.Is(err, rdb.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s does not exist (or its record's retention ended)", id))
-		return
-	}
-	if err != nil {
-		c.unavailable(w, "read job", err)
+	rec, ok := c.record(ctx, w, id)
+	if !ok {
 		return
 	}
 	d := jobDetail{Job: summarize(rec), Output: rec.Output, Attempts: []string{}, Timeline: []timelineEntry{}}
+	var err error
 	if d.Attempts, err = c.d.DB.AttemptErrors(ctx, id); err != nil {
 		c.unavailable(w, "read job attempts", err)
 		return
@@ -372,13 +383,8 @@ func (c *Console) blob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	rec, err := c.d.DB.Get(ctx, id)
-	if errors.Is(err, rdb.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s does not exist", id))
-		return
-	}
-	if err != nil {
-		c.unavailable(w, "read job", err)
+	rec, ok := c.record(ctx, w, id)
+	if !ok {
 		return
 	}
 	item, ok := outputItem(rec.Output, key)
@@ -477,13 +483,8 @@ func (c *Console) retry(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, done := context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
 	defer done()
-	rec, err := c.d.DB.Get(ctx, id)
-	if errors.Is(err, rdb.ErrNotFound) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s does not exist", id))
-		return
-	}
-	if err != nil {
-		c.unavailable(w, "read job", err)
+	rec, ok := c.record(ctx, w, id)
+	if !ok {
 		return
 	}
 	if rec.Status != proto.StatusFailed && rec.Status != proto.StatusTimedOut {
