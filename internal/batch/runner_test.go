@@ -204,7 +204,10 @@ func TestCancelBatch(t *testing.T) {
 	// Without prefetching, so that jobs wait in the queue (a prefetched job
 	// is IN_PROGRESS from its pickup) and their cancel is seen to keep them
 	// from starting.
-	f := setupFleet(t, 200*time.Millisecond, "PREFETCH", "0") // about 4 s a job: none ends before the cancel, even under load
+	// About 20 s a job, so that none ends before the cancel even under CI
+	// load (at 4 s a job, three had ended once); the cancel interrupts the
+	// two running ones, so the test does not wait for them.
+	f := setupFleet(t, time.Second, "PREFETCH", "0")
 	ctx := testenv.Context(t, time.Minute)
 	items := sweep(t, 6)
 	sum, err := f.runner.Submit(ctx, items, batch.Options{BatchID: "cancel-1", Out: t.TempDir(), Detach: true})
