@@ -60,7 +60,11 @@ func pause(d time.Duration) <-chan time.Time { return time.After(d) }
 // CANCELLED, the expired ones TIMED_OUT, every other one COMPLETED.
 func TestWorkersKilledWithSIGKILL(t *testing.T) {
 	t.Parallel()
-	f := newFleet(t, fleetConfig{workers: 3, dispatchers: 2, stepDelay: time.Millisecond})
+	// A job can lose its worker to more kills than the default three
+	// attempts (once, one was on the next worker killed twice running: its
+	// redelivery was prefetched at once), so the budget covers every kill
+	// a job can take here: a FAILED job is then a fault costing a result.
+	f := newFleet(t, fleetConfig{workers: 3, dispatchers: 2, stepDelay: time.Millisecond, maxAttempts: 10})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const n = 500
