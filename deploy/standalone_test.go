@@ -290,3 +290,27 @@ func joinedRedis(t *testing.T) string {
 	})
 	return u.String()
 }
+
+// TestStandaloneModeSecondSignal: a second SIGTERM during the drain ends
+// the container at once, without waiting for the job in hand (RunPod
+// hands it out again).
+func TestStandaloneModeSecondSignal(t *testing.T) {
+	t.Parallel()
+	plat := runpodtest.StartPlatform(t)
+	// 20 steps of 1 s: the job outlasts the test unless the drain is cut.
+	e := startImage(t, plat, map[string]string{"SHUTDOWN_GRACE": "60s", "FAKE_STEP_DELAY": "1s"})
+	plat.AddJob(txt2imgJob(t, "sa-forced"))
+	plat.WaitFor(t, "the job's progress", func(reqs []runpodtest.Request) bool {
+		return len(runpodtest.Of(reqs, "job-stream")) > 0
+	})
+	require.NoError(t, e.cmd.Process.Signal(syscall.SIGTERM))
+	require.Eventually(t, func() bool { return strings.Contains(e.out.String(), `"msg":"draining"`) },
+		20*time.Second, 20*time.Millisecond, "the stack never started draining")
+	require.NoError(t, e.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 1, e.wait(t), e.out.String())
+	requireOrder(t, e.out.String(), "signal received: draining", "second signal: passing it on", "second signal, exiting now",
+		"stopping ComfyUI")
+	for _, r := range runpodtest.Of(plat.Requests(), "job-done") {
+		require.Contains(t, string(r.Body), "IN_PROGRESS", "no result was posted for the cut job")
+	}
+}

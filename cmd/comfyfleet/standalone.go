@@ -33,23 +33,26 @@ func standaloneMode(ctx context.Context, args []string, stdout, stderr io.Writer
 	log, _ := cfg.Stack.Common.Logger()
 	defer log.Sync()
 
+	// The first signal ends ctx (main's signal context): the stack drains.
+	// The second exits at once. Both are counted here, registered before
+	// the stack starts, so a second signal cannot slip past.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	drained := make(chan struct{})
 	defer close(drained)
 	go func() {
-		select {
-		case <-ctx.Done():
-		case <-drained:
-			return
-		}
-		forced := make(chan os.Signal, 1)
-		signal.Notify(forced, os.Interrupt, syscall.SIGTERM)
-		defer signal.Stop(forced)
-		select {
-		case <-forced:
-			log.Warn("second signal, exiting now")
-			_ = log.Sync()
-			os.Exit(1)
-		case <-drained:
+		for n := 1; ; n++ {
+			select {
+			case <-sigs:
+				if n >= 2 {
+					log.Warn("second signal, exiting now")
+					_ = log.Sync()
+					os.Exit(1)
+				}
+			case <-drained:
+				return
+			}
 		}
 	}()
 	if err := standalone.Run(ctx, cfg, log); err != nil {

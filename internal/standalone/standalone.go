@@ -83,6 +83,9 @@ func (c *Config) Finish() (setting string, err error) {
 	if setting, err := c.Stack.Finish(); err != nil {
 		return setting, err
 	}
+	// The RunPod job in hand is the gpuworker's job in hand: on SIGTERM it
+	// gets SHUTDOWN_GRACE, as the worker's drain does, and no fixed 30 s.
+	c.Stack.Adapter.Serverless.Grace = c.Stack.Worker.Worker.Grace
 	// The dev stack checks its workers' URLs when it starts them; this
 	// one names the setting now.
 	comfy := c.Stack.Worker.Comfy

@@ -35,7 +35,7 @@ func TestConfigDefaults(t *testing.T) {
 	t.Parallel()
 	cfg := parse(t, map[string]string{"RUNPOD_WEBHOOK_GET_JOB": "https://api.runpod.ai/v2/ep/job-take/$RUNPOD_POD_ID",
 		"RUNPOD_WEBHOOK_POST_OUTPUT": "https://api.runpod.ai/v2/ep/job-done/$RUNPOD_POD_ID/$ID", "WORKER_ID": "runpod-pod1",
-		"POOL": "sdxl", "REFRESH_WORKER": "true"})
+		"POOL": "sdxl", "REFRESH_WORKER": "true", "SHUTDOWN_GRACE": "45s"})
 	setting, err := cfg.Finish()
 	require.NoError(t, err, setting)
 	s := cfg.Stack
@@ -53,7 +53,9 @@ func TestConfigDefaults(t *testing.T) {
 	require.True(t, s.Adapter.ServerlessMode())
 	require.Equal(t, "sdxl", s.Adapter.Serverless.Pool, "RunPod's jobs go to the worker's pool")
 	require.True(t, s.Adapter.Serverless.RefreshWorker, "REFRESH_WORKER: a fresh RunPod worker after each job")
-	require.True(t, s.Worker.Worker.RefreshWorker, "REFRESH_WORKER: and ComfyUI's memory freed, as worker-comfyui does")
+	require.True(t, s.Worker.Worker.RefreshWorker, "REFRESH_WORKER also frees ComfyUI's memory after each job, as in the gpuworker")
+	require.Equal(t, 45*time.Second, s.Adapter.Serverless.Grace, "the RunPod job in hand drains as long as the worker's")
+	require.Equal(t, 45*time.Second, s.Worker.Worker.Grace)
 }
 
 func TestConfigErrors(t *testing.T) {
