@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -19,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/comfyfleet/comfyfleet/internal/blob/s3/s3test"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/runpodtest"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
@@ -27,6 +30,9 @@ import (
 // starts: the binaries have no key prefix, so the fleet gets a database of
 // its own on the test Redis (the sim stack has fleetRedisDB).
 const joinedRedisDB = 10
+
+// s3Server is the package's S3 server (versitygw), started on first use.
+var s3Server s3test.Lazy
 
 // startImage runs the worker image's entrypoint as a process with the real
 // binaries on PATH, nothing faked but ComfyUI's Python (the emulator behind
@@ -128,6 +134,13 @@ func jobDone(t *testing.T, plat *runpodtest.Platform, id string) []byte {
 // with PNG bytes, no error.
 func requireWorkerComfyUIAnswer(t *testing.T, body []byte) {
 	t.Helper()
+	requireImageAnswer(t, body, "base64")
+}
+
+// requireImageAnswer checks a job-done body for one PNG image of this
+// type: "base64" (data is the bytes) or "s3_url" (data is their URL).
+func requireImageAnswer(t *testing.T, body []byte, typ string) {
+	t.Helper()
 	var done struct {
 		Output struct {
 			Images []struct {
@@ -144,10 +157,21 @@ func requireWorkerComfyUIAnswer(t *testing.T, body []byte) {
 	require.Nil(t, done.Error, "%s", body)
 	require.Len(t, done.Output.Images, 1, "%s", body)
 	img := done.Output.Images[0]
-	require.Equal(t, "base64", img.Type)
+	require.Equal(t, typ, img.Type, "%s", body)
 	require.Regexp(t, `^ComfyUI_\d{5}_\.png$`, img.Filename)
-	png, err := base64.StdEncoding.DecodeString(img.Data)
-	require.NoError(t, err)
+	var png []byte
+	if typ == "s3_url" {
+		resp, err := http.Get(img.Data)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, img.Data)
+		png, err = io.ReadAll(resp.Body)
+		require.NoError(t, err)
+	} else {
+		var err error
+		png, err = base64.StdEncoding.DecodeString(img.Data)
+		require.NoError(t, err)
+	}
 	require.True(t, bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")), "the data is a PNG")
 	require.Empty(t, done.Output.Errors)
 }
@@ -313,4 +337,27 @@ func TestStandaloneModeSecondSignal(t *testing.T) {
 	for _, r := range runpodtest.Of(plat.Requests(), "job-done") {
 		require.Contains(t, string(r.Body), "IN_PROGRESS", "no result was posted for the cut job")
 	}
+}
+
+// TestStandaloneModeOutputsToS3: worker-comfyui's BUCKET_* variables send
+// the outputs to S3, and the answer carries their URLs ("s3_url"), as
+// worker-comfyui's does. A job without a workflow fails with
+// worker-comfyui's error.
+func TestStandaloneModeOutputsToS3(t *testing.T) {
+	t.Parallel()
+	srv := s3Server.Get(t)
+	bucket := srv.Bucket(t)
+	plat := runpodtest.StartPlatform(t)
+	startImage(t, plat, map[string]string{"BUCKET_ENDPOINT_URL": srv.Endpoint, "BUCKET_ACCESS_KEY_ID": srv.AccessKey,
+		"BUCKET_SECRET_ACCESS_KEY": srv.SecretKey, "BUCKET_NAME": bucket, "BUCKET_REGION": srv.Region, "BUCKET_PREFIX": "sa"})
+	plat.AddJob(txt2imgJob(t, "sa-s3"))
+	requireImageAnswer(t, jobDone(t, plat, "sa-s3"), "s3_url")
+
+	plat.AddJob(map[string]any{"id": "sa-bad", "input": map[string]any{"images": []any{}}})
+	var failed struct {
+		Error string `json:"error"`
+	}
+	body := jobDone(t, plat, "sa-bad")
+	require.NoError(t, json.Unmarshal(body, &failed), "%s", body)
+	require.Equal(t, "Missing 'workflow' parameter", failed.Error, "%s", body)
 }
