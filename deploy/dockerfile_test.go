@@ -152,6 +152,7 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 	}
 	require.Equal(t, "/usr/local/bin/", copies["/out/gpuworker"])
 	require.Equal(t, "/usr/local/bin/", copies["/out/runpod-adapter"])
+	require.Equal(t, "/usr/local/bin/", copies["/out/comfyfleet"], "standalone mode")
 	require.Equal(t, "/usr/local/bin/", copies["/out/healthcheck"])
 	require.Equal(t, "/usr/local/bin/comfyfleet-entrypoint", copies["deploy/worker/entrypoint.sh"])
 	require.Equal(t, "/usr/local/bin/fetch-model", copies["deploy/worker/fetch-model.sh"])
@@ -168,7 +169,7 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 		}
 	}), "\n")
 	require.Contains(t, gobuild, "CGO_ENABLED=0")
-	require.Contains(t, gobuild, "./cmd/gpuworker ./cmd/runpod-adapter ./deploy/healthcheck")
+	require.Contains(t, gobuild, "./cmd/gpuworker ./cmd/runpod-adapter ./cmd/comfyfleet ./deploy/healthcheck")
 
 	final := df.stage(t, "final")
 	require.Equal(t, []string{"--from=downloader"}, final.find("copy")[0].Flags)

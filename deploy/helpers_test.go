@@ -55,6 +55,7 @@ var binaryPackages = map[string]string{
 	"gpuworker":      "./cmd/gpuworker",
 	"runpod-adapter": "./cmd/runpod-adapter",
 	"comfysim":       "./cmd/comfysim",
+	"comfyfleet":     "./cmd/comfyfleet",
 	"healthcheck":    "./deploy/healthcheck",
 }
 

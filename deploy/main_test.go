@@ -10,6 +10,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	removeBinaries()
+	s3Server.Stop()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			os.Stderr.WriteString("goleak: " + err.Error() + "\n")

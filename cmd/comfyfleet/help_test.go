@@ -13,7 +13,7 @@ import (
 // said once; a bad flag is one line on standard error, without the help.
 func TestHelpGoesToStdout(t *testing.T) {
 	t.Parallel()
-	for _, cmd := range []string{"dev", "submit", "watch", "status", "cancel", "fleet", "dlq", "bench"} {
+	for _, cmd := range []string{"dev", "standalone", "submit", "watch", "status", "cancel", "fleet", "dlq", "bench"} {
 		var stdout, stderr bytes.Buffer
 		code := run(t.Context(), []string{cmd, "--help"}, &stdout, &stderr)
 		require.Equal(t, exitOK, code, cmd)

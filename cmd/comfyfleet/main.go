@@ -1,7 +1,9 @@
 // Command comfyfleet is the operator's tool: `comfyfleet dev` runs the
-// whole fleet on this machine in one process; submit, watch, status,
-// cancel and fleet work a fleet's batches and jobs (see internal/batch);
-// `comfyfleet bench` measures a fleet (see internal/bench).
+// whole fleet on this machine in one process, and `comfyfleet standalone`
+// runs it inside one worker image container (see internal/standalone);
+// submit, watch, status, cancel and fleet work a fleet's batches and jobs
+// (see internal/batch); `comfyfleet bench` measures a fleet (see
+// internal/bench).
 package main
 
 import (
@@ -25,6 +27,9 @@ Usage:
   comfyfleet dev [settings]             run the whole fleet on this machine (NATS,
                                         Redis, dispatcher, RunPod-compatible API,
                                         GPU workers)
+  comfyfleet standalone [settings]      the worker image's standalone mode: the
+                                        fleet in one RunPod serverless worker,
+                                        on the container's ComfyUI
   comfyfleet submit INPUT [settings]    submit a batch and follow it: INPUT is a
                                         folder of workflows, a .jsonl file of
                                         RunPod inputs, or one workflow with --set
@@ -39,7 +44,7 @@ Usage:
                                         idle-gap, interactive): tables, and JSON
                                         for comparing commits
 
-Every command but dev and bench finds a running "comfyfleet dev" by itself (its
+Every command but dev, standalone and bench finds a running "comfyfleet dev" by itself (its
 .comfyfleet/stack.json); for a deployment set NATS_URL and REDIS_URL.
 
 Run "comfyfleet <command> --help" for a command's settings.
@@ -63,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "dev":
 		return dev(ctx, args[1:], stdout, stderr)
+	case "standalone":
+		return standaloneMode(ctx, args[1:], stdout, stderr)
 	case "submit":
 		return submit(ctx, args[1:], stdout, stderr)
 	case "watch":

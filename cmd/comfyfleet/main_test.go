@@ -13,6 +13,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/role"
+	"github.com/comfyfleet/comfyfleet/internal/standalone"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
@@ -60,19 +61,35 @@ func roleSettings() map[string][]flagenv.Setting {
 // here.
 func TestConfigurationDoc(t *testing.T) {
 	t.Parallel()
+	var cfg devstack.Config
+	requireSettingsDocumented(t, "comfyfleet dev", devSettings(&cfg))
+}
+
+// TestStandaloneConfigurationDoc: the same for `comfyfleet standalone`,
+// whose own settings (and the ones it gives other defaults) are in its
+// table.
+func TestStandaloneConfigurationDoc(t *testing.T) {
+	t.Parallel()
+	var cfg standalone.Config
+	requireSettingsDocumented(t, "comfyfleet standalone", standaloneSettings(&cfg))
+}
+
+// requireSettingsDocumented checks that each of fs's settings is a role's,
+// in that role's table, or in the table of command name.
+func requireSettingsDocumented(t *testing.T, name string, fs *flagenv.Set) {
+	t.Helper()
 	doc, err := os.ReadFile("../../docs/configuration.md")
 	require.NoError(t, err)
 	tables, err := configdoc.Tables(doc)
 	require.NoError(t, err)
 	roles := roleSettings()
-	var cfg devstack.Config
 	var own []flagenv.Setting
-	for _, s := range devSettings(&cfg).Settings() {
+	for _, s := range fs.Settings() {
 		var in []string
-		for name, settings := range roles {
+		for role, settings := range roles {
 			for _, r := range settings {
 				if r == s {
-					in = append(in, name)
+					in = append(in, role)
 				}
 			}
 		}
@@ -80,15 +97,15 @@ func TestConfigurationDoc(t *testing.T) {
 			own = append(own, s)
 			continue
 		}
-		for _, name := range in {
+		for _, role := range in {
 			documented := false
-			for _, row := range tables[name] {
+			for _, row := range tables[role] {
 				documented = documented || row.Flag == s.Flag && row.Env == s.Env
 			}
-			require.True(t, documented, "--%s (%s) is not in the %s table", s.Flag, s.Env, name)
+			require.True(t, documented, "%s: --%s (%s) is not in the %s table", name, s.Flag, s.Env, role)
 		}
 	}
-	if problems := configdoc.Check(doc, "comfyfleet dev", own); len(problems) > 0 {
+	if problems := configdoc.Check(doc, name, own); len(problems) > 0 {
 		t.Fatalf("docs/configuration.md is out of date:\n\n%s", strings.Join(problems, "\n\n"))
 	}
 }

@@ -2,7 +2,8 @@
 # Stands in for the worker image's Python in the entrypoint tests.
 #   -c CODE          the GPU check: FAKE_GPU=ok passes, anything else fails
 #   -u main.py ARGS  ComfyUI: FAKE_COMFYUI=sim runs the emulator on --listen/--port,
-#                    hang never answers, exit exits 3 at once
+#                    hang never answers, exit exits 3 at once; FAKE_STEP_DELAY is
+#                    the emulator's time per sampler step (default 0)
 # Every call is recorded in FAKE_ARGS_FILE.
 echo "$*" >>"${FAKE_ARGS_FILE:-/dev/null}"
 if [ "$1" = "-c" ]; then
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case "${FAKE_COMFYUI:-sim}" in
-sim) exec comfysim --listen "$listen:$port" --step-delay 0 --log-level warn ;;
+sim) exec comfysim --listen "$listen:$port" --step-delay "${FAKE_STEP_DELAY:-0}" --log-level warn ;;
 hang) exec sleep 300 ;;
 *) exit 3 ;;
 esac

@@ -3,17 +3,25 @@
 #
 #   entrypoint.sh [worker]   ComfyUI on 127.0.0.1, then gpuworker next to it; with
 #                            RUNPOD_WEBHOOK_GET_JOB set (a RunPod serverless worker),
-#                            also runpod-adapter, which takes the endpoint's jobs
+#                            also runpod-adapter, which takes the endpoint's jobs.
+#                            RUNPOD_WEBHOOK_GET_JOB set and NATS_URL unset (no fleet
+#                            to join): standalone mode, as below
+#   entrypoint.sh standalone ComfyUI on 127.0.0.1, then `comfyfleet standalone`: the
+#                            whole fleet in one process (embedded NATS and Redis,
+#                            dispatcher, one gpuworker, the RunPod worker), a
+#                            drop-in for worker-comfyui
 #   entrypoint.sh comfyui    ComfyUI alone, listening on 0.0.0.0 (compose runs the
 #                            gpuworker in its own container)
 #   entrypoint.sh CMD...     runs CMD (a shell, comfy-cli, ...)
 #
 # Boot: GPU check (as worker-comfyui does), ComfyUI, wait until it answers, then
-# the worker. SIGTERM or SIGINT: the worker (and adapter) drain first, then
-# ComfyUI stops; a second signal is passed on, which makes them exit at once.
+# the worker (gpuworker, or comfyfleet standalone). SIGTERM or SIGINT: the
+# worker (and adapter) drain first, then ComfyUI stops; a second signal is
+# passed on, which makes them exit at once.
 # If ComfyUI dies, the worker is stopped and the container exits non-zero; if
 # the worker or the adapter exits, the others are stopped and its exit code is
-# the container's (the adapter exits 0 after a job with REFRESH_WORKER).
+# the container's (the adapter, or comfyfleet standalone, exits 0 after a job
+# with REFRESH_WORKER).
 #
 # Every variable below is documented in docs/configuration.md (worker image);
 # a test checks that the two agree.
@@ -34,6 +42,8 @@ set -Eeuo pipefail
 : "${NETWORK_VOLUME:=/runpod-volume}"       # where a RunPod network volume is mounted
 : "${NETWORK_VOLUME_DEBUG:=false}"          # true prints the volume's model folders at boot
 : "${RUNPOD_WEBHOOK_GET_JOB:=}"             # set by RunPod: selects the serverless mode
+# NATS_URL (the gpuworker's) picks joined over standalone mode; it is not
+# given a default here, as an empty one means "no fleet".
 
 log() { printf 'comfyfleet-worker: %s\n' "$*"; }
 
@@ -160,7 +170,7 @@ on_signal() {
 	if [ "$signals" -eq 1 ]; then
 		log "signal received: draining"
 		[ -z "${adapter_pid:-}" ] || terminate "$adapter_pid" runpod-adapter
-		terminate "$worker_pid" gpuworker
+		terminate "$worker_pid" "$worker_name"
 		return 0
 	fi
 	log "second signal: passing it on"
@@ -168,7 +178,10 @@ on_signal() {
 	kill -TERM "$worker_pid" 2>/dev/null || true
 }
 
+# worker_mode MODE: joined (gpuworker, and runpod-adapter on RunPod) or
+# standalone (comfyfleet standalone), beside ComfyUI.
 worker_mode() {
+	local mode=$1
 	gpu_check
 	volume_report
 	manager_offline
@@ -206,14 +219,22 @@ worker_mode() {
 	if [ -z "${WORKER_ID:-}" ] && [ -n "${RUNPOD_POD_ID:-}" ]; then
 		export WORKER_ID="runpod-$RUNPOD_POD_ID"
 	fi
-	log "starting gpuworker"
-	gpuworker &
-	worker_pid=$!
 	adapter_pid=""
-	if [ -n "$RUNPOD_WEBHOOK_GET_JOB" ]; then
-		log "RUNPOD_WEBHOOK_GET_JOB is set: starting runpod-adapter (RunPod serverless mode)"
-		runpod-adapter &
-		adapter_pid=$!
+	if [ "$mode" = standalone ]; then
+		worker_name="comfyfleet standalone"
+		log "starting comfyfleet standalone (NATS, Redis, dispatcher, gpuworker and the RunPod worker in one process)"
+		comfyfleet standalone &
+		worker_pid=$!
+	else
+		worker_name=gpuworker
+		log "starting gpuworker"
+		gpuworker &
+		worker_pid=$!
+		if [ -n "$RUNPOD_WEBHOOK_GET_JOB" ]; then
+			log "RUNPOD_WEBHOOK_GET_JOB is set: starting runpod-adapter (RunPod serverless mode)"
+			runpod-adapter &
+			adapter_pid=$!
+		fi
 	fi
 
 	local exited="" code=0 pids=("$comfy_pid" "$worker_pid")
@@ -231,7 +252,7 @@ worker_mode() {
 		# finish first, then ComfyUI, which may still be running the
 		# worker's last job.
 		[ -z "$adapter_pid" ] || await "$adapter_pid" runpod-adapter 0
-		await "$worker_pid" gpuworker 0
+		await "$worker_pid" "$worker_name" 0
 		local worker_status=$status
 		stop "$comfy_pid" ComfyUI "$COMFYUI_STOP_TIMEOUT"
 		log "stopped"
@@ -242,11 +263,12 @@ worker_mode() {
 	"$comfy_pid")
 		log "ComfyUI exited with status $code; stopping the worker"
 		[ -z "$adapter_pid" ] || stop "$adapter_pid" runpod-adapter 0
-		stop "$worker_pid" gpuworker 0
+		stop "$worker_pid" "$worker_name" 0
 		exit $((code == 0 ? 1 : code))
 		;;
 	"$worker_pid")
-		log "gpuworker exited with status $code; stopping ComfyUI"
+		# Status 0 from comfyfleet standalone: REFRESH_WORKER, as below.
+		log "$worker_name exited with status $code; stopping ComfyUI"
 		[ -z "$adapter_pid" ] || stop "$adapter_pid" runpod-adapter 0
 		stop "$comfy_pid" ComfyUI "$COMFYUI_STOP_TIMEOUT"
 		exit "$code"
@@ -263,7 +285,15 @@ worker_mode() {
 }
 
 case "${1:-worker}" in
-worker) worker_mode ;;
+worker)
+	if [ -n "$RUNPOD_WEBHOOK_GET_JOB" ] && [ -z "${NATS_URL:-}" ]; then
+		log "RUNPOD_WEBHOOK_GET_JOB is set and NATS_URL is not: standalone mode (no fleet to join)"
+		worker_mode standalone
+	else
+		worker_mode joined
+	fi
+	;;
+standalone) worker_mode standalone ;;
 comfyui) comfyui_only ;;
 *) exec "$@" ;;
 esac

@@ -85,6 +85,11 @@ type Config struct {
 	// Without the adapter there is no API and no listener (Info.APIURL is
 	// empty), so the dispatcher's routes are not served either.
 	NoDispatcher, NoAdapter, NoWorkers bool
+	// ExactWorkerID names a stack's only worker WORKER_ID as given,
+	// without the "-1" of its number (the worker image's standalone
+	// mode, whose one worker is the container's). Not a setting of
+	// `comfyfleet dev`.
+	ExactWorkerID bool
 
 	Logger *zap.Logger
 }
@@ -278,7 +283,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	wm := worker.NewMetrics(reg)
 	for i, u := range urls {
 		wcfg := cfg.Worker
-		wcfg.Worker.ID = fmt.Sprintf("%s-%d", cfg.Worker.Worker.ID, i+1)
+		if !cfg.ExactWorkerID || len(urls) > 1 {
+			wcfg.Worker.ID = fmt.Sprintf("%s-%d", cfg.Worker.Worker.ID, i+1)
+		}
 		wcfg.Comfy.BaseURL = u
 		if inputDirs != nil {
 			wcfg.Worker.InputDir = inputDirs[i]
