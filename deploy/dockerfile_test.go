@@ -431,7 +431,7 @@ func TestBuildContext(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"comfyfleet", "comfysim.test", ".git", ".comfyfleet", "bin/dispatcher", "deploy/compose/.env",
-		"deploy/compose/models/checkpoints/x.safetensors", "internal/worker/worker_test.go", "internal/status/testdata/x", "docs/deployment.md"} {
+		"deploy/compose/models/checkpoints/x.safetensors", "deploy/compose/secrets/hf_token", "internal/worker/worker_test.go", "internal/status/testdata/x", "docs/deployment.md"} {
 		require.True(t, dockerignored(t, p), "%s is kept out of the build context", p)
 	}
 	for _, p := range []string{"go.mod", "internal/status/transition.lua", "deploy/worker/entrypoint.sh", "cmd/gpuworker/main.go"} {

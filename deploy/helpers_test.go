@@ -119,8 +119,16 @@ func dotEnv(t *testing.T) map[string]string {
 // profiles, and .env.example as the .env file (what a user starts from).
 func loadCompose(t *testing.T, file string, profiles ...string) *types.Project {
 	t.Helper()
+	return loadComposeEnv(t, file, nil, profiles...)
+}
+
+// loadComposeEnv is loadCompose with some variables of .env changed.
+func loadComposeEnv(t *testing.T, file string, set map[string]string, profiles ...string) *types.Project {
+	t.Helper()
+	vars := dotEnv(t)
+	maps.Copy(vars, set)
 	var env []string
-	for k, v := range dotEnv(t) {
+	for k, v := range vars {
 		env = append(env, k+"="+v)
 	}
 	opts, err := cli.NewProjectOptions([]string{file},
