@@ -329,8 +329,15 @@ var entrypointSetting = regexp.MustCompile(`(?m)^: "\$\{([A-Z_][A-Z0-9_]*):=([^}
 // their defaults.
 func entrypointVariables(t *testing.T) map[string]string {
 	t.Helper()
+	return scriptVariables(t, "entrypoint.sh")
+}
+
+// scriptVariables returns the settings of a script in deploy/worker and
+// their defaults.
+func scriptVariables(t *testing.T, script string) map[string]string {
+	t.Helper()
 	out := map[string]string{}
-	for _, m := range entrypointSetting.FindAllStringSubmatch(readFile(t, "deploy", "worker", "entrypoint.sh"), -1) {
+	for _, m := range entrypointSetting.FindAllStringSubmatch(readFile(t, "deploy", "worker", script), -1) {
 		out[m[1]] = m[2]
 	}
 	require.NotEmpty(t, out)

@@ -77,3 +77,17 @@ func TestComfyNodeInstall(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, out, "usage: comfy-node-install")
 }
+
+// TestWorkerScriptSettingsAreDocumented: the variables fetch-model and
+// comfy-node-install read are in docs/configuration.md with the scripts'
+// defaults.
+func TestWorkerScriptSettingsAreDocumented(t *testing.T) {
+	t.Parallel()
+	for table, script := range map[string]string{"fetch-model": "fetch-model.sh", "comfy-node-install": "comfy-node-install.sh"} {
+		got := map[string]string{}
+		for _, r := range docTable(t, table) {
+			got[r.Env] = r.Default
+		}
+		require.Equal(t, scriptVariables(t, script), got, "docs/configuration.md <!-- settings: %s -->", table)
+	}
+}
