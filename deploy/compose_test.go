@@ -469,6 +469,8 @@ var notInCompose = map[string]map[string]string{
 		"ALLOWED_ORIGINS": "/metrics is scraped by Prometheus, not called from browsers",
 		"COMFYUI_INPUT_DIR": "the gpuworker has its own container, without ComfyUI's input folder: a job's inputs are emptied over HTTP; " +
 			"share the folder as a volume in an override file and set it there to have them deleted",
+		"COMFYUI_OUTPUT_DIR": "the gpuworker has its own container, without ComfyUI's output folder: " +
+			"share the folder as a volume in an override file and set it there to have a job's outputs deleted once stored",
 	},
 	"dispatcher": {
 		"SWEEP_INTERVAL":     "the default fits; tests shorten it",
