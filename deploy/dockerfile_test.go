@@ -10,6 +10,8 @@ import (
 
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // model is one file a MODEL_TYPE bakes in: its path under /comfyui and the
@@ -191,6 +193,9 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 	require.Equal(t, "/comfyui/input", env["COMFYUI_INPUT_DIR"])
 	require.Equal(t, "/comfyui/output", env["COMFYUI_OUTPUT_DIR"])
 	require.Equal(t, "${MODEL_TYPE}", env["POOL"], "a worker takes its variant's jobs unless POOL says otherwise")
+	for typ := range wantModels {
+		require.NoError(t, proto.ValidID(typ), "MODEL_TYPE %s is the image's POOL", typ)
+	}
 
 	gobuild := strings.Join(slices.Collect(func(yield func(string) bool) {
 		for _, n := range df.stage(t, "gobuild").find("run") {
