@@ -211,9 +211,15 @@ func TestComposeWorkerPairs(t *testing.T) {
 	}
 	require.Len(t, devices, 2)
 
-	// Tokens come from the environment as build secrets; none is a build arg.
-	require.Equal(t, "HUGGINGFACE_ACCESS_TOKEN", p.Secrets["hf_token"].Environment)
-	require.Equal(t, "CIVITAI_ACCESS_TOKEN", p.Secrets["civitai_token"].Environment)
+	// Tokens come from files as build secrets (every Compose v2 reads a
+	// file secret; one from an environment variable in .env reaches the
+	// build only on some versions); none is a build arg. No file: no token.
+	for name, v := range map[string]string{"hf_token": "HUGGINGFACE_TOKEN_FILE", "civitai_token": "CIVITAI_TOKEN_FILE"} {
+		require.Equal(t, "/dev/null", p.Secrets[name].File, name)
+		require.Empty(t, p.Secrets[name].Environment, name)
+		withFile := loadComposeEnv(t, composeFile(), map[string]string{v: "./secrets/" + name}, "gpu")
+		require.Equal(t, filepath.Join(root, "deploy", "compose", "secrets", name), withFile.Secrets[name].File, "%s is relative to compose.yaml", v)
+	}
 	for name, s := range p.Services {
 		if s.Build == nil {
 			continue
@@ -375,9 +381,8 @@ func TestDotEnvExampleHasEverySetting(t *testing.T) {
 		}
 		used[name] = def
 	}
-	// Variables of secrets are read by compose (the build secrets at build
-	// time).
-	used["HUGGINGFACE_ACCESS_TOKEN"], used["CIVITAI_ACCESS_TOKEN"], used["PROMETHEUS_ADMIN_KEY"] = "", "", ""
+	// The variable of an environment-sourced secret is read by compose.
+	used["PROMETHEUS_ADMIN_KEY"] = ""
 	env := dotEnv(t)
 	require.ElementsMatch(t, slices.Collect(maps.Keys(used)), slices.Collect(maps.Keys(env)))
 	for name, def := range used {
@@ -464,6 +469,8 @@ var notInCompose = map[string]map[string]string{
 		"ALLOWED_ORIGINS": "/metrics is scraped by Prometheus, not called from browsers",
 		"COMFYUI_INPUT_DIR": "the gpuworker has its own container, without ComfyUI's input folder: a job's inputs are emptied over HTTP; " +
 			"share the folder as a volume in an override file and set it there to have them deleted",
+		"COMFYUI_OUTPUT_DIR": "the gpuworker has its own container, without ComfyUI's output folder: " +
+			"share the folder as a volume in an override file and set it there to have a job's outputs deleted once stored",
 	},
 	"dispatcher": {
 		"SWEEP_INTERVAL":     "the default fits; tests shorten it",
@@ -523,4 +530,45 @@ func TestComposePassesEverySetting(t *testing.T) {
 			require.True(t, settings[env], "notInCompose lists %s, which %s no longer reads", env, program)
 		}
 	}
+}
+
+// TestComposeBuildsEveryVariant: with MODEL_TYPE set to each variant in
+// .env, the gpu profile's ComfyUI services build that variant with build
+// args the Dockerfile declares, jawi-vision with its LoRA's URL and hash.
+func TestComposeBuildsEveryVariant(t *testing.T) {
+	t.Parallel()
+	declared := buildArgs(t, "Dockerfile.worker")
+	for typ := range wantModels {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			set := map[string]string{"MODEL_TYPE": typ}
+			if typ == "jawi-vision" {
+				set["JAWI_VISION_LORA_URL"] = "https://example.org/jawi-vision.safetensors"
+				set["JAWI_VISION_LORA_SHA256"] = strings.Repeat("ab", 32)
+			}
+			p := loadComposeEnv(t, composeFile(), set, "gpu")
+			n := 0
+			for name, s := range p.Services {
+				if !strings.HasPrefix(name, "comfyui-gpu") {
+					continue
+				}
+				n++
+				require.Equal(t, "comfyfleet/worker:dev-"+typ, s.Image, name)
+				args := map[string]string{}
+				for k, v := range s.Build.Args {
+					require.Contains(t, declared, k, "%s passes build arg %s, which Dockerfile.worker does not declare", name, k)
+					require.NotNil(t, v, "%s: build arg %s resolves", name, k)
+					args[k] = *v
+				}
+				require.Equal(t, typ, args["MODEL_TYPE"], name)
+				require.Equal(t, set["JAWI_VISION_LORA_URL"], args["JAWI_VISION_LORA_URL"], name)
+				require.Equal(t, set["JAWI_VISION_LORA_SHA256"], args["JAWI_VISION_LORA_SHA256"], name)
+			}
+			require.Positive(t, n)
+		})
+	}
+	// The build's message for jawi-vision without a URL names the .env
+	// variables.
+	require.Contains(t, readFile(t, "Dockerfile.worker"), "MODEL_TYPE=jawi-vision needs JAWI_VISION_LORA_URL")
+	require.Contains(t, readFile(t, "Dockerfile.worker"), "set them in deploy/compose/.env")
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/stretchr/testify/require"
+
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // model is one file a MODEL_TYPE bakes in: its path under /comfyui and the
@@ -83,7 +85,7 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 	t.Parallel()
 	df := parseDockerfile(t, "Dockerfile.worker")
 	require.Regexp(t, `^docker/dockerfile:1\.\d+$`, df.syntax, "the Dockerfile frontend is pinned")
-	require.Equal(t, []string{"gobuild", "uv", "base", "downloader", "final"}, df.stageNames(),
+	require.Equal(t, []string{"gobuild", "uv", "comfyui", "base", "fetcher", "downloader", "final"}, df.stageNames(),
 		"final is last: a plain build makes it")
 
 	require.Regexp(t, `^nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+$`, df.metaArgs["BASE_IMAGE"])
@@ -94,12 +96,12 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 		froms[s.name] = s.from
 	}
 	require.Equal(t, map[string]string{
-		"gobuild": "golang:${GO_VERSION}", "uv": "ghcr.io/astral-sh/uv:${UV_VERSION}", "base": "${BASE_IMAGE}",
-		"downloader": "base", "final": "base",
+		"gobuild": "golang:${GO_VERSION}", "uv": "ghcr.io/astral-sh/uv:${UV_VERSION}", "comfyui": "${BASE_IMAGE}",
+		"base": "comfyui", "fetcher": "${BASE_IMAGE}", "downloader": "fetcher", "final": "comfyui",
 	}, froms)
 
-	base := df.stage(t, "base")
-	args := base.args()
+	comfyui := df.stage(t, "comfyui")
+	args := comfyui.args()
 	for _, name := range []string{"COMFYUI_VERSION", "COMFY_CLI_VERSION", "TORCH_VERSION", "TORCHVISION_VERSION",
 		"TORCHAUDIO_VERSION", "GGUF_VERSION", "SENTENCEPIECE_VERSION", "PROTOBUF_VERSION"} {
 		require.Regexp(t, semver, args[name], "%s is pinned", name)
@@ -142,24 +144,58 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 	require.Contains(t, gguf, `if [ "$INSTALL_GGUF_NODES" = "true" ]`)
 	require.Contains(t, gguf, "https://github.com/city96/ComfyUI-GGUF")
 
-	// The binaries, the entrypoint and the network volume's paths.
-	copies := map[string]string{}
-	for _, n := range base.find("copy") {
-		w := words(n)
-		for _, src := range w[:len(w)-1] {
-			copies[src] = w[len(w)-1]
+	// The scripts, the network volume's paths, then the binaries in base
+	// and (above the models) in final.
+	copies := func(s stage) map[string]string {
+		out := map[string]string{}
+		for _, n := range s.find("copy") {
+			w := words(n)
+			for _, src := range w[:len(w)-1] {
+				out[src] = w[len(w)-1]
+			}
+		}
+		return out
+	}
+	scripts := copies(comfyui)
+	require.Equal(t, "/usr/local/bin/comfyfleet-entrypoint", scripts["deploy/worker/entrypoint.sh"])
+	require.Equal(t, "/usr/local/bin/fetch-model", scripts["deploy/worker/fetch-model.sh"])
+	require.Equal(t, "/usr/local/bin/comfy-node-install", scripts["deploy/worker/comfy-node-install.sh"])
+	require.Equal(t, "/comfyui/extra_model_paths.yaml", scripts["deploy/worker/extra_model_paths.yaml"])
+	for _, name := range []string{"base", "final"} {
+		bins := copies(df.stage(t, name))
+		for _, b := range []string{"gpuworker", "runpod-adapter", "comfyfleet", "healthcheck"} { // comfyfleet: standalone mode
+			require.Equal(t, "/usr/local/bin/", bins["/out/"+b], "%s has %s", name, b)
 		}
 	}
-	require.Equal(t, "/usr/local/bin/", copies["/out/gpuworker"])
-	require.Equal(t, "/usr/local/bin/", copies["/out/runpod-adapter"])
-	require.Equal(t, "/usr/local/bin/", copies["/out/comfyfleet"], "standalone mode")
-	require.Equal(t, "/usr/local/bin/", copies["/out/healthcheck"])
-	require.Equal(t, "/usr/local/bin/comfyfleet-entrypoint", copies["deploy/worker/entrypoint.sh"])
-	require.Equal(t, "/usr/local/bin/fetch-model", copies["deploy/worker/fetch-model.sh"])
-	require.Equal(t, "/comfyui/extra_model_paths.yaml", copies["deploy/worker/extra_model_paths.yaml"])
-	require.Equal(t, []string{"/usr/local/bin/comfyfleet-entrypoint"}, words(base.find("entrypoint")[0]))
-	require.Equal(t, []string{"worker"}, words(base.find("cmd")[0]))
-	require.Len(t, base.find("healthcheck"), 1)
+	// tini is PID 1 and passes SIGTERM to the entrypoint, which orders
+	// the drain (no -g: tini signals only its child).
+	require.Equal(t, []string{"/usr/bin/tini", "--", "/usr/local/bin/comfyfleet-entrypoint"}, words(comfyui.find("entrypoint")[0]))
+	require.Equal(t, []string{"worker"}, words(comfyui.find("cmd")[0]))
+	require.Len(t, comfyui.find("healthcheck"), 1)
+	var apt string
+	for _, n := range comfyui.find("run") {
+		if strings.Contains(runText(n), "apt-get install") {
+			apt = runText(n)
+		}
+	}
+	for _, pkg := range []string{"tini", "wget", "curl", "git", "ffmpeg"} {
+		require.Contains(t, strings.Fields(apt), pkg, "apt installs %s", pkg)
+	}
+	env := map[string]string{}
+	for _, s := range []stage{comfyui, df.stage(t, "final")} {
+		for _, n := range s.find("env") {
+			w := words(n) // key, value, "=" for each pair
+			for i := 0; i+1 < len(w); i += 3 {
+				env[w[i]] = w[i+1]
+			}
+		}
+	}
+	require.Equal(t, "/comfyui/input", env["COMFYUI_INPUT_DIR"])
+	require.Equal(t, "/comfyui/output", env["COMFYUI_OUTPUT_DIR"])
+	require.Equal(t, "${MODEL_TYPE}", env["POOL"], "a worker takes its variant's jobs unless POOL says otherwise")
+	for typ := range wantModels {
+		require.NoError(t, proto.ValidID(typ), "MODEL_TYPE %s is the image's POOL", typ)
+	}
 
 	gobuild := strings.Join(slices.Collect(func(yield func(string) bool) {
 		for _, n := range df.stage(t, "gobuild").find("run") {
@@ -174,8 +210,55 @@ func TestWorkerDockerfileStagesAndPins(t *testing.T) {
 	final := df.stage(t, "final")
 	require.Equal(t, []string{"--from=downloader"}, final.find("copy")[0].Flags)
 	require.Equal(t, []string{"/comfyui/models", "/comfyui/models"}, words(final.find("copy")[0]))
+	require.Equal(t, []string{"--from=gobuild"}, final.find("copy")[1].Flags, "the binaries come last, above the models")
 	require.Equal(t, df.stage(t, "downloader").args()["MODEL_TYPE"], final.args()["MODEL_TYPE"])
 	require.Equal(t, "flux1-dev-fp8", final.args()["MODEL_TYPE"], "the default image is upstream's default, flux1-dev-fp8")
+}
+
+// TestWorkerDockerfileDownloaderIsIndependentOfTheCode: nothing the
+// downloader stage starts from or copies reads the Go code or ComfyUI, so
+// a code change or a ComfyUI upgrade never downloads a model again.
+func TestWorkerDockerfileDownloaderIsIndependentOfTheCode(t *testing.T) {
+	t.Parallel()
+	df := parseDockerfile(t, "Dockerfile.worker")
+	byName := map[string]stage{}
+	for _, s := range df.stages {
+		byName[s.name] = s
+	}
+	// ancestry: the stages a stage is built FROM or copies --from, and theirs.
+	var ancestry func(name string, seen map[string]bool)
+	ancestry = func(name string, seen map[string]bool) {
+		s, ok := byName[name]
+		if !ok || seen[name] {
+			return
+		}
+		seen[name] = true
+		ancestry(s.from, seen)
+		for _, n := range append(s.find("copy"), s.find("add")...) {
+			for _, f := range n.Flags {
+				if from, ok := strings.CutPrefix(f, "--from="); ok {
+					ancestry(from, seen)
+				}
+			}
+		}
+	}
+	seen := map[string]bool{}
+	ancestry("downloader", seen)
+	require.Equal(t, map[string]bool{"downloader": true, "fetcher": true}, seen, "the downloader's ancestry")
+	require.Equal(t, "${BASE_IMAGE}", byName["fetcher"].from)
+	for name := range seen {
+		for _, n := range append(byName[name].find("copy"), byName[name].find("add")...) {
+			require.Empty(t, n.Flags, "%s copies from another stage: %v", name, n.Flags)
+			w := words(n)
+			require.Equal(t, []string{"deploy/worker/fetch-model.sh", "/usr/local/bin/fetch-model"}, w,
+				"%s copies only fetch-model (not cmd/, internal/, go.mod, ...)", name)
+		}
+	}
+
+	// The other way round: the binaries are in no stage the models depend on.
+	all := map[string]bool{}
+	ancestry("final", all)
+	require.True(t, all["gobuild"] && all["downloader"], "final has the binaries and the models")
 }
 
 // TestWorkerDockerfileModelTypes: each MODEL_TYPE branch downloads the
@@ -353,7 +436,7 @@ func TestBuildContext(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"comfyfleet", "comfysim.test", ".git", ".comfyfleet", "bin/dispatcher", "deploy/compose/.env",
-		"deploy/compose/models/checkpoints/x.safetensors", "internal/worker/worker_test.go", "internal/status/testdata/x", "docs/deployment.md"} {
+		"deploy/compose/models/checkpoints/x.safetensors", "deploy/compose/secrets/hf_token", "internal/worker/worker_test.go", "internal/status/testdata/x", "docs/deployment.md"} {
 		require.True(t, dockerignored(t, p), "%s is kept out of the build context", p)
 	}
 	for _, p := range []string{"go.mod", "internal/status/transition.lua", "deploy/worker/entrypoint.sh", "cmd/gpuworker/main.go"} {

@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -308,4 +309,62 @@ func TestEntrypointEndsWithTheAdapter(t *testing.T) {
 			require.False(t, e.comfyAnswers())
 		})
 	}
+}
+
+// TestEntrypointComfyUIModeStopsAsPID1: in comfyui mode the entrypoint may
+// be PID 1 (an image run without its init), where the kernel drops every
+// signal the process has no handler for; ComfyUI, exec'd there, would
+// ignore SIGTERM and each stop would wait for SIGKILL. The entrypoint runs
+// as PID 1 of its own PID namespace here, with a ComfyUI that has no
+// handler for SIGTERM (the fake's "hang"), and a SIGTERM stops it at once.
+func TestEntrypointComfyUIModeStopsAsPID1(t *testing.T) {
+	t.Parallel()
+	unshare, err := exec.LookPath("unshare")
+	require.NoError(t, err, "util-linux's unshare runs the entrypoint as PID 1")
+	dir := t.TempDir()
+	argsFile := filepath.Join(dir, "python-args")
+	out := &syncBuffer{}
+	cmd := exec.Command(unshare, "--pid", "--fork", "--kill-child", repoPath("deploy", "worker", "entrypoint.sh"), "comfyui")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "COMFYUI_PYTHON=" + repoPath("deploy", "testdata", "fake-python.sh"),
+		"COMFYUI_DIR=" + filepath.Join(dir, "comfyui"), "COMFYUI_PID_FILE=" + filepath.Join(dir, "comfyui.pid"),
+		"FAKE_ARGS_FILE=" + argsFile, "FAKE_COMFYUI=hang", "GPU_CHECK=false",
+		"COMFYUI_STOP_TIMEOUT=120", // far beyond the test's wait: only the passed-on SIGTERM can stop it in time
+		"NETWORK_VOLUME=" + filepath.Join(dir, "vol")}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	require.NoError(t, cmd.Start())
+	done := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	})
+
+	// The namespace's PID 1 is unshare's child; ComfyUI runs once the fake
+	// Python has recorded its call.
+	var init int
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		if err != nil || len(strings.Fields(string(b))) == 0 {
+			return false
+		}
+		init, _ = strconv.Atoi(strings.Fields(string(b))[0])
+		calls, _ := os.ReadFile(argsFile)
+		return strings.Contains(string(calls), "main.py")
+	}, 20*time.Second, 10*time.Millisecond, out.String())
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", init))
+	require.NoError(t, err)
+	require.Contains(t, string(status), "NSpid:\t"+strconv.Itoa(init)+"\t1\n", "the entrypoint is PID 1 of its namespace")
+
+	start := time.Now()
+	require.NoError(t, syscall.Kill(init, syscall.SIGTERM))
+	select {
+	case <-done:
+		require.NoError(t, waitErr, out.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("SIGTERM did not stop ComfyUI; output:\n%s", out.String())
+	}
+	require.Less(t, time.Since(start), 30*time.Second)
+	requireOrder(t, out.String(), "starting ComfyUI on 0.0.0.0", "signal received: stopping ComfyUI", "stopped")
 }

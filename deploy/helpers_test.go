@@ -120,8 +120,16 @@ func dotEnv(t *testing.T) map[string]string {
 // profiles, and .env.example as the .env file (what a user starts from).
 func loadCompose(t *testing.T, file string, profiles ...string) *types.Project {
 	t.Helper()
+	return loadComposeEnv(t, file, nil, profiles...)
+}
+
+// loadComposeEnv is loadCompose with some variables of .env changed.
+func loadComposeEnv(t *testing.T, file string, set map[string]string, profiles ...string) *types.Project {
+	t.Helper()
+	vars := dotEnv(t)
+	maps.Copy(vars, set)
 	var env []string
-	for k, v := range dotEnv(t) {
+	for k, v := range vars {
 		env = append(env, k+"="+v)
 	}
 	opts, err := cli.NewProjectOptions([]string{file},
@@ -322,8 +330,15 @@ var entrypointSetting = regexp.MustCompile(`(?m)^: "\$\{([A-Z_][A-Z0-9_]*):=([^}
 // their defaults.
 func entrypointVariables(t *testing.T) map[string]string {
 	t.Helper()
+	return scriptVariables(t, "entrypoint.sh")
+}
+
+// scriptVariables returns the settings of a script in deploy/worker and
+// their defaults.
+func scriptVariables(t *testing.T, script string) map[string]string {
+	t.Helper()
 	out := map[string]string{}
-	for _, m := range entrypointSetting.FindAllStringSubmatch(readFile(t, "deploy", "worker", "entrypoint.sh"), -1) {
+	for _, m := range entrypointSetting.FindAllStringSubmatch(readFile(t, "deploy", "worker", script), -1) {
 		out[m[1]] = m[2]
 	}
 	require.NotEmpty(t, out)

@@ -11,7 +11,7 @@
 #                            dispatcher, one gpuworker, the RunPod worker), a
 #                            drop-in for worker-comfyui
 #   entrypoint.sh comfyui    ComfyUI alone, listening on 0.0.0.0 (compose runs the
-#                            gpuworker in its own container)
+#                            gpuworker in its own container); SIGTERM stops it
 #   entrypoint.sh CMD...     runs CMD (a shell, comfy-cli, ...)
 #
 # Boot: GPU check (as worker-comfyui does), ComfyUI, wait until it answers, then
@@ -46,6 +46,8 @@ set -Eeuo pipefail
 # given a default here, as an empty one means "no fleet".
 
 log() { printf 'comfyfleet-worker: %s\n' "$*"; }
+
+signals=0 # signals received (TERM, INT)
 
 gpu_check() {
 	[ "$GPU_CHECK" = "true" ] || { log "GPU check skipped (GPU_CHECK=$GPU_CHECK)"; return 0; }
@@ -106,13 +108,37 @@ comfyui_args() {
 	[ -z "$COMFYUI_ARGS" ] || args+=($COMFYUI_ARGS)
 }
 
+# comfyui_only runs ComfyUI alone. ComfyUI is a child, not exec'd: as PID 1
+# (no init in front: docker run --init missing, --entrypoint overridden) it
+# would ignore SIGTERM and every stop would wait for SIGKILL. SIGTERM and
+# SIGINT are passed on to it, and it is killed after COMFYUI_STOP_TIMEOUT.
 comfyui_only() {
 	gpu_check
 	volume_report
 	manager_offline
 	comfyui_args "${COMFYUI_LISTEN:-0.0.0.0}"
 	log "starting ComfyUI on ${COMFYUI_LISTEN:-0.0.0.0}:$COMFYUI_PORT"
-	exec "$COMFYUI_PYTHON" "${args[@]}"
+	trap 'signals=$((signals + 1)); [ -z "${comfy_pid:-}" ] || kill -TERM "$comfy_pid" 2>/dev/null || true' TERM INT
+	"$COMFYUI_PYTHON" "${args[@]}" &
+	comfy_pid=$!
+	echo "$comfy_pid" >"$COMFYUI_PID_FILE"
+	# A signal that came before comfy_pid was set is passed on here.
+	[ "$signals" -eq 0 ] || kill -TERM "$comfy_pid" 2>/dev/null || true
+	local code=0
+	# A signal interrupts wait (status > 128) while ComfyUI still runs.
+	until [ "$signals" -gt 0 ] || ! alive "$comfy_pid"; do
+		code=0
+		wait "$comfy_pid" || code=$?
+	done
+	if [ "$signals" -gt 0 ]; then
+		log "signal received: stopping ComfyUI"
+		await "$comfy_pid" ComfyUI "$COMFYUI_STOP_TIMEOUT"
+		log "stopped"
+		# Ended by the signal passed on (or by itself): a clean stop.
+		case "$status" in 0 | 143 | 130) exit 0 ;; *) exit "$status" ;; esac
+	fi
+	log "ComfyUI exited with status $code"
+	exit "$code"
 }
 
 # alive PID: whether the process still runs.
@@ -159,7 +185,6 @@ stop() {
 	await "$@"
 }
 
-signals=0
 # on_signal starts the drain at once, so a signal can never slip in before
 # the main loop's wait: the adapter stops taking jobs and the worker drains,
 # and the loop then waits for them. A second signal is passed on, which makes

@@ -206,6 +206,8 @@ func table(t *testing.T, dir string) []setting {
 		{env: "TRANSFER_CONCURRENCY", sample: "2"},
 		{env: "ISOLATE_JOB_FILES", sample: "false"},
 		{env: "COMFYUI_INPUT_DIR", sample: "/comfyui/input"},
+		{env: "COMFYUI_OUTPUT_DIR", sample: "/comfyui/output"},
+		{env: "KEEP_COMFYUI_FILES", sample: "true"},
 		{env: "BUCKET_ENDPOINT_URL", sample: "https://minio.internal:9000", with: s3},
 		{env: "BUCKET_ACCESS_KEY_ID", sample: "AKIAEXAMPLE", with: s3},
 		{env: "BUCKET_SECRET_ACCESS_KEY", sample: "wJalrXUtnFEMI", with: s3},

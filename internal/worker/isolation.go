@@ -263,7 +263,7 @@ const removeTimeout = 10 * time.Second
 // ComfyUI.
 func (ex *execution) removeInputs(ctx context.Context) {
 	f := ex.inputs
-	if f == nil || ex.w.cfg.SharedFiles {
+	if f == nil || ex.w.cfg.SharedFiles || ex.w.cfg.KeepFiles {
 		return
 	}
 	f.mu.Lock()

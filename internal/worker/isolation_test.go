@@ -7,6 +7,7 @@ import (
 	"image/png"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -305,6 +306,79 @@ func TestOtherJobsFilesAreRefused(t *testing.T) {
 				`"images":[{"name":"in.png","image":"`+b64(red)+`"}]`))
 			rec := b.wait("job-d", proto.StatusCompleted)
 			require.Len(t, b.output(rec).Images, 2)
+		})
+	}
+}
+
+// outputFiles lists the regular files under an emulator's output folder.
+func outputFiles(t *testing.T, sim *simtest.Sim) []string {
+	t.Helper()
+	dir := filepath.Join(sim.Dir(), "output")
+	var files []string
+	require.NoError(t, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			rel, _ := filepath.Rel(dir, p)
+			files = append(files, filepath.ToSlash(rel))
+		}
+		return err
+	}))
+	return files
+}
+
+// TestOutputsLeaveComfyUIOnceStored: a worker given ComfyUI's output
+// folder (COMFYUI_OUTPUT_DIR) removes a job's output files from it, in
+// their subfolders, once they are stored and before the job is COMPLETED;
+// other files stay. KEEP_COMFYUI_FILES keeps the outputs and the inputs,
+// and so does ISOLATE_JOB_FILES=false, where workflows may read [output]
+// files.
+func TestOutputsLeaveComfyUIOnceStored(t *testing.T) {
+	t.Parallel()
+	red := pngBytes(t, 8, 8, color.RGBA{R: 255, A: 255})
+	job := input(loadAndSave("in.png", "top")+","+sampler("1", 2)+save("9", "nested/deeper/s"),
+		`"images":[{"name":"in.png","image":"`+b64(red)+`"}]`)
+	tests := []struct {
+		name     string
+		cfg      func(b *bundle) worker.Config
+		wantKept bool
+	}{
+		{name: "removed", cfg: func(b *bundle) worker.Config {
+			return worker.Config{OutputDir: filepath.Join(b.sim.Dir(), "output"), InputDir: b.sim.InputDir()}
+		}},
+		{name: "KEEP_COMFYUI_FILES", wantKept: true, cfg: func(b *bundle) worker.Config {
+			return worker.Config{OutputDir: filepath.Join(b.sim.Dir(), "output"), InputDir: b.sim.InputDir(), KeepFiles: true}
+		}},
+		{name: "shared files", wantKept: true, cfg: func(b *bundle) worker.Config {
+			return worker.Config{OutputDir: filepath.Join(b.sim.Dir(), "output"), SharedFiles: true}
+		}},
+		{name: "no output folder given", wantKept: true, cfg: func(*bundle) worker.Config { return worker.Config{} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			other := filepath.Join(b.sim.Dir(), "output", "someone-elses.png")
+			require.NoError(t, os.WriteFile(other, red, 0o644))
+			b.startWorker("w1", tt.cfg(b))
+			id := "job-outputs-" + strings.ReplaceAll(tt.name, " ", "-")
+			id = strings.ReplaceAll(id, "_", "-")
+			b.enqueue(id, job)
+			rec := b.wait(id, proto.StatusCompleted)
+			out := b.output(rec)
+			require.Len(t, out.Images, 2)
+			var written []string
+			for _, img := range out.Images {
+				written = append(written, path.Join(img.Subfolder, img.Filename))
+			}
+			require.Contains(t, written, "nested/deeper/s_00001_.png")
+			if tt.wantKept {
+				require.ElementsMatch(t, append(written, "someone-elses.png"), outputFiles(t, b.sim))
+				if tt.name == "KEEP_COMFYUI_FILES" {
+					require.NotEmpty(t, filesOf(t, b.sim, id), "the inputs are kept too")
+				}
+				return
+			}
+			require.Equal(t, []string{"someone-elses.png"}, outputFiles(t, b.sim), "the job's outputs are gone once COMPLETED")
+			require.Nil(t, filesOf(t, b.sim, id), "and so are its inputs")
 		})
 	}
 }

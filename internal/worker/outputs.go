@@ -108,6 +108,7 @@ func (ex *execution) collect(ctx context.Context, sk sink, opts options, res *co
 		}()
 	}
 	wg.Wait()
+	ex.removeOutputs(files, results)
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}

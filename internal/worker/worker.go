@@ -173,6 +173,15 @@ type Config struct {
 	// folder), and inputs stay in ComfyUI's input folder after the job, as
 	// before. The default refuses such workflows and removes the inputs.
 	SharedFiles bool
+	// OutputDir is ComfyUI's output folder on this host, when the worker
+	// runs beside its ComfyUI: once a job's outputs are stored (S3 or the
+	// blob store), the files ComfyUI wrote for it, as its history names
+	// them, are removed from it (outputfiles.go). Empty, or with
+	// SharedFiles (workflows may read [output] files), they stay.
+	OutputDir string
+	// KeepFiles keeps a job's inputs and outputs in ComfyUI's folders
+	// after the job, as ComfyUI itself does.
+	KeepFiles bool
 }
 
 // Validate checks the configuration and names the bad field.
