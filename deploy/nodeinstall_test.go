@@ -11,13 +11,15 @@ import (
 
 // fakeComfy is a comfy-cli that records its calls and fails for the nodes
 // the test names: "exit:<node>" exits 1, "quiet:<node>" says it failed and
-// exits 0, as comfy-cli does for some failures.
+// exits 0, as comfy-cli does for some failures, and "pip:<node>" prints
+// pip's failure line and exits 0.
 const fakeComfy = `#!/bin/sh
 echo "$*" >>"$FAKE_COMFY_CALLS"
 for a in "$@"; do node=$a; done
 case " $FAKE_COMFY_FAIL " in
 *" exit:$node "*) echo "Cloning $node..."; echo "git clone failed" >&2; exit 1 ;;
 *" quiet:$node "*) echo "Installing $node"; echo "[!] Failed to install requirements of $node"; exit 0 ;;
+*" pip:$node "*) echo "Installing $node"; echo "ERROR: Could not find a version that satisfies the requirement torch==0.0"; exit 0 ;;
 esac
 echo "Installing $node"
 echo "Done."
@@ -73,7 +75,15 @@ func TestComfyNodeInstall(t *testing.T) {
 			}
 		})
 	}
-	code, out, _ := nodeInstall(t, "")
+	// A name that holds "error" is no failure.
+	code, out, _ := nodeInstall(t, "", "comfyui-error-tools@1.0.0")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "comfy-node-install: comfyui-error-tools@1.0.0 installed")
+	// pip's own failure line, with comfy-cli exiting 0.
+	code, out, _ = nodeInstall(t, "pip:comfyui-kjnodes@1.1.0", "comfyui-kjnodes@1.1.0")
+	require.Equal(t, 1, code, out)
+	require.Contains(t, out, "comfy said: ERROR: Could not find a version that satisfies the requirement")
+	code, out, _ = nodeInstall(t, "")
 	require.Equal(t, 2, code)
 	require.Contains(t, out, "usage: comfy-node-install")
 }

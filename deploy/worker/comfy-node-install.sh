@@ -7,15 +7,16 @@
 # Each NODE is a ComfyUI registry id (pin it with @version). comfy-cli may exit
 # 0 although a node's installation failed (a clone or a requirement that did
 # not install), so besides its exit status its output is searched for the
-# failure messages in $COMFY_NODE_FAIL_PATTERN (an extended regular expression,
-# case-insensitive). The first failure stops the run with a non-zero status
+# failure messages of comfy-cli, ComfyUI-Manager's cm-cli and pip in
+# $COMFY_NODE_FAIL_PATTERN (an extended regular expression, case-insensitive;
+# specific lines, so that a node or package whose name holds "error" passes). The first failure stops the run with a non-zero status
 # and names the node; the nodes installed before it stay installed.
 #
 # Every variable below is documented in docs/configuration.md (comfy-node-install).
 set -eu
 
 : "${COMFYUI_DIR:=/comfyui}"
-: "${COMFY_NODE_FAIL_PATTERN:=failed|error|not found|cannot|exception|traceback}"
+: "${COMFY_NODE_FAIL_PATTERN:=an error occurred while installing|failed to install|not found in|^error:|traceback \(most recent call last\)}"
 
 if [ $# -eq 0 ]; then
 	echo "usage: comfy-node-install NODE[@VERSION]..." >&2
