@@ -316,7 +316,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{args: []string{"status", "a", "b"}, code: exitUsage, want: "got 2"},
 		{args: []string{"fleet", "x"}, code: exitUsage, want: "want no argument"},
 		{args: []string{"cancel", "--help"}, code: exitOK, want: "cancels a job"},
-		{args: []string{"status", "x", "--nats-url", "nats://127.0.0.1:1"}, code: exitNotAllDone, want: "connect to NATS"},
+		{args: []string{"status", "x", "--nats-url", "nats://127.0.0.1:1"}, code: exitNotAllDone, want: "NATS at nats://127.0.0.1:1 unreachable"},
 		{args: []string{"bogus"}, code: exitUsage, want: `unknown command "bogus"`},
 		{args: []string{"--help"}, code: exitOK, want: "comfyfleet bench [SCENARIO…]"},
 		{args: []string{"bench", "--help"}, code: exitOK, want: "a running stack: --nats-url and --api-url"},

@@ -31,7 +31,11 @@ type Config struct {
 	// Name identifies the process in NATS's connection list.
 	Name     string
 	NATSURL  string
+	// NATSAuth are the credentials and TLS files of the NATS connection.
+	NATSAuth NATSAuth
 	RedisURL string
+	// RedisTLS are the TLS files of a rediss:// RedisURL.
+	RedisTLS TLSFiles
 	// Queue sizes the streams and buckets (ignored with Attach).
 	Queue queue.Config
 	// DB are the Redis settings: key prefix (tests), retention, TTLs.
@@ -68,11 +72,16 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.RedisURL == "" {
 		cfg.RedisURL = DefaultRedisURL
 	}
-	if err := rdb.CheckURL(cfg.RedisURL); err != nil {
-		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	if setting, err := CheckRedis(cfg.RedisURL, cfg.RedisTLS); err != nil {
+		return nil, fmt.Errorf("%s: %w", setting, err)
+	}
+	redisTLS, _ := cfg.RedisTLS.Config() // checked above
+	secure, err := cfg.NATSAuth.Options()
+	if err != nil {
+		return nil, err
 	}
 	nlog := log.Named("nats")
-	nc, err := nats.Connect(cfg.NATSURL,
+	nc, err := nats.Connect(cfg.NATSURL, append(secure,
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(false),
@@ -82,9 +91,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { nlog.Info("reconnected", zap.String("url", c.ConnectedUrlRedacted())) }),
-	)
+	)...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURLs(cfg.NATSURL), err)
+		return nil, &UnreachableError{Server: "NATS", URL: RedactURLs(cfg.NATSURL), Err: err}
 	}
 	b := &Backend{nc: nc}
 	if b.Queue, err = queue.New(nc); err != nil {
@@ -101,13 +110,25 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b.Blobs = b.Queue.Blobs()
-	if b.DB, err = rdb.Dial(ctx, cfg.RedisURL, cfg.DB); err != nil {
+	if b.DB, err = rdb.Dial(ctx, cfg.RedisURL, redisTLS, cfg.DB); err != nil {
 		b.Close()
-		return nil, err
+		return nil, &UnreachableError{Server: "Redis", URL: RedactURLs(cfg.RedisURL), Err: err}
 	}
 	b.Core = lifecycle.New(b.DB, b.Queue, log)
 	return b, nil
 }
+
+// UnreachableError is a server that did not let the process in: down,
+// refused, a TLS or authentication failure. The URL is redacted.
+type UnreachableError struct {
+	Server, URL string
+	Err         error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("%s at %s unreachable: %v", e.Server, e.URL, e.Err)
+}
+func (e *UnreachableError) Unwrap() error { return e.Err }
 
 // Close closes every connection; safe on a partly opened Backend.
 func (b *Backend) Close() {

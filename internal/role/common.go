@@ -21,6 +21,9 @@ const startTimeout = 30 * time.Second
 type Common struct {
 	NATSURL  string
 	RedisURL string
+	// Security are the NATS credentials and the TLS files of NATS and
+	// Redis.
+	Security Security
 	// KeyPrefix goes before every Redis key (tests sharing one Redis).
 	KeyPrefix string
 	// Streams sizes the streams and buckets.
@@ -30,8 +33,9 @@ type Common struct {
 
 // Bind binds the common settings.
 func (c *Common) Bind(fs *flagenv.Set) {
-	fs.String(&c.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
-	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
+	fs.String(&c.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server(s), comma-separated: nats://[user:password@]host:port, or tls:// for TLS")
+	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server: redis://[user:password@]host:port/db, or rediss:// for TLS")
+	c.Security.Bind(fs)
 	fs.Duration(&c.Streams.EventsMaxAge, "events-max-age", "EVENTS_MAX_AGE", queue.DefaultEventsMaxAge, "how long job events are kept in CF_EVENTS (/stream, late subscribers)")
 	fs.Int64(&c.Streams.EventsMaxBytes, "events-max-bytes", "EVENTS_MAX_BYTES", queue.DefaultEventsMaxBytes, "size bound of CF_EVENTS; the oldest events go first")
 	fs.Duration(&c.Streams.DLQMaxAge, "dlq-max-age", "DLQ_MAX_AGE", queue.DefaultDLQMaxAge, "how long dead letters are kept in CF_DLQ")
@@ -41,6 +45,9 @@ func (c *Common) Bind(fs *flagenv.Set) {
 
 // Finish checks the common settings, naming the one at fault.
 func (c *Common) Finish() (setting string, err error) {
+	if setting, err := c.Security.Finish(c.NATSURL, c.RedisURL); err != nil {
+		return setting, err
+	}
 	if err := c.Streams.Validate(); err != nil {
 		return "EVENTS_*/DLQ_*", err
 	}
@@ -66,7 +73,8 @@ func (c *Common) Open(ctx context.Context, name string, log *zap.Logger) (*backe
 }
 
 func (c *Common) backendConfig(name string, log *zap.Logger) backend.Config {
-	cfg := backend.Config{Name: name, NATSURL: c.NATSURL, RedisURL: c.RedisURL, Queue: c.Streams, Logger: log}
+	cfg := backend.Config{Name: name, NATSURL: c.NATSURL, NATSAuth: c.Security.NATS, RedisURL: c.RedisURL,
+		RedisTLS: c.Security.RedisTLS, Queue: c.Streams, Logger: log}
 	cfg.DB.Prefix = c.KeyPrefix
 	return cfg
 }
