@@ -6,9 +6,12 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -29,8 +32,8 @@ const (
 // kept.
 type Config struct {
 	// Name identifies the process in NATS's connection list.
-	Name     string
-	NATSURL  string
+	Name    string
+	NATSURL string
 	// NATSAuth are the credentials and TLS files of the NATS connection.
 	NATSAuth NATSAuth
 	RedisURL string
@@ -93,7 +96,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		nats.ReconnectHandler(func(c *nats.Conn) { nlog.Info("reconnected", zap.String("url", c.ConnectedUrlRedacted())) }),
 	)...)
 	if err != nil {
-		return nil, &UnreachableError{Server: "NATS", URL: RedactURLs(cfg.NATSURL), Err: err}
+		return nil, &UnreachableError{Server: "NATS", URL: RedactURLs(cfg.NATSURL), Err: dialCause(ctx, cfg.NATSURL, err)}
 	}
 	b := &Backend{nc: nc}
 	if b.Queue, err = queue.New(nc); err != nil {
@@ -129,6 +132,36 @@ func (e *UnreachableError) Error() string {
 	return fmt.Sprintf("%s at %s unreachable: %v", e.Server, e.URL, e.Err)
 }
 func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// dialCause adds to nats.go's "no servers available", which hides why,
+// the reason a TCP dial to the first server fails (refused, no such host,
+// timeout); other errors (TLS, authorization) already say it.
+func dialCause(ctx context.Context, urls string, err error) error {
+	if !errors.Is(err, nats.ErrNoServers) {
+		return err
+	}
+	first, _, _ := strings.Cut(urls, ",")
+	first = strings.TrimSpace(first)
+	if !strings.Contains(first, "://") {
+		first = "nats://" + first
+	}
+	u, perr := url.Parse(first)
+	if perr != nil || u.Host == "" {
+		return err
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "4222")
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, derr := (&net.Dialer{}).DialContext(dctx, "tcp", host)
+	if derr != nil {
+		return fmt.Errorf("%w (%v)", err, derr)
+	}
+	c.Close()
+	return err
+}
 
 // Close closes every connection; safe on a partly opened Backend.
 func (b *Backend) Close() {

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/backoff"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
@@ -70,6 +71,46 @@ func (c *Common) Open(ctx context.Context, name string, log *zap.Logger) (*backe
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return b, nil
+}
+
+// Retry delays of OpenRetrying: a worker's fleet that is down is tried
+// again soon, but never more than every half minute.
+const (
+	retryMin = time.Second
+	retryMax = 30 * time.Second
+)
+
+// OpenRetrying is Open for a process that must wait for its fleet instead
+// of exiting (a RunPod worker: RunPod would restart it in a loop, without
+// saying why): while NATS or Redis is unreachable, refuses the
+// credentials or fails TLS verification, each try logs the cause (URLs
+// redacted) and the delay before the next, with capped exponential
+// backoff, until ctx ends. Settings that are wrong in themselves (a
+// missing file) were refused by Finish before.
+func (c *Common) OpenRetrying(ctx context.Context, name string, log *zap.Logger) (*backend.Backend, error) {
+	bo := backoff.New(retryMin, retryMax)
+	for try := 1; ; try++ {
+		b, err := c.Open(ctx, name, log)
+		if err == nil {
+			if try > 1 {
+				log.Info("fleet reachable", zap.Int("tries", try))
+			}
+			return b, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		d := bo.Next()
+		log.Warn(fmt.Sprintf("%v; retrying in %s", err, d.Round(100*time.Millisecond)),
+			zap.Int("try", try), zap.Duration("retry_in", d))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%s: gave up waiting for the fleet: %w", name, err)
+		case <-t.C:
+		}
+	}
 }
 
 func (c *Common) backendConfig(name string, log *zap.Logger) backend.Config {
