@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -97,4 +99,37 @@ func TestComposeNATSTLSConfig(t *testing.T) {
 	w2, err := backend.Open(ctx, backend.Config{Name: "worker", NATSURL: verified, RedisURL: testenv.RedisURL(), NATSAuth: worker, DB: dbPrefix(prefix)})
 	require.NoError(t, err)
 	w2.Close()
+}
+
+// TestComposeNATSRunPodUser: the runpod user (a RunPod serverless worker:
+// the adapter in serverless mode and a gpuworker in one container) makes
+// the streams, submits as RunPod, reads the controls, and may not submit
+// as the API or a batch producer, publish admitted jobs' intake, or read
+// the intake.
+func TestComposeNATSRunPodUser(t *testing.T) {
+	t.Parallel()
+	addr, _ := startComposeNATS(t)
+	ctx := testenv.Context(t, time.Minute)
+	rc, errs := natsUser(t, addr, "runpod")
+	q, err := queue.New(rc)
+	require.NoError(t, err)
+	require.NoError(t, q.Ensure(ctx, queue.Config{}), "each process ensures the streams at its start")
+	_, err = q.Submit(ctx, proto.SourceRunPod, &proto.Job{V: proto.Version, ID: "rp-1", Input: []byte(`{}`), Tenant: "default"})
+	require.NoError(t, err, "serverless mode submits as RunPod")
+	for _, subject := range []string{"cf.ctl.control", "cf.ctl.cancel"} {
+		_, err := rc.SubscribeSync(subject)
+		require.NoError(t, err)
+	}
+	require.NoError(t, rc.Flush())
+	for _, subject := range []string{"cf.submit.api.acme", "cf.submit.batch.producer", "cf.rejects.default"} {
+		require.NoError(t, rc.Publish(subject, []byte(`{}`)))
+		refused(t, errs, `Publish to "`+subject+`"`)
+	}
+	js, err := jetstream.New(rc)
+	require.NoError(t, err)
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = js.CreateOrUpdateConsumer(short, proto.SubmitStream, jetstream.ConsumerConfig{Durable: "steal", FilterSubject: proto.SubmitSubjects})
+	require.Error(t, err, "no reading the intake")
+	refused(t, errs, `Publish to "$JS.API.CONSUMER.CREATE.CF_SUBMIT.steal`)
 }
