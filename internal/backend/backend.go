@@ -79,24 +79,17 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("%s: %w", setting, err)
 	}
 	redisTLS, _ := cfg.RedisTLS.Config() // checked above
-	secure, err := cfg.NATSAuth.Options()
-	if err != nil {
-		return nil, err
-	}
 	nlog := log.Named("nats")
-	nc, err := nats.Connect(cfg.NATSURL, append(secure,
-		nats.Name(cfg.Name),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(false),
+	nc, err := ConnectNATS(ctx, cfg.Name, cfg.NATSURL, cfg.NATSAuth,
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				nlog.Warn("disconnected", zap.Error(err))
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { nlog.Info("reconnected", zap.String("url", c.ConnectedUrlRedacted())) }),
-	)...)
+	)
 	if err != nil {
-		return nil, &UnreachableError{Server: "NATS", URL: RedactURLs(cfg.NATSURL), Err: dialCause(ctx, cfg.NATSURL, err)}
+		return nil, err
 	}
 	b := &Backend{nc: nc}
 	if b.Queue, err = queue.New(nc); err != nil {
@@ -132,6 +125,24 @@ func (e *UnreachableError) Error() string {
 	return fmt.Sprintf("%s at %s unreachable: %v", e.Server, e.URL, e.Err)
 }
 func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// ConnectNATS connects to the NATS servers of urls as name, with auth's
+// credentials and TLS files and more options, reconnecting for ever once
+// connected. Its error is auth's setting at fault, or an
+// [UnreachableError] with the URLs redacted. Every connection of
+// comfyfleet to a fleet's NATS is made here.
+func ConnectNATS(ctx context.Context, name, urls string, auth NATSAuth, more ...nats.Option) (*nats.Conn, error) {
+	secure, err := auth.Options()
+	if err != nil {
+		return nil, err
+	}
+	opts := append(secure, nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false))
+	nc, err := nats.Connect(urls, append(opts, more...)...)
+	if err != nil {
+		return nil, &UnreachableError{Server: "NATS", URL: RedactURLs(urls), Err: dialCause(ctx, urls, err)}
+	}
+	return nc, nil
+}
 
 // dialCause adds to nats.go's "no servers available", which hides why,
 // the reason a TCP dial to the first server fails (refused, no such host,
