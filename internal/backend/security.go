@@ -193,17 +193,18 @@ func (a NATSAuth) options() ([]nats.Option, string, error) {
 // CheckNATSURL reports what is wrong with NATS_URL: one or more
 // comma-separated nats://, tls://, ws:// or wss:// URLs (or host:port).
 func CheckNATSURL(urls string) error {
-	for _, p := range strings.Split(urls, ",") {
+	for i, p := range strings.Split(urls, ",") {
 		p = strings.TrimSpace(p)
 		if p == "" {
-			return fmt.Errorf("%q has an empty server", RedactURLs(urls))
+			return fmt.Errorf("server %d is empty", i+1)
 		}
 		if !strings.Contains(p, "://") {
 			p = "nats://" + p
 		}
 		u, err := url.Parse(p)
 		if err != nil {
-			return fmt.Errorf("%q: %v", RedactURLs(urls), redactErr(err))
+			// Not quoted: an unparsable URL cannot be redacted.
+			return fmt.Errorf("server %d: %v", i+1, redactErr(err))
 		}
 		switch u.Scheme {
 		case "nats", "tls", "ws", "wss":

@@ -267,6 +267,7 @@ func TestSecuritySettingsAreCheckedBeforeConnecting(t *testing.T) {
 		{url: "rediss://redis:6379/0", files: backend.TLSFiles{CA: missing}, wantSetting: "REDIS_TLS_CA", wantErr: "no such file"},
 		{url: "rediss://redis:6379/0", files: backend.TLSFiles{Cert: pki.ClientCert}, wantSetting: "REDIS_TLS_KEY", wantErr: "empty while"},
 		{url: "http://fleet:pw@redis:6379/0", wantSetting: "REDIS_URL", wantErr: "scheme"},
+		{url: "rediss://fleet:pw%zz@redis:6379/0", wantSetting: "REDIS_URL", wantErr: "invalid URL escape"},
 	} {
 		setting, err := backend.CheckRedis(tt.url, tt.files)
 		require.Equal(t, tt.wantSetting, setting, tt.url)
@@ -281,11 +282,14 @@ func TestSecuritySettingsAreCheckedBeforeConnecting(t *testing.T) {
 	require.NoError(t, err)
 
 	for _, tt := range []struct{ url, wantErr string }{
-		{"nats://a:4222,", "empty server"},
+		{"nats://a:4222,", "server 2 is empty"},
+		{"nats://u:se%zzcret@a:4222", "server 1: invalid URL escape"},
 		{"http://nats:4222", `scheme "http"`},
 		{"tls://", "names no host"},
 	} {
-		require.ErrorContains(t, backend.CheckNATSURL(tt.url), tt.wantErr, tt.url)
+		err := backend.CheckNATSURL(tt.url)
+		require.ErrorContains(t, err, tt.wantErr, tt.url)
+		require.NotContains(t, err.Error(), "cret")
 	}
 	for _, good := range []string{"nats://a:4222", "tls://u:p@a:4222, tls://b:4222", "a:4222", "wss://nats.example.com"} {
 		require.NoError(t, backend.CheckNATSURL(good), good)
