@@ -572,3 +572,19 @@ func TestComposeBuildsEveryVariant(t *testing.T) {
 	require.Contains(t, readFile(t, "Dockerfile.worker"), "MODEL_TYPE=jawi-vision needs JAWI_VISION_LORA_URL")
 	require.Contains(t, readFile(t, "Dockerfile.worker"), "set them in deploy/compose/.env")
 }
+
+// securitySettings are the NATS credentials and the TLS files of NATS and
+// Redis (role.Security), which every binary has and compose passes none
+// of.
+var securitySettings = []string{"NATS_CREDS", "NATS_NKEY_SEED_FILE", "NATS_USER", "NATS_PASSWORD", "NATS_PASSWORD_FILE",
+	"NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY", "NATS_TLS_SERVER_NAME",
+	"REDIS_TLS_CA", "REDIS_TLS_CERT", "REDIS_TLS_KEY", "REDIS_TLS_SERVER_NAME"}
+
+func init() {
+	for _, program := range []string{"dispatcher", "gpuworker", "runpod-adapter"} {
+		for _, env := range securitySettings {
+			notInCompose[program][env] = "compose's services reach NATS and Redis on the stack's own network, each NATS user named in its NATS_URL; " +
+				"credentials files and TLS are for processes that join from outside it (docs/deployment.md, docs/security.md)"
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
+	"github.com/comfyfleet/comfyfleet/internal/role"
 	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -31,6 +32,9 @@ const (
 // connConfig are the settings every command but dev shares.
 type connConfig struct {
 	NATSURL, RedisURL, Dir, LogLevel string
+	// Security are the NATS credentials and TLS files of a deployment
+	// (not used for a running comfyfleet dev's servers).
+	Security role.Security
 }
 
 const defaultDir = ".comfyfleet"
@@ -39,6 +43,7 @@ const defaultDir = ".comfyfleet"
 func bindConn(fs *flagenv.Set, c *connConfig) {
 	fs.String(&c.NATSURL, "nats-url", "NATS_URL", "", "NATS server of the fleet (unset with REDIS_URL unset: the running comfyfleet dev's, else nats://127.0.0.1:4222)")
 	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", "", "Redis server of the fleet (unset with NATS_URL unset: the running comfyfleet dev's, else redis://127.0.0.1:6379/0)")
+	c.Security.Bind(fs)
 	fs.String(&c.Dir, "dir", "COMFYFLEET_DIR", defaultDir, "folder of a running comfyfleet dev, whose stack.json names its NATS and Redis; searched in the working directory and its parents unless given")
 	fs.String(&c.LogLevel, "log-level", "LOG_LEVEL", "warn", "debug, info, warn or error (logs go to stderr)")
 }
@@ -221,6 +226,16 @@ func open(ctx context.Context, name string, c connConfig, dirGiven bool, dl *dow
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return nil, exitNotAllDone, false
 	}
+	var sec role.Security
+	if ep.From == batch.FromSettings {
+		// A deployment's: its credentials and TLS files apply. A running
+		// comfyfleet dev's servers take neither.
+		if setting, err := c.Security.Finish(ep.NATSURL, ep.RedisURL); err != nil {
+			fmt.Fprintf(stderr, "%s: %s: %v\n", name, setting, err)
+			return nil, exitUsage, false
+		}
+		sec = c.Security
+	}
 	if dl == nil {
 		dl = &downloadConfig{}
 	}
@@ -231,7 +246,8 @@ func open(ctx context.Context, name string, c connConfig, dirGiven bool, dl *dow
 	}
 	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	b, err := backend.Open(octx, backend.Config{Name: "comfyfleet-cli", NATSURL: ep.NATSURL, RedisURL: ep.RedisURL, Attach: true, Logger: log})
+	b, err := backend.Open(octx, backend.Config{Name: "comfyfleet-cli", NATSURL: ep.NATSURL, NATSAuth: sec.NATS,
+		RedisURL: ep.RedisURL, RedisTLS: sec.RedisTLS, Attach: true, Logger: log})
 	if err != nil {
 		guard.Close()
 		fmt.Fprintf(stderr, "%s: %v (fleet from %s)\n", name, err, ep.From)

@@ -21,6 +21,13 @@ func benchSettings(c *bench.Config, logLevel *string) *flagenv.Set {
 	fs.String(&c.CPUProfile, "cpuprofile", "", "", "write a CPU profile of the whole run to this file (go tool pprof -top FILE)")
 	fs.String(&c.APIURL, "api-url", "", "", "RunPod-compatible API of a running stack: start none (overhead, throughput, interactive)")
 	fs.String(&c.NATSURL, "nats-url", "", "", "NATS of a running stack: start none (throughput, idle-gap, interactive)")
+	fs.String(&c.NATSAuth.CredsFile, "nats-creds", "", "", "--nats-url's credentials file (.creds)")
+	fs.String(&c.NATSAuth.NKeySeedFile, "nats-nkey-seed-file", "", "", "--nats-url's NKEY seed file")
+	fs.String(&c.NATSAuth.User, "nats-user", "", "", "--nats-url's user (with --nats-password-file)")
+	fs.String(&c.NATSAuth.PasswordFile, "nats-password-file", "", "", "file holding the password of --nats-user")
+	fs.String(&c.NATSAuth.TLS.CA, "nats-tls-ca", "", "", "PEM CA of --nats-url's server certificate (TLS)")
+	fs.String(&c.NATSAuth.TLS.Cert, "nats-tls-cert", "", "", "PEM client certificate for --nats-url (with --nats-tls-key)")
+	fs.String(&c.NATSAuth.TLS.Key, "nats-tls-key", "", "", "PEM private key of --nats-tls-cert")
 	fs.String(&c.ComfyUIURL, "comfyui-url", "", "", "ComfyUI of a running stack's only worker: start none (overhead's floor, idle-gap)")
 	fs.String(&c.RedisURL, "redis-url", "", "", "Redis for the stacks the bench starts, under a key prefix of the run's own; empty: embedded")
 	fs.Int(&c.Pairs, "pairs", "", 200, "overhead: measured pairs of sequential jobs (floor, then stack)")
@@ -76,6 +83,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.Scenarios = pos
 	if err := c.Validate(); err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return exitUsage
+	}
+	if setting, err := c.NATSAuth.Check(); err != nil {
+		fmt.Fprintf(stderr, "%s: %s: %v\n", name, strings.ToLower(strings.ReplaceAll("--"+setting, "_", "-")), err)
 		return exitUsage
 	}
 	log, err := logging.New(logLevel)

@@ -49,8 +49,14 @@ func (c *config) finish() (string, error) {
 // run works until ctx ends, then drains: the job in hand finishes within
 // the grace period or goes back on the queue. A second signal exits at once.
 func run(ctx context.Context, cfg config, log *zap.Logger) error {
-	b, err := cfg.common.Open(ctx, "gpuworker-"+cfg.role.Worker.ID, log)
+	// A worker waits for its fleet (RunPod restarts a worker that exits,
+	// in a loop and without saying why): it retries, logging the cause.
+	b, err := cfg.common.OpenRetrying(ctx, "gpuworker-"+cfg.role.Worker.ID, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped before the fleet was reachable", zap.Error(err))
+			return nil
+		}
 		return err
 	}
 	defer b.Close()

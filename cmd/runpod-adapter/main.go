@@ -57,8 +57,21 @@ func (c *config) finish() (string, error) {
 // run serves until ctx ends (or, in serverless mode, until the worker
 // ends by itself after refresh_worker).
 func run(ctx context.Context, cfg config, log *zap.Logger) error {
-	b, err := cfg.common.Open(ctx, "runpod-adapter", log)
+	// In serverless mode the adapter is a RunPod worker: it waits for its
+	// fleet, logging why it cannot reach it, instead of exiting into
+	// RunPod's restart loop. In api mode it fails fast, as the dispatcher
+	// does: it runs beside the fleet, under a supervisor that shows the
+	// error and restarts it.
+	open := cfg.common.Open
+	if cfg.role.ServerlessMode() {
+		open = cfg.common.OpenRetrying
+	}
+	b, err := open(ctx, "runpod-adapter", log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped before the fleet was reachable", zap.Error(err))
+			return nil
+		}
 		return err
 	}
 	defer b.Close()

@@ -6,9 +6,12 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -29,9 +32,13 @@ const (
 // kept.
 type Config struct {
 	// Name identifies the process in NATS's connection list.
-	Name     string
-	NATSURL  string
+	Name    string
+	NATSURL string
+	// NATSAuth are the credentials and TLS files of the NATS connection.
+	NATSAuth NATSAuth
 	RedisURL string
+	// RedisTLS are the TLS files of a rediss:// RedisURL.
+	RedisTLS TLSFiles
 	// Queue sizes the streams and buckets (ignored with Attach).
 	Queue queue.Config
 	// DB are the Redis settings: key prefix (tests), retention, TTLs.
@@ -68,14 +75,12 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.RedisURL == "" {
 		cfg.RedisURL = DefaultRedisURL
 	}
-	if err := rdb.CheckURL(cfg.RedisURL); err != nil {
-		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	if setting, err := CheckRedis(cfg.RedisURL, cfg.RedisTLS); err != nil {
+		return nil, fmt.Errorf("%s: %w", setting, err)
 	}
+	redisTLS, _ := cfg.RedisTLS.Config() // checked above
 	nlog := log.Named("nats")
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name(cfg.Name),
-		nats.MaxReconnects(-1),
-		nats.RetryOnFailedConnect(false),
+	nc, err := ConnectNATS(ctx, cfg.Name, cfg.NATSURL, cfg.NATSAuth,
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				nlog.Warn("disconnected", zap.Error(err))
@@ -84,7 +89,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		nats.ReconnectHandler(func(c *nats.Conn) { nlog.Info("reconnected", zap.String("url", c.ConnectedUrlRedacted())) }),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", RedactURLs(cfg.NATSURL), err)
+		return nil, err
 	}
 	b := &Backend{nc: nc}
 	if b.Queue, err = queue.New(nc); err != nil {
@@ -101,12 +106,72 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b.Blobs = b.Queue.Blobs()
-	if b.DB, err = rdb.Dial(ctx, cfg.RedisURL, cfg.DB); err != nil {
+	if b.DB, err = rdb.Dial(ctx, cfg.RedisURL, redisTLS, cfg.DB); err != nil {
 		b.Close()
-		return nil, err
+		return nil, &UnreachableError{Server: "Redis", URL: RedactURLs(cfg.RedisURL), Err: err}
 	}
 	b.Core = lifecycle.New(b.DB, b.Queue, log)
 	return b, nil
+}
+
+// UnreachableError is a server that did not let the process in: down,
+// refused, a TLS or authentication failure. The URL is redacted.
+type UnreachableError struct {
+	Server, URL string
+	Err         error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("%s at %s unreachable: %v", e.Server, e.URL, e.Err)
+}
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// ConnectNATS connects to the NATS servers of urls as name, with auth's
+// credentials and TLS files and more options, reconnecting for ever once
+// connected. Its error is auth's setting at fault, or an
+// [UnreachableError] with the URLs redacted. Every connection of
+// comfyfleet to a fleet's NATS is made here.
+func ConnectNATS(ctx context.Context, name, urls string, auth NATSAuth, more ...nats.Option) (*nats.Conn, error) {
+	secure, err := auth.Options()
+	if err != nil {
+		return nil, err
+	}
+	opts := append(secure, nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false))
+	nc, err := nats.Connect(urls, append(opts, more...)...)
+	if err != nil {
+		return nil, &UnreachableError{Server: "NATS", URL: RedactURLs(urls), Err: dialCause(ctx, urls, err)}
+	}
+	return nc, nil
+}
+
+// dialCause adds to nats.go's "no servers available", which hides why,
+// the reason a TCP dial to the first server fails (refused, no such host,
+// timeout); other errors (TLS, authorization) already say it.
+func dialCause(ctx context.Context, urls string, err error) error {
+	if !errors.Is(err, nats.ErrNoServers) {
+		return err
+	}
+	first, _, _ := strings.Cut(urls, ",")
+	first = strings.TrimSpace(first)
+	if !strings.Contains(first, "://") {
+		first = "nats://" + first
+	}
+	u, perr := url.Parse(first)
+	if perr != nil || u.Host == "" {
+		return err
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "4222")
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, derr := (&net.Dialer{}).DialContext(dctx, "tcp", host)
+	if derr != nil {
+		return fmt.Errorf("%w (%v)", err, derr)
+	}
+	c.Close()
+	return err
 }
 
 // Close closes every connection; safe on a partly opened Backend.

@@ -21,6 +21,10 @@ type Endpoints struct {
 	From string
 }
 
+// FromSettings is Endpoints.From for URLs given by flags or the
+// environment: a deployment's, whose credentials and TLS settings apply.
+const FromSettings = "settings"
+
 // stackFile is the part of the file `comfyfleet dev` writes that the CLI
 // reads (devstack.Info).
 type stackFile struct {
@@ -46,7 +50,7 @@ var ErrNoFleet = errors.New("no fleet found")
 // never guesses a fleet at the default addresses.
 func ResolveEndpoints(natsURL, redisURL, dir string, dirGiven bool, name string) (Endpoints, error) {
 	if natsURL != "" || redisURL != "" {
-		return Endpoints{NATSURL: natsURL, RedisURL: redisURL, From: "settings"}, nil
+		return Endpoints{NATSURL: natsURL, RedisURL: redisURL, From: FromSettings}, nil
 	}
 	path := findStackFile(dir, dirGiven, name)
 	if path == "" {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/comfyfleet/comfyfleet/internal/backend"
 )
 
 // Config configures a run. The zero value of every field is its default.
@@ -37,9 +39,11 @@ type Config struct {
 	// URLs it needs or is skipped, saying which are missing. ComfyUIURL
 	// is the ComfyUI of the stack's (only) worker: the floor of overhead
 	// and the executor idle-gap reads.
-	APIURL     string `json:"api_url,omitempty"`
-	NATSURL    string `json:"nats_url,omitempty"`
-	ComfyUIURL string `json:"comfyui_url,omitempty"`
+	APIURL  string `json:"api_url,omitempty"`
+	NATSURL string `json:"nats_url,omitempty"`
+	// NATSAuth are the credentials and TLS files of NATSURL's server.
+	NATSAuth   backend.NATSAuth `json:"-"`
+	ComfyUIURL string           `json:"comfyui_url,omitempty"`
 	// RedisURL is the Redis of the stacks the bench starts; "" embeds one
 	// (miniredis), as comfyfleet dev does. KeyPrefix goes before their
 	// keys.

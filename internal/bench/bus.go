@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -27,10 +28,10 @@ const maxPendingAcks = 256
 // a stack whose CPU is saturated acknowledges late, and that is not an error.
 const stallWait = 30 * time.Second
 
-func dialBus(url string) (*bus, error) {
-	nc, err := nats.Connect(url, nats.Name("comfyfleet-bench"), nats.MaxReconnects(-1))
+func dialBus(ctx context.Context, url string, auth backend.NATSAuth) (*bus, error) {
+	nc, err := backend.ConnectNATS(ctx, "comfyfleet-bench", url, auth)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return nil, err
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPendingAcks))
 	if err != nil {

@@ -6,14 +6,18 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/comfyfleet/comfyfleet/internal/backend"
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 )
 
 // stack is what a scenario talks to: the addresses of a stack the bench
 // started in this process, or of the running one it was pointed at.
 type stack struct {
-	APIURL      string
-	NATSURL     string
+	APIURL  string
+	NATSURL string
+	// NATSAuth are the credentials and TLS files of a running stack's
+	// NATS (Config.NATSAuth); none for a stack the bench started.
+	NATSAuth    backend.NATSAuth
 	RedisURL    string   // of a stack the bench started
 	ComfyUIURLs []string // one per worker, when known
 	InProcess   bool
@@ -44,7 +48,7 @@ type stackSpec struct {
 // one. Stop it with stop.
 func (r *runner) startStack(ctx context.Context, name string, spec stackSpec) (*stack, error) {
 	if r.cfg.External() {
-		s := &stack{APIURL: r.cfg.APIURL, NATSURL: r.cfg.NATSURL}
+		s := &stack{APIURL: r.cfg.APIURL, NATSURL: r.cfg.NATSURL, NATSAuth: r.cfg.NATSAuth}
 		if r.cfg.ComfyUIURL != "" {
 			s.ComfyUIURLs = []string{r.cfg.ComfyUIURL}
 		}
@@ -114,7 +118,7 @@ func (r *runner) open(ctx context.Context, name string, spec stackSpec, conns in
 		s.api = newAPIClient(st.APIURL, conns)
 	}
 	if st.NATSURL != "" {
-		if s.bus, err = dialBus(st.NATSURL); err != nil {
+		if s.bus, err = dialBus(ctx, st.NATSURL, st.NATSAuth); err != nil {
 			return nil, err
 		}
 		if s.w, err = s.bus.watch(); err != nil {

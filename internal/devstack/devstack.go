@@ -352,6 +352,9 @@ func (s *Stack) startServers(cfg *Config) error {
 		}
 		s.nats = n
 		cfg.Common.NATSURL = n.URL()
+		// The embedded server has no users and no TLS: the NATS
+		// credentials and TLS settings are for a server of one's own.
+		cfg.Common.Security.NATS = backend.NATSAuth{}
 		s.Info.NATSFallback = port != 0 && !strings.HasSuffix(n.URL(), fmt.Sprintf(":%d", port))
 	}
 	s.Info.NATSURL = cfg.Common.NATSURL
@@ -367,6 +370,7 @@ func (s *Stack) startServers(cfg *Config) error {
 		}
 		s.redis = rs
 		cfg.Common.RedisURL = rs.URL()
+		cfg.Common.Security.RedisTLS = backend.TLSFiles{} // as for NATS
 		s.Info.Redis = string(rs.Backend())
 	}
 	s.Info.RedisURL = cfg.Common.RedisURL

@@ -12,6 +12,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/devstack"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/role"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
 )
 
 // binary is one binary's settings, bound as its cmd package binds them:
@@ -126,6 +127,22 @@ func table(t *testing.T, dir string) []setting {
 		"BUCKET_ENDPOINT_URL": "https://s3.example.com", "BUCKET_ACCESS_KEY_ID": "id",
 		"BUCKET_SECRET_ACCESS_KEY": "secret", "BUCKET_NAME": "out",
 	}
+	pki := testenv.NewPKI(t)
+	seed, _ := testenv.NKeyUser(t)
+	creds := testenv.NewOperator(t).CredsFile
+	natsPW := filepath.Join(dir, "nats-password")
+	require.NoError(t, os.WriteFile(natsPW, []byte("pw\n"), 0o600))
+	rediss := map[string]string{"REDIS_URL": "rediss://fleet:pw@redis.internal:6380/0"}
+	// One file with the certificate and its key serves as both, so that
+	// each of the two settings alone can change while the pair stays valid.
+	both := filepath.Join(dir, "client-both.pem")
+	cert, err := os.ReadFile(pki.ClientCert)
+	require.NoError(t, err)
+	key, err := os.ReadFile(pki.ClientKey)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(both, append(cert, key...), 0o600))
+	clientCert := map[string]string{"NATS_TLS_CERT": both, "NATS_TLS_KEY": both}
+	redisCert := map[string]string{"REDIS_URL": rediss["REDIS_URL"], "REDIS_TLS_CERT": both, "REDIS_TLS_KEY": both}
 	serverless := map[string]string{
 		"RUNPOD_WEBHOOK_GET_JOB": "https://api.runpod.ai/v2/ep/job-take/$RUNPOD_POD_ID", "RUNPOD_WEBHOOK_POST_OUTPUT": "https://api.runpod.ai/v2/ep/job-done/$RUNPOD_POD_ID/$ID",
 	}
@@ -140,6 +157,19 @@ func table(t *testing.T, dir string) []setting {
 		{env: "DLQ_MAX_AGE", sample: "72h"},
 		{env: "DLQ_MAX_BYTES", sample: "1048576"},
 		{env: "LOG_LEVEL", sample: "debug"},
+		{env: "NATS_CREDS", sample: creds},
+		{env: "NATS_NKEY_SEED_FILE", sample: seed},
+		{env: "NATS_USER", sample: "worker"},
+		{env: "NATS_PASSWORD", sample: "pw", with: map[string]string{"NATS_USER": "worker"}},
+		{env: "NATS_PASSWORD_FILE", sample: natsPW, with: map[string]string{"NATS_USER": "worker"}},
+		{env: "NATS_TLS_CA", sample: pki.CA},
+		{env: "NATS_TLS_CERT", sample: pki.ClientCert, with: clientCert},
+		{env: "NATS_TLS_KEY", sample: pki.ClientKey, with: clientCert},
+		{env: "NATS_TLS_SERVER_NAME", sample: "nats.example.com"},
+		{env: "REDIS_TLS_CA", sample: pki.CA, with: rediss},
+		{env: "REDIS_TLS_CERT", sample: pki.ClientCert, with: redisCert},
+		{env: "REDIS_TLS_KEY", sample: pki.ClientKey, with: redisCert},
+		{env: "REDIS_TLS_SERVER_NAME", sample: "redis.example.com", with: rediss},
 
 		// shared by several binaries
 		{env: "POOL", sample: "gpu-a100",

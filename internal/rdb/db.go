@@ -2,6 +2,7 @@ package rdb
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"time"
 
@@ -109,17 +110,27 @@ func CheckURL(url string) error {
 	return err
 }
 
-// Dial connects to the Redis at url, makes sure it answers, and returns a
-// DB on it; Close closes the connection.
-func Dial(ctx context.Context, url string, opts Options) (*DB, error) {
+// Dial connects to the Redis at url (redis:// or rediss://, with an ACL
+// user and password in its userinfo), makes sure it answers, and returns
+// a DB on it; Close closes the connection. tlsConfig, when not nil,
+// replaces the TLS settings a rediss:// URL implies (a custom CA, a client
+// certificate); its ServerName defaults to the URL's host.
+func Dial(ctx context.Context, url string, tlsConfig *tls.Config, opts Options) (*DB, error) {
 	ropts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, err
 	}
+	if tlsConfig != nil {
+		tc := tlsConfig.Clone()
+		if tc.ServerName == "" && ropts.TLSConfig != nil {
+			tc.ServerName = ropts.TLSConfig.ServerName
+		}
+		ropts.TLSConfig = tc
+	}
 	c := redis.NewClient(ropts)
 	if err := c.Ping(ctx).Err(); err != nil {
 		_ = c.Close()
-		return nil, fmt.Errorf("connect to Redis at %s: %w", ropts.Addr, err)
+		return nil, fmt.Errorf("ping: %w", err)
 	}
 	return New(c, opts), nil
 }

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/comfyfleet/comfyfleet/internal/backend"
+	"github.com/comfyfleet/comfyfleet/internal/backoff"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
@@ -21,6 +22,9 @@ const startTimeout = 30 * time.Second
 type Common struct {
 	NATSURL  string
 	RedisURL string
+	// Security are the NATS credentials and the TLS files of NATS and
+	// Redis.
+	Security Security
 	// KeyPrefix goes before every Redis key (tests sharing one Redis).
 	KeyPrefix string
 	// Streams sizes the streams and buckets.
@@ -30,8 +34,9 @@ type Common struct {
 
 // Bind binds the common settings.
 func (c *Common) Bind(fs *flagenv.Set) {
-	fs.String(&c.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server")
-	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server")
+	fs.String(&c.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server(s), comma-separated: nats://[user:password@]host:port, or tls:// for TLS")
+	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server: redis://[user:password@]host:port/db, or rediss:// for TLS")
+	c.Security.Bind(fs)
 	fs.Duration(&c.Streams.EventsMaxAge, "events-max-age", "EVENTS_MAX_AGE", queue.DefaultEventsMaxAge, "how long job events are kept in CF_EVENTS (/stream, late subscribers)")
 	fs.Int64(&c.Streams.EventsMaxBytes, "events-max-bytes", "EVENTS_MAX_BYTES", queue.DefaultEventsMaxBytes, "size bound of CF_EVENTS; the oldest events go first")
 	fs.Duration(&c.Streams.DLQMaxAge, "dlq-max-age", "DLQ_MAX_AGE", queue.DefaultDLQMaxAge, "how long dead letters are kept in CF_DLQ")
@@ -41,6 +46,9 @@ func (c *Common) Bind(fs *flagenv.Set) {
 
 // Finish checks the common settings, naming the one at fault.
 func (c *Common) Finish() (setting string, err error) {
+	if setting, err := c.Security.Finish(c.NATSURL, c.RedisURL); err != nil {
+		return setting, err
+	}
 	if err := c.Streams.Validate(); err != nil {
 		return "EVENTS_*/DLQ_*", err
 	}
@@ -65,8 +73,49 @@ func (c *Common) Open(ctx context.Context, name string, log *zap.Logger) (*backe
 	return b, nil
 }
 
+// Retry delays of OpenRetrying: a worker's fleet that is down is tried
+// again soon, but never more than every half minute.
+const (
+	retryMin = time.Second
+	retryMax = 30 * time.Second
+)
+
+// OpenRetrying is Open for a process that must wait for its fleet instead
+// of exiting (a RunPod worker: RunPod would restart it in a loop, without
+// saying why): while NATS or Redis is unreachable, refuses the
+// credentials or fails TLS verification, each try logs the cause (URLs
+// redacted) and the delay before the next, with capped exponential
+// backoff, until ctx ends. Settings that are wrong in themselves (a
+// missing file) were refused by Finish before.
+func (c *Common) OpenRetrying(ctx context.Context, name string, log *zap.Logger) (*backend.Backend, error) {
+	bo := backoff.New(retryMin, retryMax)
+	for try := 1; ; try++ {
+		b, err := c.Open(ctx, name, log)
+		if err == nil {
+			if try > 1 {
+				log.Info("fleet reachable", zap.Int("tries", try))
+			}
+			return b, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		d := bo.Next()
+		log.Warn(fmt.Sprintf("%v; retrying in %s", err, d.Round(100*time.Millisecond)),
+			zap.Int("try", try), zap.Duration("retry_in", d))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%s: gave up waiting for the fleet: %w", name, err)
+		case <-t.C:
+		}
+	}
+}
+
 func (c *Common) backendConfig(name string, log *zap.Logger) backend.Config {
-	cfg := backend.Config{Name: name, NATSURL: c.NATSURL, RedisURL: c.RedisURL, Queue: c.Streams, Logger: log}
+	cfg := backend.Config{Name: name, NATSURL: c.NATSURL, NATSAuth: c.Security.NATS, RedisURL: c.RedisURL,
+		RedisTLS: c.Security.RedisTLS, Queue: c.Streams, Logger: log}
 	cfg.DB.Prefix = c.KeyPrefix
 	return cfg
 }
