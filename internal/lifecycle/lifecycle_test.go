@@ -469,10 +469,13 @@ func TestSweeperWaitsAfterAnOutage(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.submit(t, job("j"))
-	cl := b.claim(t, "w1", 30*time.Millisecond)
 	sw, err := b.core.NewSweeper(lifecycle.SweeperConfig{LeaseGrace: time.Minute})
 	require.NoError(t, err)
-	require.NoError(t, sw.RunOnce(b.ctx)) // the first sweep
+	// The first sweep, before the claim: after it, a 30 ms lease may
+	// lapse before a sweep on a loaded machine, and that sweep, seeing no
+	// gap, would rightly reclaim it.
+	require.NoError(t, sw.RunOnce(b.ctx))
+	cl := b.claim(t, "w1", 30*time.Millisecond)
 	// Redis "was down" for ten seconds: no sweep, no renewal.
 	now, err := b.db.Time(b.ctx)
 	require.NoError(t, err)
@@ -498,11 +501,12 @@ func TestSweeperWaitsAfterItsOwnOutage(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.submit(t, job("j"))
-	cl := b.claim(t, "w1", 30*time.Millisecond)
 	sw, err := b.core.NewSweeper(lifecycle.SweeperConfig{LeaseGrace: time.Minute})
 	require.NoError(t, err)
-	require.NoError(t, sw.RunOnce(b.ctx)) // the first sweep
+	// The first sweep, before the claim (see TestSweeperWaitsAfterAnOutage).
+	require.NoError(t, sw.RunOnce(b.ctx))
 	start := time.Now()
+	cl := b.claim(t, "w1", 30*time.Millisecond)
 	// Redis goes away for longer than the threshold (3 s) and comes back
 	// without the sweepers' record.
 	require.NoError(t, b.db.Client().Del(b.ctx, b.db.Prefix()+proto.SweepKey).Err())
