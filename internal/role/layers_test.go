@@ -33,6 +33,7 @@ var layers = []struct {
 		"internal/runpod/jobtake", "internal/batch", "internal/console"}},
 	{"wiring", []string{"internal/backend", "internal/role"}},
 	{"dev", []string{"internal/devstack"}},
+	{"standalone", []string{"internal/standalone"}},
 	{"tools", []string{"internal/bench"}},
 	{"main", []string{"cmd/comfyfleet", "cmd/dispatcher", "cmd/gpuworker", "cmd/runpod-adapter", "cmd/comfysim"}},
 }
