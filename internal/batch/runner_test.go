@@ -216,9 +216,15 @@ func TestCancelBatch(t *testing.T) {
 	// An item in the index that was never submitted: cancelled ahead.
 	require.NoError(t, f.b.DB.PutBatch(ctx, rdb.BatchMeta{ID: "cancel-1"},
 		[]rdb.IndexItem{{Name: "ghost", JobID: "cancel-1-ghost", Index: 6}}, time.Hour))
+	// Some job has started (which one is the workers' pick: at 20 s a job,
+	// the first item may wait behind two others).
 	require.Eventually(t, func() bool {
-		rec, err := f.b.DB.Get(ctx, batch.JobID("cancel-1", items[0]))
-		return err == nil && rec.Status != proto.StatusInQueue
+		for _, it := range items {
+			if rec, err := f.b.DB.Get(ctx, batch.JobID("cancel-1", it)); err == nil && rec.Status != proto.StatusInQueue {
+				return true
+			}
+		}
+		return false
 	}, 20*time.Second, 10*time.Millisecond)
 	// Every submitted item has been admitted (has a record), so only the
 	// ghost is cancelled ahead of the dispatcher.
