@@ -32,6 +32,10 @@ type Heartbeat struct {
 	// Warm are the model files of the last workflow it ran: the ones its
 	// ComfyUI most likely still holds in memory.
 	Warm []string `json:"warm,omitempty"`
+	// Cached are the model files it fetched by URL and holds on disk (its
+	// model cache): the next job naming one of those URLs needs no
+	// download there.
+	Cached []CachedModel `json:"cached,omitempty"`
 	// LastError is the error of the last job that failed on it (or was
 	// given back with a reason).
 	LastError string `json:"last_error,omitempty"`

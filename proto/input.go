@@ -23,6 +23,9 @@ type Input struct {
 	// ComfyOrgAPIKey is the key for Comfy.org API nodes; it beats the
 	// worker's COMFY_ORG_API_KEY. Secret.
 	ComfyOrgAPIKey string `json:"comfy_org_api_key,omitempty"`
+	// Models are model files to fetch by URL before the prompt runs, for
+	// nodes that read a file without a loader input naming it ([ModelRef]).
+	Models []ModelRef `json:"models,omitempty"`
 }
 
 // InputImage is one input file. Exactly one of Image and Blob is set.
