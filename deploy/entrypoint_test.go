@@ -263,6 +263,53 @@ func TestEntrypointComfyUIMode(t *testing.T) {
 	require.NotContains(t, e.out.String(), "starting gpuworker")
 }
 
+// TestEntrypointComfyUIModeSharesOutputs: compose's gpuworker runs in its
+// own container as user 65532:65532 (deploy/Dockerfile) and deletes a
+// job's outputs from ComfyUI's output folder, which the pair shares. With
+// COMFYUI_OUTPUT_GID, what ComfyUI (root) writes there, in new subfolders
+// too, can be deleted by that user; the files of an earlier run as well.
+func TestEntrypointComfyUIModeSharesOutputs(t *testing.T) {
+	t.Parallel()
+	require.Zero(t, os.Geteuid(), "the test runs ComfyUI as root and the gpuworker as 65532, as the containers do; run the tests as root (CI does)")
+	tmp := t.TempDir()
+	// The folders above reach the output folder for everyone, as / and
+	// /comfyui do in the containers.
+	require.NoError(t, os.Chmod(tmp, 0o755))
+	require.NoError(t, os.Chmod(filepath.Dir(tmp), 0o755))
+	out := filepath.Join(tmp, "output")
+	old := filepath.Join(out, "old", "ComfyUI_00001_.png")
+	require.NoError(t, os.MkdirAll(filepath.Dir(old), 0o755))
+	writeFile(t, old, "png")
+	require.NoError(t, os.Chmod(old, 0o644))
+	written := filepath.Join(out, "job-1", "ComfyUI_00002_.png")
+	e := startEntrypoint(t, map[string]string{"COMFYUI_OUTPUT_DIR": out, "COMFYUI_OUTPUT_GID": "65532", "FAKE_OUTPUT_FILE": written}, "comfyui")
+	require.Eventually(t, e.comfyAnswers, 20*time.Second, 20*time.Millisecond, e.out.String())
+	require.Contains(t, e.pythonCalls(t), "umask 0002\n", "ComfyUI writes group-writable files")
+	require.Contains(t, e.out.String(), "output folder "+out+" shared with group 65532")
+
+	// The gpuworker's user deletes both files.
+	for _, f := range []string{written, old} {
+		rm := exec.Command("rm", f)
+		rm.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65532, Gid: 65532}}
+		b, err := rm.CombinedOutput()
+		require.NoError(t, err, "user 65532 deletes %s: %s", f, b)
+		require.NoFileExists(t, f)
+	}
+	require.NoError(t, e.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 0, e.wait(t), e.out.String())
+
+	// Without it, nothing changes: ComfyUI keeps the usual umask.
+	plain := startEntrypoint(t, map[string]string{"COMFYUI_OUTPUT_DIR": out}, "comfyui")
+	require.Eventually(t, plain.comfyAnswers, 20*time.Second, 20*time.Millisecond, plain.out.String())
+	require.NotContains(t, plain.pythonCalls(t), "umask 0002")
+	require.NoError(t, plain.cmd.Process.Signal(syscall.SIGTERM))
+	require.Equal(t, 0, plain.wait(t), plain.out.String())
+
+	bad := startEntrypoint(t, map[string]string{"COMFYUI_OUTPUT_DIR": out, "COMFYUI_OUTPUT_GID": "gpuworker"}, "comfyui")
+	require.Equal(t, 1, bad.wait(t))
+	require.Contains(t, bad.out.String(), "COMFYUI_OUTPUT_GID=gpuworker: want a numeric group id")
+}
+
 func TestEntrypointRunsOtherCommands(t *testing.T) {
 	t.Parallel()
 	out, err := exec.Command(repoPath("deploy", "worker", "entrypoint.sh"), "echo", "hello").CombinedOutput()

@@ -6,10 +6,13 @@
 #   ./gpus.sh --stdout 4   print the block instead of writing it
 #
 # The pairs live in compose.yaml between the "BEGIN GENERATED GPU PAIRS" and
-# "END GENERATED GPU PAIRS" lines; everything else in the file is kept. Each
-# pair is comfyui-gpuN (ComfyUI pinned to device N) and gpuworker-gpuN (its
-# worker, WORKER_ID ${WORKER_ID_PREFIX}-gpuN). A test checks that the block
-# in compose.yaml is what this script writes.
+# "END GENERATED GPU PAIRS" lines, their volumes between "BEGIN GENERATED GPU
+# VOLUMES" and "END GENERATED GPU VOLUMES"; everything else in the file is
+# kept. Each pair is comfyui-gpuN (ComfyUI pinned to device N) and
+# gpuworker-gpuN (its worker, WORKER_ID ${WORKER_ID_PREFIX}-gpuN), which share
+# the volume comfyui-output-gpuN as ComfyUI's output folder: the worker
+# deletes a job's outputs from it once they are stored. A test checks that
+# the blocks in compose.yaml are what this script writes.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -45,6 +48,9 @@ block() {
 		cat <<EOF
   comfyui-gpu$id:
     <<: *comfyui
+    volumes:
+      - \${MODELS_DIR:-./models}:/runpod-volume/models:ro
+      - comfyui-output-gpu$id:/comfyui/output
     deploy:
       resources:
         reservations:
@@ -59,6 +65,9 @@ block() {
       <<: *worker-env
       WORKER_ID: \${WORKER_ID_PREFIX:-local}-gpu$id
       COMFYUI_URL: http://comfyui-gpu$id:8188
+      COMFYUI_OUTPUT_DIR: /comfyui/output
+    volumes:
+      - comfyui-output-gpu$id:/comfyui/output
     depends_on:
       <<: *worker-deps
       comfyui-gpu$id:
@@ -68,21 +77,34 @@ EOF
 	echo "  # END GENERATED GPU PAIRS"
 }
 
+volumes() {
+	echo "  # BEGIN GENERATED GPU VOLUMES (./gpus.sh $1; do not edit by hand)"
+	for id in $ids; do
+		echo "  comfyui-output-gpu$id:"
+	done
+	echo "  # END GENERATED GPU VOLUMES"
+}
+
 if $stdout; then
 	block "$1"
+	volumes "$1"
 	exit 0
 fi
 
-if ! grep -q '# BEGIN GENERATED GPU PAIRS' "$file" || ! grep -q '# END GENERATED GPU PAIRS' "$file"; then
-	echo "gpus.sh: $file has no generated block to replace" >&2
-	exit 1
-fi
+for marker in 'BEGIN GENERATED GPU PAIRS' 'END GENERATED GPU PAIRS' 'BEGIN GENERATED GPU VOLUMES' 'END GENERATED GPU VOLUMES'; do
+	if ! grep -q "# $marker" "$file"; then
+		echo "gpus.sh: $file has no '# $marker' line: no generated block to replace" >&2
+		exit 1
+	fi
+done
 tmp=$(mktemp "$file.XXXXXX")
-trap 'rm -f "$tmp" "$tmp.block"' EXIT
+trap 'rm -f "$tmp" "$tmp.block" "$tmp.volumes"' EXIT
 block "$1" >"$tmp.block"
-awk -v blockfile="$tmp.block" '
+volumes "$1" >"$tmp.volumes"
+awk -v blockfile="$tmp.block" -v volumesfile="$tmp.volumes" '
 	/# BEGIN GENERATED GPU PAIRS/ { while ((getline line < blockfile) > 0) print line; skip = 1; next }
-	/# END GENERATED GPU PAIRS/ { skip = 0; next }
+	/# BEGIN GENERATED GPU VOLUMES/ { while ((getline line < volumesfile) > 0) print line; skip = 1; next }
+	/# END GENERATED GPU (PAIRS|VOLUMES)/ { skip = 0; next }
 	!skip { print }
 ' "$file" >"$tmp"
 cat "$tmp" >"$file" # keeps the file's mode and owner

@@ -42,6 +42,7 @@ set -Eeuo pipefail
 : "${NETWORK_VOLUME:=/runpod-volume}"       # where a RunPod network volume is mounted
 : "${NETWORK_VOLUME_DEBUG:=false}"          # true prints the volume's model folders at boot
 : "${RUNPOD_WEBHOOK_GET_JOB:=}"             # set by RunPod: selects the serverless mode
+: "${COMFYUI_OUTPUT_GID:=}"                 # comfyui mode: the group of a gpuworker in another container that deletes outputs
 # NATS_URL (the gpuworker's) picks joined over standalone mode; it is not
 # given a default here, as an empty one means "no fleet".
 
@@ -108,6 +109,32 @@ comfyui_args() {
 	[ -z "$COMFYUI_ARGS" ] || args+=($COMFYUI_ARGS)
 }
 
+# share_outputs lets a gpuworker in another container (compose's pairs,
+# user 65532:65532 of deploy/Dockerfile), which mounts the same output
+# folder, delete the files ComfyUI writes there once they are stored: the
+# folder and what is in it go to group COMFYUI_OUTPUT_GID, group-writable,
+# folders setgid (new subfolders keep the group), and ComfyUI runs with
+# umask 002 (its files and subfolders are group-writable).
+share_outputs() {
+	[ -n "$COMFYUI_OUTPUT_GID" ] || return 0
+	# The gpuworker's setting, which the image sets to ComfyUI's folder.
+	local out=${COMFYUI_OUTPUT_DIR:-$COMFYUI_DIR/output}
+	case "$COMFYUI_OUTPUT_GID" in
+	*[!0-9]*)
+		log "COMFYUI_OUTPUT_GID=$COMFYUI_OUTPUT_GID: want a numeric group id" >&2
+		exit 1
+		;;
+	esac
+	mkdir -p "$out"
+	if ! chgrp -R "$COMFYUI_OUTPUT_GID" "$out" || ! chmod -R g+rwX "$out" ||
+		! find "$out" -type d -exec chmod g+s {} +; then
+		log "could not share $out with group $COMFYUI_OUTPUT_GID (COMFYUI_OUTPUT_GID)" >&2
+		exit 1
+	fi
+	umask 0002
+	log "output folder $out shared with group $COMFYUI_OUTPUT_GID"
+}
+
 # comfyui_only runs ComfyUI alone. ComfyUI is a child, not exec'd: as PID 1
 # (no init in front: docker run --init missing, --entrypoint overridden) it
 # would ignore SIGTERM and every stop would wait for SIGKILL. SIGTERM and
@@ -116,6 +143,7 @@ comfyui_only() {
 	gpu_check
 	volume_report
 	manager_offline
+	share_outputs
 	comfyui_args "${COMFYUI_LISTEN:-0.0.0.0}"
 	log "starting ComfyUI on ${COMFYUI_LISTEN:-0.0.0.0}:$COMFYUI_PORT"
 	trap 'signals=$((signals + 1)); [ -z "${comfy_pid:-}" ] || kill -TERM "$comfy_pid" 2>/dev/null || true' TERM INT
