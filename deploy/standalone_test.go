@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -134,12 +135,13 @@ func jobDone(t *testing.T, plat *runpodtest.Platform, id string) []byte {
 // with PNG bytes, no error.
 func requireWorkerComfyUIAnswer(t *testing.T, body []byte) {
 	t.Helper()
-	requireImageAnswer(t, body, "base64")
+	requireImageAnswer(t, body, "base64", "ComfyUI")
 }
 
 // requireImageAnswer checks a job-done body for one PNG image of this
-// type: "base64" (data is the bytes) or "s3_url" (data is their URL).
-func requireImageAnswer(t *testing.T, body []byte, typ string) {
+// type, "base64" (data is the bytes) or "s3_url" (data is their URL),
+// saved by the workflow under this filename_prefix.
+func requireImageAnswer(t *testing.T, body []byte, typ, prefix string) {
 	t.Helper()
 	var done struct {
 		Output struct {
@@ -158,7 +160,7 @@ func requireImageAnswer(t *testing.T, body []byte, typ string) {
 	require.Len(t, done.Output.Images, 1, "%s", body)
 	img := done.Output.Images[0]
 	require.Equal(t, typ, img.Type, "%s", body)
-	require.Regexp(t, `^ComfyUI_\d{5}_\.png$`, img.Filename)
+	require.Regexp(t, `^`+regexp.QuoteMeta(prefix)+`_\d{5}_\.png$`, img.Filename)
 	var png []byte
 	if typ == "s3_url" {
 		resp, err := http.Get(img.Data)
@@ -351,7 +353,7 @@ func TestStandaloneModeOutputsToS3(t *testing.T) {
 	startImage(t, plat, map[string]string{"BUCKET_ENDPOINT_URL": srv.Endpoint, "BUCKET_ACCESS_KEY_ID": srv.AccessKey,
 		"BUCKET_SECRET_ACCESS_KEY": srv.SecretKey, "BUCKET_NAME": bucket, "BUCKET_REGION": srv.Region, "BUCKET_PREFIX": "sa"})
 	plat.AddJob(txt2imgJob(t, "sa-s3"))
-	requireImageAnswer(t, jobDone(t, plat, "sa-s3"), "s3_url")
+	requireImageAnswer(t, jobDone(t, plat, "sa-s3"), "s3_url", "ComfyUI")
 
 	plat.AddJob(map[string]any{"id": "sa-bad", "input": map[string]any{"images": []any{}}})
 	var failed struct {
