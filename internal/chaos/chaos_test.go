@@ -126,6 +126,34 @@ func TestNATSRestartedMidLoad(t *testing.T) {
 	f.check("NATS restarted", f.await(ids, 60*time.Second), nil)
 }
 
+// TestNATSClusterLeaderStoppedMidLoad: on a three-node NATS cluster with
+// every stream on three nodes (STREAM_REPLICAS=3), the node leading the
+// jobs stream stops with a quarter of the jobs done and comes back (same
+// store) at half. The processes reconnect to the others, the streams
+// elect new leaders, and every job ends once: none lost, none stuck, none
+// run to a second COMPLETED.
+func TestNATSClusterLeaderStoppedMidLoad(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 2, dispatchers: 2, stepDelay: time.Millisecond, natsNodes: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ids := f.load(ctx, "cluster", 200, nil)
+	f.whenDone(ctx, ids, 0.25)
+	s, err := f.js.Stream(ctx, proto.JobsStream)
+	require.NoError(t, err)
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	require.Len(t, info.Cluster.Replicas, 2, "CF_JOBS has a replica on each of the other nodes")
+	leader := f.cluster.Index(info.Cluster.Leader)
+	require.GreaterOrEqual(t, leader, 0, "leader %q", info.Cluster.Leader)
+	f.cluster.Stop(leader)
+	t.Logf("stopped %s, the leader of CF_JOBS", info.Cluster.Leader)
+	f.whenDone(ctx, ids, 0.5)
+	f.cluster.Start(leader)
+	t.Logf("%s started again", info.Cluster.Leader)
+	f.check("cluster leader stopped", f.await(ids, 90*time.Second), nil)
+}
+
 // TestRedisRestartedMidLoad: redis-server is SIGKILLed with a quarter of
 // the jobs done and started again on its append-only file.
 func TestRedisRestartedMidLoad(t *testing.T) {

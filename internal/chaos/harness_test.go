@@ -32,6 +32,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/comfysim/simtest"
 	"github.com/comfyfleet/comfyfleet/internal/natsserver"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -187,6 +188,10 @@ type fleet struct {
 	natsDir  string
 	natsMu   sync.Mutex
 	nats     *natsserver.Server
+	// cluster, when the case runs one, replaces the single server: its
+	// streams have a replica on each node (STREAM_REPLICAS).
+	cluster  *testenv.Cluster
+	replicas int
 
 	redisPort int
 	redisDir  string
@@ -218,21 +223,29 @@ type fleetConfig struct {
 	// maxAttempts is the workers' MAX_ATTEMPTS; 0 means the binary's
 	// default (3).
 	maxAttempts int
+	// natsNodes, when above 1, runs a NATS cluster of that many nodes
+	// instead of one server, every stream with a replica on each.
+	natsNodes int
 }
 
 func newFleet(t *testing.T, cfg fleetConfig) *fleet {
 	t.Helper()
 	f := &fleet{t: t, dir: tempDir(t), log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), workers: map[string]*proc{}}
-	f.natsPort, f.natsDir = freePort(t), filepath.Join(f.dir, "nats")
-	f.startNATS()
-	t.Cleanup(f.stopNATS)
+	if cfg.natsNodes > 1 {
+		f.cluster, f.replicas = testenv.StartNATSCluster(t, cfg.natsNodes), cfg.natsNodes
+	} else {
+		f.natsPort, f.natsDir, f.replicas = freePort(t), filepath.Join(f.dir, "nats"), 1
+		f.startNATS()
+		t.Cleanup(f.stopNATS)
+	}
 	f.redisPort, f.redisDir = freePort(t), filepath.Join(f.dir, "redis")
 	require.NoError(t, os.MkdirAll(f.redisDir, 0o755))
 	f.startRedis()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := backend.Open(ctx, backend.Config{Name: "chaos", NATSURL: f.natsURL(), RedisURL: f.redisURL(), Logger: f.log})
+	b, err := backend.Open(ctx, backend.Config{Name: "chaos", NATSURL: f.natsURL(), RedisURL: f.redisURL(),
+		Queue: queue.Config{Replicas: f.replicas}, Logger: f.log})
 	require.NoError(t, err)
 	f.b = b
 	t.Cleanup(b.Close)
@@ -275,7 +288,13 @@ func newFleet(t *testing.T, cfg fleetConfig) *fleet {
 	return f
 }
 
-func (f *fleet) natsURL() string  { return fmt.Sprintf("nats://127.0.0.1:%d", f.natsPort) }
+// natsURL is the server's URL, or every node's of a cluster.
+func (f *fleet) natsURL() string {
+	if f.cluster != nil {
+		return f.cluster.URL()
+	}
+	return fmt.Sprintf("nats://127.0.0.1:%d", f.natsPort)
+}
 func (f *fleet) redisURL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", f.redisPort) }
 
 func (f *fleet) startNATS() {
@@ -314,7 +333,7 @@ func (f *fleet) startDispatcher() *proc {
 	name := fmt.Sprintf("dispatcher-%d", len(f.dispatchers)+1)
 	port := freePort(f.t)
 	p := startProc(f.t, name, bin(f.t, "dispatcher"), nil, []string{
-		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "SWEEP_INTERVAL=100ms", "INTAKE_ACK_WAIT=2s",
+		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "STREAM_REPLICAS=" + strconv.Itoa(f.replicas), "SWEEP_INTERVAL=100ms", "INTAKE_ACK_WAIT=2s",
 		"EXECUTION_GRACE=" + f.execGrace.String(), "LOG_LEVEL=warn", fmt.Sprintf("LISTEN_ADDR=127.0.0.1:%d", port),
 	})
 	f.dispatchers = append(f.dispatchers, p)
@@ -327,7 +346,7 @@ func (f *fleet) startWorker(sim *simtest.Sim) *proc {
 	f.nextWorker++
 	id := fmt.Sprintf("w%d", f.nextWorker)
 	env := []string{
-		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "COMFYUI_URL=" + sim.URL,
+		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "STREAM_REPLICAS=" + strconv.Itoa(f.replicas), "COMFYUI_URL=" + sim.URL,
 		"WORKER_ID=" + id, "LEASE_TTL=" + f.leaseTTL.String(), "COMFYUI_PROBE_INTERVAL=50ms", "RETRY_DELAY=50ms",
 		"SHUTDOWN_GRACE=2s", "LOG_LEVEL=warn",
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -25,6 +26,23 @@ type Config struct {
 	// ReadyTimeout bounds the wait for the server to accept clients;
 	// 0 means 10 s.
 	ReadyTimeout time.Duration
+	// Cluster, when set, makes the server a node of a JetStream cluster.
+	Cluster *Cluster
+}
+
+// Cluster makes a server one node of a NATS cluster with clustered
+// JetStream: each node has its own name, store and route port, and the
+// routes of the others.
+type Cluster struct {
+	// Name of the cluster, the same on every node.
+	Name string
+	// ServerName is this node's name, unique in the cluster (JetStream
+	// places stream replicas by it).
+	ServerName string
+	// Port is this node's route port on Host; 0 means a random one.
+	Port int
+	// Routes are the other nodes' route URLs (nats-route://host:port).
+	Routes []string
 }
 
 // Server is a running embedded NATS server.
@@ -57,6 +75,23 @@ func Start(cfg Config) (*Server, error) {
 		// No HTTP monitor, no cluster: one process, one server.
 		MaxPayload: 1 << 20,
 	}
+	if c := cfg.Cluster; c != nil {
+		if c.Name == "" || c.ServerName == "" {
+			return nil, errors.New("start nats server: a cluster node needs the cluster's Name and its own ServerName")
+		}
+		opts.ServerName = c.ServerName
+		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: host, Port: c.Port}
+		if c.Port == 0 {
+			opts.Cluster.Port = server.RANDOM_PORT
+		}
+		for _, r := range c.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("start nats server: route %q: %w", r, err)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("start nats server: %w", err)
@@ -75,6 +110,19 @@ func Start(cfg Config) (*Server, error) {
 
 // URL is the client URL, e.g. nats://127.0.0.1:4222.
 func (s *Server) URL() string { return s.srv.ClientURL() }
+
+// RouteURL is a cluster node's route URL (nats-route://host:port), for
+// the other nodes' Routes; "" for a server outside a cluster.
+func (s *Server) RouteURL() string {
+	a := s.srv.ClusterAddr()
+	if a == nil {
+		return ""
+	}
+	return "nats-route://" + a.String()
+}
+
+// Name is the server's name: a cluster node's ServerName.
+func (s *Server) Name() string { return s.srv.Name() }
 
 // Stop shuts the server down and waits for it; it is idempotent.
 func (s *Server) Stop() {

@@ -37,6 +37,7 @@ func (c *Common) Bind(fs *flagenv.Set) {
 	fs.String(&c.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server(s), comma-separated: nats://[user:password@]host:port, or tls:// for TLS")
 	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server: redis://[user:password@]host:port/db, or rediss:// for TLS")
 	c.Security.Bind(fs)
+	fs.Int(&c.Streams.Replicas, "stream-replicas", "STREAM_REPLICAS", 1, "replicas of every stream, the object store and the KV bucket on a NATS cluster (1, 3 or 5); a change takes effect as the next process starts")
 	fs.Duration(&c.Streams.EventsMaxAge, "events-max-age", "EVENTS_MAX_AGE", queue.DefaultEventsMaxAge, "how long job events are kept in CF_EVENTS (/stream, late subscribers)")
 	fs.Int64(&c.Streams.EventsMaxBytes, "events-max-bytes", "EVENTS_MAX_BYTES", queue.DefaultEventsMaxBytes, "size bound of CF_EVENTS; the oldest events go first")
 	fs.Duration(&c.Streams.DLQMaxAge, "dlq-max-age", "DLQ_MAX_AGE", queue.DefaultDLQMaxAge, "how long dead letters are kept in CF_DLQ")
@@ -48,6 +49,9 @@ func (c *Common) Bind(fs *flagenv.Set) {
 func (c *Common) Finish() (setting string, err error) {
 	if setting, err := c.Security.Finish(c.NATSURL, c.RedisURL); err != nil {
 		return setting, err
+	}
+	if r := c.Streams.Replicas; r < 1 || r > 5 {
+		return "STREAM_REPLICAS", fmt.Errorf("want 1 to 5 replicas (3 or 5 on a cluster of that many nodes or more), got %d", r)
 	}
 	if err := c.Streams.Validate(); err != nil {
 		return "EVENTS_*/DLQ_*", err
