@@ -21,6 +21,7 @@ var wantServices = map[string]string{
 	"comfysim-1": "sim", "gpuworker-sim1": "sim", "comfysim-2": "sim", "gpuworker-sim2": "sim",
 	"comfyui-gpu0": "gpu", "gpuworker-gpu0": "gpu", "comfyui-gpu1": "gpu", "gpuworker-gpu1": "gpu",
 	"prometheus": "observability", "grafana": "observability",
+	"nats-2": "cluster", "nats-3": "cluster",
 }
 
 // pendingSettings are worker settings compose passes before the binaries
@@ -32,7 +33,7 @@ var pendingSettings = map[string]bool{
 
 func allProfiles(t *testing.T) *types.Project {
 	t.Helper()
-	return loadCompose(t, composeFile(), "gpu", "sim", "observability")
+	return loadCompose(t, composeFile(), "gpu", "sim", "observability", "cluster")
 }
 
 func TestComposeServicesAndProfiles(t *testing.T) {
@@ -52,7 +53,7 @@ func TestComposeServicesAndProfiles(t *testing.T) {
 
 	// Without a .env every variable has its default.
 	opts, err := cli.NewProjectOptions([]string{composeFile()}, cli.WithWorkingDirectory(filepath.Dir(composeFile())),
-		cli.WithEnv(nil), cli.WithProfiles([]string{"gpu", "sim", "observability"}), cli.WithName("comfyfleet"))
+		cli.WithEnv(nil), cli.WithProfiles([]string{"gpu", "sim", "observability", "cluster"}), cli.WithName("comfyfleet"))
 	require.NoError(t, err)
 	bare, err := opts.LoadProject(context.Background())
 	require.NoError(t, err, "compose.yaml loads without a .env")
@@ -63,6 +64,7 @@ func TestComposeServicesAndProfiles(t *testing.T) {
 		"":    {"nats", "redis", "s3", "dispatcher", "runpod-adapter"},
 		"sim": {"nats", "redis", "s3", "dispatcher", "runpod-adapter", "comfysim-1", "gpuworker-sim1", "comfysim-2", "gpuworker-sim2"},
 		"gpu": {"nats", "redis", "s3", "dispatcher", "runpod-adapter", "comfyui-gpu0", "gpuworker-gpu0", "comfyui-gpu1", "gpuworker-gpu1"},
+		"cluster": {"nats", "nats-2", "nats-3", "redis", "s3", "dispatcher", "runpod-adapter"},
 	} {
 		var profiles []string
 		if profile != "" {
@@ -267,7 +269,7 @@ func deref(p *string) string {
 func TestComposeVolumesAndNATSConfig(t *testing.T) {
 	t.Parallel()
 	p := allProfiles(t)
-	require.ElementsMatch(t, []string{"nats-data", "redis-data", "s3-data", "prometheus-data", "grafana-data",
+	require.ElementsMatch(t, []string{"nats-data", "nats-2-data", "nats-3-data", "redis-data", "s3-data", "prometheus-data", "grafana-data",
 		"comfyui-output-gpu0", "comfyui-output-gpu1"}, slices.Collect(maps.Keys(p.Volumes)))
 	mounts := func(name string) map[string]types.ServiceVolumeConfig {
 		out := map[string]types.ServiceVolumeConfig{}
