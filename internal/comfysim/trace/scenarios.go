@@ -92,20 +92,22 @@ func upload(name, subfolder, overwrite string, data []byte) Step {
 		Upload: &Upload{Field: "image", Filename: name, ContentType: "image/png", Data: data, Fields: f}}}
 }
 
-// imageChain is EmptyImage → ImageInvert → SaveImage, plus the weight-free
-// nodes whose outputs are text (GetImageSize and StringConcatenate through
-// PreviewAny).
-func imageChain(color int, prefix string) string {
+// imageChain is one output (SaveImage) fed by the weight-free nodes:
+// PrimitiveInt → EmptyImage → ImageInvert → GetImageSize → ImageScale,
+// and the file name prefix from PrimitiveString and StringConcatenate.
+// One output node only: ComfyUI runs a prompt's outputs in the order of a
+// Python set, which the emulator does not copy.
+func imageChain(color int, folder string, width int) string {
 	return fmt.Sprintf(`{
-  "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 6, "batch_size": 1, "color": %d}},
+  "1": {"class_type": "EmptyImage", "inputs": {"width": ["9", 0], "height": 6, "batch_size": 1, "color": %d}},
   "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-  "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": %q}},
+  "3": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": ["7", 0]}},
   "4": {"class_type": "GetImageSize", "inputs": {"image": ["2", 0]}},
-  "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}},
-  "6": {"class_type": "PrimitiveString", "inputs": {"value": "left"}},
-  "7": {"class_type": "StringConcatenate", "inputs": {"string_a": ["6", 0], "string_b": "right", "delimiter": "-"}},
-  "8": {"class_type": "PreviewAny", "inputs": {"source": ["7", 0]}}
-}`, color, prefix)
+  "5": {"class_type": "ImageScale", "inputs": {"image": ["2", 0], "upscale_method": "bilinear", "width": ["4", 0], "height": 0, "crop": "disabled"}},
+  "6": {"class_type": "PrimitiveString", "inputs": {"value": %q}},
+  "7": {"class_type": "StringConcatenate", "inputs": {"string_a": ["6", 0], "string_b": "img", "delimiter": "/"}},
+  "9": {"class_type": "PrimitiveInt", "inputs": {"value": %d}}
+}`, color, folder, width)
 }
 
 // longNode is FidelityLongNode → SaveImage.
@@ -127,14 +129,14 @@ func Scenarios() []Scenario {
 		id := promptID(n, 1)
 		return []Step{
 			connect("a", ClientID),
-			queuePrompt(id, ClientID, imageChain(0x102030, "fid_fresh/img")),
+			queuePrompt(id, ClientID, imageChain(0x102030, "fid_fresh", 8)),
 			waitDone(),
 			poll("/history/" + id),
 			get("/view?filename=img_00001_.png&subfolder=fid_fresh&type=output"),
 		}
 	})
 	add("cached_rerun", "The same workflow twice: the second run is cached and re-sends executed with the old file names.", func(n int) []Step {
-		wf := imageChain(0x405060, "fid_cached/img")
+		wf := imageChain(0x405060, "fid_cached", 9)
 		return []Step{
 			connect("a", ClientID),
 			queuePrompt(promptID(n, 1), ClientID, wf),
@@ -151,6 +153,7 @@ func Scenarios() []Scenario {
 			return `{"1": {"class_type": "EmptyImage", "inputs": {` + inputs + `}}, ` + save + `}`
 		}
 		return []Step{
+			connect("a", ClientID),
 			postRaw("/prompt", "this is not json"),
 			post("/prompt", `{"client_id": "x"}`),
 			post("/prompt", `{"prompt": "a string"}`),
@@ -173,6 +176,7 @@ func Scenarios() []Scenario {
 			p(14, `{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
 			  "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "fid_val/ok"}},
 			  "10": {"class_type": "PreviewAny", "inputs": {}}}`),
+			waitDone(),
 		}
 	})
 	add("runtime_error", "A node raising while it runs: ImageScaleBy to a zero size.", func(n int) []Step {
@@ -283,9 +287,9 @@ func Scenarios() []Scenario {
 		id1, id2 := promptID(n, 1), promptID(n, 2)
 		return []Step{
 			connect("a", ClientID),
-			queuePrompt(id1, ClientID, imageChain(0x0a0b0c, "fid_hist/a")),
+			queuePrompt(id1, ClientID, imageChain(0x0a0b0c, "fid_hist_a", 10)),
 			waitDone(),
-			queuePrompt(id2, ClientID, imageChain(0x0d0e0f, "fid_hist/b")),
+			queuePrompt(id2, ClientID, imageChain(0x0d0e0f, "fid_hist_b", 11)),
 			waitDone(),
 			poll("/history/" + id2),
 			get("/history?max_items=1"),
@@ -317,7 +321,7 @@ func Scenarios() []Scenario {
 		id1, id2 := promptID(n, 1), promptID(n, 2)
 		return []Step{
 			connect("a", ClientID),
-			queuePrompt(id1, "", imageChain(0x111111, "fid_nocid/x")),
+			queuePrompt(id1, "", imageChain(0x111111, "fid_nocid", 12)),
 			waitQueue(0),
 			poll("/history/" + id1),
 			queuePrompt(id2, "", longNode(40, 0.25, 31, true, "fid_nocid/y")),
