@@ -16,7 +16,11 @@
 // the video, audio and text outputs (SaveVideo, SaveWEBM,
 // SaveAnimatedWEBP, SaveAudio, PreviewAny), VideoHelperSuite's
 // VHS_VideoCombine ("gifs") and the bundled SaveImageWebsocket; the model
-// lists come from Config.
+// lists come from Config. The weight-free core nodes (EmptyImage,
+// ImageInvert, ImageScale, ImageScaleBy, ImageBlur, SaveAnimatedPNG, the
+// primitives, StringConcatenate, RandomNoise, GetImageSize) compute on
+// pixels as ComfyUI does, and package trace's replay test holds the
+// emulator to traces recorded from a real ComfyUI (testdata/traces).
 //
 // The emulator is four packages:
 //

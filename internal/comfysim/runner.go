@@ -35,6 +35,16 @@ func (r *runner) ProgressBar(total int, png bool) node.ProgressBar {
 	return &progressHook{ex: r.ex, nodeID: r.nodeID, total: total, lastSent: -1, png: png}
 }
 
+// ProgressText is PromptServer.send_progress_text: a binary TEXT frame (3)
+// of the node id's length, the node id and the text, to the prompt's client.
+func (r *runner) ProgressText(text string) error {
+	frame := binary.BigEndian.AppendUint32(nil, 3)
+	frame = binary.BigEndian.AppendUint32(frame, uint32(len(r.nodeID)))
+	frame = append(frame, r.nodeID...)
+	frame = append(frame, text...)
+	return r.ex.sendBinary(r.ex.target(), frame)
+}
+
 // SaveImagePath is folder_paths.get_save_image_path in output/ or temp/.
 func (r *runner) SaveImagePath(folderType, prefix string, width, height int, where string) (node.SavePath, error) {
 	s := r.ex.s

@@ -187,8 +187,12 @@ func (c *Class) ObjectInfo(h Host) *pyvalue.Dict {
 		}
 		info.Set("output_tooltips", tips)
 		info.Set("output_matchtypes", nil)
+		var display any
+		if c.DisplayName != "" {
+			display = c.DisplayName // a v3 schema without one renders None
+		}
 		info.Set("name", c.Name)
-		info.Set("display_name", c.DisplayName)
+		info.Set("display_name", display)
 		info.Set("description", c.Description)
 		info.Set("python_module", c.PythonModule)
 		info.Set("category", c.Category)

@@ -356,7 +356,7 @@ func NewRegistry() *Registry {
 				{Name: "filename_prefix", Type: "STRING", Options: pyvalue.NewDict("default", "ComfyUI", "multiline", false)},
 				{Name: "codec", Type: "COMBO", Options: pyvalue.NewDict("multiselect", false), Combo: func(Host) []string { return []string{"vp9", "av1"} }},
 				{Name: "fps", Type: "FLOAT", Options: pyvalue.NewDict("default", 24.0, "min", 0.01, "max", 1000.0, "step", 0.01)},
-				{Name: "crf", Type: "FLOAT", Options: pyvalue.NewDict("tooltip", "Higher crf means lower quality with a smaller file size, lower crf means higher quality higher filesize.", "default", 32.0, "min", 0.0, "max", 63.0, "step", 1.0)},
+				{Name: "crf", Type: "FLOAT", Options: pyvalue.NewDict("tooltip", "Higher crf means lower quality with a smaller file size, lower crf means higher quality higher filesize.", "default", 32.0, "min", i(0), "max", 63.0, "step", i(1))},
 			},
 			Hidden:        imageOutputHidden,
 			ReturnTypes:   []string{},
@@ -394,6 +394,7 @@ func NewRegistry() *Registry {
 			Func:        runSaveImageWebsocket,
 		},
 	}
+	defs = append(defs, weightFreeClasses()...)
 	r := &Registry{classes: make(map[string]*Class, len(defs)), order: make([]string, 0, len(defs))}
 	for _, d := range defs {
 		r.classes[d.Name] = d

@@ -56,6 +56,9 @@ type Executor interface {
 	// Saved records that the files of sp up to counter next-1 exist, so the
 	// next save need not list the folder.
 	Saved(sp SavePath, next int64)
+	// ProgressText is PromptServer.send_progress_text for the running
+	// node: a TEXT binary frame with its id.
+	ProgressText(text string) error
 }
 
 // ProgressBar is comfy.utils.ProgressBar.

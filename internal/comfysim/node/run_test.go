@@ -58,6 +58,7 @@ func (e *fakeExec) SaveImagePath(folderType, prefix string, _, _ int, _ string) 
 
 func (e *fakeExec) WriteFile(path string, data []byte) error { return os.WriteFile(path, data, 0o644) }
 func (e *fakeExec) Saved(_ node.SavePath, next int64)        { e.saved = append(e.saved, next) }
+func (e *fakeExec) ProgressText(string) error                { return nil }
 
 type fakeBar struct {
 	e     *fakeExec

@@ -67,10 +67,12 @@ func (l latentVal) String() string {
 	return fmt.Sprintf("{'samples': tensor([[[[0., 0., 0.,  ..., 0., 0., 0.]]]])}  # shape [%d, %d, %d, %d]", l.batch, ch, l.h/8, l.w/8)
 }
 
-// frame is one image of a batch: generated from a key, or decoded from a file.
+// frame is one image of a batch: generated from a key, decoded from a file,
+// or computed by a pixel node (px, nodes_weightfree.go).
 type frame struct {
 	key uint64
 	img *image.NRGBA
+	px  []float32 // RGB floats in [0, 1] (out of range allowed), row by row
 }
 
 // imageVal is an IMAGE tensor [batch, h, w, 3].
@@ -84,6 +86,9 @@ func (v *imageVal) String() string {
 }
 
 func (f frame) render(w, h int) *image.NRGBA {
+	if f.px != nil {
+		return quantize(f.px, w, h)
+	}
 	if f.img != nil {
 		return f.img
 	}
