@@ -8,8 +8,10 @@
 //
 // Around admission (each in its own file):
 //   - admission.go and routing.go: the optional checks of a new job; a job
-//     whose models no live worker of its pool has fails at admission (the
-//     warm-worker preference is the workers' half, in internal/worker);
+//     whose models named by file no live worker of its pool has fails at
+//     admission (a model named by URL is fetched where the job runs, so it
+//     is never missing here; the preference for a worker with the models
+//     warm, then on disk, is the workers' half, in internal/worker);
 //   - webhook.go delivers each job's terminal RunPod status body to its
 //     webhook URL from a durable consumer of the final events
 //     (cf.events.*.final) shared by the replicas, with retries, an SSRF

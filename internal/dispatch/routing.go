@@ -34,7 +34,12 @@ var _ WorkerLister = (*rdb.DB)(nil)
 // pool has, instead of letting it burn GPU time to fail in ComfyUI's
 // validation. It judges only from workers that report their models: with
 // none (no worker up yet, or all still starting) it admits, and the job
-// waits for one.
+// waits for one. It judges models named by file only: one named by URL
+// (in a loader input or input.models) is fetched by the worker that runs
+// the job, so no worker lists it beforehand (fleet.WorkflowModels leaves
+// it out). Which worker runs the job is the workers' choice
+// (internal/worker's routing.go); the dispatcher publishes on the pool's
+// lane.
 type ModelCheck struct {
 	cfg ModelCheckConfig
 	reg WorkerLister

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,6 +54,47 @@ func TestAdmissionRefusesJobWhoseModelsNoWorkerHas(t *testing.T) {
 	var buf bytes.Buffer
 	require.NoError(t, reg.Write(ctx, &buf))
 	require.Contains(t, buf.String(), `comfyfleet_admission_failures_total{reason="no_models"} 1`)
+}
+
+// A model named by URL is fetched where the job runs, so no worker lists
+// it yet: admission admits a job that names one in a loader input or in
+// input.models, and still refuses a missing model named by file.
+func TestAdmissionAdmitsModelsByURL(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 0)
+	ctx := testenv.Context(t, 30*time.Second)
+	require.NoError(t, b.db.Beat(ctx, proto.Heartbeat{ID: "w1", Pool: proto.DefaultPool, State: proto.WorkerIdle,
+		Models: map[string][]string{"ckpt_name": {"a.safetensors"}, "lora_name": {"detail.safetensors"}}}))
+	b.start(t, dispatch.Admission{Models: dispatch.NewModelCheck(dispatch.ModelCheckConfig{CacheFor: time.Millisecond}, b.db)})
+
+	const lora = `https://hf.example/acme/styles/resolve/main/ink.safetensors?download=true`
+	urlLora := `{"4":{"class_type":"CheckpointLoaderSimple","inputs":{"ckpt_name":"CKPT"}},` +
+		`"10":{"class_type":"LoraLoader","inputs":{"lora_name":"` + lora + `","model":["4",0],"clip":["4",1]}}}`
+	wf := func(ckpt string) string { return strings.Replace(urlLora, "CKPT", ckpt, 1) }
+	tests := []struct {
+		name, id, body string
+		want           proto.Status
+		wantErr        []string
+		notErr         string
+	}{
+		{name: "lora by URL", id: "url-1", body: `{"id":"url-1","input":{"workflow":` + wf("a.safetensors") + `}}`, want: proto.StatusInQueue},
+		{name: "checkpoint by URL", id: "url-2", body: `{"id":"url-2","input":{"workflow":` + strings.Replace(wf("https://civitai.example/api/download/models/9"), lora, "detail.safetensors", 1) + `}}`, want: proto.StatusInQueue},
+		{name: "input.models", id: "url-3", body: `{"id":"url-3","input":{"workflow":` + ckptWorkflow("a.safetensors") +
+			`,"models":[{"url":"https://hf.example/acme/x/resolve/main/pose.pth","folder":"controlnet","sha256":"00ff"}]}}`, want: proto.StatusInQueue},
+		{name: "lora by URL, checkpoint missing", id: "url-bad", body: `{"id":"url-bad","input":{"workflow":` + wf("zzz.safetensors") + `}}`, want: proto.StatusFailed,
+			wantErr: []string{`no worker of pool "default" has ckpt_name "zzz.safetensors".`}, notErr: "hf.example"},
+	}
+	for _, tt := range tests {
+		b.submit(t, proto.SourceAPI, tt.body, tt.id)
+		rec := b.waitRecord(t, tt.id, func(r *proto.Record) bool { return r.Status == tt.want })
+		for _, w := range tt.wantErr {
+			require.Contains(t, rec.Error, w, tt.name)
+		}
+		if tt.notErr != "" {
+			require.NotContains(t, rec.Error, tt.notErr, tt.name)
+		}
+	}
+	require.Eventually(t, func() bool { return b.streamMsgs(t, proto.JobsStream) == 3 }, 5*time.Second, 10*time.Millisecond, "the admitted jobs reach the pool's lane")
 }
 
 // The submission that made a job's record, read by a dispatcher once a

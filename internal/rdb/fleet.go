@@ -27,6 +27,7 @@ func (db *DB) Beat(ctx context.Context, w proto.Heartbeat) error {
 			"vram_total", w.VRAMTotal, "vram_free", w.VRAMFree,
 			"progress", strconv.FormatFloat(w.Progress, 'f', -1, 64),
 			"models", jsonField(w.Models), "warm", jsonField(w.Warm),
+			"cached", jsonField(w.Cached),
 			"last_error", w.LastError, "paused", jsonField(w.Paused),
 			"updated_at", w.UpdatedAt.UnixMilli())
 		p.PExpire(ctx, key, db.workerTTL)
@@ -96,6 +97,9 @@ func decodeWorker(h map[string]string) proto.Heartbeat {
 	}
 	if s := h["warm"]; s != "" {
 		_ = json.Unmarshal([]byte(s), &w.Warm)
+	}
+	if s := h["cached"]; s != "" {
+		_ = json.Unmarshal([]byte(s), &w.Cached)
 	}
 	if s := h["paused"]; s != "" {
 		_ = json.Unmarshal([]byte(s), &w.Paused)

@@ -20,6 +20,7 @@ func TestBeatListRemove(t *testing.T) {
 	w := proto.Heartbeat{ID: "w1", Pool: "p", State: proto.WorkerRunning, JobID: "j", ComfyUIVersion: "0.3.40",
 		Device: "cuda:0", VRAMTotal: 100, VRAMFree: 40, Progress: 0.25,
 		Models: map[string][]string{"ckpt_name": {"a.safetensors", "b.safetensors"}}, Warm: []string{"a.safetensors"},
+		Cached:    []proto.CachedModel{{URL: "https://hf.example/x/lora.safetensors", SHA256: "ab12", Folder: "loras", File: "lora-ab12.safetensors"}},
 		LastError: "boom", Paused: []string{"p/batch"},
 		UpdatedAt: time.UnixMilli(time.Now().UnixMilli())}
 	require.NoError(t, r.Beat(ctx, w))

@@ -86,7 +86,7 @@ func (c *WorkerConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of GET /metrics (Prometheus), e.g. :9100; empty: none")
 	c.Keys.bindAdmin(fs)
 	c.Keys.bindOrigins(fs)
-	fs.Duration(&c.Worker.WarmDefer, "warm-defer", "WARM_DEFER", 25*time.Millisecond, "model-aware routing: a job another idle worker holds warm is handed back up to 3 times, at once and then after this step ×1, ×2; negative: never")
+	fs.Duration(&c.Worker.WarmDefer, "warm-defer", "WARM_DEFER", 25*time.Millisecond, "model-aware routing: a job another idle worker is readier for (its models warm, or its models by URL on disk where this one would download them) is handed back up to 3 times, at once and then after this step ×1, ×2; negative: never")
 }
 
 // Finish derives what the flags do not set directly and checks the

@@ -51,9 +51,11 @@
 // ends TIMED_OUT; the lease's renewals follow the process, not progress.
 //
 // Its heartbeat (proto.Heartbeat, in Redis) reports the models its ComfyUI offers
-// (loader inputs of /object_info) and the ones of its last job (warm); a
-// job another idle worker holds warm is handed back a few times so that
-// worker takes it (routing.go). Metrics (metrics.go) count jobs by status,
+// (loader inputs of /object_info), the ones of its last job (warm) and the
+// files of its model cache, fetched by URL (Config.CachedModels); a job
+// another idle worker is readier for (its models warm, or its models by
+// URL on disk) is handed back a few times so that worker takes it
+// (routing.go). Metrics (metrics.go) count jobs by status,
 // queue wait, execution time, retries and ComfyUI errors by class.
 //
 // With Prefetch (PREFETCH, 1 by default) the next job is taken and its

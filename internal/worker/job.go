@@ -56,7 +56,9 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 		w.core.Discard(ctx, msg, err.Error())
 		return
 	}
-	if w.deferToWarm(ctx, job, msg) {
+	need := jobNeed(job)
+	tier, handedBack := w.route(ctx, job, need, msg)
+	if handedBack {
 		return
 	}
 	log := w.log.With(zap.String("job_id", job.ID))
@@ -85,8 +87,11 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 		return
 	}
 	log = log.With(zap.Int("attempt", cl.Attempt))
-	w.noteWarm(job)
+	w.noteWarm(need)
 	w.metrics.claimed(cl.Record)
+	if !need.Empty() {
+		w.metrics.routed(tier)
+	}
 	w.setState(proto.WorkerRunning, job.ID)
 
 	stopRenew := w.renew(jctx, cl, cancelJob, log)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
+	"github.com/comfyfleet/comfyfleet/internal/fleet"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -19,6 +20,8 @@ type Metrics struct {
 	execution   *metrics.Histogram
 	retries     *metrics.Counter
 	comfyErrors *metrics.Counter
+	routedJobs  *metrics.Counter
+	handbacks   *metrics.Counter
 	idle        idleClock
 }
 
@@ -65,6 +68,9 @@ func NewMetrics(reg *metrics.Registry) *Metrics {
 		execution:   reg.Histogram("comfyfleet_worker_execution_seconds", "Execution time of the attempts this worker ran, by outcome (a terminal status, or RETRIED).", metrics.DurationBuckets, "status"),
 		retries:     reg.Counter("comfyfleet_worker_retries_total", "Attempts this worker put back on the queue to be retried."),
 		comfyErrors: reg.Counter("comfyfleet_worker_comfyui_errors_total", "Failed attempts by ComfyUI error class.", "class"),
+		routedJobs: reg.Counter("comfyfleet_worker_routed_jobs_total", "Jobs naming models this worker claimed, by how ready it was for them: "+
+			"warm (all in its warm set), cached (every model by URL in its model cache), cold.", "tier"),
+		handbacks: reg.Counter("comfyfleet_worker_handbacks_total", "Jobs this worker handed back because another idle worker of the pool was readier for their models, by that worker's tier.", "to"),
 	}
 	m.idle.since = time.Now()
 	reg.CounterFunc("comfyfleet_worker_gpu_idle_seconds_total", "Seconds this worker ran no job since it started: its GPU's idle time.", nil,
@@ -100,6 +106,22 @@ func (m *Metrics) ran(status proto.Status, took time.Duration) {
 		m.jobs.Inc(label)
 	}
 	m.execution.ObserveDuration(took, label)
+}
+
+// routed counts a claimed job that names models by the worker's tier.
+func (m *Metrics) routed(t fleet.Tier) {
+	if m == nil {
+		return
+	}
+	m.routedJobs.Inc(t.String())
+}
+
+// handedBack counts a job handed back to a worker of tier t.
+func (m *Metrics) handedBack(t fleet.Tier) {
+	if m == nil {
+		return
+	}
+	m.handbacks.Inc(t.String())
 }
 
 // failedWith counts an execution error by its class.

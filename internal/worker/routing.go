@@ -17,25 +17,37 @@ import (
 
 // Model-aware routing, the worker's half. The worker reports in its
 // heartbeat the model files its ComfyUI offers (loader inputs read from
-// /object_info) and the ones of the last workflow it ran (warm: most
-// likely still in VRAM). The dispatcher refuses at admission a job whose
-// models no worker has.
+// /object_info), the ones of the last job it ran (warm: most likely still
+// in VRAM), and the files its model cache holds, fetched by URL (cached:
+// on disk, no download; Config.CachedModels). The dispatcher refuses at
+// admission a job whose models by file name no worker has; a model named
+// by URL is fetched where the job runs, so admission does not judge it.
 //
-// A job whose models another, idle worker of the pool holds warm goes to
-// that worker first: a worker that takes such a job without holding its
-// models warm hands it back (a NAK: at once, then after WarmDefer, then
-// after twice that) up to warmDefers times, and the warm worker, whose pull already waits on the same lane,
-// takes it. On the interactive lane, where idle workers long-poll, that is
-// nearly always the warm worker; on the batch lane, which idle workers
-// poll, it is best effort. After that, or
-// when no idle warm worker is in the registry, any worker runs it. The
-// cost is bounded (warmDefers redeliveries, 3 × WarmDefer of wait, only
-// when a warm worker looked idle), needs no per-worker subjects or stream changes, and
-// a warm worker that died mid-way only delays the job, never strands it.
-// (The alternative, a per-worker subject the dispatcher publishes on,
-// needs a second consumer per worker and a timer in the dispatcher to move
-// unclaimed jobs back to the pool lane: more moving parts for the same
-// effect.)
+// A job goes first to the readiest idle worker of the pool (fleet.Tier):
+// one that holds all its models warm, then one that has all the models it
+// names by URL on disk, then any. A worker that takes a job while another,
+// idle worker of the pool ranks better for it hands it back (a NAK: at
+// once, then after WarmDefer, then after twice that) up to warmDefers
+// times, and the readier worker, whose pull already waits on the same
+// lane, takes it; a cached worker that takes it hands it on in turn to a
+// warm one, within the same warmDefers deliveries. On the interactive
+// lane, where idle workers long-poll, that is nearly always the readier
+// worker; on the batch lane, which idle workers poll, it is best effort.
+// After that, or when no readier idle worker is in the registry, any
+// worker runs it. The cost is bounded (warmDefers redeliveries, 3 ×
+// WarmDefer of wait, only when a readier worker looked idle), needs no
+// per-worker subjects or stream changes, and a readier worker that died
+// mid-way only delays the job, never strands it. (The alternative, a
+// per-worker subject the dispatcher publishes on, needs a second consumer
+// per worker and a timer in the dispatcher to move unclaimed jobs back to
+// the pool lane: more moving parts for the same effect.)
+//
+// The warm set is recorded when the job is claimed, from the job as sent:
+// its files, the keys (proto.ModelURLKey) of its models by URL, and the
+// cached file names of those the cache already holds. A worker whose warm
+// set was recorded from the rewritten workflow instead (the cached names
+// only) is judged warm all the same: a model by URL is warm on a worker
+// whose Cached entry for it names a file of its warm set.
 
 // modelsRefresh is how often a worker re-reads its ComfyUI's model lists.
 const modelsRefresh = 5 * time.Minute
@@ -131,28 +143,41 @@ func (w *Worker) forgetWarm() {
 	w.mu.Unlock()
 }
 
-// jobModels lists the models a job's workflow names.
-func jobModels(job *proto.Job) map[string][]string {
-	var in struct {
-		Workflow json.RawMessage `json:"workflow"`
-	}
-	if json.Unmarshal(job.Input, &in) != nil {
+// jobNeed lists the models a job names.
+func jobNeed(job *proto.Job) fleet.Need {
+	return fleet.JobNeed(job.Input)
+}
+
+// cachedModels lists the files of the worker's model cache.
+func (w *Worker) cachedModels() []proto.CachedModel {
+	if w.cfg.CachedModels == nil {
 		return nil
 	}
-	return fleet.WorkflowModels(in.Workflow)
+	return w.cfg.CachedModels()
 }
 
 // noteWarm records the models of the job the worker runs as its warm set.
-func (w *Worker) noteWarm(job *proto.Job) {
-	need := jobModels(job)
+func (w *Worker) noteWarm(need fleet.Need) {
 	var warm []string
-	for _, files := range need {
+	for _, files := range need.Files {
 		warm = append(warm, files...)
+	}
+	if len(need.URLs) > 0 {
+		cached := w.cachedModels()
+		for _, m := range need.URLs {
+			warm = append(warm, m.Key)
+			for _, c := range cached {
+				if m.Matches(c) && c.File != "" {
+					warm = append(warm, c.File)
+				}
+			}
+		}
 	}
 	if len(warm) == 0 {
 		return // e.g. an image-only workflow: whatever was loaded stays
 	}
 	slices.Sort(warm)
+	warm = slices.Compact(warm)
 	w.mu.Lock()
 	w.self.Warm = warm
 	w.mu.Unlock()
@@ -166,25 +191,21 @@ func (w *Worker) setProgress(p float64) {
 	w.mu.Unlock()
 }
 
-// deferToWarm hands the job back when another idle worker of the pool
-// holds its models warm and this one does not; see the comment at the top
-// of the file.
-func (w *Worker) deferToWarm(ctx context.Context, job *proto.Job, msg *queue.Message) bool {
-	if w.cfg.WarmDefer < 0 || msg.Delivered() > warmDefers {
-		return false
-	}
-	if w.fleet == nil {
-		return false
-	}
-	need := jobModels(job)
-	if len(need) == 0 {
-		return false
+// route ranks the worker for a job it took and hands the job back when
+// another idle worker of the pool ranks better (see the comment at the top
+// of the file). It returns the worker's tier for the job, and whether the
+// job was handed back.
+func (w *Worker) route(ctx context.Context, job *proto.Job, need fleet.Need, msg *queue.Message) (fleet.Tier, bool) {
+	if need.Empty() {
+		return fleet.TierWarm, false
 	}
 	w.mu.Lock()
 	me := w.self
 	w.mu.Unlock()
-	if fleet.HasWarm(me, need) {
-		return false
+	me.Cached = w.cachedModels()
+	mine := need.Tier(me)
+	if mine == fleet.TierWarm || w.cfg.WarmDefer < 0 || msg.Delivered() > warmDefers || w.fleet == nil {
+		return mine, false
 	}
 	// Read afresh: a stale view would hand jobs to a worker that is no
 	// longer idle. One Redis read per job, only for a worker not warm.
@@ -192,20 +213,25 @@ func (w *Worker) deferToWarm(ctx context.Context, job *proto.Job, msg *queue.Mes
 	list, err := w.fleet.Workers(lctx)
 	cancel()
 	if err != nil {
-		return false
+		return mine, false
 	}
 	for _, o := range list {
-		if o.ID != me.ID && o.Pool == me.Pool && o.State == proto.WorkerIdle && fleet.HasWarm(o, need) {
-			w.log.Debug("handing job to a warm worker", zap.String("job_id", job.ID), zap.String("warm_worker", o.ID))
-			// At once the first time; later ones wait longer, so a warm
+		if o.ID == me.ID || o.Pool != me.Pool || o.State != proto.WorkerIdle {
+			continue
+		}
+		if t := need.Tier(o); t < mine {
+			w.log.Debug("handing job to a readier worker", zap.String("job_id", job.ID), zap.String("worker", o.ID),
+				zap.Stringer("tier", t), zap.Stringer("own_tier", mine))
+			// At once the first time; later ones wait longer, so a readier
 			// worker between two pulls has time to ask again.
 			step := w.cfg.WarmDefer
 			if step == 0 {
 				step = defaultWarmDefer
 			}
 			_ = msg.Nak(step * time.Duration(msg.Delivered()-1))
-			return true
+			w.metrics.handedBack(t)
+			return mine, true
 		}
 	}
-	return false
+	return mine, false
 }

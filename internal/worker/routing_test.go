@@ -1,16 +1,20 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/comfyfleet/comfyfleet/internal/comfysim"
+	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/metrics/metricstest"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -101,4 +105,178 @@ func TestRefreshForgetsWarm(t *testing.T) {
 	require.Empty(t, hb.Warm)
 	require.Eventually(t, func() bool { return len(b.sim.Stats().LoadedModels) == 0 }, 10*time.Second, time.Millisecond)
 	require.EqualValues(t, 1, b.sim.Stats().ModelLoads)
+}
+
+// modelURLJob is ckptJob that also names models by URL in input.models. (The
+// workflow's own loader inputs name the emulator's files: a raw URL there
+// would fail ComfyUI's validation until the worker's model cache rewrites
+// it; input.models is read by no node, so the routing is all it tests.)
+func modelURLJob(id, ckpt string, urls ...string) *proto.Job {
+	job := ckptJob(id, ckpt)
+	var refs []string
+	for _, u := range urls {
+		refs = append(refs, fmt.Sprintf(`{"url":%q,"folder":"loras"}`, u))
+	}
+	var in map[string]json.RawMessage
+	if err := json.Unmarshal(job.Input, &in); err != nil {
+		panic(err)
+	}
+	in["models"] = json.RawMessage("[" + strings.Join(refs, ",") + "]")
+	job.Input, _ = json.Marshal(in)
+	return job
+}
+
+// loraURL is the URL of the i-th test LoRA, with a token the heartbeat
+// must never carry.
+func loraURL(i int) string {
+	return fmt.Sprintf("https://models.example/lora-%d.safetensors?token=s3cret", i)
+}
+
+// cacheOf lists the cached files of the given LoRAs, as a model cache
+// would report them.
+func cacheOf(ids ...int) func() []proto.CachedModel {
+	var list []proto.CachedModel
+	for _, i := range ids {
+		list = append(list, proto.CachedModel{URL: proto.ModelURLKey(loraURL(i)), SHA256: fmt.Sprintf("%064x", i),
+			Folder: "loras", File: fmt.Sprintf("lora-%d-%08x.safetensors", i, i)})
+	}
+	return func() []proto.CachedModel { return list }
+}
+
+// scrape parses a registry's series.
+func scrape(t *testing.T, reg *metrics.Registry) metricstest.Families {
+	t.Helper()
+	var buf bytes.Buffer
+	require.NoError(t, reg.Write(context.Background(), &buf))
+	return metricstest.Parse(t, &buf)
+}
+
+// counted is a counter's value, 0 while it has no series.
+func counted(fams metricstest.Families, name string, labels ...string) float64 {
+	if s := fams.Series(name, labels...); s != nil {
+		return s.GetCounter().GetValue()
+	}
+	return 0
+}
+
+// A worker's heartbeat reports its model cache (Config.CachedModels), and
+// a job naming by URL a model one idle worker has on disk runs there,
+// although another, cold one is free too. Neither is warm for the LoRAs:
+// each job names another one.
+func TestCachedWorkerGetsURLJob(t *testing.T) {
+	t.Parallel()
+	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
+	const jobs = 6
+	ids := make([]int, jobs)
+	for i := range ids {
+		ids[i] = i
+	}
+	reg := metrics.NewRegistry()
+	b.startWorker("disk", worker.Config{CachedModels: cacheOf(ids...)}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
+	b.startWorker("empty", worker.Config{})
+	hb := b.heartbeat("disk", func(w proto.Heartbeat) bool {
+		return w.State == proto.WorkerIdle && w.Models != nil && len(w.Cached) == jobs
+	})
+	require.Equal(t, cacheOf(ids...)(), hb.Cached)
+	require.Equal(t, "https://models.example/lora-0.safetensors", hb.Cached[0].URL, "the heartbeat carries no token")
+	b.heartbeat("empty", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle && w.Models != nil && w.Cached == nil })
+
+	for i := range jobs {
+		id := fmt.Sprintf("url-%d", i)
+		b.enqueueJob(modelURLJob(id, "a.safetensors", loraURL(i)))
+		require.Equal(t, "disk", b.wait(id, proto.StatusCompleted).WorkerID, id)
+		b.heartbeat("disk", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle })
+	}
+	// The warm set holds the last job's checkpoint, its LoRA's key and
+	// the cached file's name.
+	hb = b.heartbeat("disk", func(w proto.Heartbeat) bool { return slices.Contains(w.Warm, "lora-5-00000005.safetensors") })
+	require.Equal(t, []string{"a.safetensors", "https://models.example/lora-5.safetensors", "lora-5-00000005.safetensors"}, hb.Warm)
+	require.Equal(t, float64(jobs), counted(scrape(t, reg), "comfyfleet_worker_routed_jobs_total", "tier", "cached"))
+}
+
+// A worker that holds a job's model by URL warm beats one that has it on
+// disk only.
+func TestWarmBeatsCached(t *testing.T) {
+	t.Parallel()
+	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
+	b.startWorker("warm", worker.Config{CachedModels: cacheOf(7)})
+	b.enqueueJob(modelURLJob("first", "a.safetensors", loraURL(7)))
+	require.Equal(t, "warm", b.wait("first", proto.StatusCompleted).WorkerID)
+	b.heartbeat("warm", func(w proto.Heartbeat) bool {
+		return w.State == proto.WorkerIdle && slices.Contains(w.Warm, proto.ModelURLKey(loraURL(7)))
+	})
+
+	reg := metrics.NewRegistry()
+	b.startWorker("disk", worker.Config{CachedModels: cacheOf(7)}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
+	b.heartbeat("disk", func(w proto.Heartbeat) bool {
+		return w.State == proto.WorkerIdle && w.Models != nil && len(w.Cached) == 1
+	})
+	for i := range 6 {
+		id := fmt.Sprintf("warm-%d", i)
+		b.enqueueJob(modelURLJob(id, "a.safetensors", loraURL(7)))
+		require.Equal(t, "warm", b.wait(id, proto.StatusCompleted).WorkerID, id)
+		b.heartbeat("warm", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle })
+	}
+	fams := scrape(t, reg)
+	require.Zero(t, counted(fams, "comfyfleet_worker_routed_jobs_total", "tier", "cached"), "the cached worker ran none")
+	require.Zero(t, counted(fams, "comfyfleet_worker_handbacks_total", "to", "cached"))
+}
+
+// With no worker holding a job's model by URL, any worker runs it at
+// once: nobody hands it back.
+func TestColdURLJobRunsAnywhere(t *testing.T) {
+	t.Parallel()
+	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
+	regs := map[string]*metrics.Registry{"one": metrics.NewRegistry(), "two": metrics.NewRegistry()}
+	for id, reg := range regs {
+		b.startWorker(id, worker.Config{CachedModels: cacheOf(100 + len(id))}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
+		b.heartbeat(id, func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle && w.Models != nil })
+	}
+	for i := range 4 {
+		id := fmt.Sprintf("cold-%d", i)
+		b.enqueueJob(modelURLJob(id, "a.safetensors", loraURL(i)))
+		b.wait(id, proto.StatusCompleted)
+	}
+	b.requireDrained()
+	var cold float64
+	for id, reg := range regs {
+		fams := scrape(t, reg)
+		cold += counted(fams, "comfyfleet_worker_routed_jobs_total", "tier", "cold")
+		require.Zero(t, counted(fams, "comfyfleet_worker_handbacks_total", "to", "cached"), id)
+		require.Zero(t, counted(fams, "comfyfleet_worker_handbacks_total", "to", "warm"), id)
+	}
+	require.Equal(t, 4.0, cold)
+}
+
+// A worker that looks idle and has the job's model on disk but never
+// takes the job (its heartbeat outlives it) costs the job the bounded
+// hand-backs, then the cold worker runs it.
+func TestHandBackToCachedIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
+	ghost := proto.Heartbeat{ID: "ghost", Pool: proto.DefaultPool, State: proto.WorkerIdle, Cached: cacheOf(3)()}
+	ctx := ctxT(t)
+	require.NoError(t, b.db.Beat(ctx, ghost))
+	// Keep the ghost's heartbeat alive however slow the machine is.
+	go func() {
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_ = b.db.Beat(ctx, ghost)
+			}
+		}
+	}()
+	reg := metrics.NewRegistry()
+	b.startWorker("cold", worker.Config{}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
+	b.enqueueJob(modelURLJob("next", "a.safetensors", loraURL(3)))
+	rec := b.wait("next", proto.StatusCompleted)
+	require.Equal(t, "cold", rec.WorkerID)
+	require.Equal(t, 1, rec.Attempt, "hand-backs count no attempt")
+	fams := scrape(t, reg)
+	require.Equal(t, 3.0, counted(fams, "comfyfleet_worker_handbacks_total", "to", "cached"), "handed back warmDefers times, then run")
+	require.Equal(t, 1.0, counted(fams, "comfyfleet_worker_routed_jobs_total", "tier", "cold"))
 }

@@ -67,10 +67,18 @@ type Config struct {
 	// Grace is how long Stop lets the jobs in hand finish; 0 means 30 s.
 	Grace time.Duration
 	// WarmDefer is the step of the redelivery delays of a job handed
-	// back because another idle worker of the pool holds its models warm
-	// and this one does not (routing.go: at once, then 1×, then 2×); 0
-	// means 25 ms, a negative value never hands jobs back.
+	// back because another idle worker of the pool is readier for its
+	// models than this one: holds them warm, or has its models by URL on
+	// disk where this one would download them (routing.go: at once, then
+	// 1×, then 2×); 0 means 25 ms, a negative value never hands jobs back.
 	WarmDefer time.Duration
+	// CachedModels, when set, lists the model files the worker's model
+	// cache holds (fetched by URL); the worker calls it whenever it writes
+	// its heartbeat, whose Cached it fills, and when it judges whether
+	// another worker is readier for a job (routing.go). It must be cheap
+	// (no disk walk) and safe to call from any goroutine. nil means the
+	// worker has no model cache.
+	CachedModels func() []proto.CachedModel
 	// ReadyPoll is the interval of the ComfyUI liveness probe, which runs
 	// all the time: the worker pulls only while ComfyUI answers, and two
 	// failed probes in a row give the jobs in hand back. 0 means 250 ms.
@@ -868,6 +876,7 @@ func (w *Worker) beat(ctx context.Context, done chan<- struct{}) {
 		self := w.self
 		w.mu.Unlock()
 		self.State = w.shownState(self.State)
+		self.Cached = w.cachedModels()
 		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := w.fleet.Beat(bctx, self); err != nil && ctx.Err() == nil {
 			w.log.Warn("heartbeat", zap.Error(err))
