@@ -152,6 +152,7 @@ func table(t *testing.T, dir string) []setting {
 			dev: func(t *testing.T, sample string, cfg devstack.Config) { require.Equal(t, sample, cfg.NATSURL) }},
 		{env: "REDIS_URL", sample: "redis://redis.internal:6379/2", why: "use this Redis instead of running one under --dir",
 			dev: func(t *testing.T, sample string, cfg devstack.Config) { require.Equal(t, sample, cfg.RedisURL) }},
+		{env: "STREAM_REPLICAS", sample: "3"},
 		{env: "EVENTS_MAX_AGE", sample: "6h"},
 		{env: "EVENTS_MAX_BYTES", sample: "268435456"},
 		{env: "DLQ_MAX_AGE", sample: "72h"},
