@@ -61,9 +61,9 @@ func TestComposeServicesAndProfiles(t *testing.T) {
 
 	// Without a profile only the control plane runs; each profile adds its pairs.
 	for profile, want := range map[string][]string{
-		"":    {"nats", "redis", "s3", "dispatcher", "runpod-adapter"},
-		"sim": {"nats", "redis", "s3", "dispatcher", "runpod-adapter", "comfysim-1", "gpuworker-sim1", "comfysim-2", "gpuworker-sim2"},
-		"gpu": {"nats", "redis", "s3", "dispatcher", "runpod-adapter", "comfyui-gpu0", "gpuworker-gpu0", "comfyui-gpu1", "gpuworker-gpu1"},
+		"":        {"nats", "redis", "s3", "dispatcher", "runpod-adapter"},
+		"sim":     {"nats", "redis", "s3", "dispatcher", "runpod-adapter", "comfysim-1", "gpuworker-sim1", "comfysim-2", "gpuworker-sim2"},
+		"gpu":     {"nats", "redis", "s3", "dispatcher", "runpod-adapter", "comfyui-gpu0", "gpuworker-gpu0", "comfyui-gpu1", "gpuworker-gpu1"},
 		"cluster": {"nats", "nats-2", "nats-3", "redis", "s3", "dispatcher", "runpod-adapter"},
 	} {
 		var profiles []string
