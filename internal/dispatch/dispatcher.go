@@ -98,7 +98,8 @@ func New(cfg Config, q *queue.Client, core *lifecycle.Core, adm Admission, log *
 	return &Dispatcher{cfg: cfg, q: q, core: core, sweeper: sw, adm: adm, log: log.Named("dispatch")}, nil
 }
 
-// Start opens the intake consumer and runs the admission loop and the
+// Start opens the intake consumer, creates the default pool's lane
+// consumers when they are missing, and runs the admission loop and the
 // sweeper in the background. It returns once they run.
 //
 // Shutdown order (Stop): the admission loop ends after the messages in
@@ -106,6 +107,12 @@ func New(cfg Config, q *queue.Client, core *lifecycle.Core, adm Admission, log *
 func (d *Dispatcher) Start(ctx context.Context) error {
 	cons, err := d.q.IntakeConsumer(ctx, queue.ConsumerConfig{AckWait: d.cfg.AckWait})
 	if err != nil {
+		return fmt.Errorf("start dispatcher: %w", err)
+	}
+	// The default pool's lane consumers exist before its first worker
+	// does, for an autoscaler that scales the pool from zero on their
+	// backlog (docs/scaling.md).
+	if err := d.q.EnsureLaneConsumers(ctx, d.cfg.DefaultPool); err != nil {
 		return fmt.Errorf("start dispatcher: %w", err)
 	}
 	if err := d.sweeper.Start(ctx); err != nil {

@@ -52,6 +52,10 @@ func TestFleetAndMetricsRoutes(t *testing.T) {
 	// Each is on its lane once its admission ended (the lane comes last).
 	require.Eventually(t, func() bool { return b.streamMsgs(t, proto.SubmitStream) == 0 && b.streamMsgs(t, proto.JobsStream) == 3 },
 		10*time.Second, 10*time.Millisecond, "the jobs are on their lane")
+	// One of them ends (cancelled while queued; its message stays on the
+	// lane until a worker meets it): the lane's rate counts it.
+	_, err := b.db.CancelQueued(ctx, "queued-a")
+	require.NoError(t, err)
 	view := func(ctx context.Context) (*fleet.View, error) {
 		return fleet.ReadView(ctx, b.db, b.q)
 	}
@@ -86,11 +90,14 @@ func TestFleetAndMetricsRoutes(t *testing.T) {
 	require.Zero(t, fams.Value(t, "comfyfleet_queue_depth", "pool", "default", "lane", "interactive"))
 	require.Positive(t, fams.Value(t, "comfyfleet_queue_oldest_age_seconds", "pool", "default", "lane", "batch"))
 	require.Less(t, fams.Value(t, "comfyfleet_queue_oldest_age_seconds", "pool", "default", "lane", "batch"), 60.0)
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_lane_jobs_per_minute", "pool", "default", "lane", "batch"))
+	require.Zero(t, fams.Value(t, "comfyfleet_lane_jobs_per_minute", "pool", "default", "lane", "interactive"))
 	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_workers", "pool", "default", "state", "idle"))
 	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_workers", "pool", "default", "state", "running"))
 	require.Zero(t, fams.Value(t, "comfyfleet_dlq_size"))
 	require.Zero(t, fams.Value(t, "comfyfleet_intake_depth"))
 	require.Zero(t, fams.Value(t, "comfyfleet_jobs_total", "status", "COMPLETED"))
+	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_jobs_total", "status", "CANCELLED"))
 
 	code, _ = get(t, base+"/healthz")
 	require.Equal(t, http.StatusOK, code)

@@ -12,8 +12,8 @@ import (
 )
 
 // Metrics are the dispatcher's Prometheus series. The fleet-wide ones
-// (jobs by status, queue depth and oldest age per lane, dead letters,
-// workers by state) are read from the fleet view at scrape time, so every
+// (jobs by status, queue depth, oldest age and jobs per minute per lane,
+// dead letters, workers by state) are read from the fleet view at scrape time, so every
 // replica reports the same values; the counters are this replica's.
 type Metrics struct {
 	Registry *metrics.Registry
@@ -86,6 +86,13 @@ func NewMetrics(reg *metrics.Registry, view ViewReader) *Metrics {
 		each(lanes(func(l queue.LaneDepth, _ time.Time) float64 { return float64(l.Running) })))
 	reg.GaugeFunc("comfyfleet_queue_oldest_age_seconds", "Age of the oldest job waiting, by pool and lane (0 when none waits).", []string{"pool", "lane"},
 		each(lanes(func(l queue.LaneDepth, now time.Time) float64 { return l.OldestAge(now).Seconds() })))
+	reg.GaugeFunc("comfyfleet_lane_jobs_per_minute", "Jobs that ended per minute over about the last minute, by pool and lane.", []string{"pool", "lane"},
+		each(func(v *fleet.View) (out []metrics.Sample) {
+			for _, l := range v.Lanes {
+				out = append(out, metrics.Sample{Labels: []string{l.Pool, string(l.Lane)}, Value: v.JobsPerMin[l.Pool+"/"+string(l.Lane)]})
+			}
+			return out
+		}))
 	reg.GaugeFunc("comfyfleet_intake_depth", "Submissions no dispatcher has read yet.", nil,
 		each(func(v *fleet.View) []metrics.Sample { return []metrics.Sample{{Value: float64(v.Intake)}} }))
 	reg.GaugeFunc("comfyfleet_dlq_size", "Dead letters kept in CF_DLQ.", nil,

@@ -121,21 +121,50 @@ func (c *Client) LaneConsumer(ctx context.Context, pool string, lane proto.Lane,
 	return c.consumer(ctx, proto.JobsStream, proto.JobSubject(pool, lane), cfg)
 }
 
-func (c *Client) consumer(ctx context.Context, stream, filter string, cfg ConsumerConfig) (*Consumer, error) {
+// EnsureLaneConsumers creates the lane consumers of pool that do not
+// exist yet, with the defaults of ConsumerConfig; an existing one is left
+// as its workers configured it. An autoscaler that reads a consumer's
+// backlog (KEDA's NATS JetStream scaler) needs it to exist before the
+// pool's first worker starts: scaled to zero, a pool has no worker to
+// create it.
+func (c *Client) EnsureLaneConsumers(ctx context.Context, pool string) error {
+	for _, lane := range []proto.Lane{proto.LaneInteractive, proto.LaneBatch} {
+		name := proto.LaneConsumer(pool, lane)
+		_, err := c.js.Consumer(ctx, proto.JobsStream, name)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("look up consumer %s on %s: %w", name, proto.JobsStream, err)
+		}
+		_, err = c.js.CreateConsumer(ctx, proto.JobsStream, consumerConfig(proto.JobSubject(pool, lane), ConsumerConfig{Durable: name}))
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
+			return fmt.Errorf("create consumer %s on %s: %w", name, proto.JobsStream, err)
+		}
+	}
+	return nil
+}
+
+// consumerConfig is the JetStream configuration of a consumer of filter.
+func consumerConfig(filter string, cfg ConsumerConfig) jetstream.ConsumerConfig {
 	if cfg.AckWait == 0 {
 		cfg.AckWait = 30 * time.Second
 	}
 	if cfg.MaxAckPending == 0 {
 		cfg.MaxAckPending = 10000
 	}
-	cons, err := c.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+	return jetstream.ConsumerConfig{
 		Durable:       cfg.Durable,
 		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       cfg.AckWait,
 		MaxAckPending: cfg.MaxAckPending,
 		MaxDeliver:    -1, // attempts are counted and bounded by us, in Redis
-	})
+	}
+}
+
+func (c *Client) consumer(ctx context.Context, stream, filter string, cfg ConsumerConfig) (*Consumer, error) {
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, stream, consumerConfig(filter, cfg))
 	if err != nil {
 		return nil, fmt.Errorf("open consumer %s on %s: %w", cfg.Durable, stream, err)
 	}

@@ -426,3 +426,40 @@ func TestLanesGiveBackWhatAWaitingPullGetsAfterAPause(t *testing.T) {
 		return err == nil && info.NumPending+uint64(info.NumAckPending) == 1 && info.AckFloor.Stream == 0
 	}, 10*time.Second, 5*time.Millisecond)
 }
+
+// TestEnsureLaneConsumersBeforeAnyWorker: a pool with no worker yet gets
+// both lane consumers, so an autoscaler reading a consumer's backlog sees
+// the jobs queued for it; a consumer a worker opened keeps its settings.
+func TestEnsureLaneConsumersBeforeAnyWorker(t *testing.T) {
+	q, n := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	// The batch lane's consumer exists already, as a worker set it.
+	_, err := q.LaneConsumer(ctx, "sdxl", proto.LaneBatch, queue.ConsumerConfig{AckWait: 2 * time.Minute})
+	require.NoError(t, err)
+
+	j := job("waits-for-a-worker", proto.LaneInteractive)
+	j.Pool = "sdxl"
+	require.NoError(t, publishJob(ctx, q, j))
+	require.NoError(t, q.EnsureLaneConsumers(ctx, "sdxl"))
+	require.NoError(t, q.EnsureLaneConsumers(ctx, "sdxl"), "a second call changes nothing")
+
+	inter, err := n.JS.Consumer(ctx, proto.JobsStream, proto.LaneConsumer("sdxl", proto.LaneInteractive))
+	require.NoError(t, err)
+	info, err := inter.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, proto.JobSubject("sdxl", proto.LaneInteractive), info.Config.FilterSubject)
+	require.EqualValues(t, 1, info.NumPending, "the queued job counts in the new consumer's backlog")
+
+	batch, err := n.JS.Consumer(ctx, proto.JobsStream, proto.LaneConsumer("sdxl", proto.LaneBatch))
+	require.NoError(t, err)
+	info, err = batch.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2*time.Minute, info.Config.AckWait, "the worker's consumer is left as it was")
+
+	// The worker that comes later takes the job from the same consumer.
+	lanes, err := q.OpenLanes(ctx, "sdxl", queue.LanesConfig{})
+	require.NoError(t, err)
+	msg, err := lanes.Next(ctx, 5*time.Second)
+	require.NoError(t, err)
+	require.NoError(t, msg.Ack(ctx))
+}
