@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -19,6 +20,9 @@ type Lanes struct {
 	batchEvery         int
 	takes              int
 	skip               func(pool string, lane proto.Lane) bool
+	// pulls is held shared by every look at a lane, from its Skip check
+	// to the end of its pull, and alone by Settle.
+	pulls sync.RWMutex
 }
 
 // LanesConfig configures Lanes.
@@ -33,8 +37,8 @@ type LanesConfig struct {
 	// skips is not pulled (a paused lane, or every lane of a draining
 	// worker), and its jobs stay queued. A job that a pull already
 	// waiting on the server gets after the lane became skipped is given
-	// back at once (NAK, no delay; deliveries are not counted). It is
-	// called often: keep it to a memory read.
+	// back at once (NAK, no delay; deliveries are not counted); Settle
+	// waits until none can. It is called often: keep it to a memory read.
 	Skip func(pool string, lane proto.Lane) bool
 }
 
@@ -83,6 +87,19 @@ func (l *Lanes) NextInteractive(ctx context.Context, wait time.Duration) (*Messa
 	return l.next(ctx, l.interactive, false, wait)
 }
 
+// Settle returns once no pull that began before it is still open on the
+// server. Called after Skip's answer changed, it makes the change
+// certain: a lane that Skip now skips gets no job from this Lanes any
+// more. A job a pull got before (given back, NAK) stays counted by
+// JetStream as delivered until a worker pulls again, so a worker says
+// it skips a lane only after Settle. It waits at most for one pull of
+// the lanes' poll interval, and is safe to call while another goroutine
+// is in Next, NextInteractive or Take.
+func (l *Lanes) Settle() {
+	l.pulls.Lock()
+	defer l.pulls.Unlock()
+}
+
 // skipped reports whether the lane of c is not to be pulled now.
 func (l *Lanes) skipped(c *Consumer) bool { return l.skip != nil && l.skip(c.pool, c.lane) }
 
@@ -106,12 +123,8 @@ func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wai
 	deadline := time.Now().Add(wait)
 	for {
 		for _, c := range order {
-			if l.skipped(c) {
-				continue
-			}
-			msg, err := c.TryNext(ctx)
-			if err == nil && l.skipped(c) {
-				_ = msg.Nak(0) // skipped while it was fetched: it stays queued
+			msg, looked, err := l.look(c, func() (*Message, error) { return c.TryNext(ctx) })
+			if !looked {
 				continue
 			}
 			if err == nil && batchTurn && c.batch {
@@ -125,18 +138,13 @@ func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wai
 		if left <= 0 {
 			return nil, ErrNoMessage
 		}
-		if l.skipped(l.interactive[0]) {
+		first := l.interactive[0]
+		msg, looked, err := l.look(first, func() (*Message, error) { return first.Next(ctx, min(left, lanePoll)) })
+		if !looked {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
 			pause(ctx, min(left, lanePoll))
-			continue
-		}
-		msg, err := l.interactive[0].Next(ctx, min(left, lanePoll))
-		if err == nil && l.skipped(l.interactive[0]) {
-			// The lane was paused (or the worker told to drain) while
-			// the pull waited on the server: the job stays queued.
-			_ = msg.Nak(0)
 			continue
 		}
 		if !errors.Is(err, ErrNoMessage) {
@@ -146,6 +154,25 @@ func (l *Lanes) next(ctx context.Context, order []*Consumer, batchTurn bool, wai
 			return msg, nil
 		}
 	}
+}
+
+// look pulls from the lane of c with pull unless Skip skips it (looked
+// false). A job that came while Skip changed its answer is given back
+// (NAK) and reported as none.
+func (l *Lanes) look(c *Consumer, pull func() (*Message, error)) (msg *Message, looked bool, err error) {
+	l.pulls.RLock()
+	defer l.pulls.RUnlock()
+	if l.skipped(c) {
+		return nil, false, nil
+	}
+	msg, err = pull()
+	if err == nil && l.skipped(c) {
+		// The lane was paused (or the worker told to drain) while the
+		// pull was open: the job stays queued.
+		_ = msg.Nak(0)
+		return nil, true, ErrNoMessage
+	}
+	return msg, true, err
 }
 
 // Take returns up to n jobs by lane priority (interactive lanes first),

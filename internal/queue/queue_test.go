@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -352,6 +353,64 @@ func TestLanesSkipPausedLanes(t *testing.T) {
 	}()
 	paused.Store(map[string]bool{"p/batch": true})
 	require.Equal(t, "i0", <-got)
+}
+
+// TestSettleEndsPullsOpenBeforeAPause: a pull open on the server when a
+// lane becomes skipped would get the next job of that lane and give it
+// back, and JetStream then counts it as delivered until someone pulls
+// again. Once Settle returns no such pull is open: a job published
+// after it is delivered first to the take that follows the resume.
+func TestSettleEndsPullsOpenBeforeAPause(t *testing.T) {
+	t.Parallel()
+	q, n := setup(t)
+	ctx := testenv.Context(t, 30*time.Second)
+	var paused atomic.Bool
+	skip := func(pool string, lane proto.Lane) bool { return lane == proto.LaneInteractive && paused.Load() }
+	// Two workers wait on the interactive lane, as idle ones do.
+	var all []*queue.Lanes
+	var loops sync.WaitGroup
+	stop, stopLoops := context.WithCancel(ctx)
+	t.Cleanup(func() {
+		stopLoops()
+		loops.Wait()
+	})
+	for range 2 {
+		lanes, err := q.OpenLanes(ctx, "p", queue.LanesConfig{BatchEvery: -1, Skip: skip})
+		require.NoError(t, err)
+		all = append(all, lanes)
+		loops.Go(func() {
+			for stop.Err() == nil {
+				if m, err := lanes.Next(stop, time.Hour); err == nil {
+					_ = m.Nak(0)
+				}
+			}
+		})
+	}
+	inter, err := n.JS.Consumer(ctx, proto.JobsStream, proto.LaneConsumer("p", proto.LaneInteractive))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := inter.Info(ctx)
+		return err == nil && info.NumWaiting > 0
+	}, 10*time.Second, time.Millisecond, "a pull is open on the server")
+
+	paused.Store(true)
+	for _, l := range all {
+		l.Settle()
+	}
+	require.NoError(t, publishJob(ctx, q, job("after-the-pause", proto.LaneInteractive)))
+	info, err := inter.Info(ctx)
+	require.NoError(t, err)
+	require.Zero(t, info.NumWaiting, "no pull is open on the paused lane")
+
+	// The paused workers stop; a take after the resume gets the job, and
+	// its delivery is the first.
+	stopLoops()
+	loops.Wait()
+	paused.Store(false)
+	m, err := all[0].Next(ctx, 5*time.Second)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, m.Delivered(), "no pull got the job while the lane was paused")
+	require.NoError(t, m.Ack(ctx))
 }
 
 // TestSubscribeAllAndControl: the console's subscription gets every

@@ -77,6 +77,11 @@ func (w *Worker) readControls(ctx context.Context) {
 		}
 	}
 	old := w.ctl.Swap(st)
+	if w.lanes != nil && old != nil && skipsMore(old, st) {
+		// What the heartbeat says it skips must be true: no pull that
+		// began before the change may still bring a job of those lanes.
+		w.lanes.Settle()
+	}
 	w.mu.Lock()
 	changed := !reflect.DeepEqual(w.self.Paused, mine) || old == nil || old.draining != st.draining
 	w.self.Paused = mine
@@ -90,6 +95,19 @@ func (w *Worker) readControls(ctx context.Context) {
 		default:
 		}
 	}
+}
+
+// skipsMore reports whether now skips a lane that before did not.
+func skipsMore(before, now *controlState) bool {
+	if now.draining && !before.draining {
+		return true
+	}
+	for pl := range now.paused {
+		if !before.paused[pl] {
+			return true
+		}
+	}
+	return false
 }
 
 // watchControls reads the controls when a change is announced and every

@@ -362,6 +362,7 @@ type Worker struct {
 	fleet    Heartbeats
 	controls Controls
 	ctl      atomic.Pointer[controlState] // what it skips (control.go)
+	lanes    *queue.Lanes                 // set by Start before the controls are read
 	log      *zap.Logger
 	s3       *s3.Store   // the configured S3 store, nil without one
 	inputs   *ssrf.Guard // input URLs
@@ -466,6 +467,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
+	w.lanes = cons
 	// The controls are read before the first pull, so that a paused lane
 	// is never pulled at start.
 	ctlChanged := make(chan struct{}, 1)

@@ -219,6 +219,12 @@ async function main() {
   } catch (e) {
     failed = true;
     console.error(e);
+    // What the console's API said of the fleet when the wait gave up: the
+    // lanes' counts and the workers' paused lanes explain a lane wait.
+    try {
+      const r = await fetch(`${stack.console}api/fleet`);
+      console.error(`fleet at failure: ${r.status} ${await r.text()}`);
+    } catch (_) { /* the failure is reported above */ }
     try {
       const pages = browser.contexts().flatMap((c) => c.pages());
       if (pages.length) await pages[0].screenshot({ path: join(artifacts, "failure.png"), fullPage: true });
