@@ -93,6 +93,14 @@ func decodeYAMLStrict(doc []byte, v any) error {
 	return dec.Decode(v)
 }
 
+// appendDecoded decodes doc strictly into a new T and appends it to list.
+func appendDecoded[T any](list *[]T, doc []byte) error {
+	var o T
+	err := decodeYAMLStrict(doc, &o)
+	*list = append(*list, o)
+	return err
+}
+
 var docSeparator = regexp.MustCompile(`(?m)^---\s*$`)
 
 func loadManifests(t *testing.T) manifests {
@@ -114,33 +122,19 @@ func loadManifests(t *testing.T) manifests {
 			var err error
 			switch tm.APIVersion + " " + tm.Kind {
 			case "v1 Namespace":
-				var o corev1.Namespace
-				err = decodeYAMLStrict([]byte(doc), &o)
-				m.namespaces = append(m.namespaces, o)
+				err = appendDecoded(&m.namespaces, []byte(doc))
 			case "v1 ConfigMap":
-				var o corev1.ConfigMap
-				err = decodeYAMLStrict([]byte(doc), &o)
-				m.configMaps = append(m.configMaps, o)
+				err = appendDecoded(&m.configMaps, []byte(doc))
 			case "v1 Service":
-				var o corev1.Service
-				err = decodeYAMLStrict([]byte(doc), &o)
-				m.services = append(m.services, o)
+				err = appendDecoded(&m.services, []byte(doc))
 			case "apps/v1 Deployment":
-				var o appsv1.Deployment
-				err = decodeYAMLStrict([]byte(doc), &o)
-				m.deployments = append(m.deployments, o)
+				err = appendDecoded(&m.deployments, []byte(doc))
 			case "apps/v1 StatefulSet":
-				var o appsv1.StatefulSet
-				err = decodeYAMLStrict([]byte(doc), &o)
-				m.statefulSets = append(m.statefulSets, o)
+				err = appendDecoded(&m.statefulSets, []byte(doc))
 			case "policy/v1 PodDisruptionBudget":
-				var o policyv1.PodDisruptionBudget
-				err = decodeYAMLStrict([]byte(doc), &o)
-				m.budgets = append(m.budgets, o)
+				err = appendDecoded(&m.budgets, []byte(doc))
 			case "keda.sh/v1alpha1 ScaledObject":
-				var o scaledObject
-				err = decodeYAMLStrict([]byte(doc), &o)
-				m.scaled = append(m.scaled, o)
+				err = appendDecoded(&m.scaled, []byte(doc))
 			default:
 				t.Fatalf("%s: no test knows %q %q", where, tm.APIVersion, tm.Kind)
 			}
