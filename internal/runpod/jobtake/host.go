@@ -175,9 +175,9 @@ type Host struct {
 
 	mu          sync.Mutex
 	lanes       map[string]*queue.Lanes // by pool
-	cancelled   chan struct{} // closed and replaced at every fleet cancel
-	cancels     []heardCancel // the last fleet cancels, newest last
-	cancelSeq   uint64        // how many fleet cancels this host heard
+	cancelled   chan struct{}           // closed and replaced at every fleet cancel
+	cancels     []heardCancel           // the last fleet cancels, newest last
+	cancelSeq   uint64                  // how many fleet cancels this host heard
 	stopCancels func()
 	draining    chan struct{} // closed by Drain
 
