@@ -94,6 +94,10 @@ func TestEndpointOwnsItsJobs(t *testing.T) {
 	code, out := s.call(t, 0, "POST", "/v2/flux/retry/"+id, "")
 	require.Equal(t, http.StatusOK, code, "%v", out)
 	require.Equal(t, "IN_QUEUE", out["status"])
+	s.fleet.WaitStatus(t, id, proto.StatusFailed)
+	// The pool's counters have the failures and the retry; the other's none.
+	require.Equal(t, runpod.HealthJobs{Failed: 2, Retried: 1}, s.health(t, "flux").Jobs)
+	require.Equal(t, runpod.HealthJobs{}, s.health(t, "sdxl").Jobs)
 }
 
 // TestUnknownEndpointIs404: with ENDPOINTS, an id it does not map is 404
