@@ -268,11 +268,14 @@ func (a *API) endpoint(next http.HandlerFunc) http.HandlerFunc {
 		if id == "" {
 			pool, scoped, ok = a.cfg.Pool, false, true // a bare route
 		}
-		if !ok {
+		switch {
+		case !ok:
 			UnknownEndpoint(w, id)
-			return
+		case !scoped:
+			next(w, r) // scopeOf's default: Pool, scoping nothing
+		default:
+			next(w, r.WithContext(context.WithValue(r.Context(), scopeKey{}, scope{pool: pool, scoped: true})))
 		}
-		next(w, r.WithContext(context.WithValue(r.Context(), scopeKey{}, scope{pool: pool, scoped: scoped})))
 	}
 }
 
