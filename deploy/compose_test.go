@@ -486,6 +486,7 @@ var notInCompose = map[string]map[string]string{
 		"RUNPOD_WEBHOOK_PING":        "serverless mode",
 		"RUNPOD_AI_API_KEY":          "serverless mode",
 		"RUNPOD_POD_ID":              "serverless mode",
+		"RUNPOD_ENDPOINT_ID":         "serverless mode",
 		"RUNPOD_PING_INTERVAL":       "serverless mode",
 		"SERVERLESS_CONCURRENCY":     "serverless mode",
 		"REFRESH_WORKER":             "serverless mode",

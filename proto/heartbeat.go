@@ -16,14 +16,17 @@ const (
 // stops beating disappears. RunPod workers that join through the job-take
 // host are announced the same way.
 type Heartbeat struct {
-	ID             string `json:"id"`
-	Pool           string `json:"pool"`
-	State          string `json:"state"`
-	JobID          string `json:"job_id,omitempty"`
-	ComfyUIVersion string `json:"comfyui_version,omitempty"`
-	Device         string `json:"device,omitempty"`
-	VRAMTotal      int64  `json:"vram_total,omitempty"`
-	VRAMFree       int64  `json:"vram_free,omitempty"`
+	ID   string `json:"id"`
+	Pool string `json:"pool"`
+	// MorePools are the further pools it serves after Pool (a gpuworker's
+	// POOL=a,b), in order.
+	MorePools      []string `json:"more_pools,omitempty"`
+	State          string   `json:"state"`
+	JobID          string   `json:"job_id,omitempty"`
+	ComfyUIVersion string   `json:"comfyui_version,omitempty"`
+	Device         string   `json:"device,omitempty"`
+	VRAMTotal      int64    `json:"vram_total,omitempty"`
+	VRAMFree       int64    `json:"vram_free,omitempty"`
 	// Progress is the current job's progress, 0 to 1.
 	Progress float64 `json:"progress,omitempty"`
 	// Models are the model files its ComfyUI offers, by loader input

@@ -17,6 +17,7 @@ const (
 	previewKeyPrefix  = "cf:streampv:"
 	rpAliveKeyPrefix  = "cf:rpalive:"
 	rateKeyPrefix     = "cf:rate:"
+	poolStatsPrefix   = "cf:poolstats:"
 
 	// StatsKey is a hash of fleet-wide counters: jobs that reached each
 	// terminal status (by status name), RETRIED, DUPLICATE (submissions
@@ -99,6 +100,11 @@ func PreviewCursorKey(jobID string) string { return previewKeyPrefix + jobID }
 // ahead of now after the host answered one. Made by the worker's first
 // job-stop poll; a worker that never polls job-stop has none.
 func RunPodAliveKey(workerID string) string { return rpAliveKeyPrefix + workerID }
+
+// PoolStatsKey is the Redis key of one pool's counters, a hash like
+// [StatsKey] with the terminal statuses and RETRIED of the jobs of that
+// pool (RunPod's /health of an endpoint mapped to the pool).
+func PoolStatsKey(pool string) string { return poolStatsPrefix + pool }
 
 // RateKey is the Redis key of the count of jobs that ended in one minute
 // (Unix minutes, Redis's clock), a hash by lane ([PausedLane]'s form,

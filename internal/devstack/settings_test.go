@@ -257,6 +257,7 @@ func table(t *testing.T, dir string) []setting {
 		{env: "SYNC_RETENTION", sample: "2m"},
 		{env: "MAX_QUEUED", sample: "50"},
 		{env: "MAX_QUEUED_PER_LANE", sample: "20"},
+		{env: "ENDPOINTS", sample: "sdxl=pool-sdxl,flux=pool-flux"},
 		{env: "METRICS_ADDR", sample: "127.0.0.1:9101"},
 		{env: "RUNSYNC_WAIT", sample: "30s"},
 		{env: "STREAM_WAIT", sample: "1s"},
@@ -276,6 +277,7 @@ func table(t *testing.T, dir string) []setting {
 		{env: "RUNPOD_WEBHOOK_PING", sample: "https://api.runpod.ai/v2/ep/ping/$RUNPOD_POD_ID"},
 		{env: "RUNPOD_AI_API_KEY", sample: "rp-key"},
 		{env: "RUNPOD_POD_ID", sample: "pod-1"},
+		{env: "RUNPOD_ENDPOINT_ID", sample: "ep-1"},
 		{env: "RUNPOD_PING_INTERVAL", sample: "2500"},
 		{env: "SERVERLESS_CONCURRENCY", sample: "3"},
 	}

@@ -63,6 +63,11 @@ func (c *Core) Get(ctx context.Context, id string) (*proto.Record, error) { retu
 // Counts returns the fleet's job counters (rdb.DB.Counts).
 func (c *Core) Counts(ctx context.Context) (map[proto.Status]int64, error) { return c.db.Counts(ctx) }
 
+// PoolCounts returns one pool's job counters (rdb.DB.PoolCounts).
+func (c *Core) PoolCounts(ctx context.Context, pool string) (map[proto.Status]int64, error) {
+	return c.db.PoolCounts(ctx, pool)
+}
+
 // AttemptErrors returns the job's attempt log, oldest first.
 func (c *Core) AttemptErrors(ctx context.Context, id string) ([]string, error) {
 	return c.db.AttemptErrors(ctx, id)

@@ -56,6 +56,42 @@ func (c *Client) Depth(ctx context.Context) (queued, running uint64, err error) 
 	return total - running, running, nil
 }
 
+// PoolDepth counts the jobs of one pool on the jobs stream that wait
+// (no worker holds them) and that a worker holds. Submissions that no
+// dispatcher has admitted yet are not counted: until then the intake
+// holds them, and their pool is not decided.
+func (c *Client) PoolDepth(ctx context.Context, pool string) (queued, running uint64, err error) {
+	s, err := c.stream(ctx, proto.JobsStream)
+	if err != nil {
+		return 0, 0, fmt.Errorf("pool depth: %w", err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(proto.PoolSubjects(pool)))
+	if err != nil {
+		return 0, 0, fmt.Errorf("pool depth: %w", err)
+	}
+	var total uint64
+	lanes := map[string]bool{}
+	for subj, n := range info.State.Subjects {
+		if p, _, ok := poolLane(subj); ok && p == pool {
+			total += n
+		}
+	}
+	for _, lane := range []proto.Lane{proto.LaneInteractive, proto.LaneBatch} {
+		lanes[proto.JobSubject(pool, lane)] = true
+	}
+	lister := s.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		if lanes[ci.Config.FilterSubject] {
+			running += uint64(ci.NumAckPending)
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return 0, 0, fmt.Errorf("pool depth: %w", err)
+	}
+	running = min(running, total)
+	return total - running, running, nil
+}
+
 // LaneQueued counts the jobs on one lane of one pool that no worker holds.
 func (c *Client) LaneQueued(ctx context.Context, pool string, lane proto.Lane) (uint64, error) {
 	subj := proto.JobSubject(pool, lane)
@@ -208,6 +244,10 @@ type Queued struct {
 	JobID  string
 	Source string
 	Tenant string
+	// Pool is the job's pool: its subject's on the jobs stream, the
+	// message's on the intake stream ("" when the producer named none,
+	// and a dispatcher will place it in its default pool).
+	Pool string
 }
 
 // EachQueued calls fn for every job message of the given source and
@@ -244,6 +284,7 @@ func (c *Client) EachQueued(ctx context.Context, source, tenant string, fn func(
 				ID     string `json:"id"`
 				Source string `json:"source"`
 				Tenant string `json:"tenant"`
+				Pool   string `json:"pool"`
 			}
 			if json.Unmarshal(m.Data, &head) != nil || head.ID == "" {
 				continue
@@ -254,6 +295,8 @@ func (c *Client) EachQueued(ctx context.Context, source, tenant string, fn func(
 				if head.Source, head.Tenant, err = proto.ParseSubmitSubject(m.Subject); err != nil {
 					continue
 				}
+			} else if p, _, ok := poolLane(m.Subject); ok {
+				head.Pool = p
 			}
 			if head.Tenant == "" {
 				head.Tenant = proto.DefaultTenant
@@ -261,7 +304,7 @@ func (c *Client) EachQueued(ctx context.Context, source, tenant string, fn func(
 			if head.Source != source || (tenant != "" && head.Tenant != tenant) {
 				continue
 			}
-			if err := fn(Queued{Stream: w.stream, Seq: m.Sequence, JobID: head.ID, Source: head.Source, Tenant: head.Tenant}); err != nil {
+			if err := fn(Queued{Stream: w.stream, Seq: m.Sequence, JobID: head.ID, Source: head.Source, Tenant: head.Tenant, Pool: head.Pool}); err != nil {
 				return err
 			}
 		}

@@ -27,7 +27,7 @@ func (db *DB) Beat(ctx context.Context, w proto.Heartbeat) error {
 			"vram_total", w.VRAMTotal, "vram_free", w.VRAMFree,
 			"progress", strconv.FormatFloat(w.Progress, 'f', -1, 64),
 			"models", jsonField(w.Models), "warm", jsonField(w.Warm),
-			"cached", jsonField(w.Cached),
+			"cached", jsonField(w.Cached), "more_pools", jsonField(w.MorePools),
 			"last_error", w.LastError, "paused", jsonField(w.Paused),
 			"updated_at", w.UpdatedAt.UnixMilli())
 		p.PExpire(ctx, key, db.workerTTL)
@@ -100,6 +100,9 @@ func decodeWorker(h map[string]string) proto.Heartbeat {
 	}
 	if s := h["cached"]; s != "" {
 		_ = json.Unmarshal([]byte(s), &w.Cached)
+	}
+	if s := h["more_pools"]; s != "" {
+		_ = json.Unmarshal([]byte(s), &w.MorePools)
 	}
 	if s := h["paused"]; s != "" {
 		_ = json.Unmarshal([]byte(s), &w.Paused)

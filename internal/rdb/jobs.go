@@ -496,6 +496,7 @@ func (db *DB) run(ctx context.Context, op, id string, args ...any) (*result, err
 		db.key(proto.JobKey(id)), db.key(proto.StatsKey), db.key(proto.LeaseKey(id)),
 		db.key(proto.LeasesKey), db.key(proto.TTLKey), db.key(proto.AttemptsKey(id)),
 		db.key(proto.KeptKey), db.key(proto.RecentKey), db.key(proto.RateKey("")),
+		db.key(proto.PoolStatsKey("")),
 	}
 	argv := append([]any{op, id, db.key(proto.HeldKey(""))}, args...)
 	vals, err := transition.Run(ctx, db.rdb, keys, argv...).Slice()
@@ -610,7 +611,16 @@ const (
 // Counts returns how many jobs reached each terminal status, and the other
 // counters of proto.StatsKey, since the counters began.
 func (db *DB) Counts(ctx context.Context) (map[proto.Status]int64, error) {
-	key := db.key(proto.StatsKey)
+	return db.counts(ctx, db.key(proto.StatsKey))
+}
+
+// PoolCounts returns how many jobs of one pool reached each terminal
+// status, and CountRetried, since the counters began (proto.PoolStatsKey).
+func (db *DB) PoolCounts(ctx context.Context, pool string) (map[proto.Status]int64, error) {
+	return db.counts(ctx, db.key(proto.PoolStatsKey(pool)))
+}
+
+func (db *DB) counts(ctx context.Context, key string) (map[proto.Status]int64, error) {
 	h, err := db.rdb.HGetAll(ctx, key).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read job counts: %w", err)

@@ -15,6 +15,8 @@
 -- KEYS[8]  the recent jobs' index        (proto.RecentKey)
 -- KEYS[9]  the prefix of the per-minute end counters (proto.RateKey
 --          without the minute): not a key itself
+-- KEYS[10] the prefix of the per-pool counters (proto.PoolStatsKey
+--          without the pool): not a key itself
 -- ARGV[1]  operation
 -- ARGV[2]  the job id (the record's id field must match it)
 -- ARGV[3]  the name of a worker's held set (proto.HeldKey) without the
@@ -32,7 +34,7 @@
 -- attempts are used up), notdue, skip, corrupt (a field the reader checks
 -- cannot be read; nothing was changed).
 
-local key, stats, leasekey, leases, ttlidx, attempts, keptidx, recent, ratePrefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local key, stats, leasekey, leases, ttlidx, attempts, keptidx, recent, ratePrefix, poolStatsPrefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local op, id, heldPrefix = ARGV[1], ARGV[2], ARGV[3]
 
 local t = redis.call('TIME')
@@ -89,6 +91,7 @@ local function final(to, err, retention)
   redis.call('HINCRBY', stats, to, 1)
   -- jobs ended per lane and minute (Redis's), for the fleet's jobs/min
   local where = redis.call('HMGET', key, 'pool', 'lane')
+  if where[1] then redis.call('HINCRBY', poolStatsPrefix .. where[1], to, 1) end
   local rate = ratePrefix .. fmt(math.floor(now / 60000))
   redis.call('HINCRBY', rate, (where[1] or '') .. '/' .. (where[2] or ''), 1)
   redis.call('PEXPIRE', rate, 180000)
@@ -378,6 +381,8 @@ if op == 'retry' then
   redis.call('HSET', key, 'status', 'IN_QUEUE', 'retries', fmt(retries + 1), 'submitted_at', nows,
     'expires_at', fmt(now + ttl))
   redis.call('HINCRBY', stats, 'RETRIED', 1)
+  local pool = redis.call('HGET', key, 'pool')
+  if pool then redis.call('HINCRBY', poolStatsPrefix .. pool, 'RETRIED', 1) end
   redis.call('HDEL', key, 'output', 'error', 'worker_id', 'started_at', 'finished_at',
     'finished_attempt', 'dlq', 'requeue_reason', 'webhook')
   redis.call('PEXPIRE', key, ttl + slack)

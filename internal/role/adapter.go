@@ -18,6 +18,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/serverless"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // AdapterConfig are the runpod-adapter's settings.
@@ -38,6 +39,13 @@ type AdapterConfig struct {
 	Take       jobtake.Config
 	Serverless serverless.Config
 	PingMillis int
+	// Endpoints is ENDPOINTS as given; Finish parses it into API.Endpoints
+	// and Take.Endpoints.
+	Endpoints string
+	// EndpointID is RUNPOD_ENDPOINT_ID, which RunPod sets in a worker's
+	// container: in serverless mode with ENDPOINTS, Finish makes its pool
+	// Serverless.Pool.
+	EndpointID string
 }
 
 // ServerlessMode reports whether the adapter runs inside a RunPod worker
@@ -54,7 +62,8 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 	fs.Duration(&c.API.SyncRetention, "sync-retention", "SYNC_RETENTION", time.Minute, "how long /runsync results are kept (at most 30 days)")
 
 	// api mode
-	fs.String(&c.API.Pool, "pool", "POOL", "default", "pool that receives the API's jobs, that RunPod workers take from (--job-take), and that serverless mode submits to")
+	fs.String(&c.API.Pool, "pool", "POOL", "default", "pool that receives the API's jobs, that RunPod workers take from (--job-take), and that serverless mode submits to (with ENDPOINTS: the bare routes' pool)")
+	fs.String(&c.Endpoints, "endpoints", "ENDPOINTS", "", "RunPod endpoint ids as pools, comma-separated id=pool pairs (e.g. sdxl=pool-sdxl,flux=pool-flux): /v2/{id}/… serves that pool's jobs alone, the job-take host hands RunPod workers of endpoint id that pool's jobs, serverless mode submits to the pool of RUNPOD_ENDPOINT_ID, and an id not listed is 404; empty: every id is POOL")
 	fs.Int(&c.API.MaxQueued, "max-queued", "MAX_QUEUED", 0, "backpressure: /run and /runsync answer 429 while this many jobs wait; 0 = no limit")
 	fs.Int(&c.API.MaxQueuedPerLane, "max-queued-per-lane", "MAX_QUEUED_PER_LANE", 0, "backpressure per lane: /run and /runsync answer 429 while this many jobs wait in the lane (interactive or batch) the job would join; 0 = no limit")
 	fs.String(&c.MetricsAddr, "metrics-addr", "METRICS_ADDR", "", "address of GET /metrics (Prometheus), e.g. :9101; empty: none")
@@ -79,6 +88,7 @@ func (c *AdapterConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.Serverless.PingURL, "runpod-webhook-ping", "RUNPOD_WEBHOOK_PING", "", "RunPod's heartbeat URL template")
 	fs.String(&c.Serverless.APIKey, "runpod-ai-api-key", "RUNPOD_AI_API_KEY", "", "key sent to RunPod's worker routes")
 	fs.String(&c.Serverless.WorkerID, "runpod-pod-id", "RUNPOD_POD_ID", "", "this worker's id at RunPod; empty = random, and no pings")
+	fs.String(&c.EndpointID, "runpod-endpoint-id", "RUNPOD_ENDPOINT_ID", "", "the RunPod endpoint this worker serves; with ENDPOINTS, serverless mode submits to its pool")
 	fs.String(&c.Serverless.Tenant, "serverless-tenant", "SERVERLESS_TENANT", "default", "tenant that owns the jobs taken from RunPod: its API keys see them")
 	fs.Int(&c.PingMillis, "runpod-ping-interval", "RUNPOD_PING_INTERVAL", 10000, "milliseconds between heartbeats")
 	fs.Int(&c.Serverless.Concurrency, "serverless-concurrency", "SERVERLESS_CONCURRENCY", 1, "RunPod jobs held at once (more than one uses job-take-batch)")
@@ -95,6 +105,21 @@ func (c *AdapterConfig) Finish() (setting string, err error) {
 	c.API.Keys, c.API.AllowedOrigins = rings.API, c.Keys.AllowedOrigins
 	c.Take.Keys, c.Take.AllowedOrigins = rings.Worker, c.Keys.AllowedOrigins
 	c.Take.Pool, c.Serverless.Pool = c.API.Pool, c.API.Pool
+	eps, err := runpod.ParseEndpoints(c.Endpoints)
+	if err != nil {
+		return "ENDPOINTS", err
+	}
+	c.API.Endpoints, c.Take.Endpoints = eps, eps
+	if c.ServerlessMode() && len(eps) > 0 {
+		switch pool, ok := eps[c.EndpointID]; {
+		case c.EndpointID == "":
+			return "RUNPOD_ENDPOINT_ID", errors.New("empty in serverless mode with ENDPOINTS: the jobs' pool is the pool of this worker's endpoint (RunPod sets RUNPOD_ENDPOINT_ID)")
+		case !ok:
+			return "RUNPOD_ENDPOINT_ID", fmt.Errorf("endpoint %s is not in ENDPOINTS (%s)", proto.Shorten(c.EndpointID), eps)
+		default:
+			c.Serverless.Pool = pool
+		}
+	}
 	if c.JobTake && rings.Worker.Empty() {
 		return "WORKER_KEYS", errors.New("required with JOB_TAKE: the job-take routes hand out jobs with their secrets, and API keys never work there")
 	}
@@ -228,7 +253,7 @@ func (a *Adapter) Start(ctx context.Context) error {
 		go func() { a.served <- a.srv.Serve(ln) }()
 		a.log.Info("runpod-adapter listening", zap.String("addr", a.addr),
 			zap.Int("api_keys", a.cfg.API.Keys.Count(auth.Tenant)), zap.Int("admin_keys", a.cfg.API.Keys.Count(auth.Admin)),
-			zap.Bool("job_take", a.cfg.JobTake), zap.String("pool", a.cfg.API.Pool))
+			zap.Bool("job_take", a.cfg.JobTake), zap.String("pool", a.cfg.API.Pool), zap.Stringer("endpoints", a.cfg.API.Endpoints))
 		if a.cfg.API.Keys.Empty() && !auth.Loopback(a.addr) {
 			a.log.Warn("the endpoint API takes connections from other hosts and has no API keys: anyone who reaches it can queue jobs; set API_KEYS")
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
 	"github.com/comfyfleet/comfyfleet/internal/role"
+	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 )
@@ -146,6 +147,10 @@ func TestFinishNamesTheSetting(t *testing.T) {
 		{map[string]string{"API_KEYS": "acme:"}, "API_KEYS"},
 		{map[string]string{"ADMIN_KEYS_FILE": "/nonexistent/keys"}, "ADMIN_KEYS_FILE"},
 		{map[string]string{"ALLOWED_ORIGINS": "https://a.example/path"}, "ALLOWED_ORIGINS"},
+		{map[string]string{"ENDPOINTS": "sdxl=pool-sdxl,sdxl=other"}, "ENDPOINTS"},
+		{map[string]string{"ENDPOINTS": "sdxl"}, "ENDPOINTS"},
+		{serverlessEnv(map[string]string{"ENDPOINTS": "sdxl=pool-sdxl"}), "RUNPOD_ENDPOINT_ID"},
+		{serverlessEnv(map[string]string{"ENDPOINTS": "sdxl=pool-sdxl", "RUNPOD_ENDPOINT_ID": "flux"}), "RUNPOD_ENDPOINT_ID"},
 	}
 	for _, tt := range tests {
 		c := parse(t, tt.env)
@@ -247,4 +252,115 @@ func TestAPIKeysNeverTakeJobs(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, take("admin-key"))
 	require.Equal(t, http.StatusUnauthorized, take(""))
 	require.Equal(t, http.StatusNoContent, take("worker-key"), "no job waiting")
+}
+
+// serverlessEnv adds the variables RunPod sets in a worker container
+// (serverless mode) to env.
+func serverlessEnv(env map[string]string) map[string]string {
+	env["RUNPOD_WEBHOOK_GET_JOB"] = "https://api.runpod.ai/v2/sdxl/job-take/$RUNPOD_POD_ID"
+	env["RUNPOD_WEBHOOK_POST_OUTPUT"] = "https://api.runpod.ai/v2/sdxl/job-done/$RUNPOD_POD_ID/$ID"
+	return env
+}
+
+// TestEndpointsSetEveryFace: ENDPOINTS reaches the API and the job-take
+// host, and serverless mode submits into the pool of its
+// RUNPOD_ENDPOINT_ID; without ENDPOINTS, POOL is every face's pool.
+func TestEndpointsSetEveryFace(t *testing.T) {
+	t.Parallel()
+	c := parse(t, serverlessEnv(map[string]string{"ENDPOINTS": "sdxl=pool-sdxl,flux=pool-flux", "RUNPOD_ENDPOINT_ID": "flux", "POOL": "gpu"}))
+	c.finish(t)
+	want := runpod.Endpoints{"sdxl": "pool-sdxl", "flux": "pool-flux"}
+	require.Equal(t, want, c.adapter.API.Endpoints)
+	require.Equal(t, want, c.adapter.Take.Endpoints)
+	require.Equal(t, "pool-flux", c.adapter.Serverless.Pool)
+	require.Equal(t, "gpu", c.adapter.API.Pool, "the bare routes' pool")
+
+	c = parse(t, serverlessEnv(map[string]string{"RUNPOD_ENDPOINT_ID": "flux", "POOL": "gpu"}))
+	c.finish(t)
+	require.Nil(t, c.adapter.API.Endpoints)
+	require.Equal(t, "gpu", c.adapter.Serverless.Pool)
+	require.Equal(t, "gpu", c.adapter.Take.Pool)
+
+	// In api mode RUNPOD_ENDPOINT_ID is not needed.
+	c = parse(t, map[string]string{"ENDPOINTS": "sdxl=pool-sdxl"})
+	c.finish(t)
+	require.Equal(t, runpod.Endpoints{"sdxl": "pool-sdxl"}, c.adapter.API.Endpoints)
+}
+
+// TestEndpointJobRunsOnItsPoolsWorker: the roles as their binaries build
+// them, with two gpuworkers of different pools on their own ComfyUI
+// emulators, both idle: every job through /v2/sdxl/runsync runs on the
+// worker of pool-sdxl, every job through /v2/flux/runsync on pool-flux's,
+// and an endpoint id ENDPOINTS lacks is 404.
+func TestEndpointJobRunsOnItsPoolsWorker(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, prefix := testenv.Redis(t)
+	log := zaptest.NewLogger(t)
+	base := map[string]string{"NATS_URL": n.URL, "REDIS_URL": testenv.RedisURL(), "LISTEN_ADDR": "127.0.0.1:0", "SHUTDOWN_GRACE": "5s",
+		"ENDPOINTS": "sdxl=pool-sdxl,flux=pool-flux"}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg := metrics.NewRegistry()
+
+	c := parse(t, base)
+	c.common.KeyPrefix = prefix
+	c.dispatcher.Listen, c.worker.Listen = "", ""
+	c.finish(t)
+	db, err := c.common.Open(ctx, "dispatcher", log)
+	require.NoError(t, err)
+	defer db.Close()
+	d, err := role.NewDispatcher(c.dispatcher, db, reg, log)
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop()
+	ab, err := c.common.Open(ctx, "adapter", log)
+	require.NoError(t, err)
+	defer ab.Close()
+	a, err := role.NewAdapter(c.adapter, ab, reg, role.AdapterOptions{}, log)
+	require.NoError(t, err)
+	require.NoError(t, a.Start(ctx))
+	defer a.Stop()
+
+	for _, pool := range []string{"pool-sdxl", "pool-flux"} {
+		sim := simtest.Start(t, comfysim.Config{StepDelay: time.Millisecond})
+		env := map[string]string{"COMFYUI_URL": sim.URL, "WORKER_ID": "w-" + pool, "POOL": pool}
+		for k, v := range base {
+			env[k] = v
+		}
+		wc := parse(t, env)
+		wc.common.KeyPrefix = prefix
+		wc.worker.Listen = ""
+		wc.finish(t)
+		wb, err := wc.common.Open(ctx, "gpuworker", log)
+		require.NoError(t, err)
+		defer wb.Close()
+		w, err := role.NewWorker(wc.worker, wb, worker.NewMetrics(metrics.NewRegistry()), metrics.NewRegistry(), log)
+		require.NoError(t, err)
+		require.NoError(t, w.Start(ctx))
+		defer w.Stop()
+	}
+
+	body, err := os.ReadFile("../../examples/txt2img.json")
+	require.NoError(t, err)
+	for range 3 {
+		for endpoint, want := range map[string]string{"sdxl": "w-pool-sdxl", "flux": "w-pool-flux"} {
+			resp, err := http.Post("http://"+a.Addr()+"/v2/"+endpoint+"/runsync", "application/json", strings.NewReader(string(body)))
+			require.NoError(t, err)
+			var view struct {
+				Status   string `json:"status"`
+				WorkerID string `json:"workerId"`
+			}
+			require.NoError(t, json.NewDecoder(resp.Body).Decode(&view))
+			resp.Body.Close()
+			require.Equal(t, "COMPLETED", view.Status, endpoint)
+			require.Equal(t, want, view.WorkerID, "a job of /v2/%s", endpoint)
+		}
+	}
+	resp, err := http.Post("http://"+a.Addr()+"/v2/other/runsync", "application/json", strings.NewReader(string(body)))
+	require.NoError(t, err)
+	text, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	require.JSONEq(t, `{"error":"no such endpoint: other"}`, string(text))
 }

@@ -1,6 +1,7 @@
 package runpod
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -31,8 +32,18 @@ type Config struct {
 	// cross-origin; every other cross-site request gets 403.
 	AllowedOrigins []string
 	// Pool receives the jobs submitted through the API; "" means
-	// proto.DefaultPool.
+	// proto.DefaultPool. With Endpoints it receives only the jobs of the
+	// bare routes (/run, without /v2/{endpoint}).
 	Pool string
+	// Endpoints maps the endpoint ids of /v2/{endpoint}/… to pools
+	// (ENDPOINTS). With a map, /v2/{id}/run queues into id's pool, and
+	// /status, /status-sync, /stream, /cancel, /retry and /files of
+	// /v2/{id} know only the jobs of that pool (another pool's job is
+	// 404, as a job id belongs to its endpoint at RunPod); /health counts
+	// and /purge-queue purges that pool alone; an id the map lacks is 404.
+	// The bare routes keep the view of the whole fleet. Empty: every id
+	// is Pool, and the endpoint id scopes nothing.
+	Endpoints Endpoints
 	// MaxRunBody and MaxRunSyncBody cap request bodies; 0 means RunPod's
 	// 10 MB and 20 MB.
 	MaxRunBody, MaxRunSyncBody int64
@@ -64,6 +75,9 @@ func (c Config) Validate() error {
 		if err := proto.ValidID(c.Pool); err != nil {
 			return fmt.Errorf("pool: %w", err)
 		}
+	}
+	if err := c.Endpoints.Validate(); err != nil {
+		return fmt.Errorf("endpoints: %w", err)
 	}
 	for name, d := range map[string]time.Duration{"run retention": c.RunRetention, "sync retention": c.SyncRetention,
 		"default wait": c.DefaultWait, "stream wait": c.StreamWait} {
@@ -154,18 +168,19 @@ func NewAPI(cfg Config, d Deps) *API {
 	a := &API{cfg: cfg.withDefaults(), q: d.Queue, core: d.Core, db: d.DB, blobs: d.Blobs, log: log.Named("runpod")}
 	a.mux = http.NewServeMux()
 	for _, prefix := range []string{"/v2/{endpoint}", ""} {
-		a.mux.HandleFunc("POST "+prefix+"/run", a.handleRun)
-		a.mux.HandleFunc("POST "+prefix+"/runsync", a.handleRunSync)
+		handle := func(pattern string, h http.HandlerFunc) { a.mux.HandleFunc(pattern, a.endpoint(h)) }
+		handle("POST "+prefix+"/run", a.handleRun)
+		handle("POST "+prefix+"/runsync", a.handleRunSync)
 		for _, method := range []string{"GET", "POST"} {
-			a.mux.HandleFunc(method+" "+prefix+"/status/{id}", a.handleStatus)
-			a.mux.HandleFunc(method+" "+prefix+"/status-sync/{id}", a.handleStatusSync)
-			a.mux.HandleFunc(method+" "+prefix+"/stream/{id}", a.handleStream)
+			handle(method+" "+prefix+"/status/{id}", a.handleStatus)
+			handle(method+" "+prefix+"/status-sync/{id}", a.handleStatusSync)
+			handle(method+" "+prefix+"/stream/{id}", a.handleStream)
 		}
-		a.mux.HandleFunc("POST "+prefix+"/cancel/{id}", a.handleCancel)
-		a.mux.HandleFunc("POST "+prefix+"/retry/{id}", a.handleRetry)
-		a.mux.HandleFunc("POST "+prefix+"/purge-queue", a.handlePurge)
-		a.mux.HandleFunc("GET "+prefix+"/health", a.handleHealth)
-		a.mux.HandleFunc("GET "+prefix+"/files/{id}/{name...}", a.handleFile)
+		handle("POST "+prefix+"/cancel/{id}", a.handleCancel)
+		handle("POST "+prefix+"/retry/{id}", a.handleRetry)
+		handle("POST "+prefix+"/purge-queue", a.handlePurge)
+		handle("GET "+prefix+"/health", a.handleHealth)
+		handle("GET "+prefix+"/files/{id}/{name...}", a.handleFile)
 	}
 	g, err := auth.NewGuard(a.cfg.Keys, a.cfg.AllowedOrigins)
 	if err != nil {
@@ -228,6 +243,48 @@ func parseWait(r *http.Request, def, lo time.Duration) (time.Duration, error) {
 		return 0, fmt.Errorf("query parameter wait=%q is not a whole number of milliseconds", s)
 	}
 	return min(max(time.Duration(min(max(ms, 0), 300000))*time.Millisecond, lo), 300*time.Second), nil
+}
+
+// scope is the pool that a request's route serves: for /v2/{endpoint}/…
+// with Endpoints set, the endpoint's pool (scoped); otherwise Pool,
+// scoping nothing.
+type scope struct {
+	pool   string
+	scoped bool
+}
+
+// holds reports whether a job of pool belongs to the scope.
+func (s scope) holds(pool string) bool { return !s.scoped || pool == s.pool }
+
+type scopeKey struct{}
+
+// endpoint resolves the {endpoint} of a route before its handler runs,
+// so that every route answers an endpoint id the map lacks with 404
+// first, and puts the request's scope in its context.
+func (a *API) endpoint(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("endpoint")
+		pool, scoped, ok := a.cfg.Endpoints.Resolve(id, a.cfg.Pool)
+		if id == "" {
+			pool, scoped, ok = a.cfg.Pool, false, true // a bare route
+		}
+		switch {
+		case !ok:
+			UnknownEndpoint(w, id)
+		case !scoped:
+			next(w, r) // scopeOf's default: Pool, scoping nothing
+		default:
+			next(w, r.WithContext(context.WithValue(r.Context(), scopeKey{}, scope{pool: pool, scoped: true})))
+		}
+	}
+}
+
+// scopeOf is the request's scope (see endpoint).
+func (a *API) scopeOf(r *http.Request) scope {
+	if s, ok := r.Context().Value(scopeKey{}).(scope); ok {
+		return s
+	}
+	return scope{pool: a.cfg.Pool}
 }
 
 // jobID reads and checks the {id} of the path; on failure it has answered.

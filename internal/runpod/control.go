@@ -122,11 +122,13 @@ type PurgeView struct {
 // handlePurge answers /purge-queue: every job the caller's tenant
 // submitted through the endpoint API that still waits in the queue is
 // cancelled (it never starts); running jobs continue. An admin purges
-// every tenant's. Endpoint ids do not name separate queues in a fleet, so
-// this covers the API's jobs of every endpoint id, and never the fleet's
-// batch or RunPod-serverless traffic.
+// every tenant's. With Endpoints, /v2/{id}/purge-queue covers the jobs of
+// id's pool alone; without them (and on the bare route) an endpoint id
+// names no queue of its own, so this covers the API's jobs of every
+// pool. It never covers the fleet's batch or RunPod-serverless traffic.
 func (a *API) handlePurge(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	sc := a.scopeOf(r)
 	removed := 0
 	p := principal(r)
 	tenant := p.Tenant
@@ -134,6 +136,9 @@ func (a *API) handlePurge(w http.ResponseWriter, r *http.Request) {
 		tenant = ""
 	}
 	err := a.q.EachQueued(ctx, proto.SourceAPI, tenant, func(m queue.Queued) error {
+		if !sc.holds(m.Pool) {
+			return nil // another endpoint's
+		}
 		_, err := a.core.CancelQueued(ctx, m.JobID)
 		switch {
 		case err == nil:
@@ -153,6 +158,6 @@ func (a *API) handlePurge(w http.ResponseWriter, r *http.Request) {
 		a.unavailable(w, "purge queue", err)
 		return
 	}
-	a.log.Info("purged queue", zap.String("tenant", tenant), zap.Int("removed", removed))
+	a.log.Info("purged queue", zap.String("tenant", tenant), zap.String("pool", sc.pool), zap.Bool("pool_only", sc.scoped), zap.Int("removed", removed))
 	WriteJSON(w, http.StatusOK, PurgeView{Removed: removed, Status: "completed"})
 }

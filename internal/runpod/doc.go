@@ -6,7 +6,9 @@
 // self-hosted fleet by changing its base URL. It keeps no state of its own:
 // every answer comes from Redis, NATS and the blob store, so replicas
 // behind a load balancer answer the same; every change of a job's state
-// (submit, cancel, retry, purge) is the lifecycle core's.
+// (submit, cancel, retry, purge) is the lifecycle core's. With Endpoints
+// (ENDPOINTS) each endpoint id stands for a pool, as each RunPod endpoint
+// is its own queue; the map and its parser live here.
 //
 // Its sub-packages are the two other faces of the runpod-adapter:
 // serverless (the adapter inside a RunPod worker container, taking jobs

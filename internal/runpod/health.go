@@ -2,6 +2,7 @@ package runpod
 
 import (
 	"net/http"
+	"slices"
 
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/proto"
@@ -22,24 +23,45 @@ type HealthJobs struct {
 	Retried    int64 `json:"retried"`
 }
 
+// handleHealth answers /health. With Endpoints, /v2/{id}/health counts
+// the jobs and workers of id's pool alone: the jobs admitted to its lanes
+// (a submission no dispatcher has read yet has no pool until then), its
+// counters, and the workers that serve it (as their first pool or one of
+// their more pools). Otherwise it counts the whole fleet.
 func (a *API) handleHealth(w http.ResponseWriter, r *http.Request) {
-	queued, running, err := a.q.Depth(r.Context())
+	ctx := r.Context()
+	sc := a.scopeOf(r)
+	var queued, running uint64
+	var counts map[proto.Status]int64
+	var err error
+	if sc.scoped {
+		queued, running, err = a.q.PoolDepth(ctx, sc.pool)
+	} else {
+		queued, running, err = a.q.Depth(ctx)
+	}
 	if err != nil {
 		a.unavailable(w, "read queue depth", err)
 		return
 	}
-	counts, err := a.core.Counts(r.Context())
+	if sc.scoped {
+		counts, err = a.core.PoolCounts(ctx, sc.pool)
+	} else {
+		counts, err = a.core.Counts(ctx)
+	}
 	if err != nil {
 		a.unavailable(w, "read job counts", err)
 		return
 	}
 	workers := map[string]int{"idle": 0, "initializing": 0, "ready": 0, "running": 0, "throttled": 0, "unhealthy": 0}
-	list, err := a.db.Workers(r.Context())
+	list, err := a.db.Workers(ctx)
 	if err != nil {
 		a.unavailable(w, "list workers", err)
 		return
 	}
 	for _, wk := range list {
+		if sc.scoped && wk.Pool != sc.pool && !slices.Contains(wk.MorePools, sc.pool) {
+			continue
+		}
 		workers[wk.State]++
 	}
 	workers["ready"] = workers["idle"] + workers["running"]

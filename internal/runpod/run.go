@@ -84,12 +84,12 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request, maxBody int64, rete
 		Webhook:   req.Webhook,
 		Policy:    req.Policy,
 		S3Config:  req.S3Config,
-		Pool:      a.cfg.Pool,
+		Pool:      a.scopeOf(r).pool,
 		Source:    proto.SourceAPI,
 		Tenant:    principal(r).Tenant,
 		Retention: retention.Milliseconds(),
 	}
-	job.Place(a.cfg.Pool, time.Now())
+	job.Place(job.Pool, time.Now())
 	if n, full := a.laneFull(ctx, job.Pool, job.Lane); full {
 		w.Header().Set("Retry-After", "1")
 		WriteError(w, http.StatusTooManyRequests, fmt.Sprintf("the %s lane of pool %s is full: %d jobs are waiting, the limit is %d per lane; try again shortly", job.Lane, job.Pool, n, a.cfg.MaxQueuedPerLane))

@@ -68,11 +68,12 @@ func (a *API) handleStatusSync(w http.ResponseWriter, r *http.Request) {
 }
 
 // record reads a job's record; on failure it has answered: 404 for an
-// unknown or expired job, and for another tenant's job, which does not
-// exist for the caller.
+// unknown or expired job, for another tenant's job, which does not exist
+// for the caller, and for a job of another pool than the endpoint's
+// (ENDPOINTS), which belongs to another endpoint.
 func (a *API) record(w http.ResponseWriter, r *http.Request, id string) (*proto.Record, bool) {
 	rec, err := a.core.Get(r.Context(), id)
-	if errors.Is(err, rdb.ErrNotFound) || (err == nil && !principal(r).Sees(rec.Tenant)) {
+	if errors.Is(err, rdb.ErrNotFound) || (err == nil && (!principal(r).Sees(rec.Tenant) || !a.scopeOf(r).holds(rec.Pool))) {
 		notFound(w, id)
 		return nil, false
 	}

@@ -418,7 +418,7 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		cfg: cfg, q: d.Queue, core: d.Core, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet, s3: d.S3, controls: d.Controls,
 		metrics:      d.Metrics,
 		log:          log.Named("worker").With(zap.String("worker_id", cfg.ID)),
-		self:         proto.Heartbeat{ID: cfg.ID, Pool: cfg.Pool, State: proto.WorkerInitializing},
+		self:         proto.Heartbeat{ID: cfg.ID, Pool: cfg.Pool, MorePools: cfg.MorePools, State: proto.WorkerInitializing},
 		beatNow:      make(chan struct{}, 1),
 		batchWaiting: make(chan struct{}, 1),
 		active:       map[string]*jobRef{},

@@ -6,7 +6,8 @@
 //
 // A job taken this way follows the same state machine, leases and retries
 // as a gpuworker's: the host takes the job message from the pool's lanes
-// (interactive first), Claims it in Redis for the worker (a new attempt),
+// (interactive first; with Endpoints, the pool of the endpoint id that the
+// worker's URLs name), Claims it in Redis for the worker (a new attempt),
 // keeps the message's lease alive with InProgress while the worker's pings
 // name the job and its main process shows life (its job-stop poll, held
 // open while it holds jobs, a take, a post: the SDK's ping process

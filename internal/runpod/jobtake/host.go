@@ -16,14 +16,20 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/blob"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 // Config configures the host. The zero value of each field is its default.
 type Config struct {
 	// Pool is the pool whose jobs RunPod workers take; "" means
-	// proto.DefaultPool.
+	// proto.DefaultPool. With Endpoints it is not used.
 	Pool string
+	// Endpoints maps the endpoint ids of the routes (/v2/{endpoint}/…) to
+	// pools (ENDPOINTS): a RunPod worker of endpoint id takes the jobs of
+	// id's pool alone and is announced in that pool, and an id the map
+	// lacks is 404. Empty: every id is Pool.
+	Endpoints runpod.Endpoints
 	// Keys are the worker keys RunPod workers send in Authorization (their
 	// RUNPOD_AI_API_KEY, raw; "Bearer <key>" is accepted too). Required: a
 	// taken job carries its secrets (comfy_org_api_key, s3Config), so the
@@ -80,6 +86,9 @@ func (c Config) Validate() error {
 		if err := proto.ValidID(c.Pool); err != nil {
 			return fmt.Errorf("pool: %w", err)
 		}
+	}
+	if err := c.Endpoints.Validate(); err != nil {
+		return fmt.Errorf("endpoints: %w", err)
 	}
 	for name, d := range map[string]time.Duration{"take hold": c.TakeHold, "stop hold": c.StopHold, "ack wait": c.AckWait, "lease timeout": c.LeaseTimeout,
 		"execution timeout": c.ExecutionTimeout, "liveness timeout": c.LivenessTimeout, "refusal delay": c.RefusalDelay} {
@@ -165,10 +174,10 @@ type Host struct {
 	guard *auth.Guard
 
 	mu          sync.Mutex
-	lanes       *queue.Lanes
-	cancelled   chan struct{} // closed and replaced at every fleet cancel
-	cancels     []heardCancel // the last fleet cancels, newest last
-	cancelSeq   uint64        // how many fleet cancels this host heard
+	lanes       map[string]*queue.Lanes // by pool
+	cancelled   chan struct{}           // closed and replaced at every fleet cancel
+	cancels     []heardCancel           // the last fleet cancels, newest last
+	cancelSeq   uint64                  // how many fleet cancels this host heard
 	stopCancels func()
 	draining    chan struct{} // closed by Drain
 
@@ -214,8 +223,33 @@ var routes = []string{
 func (h *Host) Register(mux *http.ServeMux) {
 	handlers := []http.HandlerFunc{h.handleTake, h.handleTake, h.handleStop, h.handleDone, h.handleStream, h.handlePing}
 	for i, pattern := range routes {
-		mux.Handle(pattern, h.slowRefusal(h.guard.Require(auth.Worker, handlers[i])))
+		mux.Handle(pattern, h.slowRefusal(h.guard.Require(auth.Worker, h.endpoint(handlers[i]))))
 	}
+}
+
+type poolKey struct{}
+
+// endpoint resolves a route's {endpoint} to its pool before the handler
+// runs (404 for an id that Endpoints lacks) and puts the pool in the
+// request's context (poolOf).
+func (h *Host) endpoint(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("endpoint")
+		pool, _, ok := h.cfg.Endpoints.Resolve(id, h.cfg.Pool)
+		if !ok {
+			runpod.UnknownEndpoint(w, id)
+			return
+		}
+		next(w, r.WithContext(context.WithValue(r.Context(), poolKey{}, pool)))
+	}
+}
+
+// poolOf is the pool of the request's endpoint.
+func (h *Host) poolOf(r *http.Request) string {
+	if p, ok := r.Context().Value(poolKey{}).(string); ok {
+		return p
+	}
+	return h.cfg.Pool
 }
 
 // slowRefusal holds a 401 or 403 for RefusalDelay (or until the client
@@ -251,18 +285,22 @@ func (w *refusalWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // ServeHTTP serves the host's routes alone.
 func (h *Host) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-// Start opens the pool's lane consumers (the gpuworkers' own, so RunPod
-// workers and gpuworkers share the queue) and follows cancels for
-// job-stop.
+// Start opens the lane consumers of the pool, or of every pool of
+// Endpoints (the gpuworkers' own, so RunPod workers and gpuworkers share
+// the queue), and follows cancels for job-stop.
 func (h *Host) Start(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.stopCancels != nil {
 		return errors.New("start job-take host: already started")
 	}
-	lanes, err := h.q.OpenLanes(ctx, h.cfg.Pool, queue.LanesConfig{Consumer: queue.ConsumerConfig{AckWait: h.cfg.AckWait}})
-	if err != nil {
-		return fmt.Errorf("start job-take host: %w", err)
+	lanes := map[string]*queue.Lanes{}
+	for _, pool := range h.cfg.Endpoints.Pools(h.cfg.Pool) {
+		l, err := h.q.OpenLanes(ctx, pool, queue.LanesConfig{Consumer: queue.ConsumerConfig{AckWait: h.cfg.AckWait}})
+		if err != nil {
+			return fmt.Errorf("start job-take host: pool %s: %w", pool, err)
+		}
+		lanes[pool] = l
 	}
 	stop, err := h.q.SubscribeCancels(h.broadcastCancel)
 	if err != nil {

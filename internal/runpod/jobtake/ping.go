@@ -69,14 +69,14 @@ func (h *Host) handlePing(w http.ResponseWriter, r *http.Request) {
 		h.log.Warn("RunPod worker reports it is unfit", zap.String("worker_id", wid),
 			zap.String("check", q.Get("check")), zap.String("reason", q.Get("reason")))
 		if h.fleet != nil {
-			_ = h.fleet.Beat(ctx, proto.Heartbeat{ID: wid, Pool: h.cfg.Pool, State: proto.WorkerUnhealthy})
+			_ = h.fleet.Beat(ctx, proto.Heartbeat{ID: wid, Pool: h.poolOf(r), State: proto.WorkerUnhealthy})
 		}
 	} else {
 		first := ""
 		if len(ids) > 0 {
 			first = ids[0]
 		}
-		h.beat(ctx, wid, len(ids) > 0, first)
+		h.beat(ctx, h.poolOf(r), wid, len(ids) > 0, first)
 	}
 	runpod.WriteJSON(w, http.StatusOK, struct{}{})
 }

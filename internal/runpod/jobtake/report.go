@@ -219,7 +219,7 @@ func (h *Host) handleDone(w http.ResponseWriter, r *http.Request) {
 func (h *Host) beatPoster(ctx context.Context, r *http.Request) {
 	name, _ := params(r, r.PathValue("worker"))
 	if !literal(name) {
-		h.beat(ctx, workerID(name), false, "")
+		h.beat(ctx, h.poolOf(r), workerID(name), false, "")
 	}
 }
 

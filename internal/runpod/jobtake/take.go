@@ -42,11 +42,19 @@ func (h *Host) handleTake(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ctx := r.Context()
+	pool := h.poolOf(r)
+	h.mu.Lock()
+	lanes := h.lanes[pool]
+	h.mu.Unlock()
+	if lanes == nil {
+		runpod.WriteError(w, http.StatusServiceUnavailable, "the job-take host is not started")
+		return
+	}
 	var jobs []workerJob
 	var claims []*lifecycle.Claim
 	deadline := time.Now().Add(h.cfg.TakeHold)
 	for len(jobs) == 0 && ctx.Err() == nil && time.Now().Before(deadline) {
-		msgs, err := h.lanes.Take(ctx, n, time.Until(deadline))
+		msgs, err := lanes.Take(ctx, n, time.Until(deadline))
 		if err != nil && !errors.Is(err, queue.ErrNoMessage) && ctx.Err() == nil {
 			h.log.Warn("fetch job", zap.Error(err))
 		}
@@ -70,7 +78,7 @@ func (h *Host) handleTake(w http.ResponseWriter, r *http.Request) {
 	if literal(raw) {
 		h.warnLiteral(raw)
 	} else {
-		h.beat(ctx, wid, len(jobs) > 0 || q.Get("job_in_progress") == "1", "")
+		h.beat(ctx, pool, wid, len(jobs) > 0 || q.Get("job_in_progress") == "1", "")
 		if len(jobs) > 0 {
 			h.trustRepoll(ctx, wid)
 		}
@@ -208,8 +216,9 @@ func (h *Host) giveBack(ctx context.Context, cl *lifecycle.Claim, reason string)
 	}
 }
 
-// beat announces a RunPod worker in the fleet registry.
-func (h *Host) beat(ctx context.Context, wid string, busy bool, jobID string) {
+// beat announces a RunPod worker in the fleet registry, in the pool of
+// its endpoint.
+func (h *Host) beat(ctx context.Context, pool, wid string, busy bool, jobID string) {
 	if h.fleet == nil {
 		return
 	}
@@ -217,7 +226,7 @@ func (h *Host) beat(ctx context.Context, wid string, busy bool, jobID string) {
 	if busy {
 		state = proto.WorkerRunning
 	}
-	if err := h.fleet.Beat(context.WithoutCancel(ctx), proto.Heartbeat{ID: wid, Pool: h.cfg.Pool, State: state, JobID: jobID}); err != nil {
+	if err := h.fleet.Beat(context.WithoutCancel(ctx), proto.Heartbeat{ID: wid, Pool: pool, State: state, JobID: jobID}); err != nil {
 		h.log.Debug("heartbeat of RunPod worker", zap.String("worker_id", wid), zap.Error(err))
 	}
 }

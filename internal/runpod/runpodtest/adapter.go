@@ -40,7 +40,8 @@ type Adapter struct {
 }
 
 // StartAdapter starts a fleet and replicas adapters on it with the
-// job-take host configured by cfg (Keys defaults to WorkerKey alone).
+// job-take host configured by cfg (Keys defaults to WorkerKey alone); the
+// endpoint API takes cfg's Pool and Endpoints.
 func StartAdapter(t testing.TB, replicas int, cfg jobtake.Config) *Adapter {
 	t.Helper()
 	f := StartFleet(t)
@@ -57,7 +58,7 @@ func StartAdapter(t testing.TB, replicas int, cfg jobtake.Config) *Adapter {
 	for range replicas {
 		q, core := f.ReplicaCore(t)
 		log := zaptest.NewLogger(t)
-		api := runpod.NewAPI(runpod.Config{}, runpod.Deps{Queue: q, Core: core, DB: f.DB, Blobs: q.Blobs(), Logger: log})
+		api := runpod.NewAPI(runpod.Config{Pool: cfg.Pool, Endpoints: cfg.Endpoints}, runpod.Deps{Queue: q, Core: core, DB: f.DB, Blobs: q.Blobs(), Logger: log})
 		host, err := jobtake.New(cfg, jobtake.Deps{Queue: q, Core: core, Blobs: q.Blobs(), Fleet: f.DB, Logger: log})
 		if err != nil {
 			t.Fatalf("job-take host: %v", err)

@@ -177,11 +177,30 @@ type FleetWorker struct {
 // StartWorker starts a FleetWorker on the default pool.
 func (f *Fleet) StartWorker(t testing.TB, id string) *FleetWorker {
 	t.Helper()
+	return f.startWorker(t, id, proto.DefaultPool, nil, false)
+}
+
+// StartPoolWorker starts a FleetWorker that takes the jobs of pool and
+// then of more (as a gpuworker with POOL=pool,more…), and announces
+// itself idle in the fleet registry under those pools, so /health counts
+// it.
+func (f *Fleet) StartPoolWorker(t testing.TB, id, pool string, more ...string) *FleetWorker {
+	t.Helper()
+	return f.startWorker(t, id, pool, more, true)
+}
+
+func (f *Fleet) startWorker(t testing.TB, id, pool string, more []string, announce bool) *FleetWorker {
+	t.Helper()
 	q, core := f.ReplicaCore(t)
 	blobs := q.Blobs()
-	cons, err := q.OpenLanes(testenv.Context(t, 10*time.Second), proto.DefaultPool, queue.LanesConfig{})
+	cons, err := q.OpenLanes(testenv.Context(t, 10*time.Second), pool, queue.LanesConfig{MorePools: more})
 	if err != nil {
 		t.Fatalf("open lanes: %v", err)
+	}
+	if announce {
+		if err := f.DB.Beat(testenv.Context(t, 10*time.Second), proto.Heartbeat{ID: id, Pool: pool, MorePools: more, State: proto.WorkerIdle}); err != nil {
+			t.Fatalf("announce worker: %v", err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &FleetWorker{ID: id, f: f, q: q, core: core, cancel: cancel, done: make(chan struct{}), cancels: map[string]chan struct{}{}}
