@@ -15,6 +15,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/jobtake"
 	"github.com/comfyfleet/comfyfleet/internal/runpod/serverless"
@@ -153,6 +154,7 @@ type Adapter struct {
 	host *jobtake.Host
 	sl   *serverless.Worker
 	ms   *metrics.Server
+	q    *queue.Client
 
 	srv        *http.Server
 	served     chan error
@@ -177,7 +179,7 @@ type AdapterOptions struct {
 // NewAdapter builds the adapter on b; reg gets its metrics and is served
 // on MetricsAddr, or on Listen's /metrics when opts.Routes carry one.
 func NewAdapter(cfg AdapterConfig, b *backend.Backend, reg *metrics.Registry, opts AdapterOptions, log *zap.Logger) (*Adapter, error) {
-	a := &Adapter{cfg: cfg, log: log, onShutdown: opts.OnShutdown}
+	a := &Adapter{cfg: cfg, log: log, onShutdown: opts.OnShutdown, q: b.Queue}
 	if cfg.ServerlessMode() {
 		sl, err := serverless.New(cfg.Serverless, serverless.Deps{Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, Logger: log})
 		if err != nil {
@@ -219,6 +221,17 @@ func NewAdapter(cfg AdapterConfig, b *backend.Backend, reg *metrics.Registry, op
 // starts taking jobs). It returns once the listeners are open.
 func (a *Adapter) Start(ctx context.Context) error {
 	if a.mux != nil {
+		// The lane consumers of the endpoints' pools (or of POOL) exist
+		// before their first worker does, for an autoscaler that scales
+		// a pool from zero on their backlog (docs/scaling.md).
+		for _, pool := range a.cfg.API.Endpoints.Pools(a.cfg.API.Pool) {
+			sctx, cancel := context.WithTimeout(ctx, startTimeout)
+			err := a.q.EnsureLaneConsumers(sctx, pool)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("start runpod-adapter: %w", err)
+			}
+		}
 		if a.ms != nil {
 			if err := a.ms.Start(); err != nil {
 				return fmt.Errorf("METRICS_ADDR: %w", err)

@@ -22,6 +22,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/runpod"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
+	"github.com/comfyfleet/comfyfleet/proto"
 )
 
 func TestMain(m *testing.M) {
@@ -321,6 +322,14 @@ func TestEndpointJobRunsOnItsPoolsWorker(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, a.Start(ctx))
 	defer a.Stop()
+	// Before any worker: the endpoints' pools have their lane consumers,
+	// which an autoscaler reads to start the first worker.
+	for _, pool := range []string{"pool-sdxl", "pool-flux"} {
+		for _, lane := range []proto.Lane{proto.LaneInteractive, proto.LaneBatch} {
+			_, err := n.JS.Consumer(ctx, proto.JobsStream, proto.LaneConsumer(pool, lane))
+			require.NoError(t, err, "consumer of %s/%s", pool, lane)
+		}
+	}
 
 	for _, pool := range []string{"pool-sdxl", "pool-flux"} {
 		sim := simtest.Start(t, comfysim.Config{StepDelay: time.Millisecond})
