@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +30,12 @@ type SentinelConfig struct {
 	DownAfter time.Duration
 	// FailoverTimeout is the sentinels' failover-timeout; 0 means 3 s.
 	FailoverTimeout time.Duration
+	// Proxied puts a proxy of the test's own in front of the first
+	// master: everyone (the sentinels, the replicas, the clients) reaches
+	// it there, so that the test can hold the replication stream back
+	// (HoldReplication) and lose what was held with the master
+	// (KillMaster): the asynchronous replication's loss, made certain.
+	Proxied bool
 }
 
 // RedisSentinel is a test's own Redis with Sentinel failover: a master,
@@ -48,6 +55,7 @@ type RedisSentinel struct {
 
 	mu      sync.Mutex
 	servers map[string]*redisProc // data servers by host:port
+	proxy   *replProxy
 }
 
 // redisProc is one running redis-server.
@@ -85,6 +93,17 @@ func StartRedisSentinel(t testing.TB, cfg SentinelConfig) *RedisSentinel {
 
 	master := FreeAddr(t)
 	r.startServer(master, "")
+	if cfg.Proxied {
+		// The master is the proxy's address to everyone, the sentinels
+		// too: a replica whose master they knew by another address they
+		// would point at that one.
+		r.proxy = startReplProxy(t, master)
+		r.mu.Lock()
+		r.servers[r.proxy.addr()] = r.servers[master]
+		delete(r.servers, master)
+		r.mu.Unlock()
+		master = r.proxy.addr()
+	}
 	for range cfg.Replicas {
 		r.startServer(FreeAddr(t), master)
 	}
@@ -152,7 +171,20 @@ func (r *RedisSentinel) Master(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("no sentinel names the master: %s", strings.Join(errs, "; "))
 }
 
-// KillMaster SIGKILLs the current master and returns its address.
+// HoldReplication makes the proxies (SentinelConfig.Proxied) keep what
+// the master sends its replicas from them: from now on the master's
+// writes are its own only, until KillMaster drops them.
+func (r *RedisSentinel) HoldReplication() {
+	r.t.Helper()
+	if r.proxy == nil {
+		r.t.Fatal("HoldReplication needs SentinelConfig.Proxied, before the first KillMaster")
+	}
+	r.proxy.hold()
+}
+
+// KillMaster SIGKILLs the current master and returns its address; the
+// replication proxies close, dropping what they held, and refuse the
+// replicas from then on (the sentinels point them at the new master).
 func (r *RedisSentinel) KillMaster() string {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -169,6 +201,10 @@ func (r *RedisSentinel) KillMaster() string {
 		r.t.Fatalf("kill the master: %s is not one of the test's servers", addr)
 	}
 	p.kill()
+	if r.proxy != nil {
+		r.proxy.close()
+		r.proxy = nil
+	}
 	return addr
 }
 
@@ -312,4 +348,112 @@ func (r *RedisSentinel) logs() string {
 		fmt.Fprintf(&b, "--- %s ---\n%s\n", filepath.Base(f), text)
 	}
 	return b.String()
+}
+
+// replProxy forwards connections to a master; held, it drops what the
+// master sends on its replication connections (those that asked for
+// PSYNC or SYNC) instead of passing it on, and passes the rest as ever.
+type replProxy struct {
+	ln       net.Listener
+	upstream string
+
+	mu    sync.Mutex
+	held  bool
+	conns []net.Conn
+	done  bool
+	wg    sync.WaitGroup
+}
+
+func startReplProxy(t testing.TB, upstream string) *replProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("replication proxy: %v", err)
+	}
+	p := &replProxy{ln: ln, upstream: upstream}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *replProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *replProxy) accept() {
+	defer p.wg.Done()
+	for {
+		down, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.upstream)
+		if err != nil {
+			down.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.done {
+			p.mu.Unlock()
+			down.Close()
+			up.Close()
+			return
+		}
+		p.conns = append(p.conns, down, up)
+		p.wg.Add(2)
+		p.mu.Unlock()
+		var replication atomic.Bool
+		go p.pipe(down, up, func(b []byte) bool { // the client's commands
+			if s := strings.ToUpper(string(b)); strings.Contains(s, "PSYNC") || strings.Contains(s, "\r\nSYNC\r\n") {
+				replication.Store(true)
+			}
+			return true
+		})
+		go p.pipe(up, down, func([]byte) bool { // the master's replies and stream
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return !(p.held && replication.Load())
+		})
+	}
+}
+
+// pipe copies from src to dst what pass lets through.
+func (p *replProxy) pipe(src, dst net.Conn, pass func([]byte) bool) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && pass(buf[:n]) {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				src.Close()
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+func (p *replProxy) hold() {
+	p.mu.Lock()
+	p.held = true
+	p.mu.Unlock()
+}
+
+// close stops the proxy and its connections; idempotent.
+func (p *replProxy) close() {
+	p.mu.Lock()
+	if p.done {
+		p.mu.Unlock()
+		return
+	}
+	p.done = true
+	conns := p.conns
+	p.mu.Unlock()
+	p.ln.Close()
+	for _, c := range conns {
+		c.Close()
+	}
+	p.wg.Wait()
 }
