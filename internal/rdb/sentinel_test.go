@@ -139,6 +139,28 @@ func TestDialThroughSentinel(t *testing.T) {
 	require.True(t, errors.Is(err, rdb.ErrStale), "%v", err)
 }
 
+// TestDialThroughSentinelWithPasswords: the master's password comes from
+// the URL, the sentinels' own from Sentinel.Password; a wrong one of
+// either is refused at Dial.
+func TestDialThroughSentinelWithPasswords(t *testing.T) {
+	t.Parallel()
+	rs := testenv.StartRedisSentinel(t, testenv.SentinelConfig{Replicas: 1, Password: "data-pw", SentinelPassword: "watch-pw"})
+	ctx := testenv.Context(t, 60*time.Second)
+	s := rdb.Sentinel{Addrs: rs.Sentinels, MasterName: rs.MasterName, Password: "watch-pw"}
+	db, err := rdb.Dial(ctx, "redis://:data-pw@ignored:6379/0", nil, s, rdb.Options{Prefix: "pw:", WaitReplicas: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	_, _, err = db.Create(ctx, rdb.CreateParams{ID: "p1"}, time.Time{}, false)
+	require.NoError(t, err)
+
+	_, err = rdb.Dial(ctx, "redis://:wrong@ignored:6379/0", nil, s, rdb.Options{})
+	require.ErrorContains(t, err, "WRONGPASS", "a wrong master password")
+	bad := s
+	bad.Password = "wrong"
+	_, err = rdb.Dial(ctx, "redis://:data-pw@ignored:6379/0", nil, bad, rdb.Options{})
+	require.ErrorContains(t, err, "all sentinels specified in configuration are unreachable: WRONGPASS", "a wrong sentinel password")
+}
+
 func TestDialSentinelRefusesBadSettings(t *testing.T) {
 	t.Parallel()
 	ctx := testenv.Context(t, 10*time.Second)

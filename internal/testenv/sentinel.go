@@ -30,6 +30,11 @@ type SentinelConfig struct {
 	DownAfter time.Duration
 	// FailoverTimeout is the sentinels' failover-timeout; 0 means 3 s.
 	FailoverTimeout time.Duration
+	// Password, when set, is the data servers' requirepass (and the
+	// replicas' masterauth, the sentinels' auth-pass).
+	Password string
+	// SentinelPassword, when set, is the sentinels' own requirepass.
+	SentinelPassword string
 	// Proxied puts a proxy of the test's own in front of the first
 	// master: everyone (the sentinels, the replicas, the clients) reaches
 	// it there, so that the test can hold the replication stream back
@@ -48,6 +53,8 @@ type RedisSentinel struct {
 	MasterName string
 	// Sentinels are the sentinels' host:port.
 	Sentinels []string
+	// Password and SentinelPassword are SentinelConfig's.
+	Password, SentinelPassword string
 
 	t   testing.TB
 	bin string
@@ -88,7 +95,8 @@ func StartRedisSentinel(t testing.TB, cfg SentinelConfig) *RedisSentinel {
 	if err != nil {
 		t.Fatalf("redis-server is not on PATH (scripts/ensure-redis.sh installs it): %v", err)
 	}
-	r := &RedisSentinel{MasterName: "fleet", t: t, bin: bin, log: t.TempDir(), servers: map[string]*redisProc{}}
+	r := &RedisSentinel{MasterName: "fleet", Password: cfg.Password, SentinelPassword: cfg.SentinelPassword,
+		t: t, bin: bin, log: t.TempDir(), servers: map[string]*redisProc{}}
 	t.Cleanup(r.killAll)
 
 	master := FreeAddr(t)
@@ -120,6 +128,13 @@ func StartRedisSentinel(t testing.TB, cfg SentinelConfig) *RedisSentinel {
 			"sentinel failover-timeout %[3]s %[7]d\n"+
 			"sentinel parallel-syncs %[3]s %[8]d\n",
 			port, dir, r.MasterName, mport, quorum, cfg.DownAfter.Milliseconds(), cfg.FailoverTimeout.Milliseconds(), cfg.Replicas)
+		if r.Password != "" {
+			text += fmt.Sprintf("sentinel auth-pass %s %s\n", r.MasterName, r.Password)
+		}
+		if r.SentinelPassword != "" {
+			// The sentinels authenticate to each other with it too.
+			text += fmt.Sprintf("requirepass %s\n", r.SentinelPassword)
+		}
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			t.Fatalf("sentinel.conf: %v", err)
 		}
@@ -136,7 +151,7 @@ func StartRedisSentinel(t testing.TB, cfg SentinelConfig) *RedisSentinel {
 	})
 	r.waitFor(30*time.Second, "every sentinel seeing the replicas and the other sentinels", func(ctx context.Context) error {
 		for _, s := range r.Sentinels {
-			c := redis.NewSentinelClient(&redis.Options{Addr: s, MaxRetries: -1})
+			c := r.sentinelClient(s)
 			m, err := c.Master(ctx, r.MasterName).Result()
 			c.Close()
 			if err != nil {
@@ -151,6 +166,10 @@ func StartRedisSentinel(t testing.TB, cfg SentinelConfig) *RedisSentinel {
 	return r
 }
 
+func (r *RedisSentinel) sentinelClient(addr string) *redis.SentinelClient {
+	return redis.NewSentinelClient(&redis.Options{Addr: addr, Password: r.SentinelPassword, MaxRetries: -1})
+}
+
 // SentinelList is the sentinels' addresses comma-separated, as
 // REDIS_SENTINELS takes them.
 func (r *RedisSentinel) SentinelList() string { return strings.Join(r.Sentinels, ",") }
@@ -160,7 +179,7 @@ func (r *RedisSentinel) SentinelList() string { return strings.Join(r.Sentinels,
 func (r *RedisSentinel) Master(ctx context.Context) (string, error) {
 	var errs []string
 	for _, s := range r.Sentinels {
-		c := redis.NewSentinelClient(&redis.Options{Addr: s, MaxRetries: -1})
+		c := r.sentinelClient(s)
 		hp, err := c.GetMasterAddrByName(ctx, r.MasterName).Result()
 		c.Close()
 		if err == nil && len(hp) == 2 {
@@ -216,7 +235,7 @@ func (r *RedisSentinel) WaitFailover(old string, within time.Duration) string {
 	var now string
 	r.waitFor(within, "a failover away from "+old, func(ctx context.Context) error {
 		for _, s := range r.Sentinels {
-			c := redis.NewSentinelClient(&redis.Options{Addr: s, MaxRetries: -1})
+			c := r.sentinelClient(s)
 			hp, err := c.GetMasterAddrByName(ctx, r.MasterName).Result()
 			c.Close()
 			if err != nil || len(hp) != 2 {
@@ -239,7 +258,7 @@ func (r *RedisSentinel) WaitFailover(old string, within time.Duration) string {
 // replicasInSync checks that the server at addr is a master with at
 // least n replicas online.
 func (r *RedisSentinel) replicasInSync(ctx context.Context, addr string, n int) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: addr, Password: r.Password, MaxRetries: -1})
 	defer c.Close()
 	info, err := c.Info(ctx, "replication").Result()
 	if err != nil {
@@ -280,6 +299,9 @@ func (r *RedisSentinel) startServer(addr, master string) {
 	_, port, _ := net.SplitHostPort(addr)
 	args := []string{"--port", port, "--bind", "127.0.0.1", "--dir", r.t.TempDir(), "--save", "", "--appendonly", "no",
 		"--protected-mode", "no", "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"}
+	if r.Password != "" {
+		args = append(args, "--requirepass", r.Password, "--masterauth", r.Password)
+	}
 	if master != "" {
 		mhost, mport, _ := net.SplitHostPort(master)
 		args = append(args, "--replicaof", mhost, mport)
@@ -294,7 +316,7 @@ func (r *RedisSentinel) startServer(addr, master string) {
 			return fmt.Errorf("redis-server on %s exited: %s", addr, readLog(p.log))
 		default:
 		}
-		c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		c := redis.NewClient(&redis.Options{Addr: addr, Password: r.Password, MaxRetries: -1})
 		defer c.Close()
 		return c.Ping(ctx).Err()
 	})
