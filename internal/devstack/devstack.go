@@ -373,6 +373,8 @@ func (s *Stack) startServers(cfg *Config) error {
 		s.redis = rs
 		cfg.Common.RedisURL = rs.URL()
 		cfg.Common.Security.RedisTLS = backend.TLSFiles{} // as for NATS
+		// It has no replicas to wait for (and miniredis no WAIT).
+		cfg.Common.RedisWaitReplicas = 0
 		s.Info.Redis = string(rs.Backend())
 	}
 	s.Info.RedisURL = cfg.Common.RedisURL
