@@ -620,8 +620,16 @@ var securitySettings = []string{"NATS_CREDS", "NATS_NKEY_SEED_FILE", "NATS_USER"
 	"NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY", "NATS_TLS_SERVER_NAME",
 	"REDIS_TLS_CA", "REDIS_TLS_CERT", "REDIS_TLS_KEY", "REDIS_TLS_SERVER_NAME"}
 
+// sentinelSettings find a Redis behind Redis Sentinel and make the job
+// transitions wait for its replicas; compose runs one Redis.
+var sentinelSettings = []string{"REDIS_SENTINELS", "REDIS_MASTER_NAME", "REDIS_SENTINEL_USER", "REDIS_SENTINEL_PASSWORD",
+	"REDIS_WAIT_REPLICAS", "REDIS_WAIT_TIMEOUT"}
+
 func init() {
 	for _, program := range []string{"dispatcher", "gpuworker", "runpod-adapter"} {
+		for _, env := range sentinelSettings {
+			notInCompose[program][env] = "compose runs one Redis, without replicas or sentinels; they are for a Redis of one's own with Sentinel failover (docs/scaling.md)"
+		}
 		for _, env := range securitySettings {
 			notInCompose[program][env] = "compose's services reach NATS and Redis on the stack's own network, each NATS user named in its NATS_URL; " +
 				"credentials files and TLS are for processes that join from outside it (docs/deployment.md, docs/security.md)"

@@ -3,7 +3,10 @@
 # redis://127.0.0.1:6379/0) before the tests run: if none answers, it starts
 # a throw-away redis-server there (no persistence). The redis-server binary
 # itself is installed from Debian's package when missing, whether or not a
-# Redis answers: the fault suite (internal/chaos) starts and kills its own.
+# Redis answers: the fault suite (internal/chaos) starts and kills its own,
+# and its Sentinel cases run the sentinels as `redis-server --sentinel`
+# (which is all the redis-sentinel package's command is), so no other
+# package is needed.
 set -euo pipefail
 
 url=${REDIS_URL:-redis://127.0.0.1:6379/0}

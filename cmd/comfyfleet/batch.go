@@ -247,7 +247,7 @@ func open(ctx context.Context, name string, c connConfig, dirGiven bool, dl *dow
 	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	b, err := backend.Open(octx, backend.Config{Name: "comfyfleet-cli", NATSURL: ep.NATSURL, NATSAuth: sec.NATS,
-		RedisURL: ep.RedisURL, RedisTLS: sec.RedisTLS, Attach: true, Logger: log})
+		RedisURL: ep.RedisURL, RedisTLS: sec.RedisTLS, RedisSentinel: sec.RedisSentinel, Attach: true, Logger: log})
 	if err != nil {
 		guard.Close()
 		fmt.Fprintf(stderr, "%s: %v (fleet from %s)\n", name, err, ep.From)

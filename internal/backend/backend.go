@@ -39,6 +39,10 @@ type Config struct {
 	RedisURL string
 	// RedisTLS are the TLS files of a rediss:// RedisURL.
 	RedisTLS TLSFiles
+	// RedisSentinel, with addresses, finds the Redis master through Redis
+	// Sentinel; RedisURL then gives only its scheme, credentials and
+	// database.
+	RedisSentinel rdb.Sentinel
 	// Queue sizes the streams and buckets (ignored with Attach).
 	Queue queue.Config
 	// DB are the Redis settings: key prefix (tests), retention, TTLs.
@@ -78,6 +82,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if setting, err := CheckRedis(cfg.RedisURL, cfg.RedisTLS); err != nil {
 		return nil, fmt.Errorf("%s: %w", setting, err)
 	}
+	if setting, err := CheckSentinel(cfg.RedisSentinel); err != nil {
+		return nil, fmt.Errorf("%s: %w", setting, err)
+	}
 	redisTLS, _ := cfg.RedisTLS.Config() // checked above
 	nlog := log.Named("nats")
 	nc, err := ConnectNATS(ctx, cfg.Name, cfg.NATSURL, cfg.NATSAuth,
@@ -106,12 +113,23 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b.Blobs = b.Queue.Blobs()
-	if b.DB, err = rdb.Dial(ctx, cfg.RedisURL, redisTLS, cfg.DB); err != nil {
+	if b.DB, err = rdb.Dial(ctx, cfg.RedisURL, redisTLS, cfg.RedisSentinel, cfg.DB); err != nil {
 		b.Close()
-		return nil, &UnreachableError{Server: "Redis", URL: RedactURLs(cfg.RedisURL), Err: err}
+		where := RedactURLs(cfg.RedisURL)
+		if cfg.RedisSentinel.Enabled() {
+			where = fmt.Sprintf("master %q of the sentinels %s", sentinelMaster(cfg.RedisSentinel), strings.Join(cfg.RedisSentinel.Addrs, ","))
+		}
+		return nil, &UnreachableError{Server: "Redis", URL: where, Err: err}
 	}
 	b.Core = lifecycle.New(b.DB, b.Queue, log)
 	return b, nil
+}
+
+func sentinelMaster(s rdb.Sentinel) string {
+	if s.MasterName == "" {
+		return rdb.DefaultMasterName
+	}
+	return s.MasterName
 }
 
 // UnreachableError is a server that did not let the process in: down,

@@ -242,3 +242,28 @@ func CheckRedis(redisURL string, files TLSFiles) (setting string, err error) {
 	}
 	return "", nil
 }
+
+// CheckSentinel reports what is wrong with the Redis Sentinel settings,
+// naming the setting at fault.
+func CheckSentinel(s rdb.Sentinel) (setting string, err error) {
+	if err := (rdb.Sentinel{Addrs: s.Addrs}).Check(); err != nil {
+		return "REDIS_SENTINELS", err
+	}
+	if err := (rdb.Sentinel{Addrs: []string{"127.0.0.1:26379"}, MasterName: s.MasterName}).Check(); err != nil {
+		return "REDIS_MASTER_NAME", err
+	}
+	if !s.Enabled() {
+		// REDIS_MASTER_NAME has a default, and means nothing alone.
+		for _, v := range []struct{ setting, value string }{
+			{"REDIS_SENTINEL_USER", s.Username}, {"REDIS_SENTINEL_PASSWORD", s.Password},
+		} {
+			if v.value != "" {
+				return v.setting, errors.New("set without REDIS_SENTINELS")
+			}
+		}
+	}
+	if s.Username != "" && s.Password == "" {
+		return "REDIS_SENTINEL_PASSWORD", errors.New("REDIS_SENTINEL_USER is set without its password")
+	}
+	return "", nil
+}

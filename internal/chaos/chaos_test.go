@@ -170,6 +170,54 @@ func TestRedisRestartedMidLoad(t *testing.T) {
 	f.check("Redis restarted", f.await(ids, 60*time.Second), nil)
 }
 
+// TestRedisMasterKilledMidLoad: Redis runs as a master, two replicas and
+// three sentinels (real redis-server processes, no persistence), every
+// process of the fleet reaching the master through the sentinels and
+// waiting for one replica per transition (REDIS_WAIT_REPLICAS=1). The
+// master is SIGKILLed with a quarter of the jobs done; the sentinels
+// promote a replica, the processes follow it, and every job ends once:
+// none lost with the dead master's memory, none stuck, none run to a
+// second COMPLETED.
+func TestRedisMasterKilledMidLoad(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 2, dispatchers: 2, stepDelay: time.Millisecond, redisSentinel: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ids := f.load(ctx, "sentinel", 200, nil)
+	f.whenDone(ctx, ids, 0.25)
+	old := f.sentinel.KillMaster()
+	t.Logf("master %s SIGKILLed with %d of %d jobs done", old, f.done(ctx, ids), len(ids))
+	now := f.sentinel.WaitFailover(old, 60*time.Second)
+	t.Logf("the sentinels promoted %s; %d jobs done", now, f.done(ctx, ids))
+	f.check("Redis master killed", f.await(ids, 90*time.Second), nil)
+}
+
+// TestRedisFailoverLosesNoConfirmedTransition: as
+// TestRedisMasterKilledMidLoad, but the replication stream to both
+// replicas is held back for a while before the master is SIGKILLed, and
+// what was held dies with it: the failover loses every write the master
+// took meanwhile, as an asynchronous replica's lag would. The processes
+// wait for one replica per transition (REDIS_WAIT_REPLICAS=1), so no
+// transition they acted on (an ack, an event) was among them: their
+// transitions failed and were tried again on the new master, and every
+// job ends once, none stuck.
+func TestRedisFailoverLosesNoConfirmedTransition(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetConfig{workers: 2, dispatchers: 2, stepDelay: time.Millisecond, redisSentinel: true, replicationProxied: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ids := f.load(ctx, "lag", 200, nil)
+	f.whenDone(ctx, ids, 0.25)
+	f.sentinel.HoldReplication()
+	before := f.done(ctx, ids)
+	<-pause(1500 * time.Millisecond) // the replicas' lag, not a synchronisation
+	t.Logf("replication held for 1.5s: %d jobs done before, %d after (on the master alone)", before, f.done(ctx, ids))
+	old := f.sentinel.KillMaster()
+	now := f.sentinel.WaitFailover(old, 60*time.Second)
+	t.Logf("master %s SIGKILLed with what it held; the sentinels promoted %s; %d jobs done", old, now, f.done(ctx, ids))
+	f.check("Redis failover lost the held writes", f.await(ids, 90*time.Second), nil)
+}
+
 // TestDispatcherReplicaKilled: of two dispatcher replicas, one is
 // SIGKILLed while jobs are still being submitted; the other admits the
 // rest and sweeps alone.

@@ -32,6 +32,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/comfysim/simtest"
 	"github.com/comfyfleet/comfyfleet/internal/natsserver"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/testenv"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -196,6 +197,11 @@ type fleet struct {
 	redisPort int
 	redisDir  string
 	redis     *proc
+	// sentinel, when the case runs one, replaces the single redis-server:
+	// a master, two replicas and three sentinels, every process reaching
+	// the master through the sentinels and waiting for one replica per
+	// transition (REDIS_WAIT_REPLICAS's default behind Sentinel).
+	sentinel *testenv.RedisSentinel
 
 	execGrace   time.Duration
 	leaseTTL    time.Duration
@@ -226,6 +232,13 @@ type fleetConfig struct {
 	// natsNodes, when above 1, runs a NATS cluster of that many nodes
 	// instead of one server, every stream with a replica on each.
 	natsNodes int
+	// redisSentinel runs Redis with Sentinel failover instead of one
+	// redis-server (fleet.sentinel).
+	redisSentinel bool
+	// replicationProxied puts a proxy between the master and each
+	// replica, so that the case can hold replication back
+	// (testenv.SentinelConfig.Proxied).
+	replicationProxied bool
 }
 
 func newFleet(t *testing.T, cfg fleetConfig) *fleet {
@@ -238,14 +251,23 @@ func newFleet(t *testing.T, cfg fleetConfig) *fleet {
 		f.startNATS()
 		t.Cleanup(f.stopNATS)
 	}
-	f.redisPort, f.redisDir = freePort(t), filepath.Join(f.dir, "redis")
-	require.NoError(t, os.MkdirAll(f.redisDir, 0o755))
-	f.startRedis()
+	bcfg := backend.Config{Name: "chaos", NATSURL: f.natsURL(), Queue: queue.Config{Replicas: f.replicas}, Logger: f.log}
+	if cfg.redisSentinel {
+		f.sentinel = testenv.StartRedisSentinel(t, testenv.SentinelConfig{Proxied: cfg.replicationProxied})
+		// Port 1 answers nothing: only the sentinels can lead to Redis.
+		f.redisPort = 1
+		bcfg.RedisSentinel = rdb.Sentinel{Addrs: f.sentinel.Sentinels, MasterName: f.sentinel.MasterName}
+		bcfg.DB.WaitReplicas = 1
+	} else {
+		f.redisPort, f.redisDir = freePort(t), filepath.Join(f.dir, "redis")
+		require.NoError(t, os.MkdirAll(f.redisDir, 0o755))
+		f.startRedis()
+	}
+	bcfg.RedisURL = f.redisURL()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := backend.Open(ctx, backend.Config{Name: "chaos", NATSURL: f.natsURL(), RedisURL: f.redisURL(),
-		Queue: queue.Config{Replicas: f.replicas}, Logger: f.log})
+	b, err := backend.Open(ctx, bcfg)
 	require.NoError(t, err)
 	f.b = b
 	t.Cleanup(b.Close)
@@ -297,6 +319,17 @@ func (f *fleet) natsURL() string {
 }
 func (f *fleet) redisURL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", f.redisPort) }
 
+// redisEnv are a fleet process's Redis settings. Behind Sentinel the
+// processes wait for one replica per transition by default
+// (REDIS_WAIT_REPLICAS unset), which the sentinel cases rely on.
+func (f *fleet) redisEnv() []string {
+	env := []string{"REDIS_URL=" + f.redisURL()}
+	if f.sentinel != nil {
+		env = append(env, "REDIS_SENTINELS="+f.sentinel.SentinelList(), "REDIS_MASTER_NAME="+f.sentinel.MasterName)
+	}
+	return env
+}
+
 func (f *fleet) startNATS() {
 	f.t.Helper()
 	srv, err := natsserver.Start(natsserver.Config{Port: f.natsPort, StoreDir: f.natsDir})
@@ -332,10 +365,10 @@ func (f *fleet) startDispatcher() *proc {
 	f.t.Helper()
 	name := fmt.Sprintf("dispatcher-%d", len(f.dispatchers)+1)
 	port := freePort(f.t)
-	p := startProc(f.t, name, bin(f.t, "dispatcher"), nil, []string{
-		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "STREAM_REPLICAS=" + strconv.Itoa(f.replicas), "SWEEP_INTERVAL=100ms", "INTAKE_ACK_WAIT=2s",
-		"EXECUTION_GRACE=" + f.execGrace.String(), "LOG_LEVEL=warn", fmt.Sprintf("LISTEN_ADDR=127.0.0.1:%d", port),
-	})
+	p := startProc(f.t, name, bin(f.t, "dispatcher"), nil, append(f.redisEnv(),
+		"NATS_URL="+f.natsURL(), "STREAM_REPLICAS="+strconv.Itoa(f.replicas), "SWEEP_INTERVAL=100ms", "INTAKE_ACK_WAIT=2s",
+		"EXECUTION_GRACE="+f.execGrace.String(), "LOG_LEVEL=warn", fmt.Sprintf("LISTEN_ADDR=127.0.0.1:%d", port),
+	))
 	f.dispatchers = append(f.dispatchers, p)
 	f.apis = append(f.apis, fmt.Sprintf("http://127.0.0.1:%d", port))
 	return p
@@ -345,11 +378,11 @@ func (f *fleet) startWorker(sim *simtest.Sim) *proc {
 	f.t.Helper()
 	f.nextWorker++
 	id := fmt.Sprintf("w%d", f.nextWorker)
-	env := []string{
-		"NATS_URL=" + f.natsURL(), "REDIS_URL=" + f.redisURL(), "STREAM_REPLICAS=" + strconv.Itoa(f.replicas), "COMFYUI_URL=" + sim.URL,
-		"WORKER_ID=" + id, "LEASE_TTL=" + f.leaseTTL.String(), "COMFYUI_PROBE_INTERVAL=50ms", "RETRY_DELAY=50ms",
+	env := append(f.redisEnv(),
+		"NATS_URL="+f.natsURL(), "STREAM_REPLICAS="+strconv.Itoa(f.replicas), "COMFYUI_URL="+sim.URL,
+		"WORKER_ID="+id, "LEASE_TTL="+f.leaseTTL.String(), "COMFYUI_PROBE_INTERVAL=50ms", "RETRY_DELAY=50ms",
 		"SHUTDOWN_GRACE=2s", "LOG_LEVEL=warn",
-	}
+	)
 	if f.maxAttempts > 0 {
 		env = append(env, fmt.Sprintf("MAX_ATTEMPTS=%d", f.maxAttempts))
 	}

@@ -359,7 +359,9 @@ func (s *Stack) startServers(cfg *Config) error {
 	}
 	s.Info.NATSURL = cfg.Common.NATSURL
 	s.Info.Redis = "external"
-	if cfg.RedisURL == "" {
+	// A Redis behind Sentinel is one's own too: REDIS_URL then gives only
+	// its credentials and database.
+	if cfg.RedisURL == "" && !cfg.Common.Security.RedisSentinel.Enabled() {
 		rc := redisserver.Config{Dir: filepath.Join(cfg.Dir, "redis"), RedisServer: cfg.RedisServer, Logger: s.log}
 		if cfg.RedisServer == "-" {
 			rc.Backend, rc.RedisServer = redisserver.BackendMiniredis, ""
@@ -371,6 +373,8 @@ func (s *Stack) startServers(cfg *Config) error {
 		s.redis = rs
 		cfg.Common.RedisURL = rs.URL()
 		cfg.Common.Security.RedisTLS = backend.TLSFiles{} // as for NATS
+		// It has no replicas to wait for (and miniredis no WAIT).
+		cfg.Common.RedisWaitReplicas = 0
 		s.Info.Redis = string(rs.Backend())
 	}
 	s.Info.RedisURL = cfg.Common.RedisURL

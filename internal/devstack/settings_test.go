@@ -133,6 +133,7 @@ func table(t *testing.T, dir string) []setting {
 	natsPW := filepath.Join(dir, "nats-password")
 	require.NoError(t, os.WriteFile(natsPW, []byte("pw\n"), 0o600))
 	rediss := map[string]string{"REDIS_URL": "rediss://fleet:pw@redis.internal:6380/0"}
+	sentinels := map[string]string{"REDIS_SENTINELS": "sentinel-1:26379"}
 	// One file with the certificate and its key serves as both, so that
 	// each of the two settings alone can change while the pair stays valid.
 	both := filepath.Join(dir, "client-both.pem")
@@ -171,6 +172,12 @@ func table(t *testing.T, dir string) []setting {
 		{env: "REDIS_TLS_CERT", sample: pki.ClientCert, with: redisCert},
 		{env: "REDIS_TLS_KEY", sample: pki.ClientKey, with: redisCert},
 		{env: "REDIS_TLS_SERVER_NAME", sample: "redis.example.com", with: rediss},
+		{env: "REDIS_SENTINELS", sample: "sentinel-1:26379,sentinel-2:26379"},
+		{env: "REDIS_MASTER_NAME", sample: "fleet", with: sentinels},
+		{env: "REDIS_SENTINEL_USER", sample: "watcher", with: map[string]string{"REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_PASSWORD": "pw"}},
+		{env: "REDIS_SENTINEL_PASSWORD", sample: "pw", with: sentinels},
+		{env: "REDIS_WAIT_REPLICAS", sample: "1"},
+		{env: "REDIS_WAIT_TIMEOUT", sample: "500ms"},
 
 		// shared by several binaries
 		{env: "POOL", sample: "gpu-a100",

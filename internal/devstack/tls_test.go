@@ -52,3 +52,16 @@ func TestDevEmbeddedIgnoresNATSSecurity(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, "%v", out)
 	require.Equal(t, "COMPLETED", out["status"], "%v", out)
 }
+
+// TestDevEmbeddedRedisDoesNotWait: dev's own Redis has no replicas, so a
+// REDIS_WAIT_REPLICAS meant for a Redis with some (which would fail every
+// transition there) does not stop a job.
+func TestDevEmbeddedRedisDoesNotWait(t *testing.T) {
+	t.Parallel()
+	// REDIS_URL unset: dev runs a redis-server of its own.
+	b := setup(t, "REDIS_URL", "", "REDIS_WAIT_REPLICAS", "1", "REDIS_WAIT_TIMEOUT", "100ms", "COMFYFLEET_WORKERS", "1")
+	require.Equal(t, "redis-server", b.stack.Info.Redis)
+	code, out := b.post(t, "/runsync", example(t))
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	require.Equal(t, "COMPLETED", out["status"], "%v", out)
+}

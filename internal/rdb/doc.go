@@ -51,6 +51,15 @@
 // that is not terminal expire an hour after its TTL, counted from its last
 // transition, so a job whose every process died leaves nothing forever.
 //
+// Dial reaches one Redis, or the master that Redis Sentinel names
+// (go-redis's failover client, which follows each failover). Replication
+// is asynchronous, so a failover may lose the master's last writes: with
+// Options.WaitReplicas every transition is followed on its connection by
+// WAIT, and a transition fewer replicas confirmed fails
+// (*NotReplicatedError) for its caller to try again. Redis Cluster is not
+// supported: the script moves a job's keys together with keys the whole
+// fleet shares, which no hash slot can hold together (docs/scaling.md).
+//
 // Beside the jobs: the fleet's heartbeats (fleet.go), webhook targets
 // (webhook.go), batch indexes (batch.go), /stream cursors (cursor.go) and
 // the sweepers' shared clock (sweep.go).

@@ -39,6 +39,20 @@ var (
 	ErrNotDue = errors.New("job TTL not yet due")
 )
 
+// NotReplicatedError is a transition that fewer replicas than
+// Options.WaitReplicas confirmed within the wait timeout: the master has
+// it, and a failover now may lose it. The caller treats it as Redis being
+// away (a later try of the same transition finds it done, or does it on
+// the new master).
+type NotReplicatedError struct {
+	Want, Got int
+	Within    time.Duration
+}
+
+func (e *NotReplicatedError) Error() string {
+	return fmt.Sprintf("%d of the %d replicas REDIS_WAIT_REPLICAS asks for confirmed the write within %v", e.Got, e.Want, e.Within)
+}
+
 // TransitionError is a refused transition. It wraps one of the sentinels
 // above. The operation that returns it also returns the current record.
 type TransitionError struct {

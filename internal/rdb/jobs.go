@@ -499,7 +499,7 @@ func (db *DB) run(ctx context.Context, op, id string, args ...any) (*result, err
 		db.key(proto.PoolStatsKey("")),
 	}
 	argv := append([]any{op, id, db.key(proto.HeldKey(""))}, args...)
-	vals, err := transition.Run(ctx, db.rdb, keys, argv...).Slice()
+	vals, err := db.eval(ctx, keys, argv)
 	if err != nil {
 		return nil, fmt.Errorf("%s job %s: %w", op, id, err)
 	}
@@ -541,6 +541,46 @@ func (db *DB) run(ctx context.Context, op, id string, args ...any) (*result, err
 	}
 	r.rec = rec
 	return r, nil
+}
+
+// eval runs the transition script; with WaitReplicas, WAIT follows it on
+// the same connection (one pipeline), so that it waits for the script's
+// writes and every write the process made before them: Redis's
+// replication stream is one sequence.
+func (db *DB) eval(ctx context.Context, keys []string, argv []any) ([]any, error) {
+	if db.waitReplicas == 0 {
+		return transition.Run(ctx, db.rdb, keys, argv...).Slice()
+	}
+	for loaded := false; ; loaded = true {
+		var script *redis.Cmd
+		var wait *redis.Cmd
+		_, _ = db.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			script = transition.EvalSha(ctx, p, keys, argv...)
+			// A pipeline reads its replies within the connection's read
+			// timeout (3 s by default), which maxWaitTimeout stays under.
+			wait = p.Do(ctx, "wait", db.waitReplicas, db.waitTimeout.Milliseconds())
+			return nil
+		})
+		if redis.HasErrorPrefix(script.Err(), "NOSCRIPT") && !loaded {
+			// A new master (after a failover) or a flushed script cache.
+			if err := transition.Load(ctx, db.rdb).Err(); err != nil {
+				return nil, fmt.Errorf("load the transition script: %w", err)
+			}
+			continue
+		}
+		vals, err := script.Slice()
+		if err != nil {
+			return nil, err
+		}
+		n, err := wait.Int64()
+		if err != nil {
+			return nil, fmt.Errorf("wait for %d replicas: %w", db.waitReplicas, err)
+		}
+		if n < int64(db.waitReplicas) {
+			return nil, &NotReplicatedError{Want: db.waitReplicas, Got: int(n), Within: db.waitTimeout}
+		}
+		return vals, nil
+	}
 }
 
 // refusal turns a refusing code into a *TransitionError.

@@ -12,6 +12,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/logging"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
+	"github.com/comfyfleet/comfyfleet/internal/rdb"
 )
 
 // startTimeout bounds a process's start: connecting, ensuring streams.
@@ -28,8 +29,13 @@ type Common struct {
 	// KeyPrefix goes before every Redis key (tests sharing one Redis).
 	KeyPrefix string
 	// Streams sizes the streams and buckets.
-	Streams  queue.Config
-	LogLevel string
+	Streams queue.Config
+	// RedisWaitReplicas and RedisWaitTimeout make each job transition
+	// wait for that many Redis replicas (rdb.Options.WaitReplicas); -1
+	// is the default of WaitReplicas.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
+	LogLevel          string
 }
 
 // Bind binds the common settings.
@@ -37,6 +43,8 @@ func (c *Common) Bind(fs *flagenv.Set) {
 	fs.String(&c.NATSURL, "nats-url", "NATS_URL", backend.DefaultNATSURL, "NATS server(s), comma-separated: nats://[user:password@]host:port, or tls:// for TLS")
 	fs.String(&c.RedisURL, "redis-url", "REDIS_URL", backend.DefaultRedisURL, "Redis server: redis://[user:password@]host:port/db, or rediss:// for TLS")
 	c.Security.Bind(fs)
+	fs.Int(&c.RedisWaitReplicas, "redis-wait-replicas", "REDIS_WAIT_REPLICAS", -1, "Redis replicas that must have each job transition (WAIT) before the process acts on it, so that a Sentinel failover loses none; 0: no waiting; -1: 1 with REDIS_SENTINELS, else 0. While fewer are connected, transitions fail and are retried (docs/scaling.md)")
+	fs.Duration(&c.RedisWaitTimeout, "redis-wait-timeout", "REDIS_WAIT_TIMEOUT", rdb.DefaultWaitTimeout, "how long a transition waits for REDIS_WAIT_REPLICAS before it counts as failed (up to 2s)")
 	fs.Int(&c.Streams.Replicas, "stream-replicas", "STREAM_REPLICAS", 1, "replicas of every stream, the object store and the KV bucket on a NATS cluster (1, 3 or 5); a change takes effect as the next process starts")
 	fs.Duration(&c.Streams.EventsMaxAge, "events-max-age", "EVENTS_MAX_AGE", queue.DefaultEventsMaxAge, "how long job events are kept in CF_EVENTS (/stream, late subscribers)")
 	fs.Int64(&c.Streams.EventsMaxBytes, "events-max-bytes", "EVENTS_MAX_BYTES", queue.DefaultEventsMaxBytes, "size bound of CF_EVENTS; the oldest events go first")
@@ -56,10 +64,31 @@ func (c *Common) Finish() (setting string, err error) {
 	if err := c.Streams.Validate(); err != nil {
 		return "EVENTS_*/DLQ_*", err
 	}
+	if c.RedisWaitReplicas < -1 {
+		return "REDIS_WAIT_REPLICAS", fmt.Errorf("want 0 or more replicas (-1: the default), got %d", c.RedisWaitReplicas)
+	}
+	if t := c.RedisWaitTimeout; t <= 0 || t > 2*time.Second {
+		return "REDIS_WAIT_TIMEOUT", fmt.Errorf("want above 0 and up to 2s, got %v", t)
+	}
 	if _, err := logging.New(c.LogLevel); err != nil {
 		return "LOG_LEVEL", err
 	}
 	return "", nil
+}
+
+// WaitReplicas is the number of replicas each transition waits for:
+// RedisWaitReplicas, or by default one behind Sentinel (whose
+// asynchronous replication would otherwise lose the last transitions
+// of a failed master, and with them jobs whose messages were acked) and
+// none on a single Redis.
+func (c *Common) WaitReplicas() int {
+	if c.RedisWaitReplicas >= 0 {
+		return c.RedisWaitReplicas
+	}
+	if c.Security.RedisSentinel.Enabled() {
+		return 1
+	}
+	return 0
 }
 
 // Logger builds the logger of LogLevel.
@@ -119,7 +148,8 @@ func (c *Common) OpenRetrying(ctx context.Context, name string, log *zap.Logger)
 
 func (c *Common) backendConfig(name string, log *zap.Logger) backend.Config {
 	cfg := backend.Config{Name: name, NATSURL: c.NATSURL, NATSAuth: c.Security.NATS, RedisURL: c.RedisURL,
-		RedisTLS: c.Security.RedisTLS, Queue: c.Streams, Logger: log}
+		RedisTLS: c.Security.RedisTLS, RedisSentinel: c.Security.RedisSentinel, Queue: c.Streams, Logger: log}
 	cfg.DB.Prefix = c.KeyPrefix
+	cfg.DB.WaitReplicas, cfg.DB.WaitTimeout = c.WaitReplicas(), c.RedisWaitTimeout
 	return cfg
 }

@@ -152,6 +152,13 @@ func TestFinishNamesTheSetting(t *testing.T) {
 		{map[string]string{"ENDPOINTS": "sdxl"}, "ENDPOINTS"},
 		{serverlessEnv(map[string]string{"ENDPOINTS": "sdxl=pool-sdxl"}), "RUNPOD_ENDPOINT_ID"},
 		{serverlessEnv(map[string]string{"ENDPOINTS": "sdxl=pool-sdxl", "RUNPOD_ENDPOINT_ID": "flux"}), "RUNPOD_ENDPOINT_ID"},
+		{map[string]string{"REDIS_SENTINELS": "sentinel-1"}, "REDIS_SENTINELS"},
+		{map[string]string{"REDIS_SENTINELS": "s:26379", "REDIS_MASTER_NAME": "my master"}, "REDIS_MASTER_NAME"},
+		{map[string]string{"REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD"},
+		{map[string]string{"REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_USER": "u"}, "REDIS_SENTINEL_PASSWORD"},
+		{map[string]string{"REDIS_WAIT_REPLICAS": "-2"}, "REDIS_WAIT_REPLICAS"},
+		{map[string]string{"REDIS_WAIT_TIMEOUT": "5s"}, "REDIS_WAIT_TIMEOUT"},
+		{map[string]string{"REDIS_WAIT_TIMEOUT": "0s"}, "REDIS_WAIT_TIMEOUT"},
 	}
 	for _, tt := range tests {
 		c := parse(t, tt.env)
@@ -163,6 +170,32 @@ func TestFinishNamesTheSetting(t *testing.T) {
 			}
 		}
 		require.Contains(t, got, tt.setting, "%v", tt.env)
+	}
+}
+
+// TestRedisWaitReplicasDefault: behind Sentinel each transition waits
+// for one replica unless told otherwise; on one Redis for none.
+func TestRedisWaitReplicasDefault(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  map[string]string
+		want int
+	}{
+		{"one Redis", nil, 0},
+		{"Sentinel", map[string]string{"REDIS_SENTINELS": "s1:26379,s2:26379"}, 1},
+		{"Sentinel, told none", map[string]string{"REDIS_SENTINELS": "s1:26379", "REDIS_WAIT_REPLICAS": "0"}, 0},
+		{"Sentinel, told two", map[string]string{"REDIS_SENTINELS": "s1:26379", "REDIS_WAIT_REPLICAS": "2"}, 2},
+		{"one Redis, told one", map[string]string{"REDIS_WAIT_REPLICAS": "1"}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := parse(t, tt.env)
+			_, err := c.common.Finish()
+			require.NoError(t, err)
+			require.Equal(t, tt.want, c.common.WaitReplicas())
+		})
 	}
 }
 
