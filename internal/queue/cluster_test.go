@@ -16,8 +16,11 @@ import (
 // with one replica (the default) and started again with STREAM_REPLICAS=3
 // has every stream, the object store and the request bucket on three
 // nodes; set back to 1, they shrink again.
+//
+// The cluster tests run one at a time, not beside the package's other
+// tests: three servers electing leaders on two loaded cores are slow
+// enough alone.
 func TestReplicasFollowTheSetting(t *testing.T) {
-	t.Parallel()
 	c := testenv.StartNATSCluster(t, 3)
 	nc, js := c.Connect(t)
 	q, err := queue.New(nc)
@@ -53,7 +56,6 @@ func TestReplicasFollowTheSetting(t *testing.T) {
 // before the jobs stream's leader stops are all still there, and the
 // stream takes more, once another node leads it.
 func TestR3StreamSurvivesItsLeader(t *testing.T) {
-	t.Parallel()
 	c := testenv.StartNATSCluster(t, 3)
 	nc, js := c.Connect(t)
 	q, err := queue.New(nc)
