@@ -70,14 +70,21 @@ func (c *Client) OpenLanes(ctx context.Context, pool string, cfg LanesConfig) (*
 // While idle it waits on the first pool's interactive lane and looks at the
 // other lanes between waits, so an idle worker takes any other job within
 // lanePoll.
+//
+// Takes are counted by the jobs they return: a look that finds nothing
+// does not move the batch lanes' turn, so which job is the turn's does
+// not depend on how often an idle worker looked.
 func (l *Lanes) Next(ctx context.Context, wait time.Duration) (*Message, error) {
-	l.takes++
 	order := append(append([]*Consumer(nil), l.interactive...), l.batch...)
-	batchFirst := l.batchEvery > 0 && l.takes%l.batchEvery == 0
+	batchFirst := l.batchEvery > 0 && (l.takes+1)%l.batchEvery == 0
 	if batchFirst {
 		order = append(append([]*Consumer(nil), l.batch...), l.interactive...)
 	}
-	return l.next(ctx, order, batchFirst, wait)
+	msg, err := l.next(ctx, order, batchFirst, wait)
+	if err == nil {
+		l.takes++
+	}
+	return msg, err
 }
 
 // NextInteractive returns the next job of the interactive lanes only,
