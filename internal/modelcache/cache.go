@@ -447,3 +447,27 @@ func (c *Cache) hitLocked(key string, r Request) *entry {
 	}
 	return nil
 }
+
+// FolderOf names the model folder that holds any of files (a loader
+// input's options, as /object_info lists them), "" when none does: how
+// the folder of a loader input the worker does not know is found.
+func (c *Cache) FolderOf(files []string) string {
+	dirs, err := os.ReadDir(c.cfg.ModelsDir)
+	if err != nil {
+		return ""
+	}
+	for _, d := range dirs {
+		if !d.IsDir() || !validFolder(d.Name()) {
+			continue
+		}
+		for _, f := range files {
+			if f == "" || strings.Contains(f, "..") {
+				continue
+			}
+			if st, err := os.Stat(filepath.Join(c.cfg.ModelsDir, d.Name(), filepath.FromSlash(f))); err == nil && !st.IsDir() {
+				return d.Name()
+			}
+		}
+	}
+	return ""
+}
