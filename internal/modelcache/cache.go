@@ -471,3 +471,15 @@ func (c *Cache) FolderOf(files []string) string {
 	}
 	return ""
 }
+
+// Downloading lists the downloads under way, by URL (proto.ModelURLKey),
+// with how many fetches wait on each.
+func (c *Cache) Downloading() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for _, f := range c.flights {
+		out[f.url] += f.waiters
+	}
+	return out
+}

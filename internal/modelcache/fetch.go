@@ -31,6 +31,7 @@ import (
 type flight struct {
 	done   chan struct{}
 	cancel context.CancelFunc
+	url    string // proto.ModelURLKey
 	// Under Cache.mu: the fetches waiting on it; and, once finished, the
 	// result. Each waiter at the end holds one pin on rel.
 	waiters  int
@@ -135,7 +136,7 @@ func (c *Cache) Fetch(ctx context.Context, r Request, progress func(done, total 
 	}
 	if f == nil {
 		dctx, cancel := context.WithCancel(context.Background())
-		f = &flight{done: make(chan struct{}), cancel: cancel, listeners: map[int]func(int64, int64){}, every: c.cfg.ProgressEvery}
+		f = &flight{done: make(chan struct{}), cancel: cancel, url: proto.ModelURLKey(r.URL), listeners: map[int]func(int64, int64){}, every: c.cfg.ProgressEvery}
 		c.flights[key] = f
 		c.wg.Add(1)
 		go c.download(dctx, f, r, key, redacted)
