@@ -32,22 +32,22 @@ import (
 // modelFolders maps a loader input to ComfyUI's model folder, by
 // "Class.input" first, then by input.
 var modelFolders = map[string]string{
-	"CLIPVisionLoader.clip_name":   "clip_vision",
+	"CLIPVisionLoader.clip_name":    "clip_vision",
 	"UpscaleModelLoader.model_name": "upscale_models",
-	"ckpt_name":                    "checkpoints",
-	"lora_name":                    "loras",
-	"vae_name":                     "vae",
-	"unet_name":                    "diffusion_models",
-	"clip_name":                    "text_encoders",
-	"clip_name1":                   "text_encoders",
-	"clip_name2":                   "text_encoders",
-	"clip_name3":                   "text_encoders",
-	"clip_name4":                   "text_encoders",
-	"control_net_name":             "controlnet",
-	"style_model_name":             "style_models",
-	"gligen_name":                  "gligen",
-	"hypernetwork_name":            "hypernetworks",
-	"photomaker_model_name":        "photomaker",
+	"ckpt_name":                     "checkpoints",
+	"lora_name":                     "loras",
+	"vae_name":                      "vae",
+	"unet_name":                     "diffusion_models",
+	"clip_name":                     "text_encoders",
+	"clip_name1":                    "text_encoders",
+	"clip_name2":                    "text_encoders",
+	"clip_name3":                    "text_encoders",
+	"clip_name4":                    "text_encoders",
+	"control_net_name":              "controlnet",
+	"style_model_name":              "style_models",
+	"gligen_name":                   "gligen",
+	"hypernetwork_name":             "hypernetworks",
+	"photomaker_model_name":         "photomaker",
 }
 
 // modelWant is one model the job needs, with where its URL appears.

@@ -352,7 +352,7 @@ type Deps struct {
 	// (models.go); nil: such jobs fail. Unless Config.CachedModels is set,
 	// the heartbeat lists its files. The caller opens and closes it.
 	Models *modelcache.Cache
-	Logger      *zap.Logger
+	Logger *zap.Logger
 	// Metrics, when set, records the worker's Prometheus series.
 	Metrics *Metrics
 }
