@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/comfyfleet/comfyfleet/internal/dirlock"
 	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -112,6 +113,7 @@ type Cache struct {
 	flights map[string]*flight
 	closed  bool
 	wg      sync.WaitGroup
+	lock    *dirlock.Lock
 }
 
 // entry is one URL's cached file, as the index keeps it.
@@ -123,6 +125,9 @@ type entry struct {
 	SHA256   string    `json:"sha256"`
 	Size     int64     `json:"size"`
 	LastUsed time.Time `json:"last_used"`
+	// Private: fetched with credentials of the request's own, so found by
+	// its own key only, never by its digest.
+	Private bool `json:"private,omitempty"`
 }
 
 func (e *entry) rel() string { return e.Folder + "/" + e.File }
@@ -160,9 +165,16 @@ func Open(cfg Config) (*Cache, error) {
 			return nil, fmt.Errorf("model cache: %w", err)
 		}
 	}
+	// One process per cache: another's eviction would delete files this
+	// one's jobs read.
+	lock, err := dirlock.Acquire(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("model cache %s: %w", cfg.Dir, err)
+	}
 	c := &Cache{cfg: cfg, log: log.Named("modelcache"), entries: map[string]*entry{}, pins: map[string]int{},
-		flights: map[string]*flight{}}
+		flights: map[string]*flight{}, lock: lock}
 	if err := c.load(); err != nil {
+		_ = lock.Release()
 		return nil, err
 	}
 	return c, nil
@@ -311,6 +323,7 @@ func (c *Cache) Close() {
 	c.closed = true
 	c.mu.Unlock()
 	c.wg.Wait()
+	_ = c.lock.Release()
 }
 
 var (
@@ -333,7 +346,7 @@ func validFile(f string) bool {
 func entryKey(r Request) string {
 	key := proto.ModelURLKey(r.URL)
 	k := r.Folder + "|" + key
-	if stripped(r.URL, key) || len(r.Headers) > 0 {
+	if private(r) {
 		h := sha256.New()
 		h.Write([]byte(r.URL))
 		names := make([]string, 0, len(r.Headers))
@@ -352,6 +365,9 @@ func entryKey(r Request) string {
 	}
 	return k
 }
+
+// private reports whether r carries credentials of its own.
+func private(r Request) bool { return stripped(r.URL, proto.ModelURLKey(r.URL)) || len(r.Headers) > 0 }
 
 // stripped reports whether ModelURLKey dropped something that may be a
 // secret from raw (user info or query parameters).
@@ -441,7 +457,7 @@ func (c *Cache) hitLocked(key string, r Request) *entry {
 		return nil
 	}
 	for _, e := range c.entries {
-		if e.Folder == r.Folder && strings.EqualFold(e.SHA256, r.SHA256) {
+		if e.Folder == r.Folder && !e.Private && strings.EqualFold(e.SHA256, r.SHA256) {
 			return e
 		}
 	}

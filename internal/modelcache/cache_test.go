@@ -335,3 +335,31 @@ func TestCredentialsStayWithTheirHost(t *testing.T) {
 	require.Len(t, b.cache.List(), 1, "one URL, one file")
 	require.Equal(t, proto.ModelURLKey(u), b.cache.List()[0].URL)
 }
+
+// A file fetched with a request's own credentials is found by that
+// request's key only: not by its digest, nor by its URL without them.
+func TestPrivateFilesStayPrivate(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	data := modeltest.File("private", 1000)
+	u := b.srv.Put("/private.safetensors", data)
+	h, err := b.fetch(modelcache.Request{URL: u + "?token=mine", Folder: "loras"})
+	require.NoError(t, err)
+	require.True(t, h.Downloaded)
+	h, err = b.fetch(modelcache.Request{URL: b.srv.URL + "/elsewhere.safetensors", Folder: "loras", SHA256: modeltest.SHA256(data)})
+	require.Error(t, err, "the digest alone does not reach a private file")
+	require.Nil(t, h)
+	h, err = b.fetch(modelcache.Request{URL: u, Folder: "loras"})
+	require.NoError(t, err)
+	require.True(t, h.Downloaded, "without the token it is fetched anew")
+	require.Equal(t, 2, b.srv.Gets("/private.safetensors"))
+}
+
+// One process per cache folder: another's eviction would delete files in
+// use.
+func TestOneProcessPerCache(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := modelcache.Open(b.cfg)
+	require.ErrorContains(t, err, "is in use by")
+}

@@ -111,7 +111,7 @@ func (c *Cache) Fetch(ctx context.Context, r Request, progress func(done, total 
 		if e.Key != key {
 			// The same bytes under another URL: this URL knows them now.
 			cp := *e
-			cp.Key, cp.URL = key, proto.ModelURLKey(r.URL)
+			cp.Key, cp.URL, cp.Private = key, proto.ModelURLKey(r.URL), private(r)
 			e = &cp
 			c.entries[key] = e
 		}
@@ -354,7 +354,8 @@ func (c *Cache) getOnce(ctx context.Context, f *flight, r Request, u *url.URL, r
 		return nil, false, transient(redacted, "cannot move the file into %s: %v", r.Folder, err)
 	}
 	_ = os.Remove(meta)
-	return &entry{Key: entryKey(r), URL: proto.ModelURLKey(r.URL), Folder: r.Folder, File: name, SHA256: digest, Size: done}, false, nil
+	return &entry{Key: entryKey(r), URL: proto.ModelURLKey(r.URL), Folder: r.Folder, File: name, SHA256: digest, Size: done,
+		Private: private(r)}, false, nil
 }
 
 func (p partial) validator() string {
