@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -370,17 +371,26 @@ func entryKey(r Request) string {
 func private(r Request) bool { return stripped(r.URL, proto.ModelURLKey(r.URL)) || len(r.Headers) > 0 }
 
 // stripped reports whether ModelURLKey dropped something that may be a
-// secret from raw (user info or query parameters).
+// secret from raw: user info or a query parameter.
 func stripped(raw, key string) bool {
-	u := strings.ToLower(raw)
-	if i := strings.IndexByte(u, '#'); i >= 0 {
-		u = u[:i]
-	}
-	if strings.Contains(u, "@") {
+	u, err := url.Parse(raw)
+	if err != nil {
 		return true
 	}
-	q := strings.Count(u, "=")
-	return q != strings.Count(strings.ToLower(key), "=")
+	if u.User != nil {
+		return true
+	}
+	k, err := url.Parse(key)
+	if err != nil {
+		return true
+	}
+	kept := k.Query()
+	for name := range u.Query() {
+		if !kept.Has(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // pinLocked holds a file; c.mu is held.

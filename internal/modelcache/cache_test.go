@@ -282,12 +282,25 @@ func TestCancelledDownloadResumes(t *testing.T) {
 	u := b.srv.Put("/slow.safetensors", data)
 	b.srv.StallAfter("/slow.safetensors", 1<<20) // the first answer stops after 1 MB, and waits
 	ctx, cancel := context.WithCancel(context.Background())
-	_, err := b.cache.Fetch(ctx, modelcache.Request{URL: u, Folder: "loras"}, func(done, _ int64) {
-		if done >= 1<<20 {
-			cancel()
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.cache.Fetch(ctx, modelcache.Request{URL: u, Folder: "loras"}, nil)
+		done <- err
+	}()
+	// Cancelled once the first MB is on disk, beside the models folder.
+	partial := filepath.Join(b.models, ".comfyfleet-cache", "partial")
+	require.Eventually(t, func() bool {
+		ents, _ := os.ReadDir(partial)
+		for _, e := range ents {
+			if info, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".part") && info.Size() == 1<<20 {
+				return true
+			}
 		}
-	})
-	require.ErrorIs(t, err, context.Canceled)
+		return false
+	}, 10*time.Second, time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
 	require.Empty(t, b.visible("loras"))
 	h, err := b.fetch(modelcache.Request{URL: u, Folder: "loras"})
 	require.NoError(t, err)
