@@ -232,9 +232,9 @@ type Worker struct {
 	cfg         WorkerConfig
 	w           *worker.Worker
 	closeModels func()
-	cc  *comfy.Client
-	ms  *metrics.Server
-	log *zap.Logger
+	cc          *comfy.Client
+	ms          *metrics.Server
+	log         *zap.Logger
 }
 
 // NewWorker builds a gpuworker on b. m records its series (shared by the
