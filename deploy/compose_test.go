@@ -499,6 +499,15 @@ var notInCompose = map[string]map[string]string{
 		"ALLOWED_ORIGINS": "/metrics is scraped by Prometheus, not called from browsers",
 		"COMFYUI_INPUT_DIR": "the gpuworker has its own container, without ComfyUI's input folder: a job's inputs are emptied over HTTP; " +
 			"share the folder as a volume in an override file and set it there to have them deleted",
+		"COMFYUI_MODELS_DIR":     "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"MODEL_CACHE_DIR":        "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"MODEL_CACHE_GB":         "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"MODEL_MAX_GB":           "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"MODEL_DOWNLOAD_TIMEOUT": "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"MODEL_URL_ALLOW":        "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"MODEL_URL_ALLOW_HTTP":   "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"HF_TOKEN":               "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
+		"CIVITAI_TOKEN":          "models by URL need ComfyUI's models folder, which the gpuworker's own container lacks: share it as a volume in an override file and set COMFYUI_MODELS_DIR and this there (docs/models.md)",
 	},
 	"dispatcher": {
 		"SWEEP_INTERVAL":     "the default fits; tests shorten it",
@@ -512,6 +521,7 @@ var notInCompose = map[string]map[string]string{
 	"comfysim": {
 		"COMFYSIM_CONTROL_ADDR": "fault injection is for tests",
 		"COMFYSIM_DIR":          "the emulator's files live in the container's temporary folder",
+		"COMFYSIM_MODELS_DIR":   "its gpuworker has no models folder to share with it (models by URL need a shared volume: docs/models.md)",
 	},
 	"worker-image": {
 		"COMFYUI_DIR":            "a path inside the image",

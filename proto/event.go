@@ -65,7 +65,17 @@ type Progress struct {
 	Value   int64   `json:"value"`
 	Max     int64   `json:"max"`
 	Percent float64 `json:"percent"`
+	// Phase is "" for ComfyUI's sampling progress, [PhaseDownload] for
+	// the download of a model by URL, whose bytes Value and Max count
+	// (Max -1 while the size is unknown).
+	Phase string `json:"phase,omitempty"`
+	// URL is the model's URL as [ModelURLKey] gives it, in a download's
+	// progress.
+	URL string `json:"url,omitempty"`
 }
+
+// PhaseDownload is the phase of a model download's progress.
+const PhaseDownload = "download"
 
 // Subject is the subject the event is published on: the job's
 // [EventSubject] of class final for a terminal status, status for the

@@ -154,6 +154,13 @@ func DecodeInput(raw json.RawMessage) (*Input, error) {
 			return nil, errorf("'comfy_org_api_key' must be a string")
 		}
 	}
+	if m, ok := fields["models"]; ok && !bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
+		refs, err := decodeModels(m)
+		if err != nil {
+			return nil, err
+		}
+		in.Models = refs
+	}
 	return in, nil
 }
 

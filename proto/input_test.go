@@ -130,6 +130,8 @@ func FuzzDecodeInput(f *testing.F) {
 	f.Add([]byte(`{"images":[1]}`))
 	f.Add([]byte(`{"workflow":{},"images":[{"name":"x\u202egnp.exe","image":"AA=="}]}`))
 	f.Add([]byte(`{"workflow":{"nodes":[],"links":[]}}`))
+	f.Add([]byte(`{"workflow":{},"models":[{"url":"https://h/x.safetensors","folder":"loras","name":"x","sha256":"` + strings.Repeat("0", 64) + `","headers":{"A":"b"}}]}`))
+	f.Add([]byte(`{"workflow":{},"models":[{"url":"http://h","folder":"..","headers":{"Host":"x"}}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in, err := proto.DecodeInput(data)
 		if err != nil {
@@ -149,6 +151,16 @@ func FuzzDecodeInput(f *testing.F) {
 				t.Fatalf("accepted bad image name %q", img.Name)
 			}
 			seen[img.Name] = true
+		}
+		for _, m := range in.Models {
+			if !proto.IsModelURL(m.URL) || m.Folder == "" || strings.ContainsAny(m.Folder+m.Name, "/\\") || strings.HasPrefix(m.Name, ".") {
+				t.Fatalf("accepted bad model %+v", m)
+			}
+			for n, v := range m.Headers {
+				if strings.ContainsAny(n+v, "\r\n") {
+					t.Fatalf("accepted a header with a line break: %q", n)
+				}
+			}
 		}
 	})
 }

@@ -187,6 +187,50 @@ func editObject(obj []byte, edit func(m member, value []byte) (memberEdit, error
 	return out, true, nil
 }
 
+// editArray rewrites arr, a whole JSON array, element by element: edit
+// returns an element's new bytes, or nil to keep it. It reports whether
+// anything changed; when nothing did, it returns arr itself.
+func editArray(arr []byte, edit func(elem []byte) ([]byte, error)) ([]byte, bool, error) {
+	if len(arr) < 2 || arr[0] != '[' || arr[len(arr)-1] != ']' {
+		return nil, false, errBadJSON
+	}
+	i := skipSpace(arr, 1)
+	if arr[i] == ']' {
+		return arr, false, nil
+	}
+	var out []byte
+	prev := 0
+	for {
+		end, err := valueEnd(arr, i)
+		if err != nil {
+			return nil, false, err
+		}
+		nv, err := edit(arr[i:end])
+		if err != nil {
+			return nil, false, err
+		}
+		if nv != nil {
+			out = append(append(out, arr[prev:i]...), nv...)
+			prev = end
+		}
+		i = skipSpace(arr, end)
+		if i >= len(arr) {
+			return nil, false, errBadJSON
+		}
+		switch arr[i] {
+		case ']':
+			if out == nil {
+				return arr, false, nil
+			}
+			return append(out, arr[prev:]...), true, nil
+		case ',':
+			i = skipSpace(arr, i+1)
+		default:
+			return nil, false, errBadJSON
+		}
+	}
+}
+
 // insertMember puts "name": value first in obj, a whole JSON object whose
 // other members stay as they were. value must be a JSON value.
 func insertMember(obj []byte, name string, value []byte) []byte {

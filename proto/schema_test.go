@@ -113,7 +113,7 @@ func (w *schemaWalker) walk(path string, typ reflect.Type, node map[string]any) 
 		want = "boolean"
 	case typ.Kind() == reflect.Slice:
 		want = "array"
-	case typ.Kind() == reflect.Struct:
+	case typ.Kind() == reflect.Struct, typ.Kind() == reflect.Map && typ.Key().Kind() == reflect.String:
 		want = "object"
 	default:
 		w.fail(path, "Go kind %s has no schema mapping in this test", typ.Kind())
@@ -141,6 +141,14 @@ func (w *schemaWalker) walk(path string, typ reflect.Type, node map[string]any) 
 		w.walk(path+"[]", typ.Elem(), items)
 	case "object":
 		if typ == timeType {
+			return
+		}
+		if typ.Kind() == reflect.Map {
+			if items, ok := node["additionalProperties"].(map[string]any); ok {
+				w.walk(path+"{}", typ.Elem(), items)
+			} else {
+				w.fail(path, "a map in Go: the schema needs additionalProperties")
+			}
 			return
 		}
 		props, _ := node["properties"].(map[string]any)

@@ -7,8 +7,9 @@ import (
 	"strings"
 )
 
-// A job message may carry two secrets: the input's comfy_org_api_key and
-// the credentials of its s3Config. They live as long as the job: in the
+// A job message may carry three kinds of secret: the input's
+// comfy_org_api_key, the credentials of its s3Config, and the headers of
+// its input.models entries. They live as long as the job: in the
 // job message while it is queued and in the API's request copy while the
 // job can be retried ([RequestBucket]), never in Redis, events, logs or
 // answers, and never in a dead letter, which keeps the message without
@@ -21,11 +22,12 @@ const (
 	SecretComfyOrgAPIKey = "input.comfy_org_api_key"
 	SecretS3AccessID     = "s3Config.accessId"
 	SecretS3AccessSecret = "s3Config.accessSecret"
+	SecretModelHeaders   = "input.models[].headers"
 )
 
 // StripSecrets returns the job message msg without its secrets, and the
 // names of those it held (SecretComfyOrgAPIKey, SecretS3AccessID,
-// SecretS3AccessSecret, in that order; an empty or null value is removed
+// SecretS3AccessSecret, SecretModelHeaders, in that order; an empty or null value is removed
 // but not named). The s3Config keeps its bucket, endpoint and object path,
 // so that whoever reads the message sees where the outputs were to go.
 // Everything else stays byte for byte as it was: the workflow's numbers
@@ -44,7 +46,7 @@ func StripSecrets(msg []byte) ([]byte, []string, error) {
 	if !ok {
 		return nil, nil, errorf("strip secrets: the job message is %s, not a JSON object", JSONKind(msg))
 	}
-	var found [3]bool // by the index of the names below
+	var found [4]bool // by the index of the names below
 	dropAs := func(m member, v []byte, names map[string]int) memberEdit {
 		for n, i := range names {
 			if strings.EqualFold(m.key, n) {
@@ -54,7 +56,30 @@ func StripSecrets(msg []byte) ([]byte, []string, error) {
 		}
 		return memberEdit{}
 	}
+	stripModel := func(m member, v []byte) (memberEdit, error) {
+		if strings.EqualFold(m.key, "headers") {
+			found[3] = found[3] || !emptySecret(v) && !bytes.Equal(bytes.TrimSpace(v), []byte("{}"))
+			return memberEdit{drop: true}, nil
+		}
+		return memberEdit{}, nil
+	}
 	stripInput := func(m member, v []byte) (memberEdit, error) {
+		if strings.EqualFold(m.key, "models") && v[0] == '[' {
+			nv, ch, err := editArray(v, func(el []byte) ([]byte, error) {
+				if el[0] != '{' {
+					return nil, nil
+				}
+				ne, ch, err := editObject(el, stripModel)
+				if !ch {
+					ne = nil
+				}
+				return ne, err
+			})
+			if !ch {
+				nv = nil
+			}
+			return memberEdit{value: nv}, err
+		}
 		return dropAs(m, v, map[string]int{"comfy_org_api_key": 0}), nil
 	}
 	stripS3 := func(m member, v []byte) (memberEdit, error) {
@@ -78,7 +103,7 @@ func StripSecrets(msg []byte) ([]byte, []string, error) {
 		return nil, nil, fmt.Errorf("strip secrets: %w", err)
 	}
 	var removed []string
-	for i, n := range []string{SecretComfyOrgAPIKey, SecretS3AccessID, SecretS3AccessSecret} {
+	for i, n := range []string{SecretComfyOrgAPIKey, SecretS3AccessID, SecretS3AccessSecret, SecretModelHeaders} {
 		if found[i] {
 			removed = append(removed, n)
 		}

@@ -58,6 +58,11 @@ func TestStripSecrets(t *testing.T) {
 		want:    `{"input":{"workflow":{}},"s3Config":{}}`,
 		removed: []string{proto.SecretS3AccessSecret},
 	}, {
+		name:    "the headers of input.models entries",
+		msg:     `{"input":{"workflow":{},"models":[{"url":"https://h.example/a","folder":"loras","headers":{"X-Key":"k1"}},{"url":"https://h.example/b","folder":"vae"},{"HEADERS":{"A":"k2"},"url":"u"}]}}`,
+		want:    `{"input":{"workflow":{},"models":[{"url":"https://h.example/a","folder":"loras"},{"url":"https://h.example/b","folder":"vae"},{"url":"u"}]}}`,
+		removed: []string{proto.SecretModelHeaders},
+	}, {
 		name: "nothing to remove: the message itself",
 		msg:  `{"id":"j","input":{"workflow":` + workflow + `},"s3Config":null,"comfy_org_api_key":"top-level is not read"}`,
 		want: `{"id":"j","input":{"workflow":` + workflow + `},"s3Config":null,"comfy_org_api_key":"top-level is not read"}`,
@@ -101,6 +106,13 @@ func requireNoSecrets(t testing.TB, msg []byte) {
 	if in, err := proto.DecodeInput(job.Input); err == nil && in.ComfyOrgAPIKey != "" {
 		t.Fatalf("comfy_org_api_key %q survived in %s", in.ComfyOrgAPIKey, msg)
 	}
+	if in, err := proto.DecodeInput(job.Input); err == nil {
+		for _, m := range in.Models {
+			if len(m.Headers) > 0 {
+				t.Fatalf("models headers survived in %s", msg)
+			}
+		}
+	}
 }
 
 func FuzzStripSecrets(f *testing.F) {
@@ -110,6 +122,7 @@ func FuzzStripSecrets(f *testing.F) {
 	f.Add([]byte(` {"input" : {"a":[{"b":"}\"{"}] , "comfy_org_api_\u006bey" : null}} `))
 	f.Add([]byte(`{"input":{}, "s3Config":"x", "x": -0.0e-7}`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"input":{"workflow":{},"models":[{"url":"https://h/x","folder":"loras","headers":{"X-Key":"k"}}, 3, {"Headers":null}]}}`))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		out, _, err := proto.StripSecrets(msg)
 		if err != nil {
@@ -179,6 +192,15 @@ func dropSecrets(v any) {
 				}
 			}
 			deleteFold(val, "comfy_org_api_key")
+			if in, ok := val.(map[string]any); ok {
+				for mk, mv := range in {
+					if list, ok := mv.([]any); ok && strings.EqualFold(mk, "models") {
+						for _, el := range list {
+							deleteFold(el, "headers")
+						}
+					}
+				}
+			}
 		case strings.EqualFold(k, "s3Config"):
 			deleteFold(val, "accessId", "accessSecret")
 		}

@@ -26,6 +26,7 @@ type config struct {
 	Listen      string
 	ControlAddr string
 	Dir         string
+	ModelsDir   string
 	Checkpoints []string
 	StepDelay   time.Duration
 	LoadDelay   time.Duration
@@ -41,6 +42,7 @@ var settings = []setting{
 	{"listen", "COMFYSIM_LISTEN", "127.0.0.1:8188", "address of the ComfyUI API (HTTP and WebSocket)"},
 	{"control-addr", "COMFYSIM_CONTROL_ADDR", "", "address of the fault-injection API; empty = off"},
 	{"dir", "COMFYSIM_DIR", "", "root folder holding input/, output/ and temp/; empty = a temporary folder removed at exit"},
+	{"models-dir", "COMFYSIM_MODELS_DIR", "", "a models folder as ComfyUI's (checkpoints/, loras/, vae/, …): files that appear in it are offered too, as ComfyUI offers them once the folder changes; point a gpuworker's COMFYUI_MODELS_DIR at it to fetch models by URL; empty = none"},
 	{"checkpoints", "COMFYSIM_CHECKPOINTS", strings.Join(comfysim.StackCheckpoints(), ","), "comma-separated ckpt_name options of CheckpointLoaderSimple; the other model folders hold the files of every worker image variant"},
 	{"step-delay", "COMFYSIM_STEP_DELAY", comfysim.DefaultStepDelay.String(), "sleep per KSampler step (Go duration); 0 or negative = none"},
 	{"model-load-delay", "COMFYSIM_MODEL_LOAD_DELAY", "0s", "time a prompt takes to load models other than the ones in VRAM, which holds one prompt's models at a time (Go duration); 0 = loads take no time"},
@@ -80,6 +82,7 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		Listen:      strings.TrimSpace(*vals["listen"]),
 		ControlAddr: strings.TrimSpace(*vals["control-addr"]),
 		Dir:         *vals["dir"],
+		ModelsDir:   *vals["models-dir"],
 	}
 	if cfg.Listen == "" {
 		return config{}, errors.New("listen (COMFYSIM_LISTEN): must not be empty")
@@ -150,7 +153,7 @@ func run(ctx context.Context, cfg config, ready func(api, control string)) error
 	}
 	defer func() { _ = log.Sync() }()
 
-	sim, err := comfysim.New(comfysim.Config{Dir: cfg.Dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay, ModelLoadDelay: cfg.LoadDelay, Logger: log}.WithVariantModels())
+	sim, err := comfysim.New(comfysim.Config{Dir: cfg.Dir, ModelsDir: cfg.ModelsDir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay, ModelLoadDelay: cfg.LoadDelay, Logger: log}.WithVariantModels())
 	if err != nil {
 		return fmt.Errorf("start emulator: %w", err)
 	}

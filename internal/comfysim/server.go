@@ -2,9 +2,12 @@ package comfysim
 
 import (
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +58,13 @@ type Config struct {
 	// Loras are the files in models/loras (LoraLoader's lora_name); nil
 	// means none.
 	Loras []string
+	// ModelsDir, when set, is a models folder as ComfyUI's: the files in
+	// its subfolders (ModelsDir/loras/x.safetensors, and subfolders of
+	// those) are offered besides the lists above, read afresh whenever a
+	// list is asked for, as ComfyUI rereads a folder that changed; hidden
+	// files and files without a model extension are not. clip/ counts as
+	// text_encoders/ and unet/ as diffusion_models/, as in ComfyUI.
+	ModelsDir string
 	// StepDelay is the sleep per KSampler step: 0 means DefaultStepDelay,
 	// negative means no sleep.
 	StepDelay time.Duration
@@ -96,6 +106,7 @@ type Server struct {
 	tempDir     string
 	checkpoints []string
 	models      map[string][]string // model folder -> files, besides checkpoints
+	modelsDir   string              // Config.ModelsDir
 	nodes       *node.Registry
 	host        node.Host // the Server as node classes see it
 	hub         *hub
@@ -178,6 +189,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		log:          log.Named("comfysim"),
 		checkpoints:  cfg.Checkpoints,
+		modelsDir:    cfg.ModelsDir,
 		interruptCh:  make(chan struct{}, 1),
 		executorDone: make(chan struct{}),
 		history:      newHistoryStore(),
@@ -242,10 +254,60 @@ func orDefault(list, def []string) []string {
 
 // modelFiles lists a model folder's files as folder_paths.get_filename_list.
 func (s *Server) modelFiles(folder string) []string {
+	list := s.models[folder]
 	if folder == "checkpoints" {
-		return s.checkpoints
+		list = s.checkpoints
 	}
-	return s.models[folder]
+	if s.modelsDir == "" {
+		return list
+	}
+	disk := diskModels(s.modelsDir, folder)
+	if len(disk) == 0 {
+		return list
+	}
+	out := append(append([]string{}, list...), disk...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// modelExtensions are folder_paths.supported_pt_extensions.
+var modelExtensions = []string{".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf"}
+
+// legacyFolders are the old folder names ComfyUI still reads for a folder.
+var legacyFolders = map[string]string{"text_encoders": "clip", "diffusion_models": "unet"}
+
+// diskModels lists the model files under dir/folder (and its legacy
+// name), by their path relative to it with '/', as
+// folder_paths.get_filename_list does: hidden files and folders are
+// skipped, and files without a model extension.
+func diskModels(dir, folder string) []string {
+	var out []string
+	for _, f := range []string{folder, legacyFolders[folder]} {
+		if f == "" {
+			continue
+		}
+		root := filepath.Join(dir, f)
+		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			if p != root && strings.HasPrefix(d.Name(), ".") {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if d.IsDir() || !slices.Contains(modelExtensions, strings.ToLower(filepath.Ext(d.Name()))) {
+				return nil
+			}
+			rel, err := filepath.Rel(root, p)
+			if err == nil {
+				out = append(out, filepath.ToSlash(rel))
+			}
+			return nil
+		})
+	}
+	return out
 }
 
 func resetDir(d string) error {

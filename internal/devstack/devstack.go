@@ -240,17 +240,18 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	// real ComfyUI is (COMFYUI_INPUT_DIR), so a job's inputs are removed
 	// after it for real.
 	urls := cfg.ComfyUIURLs
-	var inputDirs []string
+	var inputDirs, modelsDirs []string
 	if cfg.NoWorkers {
 		urls = nil
 	} else if len(urls) == 0 {
 		for i := range cfg.Workers {
-			u, inputDir, err := s.startSim(filepath.Join(cfg.Dir, fmt.Sprintf("comfysim-%d", i+1)), cfg)
+			u, inputDir, modelsDir, err := s.startSim(filepath.Join(cfg.Dir, fmt.Sprintf("comfysim-%d", i+1)), cfg)
 			if err != nil {
 				return nil, fmt.Errorf("dev stack: %w", err)
 			}
 			urls = append(urls, u)
 			inputDirs = append(inputDirs, inputDir)
+			modelsDirs = append(modelsDirs, modelsDir)
 		}
 	}
 	s.Info.ComfyUIURLs = urls
@@ -289,6 +290,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		wcfg.Comfy.BaseURL = u
 		if inputDirs != nil {
 			wcfg.Worker.InputDir = inputDirs[i]
+		}
+		if modelsDirs != nil && wcfg.Models.Cache.ModelsDir == "" {
+			// Its emulator's models folder, which offers what appears in
+			// it: models by URL work in dev as beside a real ComfyUI.
+			wcfg.Models.Cache.ModelsDir = modelsDirs[i]
 		}
 		wb, err := open("comfyfleet-dev-" + wcfg.Worker.ID)
 		if err != nil {
@@ -382,22 +388,23 @@ func (s *Stack) startServers(cfg *Config) error {
 }
 
 // startSim runs one emulator on a random loopback port and returns its
-// URL and its input folder.
-func (s *Stack) startSim(dir string, cfg Config) (url, inputDir string, err error) {
-	sim, err := comfysim.New(comfysim.Config{Dir: dir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay,
+// URL, its input folder and its models folder.
+func (s *Stack) startSim(dir string, cfg Config) (url, inputDir, modelsDir string, err error) {
+	modelsDir = filepath.Join(dir, "models")
+	sim, err := comfysim.New(comfysim.Config{Dir: dir, ModelsDir: modelsDir, Checkpoints: cfg.Checkpoints, StepDelay: cfg.StepDelay,
 		ModelLoadDelay: cfg.ModelLoadDelay, Logger: s.log}.WithVariantModels())
 	if err != nil {
-		return "", "", err
+		return "", "", "", err
 	}
 	s.simCores = append(s.simCores, sim)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", "", fmt.Errorf("listen for the emulator: %w", err)
+		return "", "", "", fmt.Errorf("listen for the emulator: %w", err)
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	s.sims = append(s.sims, srv)
 	go func() { _ = srv.Serve(ln) }()
-	return "http://" + ln.Addr().String(), sim.InputDir(), nil
+	return "http://" + ln.Addr().String(), sim.InputDir(), modelsDir, nil
 }
 
 // EmulatorStats returns the counters of the stack's emulators, one per

@@ -256,6 +256,15 @@ func table(t *testing.T, dir string) []setting {
 		{env: "BUCKET_PUBLIC_URL", sample: "https://cdn.example.com/out", with: s3},
 		{env: "BUCKET_URL_EXPIRY", sample: "24h", with: s3},
 		{env: "WARM_DEFER", sample: "-1ms"},
+		{env: "COMFYUI_MODELS_DIR", sample: "/comfyui/models"},
+		{env: "MODEL_CACHE_DIR", sample: "/comfyui/models/.cache"},
+		{env: "MODEL_CACHE_GB", sample: "12.5"},
+		{env: "MODEL_MAX_GB", sample: "8"},
+		{env: "MODEL_DOWNLOAD_TIMEOUT", sample: "5m"},
+		{env: "MODEL_URL_ALLOW", sample: "models.internal:8443, 10.0.0.0/8:*"},
+		{env: "MODEL_URL_ALLOW_HTTP", sample: "true"},
+		{env: "HF_TOKEN", sample: "hf_example"},
+		{env: "CIVITAI_TOKEN", sample: "civitai-example"},
 
 		// runpod-adapter
 		{env: "API_KEYS", sample: "acme:k1,k2"},

@@ -26,7 +26,7 @@ var layers = []struct {
 	{"contract", []string{"proto"}},
 	{"base", []string{"internal/blob", "internal/backoff", "internal/ssrf", "internal/metrics", "internal/flagenv",
 		"internal/logging", "internal/auth", "internal/dirlock", "internal/natsserver", "internal/redisserver", "internal/startstop"}},
-	{"adapters", []string{"internal/queue", "internal/rdb", "internal/blob/s3", "internal/comfy"}},
+	{"adapters", []string{"internal/queue", "internal/rdb", "internal/blob/s3", "internal/comfy", "internal/modelcache"}},
 	{"core", []string{"internal/lifecycle"}},
 	{"read models", []string{"internal/fleet", "internal/jobview"}},
 	{"roles", []string{"internal/dispatch", "internal/worker", "internal/runpod", "internal/runpod/serverless",
@@ -50,15 +50,16 @@ var sameLayer = map[string]bool{
 // deployment tools), with the highest layer each may import; only tests,
 // the dev stack and the mains import them.
 var apart = map[string]string{
-	"internal/comfysim":            "base",
-	"internal/testenv":             "base",
-	"internal/blob/blobtest":       "base",
-	"internal/metrics/metricstest": "base",
-	"internal/blob/s3/s3test":      "adapters",
-	"internal/runpod/runpodtest":   "roles", // fakes around the RunPod role, and the role's adapter assembled for tests
-	"test/python":                  "dev",   // the real Python peers, driven from Go tests
-	"internal/chaos":               "contract",
-	"deploy":                       "base",
+	"internal/comfysim":             "base",
+	"internal/testenv":              "base",
+	"internal/blob/blobtest":        "base",
+	"internal/metrics/metricstest":  "base",
+	"internal/blob/s3/s3test":       "adapters",
+	"internal/modelcache/modeltest": "base",
+	"internal/runpod/runpodtest":    "roles", // fakes around the RunPod role, and the role's adapter assembled for tests
+	"test/python":                   "dev",   // the real Python peers, driven from Go tests
+	"internal/chaos":                "contract",
+	"deploy":                        "base",
 }
 
 // TestLayers: no import runs back up the house, and no role imports

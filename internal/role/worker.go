@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,6 +18,8 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
+	"github.com/comfyfleet/comfyfleet/internal/modelcache"
+	"github.com/comfyfleet/comfyfleet/internal/ssrf"
 	"github.com/comfyfleet/comfyfleet/internal/worker"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
@@ -40,8 +45,84 @@ type WorkerConfig struct {
 	Listen string
 	// Keys are the admin keys and allowed origins of /metrics.
 	Keys Keys
+	// Models configures the model cache that fetches models by URL
+	// (COMFYUI_MODELS_DIR, MODEL_*, HF_TOKEN, CIVITAI_TOKEN); without
+	// Models.ModelsDir the worker has none.
+	Models ModelSettings
 
 	admins *auth.Keyring // of Keys, by Finish
+}
+
+// ModelSettings are the model cache's settings (docs/models.md).
+type ModelSettings struct {
+	// Cache is what Finish derives from the rest; ModelsDir is its
+	// ModelsDir.
+	Cache modelcache.Config
+	// CacheGB, MaxGB are MODEL_CACHE_GB and MODEL_MAX_GB as given.
+	CacheGB, MaxGB string
+	// Allow and AllowHTTP are MODEL_URL_ALLOW and MODEL_URL_ALLOW_HTTP.
+	Allow     []string
+	AllowHTTP bool
+}
+
+func (m *ModelSettings) bind(fs *flagenv.Set) {
+	fs.String(&m.Cache.ModelsDir, "comfyui-models-dir", "COMFYUI_MODELS_DIR", "", "ComfyUI's models folder, when this worker runs beside it (same container or pod, or a shared volume): models jobs name by URL are fetched into its subfolders (checkpoints/, loras/, …); empty: such jobs fail")
+	fs.String(&m.Cache.Dir, "model-cache-dir", "MODEL_CACHE_DIR", "", "folder of the model cache's index and partial downloads, best on the models folder's file system (empty: COMFYUI_MODELS_DIR/.comfyfleet-cache)")
+	fs.String(&m.CacheGB, "model-cache-gb", "MODEL_CACHE_GB", "0", "disk budget of the models fetched by URL, in GB (decimals allowed); least recently used files nobody uses are evicted past it (0: no limit)")
+	fs.String(&m.MaxGB, "model-max-gb", "MODEL_MAX_GB", "64", "size cap of one model file fetched by URL, in GB")
+	fs.Duration(&m.Cache.Timeout, "model-download-timeout", "MODEL_DOWNLOAD_TIMEOUT", modelcache.DefaultTimeout, "time limit of one model download; a download cut by it resumes at the job's next attempt")
+	fs.List(&m.Allow, "model-url-allow", "MODEL_URL_ALLOW", nil, "hosts, IPs and CIDR prefixes with their ports, as INPUT_URL_ALLOW, that model URLs may reach although private, loopback or link-local")
+	fs.Bool(&m.AllowHTTP, "model-url-allow-http", "MODEL_URL_ALLOW_HTTP", false, "also accept http:// model URLs (only https:// otherwise)")
+	fs.String(&m.Cache.HFToken, "hf-token", "HF_TOKEN", "", "Hugging Face token, sent only to huggingface.co and hf.co (and their subdomains) for models by URL")
+	fs.String(&m.Cache.CivitAIToken, "civitai-token", "CIVITAI_TOKEN", "", "CivitAI token, sent only to civitai.com (and its subdomains) for models by URL")
+}
+
+// finish checks the settings and derives the cache's configuration.
+func (m *ModelSettings) finish() (setting string, err error) {
+	gb := func(name, v string) (int64, error) {
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) || f > 1<<20 {
+			return 0, fmt.Errorf("%q is not a number of gigabytes (0 or more)", v)
+		}
+		return int64(f * (1 << 30)), nil
+	}
+	if m.Cache.Budget, err = gb("MODEL_CACHE_GB", m.CacheGB); err != nil {
+		return "MODEL_CACHE_GB", err
+	}
+	if m.Cache.MaxFileSize, err = gb("MODEL_MAX_GB", m.MaxGB); err != nil {
+		return "MODEL_MAX_GB", err
+	}
+	if m.Cache.MaxFileSize == 0 {
+		return "MODEL_MAX_GB", errors.New("must be more than 0")
+	}
+	if m.Cache.Timeout < 0 {
+		return "MODEL_DOWNLOAD_TIMEOUT", fmt.Errorf("%s is negative", m.Cache.Timeout)
+	}
+	if _, err := ssrf.ParseAllowList(m.Allow); err != nil {
+		return "MODEL_URL_ALLOW", err
+	}
+	return "", nil
+}
+
+// open opens the model cache, nil without COMFYUI_MODELS_DIR; close
+// closes it and its guard.
+func (m *ModelSettings) open(log *zap.Logger) (cache *modelcache.Cache, close func(), err error) {
+	if m.Cache.ModelsDir == "" {
+		return nil, func() {}, nil
+	}
+	g, err := ssrf.New(ssrf.Config{Use: "model URL", Allow: m.Allow, AllowHTTP: m.AllowHTTP,
+		AllowSetting: "MODEL_URL_ALLOW", HTTPSetting: "MODEL_URL_ALLOW_HTTP"})
+	if err != nil {
+		return nil, nil, fmt.Errorf("MODEL_URL_ALLOW: %w", err)
+	}
+	cfg := m.Cache
+	cfg.Guard, cfg.Logger = g, log
+	c, err := modelcache.Open(cfg)
+	if err != nil {
+		g.Close()
+		return nil, nil, fmt.Errorf("COMFYUI_MODELS_DIR: %w", err)
+	}
+	return c, func() { c.Close(); g.Close() }, nil
 }
 
 // Bind binds the gpuworker's settings.
@@ -84,6 +165,7 @@ func (c *WorkerConfig) Bind(fs *flagenv.Set) {
 	fs.String(&c.S3.PublicBaseURL, "bucket-public-url", "BUCKET_PUBLIC_URL", "", "return {this URL}/{key} instead of presigned URLs (a public bucket or a CDN)")
 	fs.Duration(&c.S3.URLExpiry, "bucket-url-expiry", "BUCKET_URL_EXPIRY", s3.DefaultURLExpiry, "lifetime of presigned output URLs (at most 7 days)")
 	fs.String(&c.Listen, "listen", "LISTEN_ADDR", "", "address of GET /metrics (Prometheus), e.g. :9100; empty: none")
+	c.Models.bind(fs)
 	c.Keys.bindAdmin(fs)
 	c.Keys.bindOrigins(fs)
 	fs.Duration(&c.Worker.WarmDefer, "warm-defer", "WARM_DEFER", 25*time.Millisecond, "model-aware routing: a job another idle worker is readier for (its models warm, or its models by URL on disk where this one would download them) is handed back up to 3 times, at once and then after this step ×1, ×2; negative: never")
@@ -133,6 +215,9 @@ func (c *WorkerConfig) Finish() (setting string, err error) {
 	if err := c.Worker.Validate(); err != nil {
 		return "worker settings", err
 	}
+	if setting, err := c.Models.finish(); err != nil {
+		return setting, err
+	}
 	rings, setting, err := c.Keys.finish(auth.Admin)
 	if err != nil {
 		return setting, err
@@ -144,11 +229,12 @@ func (c *WorkerConfig) Finish() (setting string, err error) {
 // Worker is a gpuworker's process: the worker, its ComfyUI client, and
 // its metrics listener.
 type Worker struct {
-	cfg WorkerConfig
-	w   *worker.Worker
-	cc  *comfy.Client
-	ms  *metrics.Server
-	log *zap.Logger
+	cfg         WorkerConfig
+	w           *worker.Worker
+	closeModels func()
+	cc          *comfy.Client
+	ms          *metrics.Server
+	log         *zap.Logger
 }
 
 // NewWorker builds a gpuworker on b. m records its series (shared by the
@@ -170,16 +256,23 @@ func NewWorker(cfg WorkerConfig, b *backend.Backend, m *worker.Metrics, reg *met
 			return nil, fmt.Errorf("BUCKET_*: %w", err)
 		}
 	}
-	w, err := worker.New(cfg.Worker, worker.Deps{Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, S3: out,
-		ComfyUI: client, Fleet: b.DB, Controls: b.DB, Logger: base, Metrics: m})
+	models, closeModels, err := cfg.Models.open(log)
 	if err != nil {
 		_ = client.Close()
 		return nil, err
 	}
-	p := &Worker{cfg: cfg, w: w, cc: client, log: log}
+	w, err := worker.New(cfg.Worker, worker.Deps{Queue: b.Queue, Core: b.Core, Blobs: b.Blobs, S3: out,
+		ComfyUI: client, Fleet: b.DB, Controls: b.DB, Logger: base, Metrics: m, Models: models})
+	if err != nil {
+		closeModels()
+		_ = client.Close()
+		return nil, err
+	}
+	p := &Worker{cfg: cfg, w: w, cc: client, log: log, closeModels: closeModels}
 	if cfg.Listen != "" && reg != nil {
 		g, _, err := cfg.Keys.guard(cfg.admins)
 		if err != nil {
+			closeModels()
 			_ = client.Close()
 			return nil, err
 		}
@@ -215,6 +308,7 @@ func (p *Worker) Start(ctx context.Context) error {
 // or go back on the queue), then closes the ComfyUI client and /metrics.
 func (p *Worker) Stop() {
 	p.w.Stop()
+	p.closeModels() // after the jobs: no fetch waits on it any more
 	_ = p.cc.Close()
 	if p.ms != nil {
 		p.ms.Stop()

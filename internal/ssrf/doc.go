@@ -1,10 +1,10 @@
 // Package ssrf guards every outgoing HTTP request whose URL comes from
 // outside the fleet: input images by URL, webhooks, the endpoints of
 // per-request S3 configs (s3Config), the CLI's downloads of s3_url
-// outputs, and model URLs when they come. Each use builds one Guard from a
-// Config (its allow list, whether http is accepted, whether redirects are
-// followed) and makes every request with the guard's Client; no caller
-// dials on its own.
+// outputs, and models by URL (internal/modelcache). Each use builds one
+// Guard from a Config (its allow list, whether http is accepted, whether
+// redirects are followed) and makes every request with the guard's
+// Client; no caller dials on its own.
 //
 // The guard checks the scheme of every request, the first and each
 // redirect hop, and the address of every connection at connect time, after

@@ -15,6 +15,7 @@ import (
 
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
+	"github.com/comfyfleet/comfyfleet/internal/modelcache"
 	"github.com/comfyfleet/comfyfleet/proto"
 )
 
@@ -34,6 +35,9 @@ type execution struct {
 	// inputs are the files the attempt uploaded, set before the uploads
 	// start; removeInputs removes them when the attempt ends.
 	inputs *inputFiles
+	// models are the files of the model cache the attempt holds (under
+	// mu); releaseModels lets them go when it ends (models.go).
+	models []*modelcache.Handle
 
 	last    atomic.Int64 // last sign of progress, Unix nanoseconds
 	waiting atomic.Bool  // the prompt is in ComfyUI's hands
@@ -140,6 +144,9 @@ func (ex *execution) execute(ctx context.Context) (*proto.Output, error) {
 		if err := checkFileRefs(workflow, ex.job.ID); err != nil {
 			return nil, err
 		}
+	}
+	if workflow, err = ex.fetchModels(ctx, in, workflow); err != nil {
+		return nil, err
 	}
 	if len(in.Images) > 0 {
 		if workflow, err = ex.uploadInputs(ctx, in.Images, workflow); err != nil {

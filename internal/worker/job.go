@@ -103,6 +103,7 @@ func (w *Worker) handle(ctx context.Context, msg *queue.Message) {
 	out := w.run(jctx, ex)
 	stopRenew()
 	ex.removeInputs(ctx) // however the attempt ended, before the ending is written
+	ex.releaseModels()   // its prompt is out of ComfyUI: the cache may evict them
 	if w.cfg.RefreshWorker {
 		w.refresh(ctx, log)
 	}
@@ -251,6 +252,7 @@ func (w *Worker) classify(ex *execution, err, cause error, timeout time.Duration
 		serr *comfy.StatusError
 		merr *comfy.MissingPromptIDError
 		ferr *failure
+		rerr *modelRetry
 	)
 	unreachable := w.unreachableMessage(ex)
 	switch {
@@ -269,6 +271,9 @@ func (w *Worker) classify(ex *execution, err, cause error, timeout time.Duration
 	case cause != nil, errors.Is(err, comfy.ErrClosed):
 		// The worker is shutting down: another GPU takes the job at once.
 		return outcome{reason: "worker stopped before the job finished"}
+	case errors.As(err, &rerr):
+		msg := "Failed to fetch " + rerr.err.Error()
+		return retry(msg, w.cfg.RetryDelay, failed(msg))
 	case errors.As(err, &ferr):
 		return outcome{status: proto.StatusFailed, output: proto.Failure{Error: ferr.msg, Details: ferr.details}, errMsg: ferr.msg}
 	case errors.Is(err, comfy.ErrNoHistoryEntry):

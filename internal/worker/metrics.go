@@ -22,6 +22,7 @@ type Metrics struct {
 	comfyErrors *metrics.Counter
 	routedJobs  *metrics.Counter
 	handbacks   *metrics.Counter
+	modelFetch  *metrics.Counter
 	idle        idleClock
 }
 
@@ -71,6 +72,8 @@ func NewMetrics(reg *metrics.Registry) *Metrics {
 		routedJobs: reg.Counter("comfyfleet_worker_routed_jobs_total", "Jobs naming models this worker claimed, by how ready it was for them: "+
 			"warm (all in its warm set), cached (every model by URL in its model cache), cold.", "tier"),
 		handbacks: reg.Counter("comfyfleet_worker_handbacks_total", "Jobs this worker handed back because another idle worker of the pool was readier for their models, by that worker's tier.", "to"),
+		modelFetch: reg.Counter("comfyfleet_worker_model_fetches_total", "Models by URL the attempts of this worker fetched from its model cache, by result: "+
+			"downloaded (this attempt downloaded it, or waited on the download another one started), cached (on disk already).", "result"),
 	}
 	m.idle.since = time.Now()
 	reg.CounterFunc("comfyfleet_worker_gpu_idle_seconds_total", "Seconds this worker ran no job since it started: its GPU's idle time.", nil,
@@ -114,6 +117,18 @@ func (m *Metrics) routed(t fleet.Tier) {
 		return
 	}
 	m.routedJobs.Inc(t.String())
+}
+
+// modelFetched counts a model by URL an attempt fetched from the cache.
+func (m *Metrics) modelFetched(downloaded bool) {
+	if m == nil {
+		return
+	}
+	if downloaded {
+		m.modelFetch.Inc("downloaded")
+	} else {
+		m.modelFetch.Inc("cached")
+	}
 }
 
 // handedBack counts a job handed back to a worker of tier t.

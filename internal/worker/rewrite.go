@@ -45,6 +45,23 @@ func rewriteInputRefs(workflow []byte, repl map[string]string) ([]byte, int, err
 	if len(repl) == 0 {
 		return workflow, 0, nil
 	}
+	return rewriteValues(workflow, func(v inputValue) (string, bool) {
+		if !v.direct {
+			return "", false
+		}
+		name, suffix := v.val, ""
+		if strings.HasSuffix(v.val, annotation) {
+			name, suffix = strings.TrimSuffix(v.val, annotation), annotation
+		}
+		to, ok := repl[name]
+		return to + suffix, ok
+	})
+}
+
+// rewriteValues returns workflow with every direct input value for which
+// with says so replaced by what it gives, and how many it replaced; only
+// those values are re-encoded. workflow must be valid JSON.
+func rewriteValues(workflow []byte, with func(inputValue) (string, bool)) ([]byte, int, error) {
 	type splice struct {
 		start, end int
 		with       []byte
@@ -54,15 +71,11 @@ func rewriteInputRefs(workflow []byte, repl map[string]string) ([]byte, int, err
 		if !v.direct {
 			return nil
 		}
-		name, suffix := v.val, ""
-		if strings.HasSuffix(v.val, annotation) {
-			name, suffix = strings.TrimSuffix(v.val, annotation), annotation
-		}
-		to, ok := repl[name]
+		to, ok := with(v)
 		if !ok {
 			return nil
 		}
-		enc, err := encodeString(to + suffix)
+		enc, err := encodeString(to)
 		if err != nil {
 			return err
 		}
@@ -75,6 +88,8 @@ func rewriteInputRefs(workflow []byte, repl map[string]string) ([]byte, int, err
 	if len(splices) == 0 {
 		return workflow, 0, nil
 	}
+	// walkInputs reports a node's values once the node is read: in the
+	// workflow's order within a node, and nodes in order.
 	var out bytes.Buffer
 	out.Grow(len(workflow) + 32*len(splices))
 	prev := 0

@@ -107,10 +107,9 @@ func TestRefreshForgetsWarm(t *testing.T) {
 	require.EqualValues(t, 1, b.sim.Stats().ModelLoads)
 }
 
-// modelURLJob is ckptJob that also names models by URL in input.models. (The
-// workflow's own loader inputs name the emulator's files: a raw URL there
-// would fail ComfyUI's validation until the worker's model cache rewrites
-// it; input.models is read by no node, so the routing is all it tests.)
+// modelURLJob is ckptJob that also names models by URL in input.models,
+// which the worker's model cache fetches (models_test.go); no node reads
+// them, so the routing is all it tests.
 func modelURLJob(id, ckpt string, urls ...string) *proto.Job {
 	job := ckptJob(id, ckpt)
 	var refs []string
@@ -124,23 +123,6 @@ func modelURLJob(id, ckpt string, urls ...string) *proto.Job {
 	in["models"] = json.RawMessage("[" + strings.Join(refs, ",") + "]")
 	job.Input, _ = json.Marshal(in)
 	return job
-}
-
-// loraURL is the URL of the i-th test LoRA, with a token the heartbeat
-// must never carry.
-func loraURL(i int) string {
-	return fmt.Sprintf("https://models.example/lora-%d.safetensors?token=s3cret", i)
-}
-
-// cacheOf lists the cached files of the given LoRAs, as a model cache
-// would report them.
-func cacheOf(ids ...int) func() []proto.CachedModel {
-	var list []proto.CachedModel
-	for _, i := range ids {
-		list = append(list, proto.CachedModel{URL: proto.ModelURLKey(loraURL(i)), SHA256: fmt.Sprintf("%064x", i),
-			Folder: "loras", File: fmt.Sprintf("lora-%d-%08x.safetensors", i, i)})
-	}
-	return func() []proto.CachedModel { return list }
 }
 
 // scrape parses a registry's series.
@@ -171,27 +153,41 @@ func TestCachedWorkerGetsURLJob(t *testing.T) {
 	for i := range ids {
 		ids[i] = i
 	}
+	m := newModels(t)
+	disk := m.holding(ids...)
 	reg := metrics.NewRegistry()
-	b.startWorker("disk", worker.Config{CachedModels: cacheOf(ids...)}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
-	b.startWorker("empty", worker.Config{})
+	b.startWorker("disk", worker.Config{}, workerOpts{deps: func(d *worker.Deps) { d.Models, d.Metrics = disk, worker.NewMetrics(reg) }})
+	b.startWorker("empty", worker.Config{}, withCache(m.cache("")))
 	hb := b.heartbeat("disk", func(w proto.Heartbeat) bool {
 		return w.State == proto.WorkerIdle && w.Models != nil && len(w.Cached) == jobs
 	})
-	require.Equal(t, cacheOf(ids...)(), hb.Cached)
-	require.Equal(t, "https://models.example/lora-0.safetensors", hb.Cached[0].URL, "the heartbeat carries no token")
+	require.Equal(t, disk.List(), hb.Cached)
+	require.Equal(t, strings.TrimSuffix(m.lora(0), "?token=s3cret"), hb.Cached[0].URL, "the heartbeat carries no token")
 	b.heartbeat("empty", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle && w.Models != nil && w.Cached == nil })
 
 	for i := range jobs {
 		id := fmt.Sprintf("url-%d", i)
-		b.enqueueJob(modelURLJob(id, "a.safetensors", loraURL(i)))
+		b.enqueueJob(modelURLJob(id, "a.safetensors", m.lora(i)))
 		require.Equal(t, "disk", b.wait(id, proto.StatusCompleted).WorkerID, id)
 		b.heartbeat("disk", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle })
 	}
+	for i := range jobs {
+		require.Equal(t, 1, m.srv.Gets(fmt.Sprintf("/lora-%d.safetensors", i)), "no job downloaded its LoRA again")
+	}
 	// The warm set holds the last job's checkpoint, its LoRA's key and
 	// the cached file's name.
-	hb = b.heartbeat("disk", func(w proto.Heartbeat) bool { return slices.Contains(w.Warm, "lora-5-00000005.safetensors") })
-	require.Equal(t, []string{"a.safetensors", "https://models.example/lora-5.safetensors", "lora-5-00000005.safetensors"}, hb.Warm)
+	key := proto.ModelURLKey(m.lora(5))
+	var file string
+	for _, c := range disk.List() {
+		if c.URL == key {
+			file = c.File
+		}
+	}
+	require.Regexp(t, `^lora-5-[0-9a-f]{12}\.safetensors$`, file)
+	hb = b.heartbeat("disk", func(w proto.Heartbeat) bool { return slices.Contains(w.Warm, file) })
+	require.Equal(t, []string{"a.safetensors", key, file}, hb.Warm)
 	require.Equal(t, float64(jobs), counted(scrape(t, reg), "comfyfleet_worker_routed_jobs_total", "tier", "cached"))
+	require.Equal(t, float64(jobs), counted(scrape(t, reg), "comfyfleet_worker_model_fetches_total", "result", "cached"))
 }
 
 // A worker that holds a job's model by URL warm beats one that has it on
@@ -199,21 +195,23 @@ func TestCachedWorkerGetsURLJob(t *testing.T) {
 func TestWarmBeatsCached(t *testing.T) {
 	t.Parallel()
 	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
-	b.startWorker("warm", worker.Config{CachedModels: cacheOf(7)})
-	b.enqueueJob(modelURLJob("first", "a.safetensors", loraURL(7)))
+	m := newModels(t)
+	b.startWorker("warm", worker.Config{}, withCache(m.holding(7)))
+	b.enqueueJob(modelURLJob("first", "a.safetensors", m.lora(7)))
 	require.Equal(t, "warm", b.wait("first", proto.StatusCompleted).WorkerID)
 	b.heartbeat("warm", func(w proto.Heartbeat) bool {
-		return w.State == proto.WorkerIdle && slices.Contains(w.Warm, proto.ModelURLKey(loraURL(7)))
+		return w.State == proto.WorkerIdle && slices.Contains(w.Warm, proto.ModelURLKey(m.lora(7)))
 	})
 
 	reg := metrics.NewRegistry()
-	b.startWorker("disk", worker.Config{CachedModels: cacheOf(7)}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
+	other := m.holding(7)
+	b.startWorker("disk", worker.Config{}, workerOpts{deps: func(d *worker.Deps) { d.Models, d.Metrics = other, worker.NewMetrics(reg) }})
 	b.heartbeat("disk", func(w proto.Heartbeat) bool {
 		return w.State == proto.WorkerIdle && w.Models != nil && len(w.Cached) == 1
 	})
 	for i := range 6 {
 		id := fmt.Sprintf("warm-%d", i)
-		b.enqueueJob(modelURLJob(id, "a.safetensors", loraURL(7)))
+		b.enqueueJob(modelURLJob(id, "a.safetensors", m.lora(7)))
 		require.Equal(t, "warm", b.wait(id, proto.StatusCompleted).WorkerID, id)
 		b.heartbeat("warm", func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle })
 	}
@@ -228,13 +226,15 @@ func TestColdURLJobRunsAnywhere(t *testing.T) {
 	t.Parallel()
 	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
 	regs := map[string]*metrics.Registry{"one": metrics.NewRegistry(), "two": metrics.NewRegistry()}
+	m := newModels(t)
 	for id, reg := range regs {
-		b.startWorker(id, worker.Config{CachedModels: cacheOf(100 + len(id))}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
+		cache := m.holding(100 + len(id))
+		b.startWorker(id, worker.Config{}, workerOpts{deps: func(d *worker.Deps) { d.Models, d.Metrics = cache, worker.NewMetrics(reg) }})
 		b.heartbeat(id, func(w proto.Heartbeat) bool { return w.State == proto.WorkerIdle && w.Models != nil })
 	}
 	for i := range 4 {
 		id := fmt.Sprintf("cold-%d", i)
-		b.enqueueJob(modelURLJob(id, "a.safetensors", loraURL(i)))
+		b.enqueueJob(modelURLJob(id, "a.safetensors", m.lora(i)))
 		b.wait(id, proto.StatusCompleted)
 	}
 	b.requireDrained()
@@ -254,7 +254,9 @@ func TestColdURLJobRunsAnywhere(t *testing.T) {
 func TestHandBackToCachedIsBounded(t *testing.T) {
 	t.Parallel()
 	b := setup(t, comfysim.Config{StepDelay: time.Millisecond, Checkpoints: []string{"a.safetensors"}})
-	ghost := proto.Heartbeat{ID: "ghost", Pool: proto.DefaultPool, State: proto.WorkerIdle, Cached: cacheOf(3)()}
+	m := newModels(t)
+	ghost := proto.Heartbeat{ID: "ghost", Pool: proto.DefaultPool, State: proto.WorkerIdle, Cached: []proto.CachedModel{{
+		URL: proto.ModelURLKey(m.lora(3)), Folder: "loras", File: "lora-3-000000000003.safetensors"}}}
 	ctx := ctxT(t)
 	require.NoError(t, b.db.Beat(ctx, ghost))
 	// Keep the ghost's heartbeat alive however slow the machine is.
@@ -271,8 +273,9 @@ func TestHandBackToCachedIsBounded(t *testing.T) {
 		}
 	}()
 	reg := metrics.NewRegistry()
-	b.startWorker("cold", worker.Config{}, workerOpts{deps: func(d *worker.Deps) { d.Metrics = worker.NewMetrics(reg) }})
-	b.enqueueJob(modelURLJob("next", "a.safetensors", loraURL(3)))
+	cache := m.cache("")
+	b.startWorker("cold", worker.Config{}, workerOpts{deps: func(d *worker.Deps) { d.Models, d.Metrics = cache, worker.NewMetrics(reg) }})
+	b.enqueueJob(modelURLJob("next", "a.safetensors", m.lora(3)))
 	rec := b.wait("next", proto.StatusCompleted)
 	require.Equal(t, "cold", rec.WorkerID)
 	require.Equal(t, 1, rec.Attempt, "hand-backs count no attempt")

@@ -19,6 +19,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/blob/s3"
 	"github.com/comfyfleet/comfyfleet/internal/comfy"
 	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
+	"github.com/comfyfleet/comfyfleet/internal/modelcache"
 	"github.com/comfyfleet/comfyfleet/internal/queue"
 	"github.com/comfyfleet/comfyfleet/internal/rdb"
 	"github.com/comfyfleet/comfyfleet/internal/ssrf"
@@ -347,7 +348,11 @@ type Deps struct {
 	InputTLS *tls.Config
 	// S3ConfigTLS is the same for the endpoints of jobs' s3Config.
 	S3ConfigTLS *tls.Config
-	Logger      *zap.Logger
+	// Models is the model cache that fetches the models jobs name by URL
+	// (models.go); nil: such jobs fail. Unless Config.CachedModels is set,
+	// the heartbeat lists its files. The caller opens and closes it.
+	Models *modelcache.Cache
+	Logger *zap.Logger
 	// Metrics, when set, records the worker's Prometheus series.
 	Metrics *Metrics
 }
@@ -367,6 +372,7 @@ type Worker struct {
 	s3       *s3.Store   // the configured S3 store, nil without one
 	inputs   *ssrf.Guard // input URLs
 	s3Guard  *ssrf.Guard // the endpoints of jobs' s3Config
+	models   *modelcache.Cache
 	warmup   []byte
 
 	mu       sync.Mutex
@@ -414,9 +420,13 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		log = zap.NewNop()
 	}
 	cfg = cfg.withDefaults()
+	if d.Models != nil && cfg.CachedModels == nil {
+		cfg.CachedModels = d.Models.List
+	}
 	w := &Worker{
 		cfg: cfg, q: d.Queue, core: d.Core, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet, s3: d.S3, controls: d.Controls,
 		metrics:      d.Metrics,
+		models:       d.Models,
 		log:          log.Named("worker").With(zap.String("worker_id", cfg.ID)),
 		self:         proto.Heartbeat{ID: cfg.ID, Pool: cfg.Pool, MorePools: cfg.MorePools, State: proto.WorkerInitializing},
 		beatNow:      make(chan struct{}, 1),
