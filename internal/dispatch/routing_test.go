@@ -80,7 +80,7 @@ func TestAdmissionAdmitsModelsByURL(t *testing.T) {
 		{name: "lora by URL", id: "url-1", body: `{"id":"url-1","input":{"workflow":` + wf("a.safetensors") + `}}`, want: proto.StatusInQueue},
 		{name: "checkpoint by URL", id: "url-2", body: `{"id":"url-2","input":{"workflow":` + strings.Replace(wf("https://civitai.example/api/download/models/9"), lora, "detail.safetensors", 1) + `}}`, want: proto.StatusInQueue},
 		{name: "input.models", id: "url-3", body: `{"id":"url-3","input":{"workflow":` + ckptWorkflow("a.safetensors") +
-			`,"models":[{"url":"https://hf.example/acme/x/resolve/main/pose.pth","folder":"controlnet","sha256":"00ff"}]}}`, want: proto.StatusInQueue},
+			`,"models":[{"url":"https://hf.example/acme/x/resolve/main/pose.pth","folder":"controlnet","sha256":"00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff"}]}}`, want: proto.StatusInQueue},
 		{name: "lora by URL, checkpoint missing", id: "url-bad", body: `{"id":"url-bad","input":{"workflow":` + wf("zzz.safetensors") + `}}`, want: proto.StatusFailed,
 			wantErr: []string{`no worker of pool "default" has ckpt_name "zzz.safetensors".`}, notErr: "hf.example"},
 	}
