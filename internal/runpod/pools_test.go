@@ -198,6 +198,21 @@ func TestPurgeQueuePurgesTheEndpointsPool(t *testing.T) {
 	for _, id := range append(sdxl, flux...) {
 		s.fleet.WaitStatus(t, id, proto.StatusInQueue)
 	}
+	// Admitted, every one: a purge races an admission in flight (the job
+	// is cancelled, but its message may reach the lane after the purge).
+	msgs := func(name string) uint64 {
+		st, err := s.fleet.NATS.JS.Stream(context.Background(), name)
+		if err != nil {
+			return 0
+		}
+		info, err := st.Info(context.Background())
+		if err != nil {
+			return 0
+		}
+		return info.State.Msgs
+	}
+	require.Eventually(t, func() bool { return msgs(proto.SubmitStream) == 0 && msgs(proto.JobsStream) == 4 },
+		10*time.Second, 10*time.Millisecond, "the jobs reach their pools' lanes")
 	code, out := s.call(t, 0, "POST", "/v2/sdxl/purge-queue", "")
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, map[string]any{"removed": float64(2), "status": "completed"}, out)
