@@ -105,11 +105,22 @@ func (s *Sweeper) loop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := s.RunOnce(context.WithoutCancel(ctx)); err != nil && ctx.Err() == nil {
+		// A sweep has a deadline: a Redis call that never returns (seen
+		// in go-redis's pool after Redis restarted, with no deadline on
+		// the call) would stop every later sweep, and with them TTL
+		// expiry and lease reclaims. A sweep cut short is taken up by
+		// the next.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(10*s.cfg.Every, sweepTimeout))
+		err := s.RunOnce(sctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			s.log.Warn("sweep", zap.Error(err))
 		}
 	}
 }
+
+// sweepTimeout is the least time one sweep of the loop may take.
+const sweepTimeout = 10 * time.Second
 
 // RunOnce is one sweep.
 func (s *Sweeper) RunOnce(ctx context.Context) error {
