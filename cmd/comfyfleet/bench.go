@@ -48,6 +48,7 @@ func benchSettings(c *bench.Config, logLevel *string) *flagenv.Set {
 	fs.Int(&c.Models, "models", "", 3, "mixed-models: checkpoints the jobs are spread over")
 	fs.Duration(&c.LoadDelay, "load-delay", "", bench.DefaultLoadDelay, "mixed-models: emulator time to load a checkpoint not in VRAM (0: 2s; negative: none)")
 	fs.Int64(&c.MixedSeed, "mixed-seed", "", 1, "mixed-models: seed of the jobs' order of checkpoints")
+	fs.Bool(&c.ByURL, "by-url", "", false, "mixed-models: run it again with the jobs naming their checkpoints by URL (a loopback file server), each worker fetching into its own model cache: the downloads and loads saved")
 	fs.Int(&c.OutputMB, "output-mb", "", 1024, "memory: MiB of the output the worker streams to S3")
 	fs.Int(&c.Queued, "queued", "", 100000, "memory: jobs queued in the dispatcher")
 	fs.Int(&c.FleetWorkers, "fleet-workers", "", 100, "memory: simulated workers heartbeating while the jobs queue")

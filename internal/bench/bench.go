@@ -102,6 +102,10 @@ type Config struct {
 	LoadDelay time.Duration `json:"load_delay_ns"`
 	// MixedSeed seeds the order of mixed-models' checkpoints; 0 means 1.
 	MixedSeed int64 `json:"mixed_seed"`
+	// ByURL runs mixed-models twice more with the jobs naming their
+	// checkpoints by URL, on a loopback file server that counts the
+	// downloads, each worker fetching into its own model cache.
+	ByURL bool `json:"by_url,omitempty"`
 	// OutputMB is the size of the output the worker streams to S3 in
 	// memory, in MiB; 0 means 1,024.
 	OutputMB int `json:"output_mb"`

@@ -228,10 +228,14 @@ func TestInteractive(t *testing.T) {
 
 // TestMixedModels runs the jobs model-aware and model-blind: every job
 // ends, the loads the emulators counted are the loads the jobs' placement
-// implies, and no run loads fewer models than there are.
+// implies, and no run loads fewer models than there are. By URL as well:
+// the full downloads the file server counted are the files the workers'
+// caches hold, at least one a model and at most one a job.
 func TestMixedModels(t *testing.T) {
 	t.Parallel()
-	res := run(t, tiny(t, "mixed-models")).Mixed
+	cfg := tiny(t, "mixed-models")
+	cfg.ByURL = true
+	res := run(t, cfg).Mixed
 	require.NotNil(t, res)
 	require.Equal(t, 8, res.Jobs)
 	require.Len(t, res.JobsPerModel, 2)
@@ -258,6 +262,32 @@ func TestMixedModels(t *testing.T) {
 	}
 	require.Equal(t, "WARM_DEFER=-1ms", res.Blind.Setting)
 	require.InDelta(t, float64(res.Aware.Loads)/2, res.AwareRatio, 0.001)
+
+	u := res.ByURL
+	require.NotNil(t, u, "--by-url reports the runs by URL")
+	require.Equal(t, 2, u.MinDownloads)
+	require.Equal(t, res.Oracle.Loads, u.OracleDownloads)
+	require.Positive(t, u.FileBytes)
+	for name, r := range map[string]bench.MixedURLRun{"aware by URL": u.Aware, "blind by URL": u.Blind} {
+		require.Equal(t, 8, r.Completed, name)
+		require.Zero(t, r.Failed, name)
+		require.Len(t, r.CachedPerWorker, 2, name)
+		require.Equal(t, r.CachedFiles, r.CachedPerWorker[0]+r.CachedPerWorker[1], name)
+		require.Equal(t, r.CachedFiles, r.Downloads, "%s: the file server's full downloads are the files the caches hold", name)
+		require.GreaterOrEqual(t, r.Downloads, u.MinDownloads, name)
+		require.LessOrEqual(t, r.Downloads, 8, name)
+		require.GreaterOrEqual(t, r.GETs, r.Downloads, name)
+		for _, n := range r.CachedPerWorker {
+			require.LessOrEqual(t, n, 2, "%s: a worker fetches a model once", name)
+		}
+		require.GreaterOrEqual(t, r.Loads, int64(u.MinDownloads), name)
+		require.LessOrEqual(t, r.Loads, int64(8), name)
+		require.Positive(t, r.MakespanSeconds, name)
+	}
+	require.Equal(t, "WARM_DEFER=-1ms", u.Blind.Setting)
+	out := cfg.Out.(*bytes.Buffer).String()
+	require.Contains(t, out, "by URL:")
+	require.Contains(t, out, "downloads")
 }
 
 // TestRunningStack: pointed at a running stack, the bench starts none and

@@ -1,11 +1,15 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -35,6 +39,42 @@ type MixedResult struct {
 	// AwareRatio and BlindRatio are each run's loads over the oracle's.
 	AwareRatio float64 `json:"aware_ratio"`
 	BlindRatio float64 `json:"blind_ratio"`
+	// ByURL is the same jobs with their checkpoints named by URL
+	// (--by-url), nil without.
+	ByURL *MixedByURL `json:"by_url,omitempty"`
+}
+
+// MixedByURL is mixed-models again with the jobs naming their
+// checkpoints by URL on a loopback file server, each worker fetching them
+// into its own model cache (its emulator's models folder): the downloads
+// model-aware routing saves beside the loads.
+type MixedByURL struct {
+	// FileBytes is the size of each served checkpoint.
+	FileBytes int         `json:"file_bytes"`
+	Aware     MixedURLRun `json:"aware"`
+	Blind     MixedURLRun `json:"blind"`
+	// OracleDownloads is the grouped schedule's downloads, one per
+	// worker of a model, as its loads (Oracle.Loads);
+	// MinDownloads is one per checkpoint that has jobs.
+	OracleDownloads int `json:"oracle_downloads"`
+	MinDownloads    int `json:"min_downloads"`
+}
+
+// MixedURLRun is one run by URL: the run's figures and the downloads.
+// Its ReplayedLoads may differ from Loads: a job waiting for a download
+// has started (IN_PROGRESS) but its prompt is queued in ComfyUI after
+// those of the jobs taken after it whose files were there.
+type MixedURLRun struct {
+	MixedRun
+	// Downloads is the full downloads the file server answered, GETs
+	// every GET (a resumed or cut download counts in GETs only).
+	Downloads int `json:"downloads"`
+	GETs      int `json:"gets"`
+	// CachedPerWorker counts the checkpoints in each worker's cache
+	// at the end, by worker; they sum to Downloads when no download was
+	// repeated.
+	CachedPerWorker []int `json:"cached_per_worker"`
+	CachedFiles     int   `json:"cached_files"`
 }
 
 // MixedRun is one run of the jobs on a stack of its own.
@@ -112,7 +152,7 @@ func runMixed(ctx context.Context, r *runner) error {
 		{"aware", "WARM_DEFER=25ms, the default", nil, &res.Aware},
 		{"blind", blindSetting, map[string]string{"WARM_DEFER": "-1ms"}, &res.Blind},
 	} {
-		run, err := r.mixedRun(ctx, v.name, v.env, ckpts, order)
+		run, err := r.mixedRun(ctx, v.name, v.name[:1], v.env, ckpts, order)
 		run.Setting = v.setting
 		*v.out = run
 		if err != nil {
@@ -125,13 +165,75 @@ func runMixed(ctx context.Context, r *runner) error {
 		res.BlindRatio = round3(float64(res.Blind.Loads) / float64(res.Oracle.Loads))
 	}
 	r.report.Mixed = res
+	if cfg.ByURL {
+		if err := r.mixedByURL(ctx, res, ckpts, order); err != nil {
+			return err
+		}
+	}
 	res.print(r.out)
 	return nil
 }
 
+// mixedByURL runs the jobs again, model-aware and model-blind, with
+// their checkpoints named by URL, into res.ByURL.
+func (r *runner) mixedByURL(ctx context.Context, res *MixedResult, ckpts []string, order []int) error {
+	srv, err := startModelServer(ckpts)
+	if err != nil {
+		return err
+	}
+	defer srv.close()
+	urls := make([]string, len(ckpts))
+	for i, c := range ckpts {
+		urls[i] = srv.url(c)
+	}
+	u := &MixedByURL{FileBytes: modelFileSize, OracleDownloads: res.Oracle.Loads, MinDownloads: res.Oracle.MinLoads}
+	res.ByURL = u
+	allow := map[string]string{"MODEL_URL_ALLOW": srv.hostport(), "MODEL_URL_ALLOW_HTTP": "true"}
+	for _, v := range []struct {
+		name, tag, setting string
+		env                map[string]string
+		out                *MixedURLRun
+	}{
+		{"aware-url", "ua", res.Aware.Setting, nil, &u.Aware},
+		{"blind-url", "ub", blindSetting, map[string]string{"WARM_DEFER": "-1ms"}, &u.Blind},
+	} {
+		env := maps.Clone(allow)
+		maps.Copy(env, v.env)
+		run, err := r.mixedRun(ctx, v.name, v.tag, env, urls, order)
+		run.Setting = v.setting
+		gets, full := srv.counts()
+		out := MixedURLRun{MixedRun: run, Downloads: full, GETs: gets}
+		out.CachedPerWorker, out.CachedFiles = cachedCheckpoints(filepath.Join(r.dir, "mixed-models-"+v.name))
+		*v.out = out
+		if err != nil {
+			return fmt.Errorf("%s run: %w", v.name, err)
+		}
+	}
+	return nil
+}
+
+// cachedCheckpoints counts the checkpoints the workers' caches hold in
+// the emulators' models folders of the stack in dir, by emulator.
+func cachedCheckpoints(dir string) (perWorker []int, total int) {
+	sims, _ := filepath.Glob(filepath.Join(dir, "comfysim-*"))
+	slices.SortFunc(sims, func(a, b string) int { return cmp.Compare(len(a), len(b))*2 + cmp.Compare(a, b) })
+	for _, sim := range sims {
+		entries, _ := os.ReadDir(filepath.Join(sim, "models", "checkpoints"))
+		n := 0
+		for _, e := range entries {
+			if e.Type().IsRegular() && strings.HasPrefix(e.Name(), "mixed-") {
+				n++
+			}
+		}
+		perWorker = append(perWorker, n)
+		total += n
+	}
+	return perWorker, total
+}
+
 // mixedRun runs the jobs, order[i] being the checkpoint of job i, on a
-// new stack with the settings env.
-func (r *runner) mixedRun(ctx context.Context, name string, env map[string]string, ckpts []string, order []int) (MixedRun, error) {
+// new stack with the settings env; tag marks the run's job IDs.
+func (r *runner) mixedRun(ctx context.Context, name, tag string, env map[string]string, ckpts []string, order []int) (MixedRun, error) {
 	cfg := r.cfg
 	s, err := r.open(ctx, "mixed-models-"+name, stackSpec{Workers: cfg.MixedWorkers, StepDelay: cfg.StepDelay,
 		ModelLoadDelay: max(cfg.LoadDelay, 0), Checkpoints: ckpts, Env: env}, 2)
@@ -143,7 +245,7 @@ func (r *runner) mixedRun(ctx context.Context, name string, env map[string]strin
 	jobs := make([]batchJob, len(order))
 	model := map[string]int{}
 	for i, m := range order {
-		j, err := newBatchJob(fmt.Sprintf("bench-%s-m%s%06d", r.runID, name[:1], i), runInput(workflowOn(ckpts[m], cfg.Size, seed)))
+		j, err := newBatchJob(fmt.Sprintf("bench-%s-m%s%06d", r.runID, tag, i), runInput(workflowOn(ckpts[m], cfg.Size, seed)))
 		if err != nil {
 			return MixedRun{}, err
 		}
@@ -290,6 +392,25 @@ func (res *MixedResult) print(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintf(w, "goal: model loads ≤ 1.1 × the oracle's (≤ %.1f); model-aware %.2f ×, model-blind %.2f ×\n",
 		1.1*float64(res.Oracle.Loads), res.AwareRatio, res.BlindRatio)
+	if u := res.ByURL; u != nil {
+		u.print(w, res.Jobs)
+	}
+}
+
+func (u *MixedByURL) print(w io.Writer, jobs int) {
+	fmt.Fprintf(w, "\nby URL: the same jobs name their checkpoints by URL on a loopback file server (%d KB files);\n"+
+		"each worker fetches them into its own model cache, its emulator's models folder\n", u.FileBytes>>10)
+	tw := newTable(w)
+	fmt.Fprintln(tw, "\tdownloads\tGETs\tcached per worker\tloads\tper worker\tjobs per worker\tmakespan s\tdone")
+	row := func(name string, r MixedURLRun) {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\t%s\t%.2f\t%d/%d\n", name, r.Downloads, r.GETs, joinInts(r.CachedPerWorker, "/"),
+			r.Loads, joinInts64(r.LoadsPerWorker, "/"), joinInts(r.JobsPerWorker, "/"), r.MakespanSeconds, r.Completed, jobs)
+	}
+	row("model-aware ("+u.Aware.Setting+")", u.Aware)
+	row("model-blind ("+u.Blind.Setting+")", u.Blind)
+	fmt.Fprintf(tw, "oracle: jobs grouped by model, offline\t%d\t\t\t%d\t\t\t\t\n", u.OracleDownloads, u.OracleDownloads)
+	fmt.Fprintf(tw, "bound of any schedule: one download a model\t%d\t\t\t%d\t\t\t\t\n", u.MinDownloads, u.MinDownloads)
+	tw.Flush()
 }
 
 func joinInts(v []int, sep string) string {
