@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -314,9 +317,14 @@ func TestRedisOutageShorterThanTheJobCostsNoAttempt(t *testing.T) {
 		lapsed, err := b.db.LapsedLeases(context.Background(), 10)
 		return err == nil && len(lapsed) == 0
 	}, 10*time.Second, 10*time.Millisecond, "the lease never came back")
-	eventually(t, func() bool {
+	if !assert.Eventually(t, func() bool {
 		return swLogs.FilterMessageSnippet("lease reclaims wait for the workers to renew").Len() > 0
-	}, "the sweeper did not see the outage")
+	}, 30*time.Second, 5*time.Millisecond, "the sweeper did not see the outage") {
+		// Where the sweeper waits, for whoever reads the failure.
+		var stacks strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+		t.Fatalf("goroutines:\n%s", stacks.String())
+	}
 	rec = b.wait("outlast", proto.StatusInProgress)
 	require.Equal(t, 1, rec.Attempt)
 	require.Equal(t, "w1", rec.WorkerID)
