@@ -11,7 +11,10 @@ test: lint
 	GO=$(GO) ./scripts/ensure-versitygw.sh
 	./scripts/ensure-pyenv.sh
 	./scripts/ensure-chromium.sh
-	COMFYFLEET_PYTHON=$(CURDIR)/test/python/.venv/bin/python $(GO) test -race -count=1 -timeout 15m ./...
+	# -p 1: one package's tests at a time. Many tests run real servers
+	# (NATS clusters, Redis restarts, the fleet as processes) against
+	# deadlines; on two cores, packages side by side starved each other.
+	COMFYFLEET_PYTHON=$(CURDIR)/test/python/.venv/bin/python $(GO) test -race -count=1 -p 1 -timeout 15m ./...
 	cd test/node && npm ci --no-audit --no-fund && npm test
 	cd test/console && npm ci --no-audit --no-fund && npm test
 
