@@ -52,7 +52,7 @@
 //
 // Its heartbeat (proto.Heartbeat, in Redis) reports the models its ComfyUI offers
 // (loader inputs of /object_info), the ones of its last job (warm) and the
-// files of its model cache, fetched by URL (Config.CachedModels); a job
+// files of its model cache, fetched by URL (Deps.Models); a job
 // another idle worker is readier for (its models warm, or its models by
 // URL on disk) is handed back a few times so that worker takes it
 // (routing.go). Metrics (metrics.go) count jobs by status,

@@ -19,7 +19,7 @@ import (
 // heartbeat the model files its ComfyUI offers (loader inputs read from
 // /object_info), the ones of the last job it ran (warm: most likely still
 // in VRAM), and the files its model cache holds, fetched by URL (cached:
-// on disk, no download; Config.CachedModels). The dispatcher refuses at
+// on disk, no download; Deps.Models). The dispatcher refuses at
 // admission a job whose models by file name no worker has; a model named
 // by URL is fetched where the job runs, so admission does not judge it.
 //
@@ -150,10 +150,10 @@ func jobNeed(job *proto.Job) fleet.Need {
 
 // cachedModels lists the files of the worker's model cache.
 func (w *Worker) cachedModels() []proto.CachedModel {
-	if w.cfg.CachedModels == nil {
+	if w.models == nil {
 		return nil
 	}
-	return w.cfg.CachedModels()
+	return w.models.List()
 }
 
 // noteWarm records the models of the job the worker runs as its warm set.

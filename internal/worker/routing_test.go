@@ -141,7 +141,7 @@ func counted(fams metricstest.Families, name string, labels ...string) float64 {
 	return 0
 }
 
-// A worker's heartbeat reports its model cache (Config.CachedModels), and
+// A worker's heartbeat reports its model cache (Deps.Models), and
 // a job naming by URL a model one idle worker has on disk runs there,
 // although another, cold one is free too. Neither is warm for the LoRAs:
 // each job names another one.

@@ -73,13 +73,6 @@ type Config struct {
 	// disk where this one would download them (routing.go: at once, then
 	// 1×, then 2×); 0 means 25 ms, a negative value never hands jobs back.
 	WarmDefer time.Duration
-	// CachedModels, when set, lists the model files the worker's model
-	// cache holds (fetched by URL); the worker calls it whenever it writes
-	// its heartbeat, whose Cached it fills, and when it judges whether
-	// another worker is readier for a job (routing.go). It must be cheap
-	// (no disk walk) and safe to call from any goroutine. nil means the
-	// worker has no model cache.
-	CachedModels func() []proto.CachedModel
 	// ReadyPoll is the interval of the ComfyUI liveness probe, which runs
 	// all the time: the worker pulls only while ComfyUI answers, and two
 	// failed probes in a row give the jobs in hand back. 0 means 250 ms.
@@ -349,8 +342,8 @@ type Deps struct {
 	// S3ConfigTLS is the same for the endpoints of jobs' s3Config.
 	S3ConfigTLS *tls.Config
 	// Models is the model cache that fetches the models jobs name by URL
-	// (models.go); nil: such jobs fail. Unless Config.CachedModels is set,
-	// the heartbeat lists its files. The caller opens and closes it.
+	// (models.go); nil: such jobs fail. The heartbeat lists its files
+	// (routing.go). The caller opens and closes it.
 	Models *modelcache.Cache
 	Logger *zap.Logger
 	// Metrics, when set, records the worker's Prometheus series.
@@ -420,9 +413,6 @@ func New(cfg Config, d Deps) (*Worker, error) {
 		log = zap.NewNop()
 	}
 	cfg = cfg.withDefaults()
-	if d.Models != nil && cfg.CachedModels == nil {
-		cfg.CachedModels = d.Models.List
-	}
 	w := &Worker{
 		cfg: cfg, q: d.Queue, core: d.Core, blobs: d.Blobs, comfy: d.ComfyUI, fleet: d.Fleet, s3: d.S3, controls: d.Controls,
 		metrics:      d.Metrics,
