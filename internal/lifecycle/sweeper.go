@@ -77,6 +77,9 @@ type Sweeper struct {
 	// own monotonic clock, and resume when its own view of an outage
 	// lets reclaims go on (sweepLeases).
 	clocked, resume time.Time
+	// missed is whether a sweep could not be recorded since the last
+	// that was.
+	missed bool
 }
 
 // NewSweeper returns a sweeper on the core.
@@ -184,6 +187,9 @@ func (s *Sweeper) sweepLeases(ctx context.Context) error {
 	outage := max(3*s.cfg.Every, 3*time.Second)
 	wait, err := s.c.db.SweepClock(ctx, outage, s.cfg.LeaseGrace)
 	if err != nil {
+		s.mu.Lock()
+		s.missed = true
+		s.mu.Unlock()
 		return err
 	}
 	now := time.Now()
@@ -192,10 +198,14 @@ func (s *Sweeper) sweepLeases(ctx context.Context) error {
 	// sweeper's own clock sees its own, also where Redis's record does
 	// not (a Redis that came back without it): a sweeper that could not
 	// reach Redis for that long knows that the workers could not either.
-	if !s.clocked.IsZero() && now.Sub(s.clocked) > outage {
+	// So does one that could not record a sweep at all: one call may
+	// hang through most of an outage (go-redis redialling), leaving no
+	// gap between the sweeps it recorded, and a Redis the workers could
+	// not reach for a moment costs only a pause of the reclaims.
+	if s.missed || (!s.clocked.IsZero() && now.Sub(s.clocked) > outage) {
 		s.resume = now.Add(s.cfg.LeaseGrace)
 	}
-	s.clocked = now
+	s.clocked, s.missed = now, false
 	wait = max(wait, s.resume.Sub(now))
 	was := s.paused
 	s.paused = wait > 0
