@@ -122,7 +122,7 @@ func (c *Client) DeleteDeadLetter(ctx context.Context, seq uint64) error {
 	if err != nil {
 		return err
 	}
-	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := deleteMsg(ctx, s, seq); err != nil {
 		return fmt.Errorf("remove dead letter %d: %w", seq, err)
 	}
 	return nil

@@ -27,11 +27,11 @@ func (c *Client) stream(ctx context.Context, name string) (jetstream.Stream, err
 	return s, nil
 }
 
-// Depth counts the jobs waiting (on the intake and jobs streams, not yet
-// handed to a worker) and the jobs a worker holds.
+// Depth counts the jobs waiting (on the intake, hold and jobs streams,
+// not yet handed to a worker) and the jobs a worker holds.
 func (c *Client) Depth(ctx context.Context) (queued, running uint64, err error) {
 	var total uint64
-	for _, name := range []string{proto.SubmitStream, proto.JobsStream} {
+	for _, name := range []string{proto.SubmitStream, proto.HoldStream, proto.JobsStream} {
 		s, err := c.stream(ctx, name)
 		if err != nil {
 			return 0, 0, fmt.Errorf("queue depth: %w", err)
@@ -56,8 +56,9 @@ func (c *Client) Depth(ctx context.Context) (queued, running uint64, err error) 
 	return total - running, running, nil
 }
 
-// PoolDepth counts the jobs of one pool on the jobs stream that wait
-// (no worker holds them) and that a worker holds. Submissions that no
+// PoolDepth counts the jobs of one pool that wait (held for their turn,
+// or on the jobs stream and no worker holds them) and that a worker
+// holds. Submissions that no
 // dispatcher has admitted yet are not counted: until then the intake
 // holds them, and their pool is not decided.
 func (c *Client) PoolDepth(ctx context.Context, pool string) (queued, running uint64, err error) {
@@ -89,10 +90,32 @@ func (c *Client) PoolDepth(ctx context.Context, pool string) (queued, running ui
 		return 0, 0, fmt.Errorf("pool depth: %w", err)
 	}
 	running = min(running, total)
-	return total - running, running, nil
+	waiting, err := c.heldIn(ctx, proto.PoolHoldSubjects(pool))
+	if err != nil {
+		return 0, 0, fmt.Errorf("pool depth: %w", err)
+	}
+	return total - running + waiting, running, nil
 }
 
-// LaneQueued counts the jobs on one lane of one pool that no worker holds.
+// heldIn counts the held jobs whose subjects match filter.
+func (c *Client) heldIn(ctx context.Context, filter string) (uint64, error) {
+	s, err := c.hold(ctx)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s: %w", proto.HoldStream, err)
+	}
+	var n uint64
+	for _, m := range info.State.Subjects {
+		n += m
+	}
+	return n, nil
+}
+
+// LaneQueued counts the jobs of one lane of one pool that no worker
+// holds: held for their turn, or on the jobs stream.
 func (c *Client) LaneQueued(ctx context.Context, pool string, lane proto.Lane) (uint64, error) {
 	subj := proto.JobSubject(pool, lane)
 	s, err := c.stream(ctx, proto.JobsStream)
@@ -114,7 +137,11 @@ func (c *Client) LaneQueued(ctx context.Context, pool string, lane proto.Lane) (
 	if err := lister.Err(); err != nil {
 		return 0, fmt.Errorf("lane depth: %w", err)
 	}
-	return total - min(held, total), nil
+	waiting, err := c.heldIn(ctx, proto.HoldSubject(pool, lane, "*"))
+	if err != nil {
+		return 0, fmt.Errorf("lane depth: %w", err)
+	}
+	return total - min(held, total) + waiting, nil
 }
 
 // LaneDepth is one lane of one pool.
@@ -124,6 +151,9 @@ type LaneDepth struct {
 	// Queued jobs wait for a worker; Running jobs are held by one.
 	Queued  uint64 `json:"queued"`
 	Running uint64 `json:"running"`
+	// Held of the Queued jobs wait in the hold for their turn (fair
+	// share between tenants), not on the lane yet.
+	Held uint64 `json:"held,omitempty"`
 	// Oldest is when the oldest job still waiting was queued; zero when
 	// none waits.
 	Oldest time.Time `json:"oldest,omitzero"`
@@ -177,7 +207,14 @@ func (c *Client) ReadOverview(ctx context.Context, pools []string) (*Overview, e
 	if err := lister.Err(); err != nil {
 		return nil, fmt.Errorf("read consumers of %s: %w", proto.JobsStream, err)
 	}
+	holds, err := c.Holds(ctx)
+	if err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
+	for k := range holds {
+		seen[k.Pool] = true
+	}
 	for _, p := range pools {
 		if p != "" {
 			seen[p] = true
@@ -210,6 +247,14 @@ func (c *Client) ReadOverview(ctx context.Context, pools []string) (*Overview, e
 					l.Oldest = m.Time
 				}
 			}
+			for tenant, n := range holds[LaneKey{p, lane}] {
+				l.Held += n
+				// A tenant's first held job is its oldest.
+				if h, err := c.FirstHeld(ctx, p, lane, tenant); err == nil && (l.Oldest.IsZero() || h.Time.Before(l.Oldest)) {
+					l.Oldest = h.Time
+				}
+			}
+			l.Queued += l.Held
 			o.Lanes = append(o.Lanes, l)
 		}
 	}
@@ -251,8 +296,9 @@ type Queued struct {
 }
 
 // EachQueued calls fn for every job message of the given source and
-// tenant ("" for every tenant) that is still in the intake stream or the
-// jobs stream (waiting, or handed to a worker and not yet acknowledged),
+// tenant ("" for every tenant) that is still in the intake stream, the
+// hold or the jobs stream (waiting, or handed to a worker and not yet
+// acknowledged),
 // oldest first. fn returning an error stops the walk.
 func (c *Client) EachQueued(ctx context.Context, source, tenant string, fn func(Queued) error) error {
 	type walk struct{ stream, subject string }
@@ -265,7 +311,7 @@ func (c *Client) EachQueued(ctx context.Context, source, tenant string, fn func(
 	default:
 		walks = []walk{{proto.SubmitStream, proto.SubmitSubject(source, tenant)}}
 	}
-	walks = append(walks, walk{proto.JobsStream, proto.JobSubjects})
+	walks = append(walks, walk{proto.HoldStream, proto.HoldSubjects}, walk{proto.JobsStream, proto.JobSubjects})
 	for _, w := range walks {
 		s, err := c.stream(ctx, w.stream)
 		if err != nil {
@@ -295,6 +341,8 @@ func (c *Client) EachQueued(ctx context.Context, source, tenant string, fn func(
 				if head.Source, head.Tenant, err = proto.ParseSubmitSubject(m.Subject); err != nil {
 					continue
 				}
+			} else if p, _, tenant, ok := proto.ParseHoldSubject(m.Subject); ok {
+				head.Pool, head.Tenant = p, tenant
 			} else if p, _, ok := poolLane(m.Subject); ok {
 				head.Pool = p
 			}
@@ -318,8 +366,21 @@ func (c *Client) DeleteQueued(ctx context.Context, q Queued) error {
 	if err != nil {
 		return err
 	}
-	if err := s.DeleteMsg(ctx, q.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := deleteMsg(ctx, s, q.Seq); err != nil {
 		return fmt.Errorf("delete message %d of %s: %w", q.Seq, q.Stream, err)
 	}
 	return nil
+}
+
+// deleteMsg deletes message seq of s; a message that is gone already
+// (deleted by another dispatcher, or by a call repeated after a crash) is
+// no error. The server says so with error 10057 and "no message found",
+// which the jetstream package passes on as text only.
+func deleteMsg(ctx context.Context, s jetstream.Stream, seq uint64) error {
+	err := s.DeleteMsg(ctx, seq)
+	if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) ||
+		(strings.Contains(err.Error(), "err_code=10057") && strings.Contains(err.Error(), "no message found")) {
+		return nil
+	}
+	return err
 }
