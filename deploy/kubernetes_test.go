@@ -301,8 +301,8 @@ func TestKubernetesManifests(t *testing.T) {
 
 // TestKEDAScalesThePoolOnItsLaneConsumers: the ScaledObject scales the GPU
 // worker deployment of the ConfigMap's POOL on that pool's two lane
-// consumers of CF_JOBS, read from the NATS monitoring port that the Helm
-// values open, and the formula adds the two lanes.
+// consumers of CF_JOBS and its held consumer of CF_HOLD, read from the NATS
+// monitoring port that the Helm values open, and the formula adds them.
 func TestKEDAScalesThePoolOnItsLaneConsumers(t *testing.T) {
 	m := loadManifests(t)
 	require.Len(t, m.scaled, 1)
@@ -344,7 +344,11 @@ func TestKEDAScalesThePoolOnItsLaneConsumers(t *testing.T) {
 		for k := range tr.Metadata {
 			require.Contains(t, natsJetStreamParams, k, "trigger %s", tr.Name)
 		}
-		require.Equal(t, proto.JobsStream, tr.Metadata["stream"])
+		wantStream := proto.JobsStream
+		if tr.Name == "held" {
+			wantStream = proto.HoldStream
+		}
+		require.Equal(t, wantStream, tr.Metadata["stream"], "trigger %s", tr.Name)
 		require.Equal(t, "$G", tr.Metadata["account"], "nats.conf's users are in the global account")
 		require.Equal(t, fmt.Sprintf("nats.%s.svc.cluster.local:%d", m.namespaces[0].Name, values.Config.Monitor.Port), tr.Metadata["natsServerMonitoringEndpoint"])
 		consumers[tr.Name] = tr.Metadata["consumer"]
@@ -352,10 +356,11 @@ func TestKEDAScalesThePoolOnItsLaneConsumers(t *testing.T) {
 	require.Equal(t, map[string]string{
 		"interactive": proto.LaneConsumer(pool, proto.LaneInteractive),
 		"batch":       proto.LaneConsumer(pool, proto.LaneBatch),
+		"held":        proto.HoldConsumer(pool),
 	}, consumers)
 	require.NotNil(t, so.Spec.Advanced)
 	require.NotNil(t, so.Spec.Advanced.ScalingModifiers)
-	require.Equal(t, "interactive + batch", so.Spec.Advanced.ScalingModifiers.Formula, "one worker per job of either lane")
+	require.Equal(t, "interactive + batch + held", so.Spec.Advanced.ScalingModifiers.Formula, "one worker per job of the pool, on a lane or held")
 }
 
 // TestStrictDecodingCatchesATypo: the decoding the manifests test relies on

@@ -18,6 +18,7 @@ const (
 	rpAliveKeyPrefix  = "cf:rpalive:"
 	rateKeyPrefix     = "cf:rate:"
 	poolStatsPrefix   = "cf:poolstats:"
+	activePrefix      = "cf:active:"
 
 	// StatsKey is a hash of fleet-wide counters: jobs that reached each
 	// terminal status (by status name), RETRIED, DUPLICATE (submissions
@@ -105,6 +106,17 @@ func RunPodAliveKey(workerID string) string { return rpAliveKeyPrefix + workerID
 // [StatsKey] with the terminal statuses and RETRIED of the jobs of that
 // pool (RunPod's /health of an endpoint mapped to the pool).
 func PoolStatsKey(pool string) string { return poolStatsPrefix + pool }
+
+// ActiveKey is the Redis key of the jobs of a tenant with a concurrency
+// cap that are on a lane or running: a sorted set of job ids by the Unix
+// millisecond (Redis's clock) at which a dispatcher released each from
+// [HoldStream]. A job leaves it when it ends (the transition script's
+// final step) or, found ended or gone, when the set is full.
+func ActiveKey(tenant string) string { return activePrefix + orDefaultTenant(tenant) }
+
+// ActiveKeyPrefix is [ActiveKey] without the tenant, for the transition
+// script.
+const ActiveKeyPrefix = activePrefix
 
 // RateKey is the Redis key of the count of jobs that ended in one minute
 // (Unix minutes, Redis's clock), a hash by lane ([PausedLane]'s form,

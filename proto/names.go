@@ -16,6 +16,13 @@ const (
 	EventsStream = "CF_EVENTS"
 	// DLQStream keeps jobs that exhausted their attempts.
 	DLQStream = "CF_DLQ"
+	// HoldStream holds admitted jobs that wait for their turn in their
+	// lane, one subject per pool, lane and tenant ([HoldSubject]): fair
+	// share between tenants. A dispatcher moves them onto the jobs stream
+	// in weighted round-robin between tenants, a few ahead of the pool's
+	// workers, and within a tenant's concurrency cap. Limits retention: a
+	// message leaves when it is released (or purged), never by age.
+	HoldStream = "CF_HOLD"
 	// PreviewStream keeps the latest preview picture of each running job
 	// (one message per subject, a short max age), apart from CF_EVENTS so
 	// that large previews never crowd out or hold up status events.
@@ -49,6 +56,9 @@ const (
 
 	// MsgIDHeader is JetStream's de-duplication header; set it to the job id.
 	MsgIDHeader = "Nats-Msg-Id"
+	// HoldMsgIDHeader carries, on a held job ([HoldStream]), the message
+	// id its release publishes it with on the jobs stream.
+	HoldMsgIDHeader = "Cf-Msg-Id"
 	// RejectReasonHeader explains why a message went to RejectSubject.
 	RejectReasonHeader = "Cf-Reject-Reason"
 	// DLQReasonHeader carries the last error of a dead letter.
@@ -65,6 +75,7 @@ const (
 
 	submitPrefix   = "cf.submit."
 	jobsPrefix     = "cf.jobs."
+	holdPrefix     = "cf.hold."
 	eventsPrefix   = "cf.events."
 	dlqPrefix      = "cf.dlq."
 	previewsPrefix = "cf.previews."
@@ -151,6 +162,40 @@ const JobSubjects = jobsPrefix + "*.*"
 
 // PoolSubjects matches every lane of one pool.
 func PoolSubjects(pool string) string { return jobsPrefix + pool + ".*" }
+
+// HoldSubject is the subject of an admitted job of tenant that waits for
+// its turn in a pool's lane, in [HoldStream], e.g.
+// "cf.hold.default.batch.acme"; tenant "" means [DefaultTenant].
+func HoldSubject(pool string, lane Lane, tenant string) string {
+	return holdPrefix + pool + "." + string(lane) + "." + orDefaultTenant(tenant)
+}
+
+// HoldSubjects is the filter of the hold stream.
+const HoldSubjects = holdPrefix + "*.*.*"
+
+// PoolHoldSubjects matches the held jobs of every lane and tenant of one
+// pool.
+func PoolHoldSubjects(pool string) string { return holdPrefix + pool + ".*.*" }
+
+// ParseHoldSubject splits "cf.hold.<pool>.<lane>.<tenant>".
+func ParseHoldSubject(subject string) (pool string, lane Lane, tenant string, ok bool) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 5 || parts[0]+"."+parts[1]+"." != holdPrefix || !Lane(parts[3]).Valid() {
+		return "", "", "", false
+	}
+	for _, p := range []string{parts[2], parts[4]} {
+		if ValidID(p) != nil {
+			return "", "", "", false
+		}
+	}
+	return parts[2], Lane(parts[3]), parts[4], true
+}
+
+// HoldConsumer is the durable consumer of a pool's held jobs
+// ([PoolHoldSubjects]) that nobody pulls: its pending count is the number
+// of the pool's jobs waiting for their turn, which an autoscaler (KEDA's
+// NATS JetStream scaler) reads beside the lane consumers'.
+func HoldConsumer(pool string) string { return "held-" + pool }
 
 // Event classes: the last token of an event's subject, so that a consumer
 // filters on what it needs instead of reading every event.

@@ -34,6 +34,9 @@ type Config struct {
 	// Sweeper configures the safety net of time and failure that every
 	// replica runs (lifecycle.Sweeper).
 	Sweeper lifecycle.SweeperConfig
+	// FairShare configures fair share between tenants within a lane
+	// (lifecycle.Releaser), which every replica runs.
+	FairShare lifecycle.FairShare
 }
 
 // DefaultConcurrency is Config.Concurrency's default: enough admissions in
@@ -58,6 +61,9 @@ func (c Config) Validate() error {
 	if c.Concurrency < 0 {
 		return fmt.Errorf("intake concurrency %d is negative", c.Concurrency)
 	}
+	if err := c.FairShare.Validate(); err != nil {
+		return err
+	}
 	return c.Sweeper.Validate()
 }
 
@@ -68,6 +74,7 @@ type Dispatcher struct {
 	q       *queue.Client
 	core    *lifecycle.Core
 	sweeper *lifecycle.Sweeper
+	share   *lifecycle.Releaser
 	adm     Admission // optional checks; see admission.go
 	log     *zap.Logger
 	svc     startstop.Service
@@ -95,15 +102,21 @@ func New(cfg Config, q *queue.Client, core *lifecycle.Core, adm Admission, log *
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher config: %w", err)
 	}
-	return &Dispatcher{cfg: cfg, q: q, core: core, sweeper: sw, adm: adm, log: log.Named("dispatch")}, nil
+	share, err := core.NewReleaser(cfg.FairShare)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher config: %w", err)
+	}
+	return &Dispatcher{cfg: cfg, q: q, core: core, sweeper: sw, share: share, adm: adm, log: log.Named("dispatch")}, nil
 }
 
 // Start opens the intake consumer, creates the default pool's lane
-// consumers when they are missing, and runs the admission loop and the
-// sweeper in the background. It returns once they run.
+// consumers when they are missing, and runs the admission loop, the
+// sweeper and fair share's releaser in the background. It returns once
+// they run.
 //
 // Shutdown order (Stop): the admission loop ends after the messages in
-// hand, then the sweeper after the sweep in progress.
+// hand, then the releaser after its round in progress, then the sweeper
+// after the sweep in progress.
 func (d *Dispatcher) Start(ctx context.Context) error {
 	cons, err := d.q.IntakeConsumer(ctx, queue.ConsumerConfig{AckWait: d.cfg.AckWait})
 	if err != nil {
@@ -118,19 +131,29 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	if err := d.sweeper.Start(ctx); err != nil {
 		return fmt.Errorf("start dispatcher: %w", err)
 	}
+	if err := d.share.Start(ctx); err != nil {
+		d.sweeper.Stop()
+		return fmt.Errorf("start dispatcher: %w", err)
+	}
 	if err := d.svc.Start(ctx, func(ctx context.Context) { d.loop(ctx, cons) }); err != nil {
+		d.share.Stop()
 		d.sweeper.Stop()
 		return fmt.Errorf("start dispatcher: %w", err)
 	}
 	return nil
 }
 
-// Stop ends the loop after the messages in hand, then the sweeper after
-// the sweep in progress, and waits for both.
+// Stop ends the loop after the messages in hand, then the releaser and
+// the sweeper after their round in progress, and waits for them.
 func (d *Dispatcher) Stop() {
 	d.svc.Stop()
+	d.share.Stop()
 	d.sweeper.Stop()
 }
+
+// Release runs one round of fair share's releases now (tests, and an
+// operator's nudge): how many held jobs it put on their lanes.
+func (d *Dispatcher) Release(ctx context.Context) (int, error) { return d.share.RunOnce(ctx) }
 
 // Sweep runs one sweep now (tests, and an operator's nudge).
 func (d *Dispatcher) Sweep(ctx context.Context) error { return d.sweeper.RunOnce(ctx) }

@@ -88,6 +88,7 @@ func TestFleetAndMetricsRoutes(t *testing.T) {
 	fams := metricstest.Scrape(t, base+"/metrics")
 	require.Equal(t, 3.0, fams.Value(t, "comfyfleet_queue_depth", "pool", "default", "lane", "batch"))
 	require.Zero(t, fams.Value(t, "comfyfleet_queue_depth", "pool", "default", "lane", "interactive"))
+	require.Zero(t, fams.Value(t, "comfyfleet_queue_held", "pool", "default", "lane", "batch"), "fair share off: nothing held")
 	require.Positive(t, fams.Value(t, "comfyfleet_queue_oldest_age_seconds", "pool", "default", "lane", "batch"))
 	require.Less(t, fams.Value(t, "comfyfleet_queue_oldest_age_seconds", "pool", "default", "lane", "batch"), 60.0)
 	require.Equal(t, 1.0, fams.Value(t, "comfyfleet_lane_jobs_per_minute", "pool", "default", "lane", "batch"))

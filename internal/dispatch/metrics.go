@@ -82,6 +82,8 @@ func NewMetrics(reg *metrics.Registry, view ViewReader) *Metrics {
 	}
 	reg.GaugeFunc("comfyfleet_queue_depth", "Jobs waiting for a worker, by pool and lane.", []string{"pool", "lane"},
 		each(lanes(func(l queue.LaneDepth, _ time.Time) float64 { return float64(l.Queued) })))
+	reg.GaugeFunc("comfyfleet_queue_held", "Of the jobs waiting, those fair share holds for their tenant's turn, by pool and lane.", []string{"pool", "lane"},
+		each(lanes(func(l queue.LaneDepth, _ time.Time) float64 { return float64(l.Held) })))
 	reg.GaugeFunc("comfyfleet_queue_running", "Jobs held by a worker, by pool and lane.", []string{"pool", "lane"},
 		each(lanes(func(l queue.LaneDepth, _ time.Time) float64 { return float64(l.Running) })))
 	reg.GaugeFunc("comfyfleet_queue_oldest_age_seconds", "Age of the oldest job waiting, by pool and lane (0 when none waits).", []string{"pool", "lane"},

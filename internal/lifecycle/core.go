@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -47,6 +48,9 @@ type Core struct {
 	db  *rdb.DB
 	q   *queue.Client
 	log *zap.Logger
+	// releaser, when a dispatcher attached one, lets admissions put a
+	// job straight onto its lane (see place).
+	releaser atomic.Pointer[Releaser]
 }
 
 // New returns the core on a Redis DB and a JetStream client.

@@ -245,7 +245,7 @@ func (c *Core) AdmitIntake(ctx context.Context, in *Intake, opts AdmitOptions) (
 		return 0, job, wrap("admit", job.ID, err)
 	}
 	job.SubmittedAt = rec.SubmittedAt // the record's, by Redis's clock
-	err = c.q.PublishJob(ctx, job, job.ID)
+	err = c.place(ctx, job, job.ID)
 	if errors.Is(err, queue.ErrTooLarge) {
 		// What admission adds (pool, lane, source, submitted_at) took a
 		// submission that just fitted over the limit: no later try fits.

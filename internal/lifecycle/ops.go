@@ -137,7 +137,7 @@ func (c *Core) requeued(ctx context.Context, job *proto.Job, rec *proto.Record, 
 	job.Tenant = rec.Tenant // the record's owner, whatever an old copy says
 	c.status(ctx, &proto.Event{JobID: job.ID, Tenant: job.Tenant, Status: proto.StatusInQueue, Attempt: rec.Attempt})
 	job.SubmittedAt = rec.SubmittedAt // its TTL counts from now
-	err := retryWithin(ctx, tryTimeout, func(ctx context.Context) error { return c.q.PublishJob(ctx, job, msgID) })
+	err := retryWithin(ctx, tryTimeout, func(ctx context.Context) error { return c.place(ctx, job, msgID) })
 	if err == nil || errors.Is(err, queue.ErrDuplicate) {
 		return nil
 	}

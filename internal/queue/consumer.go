@@ -122,7 +122,8 @@ func (c *Client) LaneConsumer(ctx context.Context, pool string, lane proto.Lane,
 }
 
 // EnsureLaneConsumers creates the lane consumers of pool that do not
-// exist yet, with the defaults of ConsumerConfig; an existing one is left
+// exist yet, and the consumer that counts its held jobs
+// (proto.HoldConsumer), with the defaults of ConsumerConfig; an existing one is left
 // as its workers configured it. An autoscaler that reads a consumer's
 // backlog (KEDA's NATS JetStream scaler) needs it to exist before the
 // pool's first worker starts: scaled to zero, a pool has no worker to
@@ -141,6 +142,17 @@ func (c *Client) EnsureLaneConsumers(ctx context.Context, pool string) error {
 		if err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
 			return fmt.Errorf("create consumer %s on %s: %w", name, proto.JobsStream, err)
 		}
+	}
+	// The pool's held jobs, for the autoscaler alone: nobody pulls it.
+	name := proto.HoldConsumer(pool)
+	_, err := c.js.CreateConsumer(ctx, proto.HoldStream, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "the pool's held jobs, counted for autoscaling; never pulled",
+		FilterSubject: proto.PoolHoldSubjects(pool),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
+		return fmt.Errorf("create consumer %s on %s: %w", name, proto.HoldStream, err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -134,6 +135,8 @@ type Client struct {
 	requests *requestStore
 	events   *eventLog
 	previews *eventLog
+	// holdStream is the hold stream's handle, looked up on first use.
+	holdStream atomic.Pointer[jetstream.Stream]
 }
 
 // New wraps a NATS connection. Call Ensure or Attach before using the
@@ -177,6 +180,15 @@ func (c *Client) Ensure(ctx context.Context, cfg Config) error {
 		Storage:     storage,
 		Replicas:    cfg.Replicas,
 		Duplicates:  cfg.DedupeWindow,
+	}, {
+		Name:        proto.HoldStream,
+		Description: "admitted jobs waiting for their turn in their lane, by pool, lane and tenant",
+		Subjects:    []string{proto.HoldSubjects},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     storage,
+		Replicas:    cfg.Replicas,
+		Duplicates:  cfg.DedupeWindow,
+		AllowDirect: true,
 	}, {
 		Name:        proto.EventsStream,
 		Description: "job status transitions and progress",

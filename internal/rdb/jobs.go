@@ -496,7 +496,7 @@ func (db *DB) run(ctx context.Context, op, id string, args ...any) (*result, err
 		db.key(proto.JobKey(id)), db.key(proto.StatsKey), db.key(proto.LeaseKey(id)),
 		db.key(proto.LeasesKey), db.key(proto.TTLKey), db.key(proto.AttemptsKey(id)),
 		db.key(proto.KeptKey), db.key(proto.RecentKey), db.key(proto.RateKey("")),
-		db.key(proto.PoolStatsKey("")),
+		db.key(proto.PoolStatsKey("")), db.key(proto.ActiveKeyPrefix),
 	}
 	argv := append([]any{op, id, db.key(proto.HeldKey(""))}, args...)
 	vals, err := db.eval(ctx, keys, argv)

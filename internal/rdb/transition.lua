@@ -17,6 +17,8 @@
 --          without the minute): not a key itself
 -- KEYS[10] the prefix of the per-pool counters (proto.PoolStatsKey
 --          without the pool): not a key itself
+-- KEYS[11] the prefix of the tenants' active jobs (proto.ActiveKey
+--          without the tenant): not a key itself
 -- ARGV[1]  operation
 -- ARGV[2]  the job id (the record's id field must match it)
 -- ARGV[3]  the name of a worker's held set (proto.HeldKey) without the
@@ -34,7 +36,7 @@
 -- attempts are used up), notdue, skip, corrupt (a field the reader checks
 -- cannot be read; nothing was changed).
 
-local key, stats, leasekey, leases, ttlidx, attempts, keptidx, recent, ratePrefix, poolStatsPrefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local key, stats, leasekey, leases, ttlidx, attempts, keptidx, recent, ratePrefix, poolStatsPrefix, activePrefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local op, id, heldPrefix = ARGV[1], ARGV[2], ARGV[3]
 
 local t = redis.call('TIME')
@@ -98,6 +100,8 @@ local function final(to, err, retention)
   setopt('error', err)
   redis.call('PEXPIRE', key, retention)
   redis.call('ZREM', ttlidx, id)
+  -- its place under its tenant's concurrency cap is free
+  redis.call('ZREM', activePrefix .. (redis.call('HGET', key, 'tenant') or 'default'), id)
   if redis.call('HGET', key, 'kept') == '1' then
     redis.call('ZADD', keptidx, fmt(now + tonumber(retention)), id)
   end

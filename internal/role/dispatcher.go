@@ -13,6 +13,7 @@ import (
 	"github.com/comfyfleet/comfyfleet/internal/dispatch"
 	"github.com/comfyfleet/comfyfleet/internal/flagenv"
 	"github.com/comfyfleet/comfyfleet/internal/fleet"
+	"github.com/comfyfleet/comfyfleet/internal/lifecycle"
 	"github.com/comfyfleet/comfyfleet/internal/metrics"
 )
 
@@ -26,6 +27,9 @@ type DispatcherConfig struct {
 	Listen string
 	// Keys are the admin keys and allowed origins of the HTTP API.
 	Keys Keys
+	// Weights and Caps are TENANT_WEIGHTS and TENANT_CAPS as given;
+	// Finish parses them into Dispatch.FairShare.
+	Weights, Caps string
 
 	admins *auth.Keyring // of Keys, by Finish
 }
@@ -39,6 +43,10 @@ func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
 	fs.Duration(&c.Dispatch.Sweeper.Every, "sweep-interval", "SWEEP_INTERVAL", time.Second, "how often queued jobs past their TTL are timed out and the jobs of silent workers handed back")
 	fs.Duration(&c.Dispatch.Sweeper.ExecutionGrace, "execution-grace", "EXECUTION_GRACE", 30*time.Second, "a silent worker's job this long past its execution timeout ends TIMED_OUT instead of being retried")
 	fs.Duration(&c.Dispatch.Sweeper.LeaseGrace, "lease-grace", "LEASE_GRACE", 30*time.Second, "after a gap in the sweeps (Redis or every dispatcher was down), how long lease reclaims wait for the workers to renew; keep it above the workers' LEASE_TTL")
+	fs.String(&c.Weights, "tenant-weights", "TENANT_WEIGHTS", "", "fair share: tenants' weights in each lane's round-robin, comma-separated tenant=n pairs (e.g. acme=3,beta=1); a tenant not named weighs 1")
+	fs.String(&c.Caps, "tenant-caps", "TENANT_CAPS", "", "fair share: the most jobs of a tenant on lanes or running across the fleet, comma-separated tenant=n pairs (e.g. acme=8); a tenant not named has no cap")
+	fs.Int(&c.Dispatch.FairShare.Ahead, "lane-ahead", "LANE_AHEAD", -1, "fair share: jobs a lane keeps waiting ahead of its workers before new jobs are held for their tenant's weighted turn (TENANT_WEIGHTS); -1: as many as the pool has live workers (at least 1); 0: no round-robin, jobs go onto their lane in arrival order (TENANT_CAPS still hold)")
+	fs.Duration(&c.Dispatch.FairShare.Every, "fair-share-interval", "FAIR_SHARE_INTERVAL", 100*time.Millisecond, "fair share: how often a replica reads the lanes and releases held jobs (a job it holds wakes it at once)")
 	fs.String(&c.Webhooks.Secret, "webhook-secret", "WEBHOOK_SECRET", "", "signs webhooks Standard Webhooks style (webhook-id, webhook-timestamp, webhook-signature); whsec_<base64> or raw; empty: unsigned")
 	fs.Int(&c.Webhooks.Retries, "webhook-retries", "WEBHOOK_RETRIES", 2, "retries of a failed webhook delivery (RunPod: 2); negative: none")
 	fs.Duration(&c.Webhooks.RetryDelay, "webhook-retry-delay", "WEBHOOK_RETRY_DELAY", 10*time.Second, "wait before the first webhook retry; each later one waits twice as long")
@@ -51,6 +59,19 @@ func (c *DispatcherConfig) Bind(fs *flagenv.Set) {
 
 // Finish checks the settings, naming the one at fault.
 func (c *DispatcherConfig) Finish() (setting string, err error) {
+	for _, t := range []struct {
+		setting, value string
+		into           *map[string]int
+	}{{"TENANT_WEIGHTS", c.Weights, &c.Dispatch.FairShare.Weights}, {"TENANT_CAPS", c.Caps, &c.Dispatch.FairShare.Caps}} {
+		m, err := lifecycle.ParseTenantNumbers(t.value)
+		if err != nil {
+			return t.setting, err
+		}
+		*t.into = m
+	}
+	if err := c.Dispatch.FairShare.Validate(); err != nil {
+		return "TENANT_WEIGHTS, TENANT_CAPS, LANE_AHEAD or FAIR_SHARE_INTERVAL", err
+	}
 	if err := c.Dispatch.Validate(); err != nil {
 		return "POOL, INTAKE_ACK_WAIT, INTAKE_CONCURRENCY or SWEEP_*", err
 	}
