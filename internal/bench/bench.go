@@ -73,8 +73,8 @@ type Config struct {
 	// negative leaves it unset, at the worker's default
 	// (worker.DefaultPrefetch, 1). Zero is none, the default before.
 	Prefetch int `json:"prefetch"`
-	// StepDelay is the emulator's time per sampler step in idle-gap and
-	// interactive (the jobs have 20 steps); 0 means 5 ms (jobs of about
+	// StepDelay is the emulator's time per sampler step in idle-gap,
+	// interactive, tenants and mixed-models (the jobs have 20 steps); 0 means 5 ms (jobs of about
 	// 100 ms), negative means none.
 	StepDelay time.Duration `json:"step_delay_ns"`
 
@@ -118,6 +118,15 @@ type Config struct {
 	// holds in memory; 0 means 1,000.
 	Waiters int `json:"waiters"`
 
+	// TenantWorkers is the number of workers of tenants; 0 means 4.
+	// TenantBacklog is tenant A's batch jobs, queued first; 0 means
+	// 2,000. TenantJobs is tenant B's jobs, sent TenantRate a second;
+	// 0 means 20 and 4.
+	TenantWorkers int `json:"tenant_workers"`
+	TenantBacklog int `json:"tenant_backlog"`
+	TenantJobs    int `json:"tenant_jobs"`
+	TenantRate    int `json:"tenant_rate"`
+
 	// Timeout bounds each scenario; 0 means 10 minutes.
 	Timeout time.Duration `json:"timeout_ns"`
 
@@ -151,7 +160,8 @@ func (c Config) Validate() error {
 		"clients": c.Clients, "gap jobs": c.GapJobs, "backlog": c.Backlog, "interactive": c.Interactive,
 		"rate": c.Rate, "interactive workers": c.InteractiveWorkers,
 		"mixed workers": c.MixedWorkers, "mixed jobs": c.MixedJobs, "models": c.Models,
-		"output mb": c.OutputMB, "queued": c.Queued, "fleet workers": c.FleetWorkers, "waiters": c.Waiters} {
+		"output mb": c.OutputMB, "queued": c.Queued, "fleet workers": c.FleetWorkers, "waiters": c.Waiters,
+		"tenant workers": c.TenantWorkers, "tenant backlog": c.TenantBacklog, "tenant jobs": c.TenantJobs, "tenant rate": c.TenantRate} {
 		if v < 0 {
 			return fmt.Errorf("%s: %d is negative", name, v)
 		}
@@ -200,6 +210,10 @@ func (c Config) withDefaults() Config {
 	def(&c.Queued, 100000)
 	def(&c.FleetWorkers, 100)
 	def(&c.Waiters, 1000)
+	def(&c.TenantWorkers, 4)
+	def(&c.TenantBacklog, 2000)
+	def(&c.TenantJobs, 20)
+	def(&c.TenantRate, 4)
 	if c.StepDelay == 0 {
 		c.StepDelay = DefaultStepDelay
 	}
@@ -238,6 +252,8 @@ var Scenarios = []Scenario{
 		Needs: "--nats-url, and --comfyui-url of its one worker", run: runIdleGap},
 	{Name: "interactive", About: "a batch backlog, then /run jobs at a steady rate: their queue wait",
 		Needs: "--nats-url and --api-url", run: runInteractive},
+	{Name: "tenants", About: "tenant A's batch backlog, then tenant B's jobs on the same lane: B's wait with fair share on and off",
+		Needs: "a stack of its own (it turns fair share off for the second run)", run: runTenants},
 	{Name: "mixed-models", About: "jobs over several checkpoints, VRAM for one: model loads and makespan, model-aware, model-blind and the oracle",
 		Needs: "a stack of its own (the emulators count the loads)", run: runMixed},
 	{Name: "memory", About: "resident memory of a worker streaming a big output to S3, a dispatcher, an adapter with /runsync waiters",

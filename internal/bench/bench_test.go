@@ -28,6 +28,7 @@ func tiny(t *testing.T, scenario string) bench.Config {
 		Pairs: 3, Workers: 2, Jobs: 3, Clients: 2, GapJobs: 3, StepDelay: time.Millisecond,
 		Backlog: 5, Interactive: 3, Rate: 50, InteractiveWorkers: 2,
 		MixedWorkers: 2, MixedJobs: 8, Models: 2, LoadDelay: 20 * time.Millisecond, MixedSeed: 7,
+		TenantWorkers: 2, TenantBacklog: 40, TenantJobs: 3, TenantRate: 20,
 		Timeout: 2 * time.Minute, Logger: zaptest.NewLogger(t), Out: &bytes.Buffer{},
 	}
 }
@@ -224,6 +225,28 @@ func TestInteractive(t *testing.T) {
 	requireDist(t, "slot wait", *res.SlotWait, 3)
 	require.LessOrEqual(t, res.BacklogDoneAtStart, res.BacklogDoneAtEnd)
 	require.LessOrEqual(t, res.BacklogDoneAtEnd, res.Backlog)
+}
+
+// TestTenants runs tenant B's jobs behind tenant A's backlog with fair
+// share on and off: off, B's last job starts only once A's backlog has
+// (nearly) run, every A job having gone to a worker first; on, B's jobs
+// are served in their turn, with most of A's backlog still queued.
+func TestTenants(t *testing.T) {
+	t.Parallel()
+	cfg := tiny(t, "tenants")
+	res := run(t, cfg).Tenants
+	require.NotNil(t, res)
+	require.Equal(t, 40, res.Backlog)
+	for name, r := range map[string]bench.TenantsRun{"fair share": res.On, "fifo": res.Off} {
+		requireDist(t, name+" wait", r.Wait, 3)
+		require.Positive(t, r.JobMS, name)
+		require.NotEmpty(t, r.Setting, name)
+	}
+	// Off, every A job was taken before B's last: at most each worker's
+	// running and prefetched ones (2 a worker) had not ended, and as many
+	// again may have ended with their event still on its way.
+	require.GreaterOrEqual(t, res.Off.BacklogDone, res.Backlog-2*2*res.Workers, "fifo: B waits behind A's whole backlog")
+	require.Less(t, res.On.BacklogDone, res.Backlog/2, "fair share: B's jobs go ahead of most of A's backlog")
 }
 
 // TestMixedModels runs the jobs model-aware and model-blind: every job

@@ -75,8 +75,12 @@ func (r *runner) batchJobs(kind string, n int, seed *uint64) ([]batchJob, error)
 
 // submit publishes the jobs on cf.submit.batch, up to maxPendingAcks at a
 // time, and returns once JetStream acknowledged every one.
-func (b *bus) submit(ctx context.Context, jobs []batchJob) error {
-	subject := proto.SubmitSubject(proto.SourceBatch, "")
+func (b *bus) submit(ctx context.Context, jobs []batchJob) error { return b.submitAs(ctx, "", jobs) }
+
+// submitAs is submit as tenant (cf.submit.batch.<tenant>; "" for none), as
+// a producer whose NATS user may publish only there does.
+func (b *bus) submitAs(ctx context.Context, tenant string, jobs []batchJob) error {
+	subject := proto.SubmitSubject(proto.SourceBatch, tenant)
 	futures := make([]jetstream.PubAckFuture, 0, len(jobs))
 	for _, j := range jobs {
 		f, err := b.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: j.Data,

@@ -41,6 +41,7 @@ type Report struct {
 	Throughput  *ThroughputResult  `json:"throughput,omitempty"`
 	IdleGap     *IdleGapResult     `json:"idle_gap,omitempty"`
 	Interactive *InteractiveResult `json:"interactive,omitempty"`
+	Tenants     *TenantsResult     `json:"tenants,omitempty"`
 	Mixed       *MixedResult       `json:"mixed_models,omitempty"`
 	Memory      *MemoryResult      `json:"memory,omitempty"`
 

@@ -293,3 +293,24 @@ func (w *watcher) recheck(ctx context.Context, api *apiClient, group string) {
 	}
 	w.signal()
 }
+
+// waitStarted blocks until n jobs of a group have started (or ended, an
+// IN_PROGRESS event missed) or ctx ends.
+func (w *watcher) waitStarted(ctx context.Context, group string, n int) error {
+	for {
+		started := 0
+		for _, t := range w.members(group) {
+			if !t.Started.IsZero() || !t.Ended.IsZero() {
+				started++
+			}
+		}
+		if started >= n {
+			return nil
+		}
+		select {
+		case <-w.changed:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %d jobs to start (%d did): %w", n, started, ctx.Err())
+		}
+	}
+}
