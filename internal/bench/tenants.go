@@ -32,8 +32,8 @@ type TenantsResult struct {
 type TenantsRun struct {
 	// Setting says how fair share was set.
 	Setting string `json:"setting"`
-	// JobMS is the median run time of a job (IN_PROGRESS to its end, by
-	// the bench's clock), the unit the wait compares to.
+	// JobMS is the median run time of a prompt (from the emulators'
+	// /history), the unit the wait compares to.
 	JobMS float64 `json:"job_ms"`
 	// Wait is tenant B's jobs' wait, from its publish to its IN_PROGRESS
 	// event; WaitJobs is its p50 and p99 in job lengths.
@@ -100,6 +100,7 @@ func (r *runner) tenantsRun(ctx context.Context, name, tag string, env map[strin
 	if err != nil {
 		return run, err
 	}
+	t0 := time.Now()
 	w.track("backlog", idsOf(backlog)...)
 	if err := b.submitAs(ctx, tenantBig, backlog); err != nil {
 		return run, fmt.Errorf("queue tenant A's backlog: %w", err)
@@ -137,10 +138,17 @@ func (r *runner) tenantsRun(ctx context.Context, name, tag string, env map[strin
 			waits = append(waits, ms(t.Started.Sub(at)))
 		}
 	}
+	// A job's length is its prompt's, by the emulators' executors: the
+	// time from IN_PROGRESS to its end also holds a prefetched job's wait
+	// in ComfyUI's queue.
 	var lengths []float64
-	for _, t := range w.members("backlog") {
-		if !t.Started.IsZero() && !t.Ended.IsZero() {
-			lengths = append(lengths, ms(t.Ended.Sub(t.Started)))
+	for _, u := range s.st.ComfyUIURLs {
+		spans, err := executorSpans(ctx, u, t0)
+		if err != nil {
+			return run, err
+		}
+		for _, sp := range spans {
+			lengths = append(lengths, float64(sp.End-sp.Start))
 		}
 	}
 	run.Wait = distOf(waits)

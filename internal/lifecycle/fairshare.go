@@ -220,24 +220,12 @@ func (r *Releaser) Start(ctx context.Context) error {
 }
 
 func (r *Releaser) loop(ctx context.Context) {
-	t := time.NewTicker(r.cfg.Every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-r.wake:
-		}
-		// A round has a deadline, as a sweep has: a call that never
-		// returns must not stop every later release.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(10*r.cfg.Every, sweepTimeout))
-		_, err := r.RunOnce(rctx)
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			r.log.Warn("release held jobs", zap.Error(err))
-		}
-	}
+	// A round has a deadline, as a sweep has: a call that never returns
+	// must not stop every later release.
+	rounds(ctx, r.cfg.Every, r.wake, func(ctx context.Context) error {
+		_, err := r.RunOnce(ctx)
+		return err
+	}, func(err error) { r.log.Warn("release held jobs", zap.Error(err)) })
 }
 
 // RunOnce reads the lanes and the hold and releases what the lanes have

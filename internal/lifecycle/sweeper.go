@@ -100,24 +100,32 @@ func (s *Sweeper) Start(ctx context.Context) error {
 }
 
 func (s *Sweeper) loop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.Every)
+	// A sweep has a deadline: a Redis call that never returns (seen in
+	// go-redis's pool after Redis restarted, with no deadline on the
+	// call) would stop every later sweep, and with them TTL expiry and
+	// lease reclaims. A sweep cut short is taken up by the next.
+	rounds(ctx, s.cfg.Every, nil, s.RunOnce, func(err error) { s.log.Warn("sweep", zap.Error(err)) })
+}
+
+// rounds calls round every `every`, and when wake (nil: never) has a
+// token, until ctx ends. Each round has a deadline of ten intervals, at
+// least sweepTimeout, and outlives ctx's end; report gets its error
+// unless ctx ended.
+func rounds(ctx context.Context, every time.Duration, wake <-chan struct{}, round func(context.Context) error, report func(error)) {
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-wake:
 		}
-		// A sweep has a deadline: a Redis call that never returns (seen
-		// in go-redis's pool after Redis restarted, with no deadline on
-		// the call) would stop every later sweep, and with them TTL
-		// expiry and lease reclaims. A sweep cut short is taken up by
-		// the next.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(10*s.cfg.Every, sweepTimeout))
-		err := s.RunOnce(sctx)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(10*every, sweepTimeout))
+		err := round(rctx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			s.log.Warn("sweep", zap.Error(err))
+			report(err)
 		}
 	}
 }
