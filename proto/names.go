@@ -56,9 +56,6 @@ const (
 
 	// MsgIDHeader is JetStream's de-duplication header; set it to the job id.
 	MsgIDHeader = "Nats-Msg-Id"
-	// HoldMsgIDHeader carries, on a held job ([HoldStream]), the message
-	// id its release publishes it with on the jobs stream.
-	HoldMsgIDHeader = "Cf-Msg-Id"
 	// RejectReasonHeader explains why a message went to RejectSubject.
 	RejectReasonHeader = "Cf-Reject-Reason"
 	// DLQReasonHeader carries the last error of a dead letter.

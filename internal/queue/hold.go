@@ -32,30 +32,8 @@ type LaneKey struct {
 // msgID is the message id its release publishes it with on the jobs
 // stream (and its id in the hold's dedupe window).
 func (c *Client) HoldJob(ctx context.Context, job *proto.Job, msgID string) error {
-	job.V = proto.Version
-	data, err := json.Marshal(job)
-	if err != nil {
-		return fmt.Errorf("encode job %s: %w", job.ID, err)
-	}
-	if limit := c.MaxJobMessage(); limit > 0 && len(data) > limit {
-		return &TooLargeError{JobID: job.ID, Size: len(data), Limit: limit}
-	}
-	subject := proto.HoldSubject(job.Pool, job.Lane, job.Tenant)
-	ack, err := c.js.PublishMsg(ctx, &nats.Msg{
-		Subject: subject,
-		Data:    data,
-		Header:  nats.Header{proto.MsgIDHeader: []string{msgID}, proto.HoldMsgIDHeader: []string{msgID}},
-	})
-	if errors.Is(err, nats.ErrMaxPayload) {
-		return &TooLargeError{JobID: job.ID, Size: len(data), Limit: c.MaxJobMessage()}
-	}
-	if err != nil {
-		return fmt.Errorf("hold job %s on %s: %w", job.ID, subject, err)
-	}
-	if ack.Duplicate {
-		return fmt.Errorf("hold job %s on %s: %w", job.ID, subject, ErrDuplicate)
-	}
-	return nil
+	_, err := c.publishJob(ctx, proto.HoldSubject(job.Pool, job.Lane, job.Tenant), job, msgID)
+	return err
 }
 
 // Holds counts the held jobs of every lane by tenant.
@@ -154,7 +132,7 @@ func (c *Client) FirstHeld(ctx context.Context, pool string, lane proto.Lane, te
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s: %w", proto.HoldStream, err)
 	}
-	h := &Held{Seq: m.Sequence, Pool: pool, Lane: lane, Tenant: tenant, MsgID: m.Header.Get(proto.HoldMsgIDHeader), Time: m.Time, data: m.Data}
+	h := &Held{Seq: m.Sequence, Pool: pool, Lane: lane, Tenant: tenant, MsgID: m.Header.Get(proto.MsgIDHeader), Time: m.Time, data: m.Data}
 	var head struct {
 		ID string `json:"id"`
 	}
